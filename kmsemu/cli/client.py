@@ -1,0 +1,152 @@
+"""``kmsemu client``: KMS client commands (for now: one activation, ``activate``)."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from typing import Any
+
+import click
+
+from kmsemu.addresses import format_address
+from kmsemu.catalog import Product, load_catalog
+from kmsemu.cli.common import ADDRESS, DURATION, emit, fail, fail_with, json_option, secret_option
+from kmsemu.client.exchange import DEFAULT_TIMEOUT, Exchange, request_activation
+from kmsemu.clock import SystemClock
+from kmsemu.errors import ActivationError, ConfigError, HResult, describe, format_hresult
+from kmsemu.host.server import DEFAULT_PORT
+from kmsemu.klp.envelope import LabKey
+from kmsemu.klp.messages import FLAG_VIRTUAL_MACHINE, ActivationRequest, LicenseStatus
+from kmsemu.wire import datetime_from_filetime, filetime_from_unix
+
+
+@click.group()
+def client() -> None:
+    """A KMS client: activate against a host."""
+
+
+class _Guid(click.ParamType):
+    name = "GUID"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> uuid.UUID:
+        if isinstance(value, uuid.UUID):
+            return value
+        try:
+            return uuid.UUID(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not a GUID", param, ctx)
+
+
+@client.command()
+@click.option("--host", "address", type=ADDRESS, default="127.0.0.1", show_default=True,
+              help=f"KMS host, HOST[:PORT] or [IPv6]:PORT (port {DEFAULT_PORT} if omitted).")
+@click.option("--product", required=True, help="Catalog product key or name (kmsemu catalog).")
+@click.option("--cmid", type=_Guid(), help="Client machine id (default: a random one).")
+@click.option("--previous-cmid", type=_Guid(), help="The CMID this machine had before.")
+@click.option("--vm", is_flag=True, help="Say the client is a virtual machine.")
+@click.option("--name", default=None, help="Workstation name (default: this machine's name).")
+@click.option("--license-status", type=click.IntRange(0, 6),
+              default=int(LicenseStatus.INITIAL_GRACE), show_default=True,
+              help="Licence status to report (0-6).")
+@click.option("--required-count", type=click.IntRange(1, 1000),
+              help="Count needed to activate (default: the product's threshold).")
+@click.option("--clock-offset", type=DURATION, default=0.0, help="Run the client clock off.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=DEFAULT_TIMEOUT,
+              show_default=True, help="Seconds to wait for the host.")
+@secret_option()
+@json_option
+def activate(address: tuple[str, int | None], product: str, cmid: uuid.UUID | None,
+             previous_cmid: uuid.UUID | None, vm: bool, name: str | None, license_status: int,
+             required_count: int | None, clock_offset: float, timeout: float, secret: str,
+             as_json: bool) -> None:
+    """Perform one KLP/1 activation and print the host's response.
+
+    Exit 0 when activated (status 0 and a count that reaches the required
+    count), 1 otherwise.
+    """
+    try:
+        chosen = load_catalog().find(product)
+    except ConfigError as exc:
+        fail_with(exc, as_json)
+    target = (address[0], address[1] if address[1] is not None else DEFAULT_PORT)
+    required = required_count or chosen.threshold
+    request = ActivationRequest(
+        application_id=chosen.application_id,
+        sku_id=chosen.sku_id,
+        kms_count_id=chosen.kms_count_id,
+        client_machine_id=cmid or uuid.uuid4(),
+        request_time=filetime_from_unix(SystemClock().now() + clock_offset),
+        required_client_count=required,
+        license_status=license_status,
+        workstation_name=(name if name is not None else socket.gethostname())[:63],
+        previous_client_machine_id=previous_cmid or uuid.UUID(int=0),
+        flags=FLAG_VIRTUAL_MACHINE if vm else 0,
+    )
+    host_text = format_address(*target)
+    try:
+        exchange = request_activation(target, request, LabKey.derive(secret), timeout=timeout)
+    except ActivationError as exc:
+        cause = f" [cause {format_hresult(exc.cause)}]" if exc.cause is not None else ""
+        fail(exc.message + cause, code=exc.code, hresult=exc.hresult,
+             as_json=as_json,
+             extra={"host": host_text, "cause": format_hresult(exc.cause)
+                    if exc.cause is not None else None})
+    result = _result(exchange, chosen, required, host_text)
+    failure = _failure(exchange, required)
+    if as_json:
+        if failure is None:
+            emit(result)
+            return
+        fail(describe(failure).message, code=HResult(failure).name.lower(), hresult=failure,
+             as_json=True, extra=result)
+    click.echo(_text(result, chosen))
+    if failure is not None:
+        fail(describe(failure).message, code=HResult(failure).name.lower(), hresult=failure)
+    click.echo("Product activated successfully.")
+
+
+def _failure(exchange: Exchange, required: int) -> int | None:
+    response = exchange.response
+    if response.status != 0:
+        return response.status
+    if response.current_count < required:
+        return HResult.COUNT_INSUFFICIENT
+    return None
+
+
+def _result(exchange: Exchange, product: Product, required: int, host: str) -> dict[str, Any]:
+    r = exchange.response
+    return {
+        "host": host,
+        "product": product.key,
+        "activated": _failure(exchange, required) is None,
+        "status": r.status,
+        "hresult": format_hresult(r.status),
+        "current_count": r.current_count,
+        "required_client_count": required,
+        "activation_interval": r.activation_interval,
+        "renewal_interval": r.renewal_interval,
+        "host_epid": r.host_epid,
+        "host_id": r.host_id.hex(),
+        "client_machine_id": str(r.client_machine_id),
+        "request_nonce": r.request_nonce.hex(),
+        "request_time": r.request_time,
+        "response_time": r.response_time,
+        "response_time_iso": datetime_from_filetime(r.response_time).isoformat(),
+        "skew_seconds": round((r.response_time - r.request_time) / 1e7, 3),
+        "assoc_group_id": exchange.assoc_group_id,
+    }
+
+
+def _text(result: dict[str, Any], product: Product) -> str:
+    return "\n".join([
+        f"Activating {product.name} ({product.sku_id}) at {result['host']} ...",
+        f"Status: {result['hresult']}",
+        f"Current count: {result['current_count']} (required: {result['required_client_count']})",
+        f"Activation interval: {result['activation_interval']} minutes",
+        f"Renewal interval: {result['renewal_interval']} minutes",
+        f"KMS machine extended PID: {result['host_epid']}",
+        f"Client Machine ID (CMID): {result['client_machine_id']}",
+        f"Host time: {result['response_time_iso']}",
+    ])

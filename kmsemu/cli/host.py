@@ -1,0 +1,247 @@
+"""``kmsemu host``: run a KMS host (``serve``) and read its state (``status``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kmsemu.addresses import format_address
+from kmsemu.catalog import load_catalog
+from kmsemu.cli.common import (
+    ADDRESS,
+    DURATION,
+    emit,
+    fail,
+    fail_with,
+    json_option,
+    kmsemu_home,
+    secret_option,
+)
+from kmsemu.clock import OffsetClock, SystemClock
+from kmsemu.errors import ConfigError
+from kmsemu.host.rules import (
+    DEFAULT_ACTIVATION_INTERVAL,
+    DEFAULT_RENEWAL_INTERVAL,
+    INTERVAL_RANGE,
+    HostSettings,
+)
+from kmsemu.host.server import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_PORT,
+    EventLog,
+    KmsServer,
+    ServerOptions,
+    build_host,
+    install_uvloop,
+    product_names,
+)
+from kmsemu.host.store import HostStore
+from kmsemu.klp.messages import LicenseStatus
+from kmsemu.wire import filetime_from_unix
+
+_STATE_HELP = "State directory (default: $KMSEMU_HOME/host)."
+_INTERVAL = click.IntRange(*INTERVAL_RANGE)
+
+
+def default_state_dir() -> Path:
+    return kmsemu_home() / "host"
+
+
+@click.group()
+def host() -> None:
+    """The KMS host: serve KLP/1 activations and report counts."""
+
+
+@host.command()
+@click.option("--listen", "listen", type=ADDRESS, multiple=True,
+              help="Address to listen on, ADDR[:PORT] or [IPv6]:PORT (repeatable). "
+                   "Default: every IPv4 and IPv6 address.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
+              help="Port for --listen addresses that name none (0: any free port).")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path),
+              help=_STATE_HELP)
+@secret_option(multiple=True)
+@click.option("--min-count", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Report at least this count (a CI convenience).")
+@click.option("--activation-interval", type=_INTERVAL, default=DEFAULT_ACTIVATION_INTERVAL,
+              show_default=True, help="Minutes; what clients retry at (slmgr /sai).")
+@click.option("--renewal-interval", type=_INTERVAL, default=DEFAULT_RENEWAL_INTERVAL,
+              show_default=True, help="Minutes; how often clients renew (slmgr /sri).")
+@click.option("--clock-offset", type=DURATION, default=0.0,
+              help="Run the host clock this far off, e.g. 5h or -90m.")
+@click.option("--max-connections", type=click.IntRange(1), default=DEFAULT_MAX_CONNECTIONS,
+              show_default=True, help="Connections over this are closed on arrival.")
+@click.option("--idle-timeout", type=click.FloatRange(0.05), default=DEFAULT_IDLE_TIMEOUT,
+              show_default=True, help="Seconds a connection may stay silent.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="One line per activation on stderr.")
+@click.option("--catalog", "catalog_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Serve the products of this catalog file instead of the shipped one.")
+@click.option("--loop", type=click.Choice(["auto", "uvloop", "asyncio"]), default="auto",
+              show_default=True, help="Event loop; auto uses uvloop when installed.")
+def serve(listen: tuple[tuple[str, int | None], ...], port: int, state_dir: Path | None,
+          secrets: tuple[str, ...], min_count: int, activation_interval: int,
+          renewal_interval: int, clock_offset: float, max_connections: int,
+          idle_timeout: float, log_format: str, catalog_path: Path | None, loop: str) -> None:
+    """Run a KMS host speaking KLP/1 until SIGTERM or SIGINT.
+
+    Prints `ready kms-host ADDR...` on stderr once it accepts connections.
+    """
+    try:
+        catalog = load_catalog(catalog_path)
+    except ConfigError as exc:
+        fail_with(exc, False)
+    settings = HostSettings(activation_interval, renewal_interval, min_count)
+    addresses = [(h, p if p is not None else port) for h, p in listen]
+    if not addresses:
+        addresses = [("0.0.0.0", port), ("::", port)]
+    state = state_dir or default_state_dir()
+    loop_name = install_uvloop(loop)
+    try:
+        asyncio.run(_serve(state, catalog, settings, list(secrets), clock_offset, addresses,
+                           ServerOptions(max_connections, idle_timeout), log_format, loop_name))
+    except OSError as exc:
+        fail(f"cannot listen: {exc.strerror or exc}", code="listen_failed")
+
+
+async def _serve(state: Path, catalog: Any, settings: HostSettings, secrets: list[str],
+                 clock_offset: float, addresses: list[tuple[str, int]], options: ServerOptions,
+                 log_format: str, loop_name: str) -> None:
+    clock = OffsetClock(SystemClock(), clock_offset)
+    store = HostStore(state)
+    try:
+        kms = build_host(store, catalog, settings, secrets, clock)
+        log = EventLog(fmt=log_format, product_names=product_names(catalog))
+        server = KmsServer(kms, store, log, options, now=lambda: filetime_from_unix(clock.now()))
+        bound = await server.start(addresses)
+        if not bound:
+            raise OSError("no address could be bound")
+        store.set_meta(
+            port=str(bound[0][1]),
+            listen=" ".join(format_address(h, p) for h, p in bound),
+            min_count=str(settings.min_count),
+            activation_interval=str(settings.activation_interval),
+            renewal_interval=str(settings.renewal_interval),
+            clock_offset=str(clock_offset),
+            pid=str(os.getpid()),
+            started=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        stop = asyncio.Event()
+        running = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            running.add_signal_handler(sig, stop.set)
+        log.event("ready", None, {"loop": loop_name, "state": str(state),
+                                  "key_ids": ",".join(k.key_id.hex() for k in kms.keyring.keys)})
+        log.flush()
+        click.echo("ready kms-host " + " ".join(format_address(h, p) for h, p in bound),
+                   err=True)
+        await stop.wait()
+        await server.close()
+        log.event("stopped", None, {"reason": "signal"})
+        log.flush()
+    finally:
+        store.close()
+
+
+@host.command()
+@click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path),
+              help=_STATE_HELP)
+@click.option("--catalog", "catalog_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Name applications from this catalog file.")
+@json_option
+def status(state_dir: Path | None, catalog_path: Path | None, as_json: bool) -> None:
+    """The host's slmgr /dlv-style block: counts, port, cumulative requests."""
+    state = state_dir or default_state_dir()
+    try:
+        store = HostStore(state, create=False)
+        catalog = load_catalog(catalog_path)
+    except FileNotFoundError:
+        fail(f"no host state in {state}; start one with 'kmsemu host serve'",
+             code="no_state", as_json=as_json)
+    except ConfigError as exc:
+        fail_with(exc, as_json)
+    try:
+        report = _status_report(store, catalog)
+    finally:
+        store.close()
+    if as_json:
+        emit(report)
+    else:
+        click.echo(_status_text(report))
+
+
+def _status_report(store: HostStore, catalog: Any) -> dict[str, Any]:
+    meta = store.meta()
+    offset = float(meta.get("clock_offset", "0") or 0)
+    now = filetime_from_unix(SystemClock().now() + offset)
+    live = store.live_counts(now)
+    min_count = int(meta.get("min_count", "0") or 0)
+    counts = {}
+    for app_id, name in catalog.applications.items():
+        counts[name] = max(live.get(app_id.bytes_le, 0), min_count)
+    total, failed, by_status = store.request_totals()
+    return {
+        "counts": counts,
+        "port": int(meta["port"]) if "port" in meta else None,
+        "listen": meta.get("listen", "").split(),
+        "extended_pid": meta.get("epid"),
+        "host_id": meta.get("host_id"),
+        "activation_interval": int(meta.get("activation_interval", DEFAULT_ACTIVATION_INTERVAL)),
+        "renewal_interval": int(meta.get("renewal_interval", DEFAULT_RENEWAL_INTERVAL)),
+        "min_count": min_count,
+        "requests": {
+            "total": total,
+            "failed": failed,
+            "by_status": {s.name.lower(): by_status.get(int(s), 0) for s in LicenseStatus},
+        },
+        "state": str(store.state_dir),
+    }
+
+
+_STATUS_LINES = {
+    LicenseStatus.UNLICENSED: "Unlicensed",
+    LicenseStatus.LICENSED: "Licensed",
+    LicenseStatus.INITIAL_GRACE: "Initial grace period",
+    LicenseStatus.OUT_OF_TOLERANCE_GRACE: "License expired or Hardware out of tolerance",
+    LicenseStatus.NON_GENUINE_GRACE: "Non-genuine grace period",
+    LicenseStatus.NOTIFICATION: "Notification",
+    LicenseStatus.EXTENDED_GRACE: "Extended grace period",
+}
+
+
+def _status_text(report: dict[str, Any]) -> str:
+    lines = [
+        "Name: kmsemu lab KMS host (KLP/1)",
+        "Description: VOLUME_KMS lab host; activates lab clients only",
+        f"Extended PID: {report['extended_pid']}",
+        f"Host ID: {report['host_id']}",
+        "",
+        "Key Management Service is enabled on this machine",
+    ]
+    for name, count in report["counts"].items():
+        lines.append(f"    Current count ({name}): {count}")
+    port = report["port"] if report["port"] is not None else "(never started)"
+    lines += [
+        f"    Listening on Port: {port}",
+        "    DNS publishing disabled",
+        "    KMS priority: Normal",
+        "",
+        f"    Activation interval: {report['activation_interval']} minutes",
+        f"    Renewal interval: {report['renewal_interval']} minutes",
+        "",
+        "Key Management Service cumulative requests received from clients",
+        f"    Total requests received: {report['requests']['total']}",
+        f"    Failed requests received: {report['requests']['failed']}",
+    ]
+    by_status = report["requests"]["by_status"]
+    for status_value, text in _STATUS_LINES.items():
+        lines.append(f"    Requests with License Status {text}: "
+                     f"{by_status[status_value.name.lower()]}")
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""The HRESULT registry and the exception root.
+
+Every activation outcome a user can meet has one stable code here, one
+message (the Windows wording where Windows has one) and one hint. The CLI,
+the logs and the docs (``docs/errors.md``) all read from this table.
+
+Exception tree::
+
+    KmsemuError                 (root; carries a stable ``code``)
+     +-- ActivationError        (an HRESULT came back or was decided locally)
+     +-- ConfigError            (bad configuration: catalog, flags, state dir)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class HResult(IntEnum):
+    """HRESULTs used by KLP/1 and the emulator (spec klp-v1.md section 5, behaviour.md)."""
+
+    S_OK = 0x00000000
+    ACCESS_DENIED = 0x80070005
+    INVALID_DATA = 0x8007000D
+    RPC_SERVER_UNAVAILABLE = 0x800706BA
+    DNS_SERVER_FAILURE = 0x8007232A
+    DNS_NAME_DOES_NOT_EXIST = 0x8007232B
+    DNS_NO_RECORDS = 0x8007251D
+    GRACE_EXPIRED = 0xC004F009
+    HARDWARE_OUT_OF_TOLERANCE = 0xC004F00F
+    COUNT_INSUFFICIENT = 0xC004F038
+    KMS_NOT_ENABLED = 0xC004F039
+    PRODUCT_NOT_SERVED = 0xC004F042
+    PRODUCT_KEY_INVALID = 0xC004F050
+    PRODUCT_KEY_BLOCKED = 0xC004F051
+    TIMESTAMP_INVALID = 0xC004F06C
+    NO_KMS_HOST = 0xC004F074
+    MAK_INVALID = 0xC004C001
+    MAK_BLOCKED = 0xC004C003
+    KEY_UNLOCK_LIMIT = 0xC004C008
+    MAK_LIMIT_EXCEEDED = 0xC004C020
+    MAK_EXTENSION_LIMIT_EXCEEDED = 0xC004C021
+    REARM_LIMIT_EXCEEDED = 0xC004D307
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    message: str
+    hint: str
+
+
+_INFO: dict[HResult, ErrorInfo] = {
+    HResult.S_OK: ErrorInfo("The operation completed successfully.", ""),
+    HResult.ACCESS_DENIED: ErrorInfo(
+        "Access denied: the KMS host could not authenticate the request.",
+        "Client and host must share a lab secret (--secret / KMSEMU_SECRET).",
+    ),
+    HResult.INVALID_DATA: ErrorInfo(
+        "The data is invalid.",
+        "The request envelope or plaintext is malformed; check the client against klp-v1.md.",
+    ),
+    HResult.RPC_SERVER_UNAVAILABLE: ErrorInfo(
+        "The RPC server is unavailable.",
+        "Nothing answered at that address and port; is the host running and reachable?",
+    ),
+    HResult.DNS_SERVER_FAILURE: ErrorInfo(
+        "DNS server failure.", "The DNS server could not answer the SRV query."
+    ),
+    HResult.DNS_NAME_DOES_NOT_EXIST: ErrorInfo(
+        "DNS name does not exist.", "No _vlmcs._tcp record exists for the client's DNS suffix."
+    ),
+    HResult.DNS_NO_RECORDS: ErrorInfo(
+        "No records found for given DNS query.", "The name exists but holds no SRV records."
+    ),
+    HResult.GRACE_EXPIRED: ErrorInfo(
+        "The software Licensing Service reported that the grace period expired.",
+        "Activate the product to leave Notification mode.",
+    ),
+    HResult.HARDWARE_OUT_OF_TOLERANCE: ErrorInfo(
+        "The Software Licensing Service reported that the hardware ID binding is beyond the "
+        "level of tolerance.",
+        "The hardware changed significantly; activate again.",
+    ),
+    HResult.COUNT_INSUFFICIENT: ErrorInfo(
+        "The count reported by your Key Management Service (KMS) is insufficient.",
+        "The host has not yet counted enough machines (25 client PCs, or 5 servers/Office).",
+    ),
+    HResult.KMS_NOT_ENABLED: ErrorInfo(
+        "The Key Management Service (KMS) is not enabled.", "The KMS host did not respond."
+    ),
+    HResult.PRODUCT_NOT_SERVED: ErrorInfo(
+        "The Software Licensing Service determined that the specified Key Management Service "
+        "(KMS) cannot be used.",
+        "This host's catalog does not serve the product; see 'kmsemu catalog'.",
+    ),
+    HResult.PRODUCT_KEY_INVALID: ErrorInfo(
+        "The Software Licensing Service reported that the product key is invalid.",
+        "Check the key with 'kmsemu keys check'.",
+    ),
+    HResult.PRODUCT_KEY_BLOCKED: ErrorInfo(
+        "The Software Licensing Service reported that the product key is blocked.", ""
+    ),
+    HResult.TIMESTAMP_INVALID: ErrorInfo(
+        "The activation request timestamp is invalid.",
+        "Client and host clocks differ by more than 4 hours (compared in UTC).",
+    ),
+    HResult.NO_KMS_HOST: ErrorInfo(
+        "No Key Management Service (KMS) could be contacted.",
+        "Check the host address, that it is running, the lab secret and both clocks.",
+    ),
+    HResult.MAK_INVALID: ErrorInfo(
+        "The Software Licensing Service reported that the product key is invalid.", ""
+    ),
+    HResult.MAK_BLOCKED: ErrorInfo("The activation server reported that the key is blocked.", ""),
+    HResult.KEY_UNLOCK_LIMIT: ErrorInfo(
+        "The activation server reported that the product key has exceeded its unlock limit.", ""
+    ),
+    HResult.MAK_LIMIT_EXCEEDED: ErrorInfo(
+        "The activation server reported that the Multiple Activation Key has exceeded its limit.",
+        "Ask for an activation count increase.",
+    ),
+    HResult.MAK_EXTENSION_LIMIT_EXCEEDED: ErrorInfo(
+        "The activation server reported that the Multiple Activation Key extension limit has "
+        "been exceeded.",
+        "",
+    ),
+    HResult.REARM_LIMIT_EXCEEDED: ErrorInfo(
+        "The Software Licensing Service reported that the rearm limit has been exceeded.", ""
+    ),
+}
+
+
+def describe(code: int) -> ErrorInfo:
+    """Message and hint for an HRESULT; unknown codes get a generic message."""
+    try:
+        return _INFO[HResult(code)]
+    except ValueError:
+        return ErrorInfo(f"Unknown error 0x{code & 0xFFFFFFFF:08X}.", "")
+
+
+def hresult_name(code: int) -> str:
+    try:
+        return HResult(code).name
+    except ValueError:
+        return f"0x{code & 0xFFFFFFFF:08X}"
+
+
+def format_hresult(code: int) -> str:
+    return f"0x{code & 0xFFFFFFFF:08X}"
+
+
+class KmsemuError(Exception):
+    """Root of every error kmsemu raises on purpose."""
+
+    code: str = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class ConfigError(KmsemuError):
+    """Bad configuration: a catalog entry, a flag value, a state directory."""
+
+    code = "config"
+
+
+class ActivationError(KmsemuError):
+    """An activation failed with an HRESULT (from the host or decided by the client)."""
+
+    def __init__(self, hresult: int, detail: str = "", *, cause: int | None = None) -> None:
+        info = describe(hresult)
+        message = info.message if not detail else f"{info.message} ({detail})"
+        super().__init__(message, code=hresult_name(hresult).lower())
+        self.hresult = hresult
+        self.detail = detail
+        self.cause = cause

@@ -1,0 +1,1 @@
+"""kmsemu/host"""

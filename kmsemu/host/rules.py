@@ -1,0 +1,248 @@
+"""What a KMS host answers (klp-v1.md sections 4, 5 and 7), as pure code.
+
+``HostRules.answer`` takes an opened request plaintext, the request nonce
+and the host clock (FILETIME) and returns the response plus a log record;
+the only state it touches is the in-memory ``CountCache``, which remembers
+what changed so that the store can persist it in batches.
+
+Counting (section 7): one cache per application id of CMID -> last time
+answered, ordered by that time (oldest first). An entry is live while
+``now - last_seen < 30 days``. Capacity is twice the highest
+``required_client_count`` (clamped to 1..1000) among successful requests for
+that application; it never shrinks; when full, the oldest entry goes first.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+
+from kmsemu.catalog import Catalog
+from kmsemu.errors import HResult
+from kmsemu.klp.messages import ActivationRequest, ActivationResponse, MessageError, echo_fields
+from kmsemu.wire import FILETIME_PER_SECOND, NIL_GUID, datetime_from_filetime
+
+LIVE_WINDOW: Final = 30 * 86_400 * FILETIME_PER_SECOND
+MAX_SKEW: Final = 4 * 3_600 * FILETIME_PER_SECOND
+DEFAULT_ACTIVATION_INTERVAL: Final = 120
+DEFAULT_RENEWAL_INTERVAL: Final = 10_080
+INTERVAL_RANGE: Final = (15, 43_200)
+EPID_PATTERN: Final = re.compile(
+    r"^\d{5}-\d{5}-\d{3}-\d{6}-03-\d{4,5}-\d{4,5}\.0000-"
+    r"(00[1-9]|0[1-9]\d|[12]\d\d|3[0-5]\d|36[0-6])\d{4}$"
+)
+_NIL: Final = NIL_GUID.bytes_le
+
+
+@dataclass(frozen=True, slots=True)
+class HostSettings:
+    activation_interval: int = DEFAULT_ACTIVATION_INTERVAL
+    renewal_interval: int = DEFAULT_RENEWAL_INTERVAL
+    min_count: int = 0
+
+    def __post_init__(self) -> None:
+        low, high = INTERVAL_RANGE
+        for name in ("activation_interval", "renewal_interval"):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"{name} {value} is outside {low}..{high} minutes")
+        if not 0 <= self.min_count <= 2**32 - 1:
+            raise ValueError(f"min_count {self.min_count} is negative or too large")
+
+
+@dataclass(frozen=True, slots=True)
+class HostIdentity:
+    """What a host's state fixes for life: its 8-byte id and its extended PID."""
+
+    host_id: bytes
+    epid: str
+
+    def __post_init__(self) -> None:
+        if len(self.host_id) != 8:
+            raise ValueError("host_id must be 8 bytes")
+        if not EPID_PATTERN.match(self.epid):
+            raise ValueError(f"ePID {self.epid!r} does not match the KLP/1 form")
+
+
+def new_identity(rng: random.Random, now: datetime) -> HostIdentity:
+    """A fresh host id and ePID (platform, group, key id, serial, 03, LCID, build, day+year)."""
+    day = now.astimezone(UTC).timetuple().tm_yday
+    epid = (f"06401-00206-{rng.randrange(1000):03d}-{rng.randrange(1_000_000):06d}-03-1033-"
+            f"20348.0000-{day:03d}{now.year:04d}")
+    return HostIdentity(rng.randbytes(8), epid)
+
+
+@dataclass
+class CountCache:
+    """Per application id: CMID -> last answered FILETIME, oldest first, plus capacities.
+
+    Keys are GUIDs in ``bytes_le`` form. ``changes`` collects what the store
+    has to write: ``(application, cmid) -> last_seen`` or ``None`` for a removal.
+    """
+
+    entries: dict[bytes, OrderedDict[bytes, int]] = field(default_factory=dict)
+    capacity: dict[bytes, int] = field(default_factory=dict)
+    changes: dict[tuple[bytes, bytes], int | None] = field(default_factory=dict)
+    capacity_changes: dict[bytes, int] = field(default_factory=dict)
+
+    @classmethod
+    def restore(cls, rows: list[tuple[bytes, bytes, int]], capacity: dict[bytes, int]) -> CountCache:
+        cache = cls(capacity=dict(capacity))
+        for app, cmid, last_seen in sorted(rows, key=lambda r: r[2]):
+            cache.entries.setdefault(app, OrderedDict())[cmid] = last_seen
+        return cache
+
+    def take_changes(self) -> tuple[dict[tuple[bytes, bytes], int | None], dict[bytes, int]]:
+        changes, caps = self.changes, self.capacity_changes
+        self.changes, self.capacity_changes = {}, {}
+        return changes, caps
+
+    def activate(self, app: bytes, cmid: bytes, previous: bytes, required: int, now: int) -> int:
+        """Record a successful request and return the live count including it."""
+        entries = self.entries.get(app)
+        if entries is None:
+            entries = self.entries[app] = OrderedDict()
+        wanted = 2 * min(max(required, 1), 1000)
+        capacity = self.capacity.get(app, 0)
+        if wanted > capacity:
+            capacity = self.capacity[app] = self.capacity_changes[app] = wanted
+        if previous != _NIL and previous != cmid and previous in entries:
+            del entries[previous]
+            self.changes[(app, previous)] = None
+        in_order = not entries or next(reversed(entries.values())) <= now
+        entries[cmid] = now
+        entries.move_to_end(cmid)
+        self.changes[(app, cmid)] = now
+        if not in_order:  # the host clock went back: keep the oldest-first invariant
+            ordered = OrderedDict(sorted(entries.items(), key=lambda kv: kv[1]))
+            entries = self.entries[app] = ordered
+        while len(entries) > capacity:
+            self.changes[(app, entries.popitem(last=False)[0])] = None
+        self._expire(app, entries, now)
+        return len(entries)
+
+    def _expire(self, app: bytes, entries: OrderedDict[bytes, int], now: int) -> None:
+        while entries:
+            cmid, last_seen = next(iter(entries.items()))
+            if now - last_seen < LIVE_WINDOW:
+                return
+            del entries[cmid]
+            self.changes[(app, cmid)] = None
+
+    def live_count(self, app: bytes, now: int) -> int:
+        return sum(1 for t in self.entries.get(app, {}).values() if now - t < LIVE_WINDOW)
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One processed request: the fields of Windows event 12290 and what was answered."""
+
+    time: int
+    status: int
+    required_client_count: int
+    workstation_name: str
+    client_machine_id: uuid.UUID
+    request_time: int
+    virtual_machine: bool
+    license_status: int | None  # None when the plaintext could not be read
+    grace_minutes_remaining: int
+    sku_id: uuid.UUID
+    application_id: uuid.UUID
+    kms_count_id: uuid.UUID
+    current_count: int
+
+    @classmethod
+    def bare(cls, now: int, status: int, cmid: uuid.UUID = NIL_GUID, when: int = 0) -> LogRecord:
+        """A record for a request whose plaintext could not be read."""
+        return cls(now, status, 0, "", cmid, when, False, None, 0, NIL_GUID, NIL_GUID, NIL_GUID, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    response: ActivationResponse
+    log: LogRecord
+    reason: str = ""
+
+
+class HostRules:
+    """Decides responses; holds the count cache and the host's settings and identity."""
+
+    def __init__(self, catalog: Catalog, settings: HostSettings, identity: HostIdentity,
+                 cache: CountCache | None = None) -> None:
+        self.catalog = catalog
+        self.settings = settings
+        self.identity = identity
+        self.cache = cache if cache is not None else CountCache()
+
+    def answer(self, plaintext: bytes, nonce: bytes, now: int) -> Answer:
+        """The response to one opened request plaintext at host time ``now`` (FILETIME)."""
+        try:
+            request = ActivationRequest.from_bytes(plaintext)
+        except MessageError as exc:
+            cmid, when = echo_fields(plaintext)
+            return self._error(HResult.INVALID_DATA, nonce, now, cmid, when, None, str(exc))
+        app = request.application_id.bytes_le
+        if not self.catalog.serves(app, request.kms_count_id.bytes_le):
+            return self._error(HResult.PRODUCT_NOT_SERVED, nonce, now, request.client_machine_id,
+                               request.request_time, request, "product not in the catalog")
+        if abs(request.request_time - now) > MAX_SKEW:
+            skew = (request.request_time - now) / FILETIME_PER_SECOND / 3600
+            return self._error(HResult.TIMESTAMP_INVALID, nonce, now, request.client_machine_id,
+                               request.request_time, request, f"client clock {skew:+.1f} h off")
+        count = self.cache.activate(app, request.client_machine_id.bytes_le,
+                                    request.previous_client_machine_id.bytes_le,
+                                    request.required_client_count, now)
+        count = max(count, self.settings.min_count)
+        return Answer(self._response(0, nonce, now, request.client_machine_id,
+                                     request.request_time, count),
+                      _log(now, 0, request, request.client_machine_id, request.request_time, count))
+
+    def _response(self, status: int, nonce: bytes, now: int, cmid: uuid.UUID, when: int,
+                  count: int) -> ActivationResponse:
+        return ActivationResponse(
+            status=status,
+            request_nonce=nonce,
+            client_machine_id=cmid,
+            request_time=when,
+            response_time=now,
+            current_count=count,
+            activation_interval=self.settings.activation_interval,
+            renewal_interval=self.settings.renewal_interval,
+            host_id=self.identity.host_id,
+            host_epid=self.identity.epid,
+        )
+
+    def _error(self, status: HResult, nonce: bytes, now: int, cmid: uuid.UUID, when: int,
+               request: ActivationRequest | None, reason: str) -> Answer:
+        return Answer(self._response(status, nonce, now, cmid, when, 0),
+                      _log(now, status, request, cmid, when, 0), reason)
+
+
+def _log(now: int, status: int, request: ActivationRequest | None, cmid: uuid.UUID, when: int,
+         count: int) -> LogRecord:
+    if request is None:
+        return LogRecord.bare(now, status, cmid, when)
+    return LogRecord(
+        time=now,
+        status=status,
+        required_client_count=request.required_client_count,
+        workstation_name=request.workstation_name,
+        client_machine_id=cmid,
+        request_time=when,
+        virtual_machine=request.is_virtual_machine,
+        license_status=request.license_status,
+        grace_minutes_remaining=request.grace_minutes_remaining,
+        sku_id=request.sku_id,
+        application_id=request.application_id,
+        kms_count_id=request.kms_count_id,
+        current_count=count,
+    )
+
+
+def describe_time(filetime: int) -> str:
+    return datetime_from_filetime(filetime).isoformat(timespec="seconds")

@@ -1,0 +1,317 @@
+"""The KMS host's asyncio TCP server: the only host module that touches sockets.
+
+One ``asyncio.Protocol`` per connection feeds a pure ``ServerConnection``
+and hands complete calls to ``KmsHost``. Batches of count-cache changes and
+request-log rows go to the store every ``flush_interval`` seconds and at
+shutdown, so no request waits for the disk. A sweeper closes connections
+idle longer than ``idle_timeout``; connections over ``max_connections`` are
+closed on arrival. Every failure is confined to its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import json
+import random
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any, Final, cast
+
+from kmsemu.addresses import format_address
+from kmsemu.catalog import Catalog
+from kmsemu.clock import Clock, as_datetime
+from kmsemu.errors import format_hresult
+from kmsemu.host.rules import HostRules, HostSettings, LogRecord
+from kmsemu.host.service import KmsHost
+from kmsemu.host.store import HostStore, LoggedRequest
+from kmsemu.klp.envelope import Keyring
+from kmsemu.rpc.connection import NEED_DATA, Call, Closed, Send, ServerConnection
+from kmsemu.rpc.ndr import NdrError
+from kmsemu.rpc.pdu import NcaStatus
+from kmsemu.wire import filetime_from_unix, unix_from_filetime
+
+DEFAULT_PORT: Final = 1688
+DEFAULT_MAX_CONNECTIONS: Final = 4096
+DEFAULT_IDLE_TIMEOUT: Final = 30.0
+
+
+class EventLog:
+    """One line per event on a stream, as text or JSON; buffered, flushed by the server."""
+
+    def __init__(self, stream: IO[str] | None = None, fmt: str = "text",
+                 product_names: dict[bytes, str] | None = None) -> None:
+        if fmt not in ("text", "json"):
+            raise ValueError("log format must be text or json")
+        self._stream = stream if stream is not None else sys.stderr
+        self._json = fmt == "json"
+        self._products = product_names or {}
+        self._lines: list[str] = []
+
+    def activation(self, record: LogRecord, peer: str, reason: str) -> None:
+        product = self._products.get(record.sku_id.bytes_le, str(record.sku_id))
+        fields: dict[str, Any] = {
+            "status": format_hresult(record.status),
+            "product": product,
+            "count": record.current_count,
+            "client": record.workstation_name,
+            "cmid": str(record.client_machine_id),
+            "vm": int(record.virtual_machine),
+            "license_status": record.license_status,
+            "peer": peer,
+        }
+        if reason:
+            fields["reason"] = reason
+        self.event("activation", record.time, fields)
+
+    def event(self, name: str, filetime: int | None = None, fields: dict[str, Any] | None = None,
+              ) -> None:
+        when = as_datetime(unix_from_filetime(filetime)) if filetime else None
+        stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z" if when else ""
+        fields = fields or {}
+        if self._json:
+            self._lines.append(json.dumps({"time": stamp, "event": name, **fields}) + "\n")
+        else:
+            parts = " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
+            self._lines.append(f"{stamp} {name} {parts}\n".lstrip())
+
+    def flush(self) -> None:
+        if self._lines:
+            self._stream.write("".join(self._lines))
+            self._lines.clear()
+        self._stream.flush()
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if (not text or any(c in text for c in ' "=\n')) else text
+
+
+@dataclass
+class ServerOptions:
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    flush_interval: float = 0.25
+
+
+class KmsServer:
+    """Serves one ``KmsHost`` on any number of listening sockets."""
+
+    def __init__(self, host: KmsHost, store: HostStore | None, log: EventLog,
+                 options: ServerOptions | None = None, *, now: Callable[[], int]) -> None:
+        self.host = host
+        self.store = store
+        self.log = log
+        self.options = options or ServerOptions()
+        self._now = now
+        self._servers: list[asyncio.Server] = []
+        self.connections: set[_KmsProtocol] = set()
+        self._pending: list[LoggedRequest] = []
+        self._assoc = itertools.count(random.SystemRandom().randrange(0x10000, 0x7FFF0000))
+        self._tasks: list[asyncio.Task[None]] = []
+        self.addresses: list[tuple[str, int]] = []
+
+    async def start(self, listen: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Listen on every ``(host, port)``; port 0 binds one free port shared by all."""
+        loop = asyncio.get_running_loop()
+        shared_port: int | None = None
+        for host, port in listen:
+            if port == 0 and shared_port is not None:
+                port = shared_port
+            try:
+                server = await loop.create_server(lambda: _KmsProtocol(self), host, port,
+                                                  backlog=1024, reuse_address=True)
+            except OSError as exc:
+                if host == "::" and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                    self.log.event("listen-skipped", None, {"address": "[::]", "reason": "no IPv6"})
+                    continue
+                raise
+            self._servers.append(server)
+            for sock in server.sockets:
+                bound = sock.getsockname()
+                self.addresses.append((bound[0], bound[1]))
+                shared_port = bound[1]
+        self._tasks.append(asyncio.create_task(self._flush_loop()))
+        self._tasks.append(asyncio.create_task(self._sweep_loop()))
+        return self.addresses
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.transport_close()
+        for task in self._tasks:
+            task.cancel()
+        for server in self._servers:
+            await server.wait_closed()
+        self.flush()
+
+    def record(self, logged: LoggedRequest) -> None:
+        self._pending.append(logged)
+        self.log.activation(logged.record, logged.peer, logged.reason)
+
+    def flush(self) -> None:
+        """Persist what changed since the last flush, then flush the log stream."""
+        if self.store is not None:
+            changes, capacity = self.host.rules.cache.take_changes()
+            if changes or capacity or self._pending:
+                pending, self._pending = self._pending, []
+                self.store.save(changes, capacity, pending)
+        else:
+            self._pending.clear()
+        self.log.flush()
+
+    def next_assoc_group(self) -> int:
+        return next(self._assoc) & 0xFFFFFFFF or 1
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.flush_interval)
+            try:
+                self.flush()
+            except Exception as exc:  # a full disk must not stop activations
+                self.log.event("flush-failed", self._now(), {"error": repr(exc)})
+
+    async def _sweep_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.options.idle_timeout
+        while True:
+            await asyncio.sleep(min(timeout / 4, 1.0))
+            deadline = loop.time() - timeout
+            for conn in [c for c in self.connections if c.last_activity < deadline]:
+                conn.close_with("idle timeout")
+
+
+class _KmsProtocol(asyncio.Protocol):
+    __slots__ = ("_closing", "_conn", "_host", "_loop", "_peer", "_server", "_transport",
+                 "last_activity")
+
+    def __init__(self, server: KmsServer) -> None:
+        self._server = server
+        self._host = server.host
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._conn: ServerConnection | None = None
+        self._peer: Any = None
+        self._closing = False
+        self.last_activity = self._loop.time()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        server = self._server
+        self._peer = transport.get_extra_info("peername")
+        if len(server.connections) >= server.options.max_connections:
+            server.log.event("connection-refused", server._now(),
+                             {"peer": self.peer, "reason": "max connections"})
+            transport.abort()
+            return
+        server.connections.add(self)
+        port = transport.get_extra_info("sockname")[1]
+        self._conn = ServerConnection(port=port, assoc_group_id=server.next_assoc_group())
+
+    @property
+    def peer(self) -> str:
+        peer = self._peer
+        return format_address(peer[0], peer[1]) if peer else "?"
+
+    def data_received(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        self.last_activity = self._loop.time()
+        conn.receive_data(data)
+        self._pump(conn)
+
+    def eof_received(self) -> bool:
+        if self._conn is not None:
+            self._conn.receive_data(b"")
+            self._pump(self._conn)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self._conn = None
+
+    def transport_close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def close_with(self, reason: str) -> None:
+        self._server.log.event("connection-closed", self._server._now(),
+                               {"peer": self.peer, "reason": reason})
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _pump(self, conn: ServerConnection) -> None:
+        transport = self._transport
+        assert transport is not None
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                return
+            if isinstance(event, Call):
+                transport.write(self._answer(conn, event))
+            elif isinstance(event, Send):
+                transport.write(event.data)
+            elif isinstance(event, Closed):
+                if event.data:
+                    transport.write(event.data)
+                if event.error:
+                    self._server.log.event("connection-closed", self._server._now(),
+                                           {"peer": self.peer, "reason": event.reason})
+                transport.close()
+                return
+
+    def _answer(self, conn: ServerConnection, call: Call) -> bytes:
+        try:
+            outcome = self._host.handle(call.stub)
+        except NdrError as exc:
+            self._server.log.event("fault", self._server._now(),
+                                   {"peer": self.peer, "status": "nca_s_fault_ndr",
+                                    "reason": str(exc)})
+            return conn.fault(call, NcaStatus.NCA_S_FAULT_NDR)
+        self._server.record(LoggedRequest(outcome.log, self.peer, outcome.reason))
+        return conn.respond(call, outcome.stub)
+
+
+# -- composition --------------------------------------------------------------------
+
+
+def build_host(store: HostStore, catalog: Catalog, settings: HostSettings, secrets: list[str],
+               clock: Clock) -> KmsHost:
+    """A host over ``store``'s identity and count cache, answering on ``clock``."""
+    identity = store.identity(random.SystemRandom(), as_datetime(clock.now()))
+    rules = HostRules(catalog, settings, identity, store.load_cache())
+    return KmsHost(rules, Keyring(secrets), lambda: filetime_from_unix(clock.now()))
+
+
+def product_names(catalog: Catalog) -> dict[bytes, str]:
+    return {p.sku_id.bytes_le: p.key for p in catalog}
+
+
+def install_uvloop(choice: str = "auto") -> str:
+    """Use uvloop when asked or when installed (``auto``); returns the loop in use."""
+    if choice == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def ipv6_available() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,45 @@
+"""One activation on the host, from REQUEST stub to RESPONSE stub (pure).
+
+``KmsHost.handle`` opens the envelope with the host's keyring, lets
+``HostRules`` decide, and seals the answer with a fresh nonce from the
+``nonce`` source it was given. Stub data that does not parse raises
+``NdrError`` (the connection answers FAULT ``nca_s_fault_ndr``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kmsemu.host.rules import Answer, HostRules, LogRecord
+from kmsemu.klp.envelope import EnvelopeError, Keyring, seal_response
+from kmsemu.rpc.ndr import decode_request_stub, encode_response_stub
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    stub: bytes
+    log: LogRecord
+    reason: str
+
+
+class KmsHost:
+    def __init__(self, rules: HostRules, keyring: Keyring, now: Callable[[], int],
+                 nonce: Callable[[int], bytes] = os.urandom) -> None:
+        self.rules = rules
+        self.keyring = keyring
+        self._now = now
+        self._nonce = nonce
+
+    def handle(self, stub: bytes) -> Outcome:
+        envelope = decode_request_stub(stub)
+        now = self._now()
+        try:
+            opened = self.keyring.open_request(envelope)
+        except EnvelopeError as exc:
+            return Outcome(encode_response_stub(None, exc.status),
+                           LogRecord.bare(now, exc.status), exc.reason)
+        answer: Answer = self.rules.answer(opened.plaintext, opened.nonce, now)
+        sealed = seal_response(opened.key, answer.response.to_bytes(), self._nonce(12))
+        return Outcome(encode_response_stub(sealed, 0), answer.log, answer.reason)

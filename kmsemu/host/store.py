@@ -1,0 +1,173 @@
+"""The host's state in SQLite: identity, count cache, request log, settings in use.
+
+The only module of the host that touches the database. The server keeps the
+count cache in memory and hands this store batches of changes and log rows
+(``save``), each batch one transaction, so a request costs no fsync of its
+own; ``close`` writes whatever is pending. WAL mode lets ``kmsemu host
+status`` read while the host writes.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+from kmsemu.host.rules import LIVE_WINDOW, CountCache, HostIdentity, LogRecord, new_identity
+
+DB_NAME: Final = "host.sqlite3"
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS capacity (
+    application BLOB PRIMARY KEY, capacity INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS clients (
+    application BLOB NOT NULL, cmid BLOB NOT NULL, last_seen INTEGER NOT NULL,
+    PRIMARY KEY (application, cmid)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY,
+    time INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    required_client_count INTEGER NOT NULL,
+    workstation_name TEXT NOT NULL,
+    client_machine_id TEXT NOT NULL,
+    request_time INTEGER NOT NULL,
+    virtual_machine INTEGER NOT NULL,
+    license_status INTEGER,
+    grace_minutes_remaining INTEGER NOT NULL,
+    sku_id TEXT NOT NULL,
+    application_id TEXT NOT NULL,
+    kms_count_id TEXT NOT NULL,
+    current_count INTEGER NOT NULL,
+    peer TEXT NOT NULL,
+    reason TEXT NOT NULL);
+"""
+
+_INSERT_REQUEST = (
+    "INSERT INTO requests (time, status, required_client_count, workstation_name,"
+    " client_machine_id, request_time, virtual_machine, license_status,"
+    " grace_minutes_remaining, sku_id, application_id, kms_count_id, current_count, peer, reason)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedRequest:
+    """A log record as the server saw it: who sent it and why it failed, if it did."""
+
+    record: LogRecord
+    peer: str
+    reason: str
+
+    def row(self) -> tuple[Any, ...]:
+        r = self.record
+        return (r.time, r.status, r.required_client_count, r.workstation_name,
+                str(r.client_machine_id), r.request_time, int(r.virtual_machine),
+                r.license_status, r.grace_minutes_remaining, str(r.sku_id),
+                str(r.application_id), str(r.kms_count_id), r.current_count, self.peer, self.reason)
+
+
+class HostStore:
+    def __init__(self, state_dir: str | Path, *, create: bool = True) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / DB_NAME
+        if create:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        elif not self.path.exists():
+            raise FileNotFoundError(f"no host state at {self.path}")
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout = 5000")
+        if create:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.executescript(_SCHEMA)
+            self.set_meta(schema_version=str(SCHEMA_VERSION))
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- meta and identity ---------------------------------------------------------
+
+    def meta(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+
+    def set_meta(self, **values: str) -> None:
+        with self._transaction():
+            self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                 values.items())
+
+    def identity(self, rng: random.Random, now: datetime) -> HostIdentity:
+        """The host's identity, created on first use and fixed after that."""
+        meta = self.meta()
+        if "host_id" in meta and "epid" in meta:
+            return HostIdentity(bytes.fromhex(meta["host_id"]), meta["epid"])
+        identity = new_identity(rng, now)
+        self.set_meta(host_id=identity.host_id.hex(), epid=identity.epid,
+                      created=now.isoformat(timespec="seconds"))
+        return identity
+
+    # -- count cache ---------------------------------------------------------------
+
+    def load_cache(self) -> CountCache:
+        rows = self._db.execute("SELECT application, cmid, last_seen FROM clients").fetchall()
+        caps = dict(self._db.execute("SELECT application, capacity FROM capacity").fetchall())
+        return CountCache.restore(rows, caps)
+
+    def save(self, changes: dict[tuple[bytes, bytes], int | None], capacity: dict[bytes, int],
+             requests: Iterable[LoggedRequest]) -> None:
+        """Write one batch (cache changes, capacities, log rows) in one transaction."""
+        upserts = [(app, cmid, t) for (app, cmid), t in changes.items() if t is not None]
+        deletes = [(app, cmid) for (app, cmid), t in changes.items() if t is None]
+        with self._transaction():
+            if deletes:
+                self._db.executemany("DELETE FROM clients WHERE application = ? AND cmid = ?",
+                                     deletes)
+            if upserts:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO clients (application, cmid, last_seen) VALUES (?, ?, ?)",
+                    upserts)
+            if capacity:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO capacity (application, capacity) VALUES (?, ?)",
+                    capacity.items())
+            self._db.executemany(_INSERT_REQUEST, (r.row() for r in requests))
+
+    # -- reading for `host status` ----------------------------------------------------
+
+    def live_counts(self, now: int) -> dict[bytes, int]:
+        rows = self._db.execute(
+            "SELECT application, count(*) FROM clients WHERE ? - last_seen < ? GROUP BY application",
+            (now, LIVE_WINDOW)).fetchall()
+        return dict(rows)
+
+    def request_totals(self) -> tuple[int, int, dict[int, int]]:
+        """(total, failed, {license status: count}) over the whole request log."""
+        total, failed = self._db.execute(
+            "SELECT count(*), coalesce(sum(status != 0), 0) FROM requests").fetchone()
+        by_status = dict(self._db.execute(
+            "SELECT license_status, count(*) FROM requests GROUP BY license_status").fetchall())
+        return total, failed, by_status
+
+    def recent_requests(self, limit: int = 20) -> list[dict[str, Any]]:
+        cursor = self._db.execute("SELECT * FROM requests ORDER BY id DESC LIMIT ?", (limit,))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")

@@ -1,0 +1,309 @@
+"""The host side of one DCE/RPC connection, as a state machine fed with bytes.
+
+Theory of operation (the h11 pattern): the server hands every received
+chunk to ``receive_data`` (``b""`` at end of stream) and then calls
+``next_event`` until it returns ``NEED_DATA``. Events are:
+
+- ``Send``: bytes the connection answered by itself (BIND_ACK, BIND_NAK,
+  ALTER_CONTEXT_RESP, a FAULT that does not end the connection);
+- ``Call``: a complete, reassembled REQUEST on an accepted context and a
+  known opnum, for the application to answer with ``respond`` (or
+  ``fault``, e.g. for stub data that does not parse);
+- ``Closed``: the connection is over (end of stream, or a protocol error);
+  send ``Closed.data`` if any, then close. Every later call returns it again.
+
+Everything that changes the state lives in ``_TRANSITIONS``, one
+``(state, PDU type) -> handler`` table; a pair missing from it is a
+protocol error (FAULT ``nca_s_proto_error``, then close). No I/O here.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final
+
+from kmsemu.rpc.ndr import MAX_STUB
+from kmsemu.rpc.pdu import (
+    FIXED_SIZE,
+    HEADER,
+    HEADER_SIZE,
+    KLP_INTERFACE,
+    MAX_FRAG,
+    MIN_FRAG,
+    NDR20,
+    PFC,
+    Bind,
+    BindAck,
+    BindNak,
+    ContextResult,
+    Fault,
+    NcaStatus,
+    PduError,
+    PType,
+    RejectReason,
+    ResultCode,
+    SyntaxId,
+    encode_response,
+    is_btfn,
+)
+
+
+class State(Enum):
+    AWAIT_BIND = "await_bind"
+    BOUND = "bound"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    call_id: int
+    context_id: int
+    opnum: int
+    stub: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    reason: str
+    data: bytes = b""
+    error: bool = False
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+Event = Send | Call | Closed | _NeedData
+
+_REQUEST_FIXED = struct.Struct("<IHH")
+#: Fragments a peer may have in flight before it is cut off (empty fragments cost nothing else).
+MAX_FRAGMENTS: Final = 1024
+
+
+class ServerConnection:
+    """One accepted TCP connection speaking DCE/RPC to a single interface."""
+
+    def __init__(
+        self,
+        *,
+        port: int,
+        assoc_group_id: int,
+        interface: SyntaxId = KLP_INTERFACE,
+        opnums: int = 1,
+        max_frag: int = MAX_FRAG,
+        max_stub: int = MAX_STUB,
+    ) -> None:
+        if not assoc_group_id:
+            raise ValueError("assoc_group_id must be non-zero")
+        self.state = State.AWAIT_BIND
+        self._secondary = str(port).encode("ascii") + b"\x00"
+        self._assoc_group_id = assoc_group_id
+        self._interface = interface
+        self._opnums = opnums
+        self._max_frag = max_frag
+        self._max_stub = max_stub
+        self.recv_limit = max_frag
+        self.xmit_limit = max_frag
+        self.contexts: set[int] = set()
+        self._buffer = bytearray()
+        self._eof = False
+        self._closed: Closed | None = None
+        self._partial: dict[int, tuple[int, int, bytearray]] = {}
+        self._fragments = 0
+
+    # -- input ----------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        if data:
+            self._buffer += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event:
+        if self._closed is not None:
+            return self._closed
+        buf = self._buffer
+        while len(buf) >= HEADER_SIZE:
+            try:
+                frag_length = self._check_header(buf)
+            except PduError as exc:
+                return self._close(f"invalid header: {exc}", error=True)
+            if len(buf) < frag_length:
+                break
+            pdu = bytes(buf[:frag_length])
+            del buf[:frag_length]
+            event = self._dispatch(pdu)
+            if event is not None:
+                return event
+        if self._eof:
+            if buf or self._partial:
+                return self._close("peer closed in the middle of a PDU", error=True)
+            return self._close("peer closed")
+        return NEED_DATA
+
+    def _check_header(self, buf: bytearray) -> int:
+        vers, minor, ptype, _flags, drep, frag_length, auth_length, _call = HEADER.unpack_from(buf)
+        if vers != 5 or minor > 1:
+            raise PduError(f"rpc version {vers}.{minor}")
+        if drep[0] & 0xF0 != 0x10:
+            raise PduError("not little-endian")
+        if not HEADER_SIZE <= frag_length <= self.recv_limit:
+            raise PduError(f"frag_length {frag_length} outside 16..{self.recv_limit}")
+        if auth_length > frag_length - HEADER_SIZE:
+            raise PduError(f"auth_length {auth_length} exceeds the fragment")
+        if frag_length < FIXED_SIZE.get(ptype, HEADER_SIZE):
+            raise PduError(f"PDU type {ptype} shorter than its fixed part")
+        return int(frag_length)
+
+    def _dispatch(self, pdu: bytes) -> Event | None:
+        ptype = pdu[2]
+        handler = _TRANSITIONS.get((self.state, ptype))
+        if handler is None:
+            call_id = HEADER.unpack_from(pdu)[7]
+            return self._proto_error(call_id, 0, f"PDU type {ptype} not served in {self.state.value}")
+        return handler(self, pdu)
+
+    # -- output for the application ---------------------------------------------
+
+    def respond(self, call: Call, stub: bytes) -> bytes:
+        """The RESPONSE PDU(s) answering ``call`` with ``stub``."""
+        return encode_response(call.call_id, call.context_id, stub, self.xmit_limit)
+
+    def fault(self, call: Call, status: int) -> bytes:
+        """A FAULT for ``call`` that leaves the connection open."""
+        return Fault(call.call_id, status, call.context_id).to_bytes()
+
+    # -- handlers (the values of _TRANSITIONS) ---------------------------------
+
+    def _on_bind(self, pdu: bytes) -> Event:
+        try:
+            bind = Bind.from_bytes(pdu)
+        except PduError as exc:
+            nak = BindNak(_call_id(pdu), RejectReason.NOT_SPECIFIED).to_bytes()
+            return self._close(f"malformed BIND: {exc}", data=nak, error=True)
+        self.xmit_limit = max(min(bind.max_recv_frag, self._max_frag), MIN_FRAG)
+        self.recv_limit = max(min(bind.max_xmit_frag, self._max_frag), MIN_FRAG)
+        ack = BindAck(
+            call_id=bind.call_id,
+            max_xmit_frag=self.xmit_limit,
+            max_recv_frag=self.recv_limit,
+            assoc_group_id=bind.assoc_group_id or self._assoc_group_id,
+            secondary_address=self._secondary,
+            results=self._negotiate(bind),
+        )
+        self.state = State.BOUND
+        return Send(ack.to_bytes())
+
+    def _on_second_bind(self, pdu: bytes) -> Event:
+        return Send(BindNak(_call_id(pdu), RejectReason.NOT_SPECIFIED).to_bytes())
+
+    def _on_alter_context(self, pdu: bytes) -> Event:
+        try:
+            alter = Bind.from_bytes(pdu)
+        except PduError as exc:
+            return self._proto_error(_call_id(pdu), 0, f"malformed ALTER_CONTEXT: {exc}")
+        resp = BindAck(
+            call_id=alter.call_id,
+            max_xmit_frag=self.xmit_limit,
+            max_recv_frag=self.recv_limit,
+            assoc_group_id=alter.assoc_group_id or self._assoc_group_id,
+            secondary_address=b"",
+            results=self._negotiate(alter),
+            ptype=PType.ALTER_CONTEXT_RESP,
+        )
+        return Send(resp.to_bytes())
+
+    def _negotiate(self, bind: Bind) -> tuple[ContextResult, ...]:
+        results = []
+        for ctx in bind.contexts:
+            if ctx.abstract_syntax == self._interface and NDR20 in ctx.transfer_syntaxes:
+                results.append(ContextResult(ResultCode.ACCEPTANCE, 0, NDR20))
+                self.contexts.add(ctx.context_id)
+            elif len(ctx.transfer_syntaxes) == 1 and is_btfn(ctx.transfer_syntaxes[0]):
+                results.append(ContextResult(ResultCode.NEGOTIATE_ACK))
+            elif ctx.abstract_syntax != self._interface:
+                results.append(ContextResult(ResultCode.PROVIDER_REJECTION,
+                                             RejectReason.ABSTRACT_SYNTAX_NOT_SUPPORTED))
+            else:
+                results.append(ContextResult(ResultCode.PROVIDER_REJECTION,
+                                             RejectReason.PROPOSED_TRANSFER_SYNTAXES_NOT_SUPPORTED))
+        return tuple(results)
+
+    def _on_request(self, pdu: bytes) -> Event | None:
+        _v, _m, _t, flags, _d, frag_length, auth_length, call_id = HEADER.unpack_from(pdu)
+        _hint, context_id, opnum = _REQUEST_FIXED.unpack_from(pdu, HEADER_SIZE)
+        if auth_length:
+            return self._proto_error(call_id, context_id, "REQUEST with authentication")
+        start = 40 if flags & PFC.OBJECT_UUID else 24
+        if start > frag_length:
+            return self._proto_error(call_id, context_id, "object UUID runs past the PDU")
+        stub = pdu[start:frag_length]
+        first, last = flags & PFC.FIRST_FRAG, flags & PFC.LAST_FRAG
+        if first and last and call_id not in self._partial:
+            return self._complete(call_id, context_id, opnum, stub)
+        if first:
+            if call_id in self._partial:
+                return self._proto_error(call_id, context_id, "FIRST fragment of a call in progress")
+            self._partial[call_id] = (context_id, opnum, bytearray())
+        elif call_id not in self._partial:
+            return self._proto_error(call_id, context_id, "fragment of an unknown call")
+        context_id, opnum, parts = self._partial[call_id]
+        parts += stub
+        self._fragments += 1
+        if sum(len(p[2]) for p in self._partial.values()) > self._max_stub:
+            return self._proto_error(call_id, context_id, "reassembled stub over 64 KiB")
+        if self._fragments > MAX_FRAGMENTS:
+            return self._proto_error(call_id, context_id, "too many fragments")
+        if not last:
+            return None
+        del self._partial[call_id]
+        if not self._partial:
+            self._fragments = 0
+        return self._complete(call_id, context_id, opnum, bytes(parts))
+
+    def _complete(self, call_id: int, context_id: int, opnum: int, stub: bytes) -> Event:
+        if len(stub) > self._max_stub:
+            return self._proto_error(call_id, context_id, "stub over 64 KiB")
+        if context_id not in self.contexts:
+            return Send(Fault(call_id, NcaStatus.NCA_S_UNK_IF, context_id).to_bytes())
+        if opnum >= self._opnums:
+            return Send(Fault(call_id, NcaStatus.NCA_S_OP_RNG_ERROR, context_id).to_bytes())
+        return Call(call_id, context_id, opnum, stub)
+
+    # -- closing ---------------------------------------------------------------
+
+    def _proto_error(self, call_id: int, context_id: int, reason: str) -> Closed:
+        fault = Fault(call_id, NcaStatus.NCA_S_PROTO_ERROR, context_id).to_bytes()
+        return self._close(reason, data=fault, error=True)
+
+    def _close(self, reason: str, *, data: bytes = b"", error: bool = False) -> Closed:
+        self.state = State.CLOSED
+        self._buffer.clear()
+        self._partial.clear()
+        self._closed = Closed(reason, b"", error)
+        return Closed(reason, data, error)
+
+
+def _call_id(pdu: bytes) -> int:
+    return int(HEADER.unpack_from(pdu)[7])
+
+
+#: The whole state machine: (state, PDU type) -> handler. Anything else is a protocol error.
+_TRANSITIONS: Final = {
+    (State.AWAIT_BIND, PType.BIND): ServerConnection._on_bind,
+    (State.AWAIT_BIND, PType.REQUEST): ServerConnection._on_request,
+    (State.BOUND, PType.BIND): ServerConnection._on_second_bind,
+    (State.BOUND, PType.ALTER_CONTEXT): ServerConnection._on_alter_context,
+    (State.BOUND, PType.REQUEST): ServerConnection._on_request,
+}

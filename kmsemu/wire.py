@@ -1,0 +1,74 @@
+"""Small wire helpers shared by the codecs: FILETIME, GUIDs, fixed UTF-16 fields.
+
+All pure. FILETIME is an unsigned 64-bit count of 100 ns intervals since
+1601-01-01T00:00:00Z; GUIDs travel in Microsoft's mixed-endian layout
+(``uuid.UUID.bytes_le``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+#: 100 ns intervals between 1601-01-01 and 1970-01-01.
+EPOCH_AS_FILETIME = 116_444_736_000_000_000
+FILETIME_PER_SECOND = 10_000_000
+FILETIME_MAX = 2**64 - 1
+
+NIL_GUID = uuid.UUID(int=0)
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def filetime_from_unix(seconds: float) -> int:
+    """POSIX seconds (UTC) to FILETIME, clamped to the u64 range."""
+    value = EPOCH_AS_FILETIME + round(seconds * FILETIME_PER_SECOND)
+    return min(max(value, 0), FILETIME_MAX)
+
+
+def unix_from_filetime(filetime: int) -> float:
+    return (filetime - EPOCH_AS_FILETIME) / FILETIME_PER_SECOND
+
+
+def datetime_from_filetime(filetime: int) -> datetime:
+    """FILETIME to an aware UTC datetime (microsecond precision)."""
+    return UNIX_EPOCH + timedelta(microseconds=(filetime - EPOCH_AS_FILETIME) // 10)
+
+
+def filetime_from_datetime(when: datetime) -> int:
+    if when.tzinfo is None:
+        raise ValueError("naive datetime: give a timezone (UTC)")
+    return EPOCH_AS_FILETIME + (when - UNIX_EPOCH) // timedelta(microseconds=1) * 10
+
+
+def guid_bytes(value: uuid.UUID) -> bytes:
+    return value.bytes_le
+
+
+def guid_from_bytes(data: bytes) -> uuid.UUID:
+    return uuid.UUID(bytes_le=bytes(data))
+
+
+class TextFieldError(ValueError):
+    """A fixed UTF-16LE field is unterminated or not valid UTF-16."""
+
+
+def encode_utf16_field(text: str, size: int) -> bytes:
+    """Text as UTF-16LE, then a NUL code unit, NUL padded to ``size`` bytes.
+
+    At most ``size // 2 - 1`` code units fit; longer text is an error.
+    """
+    raw = text.encode("utf-16-le")
+    if len(raw) > size - 2:
+        raise ValueError(f"text of {len(raw) // 2} UTF-16 code units exceeds {size // 2 - 1}")
+    return raw + bytes(size - len(raw))
+
+
+def decode_utf16_field(data: bytes) -> str:
+    """Decode up to the first NUL code unit; bytes after it are ignored."""
+    for i in range(0, len(data) - 1, 2):
+        if data[i] == 0 and data[i + 1] == 0:
+            try:
+                return data[:i].decode("utf-16-le")
+            except UnicodeDecodeError as exc:
+                raise TextFieldError("not valid UTF-16") from exc
+    raise TextFieldError("no terminating NUL code unit")
