@@ -70,11 +70,14 @@ class Product:
 class Catalog:
     """An ordered, validated list of products with the lookups hosts and clients need."""
 
-    def __init__(self, products: tuple[Product, ...], applications: Mapping[uuid.UUID, str]) -> None:
+    def __init__(
+        self, products: tuple[Product, ...], applications: Mapping[uuid.UUID, str]
+    ) -> None:
         self.products = products
         self.applications = dict(applications)
-        self._served = frozenset((p.application_id.bytes_le, p.kms_count_id.bytes_le)
-                                 for p in products)
+        self._served = frozenset(
+            (p.application_id.bytes_le, p.kms_count_id.bytes_le) for p in products
+        )
 
     def __iter__(self) -> Iterator[Product]:
         return iter(self.products)
@@ -96,8 +99,9 @@ class Catalog:
             if wanted in (product.key, product.name.casefold(), str(product.sku_id)):
                 return product
         keys = ", ".join(p.key for p in self.products)
-        raise ConfigError(f"no product {name!r} in the catalog; known: {keys}",
-                          code="unknown_product")
+        raise ConfigError(
+            f"no product {name!r} in the catalog; known: {keys}", code="unknown_product"
+        )
 
 
 def _entry_error(where: str, message: str) -> ConfigError:
@@ -138,9 +142,13 @@ def parse_catalog(data: Mapping[str, Any], source: str = "catalog") -> Catalog:
                 raise _entry_error(where, f"{field} must be a {kind.__name__}")
         ids = {f: _parse_uuid(where, f, entry[f]) for f in _UUID_FIELDS}
         if entry["family"] not in FAMILIES:
-            raise _entry_error(where, f"family {entry['family']!r} is not one of {sorted(FAMILIES)}")
+            raise _entry_error(
+                where, f"family {entry['family']!r} is not one of {sorted(FAMILIES)}"
+            )
         if entry["channel"] not in CHANNELS:
-            raise _entry_error(where, f"channel {entry['channel']!r} is not one of {sorted(CHANNELS)}")
+            raise _entry_error(
+                where, f"channel {entry['channel']!r} is not one of {sorted(CHANNELS)}"
+            )
         if not 1 <= entry["threshold"] <= 1000:
             raise _entry_error(where, f"threshold {entry['threshold']} is outside 1..1000")
         if ids["application_id"] not in applications:
@@ -153,20 +161,22 @@ def parse_catalog(data: Mapping[str, Any], source: str = "catalog") -> Catalog:
             if value in seen[field]:
                 raise _entry_error(where, f"duplicate {field} {entry[field]}")
             seen[field].add(value)
-        products.append(Product(
-            number=number,
-            key=entry["key"],
-            name=entry["name"],
-            description=entry["description"],
-            family=entry["family"],
-            channel=entry["channel"],
-            threshold=entry["threshold"],
-            application_id=ids["application_id"],
-            sku_id=ids["sku_id"],
-            kms_count_id=ids["kms_count_id"],
-            kms_count_group=entry["kms_count_group"],
-            application=applications[ids["application_id"]],
-        ))
+        products.append(
+            Product(
+                number=number,
+                key=entry["key"],
+                name=entry["name"],
+                description=entry["description"],
+                family=entry["family"],
+                channel=entry["channel"],
+                threshold=entry["threshold"],
+                application_id=ids["application_id"],
+                sku_id=ids["sku_id"],
+                kms_count_id=ids["kms_count_id"],
+                kms_count_group=entry["kms_count_group"],
+                application=applications[ids["application_id"]],
+            )
+        )
     return Catalog(tuple(products), applications)
 
 
@@ -177,7 +187,9 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read catalog {path}: {exc.strerror}", code="bad_catalog") from exc
+        raise ConfigError(
+            f"cannot read catalog {path}: {exc.strerror}", code="bad_catalog"
+        ) from exc
     return _parse_text(text, str(path))
 
 

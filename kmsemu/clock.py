@@ -26,7 +26,7 @@ class SystemClock:
 
 @dataclass
 class OffsetClock:
-    """Another clock shifted by ``offset`` seconds (a host five hours off, a client in the future)."""
+    """Another clock shifted by ``offset`` seconds (a host five hours off, say)."""
 
     base: Clock
     offset: float = 0.0

@@ -66,9 +66,14 @@ class _LogSink:
         pass
 
 
-def start_inprocess_host(state_dir: Path, *, secrets: list[str] | None = None,
-                         settings: HostSettings | None = None, clock_offset: float = 0.0,
-                         options: ServerOptions | None = None) -> tuple[RunningHost, Any]:
+def start_inprocess_host(
+    state_dir: Path,
+    *,
+    secrets: list[str] | None = None,
+    settings: HostSettings | None = None,
+    clock_offset: float = 0.0,
+    options: ServerOptions | None = None,
+) -> tuple[RunningHost, Any]:
     """Run a real server on a background event loop thread; returns (host, stop)."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
@@ -78,10 +83,16 @@ def start_inprocess_host(state_dir: Path, *, secrets: list[str] | None = None,
 
     async def main() -> None:
         store = HostStore(state_dir)
-        kms = build_host(store, default_catalog(), settings or HostSettings(),
-                         secrets or ["kmsemu-lab"], clock)
-        server = KmsServer(kms, store, EventLog(sink, "text"), options or ServerOptions(),
-                           now=lambda: filetime_from_unix(clock.now()))
+        kms = build_host(
+            store, default_catalog(), settings or HostSettings(), secrets or ["kmsemu-lab"], clock
+        )
+        server = KmsServer(
+            kms,
+            store,
+            EventLog(sink, "text"),
+            options or ServerOptions(),
+            now=lambda: filetime_from_unix(clock.now()),
+        )
         bound = await server.start([("127.0.0.1", 0)])
         holder.update(server=server, address=bound[0], store=store, stop=asyncio.Event())
         ready.set()
@@ -116,13 +127,19 @@ def kmsemu_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "kmsemu", *args]
 
 
-def start_host_process(state_dir: Path, *extra: str, env: dict[str, str] | None = None,
-                       ) -> RunningHost:
+def start_host_process(
+    state_dir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> RunningHost:
     """``kmsemu host serve`` as a real process; returns once it prints its ready line."""
     proc = subprocess.Popen(
-        kmsemu_command("host", "serve", "--listen", "127.0.0.1:0", "--state", str(state_dir),
-                       *extra),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        kmsemu_command(
+            "host", "serve", "--listen", "127.0.0.1:0", "--state", str(state_dir), *extra
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, **(env or {})},
     )
     assert proc.stderr is not None

@@ -12,8 +12,12 @@ from kmsemu.errors import ConfigError
 
 
 @click.command()
-@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Validate and list this catalog file instead of the shipped one.")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Validate and list this catalog file instead of the shipped one.",
+)
 @json_option
 def catalog(path: Path | None, as_json: bool) -> None:
     """List every product with its application id, SKU id, KMS count id and threshold."""

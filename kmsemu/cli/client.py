@@ -25,11 +25,12 @@ def client() -> None:
     """A KMS client: activate against a host."""
 
 
-class _Guid(click.ParamType):
+class _Guid(click.ParamType):  # type: ignore[type-arg]
     name = "GUID"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> uuid.UUID:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> uuid.UUID:
         if isinstance(value, uuid.UUID):
             return value
         try:
@@ -39,27 +40,55 @@ class _Guid(click.ParamType):
 
 
 @client.command()
-@click.option("--host", "address", type=ADDRESS, default="127.0.0.1", show_default=True,
-              help=f"KMS host, HOST[:PORT] or [IPv6]:PORT (port {DEFAULT_PORT} if omitted).")
+@click.option(
+    "--host",
+    "address",
+    type=ADDRESS,
+    default="127.0.0.1",
+    show_default=True,
+    help=f"KMS host, HOST[:PORT] or [IPv6]:PORT (port {DEFAULT_PORT} if omitted).",
+)
 @click.option("--product", required=True, help="Catalog product key or name (kmsemu catalog).")
 @click.option("--cmid", type=_Guid(), help="Client machine id (default: a random one).")
 @click.option("--previous-cmid", type=_Guid(), help="The CMID this machine had before.")
 @click.option("--vm", is_flag=True, help="Say the client is a virtual machine.")
 @click.option("--name", default=None, help="Workstation name (default: this machine's name).")
-@click.option("--license-status", type=click.IntRange(0, 6),
-              default=int(LicenseStatus.INITIAL_GRACE), show_default=True,
-              help="Licence status to report (0-6).")
-@click.option("--required-count", type=click.IntRange(1, 1000),
-              help="Count needed to activate (default: the product's threshold).")
+@click.option(
+    "--license-status",
+    type=click.IntRange(0, 6),
+    default=int(LicenseStatus.INITIAL_GRACE),
+    show_default=True,
+    help="Licence status to report (0-6).",
+)
+@click.option(
+    "--required-count",
+    type=click.IntRange(1, 1000),
+    help="Count needed to activate (default: the product's threshold).",
+)
 @click.option("--clock-offset", type=DURATION, default=0.0, help="Run the client clock off.")
-@click.option("--timeout", type=click.FloatRange(0.1), default=DEFAULT_TIMEOUT,
-              show_default=True, help="Seconds to wait for the host.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the host.",
+)
 @secret_option()
 @json_option
-def activate(address: tuple[str, int | None], product: str, cmid: uuid.UUID | None,
-             previous_cmid: uuid.UUID | None, vm: bool, name: str | None, license_status: int,
-             required_count: int | None, clock_offset: float, timeout: float, secret: str,
-             as_json: bool) -> None:
+def activate(
+    address: tuple[str, int | None],
+    product: str,
+    cmid: uuid.UUID | None,
+    previous_cmid: uuid.UUID | None,
+    vm: bool,
+    name: str | None,
+    license_status: int,
+    required_count: int | None,
+    clock_offset: float,
+    timeout: float,
+    secret: str,
+    as_json: bool,
+) -> None:
     """Perform one KLP/1 activation and print the host's response.
 
     Exit 0 when activated (status 0 and a count that reaches the required
@@ -88,18 +117,29 @@ def activate(address: tuple[str, int | None], product: str, cmid: uuid.UUID | No
         exchange = request_activation(target, request, LabKey.derive(secret), timeout=timeout)
     except ActivationError as exc:
         cause = f" [cause {format_hresult(exc.cause)}]" if exc.cause is not None else ""
-        fail(exc.message + cause, code=exc.code, hresult=exc.hresult,
-             as_json=as_json,
-             extra={"host": host_text, "cause": format_hresult(exc.cause)
-                    if exc.cause is not None else None})
+        fail(
+            exc.message + cause,
+            code=exc.code,
+            hresult=exc.hresult,
+            as_json=as_json,
+            extra={
+                "host": host_text,
+                "cause": format_hresult(exc.cause) if exc.cause is not None else None,
+            },
+        )
     result = _result(exchange, chosen, required, host_text)
     failure = _failure(exchange, required)
     if as_json:
         if failure is None:
             emit(result)
             return
-        fail(describe(failure).message, code=HResult(failure).name.lower(), hresult=failure,
-             as_json=True, extra=result)
+        fail(
+            describe(failure).message,
+            code=HResult(failure).name.lower(),
+            hresult=failure,
+            as_json=True,
+            extra=result,
+        )
     click.echo(_text(result, chosen))
     if failure is not None:
         fail(describe(failure).message, code=HResult(failure).name.lower(), hresult=failure)
@@ -140,13 +180,16 @@ def _result(exchange: Exchange, product: Product, required: int, host: str) -> d
 
 
 def _text(result: dict[str, Any], product: Product) -> str:
-    return "\n".join([
-        f"Activating {product.name} ({product.sku_id}) at {result['host']} ...",
-        f"Status: {result['hresult']}",
-        f"Current count: {result['current_count']} (required: {result['required_client_count']})",
-        f"Activation interval: {result['activation_interval']} minutes",
-        f"Renewal interval: {result['renewal_interval']} minutes",
-        f"KMS machine extended PID: {result['host_epid']}",
-        f"Client Machine ID (CMID): {result['client_machine_id']}",
-        f"Host time: {result['response_time_iso']}",
-    ])
+    return "\n".join(
+        [
+            f"Activating {product.name} ({product.sku_id}) at {result['host']} ...",
+            f"Status: {result['hresult']}",
+            f"Current count: {result['current_count']} "
+            f"(required: {result['required_client_count']})",
+            f"Activation interval: {result['activation_interval']} minutes",
+            f"Renewal interval: {result['renewal_interval']} minutes",
+            f"KMS machine extended PID: {result['host_epid']}",
+            f"Client Machine ID (CMID): {result['client_machine_id']}",
+            f"Host time: {result['response_time_iso']}",
+        ]
+    )

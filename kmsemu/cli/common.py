@@ -24,26 +24,36 @@ def kmsemu_home() -> Path:
 
 
 def json_option(func: F) -> F:
-    return click.option("--json", "as_json", is_flag=True,
-                        help="Print one JSON object on stdout.")(func)
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(
+        func
+    )
 
 
 def secret_option(*, multiple: bool = False) -> Callable[[F], F]:
-    help_text = ("Lab secret (repeatable: the host accepts each). "
-                 if multiple else "Lab secret. ")
+    help_text = "Lab secret (repeatable: the host accepts each). " if multiple else "Lab secret. "
     return click.option(
-        "--secret", "secrets" if multiple else "secret", multiple=multiple,
-        envvar="KMSEMU_SECRET", show_envvar=True,
+        "--secret",
+        "secrets" if multiple else "secret",
+        multiple=multiple,
+        envvar="KMSEMU_SECRET",
+        show_envvar=True,
         default=(DEFAULT_SECRET,) if multiple else DEFAULT_SECRET,
-        help=help_text + f"Default: {DEFAULT_SECRET}.")
+        help=help_text + f"Default: {DEFAULT_SECRET}.",
+    )
 
 
 def emit(data: dict[str, Any]) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-def fail(message: str, *, code: str, hresult: int | None = None, as_json: bool = False,
-         extra: dict[str, Any] | None = None) -> NoReturn:
+def fail(
+    message: str,
+    *,
+    code: str,
+    hresult: int | None = None,
+    as_json: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> NoReturn:
     """Report a failed operation (exit 1): JSON on stdout with --json, else stderr."""
     if as_json:
         error: dict[str, Any] = {"code": code, "message": message}
@@ -60,13 +70,14 @@ def fail_with(exc: KmsemuError, as_json: bool) -> NoReturn:
     fail(exc.message, code=exc.code, as_json=as_json)
 
 
-class AddressType(click.ParamType):
+class AddressType(click.ParamType):  # type: ignore[type-arg]
     """``HOST[:PORT]`` with IPv6 as ``[ADDR]:PORT``; the port is filled in later."""
 
     name = "ADDR[:PORT]"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> tuple[str, int | None]:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, int | None]:
         if isinstance(value, tuple):
             return value
         try:
@@ -76,11 +87,12 @@ class AddressType(click.ParamType):
         return host, None if port == -1 else port
 
 
-class DurationType(click.ParamType):
+class DurationType(click.ParamType):  # type: ignore[type-arg]
     name = "DURATION"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> float:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
         if isinstance(value, int | float):
             return float(value)
         try:

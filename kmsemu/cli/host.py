@@ -60,36 +60,101 @@ def host() -> None:
 
 
 @host.command()
-@click.option("--listen", "listen", type=ADDRESS, multiple=True,
-              help="Address to listen on, ADDR[:PORT] or [IPv6]:PORT (repeatable). "
-                   "Default: every IPv4 and IPv6 address.")
-@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
-              help="Port for --listen addresses that name none (0: any free port).")
-@click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path),
-              help=_STATE_HELP)
+@click.option(
+    "--listen",
+    "listen",
+    type=ADDRESS,
+    multiple=True,
+    help="Address to listen on, ADDR[:PORT] or [IPv6]:PORT (repeatable). "
+    "Default: every IPv4 and IPv6 address.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_PORT,
+    show_default=True,
+    help="Port for --listen addresses that name none (0: any free port).",
+)
+@click.option(
+    "--state", "state_dir", type=click.Path(file_okay=False, path_type=Path), help=_STATE_HELP
+)
 @secret_option(multiple=True)
-@click.option("--min-count", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
-              help="Report at least this count (a CI convenience).")
-@click.option("--activation-interval", type=_INTERVAL, default=DEFAULT_ACTIVATION_INTERVAL,
-              show_default=True, help="Minutes; what clients retry at (slmgr /sai).")
-@click.option("--renewal-interval", type=_INTERVAL, default=DEFAULT_RENEWAL_INTERVAL,
-              show_default=True, help="Minutes; how often clients renew (slmgr /sri).")
-@click.option("--clock-offset", type=DURATION, default=0.0,
-              help="Run the host clock this far off, e.g. 5h or -90m.")
-@click.option("--max-connections", type=click.IntRange(1), default=DEFAULT_MAX_CONNECTIONS,
-              show_default=True, help="Connections over this are closed on arrival.")
-@click.option("--idle-timeout", type=click.FloatRange(0.05), default=DEFAULT_IDLE_TIMEOUT,
-              show_default=True, help="Seconds a connection may stay silent.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="One line per activation on stderr.")
-@click.option("--catalog", "catalog_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Serve the products of this catalog file instead of the shipped one.")
-@click.option("--loop", type=click.Choice(["auto", "uvloop", "asyncio"]), default="auto",
-              show_default=True, help="Event loop; auto uses uvloop when installed.")
-def serve(listen: tuple[tuple[str, int | None], ...], port: int, state_dir: Path | None,
-          secrets: tuple[str, ...], min_count: int, activation_interval: int,
-          renewal_interval: int, clock_offset: float, max_connections: int,
-          idle_timeout: float, log_format: str, catalog_path: Path | None, loop: str) -> None:
+@click.option(
+    "--min-count",
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    show_default=True,
+    help="Report at least this count (a CI convenience).",
+)
+@click.option(
+    "--activation-interval",
+    type=_INTERVAL,
+    default=DEFAULT_ACTIVATION_INTERVAL,
+    show_default=True,
+    help="Minutes; what clients retry at (slmgr /sai).",
+)
+@click.option(
+    "--renewal-interval",
+    type=_INTERVAL,
+    default=DEFAULT_RENEWAL_INTERVAL,
+    show_default=True,
+    help="Minutes; how often clients renew (slmgr /sri).",
+)
+@click.option(
+    "--clock-offset",
+    type=DURATION,
+    default=0.0,
+    help="Run the host clock this far off, e.g. 5h or -90m.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    default=DEFAULT_MAX_CONNECTIONS,
+    show_default=True,
+    help="Connections over this are closed on arrival.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0.05),
+    default=DEFAULT_IDLE_TIMEOUT,
+    show_default=True,
+    help="Seconds a connection may stay silent.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="One line per activation on stderr.",
+)
+@click.option(
+    "--catalog",
+    "catalog_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Serve the products of this catalog file instead of the shipped one.",
+)
+@click.option(
+    "--loop",
+    type=click.Choice(["auto", "uvloop", "asyncio"]),
+    default="auto",
+    show_default=True,
+    help="Event loop; auto uses uvloop when installed.",
+)
+def serve(
+    listen: tuple[tuple[str, int | None], ...],
+    port: int,
+    state_dir: Path | None,
+    secrets: tuple[str, ...],
+    min_count: int,
+    activation_interval: int,
+    renewal_interval: int,
+    clock_offset: float,
+    max_connections: int,
+    idle_timeout: float,
+    log_format: str,
+    catalog_path: Path | None,
+    loop: str,
+) -> None:
     """Run a KMS host speaking KLP/1 until SIGTERM or SIGINT.
 
     Prints `ready kms-host ADDR...` on stderr once it accepts connections.
@@ -105,15 +170,34 @@ def serve(listen: tuple[tuple[str, int | None], ...], port: int, state_dir: Path
     state = state_dir or default_state_dir()
     loop_name = install_uvloop(loop)
     try:
-        asyncio.run(_serve(state, catalog, settings, list(secrets), clock_offset, addresses,
-                           ServerOptions(max_connections, idle_timeout), log_format, loop_name))
+        asyncio.run(
+            _serve(
+                state,
+                catalog,
+                settings,
+                list(secrets),
+                clock_offset,
+                addresses,
+                ServerOptions(max_connections, idle_timeout),
+                log_format,
+                loop_name,
+            )
+        )
     except OSError as exc:
         fail(f"cannot listen: {exc.strerror or exc}", code="listen_failed")
 
 
-async def _serve(state: Path, catalog: Any, settings: HostSettings, secrets: list[str],
-                 clock_offset: float, addresses: list[tuple[str, int]], options: ServerOptions,
-                 log_format: str, loop_name: str) -> None:
+async def _serve(
+    state: Path,
+    catalog: Any,
+    settings: HostSettings,
+    secrets: list[str],
+    clock_offset: float,
+    addresses: list[tuple[str, int]],
+    options: ServerOptions,
+    log_format: str,
+    loop_name: str,
+) -> None:
     clock = OffsetClock(SystemClock(), clock_offset)
     store = HostStore(state)
     try:
@@ -137,11 +221,17 @@ async def _serve(state: Path, catalog: Any, settings: HostSettings, secrets: lis
         running = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             running.add_signal_handler(sig, stop.set)
-        log.event("ready", None, {"loop": loop_name, "state": str(state),
-                                  "key_ids": ",".join(k.key_id.hex() for k in kms.keyring.keys)})
+        log.event(
+            "ready",
+            None,
+            {
+                "loop": loop_name,
+                "state": str(state),
+                "key_ids": ",".join(k.key_id.hex() for k in kms.keyring.keys),
+            },
+        )
         log.flush()
-        click.echo("ready kms-host " + " ".join(format_address(h, p) for h, p in bound),
-                   err=True)
+        click.echo("ready kms-host " + " ".join(format_address(h, p) for h, p in bound), err=True)
         await stop.wait()
         await server.close()
         log.event("stopped", None, {"reason": "signal"})
@@ -151,10 +241,15 @@ async def _serve(state: Path, catalog: Any, settings: HostSettings, secrets: lis
 
 
 @host.command()
-@click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path),
-              help=_STATE_HELP)
-@click.option("--catalog", "catalog_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Name applications from this catalog file.")
+@click.option(
+    "--state", "state_dir", type=click.Path(file_okay=False, path_type=Path), help=_STATE_HELP
+)
+@click.option(
+    "--catalog",
+    "catalog_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Name applications from this catalog file.",
+)
 @json_option
 def status(state_dir: Path | None, catalog_path: Path | None, as_json: bool) -> None:
     """The host's slmgr /dlv-style block: counts, port, cumulative requests."""
@@ -163,8 +258,11 @@ def status(state_dir: Path | None, catalog_path: Path | None, as_json: bool) -> 
         store = HostStore(state, create=False)
         catalog = load_catalog(catalog_path)
     except FileNotFoundError:
-        fail(f"no host state in {state}; start one with 'kmsemu host serve'",
-             code="no_state", as_json=as_json)
+        fail(
+            f"no host state in {state}; start one with 'kmsemu host serve'",
+            code="no_state",
+            as_json=as_json,
+        )
     except ConfigError as exc:
         fail_with(exc, as_json)
     try:
@@ -242,6 +340,7 @@ def _status_text(report: dict[str, Any]) -> str:
     ]
     by_status = report["requests"]["by_status"]
     for status_value, text in _STATUS_LINES.items():
-        lines.append(f"    Requests with License Status {text}: "
-                     f"{by_status[status_value.name.lower()]}")
+        lines.append(
+            f"    Requests with License Status {text}: {by_status[status_value.name.lower()]}"
+        )
     return "\n".join(lines)

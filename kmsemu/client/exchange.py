@@ -69,8 +69,11 @@ def request_activation(
     try:
         sock = socket.create_connection(address, timeout=timeout)
     except OSError as exc:
-        raise ActivationError(HResult.NO_KMS_HOST, f"cannot connect: {exc.strerror or exc}",
-                              cause=HResult.RPC_SERVER_UNAVAILABLE) from exc
+        raise ActivationError(
+            HResult.NO_KMS_HOST,
+            f"cannot connect: {exc.strerror or exc}",
+            cause=HResult.RPC_SERVER_UNAVAILABLE,
+        ) from exc
     try:
         with sock:
             stub, assoc = _call(sock, encode_request_stub(envelope))
@@ -78,8 +81,9 @@ def request_activation(
     except _Unusable as exc:
         raise ActivationError(HResult.NO_KMS_HOST, str(exc), cause=exc.cause) from exc
     except OSError as exc:
-        raise ActivationError(HResult.NO_KMS_HOST, f"connection failed: {exc}",
-                              cause=HResult.RPC_SERVER_UNAVAILABLE) from exc
+        raise ActivationError(
+            HResult.NO_KMS_HOST, f"connection failed: {exc}", cause=HResult.RPC_SERVER_UNAVAILABLE
+        ) from exc
     return Exchange(response, address, assoc)
 
 
@@ -136,15 +140,17 @@ def _read_exact(sock: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
-def _open(stub: bytes, key: LabKey, request_nonce: bytes,
-          request: ActivationRequest) -> ActivationResponse:
+def _open(
+    stub: bytes, key: LabKey, request_nonce: bytes, request: ActivationRequest
+) -> ActivationResponse:
     try:
         envelope, status = decode_response_stub(stub)
     except NdrError as exc:
         raise _Unusable(f"malformed response stub: {exc}") from exc
     if bool(envelope) == bool(status):
-        raise _Unusable(f"response stub with {len(envelope)} envelope bytes and status "
-                        f"0x{status:08X}")
+        raise _Unusable(
+            f"response stub with {len(envelope)} envelope bytes and status 0x{status:08X}"
+        )
     if status:
         raise _Unusable(f"the host answered 0x{status:08X} without a response", status)
     try:

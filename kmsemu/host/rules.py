@@ -72,8 +72,10 @@ class HostIdentity:
 def new_identity(rng: random.Random, now: datetime) -> HostIdentity:
     """A fresh host id and ePID (platform, group, key id, serial, 03, LCID, build, day+year)."""
     day = now.astimezone(UTC).timetuple().tm_yday
-    epid = (f"06401-00206-{rng.randrange(1000):03d}-{rng.randrange(1_000_000):06d}-03-1033-"
-            f"20348.0000-{day:03d}{now.year:04d}")
+    epid = (
+        f"06401-00206-{rng.randrange(1000):03d}-{rng.randrange(1_000_000):06d}-03-1033-"
+        f"20348.0000-{day:03d}{now.year:04d}"
+    )
     return HostIdentity(rng.randbytes(8), epid)
 
 
@@ -91,7 +93,9 @@ class CountCache:
     capacity_changes: dict[bytes, int] = field(default_factory=dict)
 
     @classmethod
-    def restore(cls, rows: list[tuple[bytes, bytes, int]], capacity: dict[bytes, int]) -> CountCache:
+    def restore(
+        cls, rows: list[tuple[bytes, bytes, int]], capacity: dict[bytes, int]
+    ) -> CountCache:
         cache = cls(capacity=dict(capacity))
         for app, cmid, last_seen in sorted(rows, key=lambda r: r[2]):
             cache.entries.setdefault(app, OrderedDict())[cmid] = last_seen
@@ -172,8 +176,13 @@ class Answer:
 class HostRules:
     """Decides responses; holds the count cache and the host's settings and identity."""
 
-    def __init__(self, catalog: Catalog, settings: HostSettings, identity: HostIdentity,
-                 cache: CountCache | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        settings: HostSettings,
+        identity: HostIdentity,
+        cache: CountCache | None = None,
+    ) -> None:
         self.catalog = catalog
         self.settings = settings
         self.identity = identity
@@ -188,22 +197,42 @@ class HostRules:
             return self._error(HResult.INVALID_DATA, nonce, now, cmid, when, None, str(exc))
         app = request.application_id.bytes_le
         if not self.catalog.serves(app, request.kms_count_id.bytes_le):
-            return self._error(HResult.PRODUCT_NOT_SERVED, nonce, now, request.client_machine_id,
-                               request.request_time, request, "product not in the catalog")
+            return self._error(
+                HResult.PRODUCT_NOT_SERVED,
+                nonce,
+                now,
+                request.client_machine_id,
+                request.request_time,
+                request,
+                "product not in the catalog",
+            )
         if abs(request.request_time - now) > MAX_SKEW:
             skew = (request.request_time - now) / FILETIME_PER_SECOND / 3600
-            return self._error(HResult.TIMESTAMP_INVALID, nonce, now, request.client_machine_id,
-                               request.request_time, request, f"client clock {skew:+.1f} h off")
-        count = self.cache.activate(app, request.client_machine_id.bytes_le,
-                                    request.previous_client_machine_id.bytes_le,
-                                    request.required_client_count, now)
+            return self._error(
+                HResult.TIMESTAMP_INVALID,
+                nonce,
+                now,
+                request.client_machine_id,
+                request.request_time,
+                request,
+                f"client clock {skew:+.1f} h off",
+            )
+        count = self.cache.activate(
+            app,
+            request.client_machine_id.bytes_le,
+            request.previous_client_machine_id.bytes_le,
+            request.required_client_count,
+            now,
+        )
         count = max(count, self.settings.min_count)
-        return Answer(self._response(0, nonce, now, request.client_machine_id,
-                                     request.request_time, count),
-                      _log(now, 0, request, request.client_machine_id, request.request_time, count))
+        return Answer(
+            self._response(0, nonce, now, request.client_machine_id, request.request_time, count),
+            _log(now, 0, request, request.client_machine_id, request.request_time, count),
+        )
 
-    def _response(self, status: int, nonce: bytes, now: int, cmid: uuid.UUID, when: int,
-                  count: int) -> ActivationResponse:
+    def _response(
+        self, status: int, nonce: bytes, now: int, cmid: uuid.UUID, when: int, count: int
+    ) -> ActivationResponse:
         return ActivationResponse(
             status=status,
             request_nonce=nonce,
@@ -217,14 +246,26 @@ class HostRules:
             host_epid=self.identity.epid,
         )
 
-    def _error(self, status: HResult, nonce: bytes, now: int, cmid: uuid.UUID, when: int,
-               request: ActivationRequest | None, reason: str) -> Answer:
-        return Answer(self._response(status, nonce, now, cmid, when, 0),
-                      _log(now, status, request, cmid, when, 0), reason)
+    def _error(
+        self,
+        status: HResult,
+        nonce: bytes,
+        now: int,
+        cmid: uuid.UUID,
+        when: int,
+        request: ActivationRequest | None,
+        reason: str,
+    ) -> Answer:
+        return Answer(
+            self._response(status, nonce, now, cmid, when, 0),
+            _log(now, status, request, cmid, when, 0),
+            reason,
+        )
 
 
-def _log(now: int, status: int, request: ActivationRequest | None, cmid: uuid.UUID, when: int,
-         count: int) -> LogRecord:
+def _log(
+    now: int, status: int, request: ActivationRequest | None, cmid: uuid.UUID, when: int, count: int
+) -> LogRecord:
     if request is None:
         return LogRecord.bare(now, status, cmid, when)
     return LogRecord(

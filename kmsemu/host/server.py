@@ -42,8 +42,12 @@ DEFAULT_IDLE_TIMEOUT: Final = 30.0
 class EventLog:
     """One line per event on a stream, as text or JSON; buffered, flushed by the server."""
 
-    def __init__(self, stream: IO[str] | None = None, fmt: str = "text",
-                 product_names: dict[bytes, str] | None = None) -> None:
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        fmt: str = "text",
+        product_names: dict[bytes, str] | None = None,
+    ) -> None:
         if fmt not in ("text", "json"):
             raise ValueError("log format must be text or json")
         self._stream = stream if stream is not None else sys.stderr
@@ -67,8 +71,12 @@ class EventLog:
             fields["reason"] = reason
         self.event("activation", record.time, fields)
 
-    def event(self, name: str, filetime: int | None = None, fields: dict[str, Any] | None = None,
-              ) -> None:
+    def event(
+        self,
+        name: str,
+        filetime: int | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
         when = as_datetime(unix_from_filetime(filetime)) if filetime else None
         stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z" if when else ""
         fields = fields or {}
@@ -100,8 +108,15 @@ class ServerOptions:
 class KmsServer:
     """Serves one ``KmsHost`` on any number of listening sockets."""
 
-    def __init__(self, host: KmsHost, store: HostStore | None, log: EventLog,
-                 options: ServerOptions | None = None, *, now: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        host: KmsHost,
+        store: HostStore | None,
+        log: EventLog,
+        options: ServerOptions | None = None,
+        *,
+        now: Callable[[], int],
+    ) -> None:
         self.host = host
         self.store = store
         self.log = log
@@ -122,8 +137,9 @@ class KmsServer:
             if port == 0 and shared_port is not None:
                 port = shared_port
             try:
-                server = await loop.create_server(lambda: _KmsProtocol(self), host, port,
-                                                  backlog=1024, reuse_address=True)
+                server = await loop.create_server(
+                    lambda: _KmsProtocol(self), host, port, backlog=1024, reuse_address=True
+                )
             except OSError as exc:
                 if host == "::" and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                     self.log.event("listen-skipped", None, {"address": "[::]", "reason": "no IPv6"})
@@ -186,8 +202,16 @@ class KmsServer:
 
 
 class _KmsProtocol(asyncio.Protocol):
-    __slots__ = ("_closing", "_conn", "_host", "_loop", "_peer", "_server", "_transport",
-                 "last_activity")
+    __slots__ = (
+        "_closing",
+        "_conn",
+        "_host",
+        "_loop",
+        "_peer",
+        "_server",
+        "_transport",
+        "last_activity",
+    )
 
     def __init__(self, server: KmsServer) -> None:
         self._server = server
@@ -204,9 +228,12 @@ class _KmsProtocol(asyncio.Protocol):
         server = self._server
         self._peer = transport.get_extra_info("peername")
         if len(server.connections) >= server.options.max_connections:
-            server.log.event("connection-refused", server._now(),
-                             {"peer": self.peer, "reason": "max connections"})
-            transport.abort()
+            server.log.event(
+                "connection-refused",
+                server._now(),
+                {"peer": self.peer, "reason": "max connections"},
+            )
+            self._transport.abort()
             return
         server.connections.add(self)
         port = transport.get_extra_info("sockname")[1]
@@ -240,8 +267,9 @@ class _KmsProtocol(asyncio.Protocol):
             self._transport.close()
 
     def close_with(self, reason: str) -> None:
-        self._server.log.event("connection-closed", self._server._now(),
-                               {"peer": self.peer, "reason": reason})
+        self._server.log.event(
+            "connection-closed", self._server._now(), {"peer": self.peer, "reason": reason}
+        )
         if self._transport is not None:
             self._transport.abort()
 
@@ -260,8 +288,11 @@ class _KmsProtocol(asyncio.Protocol):
                 if event.data:
                     transport.write(event.data)
                 if event.error:
-                    self._server.log.event("connection-closed", self._server._now(),
-                                           {"peer": self.peer, "reason": event.reason})
+                    self._server.log.event(
+                        "connection-closed",
+                        self._server._now(),
+                        {"peer": self.peer, "reason": event.reason},
+                    )
                 transport.close()
                 return
 
@@ -269,9 +300,11 @@ class _KmsProtocol(asyncio.Protocol):
         try:
             outcome = self._host.handle(call.stub)
         except NdrError as exc:
-            self._server.log.event("fault", self._server._now(),
-                                   {"peer": self.peer, "status": "nca_s_fault_ndr",
-                                    "reason": str(exc)})
+            self._server.log.event(
+                "fault",
+                self._server._now(),
+                {"peer": self.peer, "status": "nca_s_fault_ndr", "reason": str(exc)},
+            )
             return conn.fault(call, NcaStatus.NCA_S_FAULT_NDR)
         self._server.record(LoggedRequest(outcome.log, self.peer, outcome.reason))
         return conn.respond(call, outcome.stub)
@@ -280,8 +313,9 @@ class _KmsProtocol(asyncio.Protocol):
 # -- composition --------------------------------------------------------------------
 
 
-def build_host(store: HostStore, catalog: Catalog, settings: HostSettings, secrets: list[str],
-               clock: Clock) -> KmsHost:
+def build_host(
+    store: HostStore, catalog: Catalog, settings: HostSettings, secrets: list[str], clock: Clock
+) -> KmsHost:
     """A host over ``store``'s identity and count cache, answering on ``clock``."""
     identity = store.identity(random.SystemRandom(), as_datetime(clock.now()))
     rules = HostRules(catalog, settings, identity, store.load_cache())

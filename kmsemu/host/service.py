@@ -25,8 +25,13 @@ class Outcome:
 
 
 class KmsHost:
-    def __init__(self, rules: HostRules, keyring: Keyring, now: Callable[[], int],
-                 nonce: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(
+        self,
+        rules: HostRules,
+        keyring: Keyring,
+        now: Callable[[], int],
+        nonce: Callable[[int], bytes] = os.urandom,
+    ) -> None:
         self.rules = rules
         self.keyring = keyring
         self._now = now
@@ -38,8 +43,9 @@ class KmsHost:
         try:
             opened = self.keyring.open_request(envelope)
         except EnvelopeError as exc:
-            return Outcome(encode_response_stub(None, exc.status),
-                           LogRecord.bare(now, exc.status), exc.reason)
+            return Outcome(
+                encode_response_stub(None, exc.status), LogRecord.bare(now, exc.status), exc.reason
+            )
         answer: Answer = self.rules.answer(opened.plaintext, opened.nonce, now)
         sealed = seal_response(opened.key, answer.response.to_bytes(), self._nonce(12))
         return Outcome(encode_response_stub(sealed, 0), answer.log, answer.reason)

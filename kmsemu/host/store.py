@@ -66,10 +66,23 @@ class LoggedRequest:
 
     def row(self) -> tuple[Any, ...]:
         r = self.record
-        return (r.time, r.status, r.required_client_count, r.workstation_name,
-                str(r.client_machine_id), r.request_time, int(r.virtual_machine),
-                r.license_status, r.grace_minutes_remaining, str(r.sku_id),
-                str(r.application_id), str(r.kms_count_id), r.current_count, self.peer, self.reason)
+        return (
+            r.time,
+            r.status,
+            r.required_client_count,
+            r.workstation_name,
+            str(r.client_machine_id),
+            r.request_time,
+            int(r.virtual_machine),
+            r.license_status,
+            r.grace_minutes_remaining,
+            str(r.sku_id),
+            str(r.application_id),
+            str(r.kms_count_id),
+            r.current_count,
+            self.peer,
+            self.reason,
+        )
 
 
 class HostStore:
@@ -98,8 +111,9 @@ class HostStore:
 
     def set_meta(self, **values: str) -> None:
         with self._transaction():
-            self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                                 values.items())
+            self._db.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", values.items()
+            )
 
     def identity(self, rng: random.Random, now: datetime) -> HostIdentity:
         """The host's identity, created on first use and fixed after that."""
@@ -107,8 +121,11 @@ class HostStore:
         if "host_id" in meta and "epid" in meta:
             return HostIdentity(bytes.fromhex(meta["host_id"]), meta["epid"])
         identity = new_identity(rng, now)
-        self.set_meta(host_id=identity.host_id.hex(), epid=identity.epid,
-                      created=now.isoformat(timespec="seconds"))
+        self.set_meta(
+            host_id=identity.host_id.hex(),
+            epid=identity.epid,
+            created=now.isoformat(timespec="seconds"),
+        )
         return identity
 
     # -- count cache ---------------------------------------------------------------
@@ -118,39 +135,53 @@ class HostStore:
         caps = dict(self._db.execute("SELECT application, capacity FROM capacity").fetchall())
         return CountCache.restore(rows, caps)
 
-    def save(self, changes: dict[tuple[bytes, bytes], int | None], capacity: dict[bytes, int],
-             requests: Iterable[LoggedRequest]) -> None:
+    def save(
+        self,
+        changes: dict[tuple[bytes, bytes], int | None],
+        capacity: dict[bytes, int],
+        requests: Iterable[LoggedRequest],
+    ) -> None:
         """Write one batch (cache changes, capacities, log rows) in one transaction."""
         upserts = [(app, cmid, t) for (app, cmid), t in changes.items() if t is not None]
         deletes = [(app, cmid) for (app, cmid), t in changes.items() if t is None]
         with self._transaction():
             if deletes:
-                self._db.executemany("DELETE FROM clients WHERE application = ? AND cmid = ?",
-                                     deletes)
+                self._db.executemany(
+                    "DELETE FROM clients WHERE application = ? AND cmid = ?", deletes
+                )
             if upserts:
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO clients (application, cmid, last_seen) VALUES (?, ?, ?)",
-                    upserts)
+                    "INSERT OR REPLACE INTO clients (application, cmid, last_seen)"
+                    " VALUES (?, ?, ?)",
+                    upserts,
+                )
             if capacity:
                 self._db.executemany(
                     "INSERT OR REPLACE INTO capacity (application, capacity) VALUES (?, ?)",
-                    capacity.items())
+                    capacity.items(),
+                )
             self._db.executemany(_INSERT_REQUEST, (r.row() for r in requests))
 
     # -- reading for `host status` ----------------------------------------------------
 
     def live_counts(self, now: int) -> dict[bytes, int]:
         rows = self._db.execute(
-            "SELECT application, count(*) FROM clients WHERE ? - last_seen < ? GROUP BY application",
-            (now, LIVE_WINDOW)).fetchall()
+            "SELECT application, count(*) FROM clients"
+            " WHERE ? - last_seen < ? GROUP BY application",
+            (now, LIVE_WINDOW),
+        ).fetchall()
         return dict(rows)
 
     def request_totals(self) -> tuple[int, int, dict[int, int]]:
         """(total, failed, {license status: count}) over the whole request log."""
         total, failed = self._db.execute(
-            "SELECT count(*), coalesce(sum(status != 0), 0) FROM requests").fetchone()
-        by_status = dict(self._db.execute(
-            "SELECT license_status, count(*) FROM requests GROUP BY license_status").fetchall())
+            "SELECT count(*), coalesce(sum(status != 0), 0) FROM requests"
+        ).fetchone()
+        by_status = dict(
+            self._db.execute(
+                "SELECT license_status, count(*) FROM requests GROUP BY license_status"
+            ).fetchall()
+        )
         return total, failed, by_status
 
     def recent_requests(self, limit: int = 20) -> list[dict[str, Any]]:

@@ -91,7 +91,9 @@ def _seal(aead: AESGCM, key_id: bytes, nonce: bytes, plaintext: bytes, minor: in
     return header + aead.encrypt(nonce, plaintext, header)
 
 
-def seal_request(key: LabKey, plaintext: bytes, nonce: bytes, *, minor: int = VERSION_MINOR) -> bytes:
+def seal_request(
+    key: LabKey, plaintext: bytes, nonce: bytes, *, minor: int = VERSION_MINOR
+) -> bytes:
     return _seal(key.request_aead, key.key_id, nonce, plaintext, minor)
 
 

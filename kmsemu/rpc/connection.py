@@ -20,6 +20,7 @@ protocol error (FAULT ``nca_s_proto_error``, then close). No I/O here.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -171,7 +172,9 @@ class ServerConnection:
         handler = _TRANSITIONS.get((self.state, ptype))
         if handler is None:
             call_id = HEADER.unpack_from(pdu)[7]
-            return self._proto_error(call_id, 0, f"PDU type {ptype} not served in {self.state.value}")
+            return self._proto_error(
+                call_id, 0, f"PDU type {ptype} not served in {self.state.value}"
+            )
         return handler(self, pdu)
 
     # -- output for the application ---------------------------------------------
@@ -233,11 +236,18 @@ class ServerConnection:
             elif len(ctx.transfer_syntaxes) == 1 and is_btfn(ctx.transfer_syntaxes[0]):
                 results.append(ContextResult(ResultCode.NEGOTIATE_ACK))
             elif ctx.abstract_syntax != self._interface:
-                results.append(ContextResult(ResultCode.PROVIDER_REJECTION,
-                                             RejectReason.ABSTRACT_SYNTAX_NOT_SUPPORTED))
+                results.append(
+                    ContextResult(
+                        ResultCode.PROVIDER_REJECTION, RejectReason.ABSTRACT_SYNTAX_NOT_SUPPORTED
+                    )
+                )
             else:
-                results.append(ContextResult(ResultCode.PROVIDER_REJECTION,
-                                             RejectReason.PROPOSED_TRANSFER_SYNTAXES_NOT_SUPPORTED))
+                results.append(
+                    ContextResult(
+                        ResultCode.PROVIDER_REJECTION,
+                        RejectReason.PROPOSED_TRANSFER_SYNTAXES_NOT_SUPPORTED,
+                    )
+                )
         return tuple(results)
 
     def _on_request(self, pdu: bytes) -> Event | None:
@@ -254,7 +264,9 @@ class ServerConnection:
             return self._complete(call_id, context_id, opnum, stub)
         if first:
             if call_id in self._partial:
-                return self._proto_error(call_id, context_id, "FIRST fragment of a call in progress")
+                return self._proto_error(
+                    call_id, context_id, "FIRST fragment of a call in progress"
+                )
             self._partial[call_id] = (context_id, opnum, bytearray())
         elif call_id not in self._partial:
             return self._proto_error(call_id, context_id, "fragment of an unknown call")
@@ -300,7 +312,7 @@ def _call_id(pdu: bytes) -> int:
 
 
 #: The whole state machine: (state, PDU type) -> handler. Anything else is a protocol error.
-_TRANSITIONS: Final = {
+_TRANSITIONS: Final[dict[tuple[State, int], Callable[[ServerConnection, bytes], Event | None]]] = {
     (State.AWAIT_BIND, PType.BIND): ServerConnection._on_bind,
     (State.AWAIT_BIND, PType.REQUEST): ServerConnection._on_request,
     (State.BOUND, PType.BIND): ServerConnection._on_second_bind,

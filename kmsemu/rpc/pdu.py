@@ -146,7 +146,9 @@ def parse_header(data: bytes | bytearray | memoryview, max_frag: int) -> Header:
     return Header(minor, ptype, flags, frag_length, auth_length, call_id)
 
 
-def pack_header(ptype: int, flags: int, frag_length: int, call_id: int, auth_length: int = 0) -> bytes:
+def pack_header(
+    ptype: int, flags: int, frag_length: int, call_id: int, auth_length: int = 0
+) -> bytes:
     return HEADER.pack(5, 0, ptype, flags, DREP_LE, frag_length, auth_length, call_id)
 
 
@@ -177,14 +179,19 @@ class Bind:
     ptype: int = PType.BIND
 
     def to_bytes(self) -> bytes:
-        body = [_BIND_FIXED.pack(self.max_xmit_frag, self.max_recv_frag,
-                                 self.assoc_group_id, len(self.contexts))]
+        body = [
+            _BIND_FIXED.pack(
+                self.max_xmit_frag, self.max_recv_frag, self.assoc_group_id, len(self.contexts)
+            )
+        ]
         for ctx in self.contexts:
             body.append(_CTX_ITEM.pack(ctx.context_id, len(ctx.transfer_syntaxes)))
             body.append(ctx.abstract_syntax.to_bytes())
             body.extend(ts.to_bytes() for ts in ctx.transfer_syntaxes)
         payload = b"".join(body)
-        return pack_header(self.ptype, self.flags, HEADER_SIZE + len(payload), self.call_id) + payload
+        return (
+            pack_header(self.ptype, self.flags, HEADER_SIZE + len(payload), self.call_id) + payload
+        )
 
     @classmethod
     def from_bytes(cls, pdu: bytes | memoryview) -> Bind:
@@ -206,8 +213,9 @@ class Bind:
             syntaxes = tuple(SyntaxId.from_bytes(pdu, offset + 20 * i) for i in range(n))
             offset += 20 * n
             contexts.append(ContextElement(ctx_id, abstract, syntaxes))
-        return cls(header.call_id, tuple(contexts), max_xmit, max_recv, assoc, header.flags,
-                   header.ptype)
+        return cls(
+            header.call_id, tuple(contexts), max_xmit, max_recv, assoc, header.flags, header.ptype
+        )
 
 
 # -- BIND_ACK and ALTER_CONTEXT_RESP ------------------------------------------------
@@ -248,14 +256,20 @@ class BindAck:
 
     def to_bytes(self) -> bytes:
         addr = self.secondary_address
-        head = struct.pack("<HHIH", self.max_xmit_frag, self.max_recv_frag,
-                           self.assoc_group_id, len(addr)) + addr
+        head = (
+            struct.pack(
+                "<HHIH", self.max_xmit_frag, self.max_recv_frag, self.assoc_group_id, len(addr)
+            )
+            + addr
+        )
         head += bytes(_pad4(HEADER_SIZE + len(head)))
         parts = [head, struct.pack("<B3x", len(self.results))]
         for r in self.results:
             parts.append(_RESULT.pack(r.result, r.reason) + r.transfer_syntax.to_bytes())
         payload = b"".join(parts)
-        return pack_header(self.ptype, self.flags, HEADER_SIZE + len(payload), self.call_id) + payload
+        return (
+            pack_header(self.ptype, self.flags, HEADER_SIZE + len(payload), self.call_id) + payload
+        )
 
     @classmethod
     def from_bytes(cls, pdu: bytes | memoryview) -> BindAck:
@@ -279,8 +293,16 @@ class BindAck:
             result, reason = _RESULT.unpack_from(pdu, offset)
             results.append(ContextResult(result, reason, SyntaxId.from_bytes(pdu, offset + 4)))
             offset += 24
-        return cls(header.call_id, max_xmit, max_recv, assoc, addr, tuple(results),
-                   header.flags, header.ptype)
+        return cls(
+            header.call_id,
+            max_xmit,
+            max_recv,
+            assoc,
+            addr,
+            tuple(results),
+            header.flags,
+            header.ptype,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,8 +315,10 @@ class BindNak:
         payload = struct.pack("<HB", self.reason, len(self.versions))
         payload += b"".join(struct.pack("<BB", major, minor) for major, minor in self.versions)
         payload += bytes(_pad4(HEADER_SIZE + len(payload)))
-        return pack_header(PType.BIND_NAK, FIRST_LAST, HEADER_SIZE + len(payload),
-                           self.call_id) + payload
+        return (
+            pack_header(PType.BIND_NAK, FIRST_LAST, HEADER_SIZE + len(payload), self.call_id)
+            + payload
+        )
 
     @classmethod
     def from_bytes(cls, pdu: bytes | memoryview) -> BindNak:
@@ -331,8 +355,12 @@ class Request:
         obj = self.object_uuid.bytes_le if self.object_uuid else b""
         hint = len(self.stub) if self.alloc_hint is None else self.alloc_hint
         length = REQUEST_HEADER_SIZE + len(obj) + len(self.stub)
-        return (pack_header(PType.REQUEST, flags, length, self.call_id)
-                + _REQUEST_FIXED.pack(hint, self.context_id, self.opnum) + obj + self.stub)
+        return (
+            pack_header(PType.REQUEST, flags, length, self.call_id)
+            + _REQUEST_FIXED.pack(hint, self.context_id, self.opnum)
+            + obj
+            + self.stub
+        )
 
     @classmethod
     def from_bytes(cls, pdu: bytes | memoryview) -> Request:
@@ -364,9 +392,13 @@ class Response:
 
     def to_bytes(self) -> bytes:
         hint = len(self.stub) if self.alloc_hint is None else self.alloc_hint
-        return (pack_header(PType.RESPONSE, self.flags, RESPONSE_HEADER_SIZE + len(self.stub),
-                            self.call_id)
-                + _RESPONSE_FIXED.pack(hint, self.context_id, self.cancel_count, 0) + self.stub)
+        return (
+            pack_header(
+                PType.RESPONSE, self.flags, RESPONSE_HEADER_SIZE + len(self.stub), self.call_id
+            )
+            + _RESPONSE_FIXED.pack(hint, self.context_id, self.cancel_count, 0)
+            + self.stub
+        )
 
     @classmethod
     def from_bytes(cls, pdu: bytes | memoryview) -> Response:

@@ -1,0 +1,302 @@
+"""The CLI contract (shared/spec/cli.md): in process with CliRunner, and as real processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kmsemu.cli import main
+from kmsemu.host.rules import EPID_PATTERN
+from tests.conftest import (
+    RunningHost,
+    kmsemu_command,
+    start_host_process,
+    stop_host_process,
+)
+
+
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("KMSEMU_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KMSEMU_SECRET", raising=False)
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, *args: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(main, list(args), catch_exceptions=False)
+
+
+def test_catalog_json_fields(runner: CliRunner) -> None:
+    result = invoke(runner, "catalog", "--json")
+    assert result.exit_code == 0
+    products = json.loads(result.stdout)["products"]
+    assert len(products) >= 12
+    for p in products:
+        assert {
+            "name",
+            "application_id",
+            "sku_id",
+            "kms_count_id",
+            "threshold",
+            "channel",
+        } <= p.keys()
+
+
+def test_catalog_text_and_bad_file(runner: CliRunner, tmp_path: Path) -> None:
+    assert "Windows Server 2025 Datacenter" in invoke(runner, "catalog").stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[applications]\n")
+    result = runner.invoke(main, ["catalog", "--file", str(bad), "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["error"]["code"] == "bad_catalog"
+
+
+def test_activate_json_against_a_host(runner: CliRunner, inprocess_host: RunningHost) -> None:
+    cmid = str(uuid.uuid4())
+    host = f"127.0.0.1:{inprocess_host.port}"
+    result = invoke(
+        runner,
+        "client",
+        "activate",
+        "--host",
+        host,
+        "--product",
+        "windows-server-2022-standard",
+        "--cmid",
+        cmid,
+        "--vm",
+        "--name",
+        "srv-1",
+        "--required-count",
+        "1",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["status"] == 0 and data["activated"] is True
+    assert data["current_count"] == 1 and data["client_machine_id"] == cmid
+    assert (data["activation_interval"], data["renewal_interval"]) == (120, 10080)
+    assert EPID_PATTERN.match(data["host_epid"])
+    inprocess_host.flush()
+    line = [x for x in inprocess_host.stderr_lines if "activation" in x][-1]
+    assert "client=srv-1" in line and "vm=1" in line and f"cmid={cmid}" in line
+
+
+def test_activate_below_threshold_exits_1_with_c004f038(
+    runner: CliRunner, inprocess_host: RunningHost
+) -> None:
+    result = runner.invoke(
+        main,
+        [
+            "client",
+            "activate",
+            "--host",
+            f"127.0.0.1:{inprocess_host.port}",
+            "--product",
+            "windows-11-pro",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["current_count"] == 1 and data["status"] == 0
+    assert data["error"] == {
+        "code": "count_insufficient",
+        "hresult": "0xC004F038",
+        "message": data["error"]["message"],
+    }
+
+
+def test_activate_text_output(runner: CliRunner, inprocess_host: RunningHost) -> None:
+    result = runner.invoke(
+        main,
+        [
+            "client",
+            "activate",
+            "--host",
+            f"127.0.0.1:{inprocess_host.port}",
+            "--product",
+            "office-ltsc-2024-proplus",
+            "--required-count",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0
+    assert result.stdout.startswith("Activating Office LTSC Professional Plus 2024 (")
+    assert result.stdout.rstrip().endswith("Product activated successfully.")
+
+
+def test_activate_wrong_secret_and_no_host(runner: CliRunner, inprocess_host: RunningHost) -> None:
+    result = runner.invoke(
+        main,
+        [
+            "client",
+            "activate",
+            "--host",
+            f"127.0.0.1:{inprocess_host.port}",
+            "--product",
+            "windows-11-pro",
+            "--secret",
+            "nope",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["error"]["hresult"] == "0xC004F074" and data["cause"] == "0x80070005"
+    result = runner.invoke(
+        main,
+        [
+            "client",
+            "activate",
+            "--host",
+            "127.0.0.1:1",
+            "--product",
+            "windows-11-pro",
+            "--timeout",
+            "2",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "Error: 0xC004F074" in result.stderr and "0x800706BA" in result.stderr
+
+
+def test_secret_from_environment(runner: CliRunner, tmp_path: Path) -> None:
+    from tests.conftest import start_inprocess_host
+
+    host, stop = start_inprocess_host(tmp_path / "h", secrets=["env-secret"])
+    try:
+        result = runner.invoke(
+            main,
+            [
+                "client",
+                "activate",
+                "--host",
+                f"127.0.0.1:{host.port}",
+                "--product",
+                "windows-11-pro",
+                "--required-count",
+                "1",
+            ],
+            env={"KMSEMU_SECRET": "env-secret"},
+        )
+        assert result.exit_code == 0, result.output
+    finally:
+        stop()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["client", "activate", "--product", "windows-11-pro", "--host", "[::1"],
+        ["client", "activate", "--product", "windows-11-pro", "--cmid", "xyz"],
+        ["client", "activate"],
+        ["host", "serve", "--renewal-interval", "5"],
+        ["host", "serve", "--clock-offset", "5 hours"],
+        ["host", "serve", "--log-format", "xml"],
+    ],
+)
+def test_usage_errors_exit_2(runner: CliRunner, args: list[str]) -> None:
+    assert runner.invoke(main, args).exit_code == 2
+
+
+def test_unknown_product_exits_1(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["client", "activate", "--product", "toaster", "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["error"]["code"] == "unknown_product"
+
+
+def test_status_without_state(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["host", "status", "--state", str(tmp_path / "none"), "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["error"]["code"] == "no_state"
+
+
+def test_serve_status_and_clean_stop_as_real_processes(tmp_path: Path) -> None:
+    state = tmp_path / "host"
+    host = start_host_process(state, "--min-count", "3", "--log-format", "json")
+    try:
+        address = f"127.0.0.1:{host.port}"
+        for cmid in (uuid.uuid4(), uuid.uuid4()):
+            out = subprocess.run(
+                kmsemu_command(
+                    "client",
+                    "activate",
+                    "--host",
+                    address,
+                    "--product",
+                    "windows-server-2019-datacenter",
+                    "--cmid",
+                    str(cmid),
+                    "--json",
+                ),
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert json.loads(out.stdout)["current_count"] == 3
+        subprocess.run(
+            kmsemu_command(
+                "client",
+                "activate",
+                "--host",
+                address,
+                "--product",
+                "windows-11-pro",
+                "--secret",
+                "wrong",
+            ),
+            capture_output=True,
+            timeout=30,
+        )
+    finally:
+        host.process.send_signal(signal.SIGINT)  # type: ignore[union-attr]
+        assert stop_host_process(host) == 0
+    logs = [json.loads(x) for x in host.stderr_lines if x.startswith("{")]
+    activations = [x for x in logs if x["event"] == "activation"]
+    assert len(activations) == 3 and activations[0]["status"] == "0x00000000"
+    assert activations[2]["status"] == "0x80070005"
+    status = subprocess.run(
+        kmsemu_command("host", "status", "--state", str(state), "--json"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    report = json.loads(status.stdout)
+    assert report["counts"]["Windows"] == 3  # min count 3 (two live clients)
+    assert report["port"] == host.port
+    assert report["requests"]["total"] == 3 and report["requests"]["failed"] == 1
+    assert report["requests"]["by_status"]["initial_grace"] == 2
+    text = subprocess.run(
+        kmsemu_command("host", "status", "--state", str(state)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert f"Listening on Port: {host.port}" in text
+    assert "Total requests received: 3" in text and "Failed requests received: 1" in text
+
+
+def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = subprocess.run(
+            kmsemu_command(
+                "host", "serve", "--listen", f"127.0.0.1:{port}", "--state", str(tmp_path / "h")
+            ),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert out.returncode == 1
+    assert "cannot listen" in out.stderr
