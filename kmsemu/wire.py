@@ -48,6 +48,12 @@ def guid_from_bytes(data: bytes) -> uuid.UUID:
     return uuid.UUID(bytes_le=bytes(data))
 
 
+def guid_text(le: bytes) -> str:
+    """``str(uuid.UUID(bytes_le=le))`` without building a UUID (the host's log path)."""
+    h = (le[3::-1] + le[5:3:-1] + le[7:5:-1] + le[8:16]).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 class TextFieldError(ValueError):
     """A fixed UTF-16LE field is unterminated or not valid UTF-16."""
 
@@ -65,10 +71,12 @@ def encode_utf16_field(text: str, size: int) -> bytes:
 
 def decode_utf16_field(data: bytes) -> str:
     """Decode up to the first NUL code unit; bytes after it are ignored."""
-    for i in range(0, len(data) - 1, 2):
-        if data[i] == 0 and data[i + 1] == 0:
-            try:
-                return data[:i].decode("utf-16-le")
-            except UnicodeDecodeError as exc:
-                raise TextFieldError("not valid UTF-16") from exc
-    raise TextFieldError("no terminating NUL code unit")
+    end = data.find(b"\x00\x00")
+    while end > 0 and end % 2:  # a NUL pair straddling two code units is not a NUL code unit
+        end = data.find(b"\x00\x00", end + 1)
+    if end < 0:
+        raise TextFieldError("no terminating NUL code unit")
+    try:
+        return data[:end].decode("utf-16-le")
+    except UnicodeDecodeError as exc:
+        raise TextFieldError("not valid UTF-16") from exc

@@ -18,7 +18,8 @@ import pytest
 from kmsemu.catalog import default_catalog
 from kmsemu.clock import OffsetClock, SystemClock
 from kmsemu.host.rules import HostSettings
-from kmsemu.host.server import EventLog, KmsServer, ServerOptions, build_host
+from kmsemu.host.events import EventLog
+from kmsemu.host.server import KmsServer, ServerOptions, build_host
 from kmsemu.host.store import HostStore
 from kmsemu.wire import filetime_from_unix
 

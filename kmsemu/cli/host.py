@@ -25,6 +25,7 @@ from kmsemu.cli.common import (
 )
 from kmsemu.clock import OffsetClock, SystemClock
 from kmsemu.errors import ConfigError
+from kmsemu.host.events import EventLog
 from kmsemu.host.rules import (
     DEFAULT_ACTIVATION_INTERVAL,
     DEFAULT_RENEWAL_INTERVAL,
@@ -35,7 +36,6 @@ from kmsemu.host.server import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_PORT,
-    EventLog,
     KmsServer,
     ServerOptions,
     build_host,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import random
 import re
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,8 +23,21 @@ from typing import Final
 
 from kmsemu.catalog import Catalog
 from kmsemu.errors import HResult
-from kmsemu.klp.messages import ActivationRequest, ActivationResponse, MessageError, echo_fields
-from kmsemu.wire import FILETIME_PER_SECOND, NIL_GUID, datetime_from_filetime
+from kmsemu.klp.messages import (
+    NAME_FIELD_SIZE,
+    ActivationResponse,
+    MessageError,
+    RequestFields,
+    echo_fields,
+    pack_response,
+    parse_request,
+)
+from kmsemu.wire import (
+    FILETIME_PER_SECOND,
+    NIL_GUID,
+    datetime_from_filetime,
+    encode_utf16_field,
+)
 
 LIVE_WINDOW: Final = 30 * 86_400 * FILETIME_PER_SECOND
 MAX_SKEW: Final = 4 * 3_600 * FILETIME_PER_SECOND
@@ -144,33 +156,34 @@ class CountCache:
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:
-    """One processed request: the fields of Windows event 12290 and what was answered."""
+    """One processed request: what Windows event 12290 records, and what was answered.
+
+    ``request`` is None when the plaintext could not be read; GUIDs stay in
+    wire form (``bytes_le``) until something needs their text.
+    """
 
     time: int
     status: int
-    required_client_count: int
-    workstation_name: str
-    client_machine_id: uuid.UUID
-    request_time: int
-    virtual_machine: bool
-    license_status: int | None  # None when the plaintext could not be read
-    grace_minutes_remaining: int
-    sku_id: uuid.UUID
-    application_id: uuid.UUID
-    kms_count_id: uuid.UUID
     current_count: int
+    request: RequestFields | None
+    client_machine_id: bytes
+    request_time: int
 
     @classmethod
-    def bare(cls, now: int, status: int, cmid: uuid.UUID = NIL_GUID, when: int = 0) -> LogRecord:
-        """A record for a request whose plaintext could not be read."""
-        return cls(now, status, 0, "", cmid, when, False, None, 0, NIL_GUID, NIL_GUID, NIL_GUID, 0)
+    def bare(cls, now: int, status: int) -> LogRecord:
+        """A record for a request whose envelope could not be opened."""
+        return cls(now, status, 0, None, _NIL, 0)
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    response: ActivationResponse
+    plaintext: bytes
     log: LogRecord
     reason: str = ""
+
+    @property
+    def response(self) -> ActivationResponse:
+        return ActivationResponse.from_bytes(self.plaintext)
 
 
 class HostRules:
@@ -187,102 +200,50 @@ class HostRules:
         self.settings = settings
         self.identity = identity
         self.cache = cache if cache is not None else CountCache()
+        self._epid_field = encode_utf16_field(identity.epid, NAME_FIELD_SIZE)
 
     def answer(self, plaintext: bytes, nonce: bytes, now: int) -> Answer:
         """The response to one opened request plaintext at host time ``now`` (FILETIME)."""
         try:
-            request = ActivationRequest.from_bytes(plaintext)
+            request = parse_request(plaintext)
         except MessageError as exc:
             cmid, when = echo_fields(plaintext)
-            return self._error(HResult.INVALID_DATA, nonce, now, cmid, when, None, str(exc))
-        app = request.application_id.bytes_le
-        if not self.catalog.serves(app, request.kms_count_id.bytes_le):
-            return self._error(
-                HResult.PRODUCT_NOT_SERVED,
-                nonce,
-                now,
-                request.client_machine_id,
-                request.request_time,
-                request,
-                "product not in the catalog",
-            )
-        if abs(request.request_time - now) > MAX_SKEW:
+            log = LogRecord(now, HResult.INVALID_DATA, 0, None, cmid, when)
+            return Answer(self._pack(log, nonce), log, str(exc))
+        status, reason = 0, ""
+        if not self.catalog.serves(request.application_id, request.kms_count_id):
+            status, reason = HResult.PRODUCT_NOT_SERVED, "product not in the catalog"
+        elif abs(request.request_time - now) > MAX_SKEW:
             skew = (request.request_time - now) / FILETIME_PER_SECOND / 3600
-            return self._error(
-                HResult.TIMESTAMP_INVALID,
-                nonce,
-                now,
+            status, reason = HResult.TIMESTAMP_INVALID, f"client clock {skew:+.1f} h off"
+        count = 0
+        if status == 0:
+            count = self.cache.activate(
+                request.application_id,
                 request.client_machine_id,
-                request.request_time,
-                request,
-                f"client clock {skew:+.1f} h off",
+                request.previous_client_machine_id,
+                request.required_client_count,
+                now,
             )
-        count = self.cache.activate(
-            app,
-            request.client_machine_id.bytes_le,
-            request.previous_client_machine_id.bytes_le,
-            request.required_client_count,
-            now,
+            count = max(count, self.settings.min_count)
+        log = LogRecord(
+            now, status, count, request, request.client_machine_id, request.request_time
         )
-        count = max(count, self.settings.min_count)
-        return Answer(
-            self._response(0, nonce, now, request.client_machine_id, request.request_time, count),
-            _log(now, 0, request, request.client_machine_id, request.request_time, count),
+        return Answer(self._pack(log, nonce), log, reason)
+
+    def _pack(self, log: LogRecord, nonce: bytes) -> bytes:
+        return pack_response(
+            log.status,
+            nonce,
+            log.client_machine_id,
+            log.request_time,
+            log.time,
+            log.current_count,
+            self.settings.activation_interval,
+            self.settings.renewal_interval,
+            self.identity.host_id,
+            self._epid_field,
         )
-
-    def _response(
-        self, status: int, nonce: bytes, now: int, cmid: uuid.UUID, when: int, count: int
-    ) -> ActivationResponse:
-        return ActivationResponse(
-            status=status,
-            request_nonce=nonce,
-            client_machine_id=cmid,
-            request_time=when,
-            response_time=now,
-            current_count=count,
-            activation_interval=self.settings.activation_interval,
-            renewal_interval=self.settings.renewal_interval,
-            host_id=self.identity.host_id,
-            host_epid=self.identity.epid,
-        )
-
-    def _error(
-        self,
-        status: HResult,
-        nonce: bytes,
-        now: int,
-        cmid: uuid.UUID,
-        when: int,
-        request: ActivationRequest | None,
-        reason: str,
-    ) -> Answer:
-        return Answer(
-            self._response(status, nonce, now, cmid, when, 0),
-            _log(now, status, request, cmid, when, 0),
-            reason,
-        )
-
-
-def _log(
-    now: int, status: int, request: ActivationRequest | None, cmid: uuid.UUID, when: int, count: int
-) -> LogRecord:
-    if request is None:
-        return LogRecord.bare(now, status, cmid, when)
-    return LogRecord(
-        time=now,
-        status=status,
-        required_client_count=request.required_client_count,
-        workstation_name=request.workstation_name,
-        client_machine_id=cmid,
-        request_time=when,
-        virtual_machine=request.is_virtual_machine,
-        license_status=request.license_status,
-        grace_minutes_remaining=request.grace_minutes_remaining,
-        sku_id=request.sku_id,
-        application_id=request.application_id,
-        kms_count_id=request.kms_count_id,
-        current_count=count,
-    )
 
 
 def describe_time(filetime: int) -> str:

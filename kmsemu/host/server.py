@@ -13,89 +13,28 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
-import json
 import random
 import socket
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any, Final, cast
+from typing import Any, Final, cast
 
 from kmsemu.addresses import format_address
 from kmsemu.catalog import Catalog
 from kmsemu.clock import Clock, as_datetime
-from kmsemu.errors import format_hresult
-from kmsemu.host.rules import HostRules, HostSettings, LogRecord
+from kmsemu.host.events import EventLog
+from kmsemu.host.rules import HostRules, HostSettings
 from kmsemu.host.service import KmsHost
 from kmsemu.host.store import HostStore, LoggedRequest
 from kmsemu.klp.envelope import Keyring
 from kmsemu.rpc.connection import NEED_DATA, Call, Closed, Send, ServerConnection
 from kmsemu.rpc.ndr import NdrError
 from kmsemu.rpc.pdu import NcaStatus
-from kmsemu.wire import filetime_from_unix, unix_from_filetime
+from kmsemu.wire import filetime_from_unix
 
 DEFAULT_PORT: Final = 1688
 DEFAULT_MAX_CONNECTIONS: Final = 4096
 DEFAULT_IDLE_TIMEOUT: Final = 30.0
-
-
-class EventLog:
-    """One line per event on a stream, as text or JSON; buffered, flushed by the server."""
-
-    def __init__(
-        self,
-        stream: IO[str] | None = None,
-        fmt: str = "text",
-        product_names: dict[bytes, str] | None = None,
-    ) -> None:
-        if fmt not in ("text", "json"):
-            raise ValueError("log format must be text or json")
-        self._stream = stream if stream is not None else sys.stderr
-        self._json = fmt == "json"
-        self._products = product_names or {}
-        self._lines: list[str] = []
-
-    def activation(self, record: LogRecord, peer: str, reason: str) -> None:
-        product = self._products.get(record.sku_id.bytes_le, str(record.sku_id))
-        fields: dict[str, Any] = {
-            "status": format_hresult(record.status),
-            "product": product,
-            "count": record.current_count,
-            "client": record.workstation_name,
-            "cmid": str(record.client_machine_id),
-            "vm": int(record.virtual_machine),
-            "license_status": record.license_status,
-            "peer": peer,
-        }
-        if reason:
-            fields["reason"] = reason
-        self.event("activation", record.time, fields)
-
-    def event(
-        self,
-        name: str,
-        filetime: int | None = None,
-        fields: dict[str, Any] | None = None,
-    ) -> None:
-        when = as_datetime(unix_from_filetime(filetime)) if filetime else None
-        stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z" if when else ""
-        fields = fields or {}
-        if self._json:
-            self._lines.append(json.dumps({"time": stamp, "event": name, **fields}) + "\n")
-        else:
-            parts = " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
-            self._lines.append(f"{stamp} {name} {parts}\n".lstrip())
-
-    def flush(self) -> None:
-        if self._lines:
-            self._stream.write("".join(self._lines))
-            self._lines.clear()
-        self._stream.flush()
-
-
-def _text_value(value: Any) -> str:
-    text = str(value)
-    return json.dumps(text) if (not text or any(c in text for c in ' "=\n')) else text
 
 
 @dataclass

@@ -47,5 +47,5 @@ class KmsHost:
                 encode_response_stub(None, exc.status), LogRecord.bare(now, exc.status), exc.reason
             )
         answer: Answer = self.rules.answer(opened.plaintext, opened.nonce, now)
-        sealed = seal_response(opened.key, answer.response.to_bytes(), self._nonce(12))
+        sealed = seal_response(opened.key, answer.plaintext, self._nonce(12))
         return Outcome(encode_response_stub(sealed, 0), answer.log, answer.reason)

@@ -11,7 +11,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 from kmsemu.wire import (
     NIL_GUID,
@@ -123,36 +123,67 @@ class ActivationRequest:
     @classmethod
     def from_bytes(cls, data: bytes) -> ActivationRequest:
         """Parse a plaintext; bytes past the v1.0 layout are ignored."""
-        if len(data) < REQUEST_SIZE:
-            raise MessageError(f"request plaintext of {len(data)} bytes is under {REQUEST_SIZE}")
-        (flags, status, grace, app, sku, count_id, cmid, required, when, previous) = (
-            _REQUEST.unpack_from(data)
-        )
-        try:
-            name = decode_utf16_field(data[104:REQUEST_SIZE])
-        except TextFieldError as exc:
-            raise MessageError(f"workstation name: {exc}") from exc
+        f = parse_request(data)
         return cls(
-            application_id=uuid.UUID(bytes_le=app),
-            sku_id=uuid.UUID(bytes_le=sku),
-            kms_count_id=uuid.UUID(bytes_le=count_id),
-            client_machine_id=uuid.UUID(bytes_le=cmid),
-            request_time=when,
-            required_client_count=required,
-            license_status=status,
-            grace_minutes_remaining=grace,
-            workstation_name=name,
-            previous_client_machine_id=uuid.UUID(bytes_le=previous),
-            flags=flags,
+            application_id=uuid.UUID(bytes_le=f.application_id),
+            sku_id=uuid.UUID(bytes_le=f.sku_id),
+            kms_count_id=uuid.UUID(bytes_le=f.kms_count_id),
+            client_machine_id=uuid.UUID(bytes_le=f.client_machine_id),
+            request_time=f.request_time,
+            required_client_count=f.required_client_count,
+            license_status=f.license_status,
+            grace_minutes_remaining=f.grace_minutes_remaining,
+            workstation_name=f.workstation_name,
+            previous_client_machine_id=uuid.UUID(bytes_le=f.previous_client_machine_id),
+            flags=f.flags,
         )
+
+
+class RequestFields(NamedTuple):
+    """A validated request plaintext with GUIDs left in wire form (``bytes_le``).
+
+    What the host works with: building ``uuid.UUID`` objects costs more than
+    the rest of an activation, and the host only compares and stores them.
+    """
+
+    flags: int
+    license_status: int
+    grace_minutes_remaining: int
+    application_id: bytes
+    sku_id: bytes
+    kms_count_id: bytes
+    client_machine_id: bytes
+    required_client_count: int
+    request_time: int
+    previous_client_machine_id: bytes
+    workstation_name: str
+
+
+_NIL_LE = bytes(16)
+
+
+def parse_request(data: bytes) -> RequestFields:
+    """Check a request plaintext against section 4.1 and split it into its fields."""
+    if len(data) < REQUEST_SIZE:
+        raise MessageError(f"request plaintext of {len(data)} bytes is under {REQUEST_SIZE}")
+    fields = _REQUEST.unpack_from(data)
+    if fields[1] > 6:
+        raise MessageError(f"license_status {fields[1]} is not 0-6")
+    if fields[6] == _NIL_LE:
+        raise MessageError("the client machine id is nil")
+    try:
+        name = decode_utf16_field(data[104:REQUEST_SIZE])
+    except TextFieldError as exc:
+        raise MessageError(f"workstation name: {exc}") from exc
+    return RequestFields._make((*fields, name))
 
 
 _VALID_STATUSES = frozenset(int(s) for s in LicenseStatus)
 
 
-def echo_fields(plaintext: bytes) -> tuple[uuid.UUID, int]:
-    """The CMID and request time to echo in an error response, zero where too short."""
-    cmid = uuid.UUID(bytes_le=plaintext[60:76]) if len(plaintext) >= 76 else NIL_GUID
+def echo_fields(plaintext: bytes) -> tuple[bytes, int]:
+    """The CMID (wire form) and request time to echo in an error response, zero if too short."""
+    cmid = plaintext[60:76] if len(plaintext) >= 76 else _NIL_LE
     when = int.from_bytes(plaintext[80:88], "little") if len(plaintext) >= 88 else 0
     return cmid, when
 
@@ -223,3 +254,35 @@ class ActivationResponse:
             host_id=host_id,
             host_epid=epid,
         )
+
+
+def pack_response(
+    status: int,
+    request_nonce: bytes,
+    client_machine_id: bytes,
+    request_time: int,
+    response_time: int,
+    current_count: int,
+    activation_interval: int,
+    renewal_interval: int,
+    host_id: bytes,
+    epid_field: bytes,
+) -> bytes:
+    """A response plaintext from wire-form values (the host's path; ``epid_field`` pre-encoded).
+
+    Gives the same bytes as ``ActivationResponse(...).to_bytes()``.
+    """
+    return (
+        _RESPONSE.pack(
+            status,
+            request_nonce,
+            client_machine_id,
+            request_time,
+            response_time,
+            current_count,
+            activation_interval,
+            renewal_interval,
+            host_id,
+        )
+        + epid_field
+    )

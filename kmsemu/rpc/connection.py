@@ -23,6 +23,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 from typing import Final
 
 from kmsemu.rpc.ndr import MAX_STUB
@@ -36,8 +37,8 @@ from kmsemu.rpc.pdu import (
     NDR20,
     PFC,
     Bind,
-    BindAck,
     BindNak,
+    ContextElement,
     ContextResult,
     Fault,
     NcaStatus,
@@ -46,8 +47,11 @@ from kmsemu.rpc.pdu import (
     RejectReason,
     ResultCode,
     SyntaxId,
+    encode_bind_ack,
     encode_response,
+    encode_results,
     is_btfn,
+    secondary_address_block,
 )
 
 
@@ -86,6 +90,14 @@ NEED_DATA: Final = _NeedData()
 Event = Send | Call | Closed | _NeedData
 
 _REQUEST_FIXED = struct.Struct("<IHH")
+_LENGTHS = struct.Struct("<HHI")  # frag_length, auth_length, call_id at offset 8
+_BIND_FIXED = struct.Struct("<HHI")  # max_xmit_frag, max_recv_frag, assoc_group_id
+_NO_SECONDARY_ADDRESS: Final = secondary_address_block(b"")
+_NEGOTIATED: dict[tuple[SyntaxId, bytes], tuple[bytes, frozenset[int]]] = {}
+_NEGOTIATED_MAX: Final = 256
+_FIRST: Final = int(PFC.FIRST_FRAG)
+_LAST: Final = int(PFC.LAST_FRAG)
+_OBJECT_UUID: Final = int(PFC.OBJECT_UUID)
 #: Fragments a peer may have in flight before it is cut off (empty fragments cost nothing else).
 MAX_FRAGMENTS: Final = 1024
 
@@ -106,7 +118,7 @@ class ServerConnection:
         if not assoc_group_id:
             raise ValueError("assoc_group_id must be non-zero")
         self.state = State.AWAIT_BIND
-        self._secondary = str(port).encode("ascii") + b"\x00"
+        self._secondary = _address_block(port)
         self._assoc_group_id = assoc_group_id
         self._interface = interface
         self._opnums = opnums
@@ -191,75 +203,73 @@ class ServerConnection:
 
     def _on_bind(self, pdu: bytes) -> Event:
         try:
-            bind = Bind.from_bytes(pdu)
+            call_id, max_xmit, max_recv, assoc, results = self._negotiate(pdu)
         except PduError as exc:
             nak = BindNak(_call_id(pdu), RejectReason.NOT_SPECIFIED).to_bytes()
             return self._close(f"malformed BIND: {exc}", data=nak, error=True)
-        self.xmit_limit = max(min(bind.max_recv_frag, self._max_frag), MIN_FRAG)
-        self.recv_limit = max(min(bind.max_xmit_frag, self._max_frag), MIN_FRAG)
-        ack = BindAck(
-            call_id=bind.call_id,
-            max_xmit_frag=self.xmit_limit,
-            max_recv_frag=self.recv_limit,
-            assoc_group_id=bind.assoc_group_id or self._assoc_group_id,
-            secondary_address=self._secondary,
-            results=self._negotiate(bind),
-        )
+        self.xmit_limit = max(min(max_recv, self._max_frag), MIN_FRAG)
+        self.recv_limit = max(min(max_xmit, self._max_frag), MIN_FRAG)
         self.state = State.BOUND
-        return Send(ack.to_bytes())
+        return Send(
+            encode_bind_ack(
+                call_id,
+                self.xmit_limit,
+                self.recv_limit,
+                assoc or self._assoc_group_id,
+                self._secondary,
+                results,
+            )
+        )
 
     def _on_second_bind(self, pdu: bytes) -> Event:
         return Send(BindNak(_call_id(pdu), RejectReason.NOT_SPECIFIED).to_bytes())
 
     def _on_alter_context(self, pdu: bytes) -> Event:
         try:
-            alter = Bind.from_bytes(pdu)
+            call_id, _, _, assoc, results = self._negotiate(pdu)
         except PduError as exc:
             return self._proto_error(_call_id(pdu), 0, f"malformed ALTER_CONTEXT: {exc}")
-        resp = BindAck(
-            call_id=alter.call_id,
-            max_xmit_frag=self.xmit_limit,
-            max_recv_frag=self.recv_limit,
-            assoc_group_id=alter.assoc_group_id or self._assoc_group_id,
-            secondary_address=b"",
-            results=self._negotiate(alter),
-            ptype=PType.ALTER_CONTEXT_RESP,
+        return Send(
+            encode_bind_ack(
+                call_id,
+                self.xmit_limit,
+                self.recv_limit,
+                assoc or self._assoc_group_id,
+                _NO_SECONDARY_ADDRESS,
+                results,
+                PType.ALTER_CONTEXT_RESP,
+            )
         )
-        return Send(resp.to_bytes())
 
-    def _negotiate(self, bind: Bind) -> tuple[ContextResult, ...]:
-        results = []
-        for ctx in bind.contexts:
-            if ctx.abstract_syntax == self._interface and NDR20 in ctx.transfer_syntaxes:
-                results.append(ContextResult(ResultCode.ACCEPTANCE, 0, NDR20))
-                self.contexts.add(ctx.context_id)
-            elif len(ctx.transfer_syntaxes) == 1 and is_btfn(ctx.transfer_syntaxes[0]):
-                results.append(ContextResult(ResultCode.NEGOTIATE_ACK))
-            elif ctx.abstract_syntax != self._interface:
-                results.append(
-                    ContextResult(
-                        ResultCode.PROVIDER_REJECTION, RejectReason.ABSTRACT_SYNTAX_NOT_SUPPORTED
-                    )
-                )
-            else:
-                results.append(
-                    ContextResult(
-                        ResultCode.PROVIDER_REJECTION,
-                        RejectReason.PROPOSED_TRANSFER_SYNTAXES_NOT_SUPPORTED,
-                    )
-                )
-        return tuple(results)
+    def _negotiate(self, pdu: bytes) -> tuple[int, int, int, int, bytes]:
+        """Answer a BIND or ALTER_CONTEXT's contexts; accepted ones join ``self.contexts``.
+
+        Clients send the same context list again and again, so the encoded
+        answer is cached by the list's bytes (bounded: a hostile peer only misses).
+        """
+        frag_length, auth_length, call_id = _LENGTHS.unpack_from(pdu, 8)
+        max_xmit, max_recv, assoc = _BIND_FIXED.unpack_from(pdu, HEADER_SIZE)
+        key = (self._interface, pdu[24 : frag_length - auth_length])
+        cached = _NEGOTIATED.get(key)
+        if cached is None:
+            cached = negotiate(self._interface, Bind.from_bytes(pdu).contexts)
+            if len(_NEGOTIATED) >= _NEGOTIATED_MAX:
+                _NEGOTIATED.clear()
+            _NEGOTIATED[key] = cached
+        results, accepted = cached
+        self.contexts.update(accepted)
+        return call_id, max_xmit, max_recv, assoc, results
 
     def _on_request(self, pdu: bytes) -> Event | None:
         _v, _m, _t, flags, _d, frag_length, auth_length, call_id = HEADER.unpack_from(pdu)
         _hint, context_id, opnum = _REQUEST_FIXED.unpack_from(pdu, HEADER_SIZE)
         if auth_length:
             return self._proto_error(call_id, context_id, "REQUEST with authentication")
-        start = 40 if flags & PFC.OBJECT_UUID else 24
+        start = 40 if flags & _OBJECT_UUID else 24
         if start > frag_length:
             return self._proto_error(call_id, context_id, "object UUID runs past the PDU")
         stub = pdu[start:frag_length]
-        first, last = flags & PFC.FIRST_FRAG, flags & PFC.LAST_FRAG
+        first, last = flags & _FIRST, flags & _LAST
         if first and last and call_id not in self._partial:
             return self._complete(call_id, context_id, opnum, stub)
         if first:
@@ -305,6 +315,32 @@ class ServerConnection:
         self._partial.clear()
         self._closed = Closed(reason, b"", error)
         return Closed(reason, data, error)
+
+
+def negotiate(
+    interface: SyntaxId, contexts: tuple[ContextElement, ...]
+) -> tuple[bytes, frozenset[int]]:
+    """The encoded result list for proposed contexts, and the ids it accepts (klp-v1.md 1)."""
+    results = []
+    accepted = set()
+    for ctx in contexts:
+        if ctx.abstract_syntax == interface and NDR20 in ctx.transfer_syntaxes:
+            results.append(ContextResult(ResultCode.ACCEPTANCE, 0, NDR20))
+            accepted.add(ctx.context_id)
+        elif len(ctx.transfer_syntaxes) == 1 and is_btfn(ctx.transfer_syntaxes[0]):
+            results.append(ContextResult(ResultCode.NEGOTIATE_ACK))
+        elif ctx.abstract_syntax != interface:
+            reason = RejectReason.ABSTRACT_SYNTAX_NOT_SUPPORTED
+            results.append(ContextResult(ResultCode.PROVIDER_REJECTION, reason))
+        else:
+            reason = RejectReason.PROPOSED_TRANSFER_SYNTAXES_NOT_SUPPORTED
+            results.append(ContextResult(ResultCode.PROVIDER_REJECTION, reason))
+    return encode_results(tuple(results)), frozenset(accepted)
+
+
+@lru_cache(maxsize=64)
+def _address_block(port: int) -> bytes:
+    return secondary_address_block(str(port).encode("ascii") + b"\x00")
 
 
 def _call_id(pdu: bytes) -> int:

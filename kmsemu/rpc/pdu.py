@@ -45,7 +45,7 @@ class NcaStatus(IntEnum):
     NCA_S_FAULT_NDR = 0x000006F7
 
 
-FIRST_LAST: Final = PFC.FIRST_FRAG | PFC.LAST_FRAG
+FIRST_LAST: Final = int(PFC.FIRST_FRAG | PFC.LAST_FRAG)
 DREP_LE: Final = b"\x10\x00\x00\x00"
 HEADER_SIZE: Final = 16
 REQUEST_HEADER_SIZE: Final = 24
@@ -72,6 +72,7 @@ _RESPONSE_FIXED = struct.Struct("<IHBB")
 _FAULT_BODY = struct.Struct("<IHBBII")
 _BIND_FIXED = struct.Struct("<HHIB3x")
 _CTX_ITEM = struct.Struct("<HBx")
+_BIND_ACK_FIXED = struct.Struct("<HHI")
 _RESULT = struct.Struct("<HH")
 
 
@@ -255,20 +256,15 @@ class BindAck:
     ptype: int = PType.BIND_ACK
 
     def to_bytes(self) -> bytes:
-        addr = self.secondary_address
-        head = (
-            struct.pack(
-                "<HHIH", self.max_xmit_frag, self.max_recv_frag, self.assoc_group_id, len(addr)
-            )
-            + addr
-        )
-        head += bytes(_pad4(HEADER_SIZE + len(head)))
-        parts = [head, struct.pack("<B3x", len(self.results))]
-        for r in self.results:
-            parts.append(_RESULT.pack(r.result, r.reason) + r.transfer_syntax.to_bytes())
-        payload = b"".join(parts)
-        return (
-            pack_header(self.ptype, self.flags, HEADER_SIZE + len(payload), self.call_id) + payload
+        return encode_bind_ack(
+            self.call_id,
+            self.max_xmit_frag,
+            self.max_recv_frag,
+            self.assoc_group_id,
+            secondary_address_block(self.secondary_address),
+            encode_results(self.results),
+            self.ptype,
+            self.flags,
         )
 
     @classmethod
@@ -303,6 +299,37 @@ class BindAck:
             header.flags,
             header.ptype,
         )
+
+
+def secondary_address_block(address: bytes) -> bytes:
+    """Length, address and the padding that puts the result list on a multiple of 4."""
+    return struct.pack("<H", len(address)) + address + bytes(_pad4(26 + len(address)))
+
+
+def encode_results(results: tuple[ContextResult, ...]) -> bytes:
+    """The p_result_list of a BIND_ACK: count, 3 reserved bytes, then one entry per context."""
+    entries = (_RESULT.pack(r.result, r.reason) + r.transfer_syntax.to_bytes() for r in results)
+    return struct.pack("<B3x", len(results)) + b"".join(entries)
+
+
+def encode_bind_ack(
+    call_id: int,
+    max_xmit_frag: int,
+    max_recv_frag: int,
+    assoc_group_id: int,
+    address_block: bytes,
+    results: bytes,
+    ptype: int = PType.BIND_ACK,
+    flags: int = FIRST_LAST,
+) -> bytes:
+    """BIND_ACK bytes from pre-encoded parts (what the host sends, without a dataclass)."""
+    length = 24 + len(address_block) + len(results)
+    return (
+        HEADER.pack(5, 0, ptype, flags, DREP_LE, length, 0, call_id)
+        + _BIND_ACK_FIXED.pack(max_xmit_frag, max_recv_frag, assoc_group_id)
+        + address_block
+        + results
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,6 +479,13 @@ def fragment_stub(stub: bytes, max_frag: int, header_size: int) -> list[tuple[in
 
 def encode_response(call_id: int, context_id: int, stub: bytes, max_frag: int) -> bytes:
     """A whole RESPONSE, fragmented to the peer's limit, as one byte string."""
+    if len(stub) <= max_frag - RESPONSE_HEADER_SIZE:  # the usual case, without the dataclasses
+        length = RESPONSE_HEADER_SIZE + len(stub)
+        return (
+            HEADER.pack(5, 0, PType.RESPONSE, FIRST_LAST, DREP_LE, length, 0, call_id)
+            + _RESPONSE_FIXED.pack(len(stub), context_id, 0, 0)
+            + stub
+        )
     return b"".join(
         Response(call_id, context_id, chunk, flags, hint).to_bytes()
         for flags, chunk, hint in fragment_stub(stub, max_frag, RESPONSE_HEADER_SIZE)

@@ -1,0 +1,84 @@
+"""The host's event log: one line per event on a stream, as text or JSON.
+
+Lines are buffered and written when the server flushes (every fraction of a
+second and at shutdown), so a busy host makes one write call per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, Any
+
+from kmsemu.host.rules import LogRecord
+from kmsemu.wire import FILETIME_PER_SECOND, guid_text, unix_from_filetime
+
+
+class EventLog:
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        fmt: str = "text",
+        product_names: dict[bytes, str] | None = None,
+    ) -> None:
+        if fmt not in ("text", "json"):
+            raise ValueError("log format must be text or json")
+        self._stream = stream if stream is not None else sys.stderr
+        self._json = fmt == "json"
+        self._products = product_names or {}
+        self._lines: list[str] = []
+        self._second = -1
+        self._second_text = ""
+
+    def activation(self, record: LogRecord, peer: str, reason: str) -> None:
+        """One line with the fields of event 12290 and what the host answered."""
+        q = record.request
+        fields: dict[str, Any] = {"status": f"0x{record.status:08X}"}
+        if q is not None:
+            fields["product"] = self._products.get(q.sku_id) or guid_text(q.sku_id)
+            fields["count"] = record.current_count
+            fields["client"] = q.workstation_name
+            fields["cmid"] = guid_text(record.client_machine_id)
+            fields["vm"] = q.flags & 1
+            fields["license_status"] = q.license_status
+            fields["required"] = q.required_client_count
+        fields["peer"] = peer
+        if reason:
+            fields["reason"] = reason
+        self.event("activation", record.time, fields)
+
+    def event(
+        self, name: str, filetime: int | None = None, fields: dict[str, Any] | None = None
+    ) -> None:
+        stamp = self._stamp(filetime)
+        fields = fields or {}
+        if self._json:
+            self._lines.append(json.dumps({"time": stamp, "event": name, **fields}) + "\n")
+        else:
+            parts = " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
+            self._lines.append(f"{stamp} {name} {parts}\n".lstrip())
+
+    def flush(self) -> None:
+        if self._lines:
+            self._stream.write("".join(self._lines))
+            self._lines.clear()
+        self._stream.flush()
+
+    def _stamp(self, filetime: int | None) -> str:
+        """``YYYY-MM-DDTHH:MM:SS.mmmZ`` (the seconds part cached: most lines share it)."""
+        if not filetime:
+            return ""
+        seconds, rest = divmod(filetime, FILETIME_PER_SECOND)
+        if seconds != self._second:
+            self._second = seconds
+            utc = time.gmtime(unix_from_filetime(seconds * FILETIME_PER_SECOND))
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", utc)
+        return f"{self._second_text}.{rest // 10_000:03d}Z"
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in ' "=\n'):
+        return json.dumps(text)
+    return text
