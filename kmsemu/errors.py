@@ -181,3 +181,64 @@ class ActivationError(KmsemuError):
         self.hresult = hresult
         self.detail = detail
         self.cause = cause
+
+
+def markdown_table() -> str:
+    """The registry as the Markdown page ``docs/errors.md`` (kept equal by a test)."""
+    lines = [
+        "# Errors",
+        "",
+        "Generated from `kmsemu/errors.py` with `python -m kmsemu.errors > docs/errors.md`;",
+        "a test keeps the two equal.",
+        "",
+        "## Activation HRESULTs",
+        "",
+        "JSON output names each by `error.code` (the lower-case name) and `error.hresult`.",
+        "",
+        "| HRESULT | code | message | hint |",
+        "|---|---|---|---|",
+    ]
+    for code in HResult:
+        info = _INFO[code]
+        lines.append(
+            f"| {format_hresult(code)} | `{code.name.lower()}` | {info.message} | {info.hint} |"
+        )
+    lines += [
+        "",
+        "## Where the host answers with what",
+        "",
+        "| situation | what the client gets |",
+        "|---|---|",
+        "| envelope shorter than 40 bytes, wrong magic, major version not 1 | stub status "
+        "0x8007000D, no envelope |",
+        "| unknown key id, or a tag that verifies under none of its secrets | stub status "
+        "0x80070005, no envelope |",
+        "| plaintext invalid (short, status > 6, nil CMID, bad name) | encrypted response, "
+        "status 0x8007000D |",
+        "| product not in the host's catalog | encrypted response, status 0xC004F042 |",
+        "| request time more than 4 h from the host clock | encrypted response, status "
+        "0xC004F06C |",
+        "| success below the client's threshold | status 0; the client reports 0xC004F038 |",
+        "| no usable response at all (refused, closed, wrong secret, bad reply) | the client "
+        "reports 0xC004F074 with the cause |",
+        "",
+        "## DCE/RPC faults",
+        "",
+        "| status | name | when | connection |",
+        "|---|---|---|---|",
+        "| 0x1C010003 | `nca_s_unk_if` | REQUEST before a BIND, or on a context not accepted "
+        "| stays open |",
+        "| 0x1C010002 | `nca_s_op_rng_error` | opnum other than 0 | stays open |",
+        "| 0x000006F7 | `nca_s_fault_ndr` | stub data that does not parse | stays open |",
+        "| 0x1C01000B | `nca_s_proto_error` | PDU type not served, REQUEST with "
+        "authentication, reassembly errors | closed |",
+        "",
+        "Invalid headers (version, byte order, lengths) and a peer closing mid-PDU close the",
+        "connection without a reply; every other connection keeps being served.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -122,3 +122,10 @@ def test_duplicates_and_syntax_errors(tmp_path: Path) -> None:
         load_catalog(path)
     with pytest.raises(ConfigError, match="cannot read catalog"):
         load_catalog(tmp_path / "missing.toml")
+
+
+def test_errors_doc_is_generated_from_the_registry() -> None:
+    from kmsemu.errors import markdown_table
+
+    doc = Path(__file__).parents[1] / "docs" / "errors.md"
+    assert doc.read_text() == markdown_table(), "run: python -m kmsemu.errors > docs/errors.md"
