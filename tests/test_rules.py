@@ -191,12 +191,12 @@ def test_restore_round_trip() -> None:
     rules = make_rules()
     for n in range(4):
         activate(rules, n, T0 + n)
-    changes, caps = rules.cache.take_changes()
-    rows = [(app, c, t) for (app, c), t in changes.items() if t is not None]
-    restored = CountCache.restore(rows, caps)
+    snapshot = rules.cache.take_snapshot()
+    rows = [(app, c, t) for app, (_, entries) in snapshot.items() for c, t in entries]
+    restored = CountCache.restore(rows, {app: cap for app, (cap, _) in snapshot.items()})
     assert restored.entries == rules.cache.entries
     assert restored.capacity == rules.cache.capacity
-    assert rules.cache.take_changes() == ({}, {})
+    assert rules.cache.take_snapshot() == {}
 
 
 def test_new_identity_is_valid_and_seeded() -> None:

@@ -7,6 +7,7 @@ second and at shutdown), so a busy host makes one write call per batch.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from typing import IO, Any
@@ -34,6 +35,22 @@ class EventLog:
     def activation(self, record: LogRecord, peer: str, reason: str) -> None:
         """One line with the fields of event 12290 and what the host answered."""
         q = record.request
+        if q is not None and not self._json:  # the busy path, as one f-string
+            name = q.workstation_name
+            if not name or _NEEDS_QUOTES.search(name):
+                name = json.dumps(name)
+            product = self._products.get(q.sku_id) or guid_text(q.sku_id)
+            line = (
+                f"{self._stamp(record.time)} activation status=0x{record.status:08X} "
+                f"product={product} count={record.current_count} client={name} "
+                f"cmid={guid_text(record.client_machine_id)} vm={q.flags & 1} "
+                f"license_status={q.license_status} required={q.required_client_count} "
+                f"peer={peer}"
+            )
+            if reason:
+                line += f" reason={json.dumps(reason)}"
+            self._lines.append(line + "\n")
+            return
         fields: dict[str, Any] = {"status": f"0x{record.status:08X}"}
         if q is not None:
             fields["product"] = self._products.get(q.sku_id) or guid_text(q.sku_id)
@@ -77,8 +94,11 @@ class EventLog:
         return f"{self._second_text}.{rest // 10_000:03d}Z"
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
+
+
 def _text_value(value: Any) -> str:
     text = str(value)
-    if not text or any(c in text for c in ' "=\n'):
+    if not text or _NEEDS_QUOTES.search(text):
         return json.dumps(text)
     return text

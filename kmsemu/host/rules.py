@@ -95,14 +95,15 @@ def new_identity(rng: random.Random, now: datetime) -> HostIdentity:
 class CountCache:
     """Per application id: CMID -> last answered FILETIME, oldest first, plus capacities.
 
-    Keys are GUIDs in ``bytes_le`` form. ``changes`` collects what the store
-    has to write: ``(application, cmid) -> last_seen`` or ``None`` for a removal.
+    Keys are GUIDs in ``bytes_le`` form. ``dirty`` names the applications whose
+    entries or capacity changed since the store last took a snapshot of them;
+    a snapshot is at most one capacity's worth of rows, however many requests
+    came in, which is what keeps persisting the cache cheap.
     """
 
     entries: dict[bytes, OrderedDict[bytes, int]] = field(default_factory=dict)
     capacity: dict[bytes, int] = field(default_factory=dict)
-    changes: dict[tuple[bytes, bytes], int | None] = field(default_factory=dict)
-    capacity_changes: dict[bytes, int] = field(default_factory=dict)
+    dirty: set[bytes] = field(default_factory=set)
 
     @classmethod
     def restore(
@@ -113,42 +114,41 @@ class CountCache:
             cache.entries.setdefault(app, OrderedDict())[cmid] = last_seen
         return cache
 
-    def take_changes(self) -> tuple[dict[tuple[bytes, bytes], int | None], dict[bytes, int]]:
-        changes, caps = self.changes, self.capacity_changes
-        self.changes, self.capacity_changes = {}, {}
-        return changes, caps
+    def take_snapshot(self) -> dict[bytes, tuple[int, list[tuple[bytes, int]]]]:
+        """``{application: (capacity, [(cmid, last_seen)...])}`` for what changed; clears it."""
+        snapshot = {
+            app: (self.capacity.get(app, 0), list(self.entries.get(app, {}).items()))
+            for app in self.dirty
+        }
+        self.dirty = set()
+        return snapshot
 
     def activate(self, app: bytes, cmid: bytes, previous: bytes, required: int, now: int) -> int:
         """Record a successful request and return the live count including it."""
         entries = self.entries.get(app)
         if entries is None:
             entries = self.entries[app] = OrderedDict()
+        self.dirty.add(app)
         wanted = 2 * min(max(required, 1), 1000)
         capacity = self.capacity.get(app, 0)
         if wanted > capacity:
-            capacity = self.capacity[app] = self.capacity_changes[app] = wanted
-        if previous != _NIL and previous != cmid and previous in entries:
-            del entries[previous]
-            self.changes[(app, previous)] = None
+            capacity = self.capacity[app] = wanted
+        if previous != _NIL and previous != cmid:
+            entries.pop(previous, None)
         in_order = not entries or next(reversed(entries.values())) <= now
         entries[cmid] = now
         entries.move_to_end(cmid)
-        self.changes[(app, cmid)] = now
         if not in_order:  # the host clock went back: keep the oldest-first invariant
             ordered = OrderedDict(sorted(entries.items(), key=lambda kv: kv[1]))
             entries = self.entries[app] = ordered
         while len(entries) > capacity:
-            self.changes[(app, entries.popitem(last=False)[0])] = None
-        self._expire(app, entries, now)
+            entries.popitem(last=False)
+        while entries:  # expire from the oldest end
+            oldest = next(iter(entries))
+            if now - entries[oldest] < LIVE_WINDOW:
+                break
+            del entries[oldest]
         return len(entries)
-
-    def _expire(self, app: bytes, entries: OrderedDict[bytes, int], now: int) -> None:
-        while entries:
-            cmid, last_seen = next(iter(entries.items()))
-            if now - last_seen < LIVE_WINDOW:
-                return
-            del entries[cmid]
-            self.changes[(app, cmid)] = None
 
     def live_count(self, app: bytes, now: int) -> int:
         return sum(1 for t in self.entries.get(app, {}).values() if now - t < LIVE_WINDOW)

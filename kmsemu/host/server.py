@@ -75,9 +75,16 @@ class KmsServer:
         for host, port in listen:
             if port == 0 and shared_port is not None:
                 port = shared_port
+            # The protocol learns its listening port from here, not from a getsockname()
+            # per connection; the cell is filled in before the loop accepts anything.
+            cell = [port]
             try:
                 server = await loop.create_server(
-                    lambda: _KmsProtocol(self), host, port, backlog=1024, reuse_address=True
+                    lambda cell=cell: _KmsProtocol(self, cell[0]),  # type: ignore[misc]
+                    host,
+                    port,
+                    backlog=1024,
+                    reuse_address=True,
                 )
             except OSError as exc:
                 if host == "::" and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
@@ -88,7 +95,7 @@ class KmsServer:
             for sock in server.sockets:
                 bound = sock.getsockname()
                 self.addresses.append((bound[0], bound[1]))
-                shared_port = bound[1]
+                shared_port = cell[0] = bound[1]
         self._tasks.append(asyncio.create_task(self._flush_loop()))
         self._tasks.append(asyncio.create_task(self._sweep_loop()))
         return self.addresses
@@ -111,10 +118,16 @@ class KmsServer:
     def flush(self) -> None:
         """Persist what changed since the last flush, then flush the log stream."""
         if self.store is not None:
-            changes, capacity = self.host.rules.cache.take_changes()
-            if changes or capacity or self._pending:
+            cache = self.host.rules.cache
+            snapshot = cache.take_snapshot()
+            if snapshot or self._pending:
                 pending, self._pending = self._pending, []
-                self.store.save(changes, capacity, pending)
+                try:
+                    self.store.save(snapshot, pending)
+                except Exception:  # keep it all for the next attempt
+                    cache.dirty.update(snapshot)
+                    self._pending[:0] = pending
+                    raise
         else:
             self._pending.clear()
         self.log.flush()
@@ -147,13 +160,15 @@ class _KmsProtocol(asyncio.Protocol):
         "_host",
         "_loop",
         "_peer",
+        "_port",
         "_server",
         "_transport",
         "last_activity",
     )
 
-    def __init__(self, server: KmsServer) -> None:
+    def __init__(self, server: KmsServer, port: int) -> None:
         self._server = server
+        self._port = port
         self._host = server.host
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -175,8 +190,7 @@ class _KmsProtocol(asyncio.Protocol):
             self._transport.abort()
             return
         server.connections.add(self)
-        port = transport.get_extra_info("sockname")[1]
-        self._conn = ServerConnection(port=port, assoc_group_id=server.next_assoc_group())
+        self._conn = ServerConnection(port=self._port, assoc_group_id=server.next_assoc_group())
 
     @property
     def peer(self) -> str:

@@ -155,28 +155,21 @@ class HostStore:
 
     def save(
         self,
-        changes: dict[tuple[bytes, bytes], int | None],
-        capacity: dict[bytes, int],
+        snapshot: dict[bytes, tuple[int, list[tuple[bytes, int]]]],
         requests: Iterable[LoggedRequest],
     ) -> None:
-        """Write one batch (cache changes, capacities, log rows) in one transaction."""
-        upserts = [(app, cmid, t) for (app, cmid), t in changes.items() if t is not None]
-        deletes = [(app, cmid) for (app, cmid), t in changes.items() if t is None]
+        """Write one batch in one transaction: per changed application its capacity and
+        the whole of its cache (``CountCache.take_snapshot``), then the log rows."""
         with self._transaction():
-            if deletes:
+            for app, (capacity, entries) in snapshot.items():
+                self._db.execute("DELETE FROM clients WHERE application = ?", (app,))
                 self._db.executemany(
-                    "DELETE FROM clients WHERE application = ? AND cmid = ?", deletes
+                    "INSERT INTO clients (application, cmid, last_seen) VALUES (?, ?, ?)",
+                    [(app, cmid, last_seen) for cmid, last_seen in entries],
                 )
-            if upserts:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO clients (application, cmid, last_seen)"
-                    " VALUES (?, ?, ?)",
-                    upserts,
-                )
-            if capacity:
-                self._db.executemany(
+                self._db.execute(
                     "INSERT OR REPLACE INTO capacity (application, capacity) VALUES (?, ?)",
-                    capacity.items(),
+                    (app, capacity),
                 )
             self._db.executemany(_INSERT_REQUEST, (r.row() for r in requests))
 

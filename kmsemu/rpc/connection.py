@@ -93,13 +93,15 @@ _REQUEST_FIXED = struct.Struct("<IHH")
 _LENGTHS = struct.Struct("<HHI")  # frag_length, auth_length, call_id at offset 8
 _BIND_FIXED = struct.Struct("<HHI")  # max_xmit_frag, max_recv_frag, assoc_group_id
 _NO_SECONDARY_ADDRESS: Final = secondary_address_block(b"")
-_NEGOTIATED: dict[tuple[SyntaxId, bytes], tuple[bytes, frozenset[int]]] = {}
+_NEGOTIATED: dict[tuple[SyntaxId, bytes, bytes], tuple[bytes, frozenset[int]]] = {}
 _NEGOTIATED_MAX: Final = 256
 _FIRST: Final = int(PFC.FIRST_FRAG)
 _LAST: Final = int(PFC.LAST_FRAG)
 _OBJECT_UUID: Final = int(PFC.OBJECT_UUID)
 #: Fragments a peer may have in flight before it is cut off (empty fragments cost nothing else).
 MAX_FRAGMENTS: Final = 1024
+#: Fragmented calls a peer may interleave (each may reach the 64 KiB stub limit).
+MAX_CALLS_IN_PROGRESS: Final = 4
 
 
 class ServerConnection:
@@ -247,9 +249,9 @@ class ServerConnection:
         Clients send the same context list again and again, so the encoded
         answer is cached by the list's bytes (bounded: a hostile peer only misses).
         """
-        frag_length, auth_length, call_id = _LENGTHS.unpack_from(pdu, 8)
+        frag_length, _, call_id = _LENGTHS.unpack_from(pdu, 8)
         max_xmit, max_recv, assoc = _BIND_FIXED.unpack_from(pdu, HEADER_SIZE)
-        key = (self._interface, pdu[24 : frag_length - auth_length])
+        key = (self._interface, pdu[8:12], pdu[24:frag_length])  # lengths, then the contexts
         cached = _NEGOTIATED.get(key)
         if cached is None:
             cached = negotiate(self._interface, Bind.from_bytes(pdu).contexts)
@@ -277,13 +279,15 @@ class ServerConnection:
                 return self._proto_error(
                     call_id, context_id, "FIRST fragment of a call in progress"
                 )
+            if len(self._partial) >= MAX_CALLS_IN_PROGRESS:
+                return self._proto_error(call_id, context_id, "too many calls in progress")
             self._partial[call_id] = (context_id, opnum, bytearray())
         elif call_id not in self._partial:
             return self._proto_error(call_id, context_id, "fragment of an unknown call")
         context_id, opnum, parts = self._partial[call_id]
         parts += stub
         self._fragments += 1
-        if sum(len(p[2]) for p in self._partial.values()) > self._max_stub:
+        if len(parts) > self._max_stub:
             return self._proto_error(call_id, context_id, "reassembled stub over 64 KiB")
         if self._fragments > MAX_FRAGMENTS:
             return self._proto_error(call_id, context_id, "too many fragments")
