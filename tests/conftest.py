@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from kmsemu.catalog import default_catalog
-from kmsemu.clock import OffsetClock, SystemClock
-from kmsemu.host.rules import HostSettings
+from kmsemu.clock import Clock, OffsetClock, SystemClock
 from kmsemu.host.events import EventLog
+from kmsemu.host.rules import HostSettings
 from kmsemu.host.server import KmsServer, ServerOptions, build_host
 from kmsemu.host.store import HostStore
 from kmsemu.wire import filetime_from_unix
@@ -74,13 +74,14 @@ def start_inprocess_host(
     settings: HostSettings | None = None,
     clock_offset: float = 0.0,
     options: ServerOptions | None = None,
+    clock: Clock | None = None,
 ) -> tuple[RunningHost, Any]:
     """Run a real server on a background event loop thread; returns (host, stop)."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     holder: dict[str, Any] = {}
     sink = _LogSink()
-    clock = OffsetClock(SystemClock(), clock_offset)
+    clock = OffsetClock(clock or SystemClock(), clock_offset)
 
     async def main() -> None:
         store = HostStore(state_dir)

@@ -212,12 +212,13 @@ class ServerConnection:
         self.xmit_limit = max(min(max_recv, self._max_frag), MIN_FRAG)
         self.recv_limit = max(min(max_xmit, self._max_frag), MIN_FRAG)
         self.state = State.BOUND
+        self._assoc_group_id = assoc or self._assoc_group_id
         return Send(
             encode_bind_ack(
                 call_id,
                 self.xmit_limit,
                 self.recv_limit,
-                assoc or self._assoc_group_id,
+                self._assoc_group_id,
                 self._secondary,
                 results,
             )
@@ -228,7 +229,7 @@ class ServerConnection:
 
     def _on_alter_context(self, pdu: bytes) -> Event:
         try:
-            call_id, _, _, assoc, results = self._negotiate(pdu)
+            call_id, _, _, _, results = self._negotiate(pdu)
         except PduError as exc:
             return self._proto_error(_call_id(pdu), 0, f"malformed ALTER_CONTEXT: {exc}")
         return Send(
@@ -236,7 +237,7 @@ class ServerConnection:
                 call_id,
                 self.xmit_limit,
                 self.recv_limit,
-                assoc or self._assoc_group_id,
+                self._assoc_group_id,  # the association's, whatever the ALTER_CONTEXT says
                 _NO_SECONDARY_ADDRESS,
                 results,
                 PType.ALTER_CONTEXT_RESP,
