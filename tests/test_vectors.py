@@ -180,3 +180,15 @@ def test_epid_example_matches_both_patterns(klp_vectors: dict[str, Any]) -> None
 def test_guid_layout(klp_vectors: dict[str, Any]) -> None:
     layout = klp_vectors["guid_layout"]
     assert uuid.UUID(layout["text"]).bytes_le.hex() == layout["bytes_le"]
+
+
+def test_generated_epids_match_the_vector_pattern_too(klp_vectors: dict[str, Any]) -> None:
+    import random
+    from datetime import UTC, datetime
+
+    from kmsemu.host.rules import new_identity
+
+    pattern = re.compile(klp_vectors["epid_example"]["regex"])
+    for seed in range(50):
+        when = datetime(2020 + seed % 10, 1 + seed % 12, 1 + seed % 28, tzinfo=UTC)
+        assert pattern.match(new_identity(random.Random(seed), when).epid)

@@ -86,7 +86,7 @@ def new_identity(rng: random.Random, now: datetime) -> HostIdentity:
     day = now.astimezone(UTC).timetuple().tm_yday
     epid = (
         f"06401-00206-{rng.randrange(1000):03d}-{rng.randrange(1_000_000):06d}-03-1033-"
-        f"20348.0000-{day:03d}{now.year:04d}"
+        f"9600.0000-{day:03d}{now.year:04d}"
     )
     return HostIdentity(rng.randbytes(8), epid)
 

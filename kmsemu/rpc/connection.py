@@ -98,8 +98,6 @@ _NEGOTIATED_MAX: Final = 256
 _FIRST: Final = int(PFC.FIRST_FRAG)
 _LAST: Final = int(PFC.LAST_FRAG)
 _OBJECT_UUID: Final = int(PFC.OBJECT_UUID)
-#: Fragments a peer may have in flight before it is cut off (empty fragments cost nothing else).
-MAX_FRAGMENTS: Final = 1024
 #: Fragmented calls a peer may interleave (each may reach the 64 KiB stub limit).
 MAX_CALLS_IN_PROGRESS: Final = 4
 
@@ -133,7 +131,6 @@ class ServerConnection:
         self._eof = False
         self._closed: Closed | None = None
         self._partial: dict[int, tuple[int, int, bytearray]] = {}
-        self._fragments = 0
 
     # -- input ----------------------------------------------------------------
 
@@ -287,16 +284,11 @@ class ServerConnection:
             return self._proto_error(call_id, context_id, "fragment of an unknown call")
         context_id, opnum, parts = self._partial[call_id]
         parts += stub
-        self._fragments += 1
         if len(parts) > self._max_stub:
             return self._proto_error(call_id, context_id, "reassembled stub over 64 KiB")
-        if self._fragments > MAX_FRAGMENTS:
-            return self._proto_error(call_id, context_id, "too many fragments")
         if not last:
             return None
         del self._partial[call_id]
-        if not self._partial:
-            self._fragments = 0
         return self._complete(call_id, context_id, opnum, bytes(parts))
 
     def _complete(self, call_id: int, context_id: int, opnum: int, stub: bytes) -> Event:
