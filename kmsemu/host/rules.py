@@ -19,7 +19,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 from kmsemu.catalog import Catalog
 from kmsemu.errors import HResult
@@ -154,8 +154,7 @@ class CountCache:
         return sum(1 for t in self.entries.get(app, {}).values() if now - t < LIVE_WINDOW)
 
 
-@dataclass(frozen=True, slots=True)
-class LogRecord:
+class LogRecord(NamedTuple):
     """One processed request: what Windows event 12290 records, and what was answered.
 
     ``request`` is None when the plaintext could not be read; GUIDs stay in
@@ -175,8 +174,7 @@ class LogRecord:
         return cls(now, status, 0, None, _NIL, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     plaintext: bytes
     log: LogRecord
     reason: str = ""

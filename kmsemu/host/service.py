@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kmsemu.host.rules import Answer, HostRules, LogRecord
 from kmsemu.klp.envelope import EnvelopeError, Keyring, seal_response
 from kmsemu.rpc.ndr import decode_request_stub, encode_response_stub
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     stub: bytes
     log: LogRecord
     reason: str

@@ -12,10 +12,9 @@ from __future__ import annotations
 import random
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from kmsemu.host.rules import LIVE_WINDOW, CountCache, HostIdentity, LogRecord, new_identity
 
@@ -56,8 +55,7 @@ _INSERT_REQUEST = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class LoggedRequest:
+class LoggedRequest(NamedTuple):
     """A log record as the server saw it: who sent it and why it failed, if it did."""
 
     record: LogRecord

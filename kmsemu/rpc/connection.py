@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
-from typing import Final
+from typing import Final, NamedTuple
 
 from kmsemu.rpc.ndr import MAX_STUB
 from kmsemu.rpc.pdu import (
@@ -61,21 +60,18 @@ class State(Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+class Send(NamedTuple):
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(NamedTuple):
     call_id: int
     context_id: int
     opnum: int
     stub: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Closed:
+class Closed(NamedTuple):
     reason: str
     data: bytes = b""
     error: bool = False
@@ -87,6 +83,7 @@ class _NeedData:
 
 
 NEED_DATA: Final = _NeedData()
+_PEER_CLOSED: Final = Closed("peer closed")
 Event = Send | Call | Closed | _NeedData
 
 _REQUEST_FIXED = struct.Struct("<IHH")
@@ -104,6 +101,23 @@ MAX_CALLS_IN_PROGRESS: Final = 4
 
 class ServerConnection:
     """One accepted TCP connection speaking DCE/RPC to a single interface."""
+
+    __slots__ = (
+        "_assoc_group_id",
+        "_buffer",
+        "_closed",
+        "_eof",
+        "_interface",
+        "_max_frag",
+        "_max_stub",
+        "_opnums",
+        "_partial",
+        "_secondary",
+        "contexts",
+        "recv_limit",
+        "state",
+        "xmit_limit",
+    )
 
     def __init__(
         self,
@@ -127,7 +141,9 @@ class ServerConnection:
         self.recv_limit = max_frag
         self.xmit_limit = max_frag
         self.contexts: set[int] = set()
-        self._buffer = bytearray()
+        # bytes while it holds one chunk as received (the usual case: no copy),
+        # a bytearray once chunks have to be joined
+        self._buffer: bytes | bytearray = b""
         self._eof = False
         self._closed: Closed | None = None
         self._partial: dict[int, tuple[int, int, bytearray]] = {}
@@ -135,12 +151,16 @@ class ServerConnection:
     # -- input ----------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        if self.state is State.CLOSED:
+        if self._closed is not None:
             return
-        if data:
+        if not data:
+            self._eof = True
+        elif not self._buffer:
+            self._buffer = data
+        elif isinstance(self._buffer, bytearray):
             self._buffer += data
         else:
-            self._eof = True
+            self._buffer = bytearray(self._buffer) + data
 
     def next_event(self) -> Event:
         if self._closed is not None:
@@ -154,17 +174,19 @@ class ServerConnection:
             if len(buf) < frag_length:
                 break
             pdu = bytes(buf[:frag_length])
-            del buf[:frag_length]
+            buf = self._buffer = buf[frag_length:]
             event = self._dispatch(pdu)
             if event is not None:
                 return event
         if self._eof:
             if buf or self._partial:
                 return self._close("peer closed in the middle of a PDU", error=True)
-            return self._close("peer closed")
+            self.state = State.CLOSED
+            self._closed = _PEER_CLOSED
+            return _PEER_CLOSED
         return NEED_DATA
 
-    def _check_header(self, buf: bytearray) -> int:
+    def _check_header(self, buf: bytes | bytearray) -> int:
         vers, minor, ptype, _flags, drep, frag_length, auth_length, _call = HEADER.unpack_from(buf)
         if vers != 5 or minor > 1:
             raise PduError(f"rpc version {vers}.{minor}")
@@ -308,7 +330,7 @@ class ServerConnection:
 
     def _close(self, reason: str, *, data: bytes = b"", error: bool = False) -> Closed:
         self.state = State.CLOSED
-        self._buffer.clear()
+        self._buffer = b""
         self._partial.clear()
         self._closed = Closed(reason, b"", error)
         return Closed(reason, data, error)
