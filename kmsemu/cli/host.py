@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from datetime import UTC, datetime
@@ -207,6 +208,7 @@ async def _serve(
         bound = await server.start(addresses)
         if not bound:
             raise OSError("no address could be bound")
+        gc.freeze()  # what exists now lives as long as the host: keep it out of collections
         store.set_meta(
             port=str(bound[0][1]),
             listen=" ".join(format_address(h, p) for h, p in bound),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
+import math
 import random
 import socket
 from collections.abc import Callable
@@ -67,6 +68,7 @@ class KmsServer:
         self._assoc = itertools.count(random.SystemRandom().randrange(0x10000, 0x7FFF0000))
         self._tasks: list[asyncio.Task[None]] = []
         self.addresses: list[tuple[str, int]] = []
+        self.tick = 0
 
     async def start(self, listen: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """Listen on every ``(host, port)``; port 0 binds one free port shared by all."""
@@ -144,38 +146,41 @@ class KmsServer:
                 self.log.event("flush-failed", self._now(), {"error": repr(exc)})
 
     async def _sweep_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Advance ``tick`` and close connections silent for more than the idle timeout.
+
+        Connections note the tick of their last data (cheaper than reading a
+        clock on every read), so one closes between 1 and 1.25 timeouts idle.
+        """
         timeout = self.options.idle_timeout
+        interval = min(timeout / 4, 1.0)
+        ticks = math.ceil(timeout / interval)
         while True:
-            await asyncio.sleep(min(timeout / 4, 1.0))
-            deadline = loop.time() - timeout
-            for conn in [c for c in self.connections if c.last_activity < deadline]:
+            await asyncio.sleep(interval)
+            self.tick += 1
+            deadline = self.tick - ticks
+            for conn in [c for c in self.connections if c.last_tick < deadline]:
                 conn.close_with("idle timeout")
 
 
 class _KmsProtocol(asyncio.Protocol):
     __slots__ = (
-        "_closing",
         "_conn",
         "_host",
-        "_loop",
         "_peer",
         "_port",
         "_server",
         "_transport",
-        "last_activity",
+        "last_tick",
     )
 
     def __init__(self, server: KmsServer, port: int) -> None:
         self._server = server
         self._port = port
         self._host = server.host
-        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._conn: ServerConnection | None = None
         self._peer: Any = None
-        self._closing = False
-        self.last_activity = self._loop.time()
+        self.last_tick = server.tick
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -201,15 +206,16 @@ class _KmsProtocol(asyncio.Protocol):
         conn = self._conn
         if conn is None:
             return
-        self.last_activity = self._loop.time()
+        self.last_tick = self._server.tick
         conn.receive_data(data)
         self._pump(conn)
 
     def eof_received(self) -> bool:
-        if self._conn is not None:
-            self._conn.receive_data(b"")
-            self._pump(self._conn)
-        return False
+        conn = self._conn
+        if conn is not None and conn.buffering:  # let the machine judge a truncated PDU
+            conn.receive_data(b"")
+            self._pump(conn)
+        return False  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)

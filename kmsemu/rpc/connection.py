@@ -186,6 +186,11 @@ class ServerConnection:
             return _PEER_CLOSED
         return NEED_DATA
 
+    @property
+    def buffering(self) -> bool:
+        """Whether part of a PDU or of a fragmented call is waiting for more bytes."""
+        return bool(self._buffer or self._partial)
+
     def _check_header(self, buf: bytes | bytearray) -> int:
         vers, minor, ptype, _flags, drep, frag_length, auth_length, _call = HEADER.unpack_from(buf)
         if vers != 5 or minor > 1:
