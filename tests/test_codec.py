@@ -258,3 +258,21 @@ def test_filetime_conversions() -> None:
     when = datetime_from_filetime(134129520000000000)
     assert filetime_from_datetime(when) == 134129520000000000
     assert filetime_from_unix(-1e12) == 0
+
+
+def test_nonce_pool_gives_distinct_nonces_across_refills_and_forks() -> None:
+    import os
+
+    from kmsemu.klp.envelope import NoncePool
+
+    pool = NoncePool(batch=40)
+    nonces = [pool(12) for _ in range(100)]
+    assert all(len(n) == 12 for n in nonces)
+    assert len(set(nonces)) == 100
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child must not reuse the parent's pooled bytes
+        os.write(write, pool(12))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 12) != pool(12)

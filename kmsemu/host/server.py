@@ -27,7 +27,7 @@ from kmsemu.host.events import EventLog
 from kmsemu.host.rules import HostRules, HostSettings
 from kmsemu.host.service import KmsHost
 from kmsemu.host.store import HostStore, LoggedRequest
-from kmsemu.klp.envelope import Keyring
+from kmsemu.klp.envelope import Keyring, NoncePool
 from kmsemu.rpc.connection import NEED_DATA, Call, Closed, Send, ServerConnection
 from kmsemu.rpc.ndr import NdrError
 from kmsemu.rpc.pdu import NcaStatus
@@ -278,7 +278,9 @@ def build_host(
     """A host over ``store``'s identity and count cache, answering on ``clock``."""
     identity = store.identity(random.SystemRandom(), as_datetime(clock.now()))
     rules = HostRules(catalog, settings, identity, store.load_cache())
-    return KmsHost(rules, Keyring(secrets), lambda: filetime_from_unix(clock.now()))
+    return KmsHost(
+        rules, Keyring(secrets), lambda: filetime_from_unix(clock.now()), nonce=NoncePool()
+    )
 
 
 def product_names(catalog: Catalog) -> dict[bytes, str]:

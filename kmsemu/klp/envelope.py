@@ -10,6 +10,7 @@ request. Nonces come from the caller (``nonce`` argument), never from here.
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
@@ -65,6 +66,30 @@ class LabKey:
             request_aead=AESGCM(request_key),
             response_aead=AESGCM(response_key),
         )
+
+
+class NoncePool:
+    """Random nonces cut from one ``os.urandom`` call per few hundred (a busy host's source).
+
+    A forked child starts with an empty pool, so parent and child never share
+    nonces. Pure code takes any ``Callable[[int], bytes]``; this is one for servers.
+    """
+
+    def __init__(self, batch: int = 4096) -> None:
+        self._batch = batch
+        self._pool = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self._empty)
+
+    def _empty(self) -> None:
+        self._pool, self._at = b"", 0
+
+    def __call__(self, size: int) -> bytes:
+        at = self._at
+        if at + size > len(self._pool):
+            self._pool, at = os.urandom(max(self._batch, size)), 0
+        self._at = at + size
+        return self._pool[at : at + size]
 
 
 class EnvelopeError(Exception):
