@@ -300,3 +300,31 @@ def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
         )
     assert out.returncode == 1
     assert "cannot listen" in out.stderr
+
+
+def test_serve_and_activate_over_ipv6(tmp_path: Path) -> None:
+    from kmsemu.host.server import ipv6_available
+
+    if not ipv6_available():
+        pytest.skip("no IPv6 loopback on this machine")
+    proc = subprocess.Popen(
+        kmsemu_command("host", "serve", "--listen", "[::1]:0", "--listen", "127.0.0.1",
+                       "--port", "0", "--state", str(tmp_path / "h")),
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stderr is not None
+        ready = proc.stderr.readline().strip()
+        while not ready.startswith("ready kms-host"):
+            ready = proc.stderr.readline().strip()
+            assert ready or proc.poll() is None, "host exited"
+        addresses = ready.split()[2:]
+        assert addresses[0].startswith("[::1]:") and addresses[1].startswith("127.0.0.1:")
+        assert addresses[0].rsplit(":", 1)[1] == addresses[1].rsplit(":", 1)[1]  # one port
+        for address in addresses:
+            out = subprocess.run(kmsemu_command("client", "activate", "--host", address,
+                                                "--product", "windows-11-pro", "--json"),
+                                 capture_output=True, text=True, timeout=30)
+            assert json.loads(out.stdout)["status"] == 0, out.stderr
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
