@@ -86,3 +86,28 @@ def test_real_process_keeps_counts_across_restart(host_process: RunningHost) -> 
         assert second.host_id == first.host_id and second.host_epid == first.host_epid
     finally:
         assert stop_host_process(again) == 0
+
+
+def test_each_refusal_is_logged_once(inprocess_host: RunningHost) -> None:
+    """Bad input that keeps the connection open still leaves one log line each."""
+    import socket
+
+    from kmsemu.rpc.pdu import KLP_INTERFACE, NDR20, Bind, ContextElement, Request
+
+    bind = Bind(1, (ContextElement(0, KLP_INTERFACE, (NDR20,)),)).to_bytes()
+    with socket.create_connection(inprocess_host.address, timeout=5) as sock:
+        sock.sendall(bind)
+        sock.recv(4096)
+        for pdu in (
+            Request(2, 7, 0, b"").to_bytes(),  # context not accepted
+            Request(3, 0, 5, b"").to_bytes(),  # opnum out of range
+            Request(4, 0, 0, b"\x01\x00").to_bytes(),  # stub that does not parse
+            bind,  # a second BIND
+        ):
+            sock.sendall(pdu)
+            assert sock.recv(4096)  # answered, connection still open
+    inprocess_host.flush()
+    refused = [x for x in inprocess_host.stderr_lines if " refused " in x]
+    assert [x.split("reason=", 1)[1].split(":")[0].strip('"') for x in refused] == [
+        "nca_s_unk_if", "nca_s_op_rng_error", "nca_s_fault_ndr", "BIND_NAK",
+    ]

@@ -243,6 +243,8 @@ class _KmsProtocol(asyncio.Protocol):
                 transport.write(self._answer(conn, event))
             elif isinstance(event, Send):
                 transport.write(event.data)
+                if event.refusal:
+                    self._log_refusal(event.refusal)
             elif isinstance(event, Closed):
                 if event.data:
                     transport.write(event.data)
@@ -259,14 +261,15 @@ class _KmsProtocol(asyncio.Protocol):
         try:
             outcome = self._host.handle(call.stub)
         except NdrError as exc:
-            self._server.log.event(
-                "fault",
-                self._server._now(),
-                {"peer": self.peer, "status": "nca_s_fault_ndr", "reason": str(exc)},
-            )
+            self._log_refusal(f"nca_s_fault_ndr: {exc}")
             return conn.fault(call, NcaStatus.NCA_S_FAULT_NDR)
         self._server.record(LoggedRequest(outcome.log, self.peer, outcome.reason))
         return conn.respond(call, outcome.stub)
+
+    def _log_refusal(self, reason: str) -> None:
+        self._server.log.event(
+            "refused", self._server._now(), {"peer": self.peer, "reason": reason}
+        )
 
 
 # -- composition --------------------------------------------------------------------

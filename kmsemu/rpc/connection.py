@@ -62,6 +62,9 @@ class State(Enum):
 
 class Send(NamedTuple):
     data: bytes
+    #: Why, when the bytes refuse something (a FAULT or BIND_NAK that keeps the
+    #: connection open): for the server's log. Empty for ordinary answers.
+    refusal: str = ""
 
 
 class Call(NamedTuple):
@@ -228,6 +231,7 @@ class ServerConnection:
     # -- handlers (the values of _TRANSITIONS) ---------------------------------
 
     def _on_bind(self, pdu: bytes) -> Event:
+        """BIND_ACK with a result per context (BIND_NAK and close if malformed); now bound."""
         try:
             call_id, max_xmit, max_recv, assoc, results = self._negotiate(pdu)
         except PduError as exc:
@@ -249,9 +253,12 @@ class ServerConnection:
         )
 
     def _on_second_bind(self, pdu: bytes) -> Event:
-        return Send(BindNak(_call_id(pdu), RejectReason.NOT_SPECIFIED).to_bytes())
+        """BIND_NAK reason 0; contexts and fragment sizes unchanged."""
+        nak = BindNak(_call_id(pdu), RejectReason.NOT_SPECIFIED).to_bytes()
+        return Send(nak, "BIND_NAK: a second BIND on a bound connection")
 
     def _on_alter_context(self, pdu: bytes) -> Event:
+        """ALTER_CONTEXT_RESP by the rules of BIND; accepted contexts are added."""
         try:
             call_id, _, _, _, results = self._negotiate(pdu)
         except PduError as exc:
@@ -288,6 +295,8 @@ class ServerConnection:
         return call_id, max_xmit, max_recv, assoc, results
 
     def _on_request(self, pdu: bytes) -> Event | None:
+        """Reassemble; a Call for the host, or FAULT unk_if / op_rng_error (open) or
+        proto_error (close)."""
         _v, _m, _t, flags, _d, frag_length, auth_length, call_id = HEADER.unpack_from(pdu)
         _hint, context_id, opnum = _REQUEST_FIXED.unpack_from(pdu, HEADER_SIZE)
         if auth_length:
@@ -322,9 +331,11 @@ class ServerConnection:
         if len(stub) > self._max_stub:
             return self._proto_error(call_id, context_id, "stub over 64 KiB")
         if context_id not in self.contexts:
-            return Send(Fault(call_id, NcaStatus.NCA_S_UNK_IF, context_id).to_bytes())
+            fault = Fault(call_id, NcaStatus.NCA_S_UNK_IF, context_id).to_bytes()
+            return Send(fault, f"nca_s_unk_if: context {context_id} is not accepted")
         if opnum >= self._opnums:
-            return Send(Fault(call_id, NcaStatus.NCA_S_OP_RNG_ERROR, context_id).to_bytes())
+            fault = Fault(call_id, NcaStatus.NCA_S_OP_RNG_ERROR, context_id).to_bytes()
+            return Send(fault, f"nca_s_op_rng_error: opnum {opnum}")
         return Call(call_id, context_id, opnum, stub)
 
     # -- closing ---------------------------------------------------------------
@@ -379,3 +390,15 @@ _TRANSITIONS: Final[dict[tuple[State, int], Callable[[ServerConnection, bytes], 
     (State.BOUND, PType.ALTER_CONTEXT): ServerConnection._on_alter_context,
     (State.BOUND, PType.REQUEST): ServerConnection._on_request,
 }
+
+
+def transition_table() -> str:
+    """The state machine as a Markdown table (``docs/architecture.md`` holds it; a test
+    keeps them equal)."""
+    rows = ["| state | PDU | what happens |", "|---|---|---|"]
+    for (state, ptype), handler in _TRANSITIONS.items():
+        doc = " ".join((handler.__doc__ or "").split())
+        rows.append(f"| {state.value} | {PType(ptype).name} | {doc} |")
+    rows.append("| any | any other PDU type | FAULT `nca_s_proto_error`, then close |")
+    rows.append("| any | invalid header, end of stream inside a PDU | close, no reply |")
+    return "\n".join(rows) + "\n"
