@@ -40,14 +40,6 @@ def filetime_from_datetime(when: datetime) -> int:
     return EPOCH_AS_FILETIME + (when - UNIX_EPOCH) // timedelta(microseconds=1) * 10
 
 
-def guid_bytes(value: uuid.UUID) -> bytes:
-    return value.bytes_le
-
-
-def guid_from_bytes(data: bytes) -> uuid.UUID:
-    return uuid.UUID(bytes_le=bytes(data))
-
-
 def guid_text(le: bytes) -> str:
     """``str(uuid.UUID(bytes_le=le))`` without building a UUID (the host's log path)."""
     h = (le[3::-1] + le[5:3:-1] + le[7:5:-1] + le[8:16]).hex()

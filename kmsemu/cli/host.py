@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from kmsemu.addresses import format_address
-from kmsemu.catalog import load_catalog
+from kmsemu.catalog import Catalog, load_catalog
 from kmsemu.cli.common import (
     ADDRESS,
     DURATION,
@@ -190,7 +190,7 @@ def serve(
 
 async def _serve(
     state: Path,
-    catalog: Any,
+    catalog: Catalog,
     settings: HostSettings,
     secrets: list[str],
     clock_offset: float,
@@ -277,7 +277,7 @@ def status(state_dir: Path | None, catalog_path: Path | None, as_json: bool) -> 
         click.echo(_status_text(report))
 
 
-def _status_report(store: HostStore, catalog: Any) -> dict[str, Any]:
+def _status_report(store: HostStore, catalog: Catalog) -> dict[str, Any]:
     meta = store.meta()
     offset = float(meta.get("clock_offset", "0") or 0)
     now = filetime_from_unix(SystemClock().now() + offset)

@@ -35,7 +35,6 @@ from kmsemu.klp.messages import (
 from kmsemu.wire import (
     FILETIME_PER_SECOND,
     NIL_GUID,
-    datetime_from_filetime,
     encode_utf16_field,
 )
 
@@ -150,8 +149,6 @@ class CountCache:
             del entries[oldest]
         return len(entries)
 
-    def live_count(self, app: bytes, now: int) -> int:
-        return sum(1 for t in self.entries.get(app, {}).values() if now - t < LIVE_WINDOW)
 
 
 class LogRecord(NamedTuple):
@@ -242,7 +239,3 @@ class HostRules:
             self.identity.host_id,
             self._epid_field,
         )
-
-
-def describe_time(filetime: int) -> str:
-    return datetime_from_filetime(filetime).isoformat(timespec="seconds")

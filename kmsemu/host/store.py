@@ -193,11 +193,6 @@ class HostStore:
         )
         return total, failed, by_status
 
-    def recent_requests(self, limit: int = 20) -> list[dict[str, Any]]:
-        cursor = self._db.execute("SELECT * FROM requests ORDER BY id DESC LIMIT ?", (limit,))
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Final
 
@@ -498,11 +498,3 @@ def encode_request(call_id: int, context_id: int, opnum: int, stub: bytes, max_f
         Request(call_id, context_id, opnum, chunk, flags, hint).to_bytes()
         for flags, chunk, hint in fragment_stub(stub, max_frag, REQUEST_HEADER_SIZE)
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """A complete PDU cut out of a byte stream, with its parsed header."""
-
-    header: Header
-    data: bytes = field(repr=False)
