@@ -32,6 +32,10 @@ def invoke(runner: CliRunner, *args: str):  # type: ignore[no-untyped-def]
     return runner.invoke(main, list(args), catch_exceptions=False)
 
 
+def activate(runner: CliRunner, *args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return runner.invoke(main, ["client", "activate", *args], env=env)
+
+
 def test_catalog_json_fields(runner: CliRunner) -> None:
     result = invoke(runner, "catalog", "--json")
     assert result.exit_code == 0
@@ -91,17 +95,13 @@ def test_activate_json_against_a_host(runner: CliRunner, inprocess_host: Running
 def test_activate_below_threshold_exits_1_with_c004f038(
     runner: CliRunner, inprocess_host: RunningHost
 ) -> None:
-    result = runner.invoke(
-        main,
-        [
-            "client",
-            "activate",
-            "--host",
-            f"127.0.0.1:{inprocess_host.port}",
-            "--product",
-            "windows-11-pro",
-            "--json",
-        ],
+    result = activate(
+        runner,
+        "--host",
+        f"127.0.0.1:{inprocess_host.port}",
+        "--product",
+        "windows-11-pro",
+        "--json",
     )
     assert result.exit_code == 1
     data = json.loads(result.stdout)
@@ -114,18 +114,14 @@ def test_activate_below_threshold_exits_1_with_c004f038(
 
 
 def test_activate_text_output(runner: CliRunner, inprocess_host: RunningHost) -> None:
-    result = runner.invoke(
-        main,
-        [
-            "client",
-            "activate",
-            "--host",
-            f"127.0.0.1:{inprocess_host.port}",
-            "--product",
-            "office-ltsc-2024-proplus",
-            "--required-count",
-            "1",
-        ],
+    result = activate(
+        runner,
+        "--host",
+        f"127.0.0.1:{inprocess_host.port}",
+        "--product",
+        "office-ltsc-2024-proplus",
+        "--required-count",
+        "1",
     )
     assert result.exit_code == 0
     assert result.stdout.startswith("Activating Office LTSC Professional Plus 2024 (")
@@ -133,35 +129,21 @@ def test_activate_text_output(runner: CliRunner, inprocess_host: RunningHost) ->
 
 
 def test_activate_wrong_secret_and_no_host(runner: CliRunner, inprocess_host: RunningHost) -> None:
-    result = runner.invoke(
-        main,
-        [
-            "client",
-            "activate",
-            "--host",
-            f"127.0.0.1:{inprocess_host.port}",
-            "--product",
-            "windows-11-pro",
-            "--secret",
-            "nope",
-            "--json",
-        ],
+    result = activate(
+        runner,
+        "--host",
+        f"127.0.0.1:{inprocess_host.port}",
+        "--product",
+        "windows-11-pro",
+        "--secret",
+        "nope",
+        "--json",
     )
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert data["error"]["hresult"] == "0xC004F074" and data["cause"] == "0x80070005"
-    result = runner.invoke(
-        main,
-        [
-            "client",
-            "activate",
-            "--host",
-            "127.0.0.1:1",
-            "--product",
-            "windows-11-pro",
-            "--timeout",
-            "2",
-        ],
+    result = activate(
+        runner, "--host", "127.0.0.1:1", "--product", "windows-11-pro", "--timeout", "2"
     )
     assert result.exit_code == 1
     assert "Error: 0xC004F074" in result.stderr and "0x800706BA" in result.stderr
@@ -172,18 +154,14 @@ def test_secret_from_environment(runner: CliRunner, tmp_path: Path) -> None:
 
     host, stop = start_inprocess_host(tmp_path / "h", secrets=["env-secret"])
     try:
-        result = runner.invoke(
-            main,
-            [
-                "client",
-                "activate",
-                "--host",
-                f"127.0.0.1:{host.port}",
-                "--product",
-                "windows-11-pro",
-                "--required-count",
-                "1",
-            ],
+        result = activate(
+            runner,
+            "--host",
+            f"127.0.0.1:{host.port}",
+            "--product",
+            "windows-11-pro",
+            "--required-count",
+            "1",
             env={"KMSEMU_SECRET": "env-secret"},
         )
         assert result.exit_code == 0, result.output
@@ -308,9 +286,22 @@ def test_serve_and_activate_over_ipv6(tmp_path: Path) -> None:
     if not ipv6_available():
         pytest.skip("no IPv6 loopback on this machine")
     proc = subprocess.Popen(
-        kmsemu_command("host", "serve", "--listen", "[::1]:0", "--listen", "127.0.0.1",
-                       "--port", "0", "--state", str(tmp_path / "h")),
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        kmsemu_command(
+            "host",
+            "serve",
+            "--listen",
+            "[::1]:0",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--state",
+            str(tmp_path / "h"),
+        ),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert proc.stderr is not None
         ready = proc.stderr.readline().strip()
@@ -321,9 +312,14 @@ def test_serve_and_activate_over_ipv6(tmp_path: Path) -> None:
         assert addresses[0].startswith("[::1]:") and addresses[1].startswith("127.0.0.1:")
         assert addresses[0].rsplit(":", 1)[1] == addresses[1].rsplit(":", 1)[1]  # one port
         for address in addresses:
-            out = subprocess.run(kmsemu_command("client", "activate", "--host", address,
-                                                "--product", "windows-11-pro", "--json"),
-                                 capture_output=True, text=True, timeout=30)
+            out = subprocess.run(
+                kmsemu_command(
+                    "client", "activate", "--host", address, "--product", "windows-11-pro", "--json"
+                ),
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert json.loads(out.stdout)["status"] == 0, out.stderr
     finally:
         proc.terminate()

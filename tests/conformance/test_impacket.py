@@ -30,6 +30,7 @@ from kmsemu.catalog import default_catalog
 from kmsemu.klp.envelope import LabKey, open_response, seal_request
 from kmsemu.klp.messages import ActivationRequest, ActivationResponse
 from kmsemu.wire import filetime_from_unix
+from tests.conformance.raw import read_pdu
 from tests.conftest import RunningHost, start_host_process, stop_host_process
 
 KLP_INTERFACE = ("6e8f4bef-ca86-4ca5-981e-95096d715f4b", "1.0")
@@ -259,7 +260,7 @@ def test_hand_built_fragments_of_an_impacket_stub(shared_host: RunningHost) -> N
     chunk = 1432 - 24
     with socket.create_connection(shared_host.address, timeout=5) as sock:
         sock.sendall(bind)
-        ack = _read_pdu(sock)
+        ack = read_pdu(sock)
         assert ack[2] == 12
         for start in range(0, len(stub), chunk):
             flags = (1 if start == 0 else 0) | (2 if start + chunk >= len(stub) else 0)
@@ -267,18 +268,9 @@ def test_hand_built_fragments_of_an_impacket_stub(shared_host: RunningHost) -> N
             header = struct.pack("<BBBB4sHHI", 5, 0, 0, flags, b"\x10\0\0\0",
                                  24 + len(piece), 0, 2)
             sock.sendall(header + struct.pack("<IHH", len(stub) - start, 0, 0) + piece)
-        pdu = _read_pdu(sock)
+        pdu = read_pdu(sock)
     assert pdu[2] == 2 and pdu[3] == 3
     response = RequestActivationResponse(pdu[24:])
     assert opened(response, nonce).status == 0
 
 
-def _read_pdu(sock: socket.socket) -> bytes:
-    data = b""
-    while len(data) < 16 or len(data) < struct.unpack_from("<H", data, 8)[0]:
-        want = 16 if len(data) < 16 else struct.unpack_from("<H", data, 8)[0]
-        chunk = sock.recv(want - len(data))
-        if not chunk:
-            raise EOFError("host closed the connection")
-        data += chunk
-    return data

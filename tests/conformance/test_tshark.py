@@ -29,6 +29,7 @@ from kmsemu.client.exchange import request_activation
 from kmsemu.klp.envelope import LabKey
 from kmsemu.klp.messages import ActivationRequest
 from kmsemu.wire import filetime_from_unix
+from tests.conformance.raw import read_pdu
 from tests.conftest import RunningHost
 
 TSHARK = shutil.which("tshark")
@@ -135,23 +136,12 @@ def _activation_request() -> ActivationRequest:
         required_client_count=p.threshold, workstation_name="tshark-pc")
 
 
-def _read_pdu(sock: socket.socket) -> bytes:
-    data = b""
-    while len(data) < 16 or len(data) < struct.unpack_from("<H", data, 8)[0]:
-        want = 16 if len(data) < 16 else struct.unpack_from("<H", data, 8)[0]
-        chunk = sock.recv(want - len(data))
-        if not chunk:
-            raise EOFError("host closed the connection")
-        data += chunk
-    return data
-
-
 def _provoke_fault(address: tuple[str, int], vectors: dict[str, Any]) -> None:
     with socket.create_connection(address, timeout=5) as sock:
         sock.sendall(bytes.fromhex(vectors["bind"]["pdu"]))
-        assert _read_pdu(sock)[2] == 12
+        assert read_pdu(sock)[2] == 12
         sock.sendall(bytes.fromhex(vectors["fault_bad_opnum"]["request_pdu"]))
-        assert _read_pdu(sock).hex() == vectors["fault_bad_opnum"]["fault_pdu"]
+        assert read_pdu(sock).hex() == vectors["fault_bad_opnum"]["fault_pdu"]
 
 
 def _syntax(text: str, version: int) -> bytes:
@@ -176,9 +166,9 @@ def _negotiate(address: tuple[str, int]) -> None:
     """BIND with a feature-negotiation context, then ALTER_CONTEXT (accept + reject)."""
     with socket.create_connection(address, timeout=5) as sock:
         sock.sendall(_bind(11, 1, [(0, KLP_IF, NDR20), (1, KLP_IF, BTFN)]))
-        assert _read_pdu(sock)[2] == 12
+        assert read_pdu(sock)[2] == 12
         sock.sendall(_bind(14, 2, [(2, KLP_IF, NDR20), (3, OTHER_IF, NDR20)]))
-        assert _read_pdu(sock)[2] == 15
+        assert read_pdu(sock)[2] == 15
 
 
 def _layers(frame: dict[str, Any], name: str) -> list[dict[str, Any]]:
