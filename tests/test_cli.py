@@ -324,3 +324,27 @@ def test_serve_and_activate_over_ipv6(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_keys_mint_check_and_setup_keys(runner: CliRunner) -> None:
+    minted = json.loads(invoke(runner, "keys", "mint", "--type", "subscription", "--product",
+                               "office-ltsc-2024-proplus", "--serial", "7", "--quantity", "25",
+                               "--json").stdout)
+    assert {"key", "type", "product", "serial", "quantity"} <= minted.keys()
+    assert (minted["type"], minted["serial"], minted["quantity"]) == ("subscription", 7, 25)
+    checked = json.loads(invoke(runner, "keys", "check", minted["key"].lower(), "--json").stdout)
+    assert checked["well_formed"] is True and checked["product"] == "office-ltsc-2024-proplus"
+    typo = minted["key"][:6] + ("B" if minted["key"][6] != "B" else "C") + minted["key"][7:]
+    result = runner.invoke(main, ["keys", "check", typo, "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["well_formed"] is False and minted["key"] in data["candidates"]
+    assert data["problems"][0]["code"] == "check_failed"
+    result = runner.invoke(main, ["keys", "check", "0B2TRBH828146YPJW2Q9598CM"])
+    assert result.exit_code == 1 and result.stderr.count("keys never use") == 3
+    setup = json.loads(invoke(runner, "keys", "setup-keys", "--json").stdout)["keys"]
+    assert setup[0] == {"product": "windows-11-pro", "name": "Windows 11 Pro", "number": 0,
+                        "key": "BBM3H-PMQ9T-88T8G-HGPCF-GYYBG"}
+    assert len(setup) == len(json.loads(invoke(runner, "catalog", "--json").stdout)["products"])
+    assert runner.invoke(main, ["keys", "mint", "--type", "mak", "--product", "windows-11-pro",
+                                "--quantity", "3"]).exit_code == 2

@@ -8,6 +8,7 @@ from kmsemu import __version__
 from kmsemu.cli.catalog import catalog
 from kmsemu.cli.client import client
 from kmsemu.cli.host import host
+from kmsemu.cli.keys import keys
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,3 +24,4 @@ def main() -> None:
 main.add_command(catalog)
 main.add_command(host)
 main.add_command(client)
+main.add_command(keys)
