@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kmsemu.catalog import default_catalog
-from kmsemu.clock import Clock, OffsetClock, SystemClock
-from kmsemu.host.events import EventLog
+from kmsemu.clock import Clock
 from kmsemu.host.rules import HostSettings
-from kmsemu.host.server import KmsServer, ServerOptions, build_host
-from kmsemu.host.store import HostStore
-from kmsemu.wire import filetime_from_unix
+from kmsemu.host.server import ServerOptions
+from kmsemu.testing import BackgroundHost
 
 VECTORS = Path(__file__).parent / "vectors"
 READY_TIMEOUT = 20.0
@@ -38,33 +34,18 @@ class RunningHost:
 
     address: tuple[str, int]
     state_dir: Path
-    server: KmsServer | None = None
+    background: BackgroundHost | None = None
     process: subprocess.Popen[str] | None = None
     stderr_lines: list[str] = field(default_factory=list)
-    loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def port(self) -> int:
         return self.address[1]
 
     def flush(self) -> None:
-        """Persist pending state now (in-process hosts only)."""
-        assert self.server is not None and self.loop is not None
-        done = threading.Event()
-        self.loop.call_soon_threadsafe(lambda: (self.server.flush(), done.set()))  # type: ignore[union-attr]
-        done.wait(5)
-
-
-class _LogSink:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.lines.extend(text.splitlines())
-        return len(text)
-
-    def flush(self) -> None:
-        pass
+        """Persist pending state and log lines now (in-process hosts only)."""
+        assert self.background is not None
+        self.background.flush()
 
 
 def start_inprocess_host(
@@ -75,45 +56,19 @@ def start_inprocess_host(
     clock_offset: float = 0.0,
     options: ServerOptions | None = None,
     clock: Clock | None = None,
-) -> tuple[RunningHost, Any]:
-    """Run a real server on a background event loop thread; returns (host, stop)."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    holder: dict[str, Any] = {}
-    sink = _LogSink()
-    clock = OffsetClock(clock or SystemClock(), clock_offset)
-
-    async def main() -> None:
-        store = HostStore(state_dir)
-        kms = build_host(
-            store, default_catalog(), settings or HostSettings(), secrets or ["kmsemu-lab"], clock
-        )
-        server = KmsServer(
-            kms,
-            store,
-            EventLog(sink, "text"),
-            options or ServerOptions(),
-            now=lambda: filetime_from_unix(clock.now()),
-        )
-        bound = await server.start([("127.0.0.1", 0)])
-        holder.update(server=server, address=bound[0], store=store, stop=asyncio.Event())
-        ready.set()
-        await holder["stop"].wait()
-        await server.close()
-        store.close()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    if not ready.wait(READY_TIMEOUT):
-        raise RuntimeError("in-process host did not start")
-    host = RunningHost(holder["address"], state_dir, server=holder["server"], loop=loop)
-    host.stderr_lines = sink.lines
-
-    def stop() -> None:
-        loop.call_soon_threadsafe(holder["stop"].set)
-        thread.join(10)
-
-    return host, stop
+) -> tuple[RunningHost, Callable[[], None]]:
+    """A real server on a background event-loop thread (the package's ``BackgroundHost``)."""
+    background = BackgroundHost(
+        state_dir,
+        secrets=secrets or ["kmsemu-lab"],
+        settings=settings,
+        clock=clock,
+        clock_offset=clock_offset,
+        options=options,
+    ).start()
+    host = RunningHost(background.address, state_dir, background=background,
+                       stderr_lines=background.log_lines)
+    return host, background.stop
 
 
 @pytest.fixture

@@ -10,16 +10,21 @@ import json
 import re
 import sys
 import time
-from typing import IO, Any
+from typing import Any, Protocol
 
 from kmsemu.host.rules import LogRecord
 from kmsemu.wire import FILETIME_PER_SECOND, guid_text, unix_from_filetime
 
 
+class TextSink(Protocol):
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
+
+
 class EventLog:
     def __init__(
         self,
-        stream: IO[str] | None = None,
+        stream: TextSink | None = None,
         fmt: str = "text",
         product_names: dict[bytes, str] | None = None,
     ) -> None:
