@@ -1,0 +1,344 @@
+"""A volume-licensed install's licence, as one pure state machine (behaviour.md).
+
+Theory of operation: a ``Licence`` is an immutable value; ``apply(licence,
+event)`` returns the next value and what the event produced (an error
+HRESULT, a new CMID). Every ``(status, event type)`` pair is a row of
+``TRANSITIONS``; a pair missing from it is a bug, never a silent no-op.
+
+Time is an input: ``TimePassed(now)`` fires whatever fell due by ``now``
+(a KMS activation expiring after 180 days without renewal, a grace period
+running out). Scheduling is an output: ``next_attempt`` says when the client
+should next contact its KMS host: the renewal interval after a success, the
+activation interval after a failure, both adopted from the host's answers.
+
+    setup key ──► Initial grace ──(KMS success)──► Licensed ◄──(renewal)──┐
+                      │                              │  └──────────────────┘
+               (grace ends)              (180 days without renewal, or
+                      ▼                   a significant hardware change)
+                Notification ◄──(grace ends)── Out-of-tolerance grace
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, NamedTuple
+
+from kmsemu.errors import HResult
+from kmsemu.klp.messages import LicenseStatus
+
+DAY: Final = 86_400.0
+MINUTE: Final = 60.0
+VALIDITY_DAYS: Final = 180
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What a product family's licensing allows (behaviour.md "KMS client timers")."""
+
+    initial_grace_days: int
+    out_of_tolerance_days: int
+    rearm_grace_days: int
+    rearms: int
+    rearm_bonus_after_activation: int
+
+    @classmethod
+    def for_family(cls, family: str) -> Policy:
+        if family == "office":  # notifications after 25 days; 5 rearms, +1 after KMS
+            return cls(25, 30, 30, 5, 1)
+        return cls(30, 30, 30, 3, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Licence:
+    status: LicenseStatus = LicenseStatus.UNLICENSED
+    key_installed: bool = False
+    #: End of the current grace period (initial, rearm or out of tolerance).
+    grace_ends: float | None = None
+    #: End of the KMS activation's validity (180 days after the last success).
+    valid_until: float | None = None
+    #: When the client should next contact KMS (renewal or retry); None: not at all.
+    next_attempt: float | None = None
+    activation_interval: int = 120
+    renewal_interval: int = 10_080
+    #: Rearms this installation has left; set by the first key installed, then kept.
+    rearms_left: int | None = None
+    bonus_rearm_given: bool = False
+    #: Why the licence is in Notification or out-of-tolerance grace (0xC004F009, 0xC004F00F).
+    reason: int = 0
+    last_hresult: int = 0
+    last_activation: float | None = None
+    #: The installed product's rules (set when its key is installed).
+    policy: Policy = dataclasses.field(default_factory=lambda: Policy.for_family("windows"))
+
+    def minutes_remaining(self, now: float) -> int:
+        """slmgr's "N minute(s)": to the end of validity when licensed, else of the grace."""
+        end = self.valid_until if self.status is LicenseStatus.LICENSED else self.grace_ends
+        return max(0, int((end - now) // MINUTE)) if end is not None else 0
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInstalled:
+    """A KMS client setup key was installed (slmgr /ipk)."""
+
+    now: float
+    policy: Policy
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUninstalled:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Activated:
+    """The host answered with status 0 and a count that reached the threshold."""
+
+    now: float
+    activation_interval: int
+    renewal_interval: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationFailed:
+    """An attempt failed (no host, count too low, refused...); intervals seen, if any."""
+
+    now: float
+    hresult: int
+    activation_interval: int | None = None
+    renewal_interval: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rearmed:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareChanged:
+    """A significant hardware change (fewer than 7 of 10 hardware-id bytes equal)."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class TimePassed:
+    now: float
+
+
+Event = (
+    KeyInstalled
+    | KeyUninstalled
+    | Activated
+    | ActivationFailed
+    | Rearmed
+    | HardwareChanged
+    | TimePassed
+)
+EVENT_TYPES: Final = (
+    KeyInstalled,
+    KeyUninstalled,
+    Activated,
+    ActivationFailed,
+    Rearmed,
+    HardwareChanged,
+    TimePassed,
+)
+
+
+class Step(NamedTuple):
+    licence: Licence
+    error: int | None = None  # an HRESULT the command reports; the licence may still change
+    new_cmid: bool = False  # the install must take a new client machine id (rearm)
+
+
+# -- handlers ----------------------------------------------------------------------------
+
+
+def _install(lic: Licence, e: Event) -> Step:
+    assert isinstance(e, KeyInstalled)
+    rearms = lic.rearms_left if lic.rearms_left is not None else e.policy.rearms
+    return Step(
+        Licence(
+            status=LicenseStatus.INITIAL_GRACE,
+            key_installed=True,
+            grace_ends=e.now + e.policy.initial_grace_days * DAY,
+            next_attempt=e.now,
+            activation_interval=lic.activation_interval,
+            renewal_interval=lic.renewal_interval,
+            rearms_left=rearms,
+            bonus_rearm_given=lic.bonus_rearm_given,
+            policy=e.policy,
+        )
+    )
+
+
+def _uninstall(lic: Licence, e: Event) -> Step:
+    return Step(
+        Licence(
+            activation_interval=lic.activation_interval,
+            renewal_interval=lic.renewal_interval,
+            rearms_left=lic.rearms_left,
+            bonus_rearm_given=lic.bonus_rearm_given,
+            policy=lic.policy,
+        )
+    )
+
+
+def _activated(lic: Licence, e: Event) -> Step:
+    assert isinstance(e, Activated)
+    extra = lic.policy.rearm_bonus_after_activation
+    bonus = not lic.bonus_rearm_given and extra > 0
+    return Step(
+        dataclasses.replace(
+            lic,
+            status=LicenseStatus.LICENSED,
+            grace_ends=None,
+            valid_until=e.now + VALIDITY_DAYS * DAY,
+            next_attempt=e.now + e.renewal_interval * MINUTE,
+            activation_interval=e.activation_interval,
+            renewal_interval=e.renewal_interval,
+            rearms_left=(lic.rearms_left or 0) + (extra if bonus else 0),
+            bonus_rearm_given=lic.bonus_rearm_given or bonus,
+            reason=0,
+            last_hresult=0,
+            last_activation=e.now,
+        )
+    )
+
+
+def _failed(lic: Licence, e: Event) -> Step:
+    assert isinstance(e, ActivationFailed)
+    act = e.activation_interval or lic.activation_interval
+    return Step(
+        dataclasses.replace(
+            lic,
+            next_attempt=e.now + act * MINUTE,
+            activation_interval=act,
+            renewal_interval=e.renewal_interval or lic.renewal_interval,
+            last_hresult=e.hresult,
+        )
+    )
+
+
+def _no_key(lic: Licence, e: Event) -> Step:
+    """Nothing to activate or rearm without a key (slmgr: product key not found)."""
+    return Step(lic, HResult.PRODUCT_KEY_INVALID)
+
+
+def _rearm(lic: Licence, e: Event) -> Step:
+    assert isinstance(e, Rearmed)
+    if not lic.rearms_left:
+        return Step(lic, HResult.REARM_LIMIT_EXCEEDED)
+    return Step(
+        dataclasses.replace(
+            lic,
+            status=LicenseStatus.INITIAL_GRACE,
+            grace_ends=e.now + lic.policy.rearm_grace_days * DAY,
+            valid_until=None,
+            next_attempt=e.now,
+            rearms_left=lic.rearms_left - 1,
+            reason=0,
+        ),
+        new_cmid=True,
+    )
+
+
+def _hardware_out_of_tolerance(lic: Licence, e: Event) -> Step:
+    assert isinstance(e, HardwareChanged)
+    return Step(
+        dataclasses.replace(
+            lic,
+            status=LicenseStatus.OUT_OF_TOLERANCE_GRACE,
+            grace_ends=e.now + lic.policy.out_of_tolerance_days * DAY,
+            valid_until=None,
+            next_attempt=e.now,
+            reason=HResult.HARDWARE_OUT_OF_TOLERANCE,
+        )
+    )
+
+
+def _unchanged(lic: Licence, e: Event) -> Step:
+    return Step(lic)
+
+
+def _licensed_time(lic: Licence, e: Event) -> Step:
+    """180 days without a successful renewal: out-of-tolerance grace, then maybe more."""
+    assert isinstance(e, TimePassed) and lic.valid_until is not None
+    if e.now < lic.valid_until:
+        return Step(lic)
+    lapsed = dataclasses.replace(
+        lic,
+        status=LicenseStatus.OUT_OF_TOLERANCE_GRACE,
+        grace_ends=lic.valid_until + lic.policy.out_of_tolerance_days * DAY,
+        valid_until=None,
+        reason=HResult.HARDWARE_OUT_OF_TOLERANCE,
+    )
+    return _grace_time(lapsed, e)
+
+
+def _grace_time(lic: Licence, e: Event) -> Step:
+    assert isinstance(e, TimePassed)
+    if lic.grace_ends is None or e.now < lic.grace_ends:
+        return Step(lic)
+    return Step(
+        dataclasses.replace(lic, status=LicenseStatus.NOTIFICATION, reason=HResult.GRACE_EXPIRED)
+    )
+
+
+Handler = Callable[[Licence, Event], Step]
+_S = LicenseStatus
+_GRACES: Final = (
+    _S.INITIAL_GRACE,
+    _S.OUT_OF_TOLERANCE_GRACE,
+    _S.NON_GENUINE_GRACE,
+    _S.EXTENDED_GRACE,
+)
+
+#: Every (status, event) pair and what it does. Unlicensed means no key is installed.
+TRANSITIONS: Final[dict[tuple[LicenseStatus, type], Handler]] = {
+    (_S.UNLICENSED, KeyInstalled): _install,
+    (_S.UNLICENSED, KeyUninstalled): _uninstall,
+    (_S.UNLICENSED, Activated): _no_key,
+    (_S.UNLICENSED, ActivationFailed): _no_key,
+    (_S.UNLICENSED, Rearmed): _no_key,
+    (_S.UNLICENSED, HardwareChanged): _unchanged,
+    (_S.UNLICENSED, TimePassed): _unchanged,
+    (_S.LICENSED, KeyInstalled): _install,
+    (_S.LICENSED, KeyUninstalled): _uninstall,
+    (_S.LICENSED, Activated): _activated,
+    (_S.LICENSED, ActivationFailed): _failed,
+    (_S.LICENSED, Rearmed): _rearm,
+    (_S.LICENSED, HardwareChanged): _hardware_out_of_tolerance,
+    (_S.LICENSED, TimePassed): _licensed_time,
+    (_S.NOTIFICATION, KeyInstalled): _install,
+    (_S.NOTIFICATION, KeyUninstalled): _uninstall,
+    (_S.NOTIFICATION, Activated): _activated,
+    (_S.NOTIFICATION, ActivationFailed): _failed,
+    (_S.NOTIFICATION, Rearmed): _rearm,
+    (_S.NOTIFICATION, HardwareChanged): _unchanged,
+    (_S.NOTIFICATION, TimePassed): _unchanged,
+    **{(grace, KeyInstalled): _install for grace in _GRACES},
+    **{(grace, KeyUninstalled): _uninstall for grace in _GRACES},
+    **{(grace, Activated): _activated for grace in _GRACES},
+    **{(grace, ActivationFailed): _failed for grace in _GRACES},
+    **{(grace, Rearmed): _rearm for grace in _GRACES},
+    **{(grace, HardwareChanged): _unchanged for grace in _GRACES},
+    **{(grace, TimePassed): _grace_time for grace in _GRACES},
+}
+
+
+class TransitionError(KeyError):
+    """A (status, event) pair with no row: a bug in the table, never a user error."""
+
+
+def apply(licence: Licence, event: Event) -> Step:
+    """The licence after ``event``, and what the event produced."""
+    handler = TRANSITIONS.get((licence.status, type(event)))
+    if handler is None:
+        raise TransitionError(f"no transition for {licence.status.name} on {type(event).__name__}")
+    return handler(licence, event)
