@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from kmsemu import __version__
+from kmsemu.cli import client_verbs  # noqa: F401  (registers the client verbs)
 from kmsemu.cli.catalog import catalog
 from kmsemu.cli.client import client
 from kmsemu.cli.host import host

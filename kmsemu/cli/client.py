@@ -1,4 +1,4 @@
-"""``kmsemu client``: KMS client commands (for now: one activation, ``activate``)."""
+"""``kmsemu client``: one activation (``activate``) and, in ``client_verbs``, a client machine."""
 
 from __future__ import annotations
 
@@ -21,8 +21,16 @@ from kmsemu.wire import datetime_from_filetime, filetime_from_unix
 
 
 @click.group()
-def client() -> None:
-    """A KMS client: activate against a host."""
+@click.option("--profile", default="default", show_default=True, envvar="KMSEMU_PROFILE",
+              help="Which client machine (profiles live under $KMSEMU_HOME/clients).")
+@click.pass_context
+def client(ctx: click.Context, profile: str) -> None:
+    """A KMS client: a machine shaped like slmgr (ipk, ato, dlv...), or one activation.
+
+    Each profile is a client machine with its own key, licence, CMID, KMS
+    host settings, events and clock.
+    """
+    ctx.obj = {"profile": profile}
 
 
 class _Guid(click.ParamType):  # type: ignore[type-arg]

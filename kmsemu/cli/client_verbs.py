@@ -1,0 +1,268 @@
+"""``kmsemu client [--profile NAME] VERB``: a client machine driven like slmgr."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import click
+
+from kmsemu.catalog import default_catalog
+from kmsemu.cli.client import client
+from kmsemu.cli.common import DURATION, emit, fail, json_option, kmsemu_home, secret_option
+from kmsemu.client import slmgr
+from kmsemu.client.machine import Machine, Result
+from kmsemu.client.profile import ProfileError, ProfileStore
+from kmsemu.clock import SystemClock
+from kmsemu.errors import describe
+from kmsemu.keys.product_key import format_key
+from kmsemu.klp.envelope import DEFAULT_SECRET
+
+
+def profile_store() -> ProfileStore:
+    return ProfileStore(kmsemu_home() / "clients")
+
+
+@contextmanager
+def machine(obj: dict[str, Any], secret: str = DEFAULT_SECRET) -> Iterator[Machine]:
+    """The profile's machine; the profile is saved afterwards, whatever happened."""
+    store = profile_store()
+    try:
+        profile = store.load(obj["profile"], random.SystemRandom())
+    except ProfileError as exc:
+        fail(str(exc), code="bad_profile")
+    m = Machine(profile, default_catalog(), real_now=SystemClock().now, secret=secret)
+    try:
+        yield m
+    finally:
+        store.save(m.profile)
+
+
+def report(m: Machine, result: Result, as_json: bool, lines: list[str]) -> None:
+    """Print the verb's lines (or the JSON summary); exit 1 with slmgr's error line."""
+    if result.hresult:
+        detail = f" ({result.detail})" if result.detail else ""
+        if as_json:
+            fail(describe(result.hresult).message + detail, code="activation_failed",
+                 hresult=result.hresult, as_json=True, extra=m.summary())
+        for line in lines:
+            click.echo(line)
+        fail(describe(result.hresult).message + detail, code="failed", hresult=result.hresult)
+    if as_json:
+        emit(m.summary())
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+@client.command("ipk")
+@click.argument("key")
+@json_option
+@click.pass_obj
+def ipk(obj: dict[str, Any], key: str, as_json: bool) -> None:
+    """Install a product key (a KMS client setup key starts the initial grace)."""
+    with machine(obj) as m:
+        result = m.install_key(key)
+    shown = format_key(m.profile.product_key or "")
+    report(m, result, as_json, [] if result.hresult else [slmgr.installed(shown)])
+
+
+@client.command("upk")
+@json_option
+@click.pass_obj
+def upk(obj: dict[str, Any], as_json: bool) -> None:
+    """Uninstall the product key."""
+    with machine(obj) as m:
+        result = m.uninstall_key()
+    report(m, result, as_json, ["Uninstalled product key successfully."])
+
+
+@client.command("cpky")
+@json_option
+@click.pass_obj
+def cpky(obj: dict[str, Any], as_json: bool) -> None:
+    """Clear the product key from the registry (the licence is unchanged)."""
+    with machine(obj) as m:
+        pass
+    report(m, Result(), as_json, ["Product key from registry cleared successfully."])
+
+
+@client.command("ato")
+@secret_option()
+@json_option
+@click.pass_obj
+def ato(obj: dict[str, Any], secret: str, as_json: bool) -> None:
+    """Activate now against the KMS host (skms, cached or discovered)."""
+    with machine(obj, secret) as m:
+        product = m.product
+        result = m.activate()
+    lines = [slmgr.activating(m)] if product is not None else []
+    report(m, result, as_json, [*lines, "Product activated successfully."]
+           if not result.hresult else lines)
+
+
+@client.command("dli")
+@json_option
+@click.pass_obj
+def dli(obj: dict[str, Any], as_json: bool) -> None:
+    """Licence information."""
+    with machine(obj) as m:
+        pass
+    report(m, Result(), as_json, slmgr.licence_lines(m, verbose=False))
+
+
+@client.command("dlv")
+@json_option
+@click.pass_obj
+def dlv(obj: dict[str, Any], as_json: bool) -> None:
+    """Detailed licence information."""
+    with machine(obj) as m:
+        pass
+    report(m, Result(), as_json, slmgr.licence_lines(m, verbose=True))
+
+
+@client.command("xpr")
+@json_option
+@click.pass_obj
+def xpr(obj: dict[str, Any], as_json: bool) -> None:
+    """When the activation or the grace period expires."""
+    with machine(obj) as m:
+        pass
+    report(m, Result(), as_json, slmgr.expiry_lines(m))
+
+
+@client.command("skms")
+@click.argument("address")
+@json_option
+@click.pass_obj
+def skms(obj: dict[str, Any], address: str, as_json: bool) -> None:
+    """Use this KMS host only: HOST[:PORT], IPv6 as [ADDR]:PORT."""
+    with machine(obj) as m:
+        try:
+            m.set_kms_host(address)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="ADDRESS") from exc
+    report(m, Result(), as_json,
+           [f"Key Management Service machine name set to {m.profile.kms_host} successfully."])
+
+
+@client.command("ckms")
+@json_option
+@click.pass_obj
+def ckms(obj: dict[str, Any], as_json: bool) -> None:
+    """Go back to DNS auto-discovery."""
+    with machine(obj) as m:
+        m.set_kms_host(None)
+    report(m, Result(), as_json, ["Key Management Service machine name cleared successfully."])
+
+
+@client.command("skms-domain")
+@click.argument("domain")
+@json_option
+@click.pass_obj
+def skms_domain(obj: dict[str, Any], domain: str, as_json: bool) -> None:
+    """Look for KMS hosts in this DNS domain only (ignored while skms is set)."""
+    with machine(obj) as m:
+        m.profile.kms_domain = domain.strip(".").lower()
+    report(m, Result(), as_json, [f"Key Management Service lookup domain set to {domain}."])
+
+
+@client.command("ckms-domain")
+@json_option
+@click.pass_obj
+def ckms_domain(obj: dict[str, Any], as_json: bool) -> None:
+    """Forget the lookup domain."""
+    with machine(obj) as m:
+        m.profile.kms_domain = None
+    report(m, Result(), as_json, ["Key Management Service lookup domain cleared."])
+
+
+@client.command("skhc")
+@json_option
+@click.pass_obj
+def skhc(obj: dict[str, Any], as_json: bool) -> None:
+    """Enable KMS host caching (reuse the host that worked)."""
+    with machine(obj) as m:
+        m.profile.host_caching = True
+    report(m, Result(), as_json, ["KMS host caching is enabled"])
+
+
+@client.command("ckhc")
+@json_option
+@click.pass_obj
+def ckhc(obj: dict[str, Any], as_json: bool) -> None:
+    """Disable KMS host caching (look the host up every time)."""
+    with machine(obj) as m:
+        m.profile.host_caching = False
+        m.profile.cached_host = None
+    report(m, Result(), as_json, ["KMS host caching is disabled"])
+
+
+@client.command("rearm")
+@json_option
+@click.pass_obj
+def rearm(obj: dict[str, Any], as_json: bool) -> None:
+    """Reset the grace period (and the CMID); limited per product."""
+    with machine(obj) as m:
+        result = m.rearm()
+    report(m, result, as_json, ["Command completed successfully.",
+                                "Please restart the system for the changes to take effect."])
+
+
+@client.command("events")
+@click.option("--last", type=click.IntRange(1), default=20, show_default=True)
+@json_option
+@click.pass_obj
+def events(obj: dict[str, Any], last: int, as_json: bool) -> None:
+    """The client's event log (12288 request sent, 12289 response processed)."""
+    with machine(obj) as m:
+        pass
+    shown = m.profile.events[-last:]
+    if as_json:
+        emit({"events": shown})
+        return
+    for event in shown:
+        fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("id", "time"))
+        click.echo(f"{event['time']} {event['id']} {fields}")
+
+
+@client.command("clock")
+@click.argument("shift", type=DURATION, required=False)
+@click.option("--at", "at", help="Set the profile's clock to this ISO 8601 time.")
+@json_option
+@click.pass_obj
+def clock(obj: dict[str, Any], shift: float | None, at: str | None, as_json: bool) -> None:
+    """Move the profile's clock (+30d, -2h) or set it (--at); 'tick' then catches up."""
+    when = None
+    if at is not None:
+        try:
+            parsed = datetime.fromisoformat(at)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--at") from exc
+        if parsed.tzinfo is None:
+            raise click.BadParameter("give a time zone, e.g. 2027-01-01T00:00:00Z",
+                                     param_hint="--at")
+        when = parsed.timestamp()
+    with machine(obj) as m:
+        m.set_clock(shift=shift, at=when)
+    report(m, Result(), as_json, [f"Clock: {m.summary()['clock']}"])
+
+
+@client.command("tick")
+@secret_option()
+@json_option
+@click.pass_obj
+def tick(obj: dict[str, Any], secret: str, as_json: bool) -> None:
+    """Run the renewals and retries that fell due up to the profile's clock."""
+    with machine(obj, secret) as m:
+        results = m.tick()
+    failures = sum(1 for r in results if r.hresult)
+    line = (f"{len(results)} attempt(s), {len(results) - failures} successful; "
+            f"License Status: {m.licence.status.text}")
+    if as_json:
+        emit({**m.summary(), "attempts": len(results), "failed_attempts": failures})
+    else:
+        click.echo(line)

@@ -1,0 +1,134 @@
+"""A client machine's profile: what a Windows or Office install remembers, on disk.
+
+One JSON file per profile under ``$KMSEMU_HOME/clients/``. Writes are atomic
+(a temporary file, fsync, ``os.replace``), so a killed command leaves either
+the old profile or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import re
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from kmsemu.client.licence import Licence, Policy
+from kmsemu.klp.messages import LicenseStatus
+
+PROFILE_VERSION: Final = 1
+MAX_EVENTS: Final = 500
+COMPONENT_NAMES: Final = ("cpu", "board", "disk", "nic", "memory", "display", "bios",
+                          "os-disk-volume", "dock", "machine")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ProfileError(ValueError):
+    pass
+
+
+def new_hardware(rng: random.Random) -> list[str]:
+    """Ten random component values (``cpu:…``, ``board:…``…) for a new machine."""
+    return [f"{name}:{rng.getrandbits(48):012x}" for name in COMPONENT_NAMES]
+
+
+@dataclass
+class Profile:
+    name: str
+    machine_name: str
+    hardware: list[str]
+    cmid: str
+    vm: bool = False
+    previous_cmid: str | None = None
+    product_key: str | None = None  # the 25 normalised symbols
+    product: str | None = None  # catalog key
+    licence: Licence = field(default_factory=Licence)
+    kms_host: str | None = None  # set by skms: host[:port]
+    kms_domain: str | None = None  # set by skms-domain
+    host_caching: bool = True
+    cached_host: str | None = None
+    clock_offset: float = 0.0
+    activation_hardware: list[str] | None = None
+    last_kms: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def new(cls, name: str, rng: random.Random) -> Profile:
+        return cls(name=name, machine_name=name.upper()[:15], hardware=new_hardware(rng),
+                   cmid=str(uuid.UUID(int=rng.getrandbits(128), version=4)))
+
+    def add_event(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        del self.events[:-MAX_EVENTS]
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["licence"] = _licence_json(self.licence)
+        data["version"] = PROFILE_VERSION
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Profile:
+        data = dict(data)
+        if data.pop("version", None) != PROFILE_VERSION:
+            raise ProfileError("profile written by another kmsemu version")
+        data["licence"] = _licence_from_json(data["licence"])
+        return cls(**data)
+
+
+def _licence_json(licence: Licence) -> dict[str, Any]:
+    data = dataclasses.asdict(licence)
+    data["status"] = int(licence.status)
+    return data
+
+
+def _licence_from_json(data: dict[str, Any]) -> Licence:
+    data = dict(data)
+    data["status"] = LicenseStatus(data["status"])
+    data["policy"] = Policy(**data["policy"])
+    return Licence(**data)
+
+
+class ProfileStore:
+    """Profiles in a directory, read and written whole."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, name: str) -> Path:
+        if not _NAME.match(name):
+            raise ProfileError(f"profile name {name!r}: use letters, digits, '.', '_' or '-'")
+        return self.directory / f"{name}.json"
+
+    def load(self, name: str, rng: random.Random | None = None) -> Profile:
+        """The profile, or a new machine when it does not exist yet."""
+        path = self.path(name)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return Profile.new(name, rng or random.Random())
+        try:
+            profile = Profile.from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProfileError(f"profile {path} is damaged: {exc}") from exc
+        profile.name = name  # a copied file is a cloned machine under another name
+        return profile
+
+    def save(self, profile: Profile) -> None:
+        path = self.path(profile.name)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{profile.name}.", dir=self.directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(profile.to_json(), out, indent=1)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

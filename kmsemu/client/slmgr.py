@@ -1,0 +1,113 @@
+"""slmgr's wording (behaviour.md "slmgr-style output"), so scripts that parse it parse us."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from kmsemu.client.machine import Machine
+from kmsemu.errors import describe
+from kmsemu.keys.activation_ids import hardware_id, installation_id
+from kmsemu.keys.product_key import check
+from kmsemu.klp.messages import LicenseStatus
+
+_S = LicenseStatus
+
+
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%m/%d/%Y %I:%M:%S %p")
+
+
+def _remaining(minutes: int) -> str:
+    return f"{minutes} minute(s) ({minutes // 1440} day(s))"
+
+
+def error_line(hresult: int) -> str:
+    return f"Error: 0x{hresult:08X} {describe(hresult).message}"
+
+
+def installed(key: str) -> str:
+    return f"Installed product key {key} successfully."
+
+
+def activating(machine: Machine) -> str:
+    product = machine.product
+    assert product is not None
+    return f"Activating {product.name} ({product.sku_id}) ..."
+
+
+def licence_lines(machine: Machine, *, verbose: bool) -> list[str]:
+    """slmgr /dli (``verbose=False``) or /dlv."""
+    product = machine.product
+    profile = machine.profile
+    lic = machine.current()
+    if product is None or profile.product_key is None:
+        return ["Error: product key not found."]
+    lines = [f"Name: {product.name}, VOLUME_KMSCLIENT channel",
+             f"Description: {product.description}"]
+    key = check(profile.product_key).key
+    if verbose:
+        hw_id = hardware_id(profile.hardware)
+        iid = installation_id(key.type, key.fingerprint, hw_id) if key else ""
+        lines += [
+            f"Activation ID: {product.sku_id}",
+            f"Application ID: {product.application_id}",
+            f"Extended PID: {_client_epid(machine)}",
+            "Product Key Channel: Volume:GVLK",
+            f"Installation ID: {iid.replace('-', '')}",
+        ]
+    lines += [f"Partial Product Key: {profile.product_key[-5:]}",
+              f"License Status: {lic.status.text}"]
+    minutes = lic.minutes_remaining(machine.now)
+    if lic.status is _S.LICENSED:
+        lines.append(f"Volume activation expiration: {_remaining(minutes)}")
+    elif lic.status is _S.NOTIFICATION:
+        lines.append(f"Notification Reason: 0x{lic.reason:08X}.")
+    else:
+        lines.append(f"Time remaining: {_remaining(minutes)}")
+    if lic.status is _S.OUT_OF_TOLERANCE_GRACE and lic.reason:
+        lines.append(f"Reason: 0x{lic.reason:08X}")
+    rearm_label = "Office" if product.family == "office" else "Windows"
+    lines += [f"Remaining {rearm_label} rearm count: {lic.rearms_left or 0}",
+              f"Trusted time: {_when(machine.now)}"]
+    if not verbose and lic.status is not _S.LICENSED:
+        return lines
+    lines += ["", "Key Management Service client information",
+              f"    Client Machine ID (CMID): {profile.cmid}"]
+    if profile.kms_host:
+        lines.append(f"    Registered KMS machine name: {profile.kms_host}")
+    elif profile.cached_host:
+        lines.append(f"    KMS machine name from DNS: {profile.cached_host}")
+    else:
+        lines.append("    DNS auto-discovery: KMS name not available")
+    last = profile.last_kms
+    if last:
+        lines += [f"    KMS machine IP address: {last.get('ip', 'not available')}",
+                  f"    KMS machine extended PID: {last.get('epid', '')}"]
+    lines += [f"    Activation interval: {lic.activation_interval} minutes",
+              f"    Renewal interval: {lic.renewal_interval} minutes",
+              "    KMS host caching is " + ("enabled" if profile.host_caching else "disabled")]
+    return lines
+
+
+def expiry_lines(machine: Machine) -> list[str]:
+    """slmgr /xpr."""
+    product = machine.product
+    lic = machine.current()
+    if product is None:
+        return ["Error: product key not found."]
+    if lic.status is _S.LICENSED and lic.valid_until is not None:
+        state = f"Volume activation will expire {_when(lic.valid_until)}"
+    elif lic.status is _S.NOTIFICATION:
+        state = f"{'Office' if product.family == 'office' else 'Windows'} is in Notification mode"
+    elif lic.grace_ends is not None:
+        label = "Initial" if lic.status is _S.INITIAL_GRACE else "Additional"
+        state = f"{label} grace period ends {_when(lic.grace_ends)}"
+    else:
+        state = lic.status.text
+    return [f"{product.name}:", f"    {state}"]
+
+
+def _client_epid(machine: Machine) -> str:
+    """A stable client ePID in the KLP/1 form, derived from the CMID."""
+    digits = f"{int(machine.profile.cmid.replace('-', ''), 16):040d}"
+    return f"03612-{digits[:5]}-{digits[5:8]}-{digits[8:14]}-03-1033-9600.0000-0012026"
