@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kmsemu.cli import main
+from kmsemu.keys.activation_ids import hardware_id, same_machine
 from kmsemu.keys.product_key import setup_key
 from kmsemu.testing import BackgroundHost
 
@@ -173,3 +174,23 @@ def test_profile_files_are_replaced_whole(home: Path) -> None:
     files = sorted(p.name for p in (home / "clients").iterdir())
     assert files == ["pc.json"]  # no temporary file left behind
     json.loads((home / "clients" / "pc.json").read_text())
+
+
+def test_hardware_change_two_free_four_out_of_tolerance(home: Path,
+                                                        kms_host: BackgroundHost) -> None:
+    kms_host.set_min_count(5)
+    ready("pc", kms_host)
+    client("pc", "ato")
+    minor = client("pc", "hardware", "--set", "disk=new-ssd", "--set", "2=other-board")
+    assert minor.exit_code == 0 and "disk:new-ssd" in minor.stdout
+    assert state("pc")["license_status"]["name"] == "Licensed"
+    major = client("pc", "hardware", "--set", "cpu=x", "--set", "nic=y", "--set", "memory=z",
+                   "--set", "display=w")
+    saved = json.loads((home / "clients" / "pc.json").read_text())
+    significant = not same_machine(hardware_id(saved["activation_hardware"]),
+                                   hardware_id(saved["hardware"]))
+    assert significant  # 6 of 10 changed (a changed value keeps its byte 1 time in 256)
+    assert major.exit_code == 1 and "0xC004F00F" in major.stderr
+    assert state("pc")["license_status"]["value"] == 3
+    assert client("pc", "ato").exit_code == 0  # reactivating clears it
+    assert client("pc", "hardware", "--set", "11=x").exit_code == 2

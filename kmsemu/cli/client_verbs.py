@@ -15,7 +15,7 @@ from kmsemu.cli.client import client
 from kmsemu.cli.common import DURATION, emit, fail, json_option, kmsemu_home, secret_option
 from kmsemu.client import slmgr
 from kmsemu.client.machine import Machine, Result
-from kmsemu.client.profile import ProfileError, ProfileStore
+from kmsemu.client.profile import COMPONENT_NAMES, ProfileError, ProfileStore
 from kmsemu.clock import SystemClock
 from kmsemu.errors import describe
 from kmsemu.keys.product_key import format_key
@@ -266,3 +266,36 @@ def tick(obj: dict[str, Any], secret: str, as_json: bool) -> None:
         emit({**m.summary(), "attempts": len(results), "failed_attempts": failures})
     else:
         click.echo(line)
+
+
+@client.command("hardware")
+@click.option("--set", "changes", multiple=True, metavar="SLOT=VALUE",
+              help="Replace a component: SLOT is 1-10 or its name (cpu, board, disk, nic, "
+                   "memory, display, bios, os-disk-volume, dock, machine).")
+@json_option
+@click.pass_obj
+def hardware(obj: dict[str, Any], changes: tuple[str, ...], as_json: bool) -> None:
+    """Show or change the ten hardware components (a significant change: 0xC004F00F)."""
+    parsed = {}
+    for change in changes:
+        slot, sep, value = change.partition("=")
+        if not sep or not value:
+            raise click.BadParameter(f"{change!r}: use SLOT=VALUE", param_hint="--set")
+        parsed[_slot(slot)] = value if ":" in value else f"{COMPONENT_NAMES[_slot(slot)]}:{value}"
+    with machine(obj) as m:
+        result = m.change_hardware(parsed)
+    lines = [f"{i:>2} {value}" for i, value in enumerate(m.profile.hardware, 1)]
+    if as_json and not result.hresult:
+        emit({**m.summary(), "hardware": m.profile.hardware})
+        return
+    report(m, result, as_json, lines)
+
+
+def _slot(text: str) -> int:
+    text = text.strip().lower()
+    if text.isdigit() and 1 <= int(text) <= len(COMPONENT_NAMES):
+        return int(text) - 1
+    if text in COMPONENT_NAMES:
+        return COMPONENT_NAMES.index(text)
+    raise click.BadParameter(f"slot {text!r}: 1-10 or one of {', '.join(COMPONENT_NAMES)}",
+                             param_hint="--set")

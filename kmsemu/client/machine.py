@@ -25,6 +25,7 @@ from kmsemu.client.licence import (
     Activated,
     ActivationFailed,
     Event,
+    HardwareChanged,
     KeyInstalled,
     KeyUninstalled,
     Licence,
@@ -35,9 +36,10 @@ from kmsemu.client.licence import (
 )
 from kmsemu.client.profile import Profile
 from kmsemu.errors import ActivationError, HResult
+from kmsemu.keys.activation_ids import hardware_id, same_machine
 from kmsemu.keys.product_key import KeyType, ProductKey, check
 from kmsemu.klp.envelope import LabKey
-from kmsemu.klp.messages import FLAG_VIRTUAL_MACHINE, ActivationRequest
+from kmsemu.klp.messages import FLAG_VIRTUAL_MACHINE, ActivationRequest, LicenseStatus
 from kmsemu.wire import filetime_from_unix
 
 KMS_PORT = 1688
@@ -243,6 +245,22 @@ class Machine:
             previous_client_machine_id=uuid.UUID(previous) if previous else uuid.UUID(int=0),
             flags=FLAG_VIRTUAL_MACHINE if self.profile.vm else 0,
         )
+
+    def change_hardware(self, changes: dict[int, str]) -> Result:
+        """Replace components (0-based slots); a significant change since the last
+        activation puts a licensed machine out of tolerance (0xC004F00F)."""
+        for slot, value in changes.items():
+            if not 0 <= slot < len(self.profile.hardware):
+                raise ValueError(f"slot {slot + 1} is not 1-{len(self.profile.hardware)}")
+            self.profile.hardware[slot] = value
+        before = self.profile.activation_hardware
+        if before is None or same_machine(hardware_id(before), hardware_id(self.profile.hardware)):
+            return Result()
+        self._apply(TimePassed(self.now))
+        self._apply(HardwareChanged(self.now))
+        if self.licence.status is LicenseStatus.OUT_OF_TOLERANCE_GRACE:
+            return Result(HResult.HARDWARE_OUT_OF_TOLERANCE, "significant hardware change")
+        return Result()
 
     # -- settings verbs -----------------------------------------------------------------------
 
