@@ -62,3 +62,16 @@ def test_the_doc_examples_run(kms_host: BackgroundHost) -> None:
             test(kms_host)
             kms_host.set_clock_offset(0)
             kms_host.set_min_count(0)
+
+
+def test_kms_client_factory_with_the_cli(kms_host: BackgroundHost, kms_client) -> None:  # type: ignore[no-untyped-def]
+    """Clients made by the fixture are the profiles the CLI (and scripts) use."""
+    kms_host.set_min_count(25)
+    pc = kms_client("pc1", product="windows-11-pro", host=kms_host)
+    assert pc.machine.activate().hresult == 0
+    pc.save()
+    out = subprocess.run([sys.executable, "-m", "kmsemu", "client", "--profile", "pc1", "dli"],
+                         capture_output=True, text=True, timeout=30)
+    assert "License Status: Licensed" in out.stdout
+    other = kms_client("pc2", product="office-ltsc-2021-proplus", host=kms_host)
+    assert other.machine.licence.status == 2  # initial grace until it activates

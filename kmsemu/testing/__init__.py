@@ -5,6 +5,7 @@ the pytest plugin (``kmsemu.testing.plugin``, registered as a ``pytest11``
 entry point) wraps it as the ``kms_host`` fixture.
 """
 
+from kmsemu.testing.client import LabClient, make_client
 from kmsemu.testing.host import BackgroundHost
 
-__all__ = ["BackgroundHost"]
+__all__ = ["BackgroundHost", "LabClient", "make_client"]

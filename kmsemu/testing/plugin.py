@@ -7,11 +7,12 @@ def test_my_provisioning_script(kms_host):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from kmsemu.testing.client import LabClient, make_client
 from kmsemu.testing.host import BackgroundHost
 
 
@@ -21,3 +22,29 @@ def kms_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundHos
     state: Path = tmp_path_factory.mktemp("kms-host")
     with BackgroundHost(state) as host:
         yield host
+
+
+@pytest.fixture
+def kms_client(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., LabClient]:
+    """A factory of client machines: ``kms_client(name, product=..., host=kms_host)``.
+
+    Their profiles live in a temporary ``KMSEMU_HOME`` (set for the test), so
+    ``kmsemu client --profile NAME ...`` run by the code under test sees them.
+    """
+    home = tmp_path_factory.mktemp("kmsemu-home")
+    monkeypatch.setenv("KMSEMU_HOME", str(home))
+
+    def factory(
+        name: str = "pc", *, product: str | None = None, host: BackgroundHost | None = None
+    ) -> LabClient:
+        return make_client(
+            home,
+            name,
+            product=product,
+            host_port=host.host_port if host is not None else None,
+            secret=host.secret if host is not None else "kmsemu-lab",
+        )
+
+    return factory
