@@ -194,3 +194,11 @@ def test_hardware_change_two_free_four_out_of_tolerance(home: Path,
     assert state("pc")["license_status"]["value"] == 3
     assert client("pc", "ato").exit_code == 0  # reactivating clears it
     assert client("pc", "hardware", "--set", "11=x").exit_code == 2
+
+
+def test_vm_flag_reaches_the_host(home: Path, kms_host: BackgroundHost) -> None:
+    ready("pc", kms_host)
+    assert json.loads(client("pc", "vm", "on", "--json").stdout)["vm"] is True
+    client("pc", "ato")
+    kms_host.flush()
+    assert "vm=1" in [line for line in kms_host.log_lines if " activation " in line][-1]

@@ -80,8 +80,9 @@ def test_uninstall_leaves_unlicensed_and_keeps_rearms() -> None:
     assert run(KeyInstalled(T0, WINDOWS), start=lic).rearms_left == 2
 
 
-@pytest.mark.parametrize("event", [Activated(T0, 120, 10_080), ActivationFailed(T0, 1),
-                                   Rearmed(T0)])
+@pytest.mark.parametrize(
+    "event", [Activated(T0, 120, 10_080), ActivationFailed(T0, 1), Rearmed(T0)]
+)
 def test_without_a_key_there_is_nothing_to_activate_or_rearm(event: Event) -> None:
     step = apply(Licence(), event)
     assert step.error == HResult.PRODUCT_KEY_INVALID and step.licence == Licence()
@@ -108,7 +109,8 @@ def test_a_failed_attempt_retries_after_the_activation_interval() -> None:
     assert lic.status is S.INITIAL_GRACE and lic.last_hresult == HResult.COUNT_INSUFFICIENT
     assert lic.next_attempt == T0 + 90 * MINUTE and lic.renewal_interval == 2000
     assert apply(lic, ActivationFailed(T0, HResult.NO_KMS_HOST)).licence.next_attempt == (
-        T0 + 90 * MINUTE)
+        T0 + 90 * MINUTE
+    )
 
 
 def test_renewal_restarts_the_180_days() -> None:
@@ -123,8 +125,7 @@ def test_a_failed_renewal_stays_licensed_until_expiry() -> None:
 
 def test_181_days_without_renewal_is_out_of_tolerance_then_notification() -> None:
     lic = run(TimePassed(T0 + 181 * DAY), start=licensed())
-    assert (lic.status, lic.reason) == (S.OUT_OF_TOLERANCE_GRACE,
-                                        HResult.HARDWARE_OUT_OF_TOLERANCE)
+    assert (lic.status, lic.reason) == (S.OUT_OF_TOLERANCE_GRACE, HResult.HARDWARE_OUT_OF_TOLERANCE)
     assert lic.grace_ends == T0 + 210 * DAY
     assert run(TimePassed(T0 + 210 * DAY), start=lic).status is S.NOTIFICATION
     # a jump straight past both ends lands in Notification
@@ -132,8 +133,10 @@ def test_181_days_without_renewal_is_out_of_tolerance_then_notification() -> Non
 
 
 def test_out_of_tolerance_and_notification_recover_by_activating() -> None:
-    for start in (run(TimePassed(T0 + 181 * DAY), start=licensed()),
-                  run(TimePassed(T0 + 31 * DAY), start=installed())):
+    for start in (
+        run(TimePassed(T0 + 181 * DAY), start=licensed()),
+        run(TimePassed(T0 + 31 * DAY), start=installed()),
+    ):
         lic = run(Activated(T0 + 300 * DAY, 120, 10_080), start=start)
         assert lic.status is S.LICENSED and lic.reason == 0
 
@@ -146,8 +149,7 @@ def test_notification_keeps_retrying() -> None:
 
 def test_significant_hardware_change_puts_a_licensed_machine_out_of_tolerance() -> None:
     lic = run(HardwareChanged(T0 + DAY), start=licensed())
-    assert (lic.status, lic.reason) == (S.OUT_OF_TOLERANCE_GRACE,
-                                        HResult.HARDWARE_OUT_OF_TOLERANCE)
+    assert (lic.status, lic.reason) == (S.OUT_OF_TOLERANCE_GRACE, HResult.HARDWARE_OUT_OF_TOLERANCE)
     assert lic.next_attempt == T0 + DAY and lic.valid_until is None
     assert apply(installed(), HardwareChanged(T0)).licence == installed()  # grace goes on
 
@@ -174,15 +176,14 @@ def test_rearm_on_a_licensed_machine_returns_it_to_grace() -> None:
 
 
 def test_office_gets_one_more_rearm_after_its_first_kms_activation() -> None:
-    lic = run(Activated(T0, 120, 10_080), Activated(T0 + DAY, 120, 10_080),
-              start=installed(OFFICE))
+    lic = run(Activated(T0, 120, 10_080), Activated(T0 + DAY, 120, 10_080), start=installed(OFFICE))
     assert lic.rearms_left == 6 and lic.bonus_rearm_given
     assert run(Activated(T0, 120, 10_080), start=installed()).rearms_left == 3  # Windows: none
 
 
-@pytest.mark.parametrize("status_maker", [installed, licensed,
-                                          lambda: run(TimePassed(T0 + 31 * DAY),
-                                                      start=installed())])
+@pytest.mark.parametrize(
+    "status_maker", [installed, licensed, lambda: run(TimePassed(T0 + 31 * DAY), start=installed())]
+)
 def test_a_new_key_starts_a_new_grace(status_maker) -> None:  # type: ignore[no-untyped-def]
     lic = apply(status_maker(), KeyInstalled(T0 + 2 * DAY, WINDOWS)).licence
     assert lic.status is S.INITIAL_GRACE and lic.grace_ends == T0 + 32 * DAY
@@ -240,3 +241,80 @@ def test_invariants_hold_for_any_event_sequence(seq: list[tuple[str, float, str]
             assert lic.grace_ends is not None and lic.grace_ends > now
         if lic.rearms_left is not None:
             assert 0 <= lic.rearms_left <= 6
+
+
+# -- every row of the table, against an expectation written out here ---------------------
+
+_KEYED = {
+    S.INITIAL_GRACE,
+    S.LICENSED,
+    S.OUT_OF_TOLERANCE_GRACE,
+    S.NON_GENUINE_GRACE,
+    S.NOTIFICATION,
+    S.EXTENDED_GRACE,
+}
+
+
+def _in_status(status: S) -> Licence:
+    if status is S.UNLICENSED:
+        return Licence()
+    if status is S.LICENSED:
+        return _licensed_at(T0)
+    if status is S.NOTIFICATION:
+        return run(TimePassed(T0 + 31 * DAY), start=installed(at=T0 - 31 * DAY))
+    return Licence(
+        status=status, key_installed=True, rearms_left=2, next_attempt=T0, grace_ends=T0 + 10 * DAY
+    )
+
+
+def _licensed_at(at: float) -> Licence:
+    return run(Activated(at - DAY, 120, 10_080), start=installed(at=at - DAY))
+
+
+def _expected(status: S, event: type) -> S | str:
+    """What each (status, event) must give; 'error' keeps the licence and reports."""
+    if event is KeyInstalled:
+        return S.INITIAL_GRACE
+    if event is KeyUninstalled:
+        return S.UNLICENSED
+    if status is S.UNLICENSED:
+        return "error" if event in (Activated, ActivationFailed, Rearmed) else S.UNLICENSED
+    if event is Activated:
+        return S.LICENSED
+    if event in (ActivationFailed, TimePassed):
+        return status
+    if event is Rearmed:
+        return S.INITIAL_GRACE
+    if event is HardwareChanged:
+        return S.OUT_OF_TOLERANCE_GRACE if status is S.LICENSED else status
+    raise AssertionError(event)
+
+
+def _make(event: type) -> Event:
+    return {
+        KeyInstalled: KeyInstalled(T0, WINDOWS),
+        KeyUninstalled: KeyUninstalled(T0),
+        Activated: Activated(T0, 120, 10_080),
+        ActivationFailed: ActivationFailed(T0, 5),
+        Rearmed: Rearmed(T0),
+        HardwareChanged: HardwareChanged(T0),
+        TimePassed: TimePassed(T0 + DAY),
+    }[event]
+
+
+@pytest.mark.parametrize(
+    ("status", "event"),
+    sorted(TRANSITIONS, key=lambda k: (k[0], k[1].__name__)),
+    ids=lambda v: v.name if isinstance(v, S) else v.__name__,
+)
+def test_every_transition(status: S, event: type) -> None:
+    start = _in_status(status)
+    assert start.status is status
+    step = apply(start, _make(event))
+    expected = _expected(status, event)
+    if expected == "error":
+        assert step.error is not None and step.licence == start
+    else:
+        assert step.error is None
+        assert step.licence.status is expected
+        assert step.licence.key_installed == (expected in _KEYED)

@@ -299,3 +299,15 @@ def _slot(text: str) -> int:
         return COMPONENT_NAMES.index(text)
     raise click.BadParameter(f"slot {text!r}: 1-10 or one of {', '.join(COMPONENT_NAMES)}",
                              param_hint="--set")
+
+
+@client.command("vm")
+@click.argument("state", type=click.Choice(["on", "off"]), required=False)
+@json_option
+@click.pass_obj
+def vm(obj: dict[str, Any], state: str | None, as_json: bool) -> None:
+    """Show or set whether this machine is a virtual machine (sent with every request)."""
+    with machine(obj) as m:
+        if state is not None:
+            m.profile.vm = state == "on"
+    report(m, Result(), as_json, [f"Virtual machine: {'yes' if m.profile.vm else 'no'}"])

@@ -290,6 +290,7 @@ class Machine:
             "last_hresult": f"0x{lic.last_hresult:08X}",
             "reason": f"0x{lic.reason:08X}" if lic.reason else None,
             "clock": _iso(self.now),
+            "vm": self.profile.vm,
         }
 
 
