@@ -8,6 +8,7 @@ from kmsemu import __version__
 from kmsemu.cli import client_verbs  # noqa: F401  (registers the client verbs)
 from kmsemu.cli.catalog import catalog
 from kmsemu.cli.client import client
+from kmsemu.cli.dns import dns
 from kmsemu.cli.host import host
 from kmsemu.cli.keys import keys
 
@@ -26,3 +27,4 @@ main.add_command(catalog)
 main.add_command(host)
 main.add_command(client)
 main.add_command(keys)
+main.add_command(dns)

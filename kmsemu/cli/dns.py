@@ -1,0 +1,102 @@
+"""``kmsemu dns``: serve lab zones (``serve``) and print records for another DNS (``export``)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from kmsemu.addresses import format_address
+from kmsemu.cli.common import ADDRESS, fail
+from kmsemu.dns.export import FORMATS, export
+from kmsemu.dns.server import DEFAULT_PORT, DnsServer
+from kmsemu.dns.zone import Authority, SrvTarget, Zone, ZoneError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@click.group()
+def dns() -> None:
+    """DNS for the lab: _vlmcs._tcp SRV records, served or exported."""
+
+
+def zone_options(func: F) -> F:
+    for option in reversed([
+        click.option("--zone", required=True, help="The zone, e.g. lab.test."),
+        click.option("--srv", multiple=True, metavar="TARGET[:PORT][,PRIO,WEIGHT]",
+                     help="A KMS host: _vlmcs._tcp SRV record (repeatable; default port "
+                          "1688, priority 0, weight 0). Relative targets are in the zone."),
+        click.option("--a", "addresses", multiple=True, metavar="NAME=IP",
+                     help="An A or AAAA record (repeatable)."),
+        click.option("--zone-file", type=click.Path(exists=True, dir_okay=False,
+                                                    path_type=Path),
+                     help="More records in zone-file syntax (SRV targets fully qualified)."),
+        click.option("--ttl", type=click.IntRange(0), default=3600, show_default=True),
+    ]):
+        func = option(func)
+    return func
+
+
+def build_zone(zone: str, srv: tuple[str, ...], addresses: tuple[str, ...],
+               zone_file: Path | None, ttl: int) -> Zone:
+    try:
+        pairs = []
+        for item in addresses:
+            name, sep, ip = item.partition("=")
+            if not sep:
+                raise ZoneError(f"--a {item!r}: use NAME=IP")
+            pairs.append((name.strip(), ip.strip()))
+        built = Zone.build(zone, srv=[SrvTarget.parse(s) for s in srv], addresses=pairs,
+                           ttl=ttl)
+        if zone_file is not None:
+            built.add_zone_text(zone_file.read_text(encoding="utf-8"))
+    except ZoneError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return built
+
+
+@dns.command()
+@click.option("--listen", type=ADDRESS, default="127.0.0.1", show_default=True,
+              help="Address to listen on (UDP and TCP).")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
+@zone_options
+def serve(listen: tuple[str, int | None], port: int, zone: str, srv: tuple[str, ...],
+          addresses: tuple[str, ...], zone_file: Path | None, ttl: int) -> None:
+    """Authoritative DNS for a lab zone until SIGTERM or SIGINT.
+
+    Prints `ready dns ADDR` on stderr once it answers.
+    """
+    built = build_zone(zone, srv, addresses, zone_file, ttl)
+    host, chosen = listen[0], listen[1] if listen[1] is not None else port
+    try:
+        asyncio.run(_serve(Authority([built]), host, chosen))
+    except OSError as exc:
+        fail(f"cannot listen: {exc.strerror or exc}", code="listen_failed")
+
+
+async def _serve(authority: Authority, host: str, port: int) -> None:
+    server = DnsServer(authority)
+    bound = await server.start(host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    click.echo(f"ready dns {format_address(*bound)}", err=True)
+    await stop.wait()
+    await server.close()
+
+
+@dns.command("export")
+@zone_options
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
+@click.option("--server", default="127.0.0.1", show_default=True,
+              help="The DNS server an nsupdate script talks to.")
+def export_command(zone: str, srv: tuple[str, ...], addresses: tuple[str, ...],
+                   zone_file: Path | None, ttl: int, fmt: str, server: str) -> None:
+    """Print the records for an administrator's DNS: BIND lines, PowerShell, nsupdate."""
+    click.echo(export(build_zone(zone, srv, addresses, zone_file, ttl), fmt, server=server),
+               nl=False)

@@ -1,0 +1,83 @@
+"""The lab's DNS server: asyncio UDP and TCP on one port, answers from ``Authority``.
+
+TCP messages carry a 2-byte length; a peer gets ``idle_timeout`` seconds per
+message and is cut off beyond that, or on a length over 65,535 bytes of
+nonsense. UDP datagrams that do not parse are dropped (no reply to forged
+garbage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Final, cast
+
+from kmsemu.dns.zone import Authority
+
+DEFAULT_PORT: Final = 5300
+IDLE_TIMEOUT: Final = 10.0
+MAX_TCP_CLIENTS: Final = 256
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, authority: Authority) -> None:
+        self._authority = authority
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = self._authority.answer(data, udp=True)
+        if reply is not None and self._transport is not None:
+            self._transport.sendto(reply, addr)
+
+
+class DnsServer:
+    def __init__(self, authority: Authority, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.authority = authority
+        self.idle_timeout = idle_timeout
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._clients = 0
+        self.address: tuple[str, int] = ("127.0.0.1", 0)
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on UDP and TCP; port 0 takes a free port for both."""
+        loop = asyncio.get_running_loop()
+        self._tcp = await asyncio.start_server(self._serve_tcp, host, port, reuse_address=True)
+        bound = self._tcp.sockets[0].getsockname()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Udp(self.authority), local_addr=(host, bound[1]))
+        self._udp = transport
+        self.address = (bound[0], bound[1])
+        return self.address
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            await self._tcp.wait_closed()
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        if self._clients >= MAX_TCP_CLIENTS:
+            writer.close()
+            return
+        self._clients += 1
+        try:
+            while True:
+                header = await asyncio.wait_for(reader.readexactly(2), self.idle_timeout)
+                (length,) = struct.unpack("!H", header)
+                data = await asyncio.wait_for(reader.readexactly(length), self.idle_timeout)
+                reply = self.authority.answer(data, udp=False)
+                if reply is None:
+                    break
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._clients -= 1
+            writer.close()
