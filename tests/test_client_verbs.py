@@ -132,7 +132,7 @@ def test_no_host_and_host_down(home: Path) -> None:
     assert result.exit_code == 1 and "0xC004F074" in result.stderr
     client("pc", "skms", "127.0.0.1:1")
     events = json.loads(client("pc", "events", "--json").stdout)["events"]
-    assert events[-1]["hresult"] == "0x8007232B"  # no name found
+    assert events[-1]["hresult"] == "0x8007232A"  # no DNS server to ask
     client("pc", "ato")
     events = json.loads(client("pc", "events", "--json").stdout)["events"]
     assert events[-1]["hresult"] == "0x800706BA" and events[-1]["server"] == "127.0.0.1:1"

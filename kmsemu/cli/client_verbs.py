@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from kmsemu.addresses import AddressError, parse_address
 from kmsemu.catalog import default_catalog
 from kmsemu.cli.client import client
 from kmsemu.cli.common import DURATION, emit, fail, json_option, kmsemu_home, secret_option
@@ -197,7 +198,7 @@ def ckhc(obj: dict[str, Any], as_json: bool) -> None:
     """Disable KMS host caching (look the host up every time)."""
     with machine(obj) as m:
         m.profile.host_caching = False
-        m.profile.cached_host = None
+        m.profile.cached_host = m.profile.cached_name = None
     report(m, Result(), as_json, ["KMS host caching is disabled"])
 
 
@@ -311,3 +312,29 @@ def vm(obj: dict[str, Any], state: str | None, as_json: bool) -> None:
         if state is not None:
             m.profile.vm = state == "on"
     report(m, Result(), as_json, [f"Virtual machine: {'yes' if m.profile.vm else 'no'}"])
+
+
+@client.command("dns")
+@click.option("--server", "servers", multiple=True, metavar="ADDR[:PORT]",
+              help="DNS server(s) to ask (replaces the list; port 53 if omitted).")
+@click.option("--suffix", "suffixes", multiple=True, metavar="DOMAIN",
+              help="Primary DNS suffix, then the search list (replaces the list).")
+@json_option
+@click.pass_obj
+def dns_settings(obj: dict[str, Any], servers: tuple[str, ...], suffixes: tuple[str, ...],
+                 as_json: bool) -> None:
+    """Show or set where this machine looks for _vlmcs._tcp SRV records."""
+    for server in servers:
+        try:
+            parse_address(server, 53)
+        except AddressError as exc:
+            raise click.BadParameter(str(exc), param_hint="--server") from exc
+    with machine(obj) as m:
+        if servers:
+            m.profile.dns_servers = list(servers)
+        if suffixes:
+            m.profile.dns_suffixes = [s.strip(".").lower() for s in suffixes]
+    report(m, Result(), as_json, [
+        f"DNS servers: {', '.join(m.profile.dns_servers) or '(none)'}",
+        f"DNS suffix search list: {', '.join(m.profile.dns_suffixes) or '(none)'}",
+    ])

@@ -13,13 +13,16 @@ whose clock is off (``kmsemu host serve --clock-offset 5h``) shows that.
 
 from __future__ import annotations
 
+import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from kmsemu.addresses import AddressError, format_address, parse_address
 from kmsemu.catalog import Catalog, Product
+from kmsemu.client import discovery
+from kmsemu.client.discovery import DiscoveryError
 from kmsemu.client.exchange import Exchange, request_activation
 from kmsemu.client.licence import (
     Activated,
@@ -48,6 +51,7 @@ MAX_TICK_ATTEMPTS = 20_000
 _SHOWN_AS_IS = frozenset({HResult.PRODUCT_NOT_SERVED})
 
 Exchanger = Callable[[tuple[str, int], ActivationRequest, LabKey], Exchange]
+Discoverer = Callable[[list[str], list[str], random.Random], list[discovery.Candidate]]
 
 
 class Result(NamedTuple):
@@ -67,6 +71,8 @@ class Machine:
         secret: str,
         exchange: Exchanger | None = None,
         new_cmid: Callable[[], str] = lambda: str(uuid.uuid4()),
+        discover: Discoverer = discovery.discover,
+        rng: random.Random | None = None,
     ) -> None:
         self.profile = profile
         self.catalog = catalog
@@ -74,6 +80,8 @@ class Machine:
         self._key = LabKey.derive(secret)
         self._exchange = exchange or (lambda a, r, k: request_activation(a, r, k, timeout=5.0))
         self._new_cmid = new_cmid
+        self._discover = discover
+        self._rng = rng or random.SystemRandom()
 
     # -- time ------------------------------------------------------------------------
 
@@ -170,27 +178,34 @@ class Machine:
         if parsed is None or parsed.type is not KeyType.KMS_CLIENT:
             return Result(HResult.PRODUCT_KEY_INVALID,
                           "only KMS client setup keys activate against a KMS host")
-        address = self._host_address()
         request = self._request(product)
         sent = {"id": 12288, "time": _iso(when), "cmid": self.profile.cmid,
                 "client_time": _iso(self._real_now()), "vm": self.profile.vm,
                 "license_status": int(self.licence.status),
                 "minutes_to_expiration": self.licence.minutes_remaining(when)}
-        if address is None:
-            self.profile.add_event({**sent, "hresult": f"0x{HResult.DNS_NAME_DOES_NOT_EXIST:08X}",
-                                    "server": None})
-            return self._failed(when, HResult.NO_KMS_HOST,
-                                "no KMS host is set (kmsemu client skms HOST) and DNS "
-                                "auto-discovery found none")
-        server = format_address(*address)
-        try:
-            exchange = self._exchange(address, request, self._key)
-        except ActivationError as exc:
-            cause = exc.cause if exc.cause is not None else exc.hresult
-            self.profile.add_event({**sent, "hresult": f"0x{cause:08X}", "server": server})
-            if self.profile.cached_host == server:
-                self.profile.cached_host = None
-            return self._failed(when, HResult.NO_KMS_HOST, exc.detail)
+        detail = "no KMS host could be contacted"
+        for candidate in self._candidates():
+            if isinstance(candidate, DiscoveryError):
+                self.profile.add_event({**sent, "hresult": f"0x{candidate.hresult:08X}",
+                                        "server": None})
+                detail = candidate.detail
+                continue
+            address, name, source = candidate
+            server = format_address(*address)
+            try:
+                exchange = self._exchange(address, request, self._key)
+            except ActivationError as exc:
+                cause = exc.cause if exc.cause is not None else exc.hresult
+                self.profile.add_event({**sent, "hresult": f"0x{cause:08X}", "server": server})
+                if self.profile.cached_host == server:
+                    self.profile.cached_host = None
+                detail = exc.detail
+                continue
+            return self._answered(when, product, exchange, sent, server, name, source)
+        return self._failed(when, HResult.NO_KMS_HOST, detail)
+
+    def _answered(self, when: float, product: Product, exchange: Exchange,
+                  sent: dict[str, Any], server: str, name: str, source: str) -> Result:
         response = exchange.response
         self.profile.add_event({**sent, "hresult": f"0x{response.status:08X}", "server": server})
         activated = response.status == 0 and response.current_count >= product.threshold
@@ -199,8 +214,9 @@ class Machine:
             "activated": activated, "current_count": response.current_count,
             "activation_interval": response.activation_interval,
             "renewal_interval": response.renewal_interval})
-        self.profile.last_kms = {"host": server, "epid": response.host_epid,
-                                 "ip": address[0], "host_id": response.host_id.hex()}
+        self.profile.last_kms = {"host": server, "name": name, "source": source,
+                                 "epid": response.host_epid, "ip": exchange.address[0],
+                                 "host_id": response.host_id.hex()}
         if response.status != 0:
             shown = response.status if response.status in _SHOWN_AS_IS else HResult.NO_KMS_HOST
             return self._failed(when, shown, f"the host answered 0x{response.status:08X}",
@@ -209,26 +225,42 @@ class Machine:
             return self._failed(when, HResult.COUNT_INSUFFICIENT,
                                 f"count {response.current_count} of {product.threshold}",
                                 response.activation_interval, response.renewal_interval)
-        if self.profile.host_caching:
+        if self.profile.host_caching and source != "registered":
             self.profile.cached_host = server
+            self.profile.cached_name = name
         self.profile.activation_hardware = list(self.profile.hardware)
         self._apply(Activated(when, response.activation_interval, response.renewal_interval))
         return Result()
+
+    def _candidates(self) -> Iterator[tuple[tuple[str, int], str, str] | DiscoveryError]:
+        """Hosts to try, in order: skms alone; else the cached host, then DNS discovery."""
+        profile = self.profile
+        if profile.kms_host:
+            yield parse_address(profile.kms_host, KMS_PORT), profile.kms_host, "registered"
+            return
+        tried = set()
+        if profile.host_caching and profile.cached_host:
+            try:
+                address = parse_address(profile.cached_host, KMS_PORT)
+            except AddressError:
+                address = None
+            if address is not None:
+                tried.add(address)
+                yield address, profile.cached_name or profile.cached_host, "dns"
+        domains = [profile.kms_domain] if profile.kms_domain else profile.dns_suffixes
+        try:
+            found = self._discover(domains, profile.dns_servers, self._rng)
+        except DiscoveryError as exc:
+            yield exc
+            return
+        for candidate in found:
+            if candidate.address not in tried:
+                yield candidate.address, candidate.display, "dns"
 
     def _failed(self, when: float, hresult: int, detail: str, act: int | None = None,
                 renew: int | None = None) -> Result:
         self._apply(ActivationFailed(when, hresult, act, renew))
         return Result(hresult, detail)
-
-    def _host_address(self) -> tuple[str, int] | None:
-        for text in (self.profile.kms_host,
-                     self.profile.cached_host if self.profile.host_caching else None):
-            if text:
-                try:
-                    return parse_address(text, KMS_PORT)
-                except AddressError:
-                    continue
-        return None
 
     def _request(self, product: Product) -> ActivationRequest:
         previous = self.profile.previous_cmid
@@ -283,7 +315,10 @@ class Machine:
             "expires_at": _iso(expires) if expires is not None else None,
             "minutes_remaining": lic.minutes_remaining(self.now),
             "next_attempt": _iso(lic.next_attempt) if lic.next_attempt is not None else None,
-            "kms_host": self.profile.kms_host or self.profile.cached_host,
+            "kms_host": self.profile.kms_host or self.profile.cached_name
+            or self.profile.cached_host,
+            "dns_servers": self.profile.dns_servers,
+            "dns_suffixes": self.profile.dns_suffixes,
             "activation_interval": lic.activation_interval,
             "renewal_interval": lic.renewal_interval,
             "rearms_left": lic.rearms_left,

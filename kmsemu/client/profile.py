@@ -51,7 +51,10 @@ class Profile:
     kms_host: str | None = None  # set by skms: host[:port]
     kms_domain: str | None = None  # set by skms-domain
     host_caching: bool = True
-    cached_host: str | None = None
+    cached_host: str | None = None  # address of the last host that worked
+    cached_name: str | None = None  # its name:port as DNS gave it
+    dns_servers: list[str] = field(default_factory=list)
+    dns_suffixes: list[str] = field(default_factory=list)
     clock_offset: float = 0.0
     activation_hardware: list[str] | None = None
     last_kms: dict[str, Any] = field(default_factory=dict)

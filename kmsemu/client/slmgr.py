@@ -73,13 +73,13 @@ def licence_lines(machine: Machine, *, verbose: bool) -> list[str]:
         return lines
     lines += ["", "Key Management Service client information",
               f"    Client Machine ID (CMID): {profile.cmid}"]
+    last = profile.last_kms
     if profile.kms_host:
         lines.append(f"    Registered KMS machine name: {profile.kms_host}")
-    elif profile.cached_host:
-        lines.append(f"    KMS machine name from DNS: {profile.cached_host}")
+    elif last.get("source") == "dns":
+        lines.append(f"    KMS machine name from DNS: {last['name']}")
     else:
         lines.append("    DNS auto-discovery: KMS name not available")
-    last = profile.last_kms
     if last:
         lines += [f"    KMS machine IP address: {last.get('ip', 'not available')}",
                   f"    KMS machine extended PID: {last.get('epid', '')}"]

@@ -132,7 +132,7 @@ class Zone:
         """
         for number, line in enumerate(text.splitlines(), 1):
             fields = line.split(";", 1)[0].split()
-            if "SRV" in (f.upper() for f in fields) and not fields[-1].endswith("."):
+            if "SRV" in (f.upper() for f in fields[:4]) and not fields[-1].endswith("."):
                 raise ZoneError(f"zone file line {number}: SRV target {fields[-1]} must end "
                                 "with '.'")
         try:
