@@ -133,3 +133,57 @@ def test_skms_wins_and_skms_domain_restricts(
     assert events[-1]["hresult"] == "0x8007232B"
     client(home, "ckms-domain")
     assert client(home, "ato").exit_code == 0
+
+
+def _wait_for(lines: list[str], text: str, proc) -> str:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = [line for line in lines if text in line]
+        if found:
+            return found[0]
+        assert proc.poll() is None, "\n".join(lines)
+        time.sleep(0.05)
+    raise AssertionError(f"no {text!r} in:\n" + "\n".join(lines))
+
+
+def test_host_publishes_itself_and_a_client_finds_it(tmp_path: Path) -> None:
+    from tests.conftest import start_host_process, stop_host_process
+
+    dns_lab = Lab([])
+    host = start_host_process(tmp_path / "host", "--min-count", "5", "--dns-publish",
+                              "lab.test,0,10", "--dns-server", dns_lab.address,
+                              "--dns-name", "kms9")
+    try:
+        line = _wait_for(host.stderr_lines, "12294", host.process)
+        assert f"0 10 {host.port} kms9.lab.test." in line
+        found = discover(["lab.test"], [dns_lab.address], random.Random(1))
+        assert [c.address for c in found] == [("127.0.0.1", host.port)]
+        home = tmp_path / "home"
+        client(home, "ipk", KEY)
+        client(home, "dns", "--server", dns_lab.address, "--suffix", "lab.test")
+        assert client(home, "ato").exit_code == 0
+        assert "KMS machine name from DNS: kms9.lab.test" in client(home, "dlv").stdout
+    finally:
+        assert stop_host_process(host) == 0
+        dns_lab.stop()
+    status = CliRunner().invoke(main, ["host", "status", "--state", str(tmp_path / "host")])
+    assert "DNS publishing enabled" in status.stdout
+
+
+def test_publishing_failure_is_event_12293(tmp_path: Path) -> None:
+    import socket
+
+    from tests.conftest import start_host_process, stop_host_process
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    host = start_host_process(tmp_path / "host", "--dns-publish", "lab.test",
+                              "--dns-server", dead)
+    try:
+        line = _wait_for(host.stderr_lines, "12293", host.process)
+        assert "0x8007232A" in line and "'lab.test' domain failed" in line
+    finally:
+        stop_host_process(host)

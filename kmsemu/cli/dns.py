@@ -13,7 +13,7 @@ import click
 from kmsemu.addresses import format_address
 from kmsemu.cli.common import ADDRESS, fail
 from kmsemu.dns.export import FORMATS, export
-from kmsemu.dns.server import DEFAULT_PORT, DnsServer
+from kmsemu.dns.server import DEFAULT_PORT, UPDATE_POLICIES, DnsServer
 from kmsemu.dns.zone import Authority, SrvTarget, Zone, ZoneError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,9 +63,14 @@ def build_zone(zone: str, srv: tuple[str, ...], addresses: tuple[str, ...],
 @click.option("--listen", type=ADDRESS, default="127.0.0.1", show_default=True,
               help="Address to listen on (UDP and TCP).")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
+@click.option("--updates", type=click.Choice(UPDATE_POLICIES), default="loopback",
+              show_default=True,
+              help="Who may publish records by RFC 2136 dynamic update (kmsemu host serve "
+                   "--dns-publish does).")
 @zone_options
-def serve(listen: tuple[str, int | None], port: int, zone: str, srv: tuple[str, ...],
-          addresses: tuple[str, ...], zone_file: Path | None, ttl: int) -> None:
+def serve(listen: tuple[str, int | None], port: int, updates: str, zone: str,
+          srv: tuple[str, ...], addresses: tuple[str, ...], zone_file: Path | None,
+          ttl: int) -> None:
     """Authoritative DNS for a lab zone until SIGTERM or SIGINT.
 
     Prints `ready dns ADDR` on stderr once it answers.
@@ -73,13 +78,13 @@ def serve(listen: tuple[str, int | None], port: int, zone: str, srv: tuple[str, 
     built = build_zone(zone, srv, addresses, zone_file, ttl)
     host, chosen = listen[0], listen[1] if listen[1] is not None else port
     try:
-        asyncio.run(_serve(Authority([built]), host, chosen))
+        asyncio.run(_serve(Authority([built]), host, chosen, updates))
     except OSError as exc:
         fail(f"cannot listen: {exc.strerror or exc}", code="listen_failed")
 
 
-async def _serve(authority: Authority, host: str, port: int) -> None:
-    server = DnsServer(authority)
+async def _serve(authority: Authority, host: str, port: int, updates: str) -> None:
+    server = DnsServer(authority, updates=updates)
     bound = await server.start(host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import os
 import signal
+import socket
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from kmsemu.cli.common import (
 from kmsemu.clock import OffsetClock, SystemClock
 from kmsemu.errors import ConfigError
 from kmsemu.host.events import EventLog
+from kmsemu.host.publish import Publication, Publisher, parse_server
 from kmsemu.host.rules import (
     DEFAULT_ACTIVATION_INTERVAL,
     DEFAULT_RENEWAL_INTERVAL,
@@ -141,6 +145,19 @@ def host() -> None:
     show_default=True,
     help="Event loop; auto uses uvloop when installed.",
 )
+@click.option("--dns-publish", "publish", multiple=True, metavar="ZONE[,PRIO,WEIGHT]",
+              help="Publish the host's _vlmcs._tcp SRV and address records in this zone "
+                   "(repeatable: the publish list).")
+@click.option("--dns-server", default="127.0.0.1:5300", show_default=True,
+              help="DNS server taking RFC 2136 updates (kmsemu dns serve, BIND...).")
+@click.option("--dns-name", default=None,
+              help="The host's name in the zone (default: this machine's short name).")
+@click.option("--dns-address", default=None,
+              help="Address to publish (default: the listen address, or 127.0.0.1).")
+@click.option("--dns-refresh", type=DURATION, default=24 * 3600.0,
+              help="Publish again this often (default 24h).")
+@click.option("--dns-tsig", default=None, metavar="NAME:BASE64",
+              help="Sign updates with this HMAC-SHA256 TSIG key.")
 def serve(
     listen: tuple[tuple[str, int | None], ...],
     port: int,
@@ -155,6 +172,12 @@ def serve(
     log_format: str,
     catalog_path: Path | None,
     loop: str,
+    publish: tuple[str, ...],
+    dns_server: str,
+    dns_name: str | None,
+    dns_address: str | None,
+    dns_refresh: float,
+    dns_tsig: str | None,
 ) -> None:
     """Run a KMS host speaking KLP/1 until SIGTERM or SIGINT.
 
@@ -169,6 +192,11 @@ def serve(
     if not addresses:
         addresses = [("0.0.0.0", port), ("::", port)]
     state = state_dir or default_state_dir()
+    try:
+        publishing = _publishing(publish, dns_server, dns_name, dns_address, dns_refresh,
+                                 dns_tsig)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     loop_name = install_uvloop(loop)
     try:
         asyncio.run(
@@ -182,6 +210,7 @@ def serve(
                 ServerOptions(max_connections, idle_timeout),
                 log_format,
                 loop_name,
+                publishing,
             )
         )
     except OSError as exc:
@@ -198,6 +227,7 @@ async def _serve(
     options: ServerOptions,
     log_format: str,
     loop_name: str,
+    publishing: Publishing | None = None,
 ) -> None:
     clock = OffsetClock(SystemClock(), clock_offset)
     store = HostStore(state)
@@ -208,6 +238,9 @@ async def _serve(
         bound = await server.start(addresses)
         if not bound:
             raise OSError("no address could be bound")
+        if publishing is not None:
+            publisher = publishing.publisher(bound)
+            server.start_publishing(publisher, publishing.publications, publishing.refresh)
         gc.freeze()  # what exists now lives as long as the host: keep it out of collections
         store.set_meta(
             port=str(bound[0][1]),
@@ -217,6 +250,7 @@ async def _serve(
             renewal_interval=str(settings.renewal_interval),
             clock_offset=str(clock_offset),
             pid=str(os.getpid()),
+            dns_publish=" ".join(p.zone for p in publishing.publications) if publishing else "",
             started=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         stop = asyncio.Event()
@@ -240,6 +274,44 @@ async def _serve(
         log.flush()
     finally:
         store.close()
+
+
+@dataclass(frozen=True)
+class Publishing:
+    """``--dns-*``: what to publish, where, and how often."""
+
+    publications: list[Publication]
+    server: tuple[str, int]
+    name: str
+    address: str | None
+    refresh: float
+    tsig: tuple[str, str] | None
+
+    def publisher(self, bound: list[tuple[str, int]]) -> Publisher:
+        address = self.address
+        if address is None:
+            specific = [h for h, _ in bound if h not in ("0.0.0.0", "::")]
+            address = specific[0] if specific else "127.0.0.1"
+        return Publisher(self.server, self.name, address, bound[0][1], tsig=self.tsig)
+
+
+def _publishing(publish: tuple[str, ...], server: str, name: str | None, address: str | None,
+                refresh: float, tsig: str | None) -> Publishing | None:
+    if not publish:
+        return None
+    if refresh < 60:
+        raise ValueError("--dns-refresh must be at least 60 seconds")
+    if address is not None:
+        ipaddress.ip_address(address)
+    key = None
+    if tsig is not None:
+        key_name, sep, secret = tsig.partition(":")
+        if not sep or not secret:
+            raise ValueError("--dns-tsig: use NAME:BASE64")
+        key = (key_name, secret)
+    host_name = (name or socket.gethostname().split(".")[0] or "kms").lower()
+    return Publishing([Publication.parse(p) for p in publish], parse_server(server), host_name,
+                      address, refresh, key)
 
 
 @host.command()
@@ -296,6 +368,7 @@ def _status_report(store: HostStore, catalog: Catalog) -> dict[str, Any]:
         "activation_interval": int(meta.get("activation_interval", DEFAULT_ACTIVATION_INTERVAL)),
         "renewal_interval": int(meta.get("renewal_interval", DEFAULT_RENEWAL_INTERVAL)),
         "min_count": min_count,
+        "dns_publish": meta.get("dns_publish", "").split(),
         "requests": {
             "total": total,
             "failed": failed,
@@ -330,7 +403,7 @@ def _status_text(report: dict[str, Any]) -> str:
     port = report["port"] if report["port"] is not None else "(never started)"
     lines += [
         f"    Listening on Port: {port}",
-        "    DNS publishing disabled",
+        "    DNS publishing " + ("enabled" if report["dns_publish"] else "disabled"),
         "    KMS priority: Normal",
         "",
         f"    Activation interval: {report['activation_interval']} minutes",

@@ -9,6 +9,7 @@ garbage).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import struct
 from typing import Final, cast
 
@@ -17,26 +18,41 @@ from kmsemu.dns.zone import Authority
 DEFAULT_PORT: Final = 5300
 IDLE_TIMEOUT: Final = 10.0
 MAX_TCP_CLIENTS: Final = 256
+#: Who may change zones by RFC 2136 UPDATE: nobody, peers on loopback, anyone.
+UPDATE_POLICIES: Final = ("none", "loopback", "any")
+
+
+def loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, authority: Authority) -> None:
+    def __init__(self, authority: Authority, updates: str) -> None:
         self._authority = authority
+        self._updates = updates
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        reply = self._authority.answer(data, udp=True)
+        trusted = self._updates == "any" or (self._updates == "loopback" and loopback(addr[0]))
+        reply = self._authority.answer(data, udp=True, trusted=trusted)
         if reply is not None and self._transport is not None:
             self._transport.sendto(reply, addr)
 
 
 class DnsServer:
-    def __init__(self, authority: Authority, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(self, authority: Authority, *, idle_timeout: float = IDLE_TIMEOUT,
+                 updates: str = "loopback") -> None:
+        if updates not in UPDATE_POLICIES:
+            raise ValueError(f"updates must be one of {UPDATE_POLICIES}")
         self.authority = authority
         self.idle_timeout = idle_timeout
+        self.updates = updates
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._clients = 0
@@ -48,7 +64,7 @@ class DnsServer:
         self._tcp = await asyncio.start_server(self._serve_tcp, host, port, reuse_address=True)
         bound = self._tcp.sockets[0].getsockname()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self.authority), local_addr=(host, bound[1]))
+            lambda: _Udp(self.authority, self.updates), local_addr=(host, bound[1]))
         self._udp = transport
         self.address = (bound[0], bound[1])
         return self.address
@@ -66,12 +82,15 @@ class DnsServer:
             writer.close()
             return
         self._clients += 1
+        peer = writer.get_extra_info("peername")
+        trusted = self.updates == "any" or (
+            self.updates == "loopback" and bool(peer) and loopback(peer[0]))
         try:
             while True:
                 header = await asyncio.wait_for(reader.readexactly(2), self.idle_timeout)
                 (length,) = struct.unpack("!H", header)
                 data = await asyncio.wait_for(reader.readexactly(length), self.idle_timeout)
-                reply = self.authority.answer(data, udp=False)
+                reply = self.authority.answer(data, udp=False, trusted=trusted)
                 if reply is None:
                     break
                 writer.write(struct.pack("!H", len(reply)) + reply)

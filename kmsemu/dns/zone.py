@@ -145,6 +145,12 @@ class Zone:
     def contains(self, name: DNSLabel) -> bool:
         return bool(name.matchSuffix(self.origin))
 
+    def bump_serial(self) -> None:
+        soa = self.soa()
+        times = list(soa.rdata.times)
+        times[0] = (times[0] + 1) % 2**32
+        soa.rdata.times = tuple(times)
+
     def soa(self) -> RR:
         return next(rr for rr in self.records if rr.rtype == QTYPE.SOA)
 
@@ -164,8 +170,16 @@ class Authority:
     def zone_for(self, name: DNSLabel) -> Zone | None:
         return next((z for z in self.zones if z.contains(name)), None)
 
-    def answer(self, data: bytes, *, udp: bool) -> bytes | None:
-        """The reply to one query message, or None when it does not deserve one."""
+    def answer(self, data: bytes, *, udp: bool, trusted: bool = False) -> bytes | None:
+        """The reply to one message, or None when it does not deserve one.
+
+        UPDATE messages (RFC 2136) change a zone only when ``trusted`` (the server
+        decides: by default, a peer on loopback); others get REFUSED.
+        """
+        if len(data) >= 4 and (data[2] >> 3) & 0xF == OPCODE.UPDATE:
+            from kmsemu.dns.update import apply_update
+
+            return apply_update(self.zones, data, trusted=trusted)
         try:
             request = DNSRecord.parse(data)
         except (DNSError, IndexError, ValueError, UnicodeDecodeError):

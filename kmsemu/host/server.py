@@ -24,6 +24,7 @@ from kmsemu.addresses import format_address
 from kmsemu.catalog import Catalog
 from kmsemu.clock import Clock, as_datetime
 from kmsemu.host.events import EventLog
+from kmsemu.host.publish import Publication, Publisher
 from kmsemu.host.rules import HostRules, HostSettings
 from kmsemu.host.service import KmsHost
 from kmsemu.host.store import HostStore, LoggedRequest
@@ -101,6 +102,32 @@ class KmsServer:
         self._tasks.append(asyncio.create_task(self._flush_loop()))
         self._tasks.append(asyncio.create_task(self._sweep_loop()))
         return self.addresses
+
+    def start_publishing(self, publisher: Publisher, publications: list[Publication],
+                         interval: float) -> None:
+        """Publish in DNS now and every ``interval`` seconds (events 12294 / 12293)."""
+        self._tasks.append(asyncio.create_task(
+            self._publish_loop(publisher, publications, interval)))
+
+    async def _publish_loop(self, publisher: Publisher, publications: list[Publication],
+                            interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            for publication in publications:
+                hresult, why = await loop.run_in_executor(None, publisher.publish, publication)
+                if hresult:
+                    self.log.event("12293", self._now(), {
+                        "message": f"Publishing the Key Management Service (KMS) to DNS in "
+                                   f"the '{publication.zone}' domain failed.",
+                        "hresult": f"0x{hresult:08X}", "reason": why})
+                else:
+                    self.log.event("12294", self._now(), {
+                        "message": f"Publishing the KMS to DNS in the '{publication.zone}' "
+                                   "domain succeeded.",
+                        "srv": f"{publication.priority} {publication.weight} {publisher.port} "
+                               f"{publisher.host_name}.{publication.zone}."})
+            self.log.flush()
+            await asyncio.sleep(interval)
 
     async def close(self) -> None:
         for server in self._servers:
