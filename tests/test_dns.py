@@ -220,3 +220,53 @@ def test_dns_serve_as_a_process(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_several_zones_and_a_zone_file_routed_to_them(tmp_path: Path) -> None:
+    from kmsemu.cli.dns import build_zones
+
+    zone_file = tmp_path / "extra.zone"
+    zone_file.write_text("$ORIGIN branch.test.\n_vlmcs._tcp 300 IN SRV 0 0 1688 kms.branch.test.\n"
+                         "kms 300 IN A 10.1.1.1\n")
+    zones = build_zones(("lab.test", "branch.test"), ("kms1",), ("kms1=127.0.0.1",), zone_file,
+                        3600)
+    authority = Authority(zones)
+    assert len(ask("_vlmcs._tcp.branch.test", "SRV", authority=authority).rr) == 1
+    assert len(ask("_vlmcs._tcp.lab.test", "SRV", authority=authority).rr) == 1
+    assert RCODE[ask("other.test", "A", authority=authority).header.rcode] == "REFUSED"
+    stray = tmp_path / "stray.zone"
+    stray.write_text("host.elsewhere.test. 300 IN A 10.0.0.1\n")
+    with pytest.raises(Exception, match="none of the served zones"):
+        build_zones(("lab.test",), (), (), stray, 3600)
+
+
+def test_tcp_length_over_what_follows_then_silence(dns_server: tuple[str, int]) -> None:
+    with socket.create_connection(dns_server, timeout=5) as sock:
+        sock.sendall(b"\xff\xff" + b"\x00" * 100)  # claims 65,535 bytes, sends 100, stalls
+        assert sock.recv(10) == b""  # cut off by the idle timeout, nothing answered
+    with socket.create_connection(dns_server, timeout=5) as sock:
+        sock.sendall(struct.pack("!H", 12) + b"\x00" * 12)  # a query with no question
+        length = struct.unpack("!H", sock.recv(2))[0]
+        reply = DNSRecord.parse(sock.recv(length))
+        assert RCODE[reply.header.rcode] == "FORMERR" and not reply.rr and length == 12
+    test_dnspython_over_udp_and_tcp(dns_server)
+
+
+def test_updates_are_refused_unless_trusted() -> None:
+    import dns.update
+
+    zone = Zone.build("lab.test")
+    authority = Authority([zone])
+    update = dns.update.UpdateMessage("lab.test")
+    update.add("_vlmcs._tcp", 300, "SRV", "0 0 1688 kms.lab.test.")
+    refused = dns.message.from_wire(authority.answer(update.to_wire(), udp=True))
+    assert refused.rcode() == dns.rcode.REFUSED
+    assert RCODE[ask("_vlmcs._tcp.lab.test", "SRV", authority=authority).header.rcode] == "NXDOMAIN"
+    accepted = dns.message.from_wire(authority.answer(update.to_wire(), udp=True, trusted=True))
+    assert accepted.rcode() == dns.rcode.NOERROR
+    assert len(ask("_vlmcs._tcp.lab.test", "SRV", authority=authority).rr) == 1
+    assert zone.soa().rdata.times[0] == 2  # serial bumped
+    other = dns.update.UpdateMessage("other.test")
+    other.add("x", 300, "A", "10.0.0.1")
+    assert dns.message.from_wire(authority.answer(other.to_wire(), udp=True, trusted=True)
+                                 ).rcode() == dns.rcode.NOTAUTH

@@ -14,7 +14,7 @@ from kmsemu.addresses import format_address
 from kmsemu.cli.common import ADDRESS, fail
 from kmsemu.dns.export import FORMATS, export
 from kmsemu.dns.server import DEFAULT_PORT, UPDATE_POLICIES, DnsServer
-from kmsemu.dns.zone import Authority, SrvTarget, Zone, ZoneError
+from kmsemu.dns.zone import Authority, SrvTarget, Zone, ZoneError, load_zone_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,7 +26,9 @@ def dns() -> None:
 
 def zone_options(func: F) -> F:
     for option in reversed([
-        click.option("--zone", required=True, help="The zone, e.g. lab.test."),
+        click.option("--zone", "zones", multiple=True, required=True,
+                     help="The zone, e.g. lab.test (serve: repeatable; --srv and --a go to "
+                          "the first)."),
         click.option("--srv", multiple=True, metavar="TARGET[:PORT][,PRIO,WEIGHT]",
                      help="A KMS host: _vlmcs._tcp SRV record (repeatable; default port "
                           "1688, priority 0, weight 0). Relative targets are in the zone."),
@@ -41,8 +43,10 @@ def zone_options(func: F) -> F:
     return func
 
 
-def build_zone(zone: str, srv: tuple[str, ...], addresses: tuple[str, ...],
-               zone_file: Path | None, ttl: int) -> Zone:
+def build_zones(zones: tuple[str, ...], srv: tuple[str, ...], addresses: tuple[str, ...],
+                zone_file: Path | None, ttl: int) -> list[Zone]:
+    """The zones to serve: the first gets the SRV and address records; a zone file's
+    records go to whichever zone contains them."""
     try:
         pairs = []
         for item in addresses:
@@ -50,10 +54,13 @@ def build_zone(zone: str, srv: tuple[str, ...], addresses: tuple[str, ...],
             if not sep:
                 raise ZoneError(f"--a {item!r}: use NAME=IP")
             pairs.append((name.strip(), ip.strip()))
-        built = Zone.build(zone, srv=[SrvTarget.parse(s) for s in srv], addresses=pairs,
-                           ttl=ttl)
+        built = [Zone.build(zones[0], srv=[SrvTarget.parse(s) for s in srv], addresses=pairs,
+                            ttl=ttl)]
+        built += [Zone.build(z, ttl=ttl) for z in zones[1:]]
+        if len({z.origin for z in built}) != len(built):
+            raise ZoneError("a zone is named twice")
         if zone_file is not None:
-            built.add_zone_text(zone_file.read_text(encoding="utf-8"))
+            load_zone_text(built, zone_file.read_text(encoding="utf-8"))
     except ZoneError as exc:
         raise click.UsageError(str(exc)) from exc
     return built
@@ -68,17 +75,17 @@ def build_zone(zone: str, srv: tuple[str, ...], addresses: tuple[str, ...],
               help="Who may publish records by RFC 2136 dynamic update (kmsemu host serve "
                    "--dns-publish does).")
 @zone_options
-def serve(listen: tuple[str, int | None], port: int, updates: str, zone: str,
+def serve(listen: tuple[str, int | None], port: int, updates: str, zones: tuple[str, ...],
           srv: tuple[str, ...], addresses: tuple[str, ...], zone_file: Path | None,
           ttl: int) -> None:
     """Authoritative DNS for a lab zone until SIGTERM or SIGINT.
 
     Prints `ready dns ADDR` on stderr once it answers.
     """
-    built = build_zone(zone, srv, addresses, zone_file, ttl)
+    built = build_zones(zones, srv, addresses, zone_file, ttl)
     host, chosen = listen[0], listen[1] if listen[1] is not None else port
     try:
-        asyncio.run(_serve(Authority([built]), host, chosen, updates))
+        asyncio.run(_serve(Authority(built), host, chosen, updates))
     except OSError as exc:
         fail(f"cannot listen: {exc.strerror or exc}", code="listen_failed")
 
@@ -100,8 +107,10 @@ async def _serve(authority: Authority, host: str, port: int, updates: str) -> No
 @click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
 @click.option("--server", default="127.0.0.1", show_default=True,
               help="The DNS server an nsupdate script talks to.")
-def export_command(zone: str, srv: tuple[str, ...], addresses: tuple[str, ...],
+def export_command(zones: tuple[str, ...], srv: tuple[str, ...], addresses: tuple[str, ...],
                    zone_file: Path | None, ttl: int, fmt: str, server: str) -> None:
     """Print the records for an administrator's DNS: BIND lines, PowerShell, nsupdate."""
-    click.echo(export(build_zone(zone, srv, addresses, zone_file, ttl), fmt, server=server),
+    if len(zones) != 1:
+        raise click.UsageError("export takes one --zone")
+    click.echo(export(build_zones(zones, srv, addresses, zone_file, ttl)[0], fmt, server=server),
                nl=False)

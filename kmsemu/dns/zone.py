@@ -125,22 +125,8 @@ class Zone:
         self.add(RR(self.fqdn(name), qtype, rdata=rdata, ttl=self.ttl))
 
     def add_zone_text(self, text: str) -> None:
-        """Records in zone-file syntax; SRV targets must be fully qualified.
-
-        (dnslib does not complete a relative SRV target with $ORIGIN, so one would
-        silently point at a top-level name: refused instead.)
-        """
-        for number, line in enumerate(text.splitlines(), 1):
-            fields = line.split(";", 1)[0].split()
-            if "SRV" in (f.upper() for f in fields[:4]) and not fields[-1].endswith("."):
-                raise ZoneError(f"zone file line {number}: SRV target {fields[-1]} must end "
-                                "with '.'")
-        try:
-            rrs = RR.fromZone(text, origin=str(self.origin), ttl=self.ttl)
-        except (DNSError, ValueError, IndexError, KeyError) as exc:
-            raise ZoneError(f"zone file: {exc}") from exc
-        for rr in rrs:
-            self.add(rr)
+        """Records in zone-file syntax (relative names are in this zone)."""
+        load_zone_text([self], text)
 
     def contains(self, name: DNSLabel) -> bool:
         return bool(name.matchSuffix(self.origin))
@@ -159,6 +145,29 @@ class Zone:
         matches = [rr for rr in self.records if rr.rname == name]
         exists = bool(matches) or any(rr.rname.matchSuffix(name) for rr in self.records)
         return [rr for rr in matches if rr.rtype == qtype], exists
+
+
+def load_zone_text(zones: list[Zone], text: str) -> None:
+    """Records in zone-file syntax, each added to the zone that contains it.
+
+    SRV targets must be fully qualified: dnslib does not complete a relative
+    target with $ORIGIN, so one would silently point at a top-level name.
+    """
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split(";", 1)[0].split()
+        if "SRV" in (f.upper() for f in fields[:4]) and not fields[-1].endswith("."):
+            raise ZoneError(f"zone file line {number}: SRV target {fields[-1]} must end "
+                            "with '.'")
+    try:
+        rrs = RR.fromZone(text, origin=str(zones[0].origin), ttl=zones[0].ttl)
+    except (DNSError, ValueError, IndexError, KeyError) as exc:
+        raise ZoneError(f"zone file: {exc}") from exc
+    by_depth = sorted(zones, key=lambda z: -len(z.origin.label))
+    for rr in rrs:
+        zone = next((z for z in by_depth if z.contains(rr.rname)), None)
+        if zone is None:
+            raise ZoneError(f"zone file: {rr.rname} is in none of the served zones")
+        zone.add(rr)
 
 
 class Authority:
