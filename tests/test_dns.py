@@ -160,6 +160,7 @@ def dns_server() -> Iterator[tuple[str, int]]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     yield address
+    asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
 

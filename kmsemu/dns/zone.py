@@ -31,6 +31,7 @@ from dnslib import (
     SRV,
     A,
     DNSError,
+    DNSHeader,
     DNSLabel,
     DNSRecord,
 )
@@ -195,16 +196,14 @@ class Authority:
             return None  # unparseable: silence (no reflection of garbage)
         if request.header.qr:
             return None  # a response, not a query
+        if request.header.opcode != OPCODE.QUERY or len(request.questions) != 1:
+            # dnslib's reply() would invent a question; answer with the header alone
+            rcode = RCODE.NOTIMP if request.header.opcode != OPCODE.QUERY else RCODE.FORMERR
+            bare = DNSRecord(DNSHeader(id=request.header.id, qr=1, opcode=request.header.opcode,
+                                       rd=request.header.rd, rcode=rcode))
+            return self._pack(bare, request, udp)
         reply = request.reply(ra=0, aa=1)
         reply.header.ad = 0
-        if request.header.opcode != OPCODE.QUERY:
-            reply.header.aa = 0
-            reply.header.rcode = RCODE.NOTIMP
-            return self._pack(reply, request, udp)
-        if len(request.questions) != 1:
-            reply.header.aa = 0
-            reply.header.rcode = RCODE.FORMERR
-            return self._pack(reply, request, udp)
         question = request.q
         zone = self.zone_for(question.qname)
         if zone is None or question.qclass not in (CLASS.IN, _CLASS_ANY):
