@@ -37,6 +37,7 @@ from kmsemu.wire import filetime_from_unix
 DEFAULT_PORT: Final = 1688
 DEFAULT_MAX_CONNECTIONS: Final = 4096
 DEFAULT_IDLE_TIMEOUT: Final = 30.0
+RETRY_PUBLISH: Final = 60.0
 
 
 @dataclass
@@ -113,8 +114,10 @@ class KmsServer:
                             interval: float) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            failed = False
             for publication in publications:
                 hresult, why = await loop.run_in_executor(None, publisher.publish, publication)
+                failed = failed or bool(hresult)
                 if hresult:
                     self.log.event("12293", self._now(), {
                         "message": f"Publishing the Key Management Service (KMS) to DNS in "
@@ -127,7 +130,8 @@ class KmsServer:
                         "srv": f"{publication.priority} {publication.weight} {publisher.port} "
                                f"{publisher.host_name}.{publication.zone}."})
             self.log.flush()
-            await asyncio.sleep(interval)
+            # a failure is retried within a minute (the DNS server may start after the host)
+            await asyncio.sleep(min(interval, RETRY_PUBLISH) if failed else interval)
 
     async def close(self) -> None:
         for server in self._servers:
