@@ -202,3 +202,16 @@ def test_vm_flag_reaches_the_host(home: Path, kms_host: BackgroundHost) -> None:
     client("pc", "ato")
     kms_host.flush()
     assert "vm=1" in [line for line in kms_host.log_lines if " activation " in line][-1]
+
+
+@pytest.mark.parametrize("verb, line", [
+    ("cpky", "Product key from registry cleared successfully."),
+    ("skhc", "KMS host caching is enabled"),
+    ("ckhc", "KMS host caching is disabled"),
+    ("ckms", "Key Management Service machine name cleared successfully."),
+    ("ckms-domain", "Key Management Service lookup domain cleared."),
+])
+def test_setting_verbs_say_what_slmgr_says(home: Path, verb: str, line: str) -> None:
+    result = client("pc", verb)
+    assert result.exit_code == 0 and result.stdout.strip() == line
+    assert json.loads(client("pc", verb, "--json").stdout)["profile"] == "pc"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -81,16 +81,6 @@ def upk(obj: dict[str, Any], as_json: bool) -> None:
     report(m, result, as_json, ["Uninstalled product key successfully."])
 
 
-@client.command("cpky")
-@json_option
-@click.pass_obj
-def cpky(obj: dict[str, Any], as_json: bool) -> None:
-    """Clear the product key from the registry (the licence is unchanged)."""
-    with machine(obj) as m:
-        pass
-    report(m, Result(), as_json, ["Product key from registry cleared successfully."])
-
-
 @client.command("ato")
 @secret_option()
 @json_option
@@ -150,16 +140,6 @@ def skms(obj: dict[str, Any], address: str, as_json: bool) -> None:
            [f"Key Management Service machine name set to {m.profile.kms_host} successfully."])
 
 
-@client.command("ckms")
-@json_option
-@click.pass_obj
-def ckms(obj: dict[str, Any], as_json: bool) -> None:
-    """Go back to DNS auto-discovery."""
-    with machine(obj) as m:
-        m.set_kms_host(None)
-    report(m, Result(), as_json, ["Key Management Service machine name cleared successfully."])
-
-
 @client.command("skms-domain")
 @click.argument("domain")
 @json_option
@@ -171,35 +151,34 @@ def skms_domain(obj: dict[str, Any], domain: str, as_json: bool) -> None:
     report(m, Result(), as_json, [f"Key Management Service lookup domain set to {domain}."])
 
 
-@client.command("ckms-domain")
-@json_option
-@click.pass_obj
-def ckms_domain(obj: dict[str, Any], as_json: bool) -> None:
-    """Forget the lookup domain."""
-    with machine(obj) as m:
-        m.profile.kms_domain = None
-    report(m, Result(), as_json, ["Key Management Service lookup domain cleared."])
+def _setting(name: str, doc: str, change: Callable[[Machine], object], line: str) -> None:
+    """A verb that only changes a setting of the profile and says so (slmgr's wording)."""
+
+    @client.command(name, help=doc)
+    @json_option
+    @click.pass_obj
+    def command(obj: dict[str, Any], as_json: bool) -> None:
+        with machine(obj) as m:
+            change(m)
+        report(m, Result(), as_json, [line])
 
 
-@client.command("skhc")
-@json_option
-@click.pass_obj
-def skhc(obj: dict[str, Any], as_json: bool) -> None:
-    """Enable KMS host caching (reuse the host that worked)."""
-    with machine(obj) as m:
-        m.profile.host_caching = True
-    report(m, Result(), as_json, ["KMS host caching is enabled"])
+def _forget_cached_host(m: Machine) -> None:
+    m.profile.host_caching = False
+    m.profile.cached_host = m.profile.cached_name = None
 
 
-@client.command("ckhc")
-@json_option
-@click.pass_obj
-def ckhc(obj: dict[str, Any], as_json: bool) -> None:
-    """Disable KMS host caching (look the host up every time)."""
-    with machine(obj) as m:
-        m.profile.host_caching = False
-        m.profile.cached_host = m.profile.cached_name = None
-    report(m, Result(), as_json, ["KMS host caching is disabled"])
+_setting("cpky", "Clear the product key from the registry (the licence is unchanged).",
+         lambda m: None, "Product key from registry cleared successfully.")
+_setting("ckms", "Go back to DNS auto-discovery.", lambda m: m.set_kms_host(None),
+         "Key Management Service machine name cleared successfully.")
+_setting("ckms-domain", "Forget the lookup domain.",
+         lambda m: setattr(m.profile, "kms_domain", None),
+         "Key Management Service lookup domain cleared.")
+_setting("skhc", "Enable KMS host caching (reuse the host that worked).",
+         lambda m: setattr(m.profile, "host_caching", True), "KMS host caching is enabled")
+_setting("ckhc", "Disable KMS host caching (look the host up every time).",
+         _forget_cached_host, "KMS host caching is disabled")
 
 
 @client.command("rearm")
