@@ -95,36 +95,6 @@ def ato(obj: dict[str, Any], secret: str, as_json: bool) -> None:
            if not result.hresult else lines)
 
 
-@client.command("dli")
-@json_option
-@click.pass_obj
-def dli(obj: dict[str, Any], as_json: bool) -> None:
-    """Licence information."""
-    with machine(obj) as m:
-        pass
-    report(m, Result(), as_json, slmgr.licence_lines(m, verbose=False))
-
-
-@client.command("dlv")
-@json_option
-@click.pass_obj
-def dlv(obj: dict[str, Any], as_json: bool) -> None:
-    """Detailed licence information."""
-    with machine(obj) as m:
-        pass
-    report(m, Result(), as_json, slmgr.licence_lines(m, verbose=True))
-
-
-@client.command("xpr")
-@json_option
-@click.pass_obj
-def xpr(obj: dict[str, Any], as_json: bool) -> None:
-    """When the activation or the grace period expires."""
-    with machine(obj) as m:
-        pass
-    report(m, Result(), as_json, slmgr.expiry_lines(m))
-
-
 @client.command("skms")
 @click.argument("address")
 @json_option
@@ -151,8 +121,9 @@ def skms_domain(obj: dict[str, Any], domain: str, as_json: bool) -> None:
     report(m, Result(), as_json, [f"Key Management Service lookup domain set to {domain}."])
 
 
-def _setting(name: str, doc: str, change: Callable[[Machine], object], line: str) -> None:
-    """A verb that only changes a setting of the profile and says so (slmgr's wording)."""
+def _simple(name: str, doc: str, lines: Callable[[Machine], list[str]],
+            change: Callable[[Machine], object] = lambda m: None) -> None:
+    """A verb that at most changes a setting, then prints slmgr's lines for it."""
 
     @client.command(name, help=doc)
     @json_option
@@ -160,7 +131,16 @@ def _setting(name: str, doc: str, change: Callable[[Machine], object], line: str
     def command(obj: dict[str, Any], as_json: bool) -> None:
         with machine(obj) as m:
             change(m)
-        report(m, Result(), as_json, [line])
+        report(m, Result(), as_json, lines(m))
+
+
+def _setting(name: str, doc: str, change: Callable[[Machine], object], line: str) -> None:
+    _simple(name, doc, lambda m: [line], change)
+
+
+_simple("dli", "Licence information.", lambda m: slmgr.licence_lines(m, verbose=False))
+_simple("dlv", "Detailed licence information.", lambda m: slmgr.licence_lines(m, verbose=True))
+_simple("xpr", "When the activation or the grace period expires.", slmgr.expiry_lines)
 
 
 def _forget_cached_host(m: Machine) -> None:
