@@ -9,6 +9,7 @@ Exception tree::
     KmsemuError                 (root; carries a stable ``code``)
      +-- ActivationError        (an HRESULT came back or was decided locally)
      +-- ConfigError            (bad configuration: catalog, flags, state dir)
+     +-- ServiceError           (an HTTP service refused: a string code of SERVICE_ERRORS)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class HResult(IntEnum):
     ACCESS_DENIED = 0x80070005
     INVALID_DATA = 0x8007000D
     RPC_SERVER_UNAVAILABLE = 0x800706BA
+    CANNOT_CONNECT = 0x80072EFD
     DNS_SERVER_FAILURE = 0x8007232A
     DNS_NAME_DOES_NOT_EXIST = 0x8007232B
     DNS_NO_RECORDS = 0x8007251D
@@ -41,6 +43,7 @@ class HResult(IntEnum):
     KEY_UNLOCK_LIMIT = 0xC004C008
     MAK_LIMIT_EXCEEDED = 0xC004C020
     MAK_EXTENSION_LIMIT_EXCEEDED = 0xC004C021
+    KEY_EXPIRED = 0xC004C031
     REARM_LIMIT_EXCEEDED = 0xC004D307
 
 
@@ -63,6 +66,11 @@ _INFO: dict[HResult, ErrorInfo] = {
     HResult.RPC_SERVER_UNAVAILABLE: ErrorInfo(
         "The RPC server is unavailable.",
         "Nothing answered at that address and port; is the host running and reachable?",
+    ),
+    HResult.CANNOT_CONNECT: ErrorInfo(
+        "A connection with the server could not be established.",
+        "Nothing answered at the MAK service URL; is 'kmsemu mak serve' running? "
+        "See 'kmsemu client mak-url'.",
     ),
     HResult.DNS_SERVER_FAILURE: ErrorInfo(
         "DNS server failure.", "The DNS server could not answer the SRV query."
@@ -110,11 +118,16 @@ _INFO: dict[HResult, ErrorInfo] = {
         "Check the host address, that it is running, the lab secret and both clocks.",
     ),
     HResult.MAK_INVALID: ErrorInfo(
-        "The Software Licensing Service reported that the product key is invalid.", ""
+        "The activation server determined the specified product key is invalid.",
+        "Check the key with 'kmsemu keys check'; the service knows only keys added to it.",
     ),
-    HResult.MAK_BLOCKED: ErrorInfo("The activation server reported that the key is blocked.", ""),
+    HResult.MAK_BLOCKED: ErrorInfo(
+        "The activation server determined the specified product key is blocked.",
+        "An administrator blocked this key ('kmsemu mak unblock' lifts it).",
+    ),
     HResult.KEY_UNLOCK_LIMIT: ErrorInfo(
-        "The activation server reported that the product key has exceeded its unlock limit.", ""
+        "The activation server reported that the product key has exceeded its unlock limit.",
+        "A retail key activates one machine; a KMS host key 6 hosts, each 9 more times.",
     ),
     HResult.MAK_LIMIT_EXCEEDED: ErrorInfo(
         "The activation server reported that the Multiple Activation Key has exceeded its limit.",
@@ -123,7 +136,11 @@ _INFO: dict[HResult, ErrorInfo] = {
     HResult.MAK_EXTENSION_LIMIT_EXCEEDED: ErrorInfo(
         "The activation server reported that the Multiple Activation Key extension limit has "
         "been exceeded.",
-        "",
+        "The count increases granted so far are used up too; ask for another increase.",
+    ),
+    HResult.KEY_EXPIRED: ErrorInfo(
+        "The activation server reported that time based activation attempted after end date.",
+        "The key's expiry date has passed; ask for a new key.",
     ),
     HResult.REARM_LIMIT_EXCEEDED: ErrorInfo(
         "The Software Licensing Service reported that the rearm limit has been exceeded.", ""
@@ -183,6 +200,95 @@ class ActivationError(KmsemuError):
         self.cause = cause
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceErrorInfo:
+    """One error of the HTTP services (MAK, portal): HTTP status, wording, and the HRESULT a
+    Windows client would show for it, where there is one."""
+
+    status: int
+    message: str
+    hint: str
+    hresult: int | None = None
+
+
+def _activation(status: int, hresult: HResult, hint: str = "") -> ServiceErrorInfo:
+    info = _INFO[hresult]
+    return ServiceErrorInfo(status, info.message, hint or info.hint, int(hresult))
+
+
+#: Every error code the HTTP services answer with (``{"error": {"code", ...}}``).
+SERVICE_ERRORS: dict[str, ServiceErrorInfo] = {
+    "key_malformed": _activation(
+        400, HResult.MAK_INVALID, "The key is not well formed; see 'problems' and 'candidates'."
+    ),
+    "key_unknown": _activation(
+        404, HResult.MAK_INVALID, "The key is well formed but was never added to this service."
+    ),
+    "key_wrong_type": _activation(
+        400, HResult.MAK_INVALID,
+        "Only MAK, retail and KMS host keys activate here; a KMS client setup key activates "
+        "against a KMS host.",
+    ),
+    "key_blocked": _activation(403, HResult.MAK_BLOCKED),
+    "key_expired": _activation(410, HResult.KEY_EXPIRED),
+    "mak_limit_exceeded": _activation(409, HResult.MAK_LIMIT_EXCEEDED),
+    "mak_extension_limit_exceeded": _activation(409, HResult.MAK_EXTENSION_LIMIT_EXCEEDED),
+    "key_unlock_limit": _activation(409, HResult.KEY_UNLOCK_LIMIT),
+    "installation_id_invalid": ServiceErrorInfo(
+        400, "The installation ID is not valid.",
+        "It is nine groups of seven digits; 'failed_groups' names the groups to read again.",
+    ),
+    "key_exists": ServiceErrorInfo(409, "This key is already registered.",
+                                   "Use 'kmsemu mak increase' to raise its limit."),
+    "unauthorized": ServiceErrorInfo(
+        401, "An administrator token is required.",
+        "Send 'Authorization: Bearer <token>' (--admin-token or KMSEMU_ADMIN_TOKEN).",
+    ),
+    "forbidden": ServiceErrorInfo(403, "The administrator token is wrong.",
+                                  "Use the token the service was started with."),
+    "not_found": ServiceErrorInfo(404, "No such resource.", "See /openapi.json for the routes."),
+    "method_not_allowed": ServiceErrorInfo(405, "Method not allowed.",
+                                           "See /openapi.json for the routes."),
+    "bad_json": ServiceErrorInfo(400, "The request body is not a JSON object.",
+                                 "Send one JSON object with Content-Type: application/json."),
+    "invalid_field": ServiceErrorInfo(422, "A field of the request is missing or invalid.",
+                                      "See 'field' and /openapi.json."),
+    "body_too_large": ServiceErrorInfo(413, "The request body is too large.",
+                                       "Split the request (proxy activation takes 1,000 IDs "
+                                       "per call)."),
+    "unavailable": ServiceErrorInfo(503, "The service is busy; try again.",
+                                    "The database did not answer in time."),
+    "internal": ServiceErrorInfo(500, "Internal error.", "See the service log."),
+}
+
+
+class ServiceError(KmsemuError):
+    """An HTTP service refused a request; ``code`` is a key of ``SERVICE_ERRORS``."""
+
+    def __init__(self, code: str, detail: str = "", **extra: object) -> None:
+        self.info = SERVICE_ERRORS[code]
+        message = self.info.message if not detail else f"{self.info.message} ({detail})"
+        super().__init__(message, code=code)
+        self.detail = detail
+        self.extra = extra
+
+    @property
+    def status(self) -> int:
+        return self.info.status
+
+    @property
+    def hresult(self) -> int | None:
+        return self.info.hresult
+
+    def to_json(self) -> dict[str, object]:
+        body: dict[str, object] = {"code": self.code, "message": self.message,
+                                   "hint": self.info.hint}
+        if self.info.hresult is not None:
+            body["hresult"] = format_hresult(self.info.hresult)
+        body.update(self.extra)
+        return {"error": body}
+
+
 def markdown_table() -> str:
     """The registry as the Markdown page ``docs/errors.md`` (kept equal by a test)."""
     lines = [
@@ -221,6 +327,20 @@ def markdown_table() -> str:
         "| success below the client's threshold | status 0; the client reports 0xC004F038 |",
         "| no usable response at all (refused, closed, wrong secret, bad reply) | the client "
         "reports 0xC004F074 with the cause |",
+        "",
+        "## HTTP service errors (MAK service, portal)",
+        "",
+        "Bodies are `{\"error\": {\"code\", \"message\", \"hint\", \"hresult\"?}}`;"
+        " the CLI prints the same object with `--json` and exits 1.",
+        "",
+        "| code | HTTP | HRESULT | message | hint |",
+        "|---|---|---|---|---|",
+        *(
+            f"| `{code}` | {info.status} | "
+            f"{format_hresult(info.hresult) if info.hresult is not None else ''} | "
+            f"{info.message} | {info.hint} |"
+            for code, info in SERVICE_ERRORS.items()
+        ),
         "",
         "## DCE/RPC faults",
         "",

@@ -11,6 +11,7 @@ from kmsemu.cli.client import client
 from kmsemu.cli.dns import dns
 from kmsemu.cli.host import host
 from kmsemu.cli.keys import keys
+from kmsemu.cli.mak import mak
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,3 +29,4 @@ main.add_command(host)
 main.add_command(client)
 main.add_command(keys)
 main.add_command(dns)
+main.add_command(mak)

@@ -10,6 +10,7 @@ caught per group.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -122,6 +123,7 @@ def iid_digits(text: str) -> str:
 # -- confirmation id ------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)
 def cid_key(secret: str) -> bytes:
     return HKDF(
         algorithm=hashes.SHA256(), length=32, salt=b"KLP1", info=b"kmsemu confirmation id"

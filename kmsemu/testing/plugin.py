@@ -3,17 +3,25 @@
 def test_my_provisioning_script(kms_host):
     kms_host.set_min_count(25)          # everyone activates at once
     run_my_script(kms=kms_host.host_port, secret=kms_host.secret)
+
+def test_my_mak_provisioning(mak_service):
+    key = mak_service.mint_key(limit=3)  # a registered MAK
+    run_my_script(key=key, url=mak_service.url)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from kmsemu.testing.client import LabClient, make_client
 from kmsemu.testing.host import BackgroundHost
+
+if TYPE_CHECKING:
+    from kmsemu.testing.mak import BackgroundMak
 
 
 @pytest.fixture
@@ -48,3 +56,13 @@ def kms_client(
         )
 
     return factory
+
+
+@pytest.fixture
+def mak_service() -> Iterator[BackgroundMak]:
+    """A MAK service on 127.0.0.1 (free port): in-memory SQLite, a fresh admin token
+    (``mak_service.admin_token``), the lab secret; ``mint_key(limit=N)`` registers a MAK."""
+    from kmsemu.testing.mak import BackgroundMak
+
+    with BackgroundMak() as service:
+        yield service

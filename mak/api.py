@@ -1,0 +1,391 @@
+"""The MAK service's HTTP JSON API (Starlette; served by uvicorn in ``mak.server``).
+
+One table, ``ENDPOINTS``, lists every route with its method, whether it needs
+the administrator token, its body limit and its schemas; the Starlette
+routes and ``/openapi.json`` are both generated from it, so they cannot
+drift apart. Handlers only translate: JSON in, a ``MakService`` call, JSON
+out. Every refusal is ``{"error": {"code", "message", "hint", "hresult"?}}``
+with a code of ``kmsemu.errors.SERVICE_ERRORS`` and its HTTP status.
+
+Store calls run on the event loop when the store says they may (SQLite),
+else in a thread pool (PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Final, TypeVar
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from kmsemu.errors import SERVICE_ERRORS, ServiceError
+from mak.service import MAX_PROXY_IDS, MakService, activation_json, parse_hardware_id
+from mak.store.sql import iso, key_json, parse_iso
+
+log = logging.getLogger("kmsemu.mak")
+
+SMALL_BODY: Final = 16 * 1024
+PROXY_BODY: Final = 256 * 1024
+IMPORT_BODY: Final = 16 * 1024 * 1024
+T = TypeVar("T")
+Handler = Callable[["Api", Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    admin: bool = False
+    body_limit: int = SMALL_BODY
+    request: dict[str, Any] | None = None
+    response: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+    status: int = 200
+
+
+def _obj(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties,
+            "additionalProperties": True}
+
+
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_BOOL = {"type": "boolean"}
+_NULLABLE_STR = {"type": ["string", "null"]}
+_KEY_STATUS = _obj(["fingerprint", "last5", "used", "limit", "remaining", "blocked", "expires"],
+                   fingerprint=_STR, last5=_STR, used=_INT, limit=_INT, remaining=_INT,
+                   blocked=_BOOL, expires={**_NULLABLE_STR, "format": "date-time"},
+                   type={"enum": ["mak", "retail", "kms-host"]}, product=_INT,
+                   base_limit=_INT, increased=_INT)
+_ACTIVATION = _obj(["activated", "counted", "fingerprint", "last5", "used", "limit",
+                    "remaining"],
+                   activated=_BOOL, counted=_BOOL,
+                   verdict={"enum": ["new", "same", "reactivated"]}, replayed=_BOOL,
+                   fingerprint=_STR, last5=_STR, used=_INT, limit=_INT, remaining=_INT)
+_WHO = {"machine_name": {"type": "string", "maxLength": 63},
+        "request_id": {"type": "string", "maxLength": 64,
+                       "description": "Repeat a request safely: the same id is answered "
+                                      "again, never counted twice."}}
+_ERROR = _obj(["error"], error=_obj(["code", "message", "hint"], code=_STR, message=_STR,
+                                    hint=_STR, hresult=_STR))
+
+
+def _text(body: dict[str, Any], name: str, *, required: bool = True,
+          limit: int = 256) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise ServiceError("invalid_field", f"'{name}' is a string of at most {limit} "
+                           "characters", field=name)
+    return value
+
+
+def _int(body: dict[str, Any], name: str, *, required: bool = True) -> int | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
+        raise ServiceError("invalid_field", f"'{name}' is an integer from 0 to 2^31-1",
+                           field=name)
+    return value
+
+
+class Api:
+    """The handlers, with what they share: the service, the token, the thread pool."""
+
+    def __init__(self, service: MakService, *, admin_token: str,
+                 executor: ThreadPoolExecutor | None = None) -> None:
+        self.service = service
+        self._token = admin_token.encode()
+        self._inline = service.store.blocking_ok
+        self._executor = executor
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._inline:
+            return fn(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    def authorise(self, request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ServiceError("unauthorized")
+        if not hmac.compare_digest(token.strip().encode(), self._token):
+            raise ServiceError("forbidden")
+
+    @staticmethod
+    async def body(request: Request, limit: int) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise ServiceError("body_too_large", f"at most {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ServiceError("body_too_large", f"at most {limit} bytes")
+            chunks.append(chunk)
+        try:
+            value = json.loads(b"".join(chunks) or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise ServiceError("bad_json") from None
+        if not isinstance(value, dict):
+            raise ServiceError("bad_json")
+        return value
+
+    # -- public: activation ---------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "service": "mak",
+                             "database": type(self.service.store).__name__})
+
+    async def activate(self, request: Request) -> Response:
+        body = await self.body(request, SMALL_BODY)
+        hardware_id = parse_hardware_id(body.get("hardware_id"))
+        activation = await self.call(
+            self.service.activate_online, body.get("key"), hardware_id,
+            machine_name=_text(body, "machine_name", required=False, limit=63),
+            request_id=_text(body, "request_id", required=False, limit=64))
+        key = activation.key
+        log.info("activate online %s …%s %s remaining=%d", key.fingerprint, key.last5,
+                 activation.verdict.value, key.remaining)
+        return JSONResponse(activation_json(activation))
+
+    async def phone(self, request: Request) -> Response:
+        body = await self.body(request, SMALL_BODY)
+        answer = await self.call(
+            self.service.activate_phone, body.get("installation_id"),
+            machine_name=_text(body, "machine_name", required=False, limit=63),
+            request_id=_text(body, "request_id", required=False, limit=64))
+        key = answer.activation.key
+        log.info("activate phone %s …%s %s remaining=%d", key.fingerprint, key.last5,
+                 answer.activation.verdict.value, key.remaining)
+        return JSONResponse({"confirmation_id": answer.confirmation_id,
+                             **activation_json(answer.activation)})
+
+    async def proxy(self, request: Request) -> Response:
+        body = await self.body(request, PROXY_BODY)
+        results = await self.call(self.service.proxy_activate, body.get("installation_ids"))
+        failed = sum(1 for r in results if "error" in r)
+        log.info("proxy activation: %d confirmed, %d refused", len(results) - failed, failed)
+        return JSONResponse({"results": results, "activated": len(results) - failed,
+                             "failed": failed})
+
+    async def count(self, request: Request) -> Response:
+        body = await self.body(request, SMALL_BODY)
+        return JSONResponse(key_json(await self.call(self.service.count, body.get("key"))))
+
+    # -- administration ------------------------------------------------------------------------
+
+    async def keys(self, request: Request) -> Response:
+        records = await self.call(self.service.store.keys)
+        return JSONResponse({"keys": [key_json(record) for record in records]})
+
+    async def add_key(self, request: Request) -> Response:
+        body = await self.body(request, SMALL_BODY)
+        record = await self.call(
+            self.service.register, body.get("key"), limit=_int(body, "limit", required=False),
+            expires=parse_iso(_text(body, "expires", required=False), "expires"),
+            reactivations=_int(body, "reactivations", required=False))
+        log.info("key added %s …%s limit=%d", record.fingerprint, record.last5, record.total)
+        return JSONResponse(key_json(record), status_code=201)
+
+    async def key(self, request: Request) -> Response:
+        fingerprint = request.path_params["fingerprint"]
+        record = await self.call(self.service.key, fingerprint)
+        increases = await self.call(self.service.store.increases, fingerprint)
+        machines = await self.call(self.service.store.machines, fingerprint)
+        return JSONResponse({
+            **key_json(record), "reactivations": record.reactivations,
+            "created": iso(record.created),
+            "increases": [{"amount": i.amount, "at": iso(i.at), "reason": i.reason}
+                          for i in increases],
+            "machines": [{"hardware_id": m.hardware_id.hex(), "machine_name": m.machine_name,
+                          "route": m.route, "first_at": iso(m.first_at),
+                          "last_at": iso(m.last_at), "reactivations": m.reactivations}
+                         for m in machines]})
+
+    async def _change(self, request: Request, what: str,
+                      fn: Callable[..., Any], *args: Any) -> Response:
+        fingerprint = request.path_params["fingerprint"]
+        await self.call(self.service.key, fingerprint)
+        record = await self.call(fn, fingerprint, *args)
+        log.info("key %s %s …%s", what, record.fingerprint, record.last5)
+        return JSONResponse(key_json(record))
+
+    async def increase(self, request: Request) -> Response:
+        body = await self.body(request, SMALL_BODY)
+        amount = _int(body, "by")
+        reason = _text(body, "reason", required=False, limit=500) or ""
+        return await self._change(request, f"increased by {amount}", self.service.increase,
+                                  amount, reason)
+
+    async def block(self, request: Request) -> Response:
+        return await self._change(request, "blocked", self.service.set_blocked, True)
+
+    async def unblock(self, request: Request) -> Response:
+        return await self._change(request, "unblocked", self.service.set_blocked, False)
+
+    async def expire(self, request: Request) -> Response:
+        body = await self.body(request, SMALL_BODY)
+        at = parse_iso(_text(body, "at", required=False), "at")
+        return await self._change(request, "expired", self.service.expire, at)
+
+    async def export(self, request: Request) -> Response:
+        flags = {name: request.query_params.get(name, "true").lower() not in ("0", "false", "no")
+                 for name in ("keys", "activations", "machine_names")}
+        return JSONResponse(await self.call(self.service.store.export, **flags))
+
+    async def import_(self, request: Request) -> Response:
+        body = await self.body(request, IMPORT_BODY)
+        report = await self.call(self.service.store.import_, body)
+        log.info("import: %s", report.to_json())
+        return JSONResponse(report.to_json())
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+
+_IID = {"type": "string", "description": "nine groups of seven digits"}
+_FP = "/v1/keys/{fingerprint}"
+
+ENDPOINTS: Final = (
+    Endpoint("GET", "/v1/health", Api.health, "Liveness and the database in use"),
+    Endpoint("POST", "/v1/activate", Api.activate, "Online activation",
+             request=_obj(["key", "hardware_id"], key=_STR,
+                          hardware_id={"type": "string", "pattern": "^[0-9a-fA-F]{20}$"},
+                          **_WHO),
+             response=_ACTIVATION),
+    Endpoint("POST", "/v1/phone", Api.phone, "Phone activation: installation ID in, "
+             "confirmation ID out", request=_obj(["installation_id"], installation_id=_IID,
+                                                  **_WHO),
+             response={**_ACTIVATION, "properties": {**_ACTIVATION["properties"],
+                                                     "confirmation_id": _STR}}),
+    Endpoint("POST", "/v1/proxy-activate", Api.proxy,
+             f"Proxy activation: up to {MAX_PROXY_IDS} installation IDs in one call",
+             body_limit=PROXY_BODY,
+             request=_obj(["installation_ids"], installation_ids={
+                 "type": "array", "maxItems": MAX_PROXY_IDS,
+                 "items": {"oneOf": [_IID, _obj(["installation_id"], installation_id=_IID,
+                                                machine_name=_STR)]}}),
+             response=_obj(["results", "activated", "failed"], results={"type": "array"},
+                           activated=_INT, failed=_INT)),
+    Endpoint("POST", "/v1/count", Api.count, "A key's remaining count, for its holder",
+             request=_obj(["key"], key=_STR), response=_KEY_STATUS),
+    Endpoint("GET", "/v1/keys", Api.keys, "Every key with used/limit/remaining", admin=True,
+             response=_obj(["keys"], keys={"type": "array", "items": _KEY_STATUS})),
+    Endpoint("POST", "/v1/keys", Api.add_key, "Register a MAK, retail or KMS host key",
+             admin=True, status=201,
+             request=_obj(["key"], key=_STR, limit=_INT, reactivations=_INT,
+                          expires={"type": "string", "format": "date-time"}),
+             response=_KEY_STATUS),
+    Endpoint("GET", _FP, Api.key, "One key, its increases and machines", admin=True,
+             response=_KEY_STATUS),
+    Endpoint("POST", _FP + "/increase", Api.increase, "Grant an activation count increase",
+             admin=True, request=_obj(["by"], by={"type": "integer", "minimum": 1},
+                                      reason=_STR), response=_KEY_STATUS),
+    Endpoint("POST", _FP + "/block", Api.block, "Block a key", admin=True,
+             response=_KEY_STATUS),
+    Endpoint("POST", _FP + "/unblock", Api.unblock, "Unblock a key", admin=True,
+             response=_KEY_STATUS),
+    Endpoint("POST", _FP + "/expire", Api.expire, "Expire a key now or at a time", admin=True,
+             request=_obj([], at={"type": "string", "format": "date-time"}),
+             response=_KEY_STATUS),
+    Endpoint("GET", "/v1/export", Api.export, "Keys and activations for another lab",
+             admin=True),
+    Endpoint("POST", "/v1/import", Api.import_, "Merge an export (idempotent)", admin=True,
+             body_limit=IMPORT_BODY,
+             response=_obj([], keys_added=_INT, keys_kept=_INT, activations_added=_INT,
+                           activations_kept=_INT)),
+    Endpoint("GET", "/openapi.json", Api.openapi, "This document"),
+)
+
+
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for endpoint in ENDPOINTS:
+        errors = {str(info.status) for info in SERVICE_ERRORS.values()}
+        operation: dict[str, Any] = {
+            "summary": endpoint.summary,
+            "operationId": endpoint.handler.__name__.strip("_"),
+            "responses": {
+                str(endpoint.status): {"description": "success", "content": {
+                    "application/json": {"schema": endpoint.response}}},
+                **{status: {"description": "error", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+                   for status in sorted(errors)},
+            },
+        }
+        if endpoint.admin:
+            operation["security"] = [{"admin": []}]
+        if endpoint.request is not None:
+            operation["requestBody"] = {"required": True, "content": {
+                "application/json": {"schema": endpoint.request}}}
+        if "{fingerprint}" in endpoint.path:
+            operation["parameters"] = [{"name": "fingerprint", "in": "path", "required": True,
+                                        "schema": {"type": "string",
+                                                   "pattern": "^[0-9a-f]{16}$"}}]
+        if endpoint.path == "/v1/export":
+            operation["parameters"] = [{"name": name, "in": "query", "required": False,
+                                        "schema": {"type": "boolean", "default": True}}
+                                       for name in ("keys", "activations", "machine_names")]
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "kmsemu MAK service", "version": "1",
+                 "description": "Lab MAK activation (online, phone, proxy) and key "
+                                "administration. Lab keys only (keys.md)."},
+        "paths": paths,
+        "components": {"schemas": {"Error": _ERROR},
+                       "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+def _error_response(exc: ServiceError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.code == "unauthorized" else None
+    return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
+
+
+def _route(api: Api, endpoint: Endpoint) -> Route:
+    handler = partial(endpoint.handler, api)
+
+    async def endpoint_fn(request: Request) -> Response:
+        try:
+            if endpoint.admin:
+                api.authorise(request)
+            return await handler(request)
+        except ServiceError as exc:
+            return _error_response(exc)
+
+    return Route(endpoint.path, endpoint_fn, methods=[endpoint.method],
+                 name=endpoint.handler.__name__)
+
+
+def create_app(service: MakService, *, admin_token: str,
+               executor: ThreadPoolExecutor | None = None) -> Starlette:
+    api = Api(service, admin_token=admin_token, executor=executor)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_json")
+        return _error_response(ServiceError(code))
+
+    async def internal(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _error_response(ServiceError("internal"))
+
+    return Starlette(routes=[_route(api, e) for e in ENDPOINTS],
+                     exception_handlers={HTTPException: http_error, Exception: internal})

@@ -1,0 +1,143 @@
+"""Run the MAK service: open the store named by a URL, serve the API with uvicorn.
+
+``open_store`` turns ``--db`` into a store: ``sqlite:///PATH`` (or a bare
+path) for SQLite, ``postgresql://...`` for PostgreSQL. ``MakServer`` is
+uvicorn's server with two changes: it reports the addresses it bound (port 0
+works) through ``on_ready``, and SIGTERM/SIGINT stop it and return normally
+instead of re-raising the signal, so the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import signal
+import socket
+from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Final
+
+import uvicorn
+
+from kmsemu.errors import ConfigError
+from mak.store.base import Store
+
+DEFAULT_PORT: Final = 8688
+DEFAULT_URL: Final = f"http://127.0.0.1:{DEFAULT_PORT}"
+DB_NAME: Final = "mak.sqlite3"
+TOKEN_NAME: Final = "admin-token"
+POSTGRES_THREADS: Final = 8
+
+
+def open_store(url: str | None, home: Path) -> Store:
+    """The store a ``--db`` value names (default: SQLite under ``home``)."""
+    if not url:
+        from mak.store.sqlite import SqliteStore
+
+        return SqliteStore(home / DB_NAME)
+    if url.startswith(("postgresql://", "postgres://")):
+        from mak.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://")
+        path = path[1:] if path.startswith("/") else path  # sqlite:///rel, sqlite:////abs
+        if not path:
+            raise ConfigError("--db sqlite:///PATH needs a path")
+    elif "://" in url:
+        raise ConfigError(f"--db {url.split('://')[0]}:// is not supported; use sqlite:/// "
+                          "or postgresql://")
+    else:
+        path = url
+    from mak.store.sqlite import SqliteStore
+
+    return SqliteStore(path)
+
+
+def token_file(home: Path) -> Path:
+    return home / TOKEN_NAME
+
+
+def ensure_token(home: Path) -> str:
+    """The token kept in ``home`` for a service started without one (made once, 0600)."""
+    path = token_file(home)
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    home.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    with contextlib.suppress(FileExistsError):
+        fd = path.open("x", encoding="ascii")
+        path.chmod(0o600)
+        with fd:
+            fd.write(token + "\n")
+    return path.read_text().strip()
+
+
+def bind(addresses: list[tuple[str, int]]) -> list[socket.socket]:
+    """Listening sockets; port 0 takes one free port for every address."""
+    sockets: list[socket.socket] = []
+    port = None
+    try:
+        for host, wanted in addresses:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port if wanted == 0 and port else wanted))
+            sock.listen(1024)
+            sock.setblocking(False)
+            port = sock.getsockname()[1]
+            sockets.append(sock)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class MakServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config,
+                 on_ready: Callable[[list[tuple[str, int]]], None] | None = None) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self._on_ready is not None and self.started:
+            self._on_ready([s.getsockname()[:2] for s in sockets or []])
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        loop = asyncio.get_running_loop()
+        handled: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+        try:
+            for sig in handled:
+                loop.add_signal_handler(sig, self._stop)
+        except (RuntimeError, ValueError):  # not the main thread: the caller stops us
+            handled = ()
+        try:
+            yield
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+
+    def _stop(self) -> None:
+        self.force_exit = self.should_exit
+        self.should_exit = True
+
+
+def uvicorn_config(app: Any) -> uvicorn.Config:
+    return uvicorn.Config(app, http="httptools", lifespan="off", access_log=False,
+                          log_config=None, server_header=False, date_header=False,
+                          timeout_graceful_shutdown=5)
+
+
+def executor_for(store: Store) -> ThreadPoolExecutor | None:
+    if store.blocking_ok:
+        return None
+    return ThreadPoolExecutor(POSTGRES_THREADS, thread_name_prefix="mak-db")

@@ -1,0 +1,112 @@
+"""The MAK store interface, and what crosses it.
+
+Two implementations share one contract test suite: SQLite (``sqlite.py``,
+the default, embedded) and PostgreSQL (``postgres.py``, several service
+processes on one database). Both are thin: the SQL and the use of
+``mak.rules`` live once, in ``sql.py``.
+
+Every method is synchronous. ``blocking_ok`` tells the service whether a
+call may run on its event loop (SQLite: one connection, short transactions)
+or must go to a worker thread (PostgreSQL: a network round trip).
+
+Atomicity: ``activate`` reads the key, its candidate machines and any
+earlier answer to the same ``request_id``, decides with ``mak.rules``, and
+writes, all in one transaction that holds the key's row; concurrent
+activations of one key are serialised by the database, in one process or
+several. Nothing here ever sees a whole key: only its fingerprint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mak.rules import KeyRecord, Verdict
+
+EXPORT_FORMAT = "kmsemu-mak-export"
+EXPORT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """A successful activation: what was decided and what the key has left."""
+
+    key: KeyRecord
+    verdict: Verdict
+    machine_id: int
+    #: True when this answer repeats an earlier request with the same ``request_id``.
+    replayed: bool = False
+
+    @property
+    def counted(self) -> bool:
+        return self.verdict is Verdict.NEW and not self.replayed
+
+
+@dataclass(frozen=True, slots=True)
+class MachineRow:
+    """A machine counted against a key, as listings and exports show it."""
+
+    fingerprint: str
+    hardware_id: bytes
+    machine_name: str | None
+    route: str
+    first_at: float
+    last_at: float
+    reactivations: int
+
+
+@dataclass(frozen=True, slots=True)
+class Increase:
+    amount: int
+    at: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    keys_added: int = 0
+    keys_kept: int = 0
+    activations_added: int = 0
+    activations_kept: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"keys_added": self.keys_added, "keys_kept": self.keys_kept,
+                "activations_added": self.activations_added,
+                "activations_kept": self.activations_kept}
+
+
+class Store(Protocol):
+    #: True when calls are quick enough to run on the event loop.
+    blocking_ok: bool
+
+    def add_key(self, record: KeyRecord) -> KeyRecord:
+        """Register a key; ``ServiceError("key_exists")`` when its fingerprint is known."""
+        ...
+
+    def key(self, fingerprint: str) -> KeyRecord | None: ...
+
+    def keys(self) -> list[KeyRecord]: ...
+
+    def increase(self, fingerprint: str, amount: int, now: float, reason: str) -> KeyRecord: ...
+
+    def increases(self, fingerprint: str) -> list[Increase]: ...
+
+    def set_blocked(self, fingerprint: str, blocked: bool) -> KeyRecord: ...
+
+    def set_expires(self, fingerprint: str, expires: float | None) -> KeyRecord: ...
+
+    def activate(self, fingerprint: str, hardware_id: bytes, now: float, *, route: str,
+                 machine_name: str | None = None, request_id: str | None = None) -> Activation:
+        """Count (or not) one activation, atomically; ``ServiceError`` when refused."""
+        ...
+
+    def machines(self, fingerprint: str) -> list[MachineRow]: ...
+
+    def export(self, *, keys: bool = True, activations: bool = True,
+               machine_names: bool = True) -> dict[str, Any]: ...
+
+    def import_(self, document: dict[str, Any]) -> ImportReport:
+        """Merge an export: new keys and machines are added, known ones kept; idempotent."""
+        ...
+
+    def close(self) -> None: ...
