@@ -36,6 +36,7 @@ class HResult(IntEnum):
     PRODUCT_NOT_SERVED = 0xC004F042
     PRODUCT_KEY_INVALID = 0xC004F050
     PRODUCT_KEY_BLOCKED = 0xC004F051
+    IID_CID_INVALID = 0xC004F04D
     TIMESTAMP_INVALID = 0xC004F06C
     NO_KMS_HOST = 0xC004F074
     MAK_INVALID = 0xC004C001
@@ -105,6 +106,12 @@ _INFO: dict[HResult, ErrorInfo] = {
     HResult.PRODUCT_KEY_INVALID: ErrorInfo(
         "The Software Licensing Service reported that the product key is invalid.",
         "Check the key with 'kmsemu keys check'.",
+    ),
+    HResult.IID_CID_INVALID: ErrorInfo(
+        "The Software Licensing Service determined that the Installation ID (IID) or the "
+        "Confirmation ID (CID) is invalid.",
+        "Read the confirmation ID again (a check digit names each mistyped group); a CID "
+        "made with another lab secret, or for another installation ID, matches nowhere.",
     ),
     HResult.PRODUCT_KEY_BLOCKED: ErrorInfo(
         "The Software Licensing Service reported that the product key is blocked.", ""

@@ -140,7 +140,7 @@ class Api:
             chunks.append(chunk)
         try:
             value = json.loads(b"".join(chunks) or b"null")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise ServiceError("bad_json") from None
         if not isinstance(value, dict):
             raise ServiceError("bad_json")

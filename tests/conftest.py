@@ -84,21 +84,12 @@ def kmsemu_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "kmsemu", *args]
 
 
-def start_host_process(
-    state_dir: Path,
-    *extra: str,
-    env: dict[str, str] | None = None,
-) -> RunningHost:
-    """``kmsemu host serve`` as a real process; returns once it prints its ready line."""
-    proc = subprocess.Popen(
-        kmsemu_command(
-            "host", "serve", "--listen", "127.0.0.1:0", "--state", str(state_dir), *extra
-        ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
+def start_until_ready(command: list[str], ready: str, env: dict[str, str] | None = None,
+                      ) -> tuple[subprocess.Popen[str], str, list[str]]:
+    """Start a server process; return it, the rest of its ``ready <what>`` line, and its
+    stderr lines (kept up to date by a thread that drains the pipe)."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **(env or {})})
     assert proc.stderr is not None
     lines: list[str] = []
     timer = threading.Timer(READY_TIMEOUT, proc.kill)
@@ -106,17 +97,52 @@ def start_host_process(
     try:
         for line in proc.stderr:
             lines.append(line.rstrip("\n"))
-            if line.startswith("ready kms-host "):
-                host_text, _, port = line.split()[2].rpartition(":")
+            if line.startswith(ready + " "):
+                rest = line[len(ready) + 1:].strip()
                 break
         else:
-            raise RuntimeError("host exited before it was ready:\n" + "\n".join(lines))
+            raise RuntimeError(f"{command[3:5]} exited before it was ready:\n" + "\n".join(lines))
     finally:
         timer.cancel()
-    host = RunningHost((host_text, int(port)), state_dir, process=proc, stderr_lines=lines)
-    # keep draining stderr so the host never blocks on a full pipe
+    # keep draining stderr so the server never blocks on a full pipe
     threading.Thread(target=_drain, args=(proc, lines), daemon=True).start()
-    return host
+    return proc, rest, lines
+
+
+def start_host_process(
+    state_dir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> RunningHost:
+    """``kmsemu host serve`` as a real process; returns once it prints its ready line."""
+    proc, rest, lines = start_until_ready(
+        kmsemu_command("host", "serve", "--listen", "127.0.0.1:0", "--state", str(state_dir),
+                       *extra), "ready kms-host", env)
+    host_text, _, port = rest.split()[0].rpartition(":")
+    return RunningHost((host_text, int(port)), state_dir, process=proc, stderr_lines=lines)
+
+
+@dataclass
+class RunningMak:
+    """``kmsemu mak serve`` as a real process."""
+
+    url: str
+    process: subprocess.Popen[str]
+    stderr_lines: list[str]
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout)
+
+
+def start_mak_process(home: Path, *extra: str, env: dict[str, str] | None = None,
+                      ) -> RunningMak:
+    """``kmsemu mak serve --port 0`` with ``KMSEMU_HOME=home``, once it is ready."""
+    proc, rest, lines = start_until_ready(
+        kmsemu_command("mak", "serve", "--port", "0", "--quiet", *extra), "ready mak",
+        {"KMSEMU_HOME": str(home), **(env or {})})
+    return RunningMak(rest.split()[0], proc, lines)
 
 
 def _drain(proc: subprocess.Popen[str], lines: list[str]) -> None:

@@ -18,6 +18,7 @@ from kmsemu.client.licence import (
     KeyInstalled,
     KeyUninstalled,
     Licence,
+    PermanentlyActivated,
     Policy,
     Rearmed,
     TimePassed,
@@ -38,12 +39,21 @@ def run(*events: Event, start: Licence | None = None) -> Licence:
     return licence
 
 
-def installed(policy: Policy = WINDOWS, at: float = T0) -> Licence:
-    return run(KeyInstalled(at, policy))
+def installed(policy: Policy = WINDOWS, at: float = T0, *, kms: bool = True) -> Licence:
+    return run(KeyInstalled(at, policy, kms_client=kms))
 
 
 def licensed(at: float = T0) -> Licence:
     return run(Activated(at, 120, 10_080), start=installed(at=at))
+
+
+def mak_installed(policy: Policy = WINDOWS, at: float = T0) -> Licence:
+    """A MAK (or retail, or KMS host key): grace, but nothing scheduled."""
+    return installed(policy, at, kms=False)
+
+
+def permanent(at: float = T0) -> Licence:
+    return run(PermanentlyActivated(at), start=mak_installed(at=at))
 
 
 def test_the_table_is_total() -> None:
@@ -154,6 +164,69 @@ def test_significant_hardware_change_puts_a_licensed_machine_out_of_tolerance() 
     assert apply(installed(), HardwareChanged(T0)).licence == installed()  # grace goes on
 
 
+# -- MAK, retail and KMS host keys: activated on demand, then permanently ------------------
+
+
+def test_a_mak_starts_the_initial_grace_with_nothing_scheduled() -> None:
+    lic = mak_installed()
+    assert lic.status is S.INITIAL_GRACE and not lic.kms_client
+    assert lic.grace_ends == T0 + 30 * DAY and lic.next_attempt is None
+    failed = run(ActivationFailed(T0, HResult.MAK_LIMIT_EXCEEDED), start=lic)
+    assert failed.last_hresult == HResult.MAK_LIMIT_EXCEEDED and failed.next_attempt is None
+    assert failed.status is S.INITIAL_GRACE
+
+
+def test_permanent_activation_has_no_expiry_and_time_never_ends_it() -> None:
+    lic = permanent()
+    assert lic.status is S.LICENSED and lic.permanent
+    assert (lic.valid_until, lic.next_attempt, lic.grace_ends) == (None, None, None)
+    assert lic.last_activation == T0 and lic.minutes_remaining(T0) == 0
+    assert run(TimePassed(T0 + 10 * 365 * DAY), start=lic) == lic
+    # a failed reactivation (service down) keeps it licensed and records the HRESULT
+    failed = run(ActivationFailed(T0 + DAY, HResult.CANNOT_CONNECT), start=lic)
+    assert failed.permanent and failed.last_hresult == HResult.CANNOT_CONNECT
+    assert failed.next_attempt is None
+
+
+def test_kms_licences_are_never_permanent() -> None:
+    assert not licensed().permanent and not mak_installed().permanent
+
+
+def test_hardware_change_then_reactivation_of_a_permanent_licence() -> None:
+    lic = run(HardwareChanged(T0 + DAY), start=permanent())
+    assert (lic.status, lic.reason) == (S.OUT_OF_TOLERANCE_GRACE, HResult.HARDWARE_OUT_OF_TOLERANCE)
+    assert lic.grace_ends == T0 + 31 * DAY and lic.next_attempt is None
+    again = run(PermanentlyActivated(T0 + 2 * DAY), start=lic)
+    assert again.permanent and again.reason == 0 and again.grace_ends is None
+    # never reactivated: the out-of-tolerance grace runs out into Notification
+    lapsed = run(TimePassed(T0 + 31 * DAY), start=lic)
+    assert (lapsed.status, lapsed.reason) == (S.NOTIFICATION, HResult.GRACE_EXPIRED)
+    assert run(PermanentlyActivated(T0 + 40 * DAY), start=lapsed).permanent
+
+
+def test_rearm_of_a_permanent_licence_returns_it_to_grace_without_scheduling() -> None:
+    step = apply(permanent(), Rearmed(T0 + DAY))
+    assert step.new_cmid and step.licence.status is S.INITIAL_GRACE
+    assert step.licence.next_attempt is None and not step.licence.kms_client
+
+
+def test_the_two_kinds_of_activation_do_not_mix() -> None:
+    step = apply(mak_installed(), Activated(T0, 120, 10_080))
+    assert step.error == HResult.PRODUCT_KEY_INVALID and step.licence == mak_installed()
+    step = apply(installed(), PermanentlyActivated(T0))
+    assert step.error == HResult.PRODUCT_KEY_INVALID and step.licence == installed()
+
+
+def test_office_gets_no_rearm_bonus_from_a_mak_activation() -> None:
+    lic = run(PermanentlyActivated(T0), start=mak_installed(OFFICE))
+    assert lic.rearms_left == 5 and not lic.bonus_rearm_given
+
+
+def test_a_setup_key_after_a_mak_schedules_kms_attempts_again() -> None:
+    lic = run(KeyInstalled(T0 + DAY, WINDOWS), start=permanent())
+    assert lic.kms_client and lic.next_attempt == T0 + DAY and lic.status is S.INITIAL_GRACE
+
+
 # -- rearm and keys ------------------------------------------------------------------------
 
 
@@ -200,7 +273,8 @@ def test_the_other_graces_behave_like_grace(status: S) -> None:
 
 events = st.lists(
     st.tuples(
-        st.sampled_from(["install", "uninstall", "ok", "fail", "rearm", "hardware", "time"]),
+        st.sampled_from(["install", "mak-install", "uninstall", "ok", "permanent", "fail",
+                         "rearm", "hardware", "time"]),
         st.floats(0, 60 * DAY, allow_nan=False),
         st.sampled_from(["windows-client", "office"]),
     ),
@@ -211,8 +285,10 @@ events = st.lists(
 def _event(kind: str, now: float, family: str) -> Event:
     return {
         "install": lambda: KeyInstalled(now, Policy.for_family(family)),
+        "mak-install": lambda: KeyInstalled(now, Policy.for_family(family), kms_client=False),
         "uninstall": lambda: KeyUninstalled(now),
         "ok": lambda: Activated(now, 120, 10_080),
+        "permanent": lambda: PermanentlyActivated(now),
         "fail": lambda: ActivationFailed(now, HResult.NO_KMS_HOST),
         "rearm": lambda: Rearmed(now),
         "hardware": lambda: HardwareChanged(now),
@@ -233,10 +309,15 @@ def test_invariants_hold_for_any_event_sequence(seq: list[tuple[str, float, str]
         lic = apply(lic, TimePassed(now)).licence
         assert lic.status in set(S)
         assert lic.key_installed == (lic.status is not S.UNLICENSED)
-        if lic.status is S.LICENSED:
-            # Licensed never outlives 180 days without a successful renewal
+        if lic.status is S.LICENSED and not lic.kms_client:
+            # a MAK-type key: licensed for good, nothing scheduled
+            assert lic.permanent and lic.valid_until is None and lic.grace_ends is None
+        elif lic.status is S.LICENSED:
+            # Licensed by KMS never outlives 180 days without a successful renewal
             assert last_success is not None and now - last_success < 180 * DAY
             assert lic.valid_until is not None and lic.valid_until > now
+        if not lic.kms_client:
+            assert lic.next_attempt is None  # no automatic attempts for MAK-type keys
         if lic.status in (S.INITIAL_GRACE, S.OUT_OF_TOLERANCE_GRACE):
             assert lic.grace_ends is not None and lic.grace_ends > now
         if lic.rearms_left is not None:
@@ -255,32 +336,38 @@ _KEYED = {
 }
 
 
-def _in_status(status: S) -> Licence:
+def _in_status(status: S, kms: bool = True) -> Licence:
     if status is S.UNLICENSED:
         return Licence()
     if status is S.LICENSED:
-        return _licensed_at(T0)
+        return _licensed_at(T0, kms)
     if status is S.NOTIFICATION:
-        return run(TimePassed(T0 + 31 * DAY), start=installed(at=T0 - 31 * DAY))
+        return run(TimePassed(T0 + 31 * DAY), start=installed(at=T0 - 31 * DAY, kms=kms))
     return Licence(
-        status=status, key_installed=True, rearms_left=2, next_attempt=T0, grace_ends=T0 + 10 * DAY
+        status=status, key_installed=True, rearms_left=2, next_attempt=T0 if kms else None,
+        grace_ends=T0 + 10 * DAY, kms_client=kms,
     )
 
 
-def _licensed_at(at: float) -> Licence:
+def _licensed_at(at: float, kms: bool = True) -> Licence:
+    if not kms:
+        return permanent(at - DAY)
     return run(Activated(at - DAY, 120, 10_080), start=installed(at=at - DAY))
 
 
-def _expected(status: S, event: type) -> S | str:
+def _expected(status: S, event: type, kms: bool = True) -> S | str:
     """What each (status, event) must give; 'error' keeps the licence and reports."""
     if event is KeyInstalled:
         return S.INITIAL_GRACE
     if event is KeyUninstalled:
         return S.UNLICENSED
     if status is S.UNLICENSED:
-        return "error" if event in (Activated, ActivationFailed, Rearmed) else S.UNLICENSED
+        return "error" if event in (Activated, PermanentlyActivated, ActivationFailed, Rearmed) \
+            else S.UNLICENSED
     if event is Activated:
-        return S.LICENSED
+        return S.LICENSED if kms else "error"
+    if event is PermanentlyActivated:
+        return "error" if kms else S.LICENSED
     if event in (ActivationFailed, TimePassed):
         return status
     if event is Rearmed:
@@ -295,6 +382,7 @@ def _make(event: type) -> Event:
         KeyInstalled: KeyInstalled(T0, WINDOWS),
         KeyUninstalled: KeyUninstalled(T0),
         Activated: Activated(T0, 120, 10_080),
+        PermanentlyActivated: PermanentlyActivated(T0),
         ActivationFailed: ActivationFailed(T0, 5),
         Rearmed: Rearmed(T0),
         HardwareChanged: HardwareChanged(T0),
@@ -302,19 +390,24 @@ def _make(event: type) -> Event:
     }[event]
 
 
+@pytest.mark.parametrize("kms", [True, False], ids=["kms-client", "mak"])
 @pytest.mark.parametrize(
     ("status", "event"),
     sorted(TRANSITIONS, key=lambda k: (k[0], k[1].__name__)),
     ids=lambda v: v.name if isinstance(v, S) else v.__name__,
 )
-def test_every_transition(status: S, event: type) -> None:
-    start = _in_status(status)
+def test_every_transition(status: S, event: type, kms: bool) -> None:
+    start = _in_status(status, kms)
     assert start.status is status
     step = apply(start, _make(event))
-    expected = _expected(status, event)
+    expected = _expected(status, event, kms)
     if expected == "error":
         assert step.error is not None and step.licence == start
     else:
         assert step.error is None
         assert step.licence.status is expected
         assert step.licence.key_installed == (expected in _KEYED)
+        if expected is not S.UNLICENSED and event is not KeyInstalled:
+            assert step.licence.kms_client == kms  # only a new key changes the kind
+        if not step.licence.kms_client:
+            assert step.licence.next_attempt is None

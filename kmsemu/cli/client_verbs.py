@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -18,9 +20,13 @@ from kmsemu.client import slmgr
 from kmsemu.client.machine import Machine, Result
 from kmsemu.client.profile import COMPONENT_NAMES, ProfileError, ProfileStore
 from kmsemu.clock import SystemClock
-from kmsemu.errors import describe
+from kmsemu.errors import describe, format_hresult
 from kmsemu.keys.product_key import format_key
 from kmsemu.klp.envelope import DEFAULT_SECRET
+from mak.client import DEFAULT_URL as DEFAULT_MAK_URL
+from mak.client import MakClient
+
+MAK_URL_ENV = "KMSEMU_MAK_URL"
 
 
 def profile_store() -> ProfileStore:
@@ -35,7 +41,8 @@ def machine(obj: dict[str, Any], secret: str = DEFAULT_SECRET) -> Iterator[Machi
         profile = store.load(obj["profile"], random.SystemRandom())
     except ProfileError as exc:
         fail(str(exc), code="bad_profile")
-    m = Machine(profile, default_catalog(), real_now=SystemClock().now, secret=secret)
+    m = Machine(profile, default_catalog(), real_now=SystemClock().now, secret=secret,
+                mak_url=os.environ.get(MAK_URL_ENV) or DEFAULT_MAK_URL)
     try:
         yield m
     finally:
@@ -43,17 +50,24 @@ def machine(obj: dict[str, Any], secret: str = DEFAULT_SECRET) -> Iterator[Machi
 
 
 def report(m: Machine, result: Result, as_json: bool, lines: list[str]) -> None:
-    """Print the verb's lines (or the JSON summary); exit 1 with slmgr's error line."""
+    """Print the verb's lines (or the JSON summary and the verb's data); exit 1 with
+    slmgr's error line (JSON: ``error`` with the code, HRESULT, hint and the verb's data)."""
     if result.hresult:
         detail = f" ({result.detail})" if result.detail else ""
+        message = describe(result.hresult).message + detail
         if as_json:
-            fail(describe(result.hresult).message + detail, code="activation_failed",
-                 hresult=result.hresult, as_json=True, extra=m.summary())
+            error: dict[str, Any] = {"code": result.code or "activation_failed",
+                                     "message": message,
+                                     "hresult": format_hresult(result.hresult)}
+            if result.hint:
+                error["hint"] = result.hint
+            emit({**m.summary(), "error": {**error, **(result.data or {})}})
+            sys.exit(1)
         for line in lines:
             click.echo(line)
-        fail(describe(result.hresult).message + detail, code="failed", hresult=result.hresult)
+        fail(message, code=result.code or "failed", hresult=result.hresult)
     if as_json:
-        emit(m.summary())
+        emit({**m.summary(), **(result.data or {})})
     else:
         for line in lines:
             click.echo(line)
@@ -64,7 +78,11 @@ def report(m: Machine, result: Result, as_json: bool, lines: list[str]) -> None:
 @json_option
 @click.pass_obj
 def ipk(obj: dict[str, Any], key: str, as_json: bool) -> None:
-    """Install a product key (a KMS client setup key starts the initial grace)."""
+    """Install a product key: a KMS client setup key, a MAK, a retail or a KMS host key.
+
+    Each starts the initial grace; a setup key then activates against KMS (by
+    itself, with tick), the others only when asked (ato online, or dti/atp).
+    """
     with machine(obj) as m:
         result = m.install_key(key)
     shown = format_key(m.profile.product_key or "")
@@ -86,13 +104,70 @@ def upk(obj: dict[str, Any], as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def ato(obj: dict[str, Any], secret: str, as_json: bool) -> None:
-    """Activate now against the KMS host (skms, cached or discovered)."""
+    """Activate now: a setup key against the KMS host (skms, cached or discovered); a MAK,
+    retail or KMS host key online against the MAK service (mak-url)."""
     with machine(obj, secret) as m:
         product = m.product
         result = m.activate()
     lines = [slmgr.activating(m)] if product is not None else []
     report(m, result, as_json, [*lines, "Product activated successfully."]
            if not result.hresult else lines)
+
+
+@client.command("dti")
+@json_option
+@click.pass_obj
+def dti(obj: dict[str, Any], as_json: bool) -> None:
+    """Show the installation ID for phone activation (MAK, retail and KMS host keys)."""
+    with machine(obj) as m:
+        result = m.installation_id()
+    lines = [slmgr.installation_id_line(result.data["installation_id"])] if result.data else []
+    report(m, result, as_json, lines)
+
+
+@client.command("atp")
+@click.argument("cid", required=False)
+@secret_option()
+@json_option
+@click.pass_obj
+def atp(obj: dict[str, Any], cid: str | None, secret: str, as_json: bool) -> None:
+    """Deposit a confirmation ID (from 'kmsemu mak phone'): checked here with the lab
+    secret against this machine's installation ID. Without CID: the one deposited before
+    for this installation ID (local reactivation, offline)."""
+    with machine(obj, secret) as m:
+        result = m.deposit_confirmation_id(cid)
+    report(m, result, as_json, [] if result.hresult else [slmgr.deposited(m)])
+
+
+@client.command("mak-url")
+@click.argument("url", required=False)
+@click.option("--clear", is_flag=True,
+              help=f"Forget this profile's URL (back to {MAK_URL_ENV}, else the default).")
+@json_option
+@click.pass_obj
+def mak_url(obj: dict[str, Any], url: str | None, clear: bool, as_json: bool) -> None:
+    """Show or set the MAK service this machine activates against (default
+    KMSEMU_MAK_URL, else http://127.0.0.1:8688)."""
+    if url is not None and clear:
+        raise click.UsageError("give a URL or --clear, not both")
+    if url is not None:
+        url = url if "://" in url else f"http://{url}"
+        try:
+            MakClient(url)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="URL") from exc
+    with machine(obj) as m:
+        if url is not None or clear:
+            m.profile.mak_url = url
+    source = ("this profile" if m.profile.mak_url else
+              MAK_URL_ENV if os.environ.get(MAK_URL_ENV) else "default")
+    if url is not None:
+        line = f"MAK activation service set to {m.mak_url} successfully."
+    elif clear:
+        line = f"MAK activation service cleared; using {m.mak_url} ({source})."
+    else:
+        line = f"MAK activation service: {m.mak_url} ({source})"
+    report(m, Result(), as_json, [line])
 
 
 @client.command("skms")
@@ -177,7 +252,8 @@ def rearm(obj: dict[str, Any], as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def events(obj: dict[str, Any], last: int, as_json: bool) -> None:
-    """The client's event log (12288 request sent, 12289 response processed)."""
+    """The client's event log: 12288 request sent and 12289 response processed (KMS),
+    mak-online (an online MAK activation) and mak-phone (a confirmation ID deposited)."""
     with machine(obj) as m:
         pass
     shown = m.profile.events[-last:]

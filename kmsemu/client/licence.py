@@ -16,6 +16,15 @@ activation interval after a failure, both adopted from the host's answers.
                (grace ends)              (180 days without renewal, or
                       ▼                   a significant hardware change)
                 Notification ◄──(grace ends)── Out-of-tolerance grace
+
+A MAK, retail or KMS host key (``kms_client`` False) has the same grace
+periods but nothing scheduled (``next_attempt`` stays None: it activates
+only when asked, online or by phone); ``PermanentlyActivated`` makes it
+Licensed with no expiry (``valid_until`` None), which time never ends and
+only a significant hardware change (out-of-tolerance grace), a rearm or a
+new key leaves. The two kinds of activation do not mix: ``Activated`` (KMS)
+on a MAK-type install and ``PermanentlyActivated`` on a KMS client are
+refused with 0xC004F050 and change nothing.
 """
 
 from __future__ import annotations
@@ -71,11 +80,24 @@ class Licence:
     last_activation: float | None = None
     #: The installed product's rules (set when its key is installed).
     policy: Policy = dataclasses.field(default_factory=lambda: Policy.for_family("windows"))
+    #: The key activates against KMS by itself (renewals, retries); False for a MAK, retail
+    #: or KMS host key, activated on demand and then permanently.
+    kms_client: bool = True
+
+    @property
+    def permanent(self) -> bool:
+        """Licensed with no expiry (a MAK, retail or KMS host key activated)."""
+        return self.status is LicenseStatus.LICENSED and not self.kms_client
 
     def minutes_remaining(self, now: float) -> int:
-        """slmgr's "N minute(s)": to the end of validity when licensed, else of the grace."""
+        """slmgr's "N minute(s)": to the end of validity when licensed, else of the grace
+        (0 when there is no end: a permanent activation)."""
         end = self.valid_until if self.status is LicenseStatus.LICENSED else self.grace_ends
         return max(0, int((end - now) // MINUTE)) if end is not None else 0
+
+    def schedule(self, when: float) -> float | None:
+        """``when`` for a KMS client; None (nothing automatic) for the other keys."""
+        return when if self.kms_client else None
 
 
 # -- events ------------------------------------------------------------------------------
@@ -83,10 +105,12 @@ class Licence:
 
 @dataclass(frozen=True, slots=True)
 class KeyInstalled:
-    """A KMS client setup key was installed (slmgr /ipk)."""
+    """A key was installed (slmgr /ipk): a KMS client setup key, or (``kms_client``
+    False) a MAK, retail or KMS host key."""
 
     now: float
     policy: Policy
+    kms_client: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +125,13 @@ class Activated:
     now: float
     activation_interval: int
     renewal_interval: int
+
+
+@dataclass(frozen=True, slots=True)
+class PermanentlyActivated:
+    """A MAK, retail or KMS host key was activated (online, or a confirmation ID deposited)."""
+
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +165,7 @@ Event = (
     KeyInstalled
     | KeyUninstalled
     | Activated
+    | PermanentlyActivated
     | ActivationFailed
     | Rearmed
     | HardwareChanged
@@ -143,6 +175,7 @@ EVENT_TYPES: Final = (
     KeyInstalled,
     KeyUninstalled,
     Activated,
+    PermanentlyActivated,
     ActivationFailed,
     Rearmed,
     HardwareChanged,
@@ -167,12 +200,13 @@ def _install(lic: Licence, e: Event) -> Step:
             status=LicenseStatus.INITIAL_GRACE,
             key_installed=True,
             grace_ends=e.now + e.policy.initial_grace_days * DAY,
-            next_attempt=e.now,
+            next_attempt=e.now if e.kms_client else None,
             activation_interval=lic.activation_interval,
             renewal_interval=lic.renewal_interval,
             rearms_left=rearms,
             bonus_rearm_given=lic.bonus_rearm_given,
             policy=e.policy,
+            kms_client=e.kms_client,
         )
     )
 
@@ -191,6 +225,8 @@ def _uninstall(lic: Licence, e: Event) -> Step:
 
 def _activated(lic: Licence, e: Event) -> Step:
     assert isinstance(e, Activated)
+    if not lic.kms_client:
+        return Step(lic, HResult.PRODUCT_KEY_INVALID)  # a MAK-type key has no KMS activation
     extra = lic.policy.rearm_bonus_after_activation
     bonus = not lic.bonus_rearm_given and extra > 0
     return Step(
@@ -211,13 +247,32 @@ def _activated(lic: Licence, e: Event) -> Step:
     )
 
 
+def _permanent(lic: Licence, e: Event) -> Step:
+    """Licensed for good: no expiry, nothing scheduled; the rearm bonus is KMS-only."""
+    assert isinstance(e, PermanentlyActivated)
+    if lic.kms_client:
+        return Step(lic, HResult.PRODUCT_KEY_INVALID)  # a KMS client activates against KMS
+    return Step(
+        dataclasses.replace(
+            lic,
+            status=LicenseStatus.LICENSED,
+            grace_ends=None,
+            valid_until=None,
+            next_attempt=None,
+            reason=0,
+            last_hresult=0,
+            last_activation=e.now,
+        )
+    )
+
+
 def _failed(lic: Licence, e: Event) -> Step:
     assert isinstance(e, ActivationFailed)
     act = e.activation_interval or lic.activation_interval
     return Step(
         dataclasses.replace(
             lic,
-            next_attempt=e.now + act * MINUTE,
+            next_attempt=lic.schedule(e.now + act * MINUTE),
             activation_interval=act,
             renewal_interval=e.renewal_interval or lic.renewal_interval,
             last_hresult=e.hresult,
@@ -240,7 +295,7 @@ def _rearm(lic: Licence, e: Event) -> Step:
             status=LicenseStatus.INITIAL_GRACE,
             grace_ends=e.now + lic.policy.rearm_grace_days * DAY,
             valid_until=None,
-            next_attempt=e.now,
+            next_attempt=lic.schedule(e.now),
             rearms_left=lic.rearms_left - 1,
             reason=0,
         ),
@@ -256,7 +311,7 @@ def _hardware_out_of_tolerance(lic: Licence, e: Event) -> Step:
             status=LicenseStatus.OUT_OF_TOLERANCE_GRACE,
             grace_ends=e.now + lic.policy.out_of_tolerance_days * DAY,
             valid_until=None,
-            next_attempt=e.now,
+            next_attempt=lic.schedule(e.now),
             reason=HResult.HARDWARE_OUT_OF_TOLERANCE,
         )
     )
@@ -267,9 +322,10 @@ def _unchanged(lic: Licence, e: Event) -> Step:
 
 
 def _licensed_time(lic: Licence, e: Event) -> Step:
-    """180 days without a successful renewal: out-of-tolerance grace, then maybe more."""
-    assert isinstance(e, TimePassed) and lic.valid_until is not None
-    if e.now < lic.valid_until:
+    """180 days without a successful renewal: out-of-tolerance grace, then maybe more.
+    A permanent activation (no ``valid_until``) never expires."""
+    assert isinstance(e, TimePassed)
+    if lic.valid_until is None or e.now < lic.valid_until:
         return Step(lic)
     lapsed = dataclasses.replace(
         lic,
@@ -304,6 +360,7 @@ TRANSITIONS: Final[dict[tuple[LicenseStatus, type], Handler]] = {
     (_S.UNLICENSED, KeyInstalled): _install,
     (_S.UNLICENSED, KeyUninstalled): _uninstall,
     (_S.UNLICENSED, Activated): _no_key,
+    (_S.UNLICENSED, PermanentlyActivated): _no_key,
     (_S.UNLICENSED, ActivationFailed): _no_key,
     (_S.UNLICENSED, Rearmed): _no_key,
     (_S.UNLICENSED, HardwareChanged): _unchanged,
@@ -311,6 +368,7 @@ TRANSITIONS: Final[dict[tuple[LicenseStatus, type], Handler]] = {
     (_S.LICENSED, KeyInstalled): _install,
     (_S.LICENSED, KeyUninstalled): _uninstall,
     (_S.LICENSED, Activated): _activated,
+    (_S.LICENSED, PermanentlyActivated): _permanent,
     (_S.LICENSED, ActivationFailed): _failed,
     (_S.LICENSED, Rearmed): _rearm,
     (_S.LICENSED, HardwareChanged): _hardware_out_of_tolerance,
@@ -318,6 +376,7 @@ TRANSITIONS: Final[dict[tuple[LicenseStatus, type], Handler]] = {
     (_S.NOTIFICATION, KeyInstalled): _install,
     (_S.NOTIFICATION, KeyUninstalled): _uninstall,
     (_S.NOTIFICATION, Activated): _activated,
+    (_S.NOTIFICATION, PermanentlyActivated): _permanent,
     (_S.NOTIFICATION, ActivationFailed): _failed,
     (_S.NOTIFICATION, Rearmed): _rearm,
     (_S.NOTIFICATION, HardwareChanged): _unchanged,
@@ -325,6 +384,7 @@ TRANSITIONS: Final[dict[tuple[LicenseStatus, type], Handler]] = {
     **{(grace, KeyInstalled): _install for grace in _GRACES},
     **{(grace, KeyUninstalled): _uninstall for grace in _GRACES},
     **{(grace, Activated): _activated for grace in _GRACES},
+    **{(grace, PermanentlyActivated): _permanent for grace in _GRACES},
     **{(grace, ActivationFailed): _failed for grace in _GRACES},
     **{(grace, Rearmed): _rearm for grace in _GRACES},
     **{(grace, HardwareChanged): _unchanged for grace in _GRACES},

@@ -9,11 +9,19 @@ Time: the profile's clock (real time plus ``clock_offset``, moved with
 next renewal or retry is due. Requests carry the real time, so moving a
 client a year ahead does not make the host refuse it for clock skew; a host
 whose clock is off (``kmsemu host serve --clock-offset 5h``) shows that.
+
+MAK, retail and KMS host keys activate against the MAK service instead
+(``mak.client.MakClient``, at the profile's ``mak_url``): online with the
+machine's hardware ID (``ato``), or by phone: ``dti`` shows the installation
+ID, the activation centre (``kmsemu mak phone``) answers with a confirmation
+ID, and ``atp`` verifies it locally with the lab secret. Either way the
+licence becomes permanent; the CID is kept for a later local reactivation.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -32,26 +40,46 @@ from kmsemu.client.licence import (
     KeyInstalled,
     KeyUninstalled,
     Licence,
+    PermanentlyActivated,
     Policy,
     Rearmed,
     TimePassed,
     apply,
 )
 from kmsemu.client.profile import Profile
-from kmsemu.errors import ActivationError, HResult
-from kmsemu.keys.activation_ids import hardware_id, same_machine
+from kmsemu.errors import ActivationError, HResult, describe
+from kmsemu.keys.activation_ids import (
+    CidCheck,
+    hardware_id,
+    installation_id,
+    same_machine,
+    verify_confirmation_id,
+)
 from kmsemu.keys.product_key import KeyType, ProductKey, check
 from kmsemu.klp.envelope import LabKey
 from kmsemu.klp.messages import FLAG_VIRTUAL_MACHINE, ActivationRequest, LicenseStatus
 from kmsemu.wire import filetime_from_unix
+from mak.client import DEFAULT_URL as DEFAULT_MAK_URL
+from mak.client import MakClient, RemoteError
 
 KMS_PORT = 1688
 MAX_TICK_ATTEMPTS = 20_000
 #: Host statuses a KMS client shows as they are; anything else it shows as 0xC004F074.
 _SHOWN_AS_IS = frozenset({HResult.PRODUCT_NOT_SERVED})
 
+#: Keys the MAK service activates (online or by phone); the rest of the emulator calls them
+#: "MAK-type" keys. KMS client setup keys activate against KMS; subscription keys are not
+#: installed on machines at all.
+MAK_TYPES = frozenset({KeyType.MAK, KeyType.RETAIL, KeyType.KMS_HOST})
+CID_INVALID = HResult.IID_CID_INVALID
+#: MAK service errors without an HRESULT that mean "no activation service there".
+_NO_SERVICE_CODES = frozenset({"unavailable", "not_found", "method_not_allowed", "bad_response"})
+_SEPARATORS = re.compile(r"[-\s]")
+CID_GROUPS = 8
+
 Exchanger = Callable[[tuple[str, int], ActivationRequest, LabKey], Exchange]
 Discoverer = Callable[[list[str], list[str], random.Random], list[discovery.Candidate]]
+MakConnector = Callable[[str], MakClient]
 
 
 class Result(NamedTuple):
@@ -59,6 +87,12 @@ class Result(NamedTuple):
 
     hresult: int = 0
     detail: str = ""
+    #: A stable error code for JSON output (the MAK service's, e.g. ``mak_limit_exceeded``);
+    #: empty: the verb's default.
+    code: str = ""
+    hint: str = ""
+    #: What the verb adds to its output (``--json``): the MAK service's answer, the IID...
+    data: dict[str, Any] | None = None
 
 
 class Machine:
@@ -73,7 +107,11 @@ class Machine:
         new_cmid: Callable[[], str] = lambda: str(uuid.uuid4()),
         discover: Discoverer = discovery.discover,
         rng: random.Random | None = None,
+        mak: MakConnector = MakClient,
+        mak_url: str = DEFAULT_MAK_URL,
     ) -> None:
+        """``mak`` connects to a MAK service URL; ``mak_url`` is the service used when the
+        profile names none (the CLI passes ``KMSEMU_MAK_URL`` when set)."""
         self.profile = profile
         self.catalog = catalog
         self._real_now = real_now
@@ -82,6 +120,9 @@ class Machine:
         self._new_cmid = new_cmid
         self._discover = discover
         self._rng = rng or random.SystemRandom()
+        self._mak = mak
+        self._mak_url = mak_url
+        self._secret = secret
 
     # -- time ------------------------------------------------------------------------
 
@@ -106,6 +147,16 @@ class Machine:
     def licence(self) -> Licence:
         return self.profile.licence
 
+    @property
+    def key(self) -> ProductKey | None:
+        """The installed key's fields (None: no key, or one that no longer checks)."""
+        text = self.profile.product_key
+        return check(text).key if text else None
+
+    @property
+    def mak_url(self) -> str:
+        return self.profile.mak_url or self._mak_url
+
     def _apply(self, event: Event) -> tuple[int | None, bool]:
         step = apply(self.profile.licence, event)
         self.profile.licence = step.licence
@@ -122,13 +173,17 @@ class Machine:
             hint = f"; did you mean {diagnosis.candidates[0]}?" if diagnosis.candidates else ""
             return Result(HResult.PRODUCT_KEY_INVALID, diagnosis.problems[0].message + hint)
         key: ProductKey = diagnosis.key
+        if key.type is KeyType.SUBSCRIPTION:
+            return Result(HResult.PRODUCT_KEY_INVALID,
+                          "a subscription key is redeemed in the portal, not installed")
         if key.product >= len(self.catalog):
             return Result(HResult.PRODUCT_KEY_INVALID, f"no product #{key.product} in the catalog")
         product = self.catalog.products[key.product]
         self.profile.product_key = key.symbols
         self.profile.product = product.key
         self._apply(TimePassed(self.now))
-        self._apply(KeyInstalled(self.now, Policy.for_family(product.family)))
+        self._apply(KeyInstalled(self.now, Policy.for_family(product.family),
+                                 kms_client=key.type is KeyType.KMS_CLIENT))
         return Result()
 
     def uninstall_key(self) -> Result:
@@ -150,8 +205,12 @@ class Machine:
         return apply(self.profile.licence, TimePassed(self.now)).licence
 
     def activate(self) -> Result:
-        """One activation attempt now (slmgr /ato)."""
+        """One activation attempt now (slmgr /ato): against KMS for a KMS client setup key,
+        online against the MAK service for a MAK, retail or KMS host key."""
         self._apply(TimePassed(self.now))
+        key = self.key
+        if key is not None and key.type in MAK_TYPES and self.product is not None:
+            return self._activate_online(self.now, key)
         return self._attempt(self.now)
 
     def tick(self) -> list[Result]:
@@ -161,7 +220,7 @@ class Machine:
         for _ in range(MAX_TICK_ATTEMPTS):
             due = self.licence.next_attempt
             if due is None or due > target or not self.licence.key_installed:
-                break
+                break  # MAK-type keys schedule nothing: next_attempt is None
             self._apply(TimePassed(due))
             results.append(self._attempt(due))
         self._apply(TimePassed(target))
@@ -177,7 +236,8 @@ class Machine:
         parsed = check(key).key
         if parsed is None or parsed.type is not KeyType.KMS_CLIENT:
             return Result(HResult.PRODUCT_KEY_INVALID,
-                          "only KMS client setup keys activate against a KMS host")
+                          "only KMS client setup keys activate against a KMS host; MAK, "
+                          "retail and KMS host keys against the MAK service")
         request = self._request(product)
         sent = {"id": 12288, "time": _iso(when), "cmid": self.profile.cmid,
                 "client_time": _iso(self._real_now()), "vm": self.profile.vm,
@@ -231,6 +291,96 @@ class Machine:
         self.profile.activation_hardware = list(self.profile.hardware)
         self._apply(Activated(when, response.activation_interval, response.renewal_interval))
         return Result()
+
+    # -- MAK: online and by phone -----------------------------------------------------------------
+
+    def _activate_online(self, when: float, key: ProductKey) -> Result:
+        """One online activation against the MAK service: permanent on success."""
+        url = self.mak_url
+        hw_id = hardware_id(self.profile.hardware).hex()
+        event: dict[str, Any] = {"id": "mak-online", "time": _iso(when), "url": url,
+                                 "fingerprint": key.fingerprint, "hardware_id": hw_id,
+                                 "machine_name": self.profile.machine_name}
+        try:
+            client = self._mak(url)
+        except ValueError as exc:  # not an http:// URL (KMSEMU_MAK_URL is not checked early)
+            return self._mak_failed(when, event, HResult.CANNOT_CONNECT, "unreachable", str(exc))
+        try:
+            answer = client.activate(str(key), hw_id, machine_name=self.profile.machine_name,
+                                     request_id=str(uuid.uuid4()))
+        except RemoteError as exc:
+            hresult = exc.hresult if exc.hresult is not None else (
+                HResult.CANNOT_CONNECT if exc.code in _NO_SERVICE_CODES else HResult.INVALID_DATA)
+            return self._mak_failed(when, event, hresult, exc.code,
+                                    _service_detail(hresult, exc.message), exc.hint)
+        finally:
+            client.close()
+        fields = {name: answer.get(name)
+                  for name in ("verdict", "counted", "used", "limit", "remaining")}
+        self.profile.add_event({**event, "hresult": "0x00000000", **fields})
+        self.profile.activation_hardware = list(self.profile.hardware)
+        self._apply(PermanentlyActivated(when))
+        return Result(data={"mak": {"url": url, **fields}})
+
+    def _mak_failed(self, when: float, event: dict[str, Any], hresult: int, code: str,
+                    detail: str, hint: str = "") -> Result:
+        self.profile.add_event({**event, "hresult": f"0x{hresult:08X}", "code": code})
+        self._apply(ActivationFailed(when, hresult))
+        return Result(hresult, detail, code=code, hint=hint)
+
+    def installation_id(self) -> Result:
+        """slmgr /dti: the IID of the installed MAK-type key on the current hardware
+        (``data["installation_id"]``), or why there is none."""
+        key = self.key
+        if key is None or self.product is None:
+            return Result(HResult.PRODUCT_KEY_INVALID, "no product key is installed")
+        if key.type not in MAK_TYPES:
+            return Result(HResult.PRODUCT_KEY_INVALID,
+                          f"a {key.type.label} key has no phone activation; install a MAK, "
+                          "retail or KMS host key")
+        iid = installation_id(key.type, key.fingerprint, hardware_id(self.profile.hardware))
+        return Result(data={"installation_id": iid})
+
+    def deposit_confirmation_id(self, typed: str | None) -> Result:
+        """slmgr /atp: verify a confirmation ID against this machine's IID with the lab
+        secret; valid: permanently licensed, and the CID is kept. ``None`` reapplies the
+        CID kept for the current IID (VAMT's local reactivation: no count, no network)."""
+        found = self.installation_id()
+        if found.hresult or found.data is None:
+            return found
+        iid = found.data["installation_id"]
+        stored = typed is None
+        if typed is None:
+            typed = self.profile.confirmation_ids.get(iid)
+            if typed is None:
+                return Result(CID_INVALID, "no confirmation ID given, and none is stored for "
+                              "this installation ID", code="no_confirmation_id")
+        self._apply(TimePassed(self.now))
+        event: dict[str, Any] = {"id": "mak-phone", "time": _iso(self.now),
+                                 "installation_id": iid, "stored": stored}
+        digits = _SEPARATORS.sub("", typed)
+        if not digits.isdigit() or len(digits) != CID_GROUPS * 6:
+            verdict = CidCheck(False, (), ())
+            detail = "a confirmation ID is 48 digits: eight groups of six"
+        else:
+            verdict = verify_confirmation_id(iid, digits, self._secret)
+            detail = _cid_problem(verdict)
+        if not verdict.valid:
+            self.profile.add_event({**event, "hresult": f"0x{CID_INVALID:08X}",
+                                    "failed_groups": list(verdict.failed_groups),
+                                    "mismatched_groups": list(verdict.mismatched_groups)})
+            self._apply(ActivationFailed(self.now, CID_INVALID))
+            return Result(CID_INVALID, detail, code="confirmation_id_invalid",
+                          data={"failed_groups": list(verdict.failed_groups),
+                                "mismatched_groups": list(verdict.mismatched_groups)})
+        cid = "-".join(digits[i : i + 6] for i in range(0, CID_GROUPS * 6, 6))
+        self.profile.store_confirmation_id(iid, cid)
+        self.profile.add_event({**event, "hresult": "0x00000000"})
+        self.profile.activation_hardware = list(self.profile.hardware)
+        self._apply(PermanentlyActivated(self.now))
+        return Result(data={"installation_id": iid, "confirmation_id": cid})
+
+    # -- KMS host discovery ---------------------------------------------------------------------
 
     def _candidates(self) -> Iterator[tuple[tuple[str, int], str, str] | DiscoveryError]:
         """Hosts to try, in order: skms alone; else the cached host, then DNS discovery."""
@@ -306,9 +456,12 @@ class Machine:
         """The profile as ``--json`` prints it (cli.md's client fields)."""
         lic = self.current()
         expires = lic.valid_until if lic.valid_until is not None else lic.grace_ends
+        key = self.key
         return {
             "profile": self.profile.name,
             "license_status": {"value": int(lic.status), "name": lic.status.text},
+            "permanent": lic.permanent,
+            "key_type": key.type.label if key is not None else None,
             "cmid": self.profile.cmid,
             "product": self.profile.product,
             "partial_product_key": (self.profile.product_key or "")[-5:] or None,
@@ -326,7 +479,44 @@ class Machine:
             "reason": f"0x{lic.reason:08X}" if lic.reason else None,
             "clock": _iso(self.now),
             "vm": self.profile.vm,
+            "mak_url": self.mak_url,
         }
+
+
+def _groups(numbers: tuple[int, ...]) -> str:
+    """``group 3``, ``groups 3 and 5``, ``groups 1, 2 and 7``."""
+    if len(numbers) == 1:
+        return f"group {numbers[0]}"
+    return f"groups {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}"
+
+
+def _cid_problem(verdict: CidCheck) -> str:
+    """What is wrong with a CID of the right length: typing errors (check digits) first,
+    then the groups that differ from the CID this machine expects."""
+    failed = verdict.failed_groups
+    others = tuple(n for n in verdict.mismatched_groups if n not in failed)
+    parts = []
+    if failed:
+        parts.append(f"{_groups(failed)} "
+                     + ("has a typing error" if len(failed) == 1 else "have typing errors"))
+    if len(others) == CID_GROUPS:
+        parts.append("no group matches this installation ID: a confirmation ID for another "
+                     "installation ID, or made with another lab secret")
+    elif others:
+        verb = "does" if len(others) == 1 else "do"
+        parts.append(f"{_groups(others)} {verb} not match this installation ID"
+                     + ("" if failed else " (read it again: a check digit misses a digit "
+                        "changed by 7 and some swaps)"))
+    return "; ".join(parts)
+
+
+def _service_detail(hresult: int, message: str) -> str:
+    """The MAK service's message without the HRESULT's own wording, which it repeats."""
+    base = describe(hresult).message
+    if not message.startswith(base):
+        return message
+    rest = message[len(base):].strip()
+    return rest[1:-1] if rest.startswith("(") and rest.endswith(")") else rest
 
 
 def _iso(seconds: float) -> str:

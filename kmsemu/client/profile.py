@@ -23,6 +23,8 @@ from kmsemu.klp.messages import LicenseStatus
 
 PROFILE_VERSION: Final = 1
 MAX_EVENTS: Final = 500
+#: Confirmation IDs a profile keeps (the newest), for VAMT-style local reactivation.
+MAX_CONFIRMATION_IDS: Final = 20
 COMPONENT_NAMES: Final = ("cpu", "board", "disk", "nic", "memory", "display", "bios",
                           "os-disk-volume", "dock", "machine")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -59,6 +61,11 @@ class Profile:
     activation_hardware: list[str] | None = None
     last_kms: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: The MAK service (set by mak-url); None: KMSEMU_MAK_URL, else http://127.0.0.1:8688.
+    mak_url: str | None = None
+    #: Confirmation IDs deposited with atp, by installation ID, oldest first (VAMT's local
+    #: reactivation: the same key on the same hardware takes its stored CID again, offline).
+    confirmation_ids: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def new(cls, name: str, rng: random.Random) -> Profile:
@@ -69,6 +76,12 @@ class Profile:
         self.events.append(event)
         del self.events[:-MAX_EVENTS]
 
+    def store_confirmation_id(self, iid: str, cid: str) -> None:
+        self.confirmation_ids.pop(iid, None)
+        self.confirmation_ids[iid] = cid
+        for stale in list(self.confirmation_ids)[:-MAX_CONFIRMATION_IDS]:
+            del self.confirmation_ids[stale]
+
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["licence"] = _licence_json(self.licence)
@@ -77,6 +90,7 @@ class Profile:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Profile:
+        """A saved profile; fields added since it was written take their defaults."""
         data = dict(data)
         if data.pop("version", None) != PROFILE_VERSION:
             raise ProfileError("profile written by another kmsemu version")

@@ -7,10 +7,18 @@ from datetime import UTC, datetime
 from kmsemu.client.machine import Machine
 from kmsemu.errors import describe
 from kmsemu.keys.activation_ids import hardware_id, installation_id
-from kmsemu.keys.product_key import check
+from kmsemu.keys.product_key import KeyType
 from kmsemu.klp.messages import LicenseStatus
 
 _S = LicenseStatus
+#: Per key type: the channel slmgr names in Name/Description, and its "Product Key Channel".
+_CHANNELS = {
+    KeyType.KMS_CLIENT: ("VOLUME_KMSCLIENT", "Volume:GVLK"),
+    KeyType.MAK: ("VOLUME_MAK", "Volume:MAK"),
+    KeyType.RETAIL: ("RETAIL", "Retail"),
+    KeyType.KMS_HOST: ("VOLUME_KMS", "Volume:CSVLK"),
+    KeyType.SUBSCRIPTION: ("SUBSCRIPTION", "Subscription"),
+}
 
 
 def _when(seconds: float) -> str:
@@ -23,6 +31,18 @@ def _remaining(minutes: int) -> str:
 
 def error_line(hresult: int) -> str:
     return f"Error: 0x{hresult:08X} {describe(hresult).message}"
+
+
+def installation_id_line(iid: str) -> str:
+    """slmgr /dti (nine groups of seven digits, as the activation centre reads them)."""
+    return f"Installation ID: {iid}"
+
+
+def deposited(machine: Machine) -> str:
+    """slmgr /atp's success line."""
+    product = machine.product
+    assert product is not None
+    return f"Confirmation ID for product {product.sku_id} deposited successfully."
 
 
 def installed(key: str) -> str:
@@ -42,9 +62,11 @@ def licence_lines(machine: Machine, *, verbose: bool) -> list[str]:
     lic = machine.current()
     if product is None or profile.product_key is None:
         return ["Error: product key not found."]
-    lines = [f"Name: {product.name}, VOLUME_KMSCLIENT channel",
-             f"Description: {product.description}"]
-    key = check(profile.product_key).key
+    key = machine.key
+    channel, key_channel = _CHANNELS[key.type if key else KeyType.KMS_CLIENT]
+    kms_client = key is None or key.type is KeyType.KMS_CLIENT
+    lines = [f"Name: {product.name}, {channel} channel",
+             f"Description: {product.description.replace('VOLUME_KMSCLIENT', channel)}"]
     if verbose:
         hw_id = hardware_id(profile.hardware)
         iid = installation_id(key.type, key.fingerprint, hw_id) if key else ""
@@ -52,13 +74,15 @@ def licence_lines(machine: Machine, *, verbose: bool) -> list[str]:
             f"Activation ID: {product.sku_id}",
             f"Application ID: {product.application_id}",
             f"Extended PID: {_client_epid(machine)}",
-            "Product Key Channel: Volume:GVLK",
+            f"Product Key Channel: {key_channel}",
             f"Installation ID: {iid.replace('-', '')}",
         ]
     lines += [f"Partial Product Key: {profile.product_key[-5:]}",
               f"License Status: {lic.status.text}"]
     minutes = lic.minutes_remaining(machine.now)
-    if lic.status is _S.LICENSED:
+    if lic.permanent:
+        pass  # slmgr shows no expiration for a MAK, retail or KMS host activation
+    elif lic.status is _S.LICENSED:
         lines.append(f"Volume activation expiration: {_remaining(minutes)}")
     elif lic.status is _S.NOTIFICATION:
         lines.append(f"Notification Reason: 0x{lic.reason:08X}.")
@@ -69,7 +93,7 @@ def licence_lines(machine: Machine, *, verbose: bool) -> list[str]:
     rearm_label = "Office" if product.family == "office" else "Windows"
     lines += [f"Remaining {rearm_label} rearm count: {lic.rearms_left or 0}",
               f"Trusted time: {_when(machine.now)}"]
-    if not verbose and lic.status is not _S.LICENSED:
+    if not kms_client or (not verbose and lic.status is not _S.LICENSED):
         return lines
     lines += ["", "Key Management Service client information",
               f"    Client Machine ID (CMID): {profile.cmid}"]
@@ -95,7 +119,9 @@ def expiry_lines(machine: Machine) -> list[str]:
     lic = machine.current()
     if product is None:
         return ["Error: product key not found."]
-    if lic.status is _S.LICENSED and lic.valid_until is not None:
+    if lic.permanent:
+        state = "The machine is permanently activated."
+    elif lic.status is _S.LICENSED and lic.valid_until is not None:
         state = f"Volume activation will expire {_when(lic.valid_until)}"
     elif lic.status is _S.NOTIFICATION:
         state = f"{'Office' if product.family == 'office' else 'Windows'} is in Notification mode"
