@@ -138,8 +138,8 @@ class Api:
             if size > limit:
                 raise ServiceError("body_too_large", f"at most {limit} bytes")
             chunks.append(chunk)
-        try:
-            value = json.loads(b"".join(chunks) or b"null")
+        try:  # UTF-8 only (json.loads would guess UTF-16 and UTF-32 from bytes)
+            value = json.loads(b"".join(chunks).decode("utf-8") or "null")
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise ServiceError("bad_json") from None
         if not isinstance(value, dict):
@@ -308,6 +308,10 @@ ENDPOINTS: Final = (
              admin=True),
     Endpoint("POST", "/v1/import", Api.import_, "Merge an export (idempotent)", admin=True,
              body_limit=IMPORT_BODY,
+             request=_obj(["format", "version"], format={"const": "kmsemu-mak-export"},
+                          version={"const": 1}, machine_names=_BOOL,
+                          keys={"type": "array", "items": {"type": "object"}},
+                          activations={"type": "array", "items": {"type": "object"}}),
              response=_obj([], keys_added=_INT, keys_kept=_INT, activations_added=_INT,
                            activations_kept=_INT)),
     Endpoint("GET", "/openapi.json", Api.openapi, "This document"),
@@ -387,5 +391,7 @@ def create_app(service: MakService, *, admin_token: str,
         log.exception("internal error on %s %s", request.method, request.url.path)
         return _error_response(ServiceError("internal"))
 
-    return Starlette(routes=[_route(api, e) for e in ENDPOINTS],
-                     exception_handlers={HTTPException: http_error, Exception: internal})
+    app = Starlette(routes=[_route(api, e) for e in ENDPOINTS],
+                    exception_handlers={HTTPException: http_error, Exception: internal})
+    app.router.redirect_slashes = False  # /v1/activate/ is a 404, not a redirect
+    return app

@@ -15,7 +15,7 @@ import socket
 import urllib.parse
 from typing import Any, Final
 
-from kmsemu.errors import HResult, KmsemuError, describe
+from kmsemu.errors import HResult, KmsemuError, describe, format_hresult
 
 DEFAULT_URL: Final = "http://127.0.0.1:8688"
 
@@ -29,7 +29,11 @@ class RemoteError(KmsemuError):
         self.hint = hint
         self.hresult = hresult
         self.status = status
-        self.body = body or {"code": code, "message": message, "hint": hint}
+        if body is None:
+            body = {"code": code, "message": message, "hint": hint}
+            if hresult is not None:
+                body["hresult"] = format_hresult(hresult)
+        self.body = body
 
     @classmethod
     def from_body(cls, status: int, body: Any) -> RemoteError:
@@ -83,7 +87,10 @@ class MakClient:
             headers["Content-Type"] = "application/json"
         if admin and self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        for attempt in (1, 2):
+        while True:
+            # a kept-alive connection the server has closed is retried once, on a new one;
+            # a new connection that fails is an answer that never came
+            reused = self._conn is not None
             try:
                 conn = self._connection()
                 conn.request(method, self._prefix + path, body=data, headers=headers)
@@ -92,11 +99,12 @@ class MakClient:
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 self.close()
-                if attempt == 2:
+                if not reused:
                     raise self._unreachable("the connection was closed") from None
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                raise self._unreachable(exc.strerror or str(exc)) from None
+                raise self._unreachable(getattr(exc, "strerror", None) or str(exc)
+                                        or type(exc).__name__) from None
         try:
             payload = json.loads(raw) if raw else {}
         except ValueError:

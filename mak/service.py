@@ -8,6 +8,7 @@ fingerprint here; nothing below sees them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -15,7 +16,7 @@ from typing import Any, Final
 from kmsemu.catalog import Catalog
 from kmsemu.errors import ServiceError
 from kmsemu.keys.activation_ids import IdError, confirmation_id, parse_installation_id
-from kmsemu.keys.product_key import KeyType, ProductKey, check, format_key
+from kmsemu.keys.product_key import KeyType, ProductKey, check
 from mak import rules
 from mak.rules import KeyRecord
 from mak.store.base import Activation, Store
@@ -23,6 +24,7 @@ from mak.store.base import Activation, Store
 ROUTES: Final = ("online", "phone", "proxy", "import")
 MAX_PROXY_IDS: Final = 1_000
 _FINGERPRINT_CHARS: Final = frozenset("0123456789abcdef")
+_HARDWARE_ID: Final = re.compile(r"[0-9a-fA-F]{20}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,18 +47,13 @@ def parse_key(text: Any) -> ProductKey:
         first = diagnosis.problems[0].message if diagnosis.problems else "not well formed"
         raise ServiceError("key_malformed", first,
                            problems=[p.to_json() for p in diagnosis.problems],
-                           candidates=[format_key(c) for c in diagnosis.candidates])
+                           candidates=list(diagnosis.candidates))
     return diagnosis.key
 
 
 def parse_hardware_id(text: Any) -> bytes:
-    if isinstance(text, str):
-        try:
-            value = bytes.fromhex(text)
-        except ValueError:
-            value = b""
-        if len(value) == rules.HARDWARE_ID_LENGTH:
-            return value
+    if isinstance(text, str) and _HARDWARE_ID.fullmatch(text):
+        return bytes.fromhex(text)
     raise ServiceError("invalid_field", "'hardware_id' is 20 hex digits (10 bytes)",
                        field="hardware_id")
 
@@ -156,8 +153,10 @@ class MakService:
             iid, name = (item.get("installation_id"), item.get("machine_name")) \
                 if isinstance(item, dict) else (item, None)
             try:
-                answer = self.activate_phone(iid, machine_name=name if isinstance(name, str)
-                                             else None, route="proxy")
+                if name is not None and (not isinstance(name, str) or len(name) > 63):
+                    raise ServiceError("invalid_field", "'machine_name' is a string of at most "
+                                       "63 characters", field="machine_name")
+                answer = self.activate_phone(iid, machine_name=name, route="proxy")
             except ServiceError as exc:
                 results.append({"installation_id": iid, **exc.to_json()})
                 continue

@@ -33,7 +33,7 @@ from kmsemu.cli.common import (
 )
 from kmsemu.clock import OffsetClock, SystemClock
 from kmsemu.durations import parse_duration
-from kmsemu.errors import KmsemuError, format_hresult
+from kmsemu.errors import KmsemuError, ServiceError, format_hresult
 from kmsemu.host.server import install_uvloop
 from mak.client import DEFAULT_URL, MakClient, RemoteError
 from mak.server import (
@@ -46,7 +46,7 @@ from mak.server import (
     token_file,
     uvicorn_config,
 )
-from mak.service import is_fingerprint
+from mak.service import is_fingerprint, parse_key
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -101,6 +101,7 @@ def serve(listen: tuple[tuple[str, int | None], ...], port: int, db_url: str | N
     token = admin_token or ensure_token(home)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start-up chatter
     clock = OffsetClock(SystemClock(), clock_offset)
     service = MakService(store, now=clock.now, secret=secret, catalog=catalog)
     executor = executor_for(store)
@@ -175,18 +176,15 @@ def _call(as_json: bool, fn: Callable[[], Any]) -> Any:
 
 
 def _fingerprint(text: str) -> str:
-    """A key or its fingerprint (as `mak keys` lists it) to the fingerprint."""
-    from kmsemu.keys.product_key import check, format_key
-
+    """A key or its fingerprint (as `mak keys` lists it) to the fingerprint; a mistyped
+    key fails (exit 1) as the service would say it, typo help included."""
     text = text.strip()
     if is_fingerprint(text):
         return text
-    diagnosis = check(text)
-    if diagnosis.key is None:
-        hint = (f"; did you mean {format_key(diagnosis.candidates[0])}?"
-                if diagnosis.candidates else "")
-        raise click.BadParameter(diagnosis.problems[0].message + hint, param_hint="KEY")
-    return diagnosis.key.fingerprint
+    try:
+        return parse_key(text).fingerprint
+    except ServiceError as exc:
+        raise RemoteError.from_body(exc.status, exc.to_json()) from None
 
 
 def _when(text: str | None) -> str | None:
@@ -294,7 +292,7 @@ def list_keys(url: str, admin_token: str | None, as_json: bool) -> None:
         emit({"keys": records})
         return
     rows = [[str(r.get(c) if r.get(c) is not None else "-") for c in _COLUMNS] for r in records]
-    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(_COLUMNS)]
+    widths = [max([len(c), *(len(row[i]) for row in rows)]) for i, c in enumerate(_COLUMNS)]
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(_COLUMNS, widths, strict=True)))
     for row in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
@@ -385,8 +383,8 @@ def proxy_activate(file: Any, out: Any, url: str, as_json: bool) -> None:
         for result in answer["results"]:
             if "error" in result:
                 error = result["error"]
-                click.echo(f"{result['installation_id']}  Error: {error.get('hresult', '')} "
-                           f"{error['message']}".replace("  ", " "))
+                code = f"{error['hresult']} " if error.get("hresult") else ""
+                click.echo(f"{result['installation_id']}  Error: {code}{error['message']}")
             else:
                 click.echo(f"{result['installation_id']}  {result['confirmation_id']}")
         click.echo(f"{answer['activated']} confirmed, {answer['failed']} refused", err=True)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from kmsemu.errors import ServiceError
+from kmsemu.keys.activation_ids import same_machine
 from kmsemu.keys.product_key import KeyType
 from mak import rules
 from mak.rules import KeyRecord, MachineRecord, Verdict
@@ -83,6 +84,9 @@ _INSERT_MACHINE = (
     " first_at, last_at, reactivations) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (fingerprint, hardware_id) DO NOTHING RETURNING id"
 )
+_EARLIER_REQUEST = ("SELECT r.fingerprint, r.machine_id, r.verdict, m.hardware_id"
+                    " FROM mak_requests r JOIN mak_machines m ON m.id = r.machine_id"
+                    " WHERE r.request_id = ?")
 MAX_MACHINE_NAME = 63
 
 
@@ -224,11 +228,13 @@ class SqlStore:
         with self._transaction(write=True) as db:
             key = self._select_key(db, fingerprint, lock=True)
             if request_id is not None and key is not None:
-                earlier = self._exec(db, "SELECT machine_id, verdict FROM mak_requests WHERE"
-                                         " request_id = ? AND fingerprint = ?",
-                                     (request_id, fingerprint)).fetchone()
+                earlier = self._exec(db, _EARLIER_REQUEST, (request_id,)).fetchone()
                 if earlier is not None:
-                    return Activation(key, Verdict(earlier[1]), earlier[0], replayed=True)
+                    if earlier[0] != fingerprint or not same_machine(bytes(earlier[3]),
+                                                                     hardware_id):
+                        raise ServiceError("invalid_field", "this request_id was used for "
+                                           "another key or machine", field="request_id")
+                    return Activation(key, Verdict(earlier[2]), earlier[1], replayed=True)
             groups = rules.hardware_groups(hardware_id)
             params = [v for group in groups for v in (fingerprint, group)]
             rows = self._exec(db, _CANDIDATES, params).fetchall() if key else []
@@ -257,7 +263,8 @@ class SqlStore:
                            (now, bump, machine_id))
             if request_id is not None:
                 self._exec(db, "INSERT INTO mak_requests (request_id, fingerprint, machine_id,"
-                               " verdict, at) VALUES (?, ?, ?, ?, ?)",
+                               " verdict, at) VALUES (?, ?, ?, ?, ?)"
+                               " ON CONFLICT (request_id) DO NOTHING",
                            (request_id, fingerprint, machine_id, decision.verdict.value, now))
         return Activation(key, decision.verdict, machine_id)
 
@@ -337,9 +344,10 @@ def key_json(key: KeyRecord) -> dict[str, Any]:
             "base_limit": key.limit, "increased": key.increased}
 
 
-def _want(item: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+def _want(item: dict[str, Any], name: str, kind: type, where: str) -> Any:
     value = item.get(name)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int) or (
+            isinstance(value, int) and not 0 <= value < 2**31):
         raise ServiceError("invalid_field", f"{where}: {name!r} is missing or of the wrong type",
                            field=f"{where}.{name}")
     return value
@@ -372,9 +380,9 @@ def parse_export(document: Any) -> tuple[list[tuple[KeyRecord, list[Increase]]],
             product=_want(item, "product", int, where),
             limit=_want(item, "base_limit", int, where),
             increased=sum(i.amount for i in increases),
-            blocked=bool(item.get("blocked", False)),
+            blocked=_want({"blocked": False, **item}, "blocked", bool, where),
             expires=parse_iso(item.get("expires"), f"{where}.expires"),
-            reactivations=int(item.get("reactivations", 0)),
+            reactivations=_want({"reactivations": 0, **item}, "reactivations", int, where),
             created=parse_iso(_want(item, "created", str, where), where) or 0.0), increases))
     machines: list[MachineRow] = []
     for n, item in enumerate(_list(document, "activations")):
@@ -396,7 +404,7 @@ def parse_export(document: Any) -> tuple[list[tuple[KeyRecord, list[Increase]]],
             route=str(item.get("route", "import")),
             first_at=parse_iso(_want(item, "first_at", str, where), where) or 0.0,
             last_at=parse_iso(_want(item, "last_at", str, where), where) or 0.0,
-            reactivations=int(item.get("reactivations", 0))))
+            reactivations=_want({"reactivations": 0, **item}, "reactivations", int, where)))
     return keys, machines
 
 
