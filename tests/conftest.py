@@ -19,6 +19,9 @@ from kmsemu.host.rules import HostSettings
 from kmsemu.host.server import ServerOptions
 from kmsemu.testing import BackgroundHost
 
+#: ``postgres_url`` and ``postgres_db_url``: a throwaway PostgreSQL server (tests/ is on sys.path)
+pytest_plugins = ["conftest_postgres"]
+
 VECTORS = Path(__file__).parent / "vectors"
 READY_TIMEOUT = 20.0
 

@@ -117,11 +117,13 @@ def parse_iso(text: str | None, field: str) -> float | None:
         return None
     try:
         moment = datetime.fromisoformat(str(text))
-    except ValueError:
-        raise ServiceError("invalid_field", f"{field}: {text!r} is not an ISO 8601 time",
-                           field=field) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        # In UTC the date must stay within years 1..9999, or listings could not show it.
+        moment = moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ServiceError("invalid_field", f"{field}: {text!r} is not an ISO 8601 time "
+                           "within years 1 to 9999", field=field) from None
     return moment.timestamp()
 
 
@@ -361,10 +363,7 @@ def parse_export(document: Any) -> tuple[list[tuple[KeyRecord, list[Increase]]],
         raise ServiceError("invalid_field", f"version {document.get('version')!r} is not "
                            f"{EXPORT_VERSION}", field="version")
     keys: list[tuple[KeyRecord, list[Increase]]] = []
-    for n, item in enumerate(_list(document, "keys")):
-        where = f"keys[{n}]"
-        if not isinstance(item, dict):
-            raise ServiceError("invalid_field", f"{where} is not an object", field=where)
+    for where, item in _objects(document, "keys"):
         try:
             key_type = KeyType.from_label(_want(item, "type", str, where))
         except KeyError:
@@ -385,10 +384,7 @@ def parse_export(document: Any) -> tuple[list[tuple[KeyRecord, list[Increase]]],
             reactivations=_want({"reactivations": 0, **item}, "reactivations", int, where),
             created=parse_iso(_want(item, "created", str, where), where) or 0.0), increases))
     machines: list[MachineRow] = []
-    for n, item in enumerate(_list(document, "activations")):
-        where = f"activations[{n}]"
-        if not isinstance(item, dict):
-            raise ServiceError("invalid_field", f"{where} is not an object", field=where)
+    for where, item in _objects(document, "activations"):
         try:
             hardware_id = bytes.fromhex(_want(item, "hardware_id", str, where))
         except ValueError:
@@ -413,6 +409,15 @@ def _list(document: dict[str, Any], name: str) -> list[Any]:
     if not isinstance(value, list):
         raise ServiceError("invalid_field", f"{name!r} is not a list", field=name)
     return value
+
+
+def _objects(document: dict[str, Any], name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The objects of list ``name``, each with where it is (``keys[3]``)."""
+    for n, item in enumerate(_list(document, name)):
+        where = f"{name}[{n}]"
+        if not isinstance(item, dict):
+            raise ServiceError("invalid_field", f"{where} is not an object", field=where)
+        yield where, item
 
 
 def _fingerprint(text: str, where: str) -> str:
