@@ -75,9 +75,23 @@ class Catalog:
     ) -> None:
         self.products = products
         self.applications = dict(applications)
+        # subscription offers (the licensing portal's) are never activated by a KMS host
         self._served = frozenset(
-            (p.application_id.bytes_le, p.kms_count_id.bytes_le) for p in products
+            (p.application_id.bytes_le, p.kms_count_id.bytes_le)
+            for p in products
+            if p.channel == "volume"
         )
+
+    @property
+    def volume(self) -> tuple[Product, ...]:
+        """The products KMS hosts serve (channel ``volume``): no subscription offers."""
+        return tuple(p for p in self.products if p.channel == "volume")
+
+    @property
+    def kms_applications(self) -> dict[uuid.UUID, str]:
+        """The applications a KMS host counts: those of its volume products."""
+        used = {p.application_id for p in self.volume}
+        return {a: name for a, name in self.applications.items() if a in used}
 
     def __iter__(self) -> Iterator[Product]:
         return iter(self.products)

@@ -266,22 +266,110 @@ SERVICE_ERRORS: dict[str, ServiceErrorInfo] = {
     "unavailable": ServiceErrorInfo(503, "The service is busy; try again.",
                                     "The database did not answer in time."),
     "internal": ServiceErrorInfo(500, "Internal error.", "See the service log."),
+    # -- the licensing portal: product-key redemption (behaviour.md's table) --------------------
+    "invalid_key": ServiceErrorInfo(
+        400, "The product key you entered isn't valid. Try entering it again.",
+        "Check the key for 0/O, 5/S and 1/l/I mix-ups; 'problems' and 'candidates' say what "
+        "is wrong and which keys were meant.",
+    ),
+    "already_entered": ServiceErrorInfo(
+        409, "You have already entered this product key. Enter a different key.",
+        "This organisation redeemed the key before; its subscription is in 'kmsemu portal "
+        "subscriptions'.",
+    ),
+    "expired": ServiceErrorInfo(410, "The product key you entered has expired. Enter a "
+                                "different key.", "Ask the seller for a key that is still valid."),
+    "already_used": ServiceErrorInfo(
+        409, "This product key has already been used. Please enter a different product key.",
+        "Another organisation redeemed it; a key is redeemed once.",
+    ),
+    "busy": ServiceErrorInfo(
+        503, "Sorry, we can't process your request right now. Please wait a few minutes and "
+        "try again.",
+        "Wait as long as Retry-After says and try again; if it still fails after 15 minutes, "
+        "contact support.",
+    ),
+    "not_available": ServiceErrorInfo(
+        409, "The requested subscription is not available.",
+        "'reason' says why: offer_not_available, not_in_country or trial_used.",
+    ),
+    "too_many_licences": ServiceErrorInfo(
+        422, "You've added more user licenses than this offer allows.",
+        "Redeem or buy fewer licences, or choose an offer with a higher maximum.",
+    ),
+    "admin_required": ServiceErrorInfo(
+        403, "You must be a global or billing admin to redeem a product key.",
+        "Sign in as a global admin or billing admin of the organisation.",
+    ),
+    "account_not_created": ServiceErrorInfo(
+        503, "Sorry, we can't create your account right now.",
+        "The organisation and its admin were created but the key was not redeemed; redeem it "
+        "again into the organisation ('org', 'user' and 'token' in this error).",
+    ),
+    "order_not_processed": ServiceErrorInfo(
+        503, "Your order can't be processed.",
+        "Nothing was charged and the key was not redeemed; try again.",
+    ),
+    # -- the licensing portal: everything else ---------------------------------------------------
+    "login_required": ServiceErrorInfo(
+        401, "Sign in first: a user token is required.",
+        "Send 'Authorization: Bearer <token>' (--token or KMSEMU_PORTAL_TOKEN), the token "
+        "'kmsemu portal user add' printed.",
+    ),
+    "token_unknown": ServiceErrorInfo(403, "No user has this token.",
+                                      "Use the token 'kmsemu portal user add' printed."),
+    "wrong_org": ServiceErrorInfo(403, "This token belongs to a user of another organisation.",
+                                  "Use a token of a user of this organisation."),
+    "unknown_org": ServiceErrorInfo(404, "No such organisation.",
+                                    "See 'kmsemu portal org list'."),
+    "unknown_user": ServiceErrorInfo(404, "No such user in this organisation.",
+                                     "See 'kmsemu portal users ORG'."),
+    "unknown_offer": ServiceErrorInfo(404, "No such offer.", "See 'kmsemu portal offers'."),
+    "org_exists": ServiceErrorInfo(409, "An organisation with this name exists.",
+                                   "Choose another name."),
+    "user_exists": ServiceErrorInfo(409, "A user with this name exists in the organisation.",
+                                    "Choose another name."),
+    "no_free_licences": ServiceErrorInfo(
+        409, "There are no free licences for this offer.",
+        "Buy more licences ('kmsemu portal buy') or remove one from another user "
+        "('kmsemu portal unassign').",
+    ),
+    "already_assigned": ServiceErrorInfo(409, "The user already has a licence of this offer.",
+                                         "Nothing to do."),
+    "not_assigned": ServiceErrorInfo(409, "The user has no licence of this offer.",
+                                     "See 'kmsemu portal users ORG'."),
 }
+
+#: The redemption errors of behaviour.md's table, in its order: what a fault can force.
+REDEMPTION_ERRORS: tuple[str, ...] = (
+    "invalid_key", "already_entered", "expired", "already_used", "busy", "not_available",
+    "too_many_licences", "admin_required", "account_not_created", "order_not_processed",
+)
 
 
 class ServiceError(KmsemuError):
     """An HTTP service refused a request; ``code`` is a key of ``SERVICE_ERRORS``."""
 
-    def __init__(self, code: str, detail: str = "", **extra: object) -> None:
+    def __init__(self, code: str, detail: str = "", *, message: str | None = None,
+                 status: int | None = None, headers: dict[str, str] | None = None,
+                 **extra: object) -> None:
         self.info = SERVICE_ERRORS[code]
-        message = self.info.message if not detail else f"{self.info.message} ({detail})"
+        self._status = status
+        #: HTTP headers the answer carries (``Retry-After``).
+        self.headers = headers or {}
+        message = message or self.info.message
+        if code in REDEMPTION_ERRORS:  # the portal's wording stays exactly behaviour.md's
+            if detail:
+                extra = {"detail": detail, **extra}
+        elif detail:
+            message = f"{message} ({detail})"
         super().__init__(message, code=code)
         self.detail = detail
         self.extra = extra
 
     @property
     def status(self) -> int:
-        return self.info.status
+        return self._status or self.info.status
 
     @property
     def hresult(self) -> int | None:

@@ -29,8 +29,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from kmsemu.errors import SERVICE_ERRORS, ServiceError
+from kmsemu.errors import REDEMPTION_ERRORS, SERVICE_ERRORS, ServiceError
+from mak import portal_api as portal
+from mak.portal import ADMIN, DEFAULT_REDEEM_RATE, Caller, PortalService
+from mak.portal_rules import BILLING, ROLES
 from mak.service import MAX_PROXY_IDS, MakService, activation_json, parse_hardware_id
+from mak.store.portal import PortalSql
 from mak.store.sql import iso, key_json, parse_iso
 
 log = logging.getLogger("kmsemu.mak")
@@ -49,10 +53,14 @@ class Endpoint:
     handler: Handler
     summary: str
     admin: bool = False
+    #: Needs a portal caller: a user's token, or the admin token.
+    caller: bool = False
     body_limit: int = SMALL_BODY
     request: dict[str, Any] | None = None
     response: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
     status: int = 200
+    #: Other answers it documents beyond the error statuses: {status: description}.
+    also: dict[int, str] = field(default_factory=dict)
 
 
 def _obj(required: list[str], **properties: Any) -> dict[str, Any]:
@@ -106,9 +114,10 @@ def _int(body: dict[str, Any], name: str, *, required: bool = True) -> int | Non
 class Api:
     """The handlers, with what they share: the service, the token, the thread pool."""
 
-    def __init__(self, service: MakService, *, admin_token: str,
+    def __init__(self, service: MakService, portal: PortalService, *, admin_token: str,
                  executor: ThreadPoolExecutor | None = None) -> None:
         self.service = service
+        self.portal = portal
         self._token = admin_token.encode()
         self._inline = service.store.blocking_ok
         self._executor = executor
@@ -119,16 +128,27 @@ class Api:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
 
+    @staticmethod
+    def _bearer(request: Request) -> str | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return token.strip() or None if scheme.lower() == "bearer" else None
+
     def authorise(self, request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        token = self._bearer(request)
+        if token is None:
             raise ServiceError("unauthorized")
-        if not hmac.compare_digest(token.strip().encode(), self._token):
+        if not hmac.compare_digest(token.encode(), self._token):
             raise ServiceError("forbidden")
 
+    async def caller(self, request: Request) -> Caller:
+        """The portal caller: the service administrator, or the user the token names."""
+        token = self._bearer(request)
+        if token is not None and hmac.compare_digest(token.encode(), self._token):
+            return ADMIN
+        return await self.call(self.portal.caller, token)
+
     @staticmethod
-    async def body(request: Request, limit: int) -> dict[str, Any]:
+    async def body(request: Request, limit: int = SMALL_BODY) -> dict[str, Any]:
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             raise ServiceError("body_too_large", f"at most {limit} bytes")
@@ -314,6 +334,65 @@ ENDPOINTS: Final = (
                           activations={"type": "array", "items": {"type": "object"}}),
              response=_obj([], keys_added=_INT, keys_kept=_INT, activations_added=_INT,
                            activations_kept=_INT)),
+    # -- the licensing portal (docs/portal.md) ----------------------------------------------
+    Endpoint("GET", "/v1/portal/offers", portal.offers, "Offers and their sales rules",
+             response=_obj(["offers"], offers={"type": "array", "items": portal.OFFER})),
+    Endpoint("PUT", "/v1/portal/offers/{offer}", portal.put_offer, "Define or redefine an "
+             "offer (a catalog product of channel subscription)", admin=True,
+             request=_obj(["max_licences", "countries"], max_licences=_INT,
+                          countries={"type": "array", "items": _STR}, trial=_BOOL),
+             response=portal.OFFER, also={201: "a new offer"}),
+    Endpoint("GET", "/v1/portal/orgs", portal.orgs, "Every organisation", admin=True,
+             response=_obj(["orgs"], orgs={"type": "array", "items": portal.ORG})),
+    Endpoint("POST", "/v1/portal/orgs", portal.add_org, "Create an organisation", admin=True,
+             status=201, request=_obj(["name", "country"], name=_STR, country=_STR),
+             response=portal.ORG),
+    Endpoint("POST", "/v1/portal/signup", portal.signup, "Sign up: a new organisation and its "
+             "global admin, by redeeming a subscription key", status=201,
+             request=_obj(["key", "org", "country", "user"], key=_STR, org=_STR, country=_STR,
+                          user=_STR), also={429: "busy: the rate limit (Retry-After)"},
+             response=_obj(["org", "user", "role", "token", "subscription"], org=_STR,
+                           user=_STR, role=_STR, token=_STR, subscription=portal.SUBSCRIPTION)),
+    Endpoint("GET", "/v1/portal/orgs/{org}/users", portal.users, "An organisation's users and "
+             "their licences", caller=True,
+             response=_obj(["org", "users"], org=_STR, users={"type": "array"})),
+    Endpoint("POST", "/v1/portal/orgs/{org}/users", portal.add_user, "Add a user; the answer "
+             "holds its token, shown once", caller=True, status=201,
+             request=_obj(["name", "role"], name=_STR, role={"enum": list(ROLES)}),
+             response=portal.NEW_USER),
+    Endpoint("POST", "/v1/portal/orgs/{org}/redeem", portal.redeem, "Redeem a subscription "
+             "key into the organisation", caller=True, status=201,
+             request=_obj(["key"], key=_STR), response=portal.SUBSCRIPTION,
+             also={429: "busy: the rate limit (Retry-After)"}),
+    Endpoint("GET", "/v1/portal/orgs/{org}/subscriptions", portal.subscriptions,
+             "Subscriptions with licences used and free, and totals per offer", caller=True,
+             response=_obj(["org", "subscriptions", "offers"], org=_STR, country=_STR,
+                           subscriptions={"type": "array", "items": portal.SUBSCRIPTION},
+                           offers={"type": "array"})),
+    Endpoint("POST", "/v1/portal/orgs/{org}/subscriptions", portal.buy, "Buy another "
+             "subscription", caller=True, status=201,
+             request=_obj(["offer", "licences", "billing"], offer=_STR,
+                          licences={"type": "integer", "minimum": 1},
+                          billing={"enum": list(BILLING)}, auto_assign=_BOOL),
+             response=portal.SUBSCRIPTION),
+    Endpoint("POST", "/v1/portal/orgs/{org}/users/{user}/licences", portal.assign,
+             "Assign a licence of an offer to a user", caller=True, status=201,
+             request=_obj(["offer"], offer=_STR), response=portal.LICENCE),
+    Endpoint("DELETE", "/v1/portal/orgs/{org}/users/{user}/licences/{offer}", portal.unassign,
+             "Remove a user's licence of an offer", caller=True, response=portal.LICENCE),
+    Endpoint("POST", "/v1/portal/keys/expire", portal.expire_key, "Give a subscription key an "
+             "expiry (default: now)", admin=True,
+             request=_obj(["key"], key=_STR, at={"type": "string", "format": "date-time"}),
+             response=_obj(["fingerprint", "last5", "expires"], fingerprint=_STR, last5=_STR,
+                           expires=_STR)),
+    Endpoint("GET", "/v1/portal/fault", portal.get_fault, "The forced redemption error",
+             admin=True, response=portal.FAULT),
+    Endpoint("PUT", "/v1/portal/fault", portal.set_fault, "Force a redemption error (until "
+             "cleared, or for the next 'times' redemptions)", admin=True,
+             request=_obj(["code"], code={"enum": list(REDEMPTION_ERRORS)},
+                          times={"type": "integer", "minimum": 1}), response=portal.FAULT),
+    Endpoint("DELETE", "/v1/portal/fault", portal.clear_fault, "Stop forcing errors",
+             admin=True, response=portal.FAULT),
     Endpoint("GET", "/openapi.json", Api.openapi, "This document"),
 )
 
@@ -333,8 +412,14 @@ def openapi_document() -> dict[str, Any]:
                    for status in sorted(errors)},
             },
         }
+        for status, description in endpoint.also.items():
+            schema = endpoint.response if status < 400 else {"$ref": "#/components/schemas/Error"}
+            operation["responses"][str(status)] = {"description": description, "content": {
+                "application/json": {"schema": schema}}}
         if endpoint.admin:
             operation["security"] = [{"admin": []}]
+        if endpoint.caller:
+            operation["security"] = [{"user": []}, {"admin": []}]
         if endpoint.request is not None:
             operation["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": endpoint.request}}}
@@ -342,6 +427,10 @@ def openapi_document() -> dict[str, Any]:
             operation["parameters"] = [{"name": "fingerprint", "in": "path", "required": True,
                                         "schema": {"type": "string",
                                                    "pattern": "^[0-9a-f]{16}$"}}]
+        names = [n for n in ("org", "user", "offer") if f"{{{n}}}" in endpoint.path]
+        if names:
+            operation["parameters"] = [{"name": n, "in": "path", "required": True,
+                                        "schema": {"type": "string"}} for n in names]
         if endpoint.path == "/v1/export":
             operation["parameters"] = [{"name": name, "in": "query", "required": False,
                                         "schema": {"type": "boolean", "default": True}}
@@ -349,17 +438,25 @@ def openapi_document() -> dict[str, Any]:
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
     return {
         "openapi": "3.1.0",
-        "info": {"title": "kmsemu MAK service", "version": "1",
-                 "description": "Lab MAK activation (online, phone, proxy) and key "
-                                "administration. Lab keys only (keys.md)."},
+        "info": {"title": "kmsemu MAK service and licensing portal", "version": "1",
+                 "description": "Lab MAK activation (online, phone, proxy), key "
+                                "administration, and the licensing portal (organisations, "
+                                "subscription keys, subscriptions, licences). Lab keys only "
+                                "(keys.md)."},
         "paths": paths,
         "components": {"schemas": {"Error": _ERROR},
-                       "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}},
+                       "securitySchemes": {
+                           "admin": {"type": "http", "scheme": "bearer",
+                                     "description": "the service's admin token"},
+                           "user": {"type": "http", "scheme": "bearer",
+                                    "description": "a portal user's token"}}},
     }
 
 
 def _error_response(exc: ServiceError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.code == "unauthorized" else None
+    headers = dict(exc.headers)
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
 
 
@@ -379,8 +476,16 @@ def _route(api: Api, endpoint: Endpoint) -> Route:
 
 
 def create_app(service: MakService, *, admin_token: str,
-               executor: ThreadPoolExecutor | None = None) -> Starlette:
-    api = Api(service, admin_token=admin_token, executor=executor)
+               executor: ThreadPoolExecutor | None = None,
+               redeem_rate: int = DEFAULT_REDEEM_RATE) -> Starlette:
+    """The MAK service's and the portal's routes (the portal keeps its tables in the MAK
+    store's database)."""
+    store = service.store
+    if not isinstance(store, PortalSql):
+        raise TypeError(f"the portal needs a SQL store, not {type(store).__name__}")
+    portal_service = PortalService(store, now=service.now, catalog=service.catalog,
+                                   redeem_rate=redeem_rate)
+    api = Api(service, portal_service, admin_token=admin_token, executor=executor)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -61,6 +61,9 @@ class MakClient:
         self._token = token
         self._timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
+        #: The status and headers of the last answer (None until one arrives).
+        self.last_status: int | None = None
+        self.last_headers: http.client.HTTPMessage | None = None
 
     def close(self) -> None:
         if self._conn is not None:
@@ -87,6 +90,7 @@ class MakClient:
             headers["Content-Type"] = "application/json"
         if admin and self._token:
             headers["Authorization"] = f"Bearer {self._token}"
+        self.last_status = self.last_headers = None
         while True:
             # a kept-alive connection the server has closed is retried once, on a new one;
             # a new connection that fails is an answer that never came
@@ -96,6 +100,7 @@ class MakClient:
                 conn.request(method, self._prefix + path, body=data, headers=headers)
                 response = conn.getresponse()
                 raw = response.read()
+                self.last_status, self.last_headers = response.status, response.headers
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 self.close()

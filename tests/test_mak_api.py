@@ -30,6 +30,7 @@ from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 from starlette.routing import Route
 
+from kmsemu.catalog import default_catalog
 from kmsemu.clock import FakeClock
 from kmsemu.errors import SERVICE_ERRORS, format_hresult
 from kmsemu.keys.activation_ids import installation_id, verify_confirmation_id
@@ -37,6 +38,7 @@ from kmsemu.keys.product_key import ALPHABET, KeyType, mint, normalise, parse, s
 from kmsemu.testing.mak import BackgroundMak
 from mak.api import ENDPOINTS, IMPORT_BODY, PROXY_BODY, SMALL_BODY, Endpoint, create_app
 from mak.client import MakClient, RemoteError
+from mak.portal_client import PortalClient
 from mak.service import MAX_PROXY_IDS
 
 TIMEOUT = 10.0
@@ -195,16 +197,47 @@ def endpoint_id(endpoint: Endpoint) -> str:
 
 
 ADMIN = [e for e in ENDPOINTS if e.admin]
-PUBLIC = [e for e in ENDPOINTS if not e.admin]
+PUBLIC = [e for e in ENDPOINTS if not e.admin and not e.caller]
 #: The routes that read a request body (block and unblock read none).
 BODY_READERS = [e for e in ENDPOINTS
-                if e.method == "POST" and not e.path.endswith(("/block", "/unblock"))]
+                if e.method in ("POST", "PUT") and not e.path.endswith(("/block", "/unblock"))]
+OFFER = "m365-business-basic"
+
+
+def token_for(svc: BackgroundMak, endpoint: Endpoint) -> str | None:
+    """The token a valid request sends: the admin's, which also acts in every organisation."""
+    return svc.admin_token if endpoint.admin or endpoint.caller else None
+
+
+def portal_org(svc: BackgroundMak) -> str:
+    """A new organisation with the offer, a user 'ann' holding one of its licences, and a
+    subscription with licences to spare."""
+    portal = PortalClient(svc.url, token=svc.admin_token)
+    portal.put_offer(OFFER, max_licences=1000, countries=["GB"])
+    org = f"org-{next(_serials)}"
+    portal.create_org(org, "GB")
+    portal.add_user(org, "ann", "user")
+    portal.add_user(org, "bo", "user")
+    portal.buy(org, offer=OFFER, licences=5, billing="monthly")
+    portal.assign(org, "ann", OFFER)
+    return org
+
+
+def subscription_key() -> str:
+    offer = next(p for p in default_catalog() if p.key == OFFER)
+    return str(mint(KeyType.SUBSCRIPTION, offer.number, serial=next(_serials), quantity=2))
 
 
 def valid_request(svc: BackgroundMak, endpoint: Endpoint) -> tuple[str, Any]:
     """A request to ``endpoint`` that succeeds: its concrete path and body."""
     key = svc.mint_key(limit=5)
     path = endpoint.path.replace("{fingerprint}", fp(key))
+    if "{org}" in path:
+        path = path.replace("{org}", portal_org(svc))
+        path = path.replace("{offer}", OFFER).replace("{user}", "ann" if "{offer}" in path
+                                                      else "bo")
+    elif endpoint.path == "/v1/portal/offers/{offer}":
+        path = path.replace("{offer}", OFFER)
     bodies: dict[tuple[str, str], Any] = {
         ("GET", "/v1/health"): None,
         ("GET", "/openapi.json"): None,
@@ -221,6 +254,24 @@ def valid_request(svc: BackgroundMak, endpoint: Endpoint) -> tuple[str, Any]:
         ("POST", "/v1/keys/{fingerprint}/expire"): {},
         ("GET", "/v1/export"): None,
         ("POST", "/v1/import"): {"format": "kmsemu-mak-export", "version": 1},
+        ("GET", "/v1/portal/offers"): None,
+        ("PUT", "/v1/portal/offers/{offer}"): {"max_licences": 1000, "countries": ["GB"]},
+        ("GET", "/v1/portal/orgs"): None,
+        ("POST", "/v1/portal/orgs"): {"name": f"org-{next(_serials)}", "country": "GB"},
+        ("POST", "/v1/portal/signup"): {"key": subscription_key(), "org": f"org-{next(_serials)}",
+                                        "country": "GB", "user": "ann"},
+        ("GET", "/v1/portal/orgs/{org}/users"): None,
+        ("POST", "/v1/portal/orgs/{org}/users"): {"name": "cy", "role": "user"},
+        ("POST", "/v1/portal/orgs/{org}/redeem"): {"key": subscription_key()},
+        ("GET", "/v1/portal/orgs/{org}/subscriptions"): None,
+        ("POST", "/v1/portal/orgs/{org}/subscriptions"): {"offer": OFFER, "licences": 3,
+                                                          "billing": "yearly"},
+        ("POST", "/v1/portal/orgs/{org}/users/{user}/licences"): {"offer": OFFER},
+        ("DELETE", "/v1/portal/orgs/{org}/users/{user}/licences/{offer}"): None,
+        ("POST", "/v1/portal/keys/expire"): {"key": subscription_key()},
+        ("GET", "/v1/portal/fault"): None,
+        ("PUT", "/v1/portal/fault"): {"code": "busy", "times": 1},
+        ("DELETE", "/v1/portal/fault"): None,
     }
     return path, bodies[endpoint.method, endpoint.path]
 
@@ -248,11 +299,12 @@ def test_openapi_document_validates_and_lists_exactly_the_routes(svc: Background
     statuses = {str(info.status) for info in SERVICE_ERRORS.values()}
     for endpoint in ENDPOINTS:
         operation = document["paths"][endpoint.path][endpoint.method.lower()]
-        assert ("security" in operation) == endpoint.admin, endpoint_id(endpoint)
+        assert ("security" in operation) == (endpoint.admin or endpoint.caller), \
+            endpoint_id(endpoint)
         assert str(endpoint.status) in operation["responses"]
         assert statuses <= set(operation["responses"])
-    assert document["components"]["securitySchemes"]["admin"] == {"type": "http",
-                                                                 "scheme": "bearer"}
+    for scheme in ("admin", "user"):
+        assert document["components"]["securitySchemes"][scheme]["scheme"] == "bearer"
 
 
 def test_every_documented_operation_is_served(svc: BackgroundMak) -> None:
@@ -277,8 +329,7 @@ def test_the_valid_request_table_covers_every_endpoint(svc: BackgroundMak) -> No
 def test_every_route_answers_its_documented_status_and_schema(svc: BackgroundMak,
                                                               endpoint: Endpoint) -> None:
     path, body = valid_request(svc, endpoint)
-    token = svc.admin_token if endpoint.admin else None
-    reply = request(svc, endpoint.method, path, body, token=token)
+    reply = request(svc, endpoint.method, path, body, token=token_for(svc, endpoint))
     assert reply.status == endpoint.status, reply.body
     assert reply.headers.get_content_type() == "application/json"
     OAS31Validator(endpoint.response).validate(reply.body)
@@ -342,9 +393,9 @@ def test_wrong_method_is_a_json_405(svc: BackgroundMak, endpoint: Endpoint) -> N
 # -- bodies --------------------------------------------------------------------------------
 
 
-def _head(path: str, token: str | None, *lines: str) -> bytes:
+def _head(path: str, token: str | None, *lines: str, method: str = "POST") -> bytes:
     auth = [f"Authorization: Bearer {token}"] if token else []
-    return ("\r\n".join([f"POST {path} HTTP/1.1", "Host: 127.0.0.1",
+    return ("\r\n".join([f"{method} {path} HTTP/1.1", "Host: 127.0.0.1",
                          "Content-Type: application/json", *auth, *lines]) + "\r\n\r\n").encode()
 
 
@@ -353,8 +404,9 @@ def test_declared_length_over_the_limit_is_refused_before_the_body(
         svc: BackgroundMak, endpoint: Endpoint) -> None:
     """Content-Length over the route's limit: 413 at once, nothing of the body sent."""
     path, _ = valid_request(svc, endpoint)
-    token = svc.admin_token if endpoint.admin else None
-    reply = exchange(svc, _head(path, token, f"Content-Length: {endpoint.body_limit + 1}"))
+    reply = exchange(svc, _head(path, token_for(svc, endpoint),
+                                f"Content-Length: {endpoint.body_limit + 1}",
+                                method=endpoint.method))
     assert_reply_error(reply, "body_too_large")
 
 

@@ -12,6 +12,7 @@ from kmsemu.cli.dns import dns
 from kmsemu.cli.host import host
 from kmsemu.cli.keys import keys
 from kmsemu.cli.mak import mak
+from kmsemu.cli.portal import portal
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,3 +31,4 @@ main.add_command(client)
 main.add_command(keys)
 main.add_command(dns)
 main.add_command(mak)
+main.add_command(portal)

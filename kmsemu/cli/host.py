@@ -356,7 +356,7 @@ def _status_report(store: HostStore, catalog: Catalog) -> dict[str, Any]:
     live = store.live_counts(now)
     min_count = int(meta.get("min_count", "0") or 0)
     counts = {}
-    for app_id, name in catalog.applications.items():
+    for app_id, name in catalog.kms_applications.items():
         counts[name] = max(live.get(app_id.bytes_le, 0), min_count)
     total, failed, by_status = store.request_totals()
     return {

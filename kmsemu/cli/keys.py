@@ -133,15 +133,15 @@ def _diagnosis_json(diagnosis: Diagnosis, catalog: Catalog) -> dict[str, Any]:
 @keys.command("setup-keys")
 @json_option
 def setup_keys_command(as_json: bool) -> None:
-    """The published KMS client setup key of every catalog product."""
+    """The published KMS client setup key of every volume product of the catalog."""
     catalog = default_catalog()
     rows: list[dict[str, Any]] = [
         {"product": p.key, "name": p.name, "number": p.number, "key": str(setup_key(p.number))}
-        for p in catalog
+        for p in catalog.volume
     ]
     if as_json:
         emit({"keys": rows})
         return
-    width = max(len(p.name) for p in catalog)
+    width = max(len(row["name"]) for row in rows)
     for row in rows:
         click.echo(f"{row['name']:<{width}}  {row['key']}")

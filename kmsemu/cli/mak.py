@@ -13,7 +13,7 @@ import json
 import logging
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -36,6 +36,7 @@ from kmsemu.durations import parse_duration
 from kmsemu.errors import KmsemuError, ServiceError, format_hresult
 from kmsemu.host.server import install_uvloop
 from mak.client import DEFAULT_URL, MakClient, RemoteError
+from mak.portal import DEFAULT_REDEEM_RATE
 from mak.server import (
     DEFAULT_PORT,
     MakServer,
@@ -78,11 +79,15 @@ def mak() -> None:
               help="Run the service's clock this far from real time (e.g. +30d).")
 @click.option("--catalog", "catalog_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Catalog file (default: the built-in one).")
+@click.option("--redeem-rate", type=click.IntRange(0, None), default=DEFAULT_REDEEM_RATE,
+              show_default=True,
+              help="Portal: redemption attempts per organisation per minute before 'busy' "
+                   "(0: no limit).")
 @click.option("--quiet", is_flag=True, help="Log only warnings and errors.")
 def serve(listen: tuple[tuple[str, int | None], ...], port: int, db_url: str | None,
           admin_token: str | None, secret: str, clock_offset: float,
-          catalog_path: Path | None, quiet: bool) -> None:
-    """Run the MAK service until SIGTERM or SIGINT.
+          catalog_path: Path | None, redeem_rate: int, quiet: bool) -> None:
+    """Run the MAK service and the licensing portal until SIGTERM or SIGINT.
 
     Prints `ready mak http://ADDR` on stderr once it accepts connections.
     """
@@ -105,7 +110,7 @@ def serve(listen: tuple[tuple[str, int | None], ...], port: int, db_url: str | N
     clock = OffsetClock(SystemClock(), clock_offset)
     service = MakService(store, now=clock.now, secret=secret, catalog=catalog)
     executor = executor_for(store)
-    app = create_app(service, admin_token=token, executor=executor)
+    app = create_app(service, admin_token=token, executor=executor, redeem_rate=redeem_rate)
     addresses = [(h, p if p is not None else port) for h, p in listen] or [("127.0.0.1", port)]
 
     def ready(bound: list[tuple[str, int]]) -> None:
@@ -141,22 +146,29 @@ def client_options(func: F) -> F:
                         help="Administrator token (default: $KMSEMU_HOME/mak/admin-token).")(func)
 
 
-def _client(url: str, admin_token: str | None) -> MakClient:
-    token = admin_token
-    if token is None:
-        try:
-            token = token_file(mak_home()).read_text().strip()
-        except OSError:
-            token = None
+def _admin_token(given: str | None) -> str | None:
+    """``--admin-token``/``KMSEMU_ADMIN_TOKEN``, else the token a local ``serve`` keeps."""
+    if given is not None:
+        return given
     try:
-        return MakClient(url, token=token)
+        return token_file(mak_home()).read_text().strip()
+    except OSError:
+        return None
+
+
+def _client(url: str, admin_token: str | None) -> MakClient:
+    try:
+        return MakClient(url, token=_admin_token(admin_token))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
 
-def _fail(exc: RemoteError, as_json: bool) -> NoReturn:
+def _fail(exc: RemoteError, as_json: bool, *, notes: Sequence[str] = (),
+          extra: dict[str, Any] | None = None) -> NoReturn:
+    """Exit 1 with the service's error: ``{"error": ...}`` (plus ``extra``) on stdout with
+    --json, else message, typo help, hint and ``notes`` on stderr."""
     if as_json:
-        emit({"error": exc.body})
+        emit({"error": exc.body, **(extra or {})})
     else:
         prefix = f"Error: {format_hresult(exc.hresult)} " if exc.hresult is not None else "Error: "
         click.echo(prefix + exc.message, err=True)
@@ -165,6 +177,8 @@ def _fail(exc: RemoteError, as_json: bool) -> NoReturn:
             click.echo("Did you mean: " + ", ".join(candidates), err=True)
         if exc.hint:
             click.echo(exc.hint, err=True)
+        for note in notes:
+            click.echo(note, err=True)
     sys.exit(1)
 
 

@@ -22,6 +22,7 @@ from kmsemu.keys.product_key import KeyType, mint
 from kmsemu.klp.envelope import DEFAULT_SECRET
 from mak.api import create_app
 from mak.client import MakClient
+from mak.portal import DEFAULT_REDEEM_RATE
 from mak.server import MakServer, bind, executor_for, open_store, uvicorn_config
 from mak.service import MakService
 from mak.store.base import Store
@@ -43,12 +44,14 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 class BackgroundMak:
     def __init__(self, *, db: str | Path | None = ":memory:", store: Store | None = None,
                  secret: str = DEFAULT_SECRET, admin_token: str | None = None,
-                 clock: Clock | None = None, catalog: Catalog | None = None) -> None:
+                 clock: Clock | None = None, catalog: Catalog | None = None,
+                 redeem_rate: int = DEFAULT_REDEEM_RATE) -> None:
         self.store = store if store is not None else open_store(str(db), Path("."))
         self.secret = secret
         self.admin_token = admin_token or secrets.token_urlsafe(16)
         self.clock = clock or SystemClock()
         self.catalog = catalog or default_catalog()
+        self.redeem_rate = redeem_rate
         self.service = MakService(self.store, now=self.clock.now, secret=secret,
                                   catalog=self.catalog)
         self.address: tuple[str, int] = ("127.0.0.1", 0)
@@ -75,7 +78,8 @@ class BackgroundMak:
 
     def start(self) -> BackgroundMak:
         executor = executor_for(self.store)
-        app = create_app(self.service, admin_token=self.admin_token, executor=executor)
+        app = create_app(self.service, admin_token=self.admin_token, executor=executor,
+                         redeem_rate=self.redeem_rate)
         sockets = bind([("127.0.0.1", 0)])
         self.address = sockets[0].getsockname()[:2]
         self._server = MakServer(uvicorn_config(app), on_ready=lambda _: self._ready.set())

@@ -18,6 +18,7 @@ several. Nothing here ever sees a whole key: only its fingerprint.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +26,18 @@ from mak.rules import KeyRecord, Verdict
 
 EXPORT_FORMAT = "kmsemu-mak-export"
 EXPORT_VERSION = 1
+
+
+class Cursor(Protocol):
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Executor(Protocol):
+    """A DB-API connection as the stores use it (sqlite3's and psycopg's both fit)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ...) -> Cursor: ...
 
 
 @dataclass(frozen=True, slots=True)

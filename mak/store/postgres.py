@@ -16,7 +16,8 @@ from typing import Any
 import psycopg
 
 from kmsemu.errors import ServiceError
-from mak.store.sql import SCHEMA, SCHEMA_VERSION, Executor, SqlStore
+from mak.store.base import Executor
+from mak.store.sql import SCHEMA, SCHEMA_VERSION, SqlStore
 
 #: Any fixed number: the advisory lock that serialises schema creation.
 _SCHEMA_LOCK = 0x6B6D73656D75

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from kmsemu.errors import ServiceError
 from kmsemu.keys.activation_ids import same_machine
@@ -23,10 +23,13 @@ from mak.store.base import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
     Activation,
+    Cursor,
+    Executor,
     ImportReport,
     Increase,
     MachineRow,
 )
+from mak.store.portal import PORTAL_SCHEMA, PortalSql
 
 SCHEMA_VERSION = 1
 
@@ -71,7 +74,7 @@ CREATE TABLE IF NOT EXISTS mak_requests (
     machine_id INTEGER NOT NULL,
     verdict TEXT NOT NULL,
     at {real} NOT NULL);
-"""
+""" + PORTAL_SCHEMA
 
 _KEY_COLUMNS = ("fingerprint, last5, key_type, product, key_limit, increased, used, blocked,"
                 " expires, reactivations, created")
@@ -88,16 +91,6 @@ _EARLIER_REQUEST = ("SELECT r.fingerprint, r.machine_id, r.verdict, m.hardware_i
                     " FROM mak_requests r JOIN mak_machines m ON m.id = r.machine_id"
                     " WHERE r.request_id = ?")
 MAX_MACHINE_NAME = 63
-
-
-class Cursor(Protocol):
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-
-class Executor(Protocol):
-    def execute(self, sql: str, params: Sequence[Any] = ...) -> Cursor: ...
 
 
 def _key(row: Sequence[Any]) -> KeyRecord:
@@ -127,7 +120,7 @@ def parse_iso(text: str | None, field: str) -> float | None:
     return moment.timestamp()
 
 
-class SqlStore:
+class SqlStore(PortalSql):
     blocking_ok = True
     #: Appended to the SELECT of a key's row inside ``activate`` (PostgreSQL: FOR UPDATE).
     _lock_key = ""

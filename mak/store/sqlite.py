@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kmsemu.errors import ServiceError
-from mak.store.sql import SCHEMA, SCHEMA_VERSION, Executor, SqlStore
+from mak.store.base import Executor
+from mak.store.sql import SCHEMA, SCHEMA_VERSION, SqlStore
 
 BUSY_TIMEOUT_MS = 10_000
 
