@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import http.client
 import itertools
 import json
 import logging
 import re
 import secrets
-import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from email.message import Message
 from functools import partial
 from typing import Any
 
@@ -40,8 +36,9 @@ from mak.api import ENDPOINTS, IMPORT_BODY, PROXY_BODY, SMALL_BODY, Endpoint, cr
 from mak.client import MakClient, RemoteError
 from mak.portal_client import PortalClient
 from mak.service import MAX_PROXY_IDS
+from tests import httpraw
+from tests.httpraw import Reply
 
-TIMEOUT = 10.0
 _serials = itertools.count(secrets.randbits(30) << 10)
 #: A whole lab key, with or without its dashes, in any case (keys.md section 1).
 WHOLE_KEY = re.compile(rf"(?<![{ALPHABET}])[{ALPHABET}]{{5}}(?:-?[{ALPHABET}]{{5}}){{4}}"
@@ -49,14 +46,6 @@ WHOLE_KEY = re.compile(rf"(?<![{ALPHABET}])[{ALPHABET}]{{5}}(?:-?[{ALPHABET}]{{5
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: Message
-    body: Any
-    raw: bytes
 
 
 @pytest.fixture(scope="module")
@@ -81,33 +70,11 @@ def rid(name: str) -> str:
 
 def request(svc: BackgroundMak, method: str, path: str, body: Any = None, *,
             token: str | None = None, headers: dict[str, str] | None = None) -> Reply:
-    """One request on a fresh connection; ``body`` is JSON-encoded unless it is bytes."""
-    sent = {"Accept": "application/json", **(headers or {})}
-    if body is not None and not isinstance(body, bytes):
-        body = json.dumps(body).encode()
-        sent.setdefault("Content-Type", "application/json")
-    if token is not None:
-        sent["Authorization"] = f"Bearer {token}"
-    conn = http.client.HTTPConnection(*svc.address, timeout=TIMEOUT)
-    try:
-        conn.request(method, path, body=body, headers=sent)
-        response = conn.getresponse()
-        raw = response.read()
-        return Reply(response.status, response.headers, json.loads(raw) if raw else None, raw)
-    finally:
-        conn.close()
+    return httpraw.request(svc.address, method, path, body, token=token, headers=headers)
 
 
 def exchange(svc: BackgroundMak, head: bytes, *pieces: bytes) -> Reply:
-    """Send exactly these bytes on a socket and read one HTTP response."""
-    with socket.create_connection(svc.address, timeout=TIMEOUT) as sock:
-        sock.sendall(head)
-        for piece in pieces:
-            sock.sendall(piece)
-        response = http.client.HTTPResponse(sock, method="POST")
-        response.begin()
-        raw = response.read()
-        return Reply(response.status, response.headers, json.loads(raw) if raw else None, raw)
+    return httpraw.exchange(svc.address, head, *pieces)
 
 
 def error_schema() -> dict[str, Any]:

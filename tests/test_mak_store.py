@@ -28,26 +28,16 @@ from kmsemu.keys.product_key import KeyType, mint
 from mak import rules
 from mak.rules import KeyRecord, Verdict
 from mak.store.base import EXPORT_FORMAT, EXPORT_VERSION, Activation, Increase, Store
-from mak.store.postgres import PostgresStore
-from mak.store.sqlite import SqliteStore
+from tests.stores import BACKENDS, OTHER, open_store
 
 #: Whole seconds: exports carry times to the second, so round trips compare exactly.
 NOW = 1_700_000_000.0
 PRODUCT = 7
 _serials = itertools.count(1)
 
-BACKENDS = ["sqlite", "postgres"]
-OTHER = {"sqlite": "postgres", "postgres": "sqlite"}
 
 
 # -- stores ------------------------------------------------------------------------------------
-
-
-def open_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path,
-               name: str = "mak.sqlite3") -> Store:
-    if backend == "sqlite":
-        return SqliteStore(tmp_path / name)
-    return PostgresStore(request.getfixturevalue("postgres_db_url"))
 
 
 @pytest.fixture(params=BACKENDS)

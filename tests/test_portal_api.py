@@ -11,13 +11,10 @@ Successful answers are checked against the route's documented response schema.
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
-from email.message import Message
 from typing import Any
 from urllib.parse import quote
 
@@ -30,6 +27,7 @@ from kmsemu.errors import REDEMPTION_ERRORS, SERVICE_ERRORS
 from kmsemu.keys.product_key import ALPHABET, KeyType, mint, normalise, setup_key
 from kmsemu.testing.mak import BackgroundMak
 from mak.api import ENDPOINTS, SMALL_BODY, Endpoint
+from tests.httpraw import Reply, request
 
 TIMEOUT = 10.0
 BASIC, STANDARD, PREMIUM, E3 = ("m365-business-basic", "m365-business-standard",
@@ -67,14 +65,6 @@ assert set(MESSAGES) == set(REDEMPTION_ERRORS)
 # -- the service and raw HTTP ------------------------------------------------------------------
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: Message
-    body: Any
-    raw: bytes
-
-
 class Lab:
     """A portal on a ``BackgroundMak``: raw requests, and short-cuts to set things up."""
 
@@ -84,22 +74,8 @@ class Lab:
 
     def call(self, method: str, path: str, body: Any = None, *, token: str | None = None,
              headers: dict[str, str] | None = None) -> Reply:
-        """One request on a fresh connection; ``body`` is JSON-encoded unless it is bytes."""
-        sent = {"Accept": "application/json", **(headers or {})}
-        if body is not None and not isinstance(body, bytes):
-            body = json.dumps(body).encode()
-            sent.setdefault("Content-Type", "application/json")
-        if token is not None:
-            sent["Authorization"] = f"Bearer {token}"
-        conn = http.client.HTTPConnection(*self.service.address, timeout=TIMEOUT)
-        try:
-            conn.request(method, path, body=body, headers=sent)
-            response = conn.getresponse()
-            raw = response.read()
-            return Reply(response.status, response.headers,
-                         json.loads(raw) if raw else None, raw)
-        finally:
-            conn.close()
+        return request(self.service.address, method, path, body, token=token,
+                       headers=headers)
 
     def admin(self, method: str, path: str, body: Any = None) -> Reply:
         return self.call(method, path, body, token=self.token)

@@ -28,13 +28,10 @@ from kmsemu.keys.product_key import KeyType, ProductKey, mint
 from mak.portal_rules import Offer
 from mak.store.base import Cursor, Executor
 from mak.store.portal import Fault, Org, Subscription, User
-from mak.store.postgres import PostgresStore
 from mak.store.sql import SqlStore
-from mak.store.sqlite import SqliteStore
+from tests.stores import BACKENDS, OTHER, open_store
 
 NOW = 1_700_000_000.0
-BACKENDS = ["sqlite", "postgres"]
-OTHER = {"sqlite": "postgres", "postgres": "sqlite"}
 BASIC, STANDARD, PREMIUM, E3 = 12, 13, 14, 15  # the shipped catalog's subscription products
 NAMES = {BASIC: "m365-business-basic", STANDARD: "m365-business-standard",
          PREMIUM: "m365-business-premium", E3: "office-365-e3"}
@@ -45,13 +42,6 @@ _tokens = itertools.count(1)
 
 
 # -- stores ------------------------------------------------------------------------------------
-
-
-def open_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path,
-               name: str = "portal.sqlite3") -> SqlStore:
-    if backend == "sqlite":
-        return SqliteStore(tmp_path / name)
-    return PostgresStore(request.getfixturevalue("postgres_db_url"))
 
 
 @pytest.fixture(params=BACKENDS)
