@@ -102,9 +102,12 @@ def bind(addresses: list[tuple[str, int]]) -> list[socket.socket]:
 
 class MakServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config,
-                 on_ready: Callable[[list[tuple[str, int]]], None] | None = None) -> None:
+                 on_ready: Callable[[list[tuple[str, int]]], None] | None = None, *,
+                 handle_signals: bool = True) -> None:
         super().__init__(config)
         self._on_ready = on_ready
+        #: False when the caller stops us (``kmsemu lab`` owns SIGTERM and SIGINT).
+        self._handle_signals = handle_signals
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -114,7 +117,8 @@ class MakServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         loop = asyncio.get_running_loop()
-        handled: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+        handled: tuple[signal.Signals, ...] = (
+            (signal.SIGTERM, signal.SIGINT) if self._handle_signals else ())
         try:
             for sig in handled:
                 loop.add_signal_handler(sig, self._stop)

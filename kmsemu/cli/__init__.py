@@ -11,6 +11,7 @@ from kmsemu.cli.client import client
 from kmsemu.cli.dns import dns
 from kmsemu.cli.host import host
 from kmsemu.cli.keys import keys
+from kmsemu.cli.lab import lab
 from kmsemu.cli.mak import mak
 from kmsemu.cli.portal import portal
 
@@ -32,3 +33,4 @@ main.add_command(keys)
 main.add_command(dns)
 main.add_command(mak)
 main.add_command(portal)
+main.add_command(lab)

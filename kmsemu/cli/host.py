@@ -217,7 +217,25 @@ def serve(
         fail(f"cannot listen: {exc.strerror or exc}", code="listen_failed")
 
 
-async def _serve(
+@dataclass
+class RunningHost:
+    """A started KMS host: what ``open_host`` returns and ``close`` stops."""
+
+    server: KmsServer
+    store: HostStore
+    log: EventLog
+    bound: list[tuple[str, int]]
+
+    async def close(self, reason: str = "signal") -> None:
+        try:
+            await self.server.close()
+            self.log.event("stopped", None, {"reason": reason})
+            self.log.flush()
+        finally:
+            self.store.close()
+
+
+async def open_host(
     state: Path,
     catalog: Catalog,
     settings: HostSettings,
@@ -228,7 +246,8 @@ async def _serve(
     log_format: str,
     loop_name: str,
     publishing: Publishing | None = None,
-) -> None:
+) -> RunningHost:
+    """Open the host's state, bind and start serving (``kmsemu host serve``, ``kmsemu lab``)."""
     clock = OffsetClock(SystemClock(), clock_offset)
     store = HostStore(state)
     try:
@@ -241,7 +260,6 @@ async def _serve(
         if publishing is not None:
             publisher = publishing.publisher(bound)
             server.start_publishing(publisher, publishing.publications, publishing.refresh)
-        gc.freeze()  # what exists now lives as long as the host: keep it out of collections
         store.set_meta(
             port=str(bound[0][1]),
             listen=" ".join(format_address(h, p) for h, p in bound),
@@ -253,10 +271,6 @@ async def _serve(
             dns_publish=" ".join(p.zone for p in publishing.publications) if publishing else "",
             started=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        stop = asyncio.Event()
-        running = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            running.add_signal_handler(sig, stop.set)
         log.event(
             "ready",
             None,
@@ -267,13 +281,35 @@ async def _serve(
             },
         )
         log.flush()
-        click.echo("ready kms-host " + " ".join(format_address(h, p) for h, p in bound), err=True)
-        await stop.wait()
-        await server.close()
-        log.event("stopped", None, {"reason": "signal"})
-        log.flush()
-    finally:
+    except BaseException:
         store.close()
+        raise
+    return RunningHost(server, store, log, bound)
+
+
+async def _serve(
+    state: Path,
+    catalog: Catalog,
+    settings: HostSettings,
+    secrets: list[str],
+    clock_offset: float,
+    addresses: list[tuple[str, int]],
+    options: ServerOptions,
+    log_format: str,
+    loop_name: str,
+    publishing: Publishing | None = None,
+) -> None:
+    running = await open_host(state, catalog, settings, secrets, clock_offset, addresses,
+                              options, log_format, loop_name, publishing)
+    gc.freeze()  # what exists now lives as long as the host: keep it out of collections
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    click.echo("ready kms-host " + " ".join(format_address(h, p) for h, p in running.bound),
+               err=True)
+    await stop.wait()
+    await running.close()
 
 
 @dataclass(frozen=True)
