@@ -216,6 +216,13 @@ class ServiceErrorInfo:
     message: str
     hint: str
     hresult: int | None = None
+    #: A row of behaviour.md's product-key redemption table: its wording is kept exactly
+    #: (particulars go to ``detail``) and a portal fault can force it.
+    redemption: bool = False
+
+
+def _redemption(status: int, message: str, hint: str) -> ServiceErrorInfo:
+    return ServiceErrorInfo(status, message, hint, redemption=True)
 
 
 def _activation(status: int, hresult: HResult, hint: str = "") -> ServiceErrorInfo:
@@ -267,46 +274,46 @@ SERVICE_ERRORS: dict[str, ServiceErrorInfo] = {
                                     "The database did not answer in time."),
     "internal": ServiceErrorInfo(500, "Internal error.", "See the service log."),
     # -- the licensing portal: product-key redemption (behaviour.md's table) --------------------
-    "invalid_key": ServiceErrorInfo(
+    "invalid_key": _redemption(
         400, "The product key you entered isn't valid. Try entering it again.",
         "Check the key for 0/O, 5/S and 1/l/I mix-ups; 'problems' and 'candidates' say what "
         "is wrong and which keys were meant.",
     ),
-    "already_entered": ServiceErrorInfo(
+    "already_entered": _redemption(
         409, "You have already entered this product key. Enter a different key.",
         "This organisation redeemed the key before; its subscription is in 'kmsemu portal "
         "subscriptions'.",
     ),
-    "expired": ServiceErrorInfo(410, "The product key you entered has expired. Enter a "
+    "expired": _redemption(410, "The product key you entered has expired. Enter a "
                                 "different key.", "Ask the seller for a key that is still valid."),
-    "already_used": ServiceErrorInfo(
+    "already_used": _redemption(
         409, "This product key has already been used. Please enter a different product key.",
         "Another organisation redeemed it; a key is redeemed once.",
     ),
-    "busy": ServiceErrorInfo(
+    "busy": _redemption(
         503, "Sorry, we can't process your request right now. Please wait a few minutes and "
         "try again.",
         "Wait as long as Retry-After says and try again; if it still fails after 15 minutes, "
         "contact support.",
     ),
-    "not_available": ServiceErrorInfo(
+    "not_available": _redemption(
         409, "The requested subscription is not available.",
         "'reason' says why: offer_not_available, not_in_country or trial_used.",
     ),
-    "too_many_licences": ServiceErrorInfo(
+    "too_many_licences": _redemption(
         422, "You've added more user licenses than this offer allows.",
         "Redeem or buy fewer licences, or choose an offer with a higher maximum.",
     ),
-    "admin_required": ServiceErrorInfo(
+    "admin_required": _redemption(
         403, "You must be a global or billing admin to redeem a product key.",
         "Sign in as a global admin or billing admin of the organisation.",
     ),
-    "account_not_created": ServiceErrorInfo(
+    "account_not_created": _redemption(
         503, "Sorry, we can't create your account right now.",
         "The organisation and its admin were created but the key was not redeemed; redeem it "
         "again into the organisation ('org', 'user' and 'token' in this error).",
     ),
-    "order_not_processed": ServiceErrorInfo(
+    "order_not_processed": _redemption(
         503, "Your order can't be processed.",
         "Nothing was charged and the key was not redeemed; try again.",
     ),
@@ -341,10 +348,8 @@ SERVICE_ERRORS: dict[str, ServiceErrorInfo] = {
 }
 
 #: The redemption errors of behaviour.md's table, in its order: what a fault can force.
-REDEMPTION_ERRORS: tuple[str, ...] = (
-    "invalid_key", "already_entered", "expired", "already_used", "busy", "not_available",
-    "too_many_licences", "admin_required", "account_not_created", "order_not_processed",
-)
+REDEMPTION_ERRORS: tuple[str, ...] = tuple(
+    code for code, info in SERVICE_ERRORS.items() if info.redemption)
 
 
 class ServiceError(KmsemuError):
@@ -358,7 +363,7 @@ class ServiceError(KmsemuError):
         #: HTTP headers the answer carries (``Retry-After``).
         self.headers = headers or {}
         message = message or self.info.message
-        if code in REDEMPTION_ERRORS:  # the portal's wording stays exactly behaviour.md's
+        if self.info.redemption:
             if detail:
                 extra = {"detail": detail, **extra}
         elif detail:

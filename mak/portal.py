@@ -6,7 +6,7 @@ Synchronous and I/O-free beyond the store, like ``MakService``; the HTTP API
 calls it.
 
 Callers: the service's admin token acts as a global admin of every
-organisation (``Caller.admin``); a user's token acts as that user, in that
+organisation (``ADMIN``, a ``Caller`` without a user); a user's token acts as that user, in that
 user's organisation only.
 """
 
@@ -46,11 +46,8 @@ class Caller:
     """Who sent a request: the service administrator, or a user of one organisation."""
 
     role: str
+    #: None for the service administrator.
     user: User | None = None
-
-    @property
-    def admin(self) -> bool:
-        return self.user is None
 
     def check_org(self, org: Org) -> None:
         if self.user is not None and self.user.org_id != org.id:
@@ -165,10 +162,6 @@ class PortalService:
         offer = Offer(product.key, product.number, max_licences,
                       frozenset(portal_rules.country(c, "countries") for c in countries), trial)
         return offer, self.store.put_offer(offer, self.now())
-
-    def offers(self) -> list[tuple[Offer, str]]:
-        return [(offer, self.catalog.products[offer.product].name)
-                for offer in self.store.offers()]
 
     def expire_key(self, text: Any, at: float | None) -> tuple[ProductKey, float]:
         key = self.subscription_key(text)

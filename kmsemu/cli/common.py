@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -103,3 +103,14 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]
 
 ADDRESS = AddressType()
 DURATION = DurationType()
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print rows under upper-case column names, columns as wide as their widest value;
+    None shows as ``-``."""
+    text = [[str(v) if v is not None else "-" for v in row] for row in rows]
+    widths = [max([len(c), *(len(row[i]) for row in text)]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))
+               .rstrip())
+    for row in text:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

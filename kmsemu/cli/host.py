@@ -8,6 +8,7 @@ import ipaddress
 import os
 import signal
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -199,20 +200,9 @@ def serve(
         raise click.UsageError(str(exc)) from exc
     loop_name = install_uvloop(loop)
     try:
-        asyncio.run(
-            _serve(
-                state,
-                catalog,
-                settings,
-                list(secrets),
-                clock_offset,
-                addresses,
-                ServerOptions(max_connections, idle_timeout),
-                log_format,
-                loop_name,
-                publishing,
-            )
-        )
+        asyncio.run(_serve(open_host(
+            state, catalog, settings, list(secrets), clock_offset, addresses,
+            ServerOptions(max_connections, idle_timeout), log_format, loop_name, publishing)))
     except OSError as exc:
         fail(f"cannot listen: {exc.strerror or exc}", code="listen_failed")
 
@@ -287,20 +277,9 @@ async def open_host(
     return RunningHost(server, store, log, bound)
 
 
-async def _serve(
-    state: Path,
-    catalog: Catalog,
-    settings: HostSettings,
-    secrets: list[str],
-    clock_offset: float,
-    addresses: list[tuple[str, int]],
-    options: ServerOptions,
-    log_format: str,
-    loop_name: str,
-    publishing: Publishing | None = None,
-) -> None:
-    running = await open_host(state, catalog, settings, secrets, clock_offset, addresses,
-                              options, log_format, loop_name, publishing)
+async def _serve(opening: Coroutine[Any, Any, RunningHost]) -> None:
+    """Serve what ``opening`` (an ``open_host`` call) starts until SIGTERM or SIGINT."""
+    running = await opening
     gc.freeze()  # what exists now lives as long as the host: keep it out of collections
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -12,10 +12,10 @@ SIGTERM or SIGINT stops all three cleanly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 
 import click
 
@@ -29,7 +29,6 @@ from kmsemu.dns.zone import Authority, SrvTarget, Zone, ZoneError
 from kmsemu.errors import KmsemuError
 from kmsemu.host.rules import HostSettings
 from kmsemu.host.server import DEFAULT_PORT, ServerOptions, install_uvloop
-from mak.portal import DEFAULT_REDEEM_RATE
 from mak.server import DEFAULT_PORT as MAK_PORT
 from mak.server import MakServer, bind, ensure_token, executor_for, open_store, uvicorn_config
 
@@ -84,34 +83,37 @@ async def _run(kms: list[tuple[str, int]], dns: tuple[str, int], mak: tuple[str,
 
     home = kmsemu_home()
     catalog = load_catalog()
-    host = await open_host(home / "host", catalog, HostSettings(min_count=min_count), [secret],
-                           0.0, kms, ServerOptions(), "text", loop_name)
-    why = ["start failed"]  # what the host's log says when it stops
-    closers: list[Callable[[], Awaitable[None]]] = [lambda: host.close(why[0])]
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        host = await open_host(home / "host", catalog, HostSettings(min_count=min_count),
+                               [secret], 0.0, kms, ServerOptions(), "text", loop_name)
+
+        async def close_host(kind: type[BaseException] | None, *_: object) -> None:
+            await host.close("signal" if kind is None else "start failed")
+
+        stack.push_async_exit(close_host)
         port = host.bound[0][1]
         specific = [h for h, _ in host.bound if h not in ("0.0.0.0", "::")]
         zone = Zone.build(zone_name, srv=[SrvTarget(KMS_NAME, port)],
                           addresses=[(KMS_NAME, specific[0] if specific else "127.0.0.1")])
         dns_server = DnsServer(Authority([zone]))
         dns_bound = await dns_server.start(*dns)
-        closers.append(dns_server.close)
+        stack.push_async_callback(dns_server.close)
 
         store = open_store(None, home / "mak")
-        closers.append(_closer(store.close))
+        stack.callback(store.close)
         token = admin_token or ensure_token(home / "mak")
         service = MakService(store, now=SystemClock().now, secret=secret, catalog=catalog)
-        app = create_app(service, admin_token=token, executor=executor_for(store),
-                         redeem_rate=DEFAULT_REDEEM_RATE)
+        app = create_app(service, admin_token=token, executor=executor_for(store))
         mak_ready = asyncio.Event()
         mak_server = MakServer(uvicorn_config(app), on_ready=lambda _: mak_ready.set(),
                                handle_signals=False)
         sockets = bind([mak])
         mak_bound = sockets[0].getsockname()[:2]
         mak_task = asyncio.create_task(mak_server.serve(sockets=sockets))
-        await asyncio.wait([mak_task, asyncio.create_task(mak_ready.wait())],
-                           return_when=asyncio.FIRST_COMPLETED)
-        if mak_task.done():
+        ready = asyncio.ensure_future(mak_ready.wait())
+        await asyncio.wait([mak_task, ready], return_when=asyncio.FIRST_COMPLETED)
+        if not mak_ready.is_set():
+            ready.cancel()
             mak_task.result()
             raise OSError("the MAK service stopped at start")
 
@@ -133,16 +135,5 @@ async def _run(kms: list[tuple[str, int]], dns: tuple[str, int], mak: tuple[str,
         click.echo(f"ready lab kms={kms_text} dns={format_address(*dns_bound)} mak={mak_url}",
                    err=True)
         await stop.wait()
-        why[0] = "signal"
         mak_server.should_exit = True
         await mak_task
-    finally:
-        for close in reversed(closers):
-            await close()
-
-
-def _closer(close: Callable[[], None]) -> Callable[[], Awaitable[None]]:
-    async def closing() -> None:
-        close()
-
-    return closing

@@ -30,6 +30,7 @@ from kmsemu.cli.common import (
     json_option,
     kmsemu_home,
     secret_option,
+    table,
 )
 from kmsemu.clock import OffsetClock, SystemClock
 from kmsemu.durations import parse_duration
@@ -146,7 +147,7 @@ def client_options(func: F) -> F:
                         help="Administrator token (default: $KMSEMU_HOME/mak/admin-token).")(func)
 
 
-def _admin_token(given: str | None) -> str | None:
+def admin_token_or_file(given: str | None) -> str | None:
     """``--admin-token``/``KMSEMU_ADMIN_TOKEN``, else the token a local ``serve`` keeps."""
     if given is not None:
         return given
@@ -158,12 +159,12 @@ def _admin_token(given: str | None) -> str | None:
 
 def _client(url: str, admin_token: str | None) -> MakClient:
     try:
-        return MakClient(url, token=_admin_token(admin_token))
+        return MakClient(url, token=admin_token_or_file(admin_token))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
 
-def _fail(exc: RemoteError, as_json: bool, *, notes: Sequence[str] = (),
+def fail_remote(exc: RemoteError, as_json: bool, *, notes: Sequence[str] = (),
           extra: dict[str, Any] | None = None) -> NoReturn:
     """Exit 1 with the service's error: ``{"error": ...}`` (plus ``extra``) on stdout with
     --json, else message, typo help, hint and ``notes`` on stderr."""
@@ -186,7 +187,7 @@ def _call(as_json: bool, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except RemoteError as exc:
-        _fail(exc, as_json)
+        fail_remote(exc, as_json)
 
 
 def _fingerprint(text: str) -> str:
@@ -201,7 +202,7 @@ def _fingerprint(text: str) -> str:
         raise RemoteError.from_body(exc.status, exc.to_json()) from None
 
 
-def _when(text: str | None) -> str | None:
+def parse_when(text: str | None) -> str | None:
     """``--expires``/``--at``: an ISO 8601 date or time, or a duration from now (+30d)."""
     if text is None:
         return None
@@ -251,7 +252,7 @@ def add_key(key: str, limit: int | None, expires: str | None, reactivations: int
             url: str, admin_token: str | None, as_json: bool) -> None:
     """Register a MAK, retail or KMS host key with the service."""
     client = _client(url, admin_token)
-    record = _call(as_json, lambda: client.add_key(key, limit=limit, expires=_when(expires),
+    record = _call(as_json, lambda: client.add_key(key, limit=limit, expires=parse_when(expires),
                                                    reactivations=reactivations))
     _show_key(record, as_json, "added")
 
@@ -278,7 +279,7 @@ def _change_command(action: str, verb: str, doc: str) -> click.Command:
     def command(key: str, url: str, admin_token: str | None, as_json: bool,
                 **options: Any) -> None:
         client = _client(url, admin_token)
-        at = _when(options.get("at"))
+        at = parse_when(options.get("at"))
         body = {"at": at} if at else None
         record = _call(as_json, lambda: client.change(_fingerprint(key), action, body))
         _show_key(record, as_json, verb)
@@ -305,12 +306,8 @@ def list_keys(url: str, admin_token: str | None, as_json: bool) -> None:
     if as_json:
         emit({"keys": records})
         return
-    rows = [[str(r.get(c) if r.get(c) is not None else "-") for c in _COLUMNS] for r in records]
-    widths = [max([len(c), *(len(row[i]) for row in rows)]) for i, c in enumerate(_COLUMNS)]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(_COLUMNS, widths, strict=True)))
-    for row in rows:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
-    if not rows:
+    table(_COLUMNS, [[r.get(c) for c in _COLUMNS] for r in records])
+    if not records:
         click.echo("(no keys; add one with 'kmsemu mak add-key')")
 
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 import click
 from click.core import ParameterSource
 
-from kmsemu.cli.common import DURATION, emit, json_option
-from kmsemu.cli.mak import _admin_token, _fail, _when, client_options
+from kmsemu.cli.common import DURATION, emit, json_option, table
+from kmsemu.cli.mak import admin_token_or_file, client_options, fail_remote, parse_when
 from kmsemu.errors import REDEMPTION_ERRORS
 from mak.client import DEFAULT_URL, RemoteError
 from mak.portal_client import PortalClient
@@ -66,7 +66,8 @@ def _client(url: str, admin_token: str | None, token: str | None = None) -> Port
                 and ctx.get_parameter_source("admin_token") is ParameterSource.COMMANDLINE):
             token = None
     try:
-        return PortalClient(url, token=token if token is not None else _admin_token(admin_token))
+        return PortalClient(url, token=token if token is not None
+                            else admin_token_or_file(admin_token))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
@@ -109,25 +110,22 @@ def _notes(exc: RemoteError, retry_after: float | None = None) -> list[str]:
     return notes
 
 
-def _call(as_json: bool, fn: Callable[[], Any], client: PortalClient | None = None) -> Any:
+def _answer(as_json: bool, fn: Callable[[], Any], client: PortalClient) -> Any:
+    """The service's answer to ``fn()`` for text output; with --json it is printed as it
+    came and None is returned. A refusal exits 1."""
     try:
-        return fn()
+        record = fn()
     except RemoteError as exc:
         _refuse(exc, as_json, client)
+    if as_json:
+        emit(record)
+        return None
+    return record
 
 
 def _refuse(exc: RemoteError, as_json: bool, client: PortalClient | None) -> NoReturn:
     retry_after = client.retry_after if client is not None else None
-    _fail(exc, as_json, notes=_notes(exc, retry_after))
-
-
-def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    text = [[str(v) if v is not None else "-" for v in row] for row in rows]
-    widths = [max([len(c), *(len(row[i]) for row in text)]) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))
-               .rstrip())
-    for row in text:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    fail_remote(exc, as_json, notes=_notes(exc, retry_after))
 
 
 def _countries(text: str) -> list[str]:
@@ -165,10 +163,8 @@ def org_create(name: str, country: str, url: str, admin_token: str | None,
                as_json: bool) -> None:
     """Create an organisation (admin token)."""
     client = _client(url, admin_token)
-    record = _call(as_json, lambda: client.create_org(name, country.strip().upper()), client)
-    if as_json:
-        emit(record)
-    else:
+    record = _answer(as_json, lambda: client.create_org(name, country.strip().upper()), client)
+    if record is not None:
         click.echo(f"Organisation {record['org']} ({record['country']}) created.")
 
 
@@ -178,12 +174,11 @@ def org_create(name: str, country: str, url: str, admin_token: str | None,
 def org_list(url: str, admin_token: str | None, as_json: bool) -> None:
     """Every organisation with its country, users and subscriptions (admin token)."""
     client = _client(url, admin_token)
-    record = _call(as_json, client.orgs, client)
-    if as_json:
-        emit(record)
+    record = _answer(as_json, client.orgs, client)
+    if record is None:
         return
     orgs = record["orgs"]
-    _table(("org", "country", "users", "subscriptions", "created"),
+    table(("org", "country", "users", "subscriptions", "created"),
            [(o["org"], o["country"], o.get("users"), o.get("subscriptions"),
              o.get("created")) for o in orgs])
     if not orgs:
@@ -210,10 +205,8 @@ def user_add(org_name: str, name: str, role: str, token: str | None, url: str,
              admin_token: str | None, as_json: bool) -> None:
     """Add a user (admin token, or a global admin's --token); prints the user's token once."""
     client = _client(url, admin_token, token)
-    record = _call(as_json, lambda: client.add_user(org_name, name, role), client)
-    if as_json:
-        emit(record)
-    else:
+    record = _answer(as_json, lambda: client.add_user(org_name, name, role), client)
+    if record is not None:
         click.echo(f"User {record['user']} added to {record['org']} as "
                    f"{_role(record['role'])}; token (shown only once, keep it): "
                    f"{record['token']}")
@@ -228,12 +221,11 @@ def users(org_name: str, token: str | None, url: str, admin_token: str | None,
           as_json: bool) -> None:
     """An organisation's users with their roles and licences (any of its users)."""
     client = _client(url, admin_token, token)
-    record = _call(as_json, lambda: client.users(org_name), client)
-    if as_json:
-        emit(record)
+    record = _answer(as_json, lambda: client.users(org_name), client)
+    if record is None:
         return
     records = record["users"]
-    _table(("user", "role", "licences"),
+    table(("user", "role", "licences"),
            [(u["user"], u["role"], ", ".join(u.get("licences") or []) or None)
             for u in records])
     if not records:
@@ -261,10 +253,9 @@ def offer_add(name: str, max_licences: int, countries: str, trial: bool, url: st
     """Define or redefine an offer (a catalog product of channel subscription)."""
     sold_in = _countries(countries)
     client = _client(url, admin_token)
-    record = _call(as_json, lambda: client.put_offer(name, max_licences=max_licences,
+    record = _answer(as_json, lambda: client.put_offer(name, max_licences=max_licences,
                                                      countries=sold_in, trial=trial), client)
-    if as_json:
-        emit(record)
+    if record is None:
         return
     verb = "defined" if client.last_status == 201 else "redefined"
     trial_text = "; a trial" if record.get("trial") else ""
@@ -279,12 +270,11 @@ def offer_add(name: str, max_licences: int, countries: str, trial: bool, url: st
 def offers(url: str, as_json: bool) -> None:
     """The offers on sale (no token needed)."""
     client = _public_client(url)
-    record = _call(as_json, client.offers, client)
-    if as_json:
-        emit(record)
+    record = _answer(as_json, client.offers, client)
+    if record is None:
         return
     records = record["offers"]
-    _table(("offer", "max_licences", "countries", "trial", "name"),
+    table(("offer", "max_licences", "countries", "trial", "name"),
            [(o["offer"], o.get("max_licences"), ",".join(o.get("countries") or []) or None,
              "yes" if o.get("trial") else "no", o.get("name")) for o in records])
     if not records:
@@ -331,7 +321,7 @@ def _still_busy(exc: RemoteError, retry_for: float, attempts: int, as_json: bool
     else:
         advice += ("Escalate to support once it has been busy for 15 minutes "
                    "('--retry-for 15m' waits that long).")
-    _fail(exc, as_json, notes=[advice],
+    fail_remote(exc, as_json, notes=[advice],
           extra={"retried_for": retry_for, "attempts": attempts, "advice": advice})
 
 
@@ -371,11 +361,10 @@ def signup(key: str, org_name: str, country: str, user_name: str, url: str,
     Prints the admin's token (shown only once).
     """
     client = _public_client(url)
-    record = _call(as_json, lambda: client.signup(key, org=org_name,
+    record = _answer(as_json, lambda: client.signup(key, org=org_name,
                                                   country=country.strip().upper(),
                                                   user=user_name), client)
-    if as_json:
-        emit(record)
+    if record is None:
         return
     sub = record["subscription"]
     country = record.get("country") or country.strip().upper()
@@ -403,11 +392,10 @@ def buy(org_name: str, offer_name: str, licences: int, billing: str, auto_assign
         token: str | None, url: str, admin_token: str | None, as_json: bool) -> None:
     """Buy a subscription (a global or billing admin)."""
     client = _client(url, admin_token, token)
-    record = _call(as_json, lambda: client.buy(org_name, offer=offer_name, licences=licences,
+    record = _answer(as_json, lambda: client.buy(org_name, offer=offer_name, licences=licences,
                                                billing=billing, auto_assign=auto_assign),
                    client)
-    if as_json:
-        emit(record)
+    if record is None:
         return
     click.echo(f"Bought for {record['org']}, billed {record['billing']}: "
                f"{_show_subscription(record)}.")
@@ -426,13 +414,12 @@ def subscriptions(org_name: str, token: str | None, url: str, admin_token: str |
                   as_json: bool) -> None:
     """An organisation's subscriptions, licences used and free, totals per offer."""
     client = _client(url, admin_token, token)
-    record = _call(as_json, lambda: client.subscriptions(org_name), client)
-    if as_json:
-        emit(record)
+    record = _answer(as_json, lambda: client.subscriptions(org_name), client)
+    if record is None:
         return
     subs = record.get("subscriptions") or []
     click.echo(f"{record['org']} ({record.get('country')})")
-    _table(("id", "offer", "licences", "used", "free", "billing", "source", "key", "created"),
+    table(("id", "offer", "licences", "used", "free", "billing", "source", "key", "created"),
            [(s["id"], s["offer"], s["licences"], s["used"], s["free"], s.get("billing"),
              s.get("source"), f"…{s['last5']}" if s.get("last5") else None, s.get("created"))
             for s in subs])
@@ -442,7 +429,7 @@ def subscriptions(org_name: str, token: str | None, url: str, admin_token: str |
         return
     click.echo("")
     click.echo("Totals per offer:")
-    _table(("offer", "licences", "used", "free"),
+    table(("offer", "licences", "used", "free"),
            [(o["offer"], o["licences"], o["used"], o["free"])
             for o in record.get("offers") or []])
 
@@ -458,9 +445,8 @@ def _licence_command(name: str, doc: str) -> click.Command:
                 admin_token: str | None, as_json: bool) -> None:
         client = _client(url, admin_token, token)
         change = client.assign if name == "assign" else client.unassign
-        record = _call(as_json, lambda: change(org_name, user_name, offer_name), client)
-        if as_json:
-            emit(record)
+        record = _answer(as_json, lambda: change(org_name, user_name, offer_name), client)
+        if record is None:
             return
         sub = record["subscription"]["id"]
         if name == "assign":
@@ -490,12 +476,10 @@ _licence_command("unassign", "Take USER's licence of an offer back (a global or 
 def expire(key: str, at: str | None, url: str, admin_token: str | None,
            as_json: bool) -> None:
     """Give a subscription key an expiry: redeeming it after fails with 'expired'."""
-    when = _when(at)
+    when = parse_when(at)
     client = _client(url, admin_token)
-    record = _call(as_json, lambda: client.expire_key(key, when), client)
-    if as_json:
-        emit(record)
-    else:
+    record = _answer(as_json, lambda: client.expire_key(key, when), client)
+    if record is not None:
         click.echo(f"Key {record['fingerprint']} (…{record['last5']}) expires "
                    f"{record['expires']}.")
 
@@ -505,9 +489,9 @@ def fault() -> None:
     """Force one of the redemption errors (admin token)."""
 
 
-def _show_fault(record: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        emit(record)
+def _show_fault(record: dict[str, Any] | None) -> None:
+    """The fault in force, for text output (None: --json printed it already)."""
+    if record is None:
         return
     current = record.get("fault")
     if not current:
@@ -538,7 +522,7 @@ def fault_set(code: str, times: int | None, url: str, admin_token: str | None,
     order_not_processed (docs/portal.md).
     """
     client = _client(url, admin_token)
-    _show_fault(_call(as_json, lambda: client.set_fault(code, times), client), as_json)
+    _show_fault(_answer(as_json, lambda: client.set_fault(code, times), client))
 
 
 @fault.command("clear")
@@ -547,7 +531,7 @@ def fault_set(code: str, times: int | None, url: str, admin_token: str | None,
 def fault_clear(url: str, admin_token: str | None, as_json: bool) -> None:
     """Stop forcing errors."""
     client = _client(url, admin_token)
-    _show_fault(_call(as_json, client.clear_fault, client), as_json)
+    _show_fault(_answer(as_json, client.clear_fault, client))
 
 
 @fault.command("show")
@@ -556,4 +540,4 @@ def fault_clear(url: str, admin_token: str | None, as_json: bool) -> None:
 def fault_show(url: str, admin_token: str | None, as_json: bool) -> None:
     """The fault in force, if any."""
     client = _client(url, admin_token)
-    _show_fault(_call(as_json, client.fault, client), as_json)
+    _show_fault(_answer(as_json, client.fault, client))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kmsemu.errors import ServiceError
@@ -167,7 +167,8 @@ def name_key(name: str) -> str:
 class PortalSql:
     """The portal's half of ``SqlStore`` (which supplies the transaction and ``_exec``)."""
 
-    #: Appended to the SELECT that locks an organisation's row (PostgreSQL: FOR UPDATE).
+    #: Appended to a SELECT whose row the transaction must hold: a key's in ``activate``,
+    #: an organisation's in its orders, the fault's (PostgreSQL: `` FOR UPDATE``).
     _lock_key = ""
 
     def _transaction(self, write: bool) -> contextlib.AbstractContextManager[Executor]:
@@ -242,8 +243,7 @@ class PortalSql:
                         " JOIN portal_users u ON u.id = a.user_id WHERE u.org_id = ?"
                         " ORDER BY a.offer", (org_id,)).fetchall():
                 held.setdefault(int(user_id), []).append(offer)
-        return [User(**{**_fields(_user(r)), "licences": tuple(held.get(int(r[0]), ()))})
-                for r in rows]
+        return [replace(_user(r), licences=tuple(held.get(int(r[0]), ()))) for r in rows]
 
     # -- offers, key expiry, faults ------------------------------------------------------------
 
@@ -293,6 +293,8 @@ class PortalSql:
 
     def take_fault(self) -> str | None:
         """The forced error for this redemption, if any, counted down (atomically)."""
+        if self.fault() is None:  # the usual case: no write transaction for it
+            return None
         with self._transaction(write=True) as db:
             row = self._exec(db, "SELECT code, remaining FROM portal_faults WHERE id = 1"
                                  + self._lock_key).fetchone()
@@ -387,8 +389,7 @@ class PortalSql:
                                    " subscription_id, at) VALUES (?, ?, ?, ?)",
                                (user_id, offer.name, subscription.id, now))
                     assigned.append(user_name)
-        used = Subscription(**{**_fields(subscription), "used": len(assigned)})
-        return Purchase(used, tuple(assigned))
+        return Purchase(replace(subscription, used=len(assigned)), tuple(assigned))
 
     def subscriptions(self, org_id: int) -> list[Subscription]:
         with self._transaction(write=False) as db:
@@ -425,7 +426,7 @@ class PortalSql:
                     offer=offer, licences=total)
             self._exec(db, "INSERT INTO portal_assignments (user_id, offer, subscription_id, at)"
                            " VALUES (?, ?, ?, ?)", (user.id, offer, chosen.id, now))
-        return user, Subscription(**{**_fields(chosen), "used": chosen.used + 1})
+        return user, replace(chosen, used=chosen.used + 1)
 
     def unassign(self, org_id: int, user_name: str, offer: str) -> tuple[User, Subscription]:
         with self._transaction(write=True) as db:
@@ -437,7 +438,3 @@ class PortalSql:
                 raise ServiceError("not_assigned", f"{user.name} has no {offer} licence")
             return user, _subscription(self._exec(db, _SUBSCRIPTION + " WHERE s.id = ?",
                                                   (row[0],)).fetchone())
-
-
-def _fields(value: Any) -> dict[str, Any]:
-    return {name: getattr(value, name) for name in value.__slots__}

@@ -10,6 +10,7 @@ on both databases.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -122,8 +123,6 @@ def parse_iso(text: str | None, field: str) -> float | None:
 
 class SqlStore(PortalSql):
     blocking_ok = True
-    #: Appended to the SELECT of a key's row inside ``activate`` (PostgreSQL: FOR UPDATE).
-    _lock_key = ""
 
     # -- what subclasses supply ------------------------------------------------------------
 
@@ -249,7 +248,7 @@ class SqlStore(PortalSql):
                 machine_id = int(row[0])
                 self._exec(db, "UPDATE mak_keys SET used = used + 1 WHERE fingerprint = ?",
                            (fingerprint,))
-                key = KeyRecord(**{**_fields(key), "used": key.used + 1})
+                key = dataclasses.replace(key, used=key.used + 1)
             else:
                 machine_id = decision.machine.id
                 bump = 1 if decision.verdict is Verdict.REACTIVATED else 0
@@ -325,10 +324,6 @@ class SqlStore(PortalSql):
                 self._exec(db, "UPDATE mak_keys SET used = used + 1 WHERE fingerprint = ?",
                            (m.fingerprint,))
         return ImportReport(added, kept, machines_added, machines_kept)
-
-
-def _fields(key: KeyRecord) -> dict[str, Any]:
-    return {name: getattr(key, name) for name in KeyRecord.__slots__}
 
 
 def key_json(key: KeyRecord) -> dict[str, Any]:
