@@ -22,7 +22,11 @@ class Reply:
 
 def _reply(response: http.client.HTTPResponse) -> Reply:
     raw = response.read()
-    return Reply(response.status, response.headers, json.loads(raw) if raw else None, raw)
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:  # not JSON (/metrics, a page): read ``raw``
+        body = None
+    return Reply(response.status, response.headers, body, raw)
 
 
 def request(address: tuple[str, int], method: str, path: str, body: Any = None, *,

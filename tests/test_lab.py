@@ -5,10 +5,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.query
@@ -16,21 +19,53 @@ import dns.rdatatype
 import pytest
 
 from tests.conftest import kmsemu_command, start_until_ready
+from tests.httpraw import request
+
+TOKEN = "lab-test-token"
 
 
 class Lab:
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.home = home
         self.process, rest, self.lines = start_until_ready(
             kmsemu_command("lab", "--kms-listen", "127.0.0.1:0", "--dns-listen",
-                           "127.0.0.1:0", "--mak-listen", "127.0.0.1:0", "--quiet"),
-            "ready lab", {"KMSEMU_HOME": str(home)})
+                           "127.0.0.1:0", "--http-listen", "127.0.0.1:0", *args),
+            "ready lab", {"KMSEMU_HOME": str(home), **(env or {})})
         fields = dict(item.split("=", 1) for item in rest.split())
         host, _, port = fields["kms"].rpartition(":")
         self.kms = (host, int(port))
         host, _, port = fields["dns"].rpartition(":")
         self.dns = (host, int(port))
         self.mak = fields["mak"]
+        assert fields["http"] == self.mak
+        host, _, port = self.mak.removeprefix("http://").rpartition(":")
+        self.http = (host, int(port))
+
+    def activate(self, *args: str) -> dict[str, Any]:
+        result = subprocess.run(
+            kmsemu_command("client", "activate", "--host", f"127.0.0.1:{self.kms[1]}", "--json",
+                           *args),
+            capture_output=True, text=True, timeout=30,
+            env={**os.environ, "KMSEMU_HOME": str(self.home)})
+        reply: dict[str, Any] = json.loads(result.stdout)
+        return reply
+
+    def state(self, token: str | None = None) -> dict[str, Any]:
+        reply = request(self.http, "GET", "/lab/api/state", token=token)
+        assert reply.status == 200, reply
+        state: dict[str, Any] = reply.body
+        return state
+
+    def wait_for_line(self, text: str) -> str:
+        """The first stderr line containing ``text`` (bounded wait: the pipe is drained by a
+        thread; the lab writes its log within a quarter of a second)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if text in line:
+                    return line
+            time.sleep(0.02)
+        raise AssertionError(f"no line with {text!r} in:\n" + "\n".join(self.lines))
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -40,7 +75,7 @@ class Lab:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    running = Lab(tmp_path / "home")
+    running = Lab(tmp_path / "home", "--quiet")
     try:
         yield running
     finally:
@@ -52,6 +87,8 @@ def test_the_summary_says_what_listens_where(lab: Lab) -> None:
     assert f"KMS host   127.0.0.1:{lab.kms[1]}" in text
     assert f"_vlmcs._tcp.lab.test SRV -> kms.lab.test:{lab.kms[1]}" in text
     assert f"MAK+portal {lab.mak}" in text
+    assert f"Dashboard  {lab.mak}/" in text
+    assert f"State      {lab.home / 'lab.sqlite3'}" in text
     assert str(lab.home / "mak" / "admin-token") in text
 
 
@@ -92,9 +129,141 @@ def test_a_port_in_use_fails_cleanly_with_nothing_left_running(tmp_path: Path) -
         taken.listen()
         result = subprocess.run(
             kmsemu_command("lab", "--kms-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0",
-                           "--mak-listen", f"127.0.0.1:{taken.getsockname()[1]}", "--quiet"),
+                           "--http-listen", f"127.0.0.1:{taken.getsockname()[1]}", "--quiet"),
             capture_output=True, text=True, timeout=30,
             env={**os.environ, "KMSEMU_HOME": str(tmp_path)})
     assert result.returncode == 1
     assert "the lab could not start" in result.stderr and "in use" in result.stderr
     assert 'stopped reason="start failed"' in result.stderr
+
+
+def test_health_readiness_and_metrics(lab: Lab) -> None:
+    assert request(lab.http, "GET", "/healthz").body == {"status": "ok"}
+    ready = request(lab.http, "GET", "/readyz")
+    assert ready.status == 200
+    assert ready.body == {"ready": True, "components": {
+        "kms": True, "dns": True, "http": True, "database": True}}
+    lab.activate("--product", "windows-11-pro", "--name", "PC-1")  # 1 of 25: not yet
+    lab.activate("--product", "windows-11-pro", "--name", "PC-2", "--required-count", "1")
+    text = request(lab.http, "GET", "/metrics").raw.decode()
+    assert 'kmsemu_kms_requests_total{product="windows-11-pro",result="0xC004F038"} 1.0' in text
+    assert 'kmsemu_kms_requests_total{product="windows-11-pro",result="0x00000000"} 1.0' in text
+    assert "kmsemu_kms_request_duration_seconds_count 2.0" in text
+    assert 'kmsemu_kms_count{application="Windows"} 2.0' in text
+    assert 'kmsemu_http_requests_total{method="GET",route="/readyz",status="200"} 1.0' in text
+    assert "kmsemu_lab_clock_offset_seconds 0.0" in text
+
+
+def test_the_dashboard_state_shows_clients_requests_and_duplicate_cmids(lab: Lab) -> None:
+    cmid = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
+    lab.activate("--product", "windows-11-pro", "--name", "GOLD-1", "--cmid", cmid)
+    lab.activate("--product", "windows-11-pro", "--name", "GOLD-2", "--cmid", cmid)
+    lab.activate("--product", "office-ltsc-2021-proplus", "--name", "OFFICE-1",
+                 "--required-count", "1")
+    state = lab.state()
+    assert state["read_only"] is True  # loopback: readable without the token
+    office, gold = state["clients"]
+    assert gold["cmid"] == cmid and gold["names"] == ["GOLD-1", "GOLD-2"] and gold["duplicate"]
+    assert gold["licence"]["state"] == "not_activated" and gold["hresult"] == "0xC004F038"
+    assert office["licence"]["state"] == "licensed" and not office["duplicate"]
+    assert [r["hresult"] for r in state["requests"]] == ["0x00000000", "0xC004F038",
+                                                         "0xC004F038"]
+    assert state["totals"] == {"requests": 3, "failed": 0, "below_threshold": 2}
+    counts = {c["application"]: c for c in state["counts"]}
+    assert counts["Windows"]["count"] == 1 and counts["Windows"]["thresholds"] == [5, 25]
+    assert [r["type"] for r in state["dns"]["records"]] == ["SOA", "NS", "SRV", "A"]
+
+
+def test_time_travel_needs_the_token_and_lapses_licences(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "home", "--admin-token", TOKEN, "--quiet")
+    try:
+        lab.activate("--product", "windows-11-pro", "--name", "PC-1", "--required-count", "1")
+        refused = request(lab.http, "POST", "/lab/api/clock", {"advance": "181d"})
+        assert refused.status == 401 and refused.body["error"]["code"] == "unauthorized"
+        bad = request(lab.http, "POST", "/lab/api/clock", {"advance": "soon"}, token=TOKEN)
+        assert bad.status == 400 and bad.body["error"]["code"] == "invalid_field"
+        assert lab.state()["clock_offset"] == 0
+        moved = request(lab.http, "POST", "/lab/api/clock", {"advance": "181d"}, token=TOKEN)
+        assert moved.status == 200 and moved.body["read_only"] is False
+        assert moved.body["clock_offset"] == 181 * 86_400
+        (client,) = moved.body["clients"]
+        assert client["licence"]["state"] == "lapsed"
+        assert {c["application"]: c["count"] for c in moved.body["counts"]}["Windows"] == 0
+        # a client on real time is now 181 days behind the host: refused for its clock
+        reply = lab.activate("--product", "windows-11-pro", "--name", "PC-1")
+        assert reply["error"]["hresult"] == "0xC004F06C", reply
+        # ...and one whose clock moved too is counted again
+        lab.activate("--product", "windows-11-pro", "--name", "PC-1", "--clock-offset", "181d",
+                     "--required-count", "1")
+        assert lab.state()["clients"][0]["licence"]["state"] == "licensed"
+        # the host's own report follows the lab clock
+        status = subprocess.run(kmsemu_command("host", "status", "--json"), capture_output=True,
+                                text=True, timeout=30,
+                                env={**os.environ, "KMSEMU_HOME": str(lab.home)})
+        assert json.loads(status.stdout)["counts"]["Windows"] == 1, status
+        back = request(lab.http, "POST", "/lab/api/clock", {"reset": True}, token=TOKEN)
+        assert back.body["clock_offset"] == 0
+    finally:
+        assert lab.stop() == 0
+
+
+def test_everything_is_kept_in_one_sqlite_file_across_a_restart(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    lab = Lab(home, "--admin-token", TOKEN, "--quiet")
+    lab.activate("--product", "windows-11-pro", "--name", "KEPT", "--required-count", "1")
+    key = subprocess.run(kmsemu_command("keys", "mint", "--type", "mak", "--product",
+                                        "windows-11-pro", "--json"),
+                         capture_output=True, text=True, timeout=30, check=True)
+    added = request(lab.http, "POST", "/v1/keys",
+                    {"key": json.loads(key.stdout)["key"], "limit": 5}, token=TOKEN)
+    assert added.status in (200, 201), added
+    request(lab.http, "POST", "/lab/api/clock", {"advance": "3d"}, token=TOKEN)
+    assert lab.stop() == 0
+    files = sorted(p.relative_to(home).as_posix() for p in home.rglob("*") if p.is_file())
+    assert files == ["lab.sqlite3"]
+    again = Lab(home, "--admin-token", TOKEN, "--quiet")
+    try:
+        state = again.state()
+        assert state["clock_offset"] == 3 * 86_400
+        assert [c["name"] for c in state["clients"]] == ["KEPT"]
+        assert state["totals"]["requests"] == 1
+        assert [(k["used"], k["remaining"]) for k in state["mak"]["keys"]] == [(0, 5)]
+    finally:
+        assert again.stop() == 0
+
+
+def test_sighup_reloads_what_it_can_and_says_what_needs_a_restart(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    config = home / "lab.toml"
+    config.write_text('[lab]\nmin_count = 0\nzone = "lab.test"\nrenewal_interval = 10080\n')
+    lab = Lab(home, "--renewal-interval", "1440")  # the command line beats the file
+    try:
+        assert lab.state()["host"]["renewal_interval"] == 1440
+        config.write_text('[lab]\nmin_count = 25\nzone = "other.test"\n'
+                          'renewal_interval = 60\n')
+        lab.process.send_signal(signal.SIGHUP)
+        line = lab.wait_for_line(" reload ")
+        assert "applied min_count=25" in line
+        assert "restart needed for zone" in line
+        assert "kept from the command line or environment: renewal_interval" in line
+        host = lab.state()["host"]
+        assert (host["min_count"], host["renewal_interval"]) == (25, 1440)
+        assert lab.activate("--product", "windows-11-pro")["current_count"] == 25
+        config.write_text("[lab]\nmin_count = 'many'\n")
+        lab.process.send_signal(signal.SIGHUP)
+        assert "nothing changed" in lab.wait_for_line("lab.min_count must be int")
+        assert lab.state()["host"]["min_count"] == 25
+    finally:
+        assert lab.stop() == 0
+
+
+def test_json_logs_on_request(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "home", "--log-format", "json")
+    try:
+        lab.activate("--product", "windows-11-pro", "--name", "JSON-PC")
+        lab.wait_for_line("JSON-PC")
+    finally:
+        assert lab.stop() == 0
+    events = [json.loads(line) for line in lab.lines if not line.startswith("ready lab ")]
+    assert {"ready", "lab", "activation", "stopped"} <= {e.get("event") for e in events}

@@ -48,11 +48,12 @@ from kmsemu.host.server import (
     install_uvloop,
     product_names,
 )
-from kmsemu.host.store import HostStore
+from kmsemu.host.store import HostStore, database_path
 from kmsemu.klp.messages import LicenseStatus
 from kmsemu.wire import filetime_from_unix
 
-_STATE_HELP = "State directory (default: $KMSEMU_HOME/host)."
+_STATE_HELP = "State directory or SQLite file (default: $KMSEMU_HOME/host)."
+LAB_DB = "lab.sqlite3"  # kmsemu lab's one database (kmsemu.lab.runner.DB_NAME)
 _INTERVAL = click.IntRange(*INTERVAL_RANGE)
 
 
@@ -201,7 +202,8 @@ def serve(
     loop_name = install_uvloop(loop)
     try:
         asyncio.run(_serve(open_host(
-            state, catalog, settings, list(secrets), clock_offset, addresses,
+            state, catalog, settings, list(secrets), OffsetClock(SystemClock(), clock_offset),
+            addresses,
             ServerOptions(max_connections, idle_timeout), log_format, loop_name, publishing)))
     except OSError as exc:
         fail(f"cannot listen: {exc.strerror or exc}", code="listen_failed")
@@ -230,15 +232,17 @@ async def open_host(
     catalog: Catalog,
     settings: HostSettings,
     secrets: list[str],
-    clock_offset: float,
+    clock: OffsetClock,
     addresses: list[tuple[str, int]],
     options: ServerOptions,
     log_format: str,
     loop_name: str,
     publishing: Publishing | None = None,
 ) -> RunningHost:
-    """Open the host's state, bind and start serving (``kmsemu host serve``, ``kmsemu lab``)."""
-    clock = OffsetClock(SystemClock(), clock_offset)
+    """Open the host's state, bind and start serving (``kmsemu host serve``, ``kmsemu lab``).
+
+    ``state`` is a directory or a SQLite file (the lab's); ``clock`` the host's clock, an
+    offset of the real one (the lab moves its offset while running)."""
     store = HostStore(state)
     try:
         kms = build_host(store, catalog, settings, secrets, clock)
@@ -256,7 +260,7 @@ async def open_host(
             min_count=str(settings.min_count),
             activation_interval=str(settings.activation_interval),
             renewal_interval=str(settings.renewal_interval),
-            clock_offset=str(clock_offset),
+            clock_offset=str(clock.offset),
             pid=str(os.getpid()),
             dns_publish=" ".join(p.zone for p in publishing.publications) if publishing else "",
             started=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -341,8 +345,14 @@ def _publishing(publish: tuple[str, ...], server: str, name: str | None, address
 )
 @json_option
 def status(state_dir: Path | None, catalog_path: Path | None, as_json: bool) -> None:
-    """The host's slmgr /dlv-style block: counts, port, cumulative requests."""
+    """The host's slmgr /dlv-style block: counts, port, cumulative requests.
+
+    Without --state: $KMSEMU_HOME/host, or the lab's database when only `kmsemu lab` ran.
+    """
     state = state_dir or default_state_dir()
+    lab_db = kmsemu_home() / LAB_DB
+    if state_dir is None and not database_path(state).exists() and lab_db.exists():
+        state = lab_db
     try:
         store = HostStore(state, create=False)
         catalog = load_catalog(catalog_path)

@@ -1,139 +1,126 @@
-"""``kmsemu lab``: the KMS host, its DNS zone and the MAK service in one process.
+"""``kmsemu lab``: KMS host, DNS, MAK service and dashboard in one process.
 
-One event loop runs the three servers; the DNS zone (default ``lab.test``)
-publishes the host as ``_vlmcs._tcp`` with an address record for it, so a
-client that looks the host up by DNS finds it. State lives where the
-separate commands keep it, so ``kmsemu host status``, ``kmsemu mak`` and
-``kmsemu portal`` work against a running lab unchanged: ``$KMSEMU_HOME/host``
-and ``$KMSEMU_HOME/mak`` (SQLite and the admin token).
-SIGTERM or SIGINT stops all three cleanly.
+Settings come from the command line, then the environment (``KMSEMU_LAB_*``,
+``KMSEMU_SECRET``, ``KMSEMU_ADMIN_TOKEN``), then the configuration file
+(``--config``, ``KMSEMU_CONFIG``, or ``$KMSEMU_HOME/lab.toml`` when it exists;
+see ``kmsemu.lab.config``), then the defaults. The running lab is
+``kmsemu.lab.runner.Lab``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import signal
-import sys
+from pathlib import Path
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
-from kmsemu.addresses import format_address
 from kmsemu.catalog import load_catalog
-from kmsemu.cli.common import ADDRESS, fail, kmsemu_home, secret_option
-from kmsemu.cli.host import open_host
-from kmsemu.clock import SystemClock
-from kmsemu.dns.server import DnsServer
-from kmsemu.dns.zone import Authority, SrvTarget, Zone, ZoneError
-from kmsemu.errors import KmsemuError
-from kmsemu.host.rules import HostSettings
-from kmsemu.host.server import DEFAULT_PORT, ServerOptions, install_uvloop
-from mak.server import DEFAULT_PORT as MAK_PORT
-from mak.server import MakServer, bind, ensure_token, executor_for, open_store, uvicorn_config
+from kmsemu.cli.common import ADDRESS, fail, fail_with, kmsemu_home, secret_option
+from kmsemu.dns.zone import ZoneError
+from kmsemu.errors import ConfigError, KmsemuError
+from kmsemu.host.rules import DEFAULT_ACTIVATION_INTERVAL, DEFAULT_RENEWAL_INTERVAL, INTERVAL_RANGE
+from kmsemu.host.server import DEFAULT_PORT, install_uvloop
+from kmsemu.lab.config import FILE_NAME, KEYS, read_config
+from kmsemu.lab.runner import Lab, LabSettings, Reloading, configure_logging
+from mak.portal import DEFAULT_REDEEM_RATE
+from mak.server import DEFAULT_PORT as HTTP_PORT
 
 DNS_PORT = 5300
-KMS_NAME = "kms"
+_CONFIG_KEY = "kmsemu.lab.config"
+_INTERVAL = click.IntRange(*INTERVAL_RANGE)
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Eager: read the file before the other options so that it only fills their defaults."""
+    path = value
+    if path is None:
+        default = kmsemu_home() / FILE_NAME
+        path = default if default.is_file() else None
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = read_config(path)
+        except ConfigError as exc:
+            fail_with(exc, False)
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    ctx.meta[_CONFIG_KEY] = values
+    return path
+
+
+def _env(name: str) -> str:
+    return f"KMSEMU_LAB_{name.upper()}"
 
 
 @click.command()
-@click.option("--kms-listen", type=ADDRESS, multiple=True,
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="KMSEMU_CONFIG", show_envvar=True, is_eager=True, callback=_load_config,
+              help=f"TOML file with a [lab] table. Default: $KMSEMU_HOME/{FILE_NAME} if it "
+                   "exists. The command line and the environment win over it.")
+@click.option("--kms-listen", type=ADDRESS, multiple=True, envvar=_env("kms_listen"),
+              show_envvar=True,
               help=f"ADDR[:PORT] for the KMS host (repeatable). Default: every address, port "
                    f"{DEFAULT_PORT}.")
 @click.option("--dns-listen", type=ADDRESS, default=f"127.0.0.1:{DNS_PORT}", show_default=True,
+              envvar=_env("dns_listen"), show_envvar=True,
               help="ADDR[:PORT] for the lab DNS (UDP and TCP).")
-@click.option("--mak-listen", type=ADDRESS, default=f"127.0.0.1:{MAK_PORT}", show_default=True,
-              help="ADDR[:PORT] for the MAK service and portal (HTTP).")
-@click.option("--zone", default="lab.test", show_default=True,
-              help="The DNS zone that publishes the host (_vlmcs._tcp.ZONE).")
+@click.option("--http-listen", "--mak-listen", "http_listen", type=ADDRESS,
+              default=f"127.0.0.1:{HTTP_PORT}", show_default=True, envvar=_env("http_listen"),
+              show_envvar=True,
+              help="ADDR[:PORT] for HTTP: dashboard, MAK service and portal, /metrics, /healthz. "
+                   "Beyond loopback, reading the dashboard needs the admin token.")
+@click.option("--zone", default="lab.test", show_default=True, envvar=_env("zone"),
+              show_envvar=True, help="The DNS zone that publishes the host (_vlmcs._tcp.ZONE).")
 @click.option("--min-count", type=click.IntRange(0, 1000), default=0, show_default=True,
+              envvar=_env("min_count"), show_envvar=True,
               help="Report at least this count (25: every client activates at once).")
+@click.option("--activation-interval", type=_INTERVAL, default=DEFAULT_ACTIVATION_INTERVAL,
+              show_default=True, envvar=_env("activation_interval"),
+              help="Minutes; what clients retry at.")
+@click.option("--renewal-interval", type=_INTERVAL, default=DEFAULT_RENEWAL_INTERVAL,
+              show_default=True, envvar=_env("renewal_interval"),
+              help="Minutes; how often clients renew.")
 @click.option("--admin-token", envvar="KMSEMU_ADMIN_TOKEN", show_envvar=True,
-              help="The MAK service's admin token. Default: one kept in "
-                   "$KMSEMU_HOME/mak/admin-token.")
+              help="The admin token (MAK service, portal, dashboard changes). Default: one kept "
+                   "in $KMSEMU_HOME/mak/admin-token.")
 @secret_option()
-@click.option("--quiet", is_flag=True, help="Log only warnings and errors.")
-def lab(kms_listen: tuple[tuple[str, int | None], ...], dns_listen: tuple[str, int | None],
-        mak_listen: tuple[str, int | None], zone: str, min_count: int, admin_token: str | None,
-        secret: str, quiet: bool) -> None:
-    """Run the whole lab in one process: KMS host, DNS and MAK service.
+@click.option("--redeem-rate", type=click.IntRange(0), default=DEFAULT_REDEEM_RATE,
+              show_default=True, envvar=_env("redeem_rate"),
+              help="Portal redemptions per organisation per minute (0: no limit).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, envvar=_env("log_format"), show_envvar=True,
+              help="Log lines on stderr as text or one JSON object each.")
+@click.option("--quiet", is_flag=True, envvar=_env("quiet"), help="Log only warnings and errors.")
+@click.pass_context
+def lab(ctx: click.Context, config_path: Path | None,
+        kms_listen: tuple[tuple[str, int | None], ...],
+        dns_listen: tuple[str, int | None], http_listen: tuple[str, int | None], zone: str,
+        min_count: int, activation_interval: int, renewal_interval: int,
+        admin_token: str | None, secret: str, redeem_rate: int, log_format: str,
+        quiet: bool) -> None:
+    """Run the whole lab in one process: KMS host, DNS, MAK service and dashboard.
 
-    Prints what listens where, then `ready lab` on stderr.
+    Prints what listens where, then `ready lab kms=... dns=... http=URL mak=URL` on stderr.
+    State: one SQLite file, $KMSEMU_HOME/lab.sqlite3. SIGHUP reloads the configuration
+    file; SIGTERM and SIGINT stop.
     """
-    kms = [(h, p if p is not None else DEFAULT_PORT) for h, p in kms_listen] or [
-        ("0.0.0.0", DEFAULT_PORT), ("::", DEFAULT_PORT)]
-    dns = (dns_listen[0], dns_listen[1] if dns_listen[1] is not None else DNS_PORT)
-    mak = (mak_listen[0], mak_listen[1] if mak_listen[1] is not None else MAK_PORT)
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING if quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    settings = LabSettings(
+        kms_listen=[(h, p if p is not None else DEFAULT_PORT) for h, p in kms_listen]
+        or [("0.0.0.0", DEFAULT_PORT), ("::", DEFAULT_PORT)],
+        dns_listen=(dns_listen[0], dns_listen[1] if dns_listen[1] is not None else DNS_PORT),
+        http_listen=(http_listen[0], http_listen[1] if http_listen[1] is not None else HTTP_PORT),
+        zone=zone, min_count=min_count, activation_interval=activation_interval,
+        renewal_interval=renewal_interval, admin_token=admin_token, secret=secret,
+        log_format=log_format, quiet=quiet, redeem_rate=redeem_rate)
+    fixed = {name for name in KEYS if ctx.get_parameter_source(name) in (
+        ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    reloading = Reloading(config_path, dict(ctx.meta.get(_CONFIG_KEY, {})), fixed)
+    configure_logging(log_format, quiet)
     loop_name = install_uvloop("auto")
     try:
-        asyncio.run(_run(kms, dns, mak, zone, min_count, admin_token, secret, loop_name))
+        running = Lab(settings, kmsemu_home(), load_catalog(), reloading, loop_name)
+        asyncio.run(running.run())
     except (OSError, KmsemuError, ZoneError) as exc:
         fail(f"the lab could not start: {getattr(exc, 'strerror', None) or exc}",
              code="lab_failed")
-
-
-async def _run(kms: list[tuple[str, int]], dns: tuple[str, int], mak: tuple[str, int],
-               zone_name: str, min_count: int, admin_token: str | None, secret: str,
-               loop_name: str) -> None:
-    from mak.api import create_app
-    from mak.service import MakService
-
-    home = kmsemu_home()
-    catalog = load_catalog()
-    async with contextlib.AsyncExitStack() as stack:
-        host = await open_host(home / "host", catalog, HostSettings(min_count=min_count),
-                               [secret], 0.0, kms, ServerOptions(), "text", loop_name)
-
-        async def close_host(kind: type[BaseException] | None, *_: object) -> None:
-            await host.close("signal" if kind is None else "start failed")
-
-        stack.push_async_exit(close_host)
-        port = host.bound[0][1]
-        specific = [h for h, _ in host.bound if h not in ("0.0.0.0", "::")]
-        zone = Zone.build(zone_name, srv=[SrvTarget(KMS_NAME, port)],
-                          addresses=[(KMS_NAME, specific[0] if specific else "127.0.0.1")])
-        dns_server = DnsServer(Authority([zone]))
-        dns_bound = await dns_server.start(*dns)
-        stack.push_async_callback(dns_server.close)
-
-        store = open_store(None, home / "mak")
-        stack.callback(store.close)
-        token = admin_token or ensure_token(home / "mak")
-        service = MakService(store, now=SystemClock().now, secret=secret, catalog=catalog)
-        app = create_app(service, admin_token=token, executor=executor_for(store))
-        mak_ready = asyncio.Event()
-        mak_server = MakServer(uvicorn_config(app), on_ready=lambda _: mak_ready.set(),
-                               handle_signals=False)
-        sockets = bind([mak])
-        mak_bound = sockets[0].getsockname()[:2]
-        mak_task = asyncio.create_task(mak_server.serve(sockets=sockets))
-        ready = asyncio.ensure_future(mak_ready.wait())
-        await asyncio.wait([mak_task, ready], return_when=asyncio.FIRST_COMPLETED)
-        if not mak_ready.is_set():
-            ready.cancel()
-            mak_task.result()
-            raise OSError("the MAK service stopped at start")
-
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        kms_text = " ".join(format_address(h, p) for h, p in host.bound)
-        mak_url = f"http://{format_address(*mak_bound)}"
-        for line in (
-            f"KMS host   {kms_text} (state {home / 'host'})",
-            f"DNS        {format_address(*dns_bound)} udp+tcp, zone {zone_name}: "
-            f"_vlmcs._tcp.{zone_name} SRV -> {KMS_NAME}.{zone_name}:{port}",
-            f"MAK+portal {mak_url} (/openapi.json; SQLite in {home / 'mak'})",
-            "admin token " + ("from --admin-token" if admin_token
-                              else f"in {home / 'mak' / 'admin-token'}"),
-        ):
-            click.echo(line, err=True)
-        click.echo(f"ready lab kms={kms_text} dns={format_address(*dns_bound)} mak={mak_url}",
-                   err=True)
-        await stop.wait()
-        mak_server.should_exit = True
-        await mak_task

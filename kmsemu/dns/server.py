@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import struct
+from collections import Counter
 from typing import Final, cast
 
 from kmsemu.dns.zone import Authority
@@ -30,8 +31,9 @@ def loopback(address: str) -> bool:
 
 
 class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, authority: Authority, updates: str) -> None:
+    def __init__(self, authority: Authority, updates: str, stats: Counter[str]) -> None:
         self._authority = authority
+        self._stats = stats
         self._updates = updates
         self._transport: asyncio.DatagramTransport | None = None
 
@@ -41,6 +43,7 @@ class _Udp(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         trusted = self._updates == "any" or (self._updates == "loopback" and loopback(addr[0]))
         reply = self._authority.answer(data, udp=True, trusted=trusted)
+        self._stats["udp" if reply is not None else "dropped"] += 1
         if reply is not None and self._transport is not None:
             self._transport.sendto(reply, addr)
 
@@ -56,6 +59,8 @@ class DnsServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._clients = 0
+        #: Queries answered over ``udp`` and ``tcp``, and messages ``dropped`` unanswered.
+        self.stats: Counter[str] = Counter()
         self.address: tuple[str, int] = ("127.0.0.1", 0)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -64,7 +69,7 @@ class DnsServer:
         self._tcp = await asyncio.start_server(self._serve_tcp, host, port, reuse_address=True)
         bound = self._tcp.sockets[0].getsockname()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self.authority, self.updates), local_addr=(host, bound[1]))
+            lambda: _Udp(self.authority, self.updates, self.stats), local_addr=(host, bound[1]))
         self._udp = transport
         self.address = (bound[0], bound[1])
         return self.address
@@ -92,7 +97,9 @@ class DnsServer:
                 data = await asyncio.wait_for(reader.readexactly(length), self.idle_timeout)
                 reply = self.authority.answer(data, udp=False, trusted=trusted)
                 if reply is None:
+                    self.stats["dropped"] += 1
                     break
+                self.stats["tcp"] += 1
                 writer.write(struct.pack("!H", len(reply)) + reply)
                 await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):

@@ -16,6 +16,7 @@ import itertools
 import math
 import random
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -71,6 +72,9 @@ class KmsServer:
         self._tasks: list[asyncio.Task[None]] = []
         self.addresses: list[tuple[str, int]] = []
         self.tick = 0
+        #: Called with every answered request and the seconds it took (the lab's dashboard
+        #: and metrics); with none, requests are not timed.
+        self.observers: list[Callable[[LoggedRequest, float], None]] = []
 
     async def start(self, listen: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """Listen on every ``(host, port)``; port 0 binds one free port shared by all."""
@@ -144,9 +148,13 @@ class KmsServer:
             await server.wait_closed()
         self.flush()
 
-    def record(self, logged: LoggedRequest) -> None:
+    def record(self, logged: LoggedRequest, started: float = 0.0) -> None:
         self._pending.append(logged)
         self.log.activation(logged.record, logged.peer, logged.reason)
+        if self.observers:
+            elapsed = time.perf_counter() - started
+            for observer in self.observers:
+                observer(logged, elapsed)
 
     def flush(self) -> None:
         """Persist what changed since the last flush, then flush the log stream."""
@@ -289,12 +297,14 @@ class _KmsProtocol(asyncio.Protocol):
                 return
 
     def _answer(self, conn: ServerConnection, call: Call) -> bytes:
+        server = self._server
+        started = time.perf_counter() if server.observers else 0.0
         try:
             outcome = self._host.handle(call.stub)
         except NdrError as exc:
             self._log_refusal(f"nca_s_fault_ndr: {exc}")
             return conn.fault(call, NcaStatus.NCA_S_FAULT_NDR)
-        self._server.record(LoggedRequest(outcome.log, self.peer, outcome.reason))
+        server.record(LoggedRequest(outcome.log, self.peer, outcome.reason), started)
         return conn.respond(call, outcome.stub)
 
     def _log_refusal(self, reason: str) -> None:

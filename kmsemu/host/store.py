@@ -101,10 +101,17 @@ class LoggedRequest(NamedTuple):
         )
 
 
+def database_path(state: str | Path) -> Path:
+    """The SQLite file a ``--state`` value names: a directory's ``host.sqlite3``, or a file
+    (``kmsemu lab`` keeps the host's tables in its one database, ``lab.sqlite3``)."""
+    path = Path(state)
+    return path if path.suffix in (".sqlite3", ".db") or path.is_file() else path / DB_NAME
+
+
 class HostStore:
-    def __init__(self, state_dir: str | Path, *, create: bool = True) -> None:
-        self.state_dir = Path(state_dir)
-        self.path = self.state_dir / DB_NAME
+    def __init__(self, state: str | Path, *, create: bool = True) -> None:
+        self.path = database_path(state)
+        self.state_dir = self.path.parent
         if create:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         elif not self.path.exists():
@@ -171,7 +178,18 @@ class HostStore:
                 )
             self._db.executemany(_INSERT_REQUEST, (r.row() for r in requests))
 
-    # -- reading for `host status` ----------------------------------------------------
+    # -- reading for `host status` and the lab's dashboard -----------------------------
+
+    def recent_requests(self, limit: int) -> list[tuple[Any, ...]]:
+        """The newest ``limit`` log rows, oldest first: (id, time, status, workstation_name,
+        client_machine_id, virtual_machine, license_status, sku_id, required_client_count,
+        current_count, peer, reason)."""
+        rows = self._db.execute(
+            "SELECT id, time, status, workstation_name, client_machine_id, virtual_machine,"
+            " license_status, sku_id, required_client_count, current_count, peer, reason"
+            " FROM requests ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        rows.reverse()
+        return rows
 
     def live_counts(self, now: int) -> dict[bytes, int]:
         rows = self._db.execute(
@@ -192,6 +210,13 @@ class HostStore:
             ).fetchall()
         )
         return total, failed, by_status
+
+    def below_threshold(self) -> int:
+        """Requests answered with a count under the client's threshold (0xC004F038 for it)."""
+        (count,) = self._db.execute(
+            "SELECT count(*) FROM requests WHERE status = 0"
+            " AND current_count < required_client_count").fetchone()
+        return int(count)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

@@ -1,0 +1,361 @@
+"""The running lab: KMS host, DNS, MAK service and dashboard on one event loop.
+
+All state is in one SQLite file, ``$KMSEMU_HOME/lab.sqlite3``: the host's
+tables (identity, count cache, request log, settings in use, the lab clock's
+offset) and the MAK service's and portal's tables. The admin token stays in
+``$KMSEMU_HOME/mak/admin-token`` where ``kmsemu mak`` and ``kmsemu portal``
+look for it. The lab clock is the real clock plus an offset that the
+dashboard moves (time travel); the host and the MAK service both read it, and
+the offset is stored, so a restart keeps the lab's date.
+
+SIGTERM and SIGINT stop it: HTTP stops taking requests and finishes those in
+flight, then the host writes what it holds and everything closes. SIGHUP
+reads the configuration file again (``kmsemu.lab.config``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+import click
+from dnslib import QTYPE
+
+from kmsemu.addresses import format_address
+from kmsemu.catalog import Catalog
+from kmsemu.cli.host import LAB_DB, RunningHost, open_host
+from kmsemu.clock import OffsetClock, SystemClock
+from kmsemu.dns.server import DnsServer, loopback
+from kmsemu.dns.zone import Authority, SrvTarget, Zone
+from kmsemu.errors import ConfigError
+from kmsemu.host.rules import LIVE_WINDOW, HostSettings
+from kmsemu.host.server import ServerOptions, product_names
+from kmsemu.host.store import HostStore
+from kmsemu.lab.config import Reload, plan_reload, read_config
+from kmsemu.lab.metrics import LabGauges, LabMetrics
+from kmsemu.lab.monitor import Monitor, iso
+from kmsemu.lab.web import create_lab_app
+from kmsemu.wire import filetime_from_unix
+from mak.api import create_app
+from mak.server import MakServer, bind, ensure_token, executor_for, open_store, uvicorn_config
+from mak.service import MakService
+from mak.store.base import Store
+from mak.store.sql import key_json
+
+KMS_NAME: Final = "kms"
+#: Log rows read back at start, to rebuild the dashboard's client list.
+HISTORY: Final = 20_000
+
+log = logging.getLogger("kmsemu.lab")
+
+
+@dataclass
+class LabSettings:
+    kms_listen: list[tuple[str, int]]
+    dns_listen: tuple[str, int]
+    http_listen: tuple[str, int]
+    zone: str = "lab.test"
+    min_count: int = 0
+    activation_interval: int = HostSettings().activation_interval
+    renewal_interval: int = HostSettings().renewal_interval
+    admin_token: str | None = None
+    secret: str = "kmsemu-lab"
+    log_format: str = "text"
+    quiet: bool = False
+    redeem_rate: int = 10
+
+
+@dataclass
+class Reloading:
+    """Where SIGHUP reads from: the file, what it said at start, and the keys the command
+    line or the environment set (they keep precedence)."""
+
+    path: Path | None
+    file_values: dict[str, Any] = field(default_factory=dict)
+    fixed: set[str] = field(default_factory=set)
+
+
+def configure_logging(log_format: str, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": iso(record.created), "level": record.levelname.lower(),
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+class Lab:
+    """The running parts, and the view the web app reads (``kmsemu.lab.web.LabView``)."""
+
+    def __init__(self, settings: LabSettings, home: Path, catalog: Catalog,
+                 reloading: Reloading, loop_name: str = "asyncio") -> None:
+        self.settings = settings
+        self.home = home
+        self.db = home / LAB_DB
+        self.catalog = catalog
+        self.reloading = reloading
+        self.loop_name = loop_name
+        self.clock = OffsetClock(SystemClock(), _stored_offset(self.db))
+        self.monitor = Monitor(catalog)
+        self.metrics = LabMetrics(product_names(catalog), self.gauges)
+        self.stopping = False
+        self.host: RunningHost | None = None
+        self.dns: DnsServer | None = None
+        self.zone: Zone | None = None
+        self.mak_ready = False
+        self.http_url = ""
+        self._store: Store | None = None
+        self._products = {p.number: p.key for p in catalog}
+        self._thresholds: dict[bytes, list[int]] = {}
+        for product in catalog.volume:
+            app = product.application_id.bytes_le
+            self._thresholds[app] = sorted({*self._thresholds.get(app, []), product.threshold})
+
+    # -- start and stop -------------------------------------------------------------
+
+    async def run(self) -> None:
+        s = self.settings
+        async with contextlib.AsyncExitStack() as stack:
+            host = self.host = await open_host(
+                self.db, self.catalog,
+                HostSettings(s.activation_interval, s.renewal_interval, s.min_count),
+                [s.secret], self.clock, s.kms_listen, ServerOptions(), s.log_format, self.loop_name)
+
+            async def close_host(kind: type[BaseException] | None, *_: object) -> None:
+                await host.close("signal" if kind is None else "start failed")
+
+            stack.push_async_exit(close_host)
+            total, failed, _ = host.store.request_totals()
+            history = host.store.recent_requests(HISTORY)
+            self.monitor.load(history, total, failed, host.store.below_threshold())
+            host.server.observers += [self.monitor.observe, self.metrics.observe_kms]
+
+            port = host.bound[0][1]
+            specific = [h for h, _ in host.bound if h not in ("0.0.0.0", "::")]
+            self.zone = Zone.build(s.zone, srv=[SrvTarget(KMS_NAME, port)],
+                                   addresses=[(KMS_NAME, specific[0] if specific else "127.0.0.1")])
+            self.dns = DnsServer(Authority([self.zone]))
+            dns_bound = await self.dns.start(*s.dns_listen)
+            stack.push_async_callback(self.dns.close)
+
+            store = self._store = open_store(str(self.db), self.home / "mak")
+            stack.callback(store.close)
+            token = s.admin_token or ensure_token(self.home / "mak")
+            service = MakService(store, now=self.clock.now, secret=s.secret,
+                                 catalog=self.catalog)
+            mak_app = create_app(service, admin_token=token, executor=executor_for(store),
+                                 redeem_rate=s.redeem_rate)
+            sockets = bind([s.http_listen])
+            http_bound = sockets[0].getsockname()[:2]
+            app = create_lab_app(self, mak_app, self.metrics, admin_token=token,
+                                 open_reads=loopback(http_bound[0]))
+            ready = asyncio.Event()
+            server = MakServer(uvicorn_config(app), on_ready=lambda _: ready.set(),
+                               handle_signals=False)
+            serving = asyncio.create_task(server.serve(sockets=sockets))
+            waiting = asyncio.ensure_future(ready.wait())
+            await asyncio.wait([serving, waiting], return_when=asyncio.FIRST_COMPLETED)
+            if not ready.is_set():
+                waiting.cancel()
+                serving.result()
+                raise OSError("the HTTP server stopped at start")
+            self.mak_ready = True
+            self.http_url = f"http://{format_address(*http_bound)}"
+            self._announce(host, dns_bound, token_from_flag=bool(s.admin_token))
+
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            await stop.wait()
+            self.stopping = True  # live event streams end; uvicorn then closes quickly
+            server.should_exit = True
+            await serving
+
+    def _announce(self, host: RunningHost, dns_bound: tuple[str, int], *,
+                  token_from_flag: bool) -> None:
+        kms = ",".join(format_address(h, p) for h, p in host.bound)
+        dns = format_address(*dns_bound)
+        zone, port = self.settings.zone, host.bound[0][1]
+        token = "from --admin-token" if token_from_flag else str(self.home / "mak" / "admin-token")
+        lines = [
+            f"KMS host   {' '.join(format_address(h, p) for h, p in host.bound)}",
+            f"DNS        {dns} udp+tcp, zone {zone}: _vlmcs._tcp.{zone} SRV -> "
+            f"{KMS_NAME}.{zone}:{port}",
+            f"Dashboard  {self.http_url}/ (metrics /metrics, health /healthz /readyz)",
+            f"MAK+portal {self.http_url} (/openapi.json)",
+            f"State      {self.db}",
+            f"admin token {token}",
+        ]
+        if self.settings.log_format == "json":
+            host.log.event("lab", None, {"kms": kms, "dns": dns, "zone": zone,
+                                         "http": self.http_url, "state": str(self.db)})
+            host.log.flush()
+        else:
+            for line in lines:
+                click.echo(line, err=True)
+        click.echo(f"ready lab kms={kms} dns={dns} http={self.http_url} mak={self.http_url}",
+                   err=True)
+
+    # -- SIGHUP ---------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Read the configuration file again; apply what can change while running."""
+        path = self.reloading.path
+        if path is None:
+            self._report_reload({"error": "no configuration file (--config, KMSEMU_CONFIG or "
+                                          f"{self.home / 'lab.toml'})"})
+            return
+        try:
+            values = read_config(path)
+        except ConfigError as exc:
+            self._report_reload({"error": f"{exc}; nothing changed"})
+            return
+        current = {k: getattr(self.settings, k) for k in vars(self.settings)}
+        plan = plan_reload(self.reloading.file_values, values, current, self.reloading.fixed)
+        try:
+            self.apply(plan)
+        except ValueError as exc:
+            self._report_reload({"error": f"{exc}; nothing changed"})
+            return
+        self.reloading.file_values = values
+        self._report_reload({"applied": ",".join(f"{k}={v}" for k, v in plan.apply.items()),
+                             "restart_needed": ",".join(plan.restart),
+                             "overridden": ",".join(plan.overridden),
+                             "summary": plan.summary()})
+
+    def apply(self, plan: Reload) -> None:
+        settings = replace(self.settings, **plan.apply)
+        host_settings = HostSettings(settings.activation_interval, settings.renewal_interval,
+                                     settings.min_count)  # raises ValueError when out of range
+        self.settings = settings
+        if self.host is not None:
+            self.host.server.host.rules.settings = host_settings
+            self.host.store.set_meta(min_count=str(settings.min_count),
+                                     activation_interval=str(settings.activation_interval),
+                                     renewal_interval=str(settings.renewal_interval))
+        logging.getLogger().setLevel(logging.WARNING if settings.quiet else logging.INFO)
+        self.monitor.bump()
+
+    def _report_reload(self, fields: dict[str, str]) -> None:
+        if self.host is not None:
+            self.host.log.event("reload", filetime_from_unix(time.time()),
+                                {k: v for k, v in fields.items() if v})
+            self.host.log.flush()
+
+    # -- what the web app reads -----------------------------------------------------
+
+    def version(self) -> int:
+        return self.monitor.version
+
+    def bump(self) -> None:
+        self.monitor.bump()
+
+    def travel(self, seconds: float | None) -> None:
+        self.clock.offset = 0.0 if seconds is None else self.clock.offset + seconds
+        if self.host is not None:
+            self.host.store.set_meta(clock_offset=str(self.clock.offset))
+            self.host.log.event("clock", filetime_from_unix(self.clock.now()),
+                                {"offset_seconds": round(self.clock.offset)})
+            self.host.log.flush()
+        self.monitor.bump()
+
+    def counts(self, now: float) -> dict[bytes, int]:
+        if self.host is None:
+            return {}
+        cache = self.host.server.host.rules.cache
+        at = filetime_from_unix(now)
+        min_count = self.settings.min_count
+        return {app: max(min_count, sum(1 for t in cache.entries.get(app, {}).values()
+                                        if at - t < LIVE_WINDOW))
+                for app in self._thresholds}
+
+    def mak_keys(self) -> list[dict[str, Any]]:
+        if self._store is None:
+            return []
+        return [{**key_json(r), "product": self._products.get(r.product)}
+                for r in self._store.keys()]  # noqa: SIM118 (a store, not a dict)
+
+    def state(self, read_only: bool) -> dict[str, Any]:
+        now = self.clock.now()
+        host = self.host
+        counts = self.counts(now)
+        apps = self.catalog.kms_applications
+        return {
+            "version": self.monitor.version,
+            "now": iso(now),
+            "clock_offset": self.clock.offset,
+            "read_only": read_only,
+            "host": {
+                "listen": [format_address(h, p) for h, p in host.bound] if host else [],
+                "epid": host.server.host.rules.identity.epid if host else None,
+                "min_count": self.settings.min_count,
+                "activation_interval": self.settings.activation_interval,
+                "renewal_interval": self.settings.renewal_interval,
+            },
+            "counts": [{"application": name, "application_id": str(app_id),
+                        "count": counts.get(app_id.bytes_le, 0),
+                        "thresholds": self._thresholds.get(app_id.bytes_le, [])}
+                       for app_id, name in apps.items()],
+            **self.monitor.snapshot(now),
+            "dns": {"zone": self.settings.zone,
+                    "listen": format_address(*self.dns.address) if self.dns else None,
+                    "records": [{"name": str(rr.rname), "type": QTYPE.get(rr.rtype),
+                                 "ttl": rr.ttl, "data": str(rr.rdata)}
+                                for rr in (self.zone.records if self.zone else [])]},
+            "mak": {"keys": self.mak_keys()},
+        }
+
+    def readiness(self) -> dict[str, bool]:
+        database = True
+        try:
+            if self.host is not None:
+                self.host.store.meta()
+        except Exception:
+            database = False
+        return {"kms": bool(self.host and self.host.bound) and not self.stopping,
+                "dns": self.dns is not None and not self.stopping,
+                "http": self.mak_ready and not self.stopping,
+                "database": database and self.host is not None}
+
+    def gauges(self) -> LabGauges:
+        now = self.clock.now()
+        names = {a.bytes_le: n for a, n in self.catalog.kms_applications.items()}
+        return LabGauges(
+            counts={names[a]: c for a, c in self.counts(now).items() if a in names},
+            connections=len(self.host.server.connections) if self.host else 0,
+            mak_keys=self.mak_keys(),
+            clock_offset=self.clock.offset,
+            dns_queries=dict(self.dns.stats) if self.dns else {})
+
+
+def _stored_offset(db: Path) -> float:
+    """The lab clock's offset kept from the last run (0 for a new lab)."""
+    if not db.exists():
+        return 0.0
+    store = HostStore(db, create=False)
+    try:
+        return float(store.meta().get("clock_offset", "0") or 0)
+    except ValueError:
+        return 0.0
+    finally:
+        store.close()

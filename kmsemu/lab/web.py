@@ -1,0 +1,250 @@
+"""The lab's HTTP face: dashboard, its state and live events, the lab clock, health and
+metrics, in front of the MAK service and portal (one port).
+
+Routes of its own::
+
+    GET  /                  the dashboard (static files under /lab/static/)
+    GET  /lab/api/state     everything the dashboard shows, as JSON
+    GET  /lab/events        the same JSON as Server-Sent Events, on every change
+    POST /lab/api/clock     move the lab clock: {"advance": "7d"} or {"reset": true}
+    GET  /healthz /readyz   liveness and readiness
+    GET  /metrics           Prometheus text format
+
+Everything else goes to the MAK service's app. Reading the dashboard needs no
+token only while every HTTP address is loopback; otherwise the admin token
+(``Authorization: Bearer``, or the ``kmsemu_token`` cookie the page sets).
+Changes always need the token in the header, so a cookie alone (which a
+browser attaches to any site's request) changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from typing import Any, Final, Protocol
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route, compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kmsemu.durations import parse_duration
+from kmsemu.lab.metrics import LabMetrics
+
+STATIC: Final = {"app.js": "text/javascript; charset=utf-8",
+                 "style.css": "text/css; charset=utf-8"}
+COOKIE: Final = "kmsemu_token"
+PUSH_INTERVAL: Final = 0.25  # at most four pushes a second per viewer
+REFRESH: Final = 10.0  # and one at least this often (the clock and licence texts move)
+MAX_TRAVEL: Final = 100 * 365 * 86_400.0
+_CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+               "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
+               "base-uri 'none'; form-action 'none'")
+
+
+class LabView(Protocol):
+    """What the web app needs from the running lab."""
+
+    stopping: bool
+
+    def version(self) -> int: ...
+    def bump(self) -> None: ...  # something shown changed (a MAK key, say)
+    def state(self, read_only: bool) -> dict[str, Any]: ...
+    def travel(self, seconds: float | None) -> None: ...  # None: back to real time
+    def readiness(self) -> dict[str, bool]: ...
+
+
+def create_lab_app(view: LabView, mak_app: ASGIApp, metrics: LabMetrics, *,
+                   admin_token: str, open_reads: bool) -> ASGIApp:
+    """``open_reads``: the dashboard may be read without a token (loopback only)."""
+
+    def token_ok(token: str | None) -> bool:
+        return token is not None and hmac.compare_digest(token.encode(), admin_token.encode())
+
+    def bearer(request: Request) -> str | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
+
+    def reader(request: Request) -> bool | None:
+        """None: may not read; else whether the reader holds the token (may change)."""
+        holds = token_ok(bearer(request)) or token_ok(request.cookies.get(COOKIE))
+        return holds if holds or open_reads else None
+
+    async def index(request: Request) -> Response:
+        return _file("index.html", "text/html; charset=utf-8")
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC:
+            return _error(404, "not_found", "no such file")
+        return _file(name, STATIC[name])
+
+    async def state(request: Request) -> Response:
+        holds = reader(request)
+        if holds is None:
+            return _unauthorized()
+        return JSONResponse(view.state(read_only=not holds),
+                            headers={"Cache-Control": "no-store"})
+
+    async def events(request: Request) -> Response:
+        holds = reader(request)
+        if holds is None:
+            return _unauthorized()
+        return StreamingResponse(_stream(view, read_only=not holds),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store",
+                                          "X-Accel-Buffering": "no"})
+
+    async def clock(request: Request) -> Response:
+        if not token_ok(bearer(request)):
+            return _unauthorized("changing the lab clock needs the admin token "
+                                 "(Authorization: Bearer TOKEN)")
+        try:
+            body = json.loads(await request.body() or b"null")
+            seconds = _travel(body)
+        except (ValueError, TypeError) as exc:
+            return _error(400, "invalid_field", str(exc))
+        view.travel(seconds)
+        return JSONResponse(view.state(read_only=False))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        parts = view.readiness()
+        ready = all(parts.values())
+        return JSONResponse({"ready": ready, "components": parts},
+                            status_code=200 if ready else 503)
+
+    async def metrics_page(request: Request) -> Response:
+        return Response(metrics.render(),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    routes: list[BaseRoute] = [
+        Route("/", index),
+        Route("/lab/static/{name}", static),
+        Route("/lab/api/state", state),
+        Route("/lab/events", events),
+        Route("/lab/api/clock", clock, methods=["POST"]),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_page),
+    ]
+    own = [r.path for r in routes if isinstance(r, Route)]
+    app = Starlette(routes=[*routes, Mount("", app=mak_app)])
+    app.router.redirect_slashes = False
+    return _Observed(app, metrics, _route_names(own, mak_app), on_change=view.bump)
+
+
+async def _stream(view: LabView, *, read_only: bool) -> AsyncIterator[str]:
+    yield "retry: 2000\n\n"
+    sent, last = -1, 0.0
+    while not view.stopping:
+        version = view.version()
+        now = time.monotonic()
+        if version != sent or now - last >= REFRESH:
+            sent, last = version, now
+            text = json.dumps(view.state(read_only=read_only), separators=(",", ":"))
+            yield f"event: state\ndata: {text}\n\n"
+        await asyncio.sleep(PUSH_INTERVAL)
+
+
+def _travel(body: Any) -> float | None:
+    if not isinstance(body, dict) or len(body) != 1:
+        raise ValueError('send {"advance": "7d"} or {"reset": true}')
+    if body.get("reset") is True:
+        return None
+    advance = body.get("advance")
+    if not isinstance(advance, str):
+        raise ValueError('advance must be a duration such as "7d", "12h" or "-1d"')
+    seconds = parse_duration(advance)
+    if abs(seconds) > MAX_TRAVEL:
+        raise ValueError("the lab clock moves at most 100 years at a time")
+    return seconds
+
+
+def _file(name: str, media_type: str) -> Response:
+    try:
+        body = resources.files("kmsemu").joinpath("data", "dashboard", name).read_bytes()
+    except FileNotFoundError:
+        return _error(404, "not_found", f"the dashboard's {name} is not installed")
+    return Response(body, media_type=media_type,
+                    headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-cache",
+                             "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _unauthorized(message: str = "this lab listens beyond loopback: reading the dashboard "
+                  "needs the admin token") -> Response:
+    response = _error(401, "unauthorized", message)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="kmsemu lab"'
+    return response
+
+
+def _route_names(own: list[str], mak_app: ASGIApp) -> Callable[[str], str]:
+    """A metrics label per request path: a route's template, or ``other`` (hostile paths
+    must not grow the label set)."""
+    templates = list(own)
+    for route in getattr(mak_app, "routes", []):
+        path = getattr(route, "path", None)
+        if isinstance(path, str):
+            templates.append(path)
+    fixed = {t for t in templates if "{" not in t}
+    patterns = [(compile_path(t)[0], t) for t in templates if "{" in t]
+
+    def name(path: str) -> str:
+        if path in fixed:
+            return path
+        for regex, template in patterns:
+            if regex.match(path):
+                return template
+        return "other"
+
+    return name
+
+
+class _Observed:
+    """ASGI middleware: time and count every HTTP request; note changes made through the
+    MAK service and portal (any request that is not a read) for the dashboard."""
+
+    def __init__(self, app: ASGIApp, metrics: LabMetrics, route: Callable[[str], str], *,
+                 on_change: Callable[[], None]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.route = route
+        self.on_change = on_change
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            method = scope["method"]
+            route = self.route(scope["path"])
+            if route != "/lab/events":  # a stream lasts as long as its viewer
+                self.metrics.observe_http(route, method if method in _METHODS else "other",
+                                          status, time.perf_counter() - started)
+            if method not in ("GET", "HEAD", "OPTIONS") and not route.startswith("/lab/"):
+                self.on_change()
+
+
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
