@@ -101,6 +101,16 @@ def test_dns_publishes_the_host_with_its_address(lab: Lab) -> None:
     assert glue == {"127.0.0.1"}
 
 
+def test_the_published_address_can_be_named(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "home", "--kms-address", "192.0.2.10", "--quiet")
+    try:
+        query = dns.message.make_query("kms.lab.test", dns.rdatatype.A)
+        answer = dns.query.udp(query, lab.dns[0], port=lab.dns[1], timeout=5)
+        assert [rd.to_text() for rrset in answer.answer for rd in rrset] == ["192.0.2.10"]
+    finally:
+        assert lab.stop() == 0
+
+
 def test_the_host_counts_and_the_mak_service_answers(lab: Lab) -> None:
     result = subprocess.run(
         kmsemu_command("client", "activate", "--host", f"127.0.0.1:{lab.kms[1]}", "--product",
@@ -267,3 +277,4 @@ def test_json_logs_on_request(tmp_path: Path) -> None:
         assert lab.stop() == 0
     events = [json.loads(line) for line in lab.lines if not line.startswith("ready lab ")]
     assert {"ready", "lab", "activation", "stopped"} <= {e.get("event") for e in events}
+    assert all(e["time"].endswith("Z") for e in events)  # every line has its time

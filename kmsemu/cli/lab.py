@@ -62,6 +62,9 @@ def _env(name: str) -> str:
               show_envvar=True,
               help=f"ADDR[:PORT] for the KMS host (repeatable). Default: every address, port "
                    f"{DEFAULT_PORT}.")
+@click.option("--kms-address", envvar=_env("kms_address"), show_envvar=True, metavar="IP",
+              help="The address DNS publishes for the host (kms.ZONE). Default: the KMS listen "
+                   "address, or 127.0.0.1 when it listens on every address.")
 @click.option("--dns-listen", type=ADDRESS, default=f"127.0.0.1:{DNS_PORT}", show_default=True,
               envvar=_env("dns_listen"), show_envvar=True,
               help="ADDR[:PORT] for the lab DNS (UDP and TCP).")
@@ -94,7 +97,7 @@ def _env(name: str) -> str:
 @click.option("--quiet", is_flag=True, envvar=_env("quiet"), help="Log only warnings and errors.")
 @click.pass_context
 def lab(ctx: click.Context, config_path: Path | None,
-        kms_listen: tuple[tuple[str, int | None], ...],
+        kms_listen: tuple[tuple[str, int | None], ...], kms_address: str | None,
         dns_listen: tuple[str, int | None], http_listen: tuple[str, int | None], zone: str,
         min_count: int, activation_interval: int, renewal_interval: int,
         admin_token: str | None, secret: str, redeem_rate: int, log_format: str,
@@ -110,8 +113,9 @@ def lab(ctx: click.Context, config_path: Path | None,
         or [("0.0.0.0", DEFAULT_PORT), ("::", DEFAULT_PORT)],
         dns_listen=(dns_listen[0], dns_listen[1] if dns_listen[1] is not None else DNS_PORT),
         http_listen=(http_listen[0], http_listen[1] if http_listen[1] is not None else HTTP_PORT),
-        zone=zone, min_count=min_count, activation_interval=activation_interval,
-        renewal_interval=renewal_interval, admin_token=admin_token, secret=secret,
+        zone=zone, kms_address=kms_address, min_count=min_count,
+        activation_interval=activation_interval, renewal_interval=renewal_interval,
+        admin_token=admin_token, secret=secret,
         log_format=log_format, quiet=quiet, redeem_rate=redeem_rate)
     fixed = {name for name in KEYS if ctx.get_parameter_source(name) in (
         ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}

@@ -13,7 +13,7 @@ import time
 from typing import Any, Protocol
 
 from kmsemu.host.rules import LogRecord
-from kmsemu.wire import FILETIME_PER_SECOND, guid_text, unix_from_filetime
+from kmsemu.wire import FILETIME_PER_SECOND, filetime_from_unix, guid_text, unix_from_filetime
 
 
 class TextSink(Protocol):
@@ -73,13 +73,13 @@ class EventLog:
     def event(
         self, name: str, filetime: int | None = None, fields: dict[str, Any] | None = None
     ) -> None:
-        stamp = self._stamp(filetime)
         fields = fields or {}
-        if self._json:
+        if self._json:  # a log collector wants a time on every line: the wall clock's
+            stamp = self._stamp(filetime or filetime_from_unix(time.time()))
             self._lines.append(json.dumps({"time": stamp, "event": name, **fields}) + "\n")
         else:
             parts = " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
-            self._lines.append(f"{stamp} {name} {parts}\n".lstrip())
+            self._lines.append(f"{self._stamp(filetime)} {name} {parts}\n".lstrip())
 
     def flush(self) -> None:
         if self._lines:

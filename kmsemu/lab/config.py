@@ -21,6 +21,7 @@ from kmsemu.errors import ConfigError
 #: key -> the TOML types it accepts
 KEYS: Final[dict[str, tuple[type, ...]]] = {
     "kms_listen": (list, str),
+    "kms_address": (str,),
     "dns_listen": (str,),
     "http_listen": (str,),
     "zone": (str,),

