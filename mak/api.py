@@ -453,7 +453,8 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-def _error_response(exc: ServiceError) -> JSONResponse:
+def error_response(exc: ServiceError) -> JSONResponse:
+    """``{"error": {...}}`` with the error's status (and ``WWW-Authenticate`` on 401)."""
     headers = dict(exc.headers)
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
@@ -469,7 +470,7 @@ def _route(api: Api, endpoint: Endpoint) -> Route:
                 api.authorise(request)
             return await handler(request)
         except ServiceError as exc:
-            return _error_response(exc)
+            return error_response(exc)
 
     return Route(endpoint.path, endpoint_fn, methods=[endpoint.method],
                  name=endpoint.handler.__name__)
@@ -490,11 +491,11 @@ def create_app(service: MakService, *, admin_token: str,
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_json")
-        return _error_response(ServiceError(code))
+        return error_response(ServiceError(code))
 
     async def internal(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return _error_response(ServiceError("internal"))
+        return error_response(ServiceError("internal"))
 
     app = Starlette(routes=[_route(api, e) for e in ENDPOINTS],
                     exception_handlers={HTTPException: http_error, Exception: internal})

@@ -87,12 +87,15 @@ def kmsemu_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "kmsemu", *args]
 
 
-def start_until_ready(command: list[str], ready: str, env: dict[str, str] | None = None,
+def start_until_ready(command: list[str], ready: str, env: dict[str, str] | None = None, *,
+                      cwd: Path | None = None, base_env: dict[str, str] | None = None,
                       ) -> tuple[subprocess.Popen[str], str, list[str]]:
-    """Start a server process; return it, the rest of its ``ready <what>`` line, and its
-    stderr lines (kept up to date by a thread that drains the pipe)."""
+    """Start a server process (environment: ``base_env``, default ours, plus ``env``);
+    return it, the rest of its ``ready <what>`` line, and its stderr lines (kept up to date
+    by a thread that drains the pipe)."""
+    base = dict(os.environ) if base_env is None else base_env
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, **(env or {})})
+                            text=True, env={**base, **(env or {})}, cwd=cwd)
     assert proc.stderr is not None
     lines: list[str] = []
     timer = threading.Timer(READY_TIMEOUT, proc.kill)

@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import tomllib
 import uuid
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import READY_TIMEOUT, kmsemu_command
+from tests.conftest import kmsemu_command, start_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -410,29 +409,11 @@ class LabProcess:
 
 def start_lab(args: list[str], env: dict[str, str], cwd: Path) -> LabProcess:
     """``kmsemu lab ARGS`` in ``cwd`` with exactly ``env`` over a cleaned environment; once it
-    prints ``ready lab``. (conftest's start_until_ready has no cwd.)"""
+    prints ``ready lab``."""
     # none of a developer's KMSEMU_* settings (KMSEMU_CONFIG, KMSEMU_LAB_*...) leak in
     base = {k: v for k, v in os.environ.items() if not k.startswith("KMSEMU_")}
-    proc = subprocess.Popen(kmsemu_command("lab", *args), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, cwd=cwd, env={**base, **env})
-    assert proc.stderr is not None
-    lines: list[str] = []
-    timer = threading.Timer(READY_TIMEOUT, proc.kill)
-    timer.start()
-    try:
-        for line in proc.stderr:
-            lines.append(line.rstrip("\n"))
-            if line.startswith("ready lab "):
-                rest = line[len("ready lab "):]
-                break
-        else:
-            proc.wait()
-            raise AssertionError(f"kmsemu lab exited {proc.returncode} before it was "
-                                 "ready:\n" + "\n".join(lines))
-    finally:
-        timer.cancel()
-    threading.Thread(target=lambda: lines.extend(x.rstrip("\n") for x in proc.stderr or ()),
-                     daemon=True).start()
+    proc, rest, lines = start_until_ready(kmsemu_command("lab", *args), "ready lab", env,
+                                          cwd=cwd, base_env=base)
     fields = dict(item.split("=", 1) for item in rest.split() if "=" in item)
     return LabProcess(proc, lines, fields)
 

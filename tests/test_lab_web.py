@@ -122,13 +122,17 @@ def test_changes_need_the_token_in_the_header_never_a_cookie_alone(open_reads: b
     assert view.offset == 0
 
 
-@pytest.mark.parametrize("body", [b"", b"[]", b"{", b'{"advance": 7}', b'{"advance": "soon"}',
-                                  b'{"advance": "1d", "reset": true}', b'{"reset": false}',
-                                  b'{"advance": "40000d"}'])
-def test_a_bad_clock_change_is_invalid_field(body: bytes) -> None:
+@pytest.mark.parametrize(("body", "status", "code"), [
+    (b"", 400, "bad_json"), (b"[]", 400, "bad_json"), (b"{", 400, "bad_json"),
+    (b"\xff", 400, "bad_json"), (b'{"a": "' + b"x" * 2000 + b'"}', 413, "body_too_large"),
+    (b'{"advance": 7}', 422, "invalid_field"), (b'{"advance": "soon"}', 422, "invalid_field"),
+    (b'{"advance": "1d", "reset": true}', 422, "invalid_field"),
+    (b'{"reset": false}', 422, "invalid_field"), (b'{"advance": "40000d"}', 422, "invalid_field"),
+])
+def test_a_bad_clock_change_changes_nothing(body: bytes, status: int, code: str) -> None:
     app, view, _ = build(open_reads=True)
-    status, _, answer = call(app, "POST", "/lab/api/clock", body, headers=bearer())
-    assert status == 400 and json.loads(answer)["error"]["code"] == "invalid_field"
+    got, _, answer = call(app, "POST", "/lab/api/clock", body, headers=bearer())
+    assert got == status and json.loads(answer)["error"]["code"] == code
     assert view.offset == 0
 
 

@@ -34,11 +34,14 @@ from starlette.routing import BaseRoute, Mount, Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kmsemu.durations import parse_duration
+from kmsemu.errors import ServiceError
 from kmsemu.lab.metrics import LabMetrics
+from mak.api import Api, error_response
 
 STATIC: Final = {"app.js": "text/javascript; charset=utf-8",
                  "style.css": "text/css; charset=utf-8"}
 COOKIE: Final = "kmsemu_token"
+CLOCK_BODY: Final = 1024
 PUSH_INTERVAL: Final = 0.25  # at most four pushes a second per viewer
 REFRESH: Final = 10.0  # and one at least this often (the clock and licence texts move)
 MAX_TRAVEL: Final = 100 * 365 * 86_400.0
@@ -81,7 +84,7 @@ def create_lab_app(view: LabView, mak_app: ASGIApp, metrics: LabMetrics, *,
     async def static(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in STATIC:
-            return _error(404, "not_found", "no such file")
+            return error_response(ServiceError("not_found", "no such file"))
         return _file(name, STATIC[name])
 
     async def state(request: Request) -> Response:
@@ -102,13 +105,13 @@ def create_lab_app(view: LabView, mak_app: ASGIApp, metrics: LabMetrics, *,
 
     async def clock(request: Request) -> Response:
         if not token_ok(bearer(request)):
-            return _unauthorized("changing the lab clock needs the admin token "
-                                 "(Authorization: Bearer TOKEN)")
+            return _unauthorized("changing the lab clock needs it")
         try:
-            body = json.loads(await request.body() or b"null")
-            seconds = _travel(body)
-        except (ValueError, TypeError) as exc:
-            return _error(400, "invalid_field", str(exc))
+            seconds = _travel(await Api.body(request, CLOCK_BODY))
+        except ServiceError as exc:
+            return error_response(exc)
+        except ValueError as exc:
+            return error_response(ServiceError("invalid_field", str(exc)))
         view.travel(seconds)
         return JSONResponse(view.state(read_only=False))
 
@@ -154,8 +157,8 @@ async def _stream(view: LabView, *, read_only: bool) -> AsyncIterator[str]:
         await asyncio.sleep(PUSH_INTERVAL)
 
 
-def _travel(body: Any) -> float | None:
-    if not isinstance(body, dict) or len(body) != 1:
+def _travel(body: dict[str, Any]) -> float | None:
+    if len(body) != 1:
         raise ValueError('send {"advance": "7d"} or {"reset": true}')
     if body.get("reset") is True:
         return None
@@ -172,21 +175,16 @@ def _file(name: str, media_type: str) -> Response:
     try:
         body = resources.files("kmsemu").joinpath("data", "dashboard", name).read_bytes()
     except FileNotFoundError:
-        return _error(404, "not_found", f"the dashboard's {name} is not installed")
+        return error_response(ServiceError("not_found", f"the dashboard's {name} is not "
+                                                        "installed"))
     return Response(body, media_type=media_type,
                     headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-cache",
                              "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
 
 
-def _error(status: int, code: str, message: str) -> Response:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-def _unauthorized(message: str = "this lab listens beyond loopback: reading the dashboard "
-                  "needs the admin token") -> Response:
-    response = _error(401, "unauthorized", message)
-    response.headers["WWW-Authenticate"] = 'Bearer realm="kmsemu lab"'
-    return response
+def _unauthorized(detail: str = "this lab listens beyond loopback: reading the dashboard "
+                  "needs it") -> Response:
+    return error_response(ServiceError("unauthorized", detail))
 
 
 def _route_names(own: list[str], mak_app: ASGIApp) -> Callable[[str], str]:
