@@ -199,13 +199,14 @@ def test_time_travel_needs_the_token_and_lapses_licences(tmp_path: Path) -> None
         (client,) = moved.body["clients"]
         assert client["licence"]["state"] == "lapsed"
         assert {c["application"]: c["count"] for c in moved.body["counts"]}["Windows"] == 0
-        # a client on real time is now 181 days behind the host: refused for its clock
-        reply = lab.activate("--product", "windows-11-pro", "--name", "PC-1")
-        assert reply["error"]["hresult"] == "0xC004F06C", reply
-        # ...and one whose clock moved too is counted again
-        lab.activate("--product", "windows-11-pro", "--name", "PC-1", "--clock-offset", "181d",
-                     "--required-count", "1")
+        # the whole lab moved: a client's request counts as moved too and renews...
+        lab.activate("--product", "windows-11-pro", "--name", "PC-1", "--required-count", "1")
         assert lab.state()["clients"][0]["licence"]["state"] == "licensed"
+        # ...while a client whose own clock is 5 hours off is still refused for it
+        reply = lab.activate("--product", "windows-11-pro", "--name", "PC-2",
+                             "--clock-offset", "5h")
+        assert reply["error"]["hresult"] == "0xC004F06C", reply
+        assert lab.state()["requests"][0]["hresult"] == "0xC004F06C"
         # the host's own report follows the lab clock
         status = subprocess.run(kmsemu_command("host", "status", "--json"), capture_output=True,
                                 text=True, timeout=30,

@@ -193,6 +193,10 @@ class HostRules:
     ) -> None:
         self.catalog = catalog
         self.settings = settings
+        #: FILETIME units the lab clock was moved by (``kmsemu lab``'s time travel moves the
+        #: whole lab network: a client's request time counts as moved with it, so only a
+        #: client's own offset shows as clock skew).
+        self.travel = 0
         self.identity = identity
         self.cache = cache if cache is not None else CountCache()
         self._epid_field = encode_utf16_field(identity.epid, NAME_FIELD_SIZE)
@@ -208,8 +212,8 @@ class HostRules:
         status, reason = 0, ""
         if not self.catalog.serves(request.application_id, request.kms_count_id):
             status, reason = HResult.PRODUCT_NOT_SERVED, "product not in the catalog"
-        elif abs(request.request_time - now) > MAX_SKEW:
-            skew = (request.request_time - now) / FILETIME_PER_SECOND / 3600
+        elif abs(request.request_time + self.travel - now) > MAX_SKEW:
+            skew = (request.request_time + self.travel - now) / FILETIME_PER_SECOND / 3600
             status, reason = HResult.TIMESTAMP_INVALID, f"client clock {skew:+.1f} h off"
         count = 0
         if status == 0:

@@ -43,7 +43,7 @@ from kmsemu.lab.config import Reload, plan_reload, read_config
 from kmsemu.lab.metrics import LabGauges, LabMetrics
 from kmsemu.lab.monitor import Monitor, iso
 from kmsemu.lab.web import create_lab_app
-from kmsemu.wire import filetime_from_unix
+from kmsemu.wire import FILETIME_PER_SECOND, filetime_from_unix
 from mak.api import create_app
 from mak.server import MakServer, bind, ensure_token, executor_for, open_store, uvicorn_config
 from mak.service import MakService
@@ -148,6 +148,7 @@ class Lab:
             history = host.store.recent_requests(HISTORY)
             self.monitor.load(history, total, failed, host.store.below_threshold())
             host.server.observers += [self.monitor.observe, self.metrics.observe_kms]
+            host.server.host.rules.travel = round(self.clock.offset * FILETIME_PER_SECOND)
 
             port = host.bound[0][1]
             specific = [h for h, _ in host.bound if h not in ("0.0.0.0", "::")]
@@ -275,6 +276,7 @@ class Lab:
     def travel(self, seconds: float | None) -> None:
         self.clock.offset = 0.0 if seconds is None else self.clock.offset + seconds
         if self.host is not None:
+            self.host.server.host.rules.travel = round(self.clock.offset * FILETIME_PER_SECOND)
             self.host.store.set_meta(clock_offset=str(self.clock.offset))
             self.host.log.event("clock", filetime_from_unix(self.clock.now()),
                                 {"offset_seconds": round(self.clock.offset)})
