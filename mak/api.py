@@ -25,7 +25,7 @@ from typing import Any, Final, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -153,11 +153,14 @@ class Api:
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             raise ServiceError("body_too_large", f"at most {limit} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ServiceError("body_too_large", f"at most {limit} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ServiceError("body_too_large", f"at most {limit} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:  # the answer goes nowhere; it is no internal error
+            raise ServiceError("bad_json", "the connection closed inside the body") from None
         try:  # UTF-8 only (json.loads would guess UTF-16 and UTF-32 from bytes)
             value = json.loads(b"".join(chunks).decode("utf-8") or "null")
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
