@@ -212,6 +212,10 @@ def test_time_travel_needs_the_token_and_lapses_licences(tmp_path: Path) -> None
                                 text=True, timeout=30,
                                 env={**os.environ, "KMSEMU_HOME": str(lab.home)})
         assert json.loads(status.stdout)["counts"]["Windows"] == 1, status
+        named = subprocess.run(kmsemu_command("host", "status", "--json", "--state",
+                                              str(lab.home / "lab.sqlite3")),
+                               capture_output=True, text=True, timeout=30)
+        assert json.loads(named.stdout)["requests"]["total"] == 3, named
         back = request(lab.http, "POST", "/lab/api/clock", {"reset": True}, token=TOKEN)
         assert back.body["clock_offset"] == 0
     finally:

@@ -83,7 +83,7 @@ def host() -> None:
     help="Port for --listen addresses that name none (0: any free port).",
 )
 @click.option(
-    "--state", "state_dir", type=click.Path(file_okay=False, path_type=Path), help=_STATE_HELP
+    "--state", "state_dir", type=click.Path(path_type=Path), help=_STATE_HELP
 )
 @secret_option(multiple=True)
 @click.option(
@@ -335,7 +335,7 @@ def _publishing(publish: tuple[str, ...], server: str, name: str | None, address
 
 @host.command()
 @click.option(
-    "--state", "state_dir", type=click.Path(file_okay=False, path_type=Path), help=_STATE_HELP
+    "--state", "state_dir", type=click.Path(path_type=Path), help=_STATE_HELP
 )
 @click.option(
     "--catalog",
