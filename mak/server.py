@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from kmsemu.errors import ConfigError
 from mak.store.base import Store
@@ -29,6 +30,9 @@ DEFAULT_URL: Final = f"http://127.0.0.1:{DEFAULT_PORT}"
 DB_NAME: Final = "mak.sqlite3"
 TOKEN_NAME: Final = "admin-token"
 POSTGRES_THREADS: Final = 8
+#: Seconds a request's line and headers may take, and the bytes they may fill.
+HEAD_TIMEOUT: Final = 10.0
+MAX_HEAD: Final = 64 * 1024
 
 
 def open_store(url: str | None, home: Path) -> Store:
@@ -135,8 +139,63 @@ class MakServer(uvicorn.Server):
         self.should_exit = True
 
 
+class GuardedHttp(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline and a size limit for request heads.
+
+    uvicorn closes a kept-alive connection idle after a response, but a connection that
+    never sends a request, or stalls inside its request line or headers, would stay open
+    for ever, and a head of any size is read. Here a head must arrive whole within
+    ``head_timeout`` seconds of the connection opening or the previous response, and be
+    at most ``max_head`` bytes (else 400 and close).
+    """
+
+    head_timeout: float = HEAD_TIMEOUT
+    max_head: int = MAX_HEAD
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm_head_timer()  # a new request begins
+        super().data_received(data)
+        if self._head_timer is not None:  # still inside the head (a body does not count)
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_head and not self.transport.is_closing():
+                self._cancel_head_timer()
+                self.send_400_response("Request header too large.")
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.max_head:  # a whole head in one read: the parser's error path, a 400
+            raise ValueError(f"request head of {size} bytes")
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._head_bytes = 0
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
 def uvicorn_config(app: Any) -> uvicorn.Config:
-    return uvicorn.Config(app, http="httptools", lifespan="off", access_log=False,
+    return uvicorn.Config(app, http=GuardedHttp, lifespan="off", access_log=False,
                           log_config=None, server_header=False, date_header=False,
                           timeout_graceful_shutdown=5)
 

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import secrets
+import socket
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -36,6 +37,7 @@ from kmsemu.testing.mak import BackgroundMak
 from mak.api import ENDPOINTS, IMPORT_BODY, PROXY_BODY, SMALL_BODY, Endpoint, create_app
 from mak.client import MakClient, RemoteError
 from mak.portal_client import PortalClient
+from mak.server import GuardedHttp
 from mak.service import MAX_PROXY_IDS
 from tests import httpraw
 from tests.httpraw import Reply
@@ -1030,3 +1032,60 @@ def test_a_client_gone_inside_the_body_is_bad_json_not_an_internal_error(
     assert sent[0]["status"] == 400
     assert json.loads(sent[1]["body"])["error"]["code"] == "bad_json"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.fixture
+def quick_heads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Request heads due within 0.3 s and at most 1 KiB (connections opened from now on)."""
+    monkeypatch.setattr(GuardedHttp, "head_timeout", 0.3)
+    monkeypatch.setattr(GuardedHttp, "max_head", 1024)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the service sends until it closes the connection (bounded by the socket
+    timeout: a connection left open fails the test)."""
+    sock.settimeout(5)
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /v1/activ", b"GET /v1/health HTTP/1.1\r\nHost: x"],
+                         ids=["silent", "stalled request line", "stalled headers"])
+def test_a_request_head_that_does_not_arrive_in_time_is_closed(
+        svc: BackgroundMak, quick_heads: None, sent: bytes) -> None:
+    with socket.create_connection(svc.address) as sock:
+        sock.sendall(sent)
+        assert read_until_closed(sock) == b""
+
+
+def test_a_head_is_due_again_after_each_response(svc: BackgroundMak, quick_heads: None) -> None:
+    with socket.create_connection(svc.address) as sock:
+        sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /v1/hea")  # and then nothing
+        assert read_until_closed(sock) == b""
+
+
+def test_a_head_over_the_limit_is_refused(svc: BackgroundMak, quick_heads: None) -> None:
+    with socket.create_connection(svc.address) as sock:
+        sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 400")
+
+
+def test_a_head_in_pieces_within_the_deadline_is_served(
+        svc: BackgroundMak, quick_heads: None) -> None:
+    with socket.create_connection(svc.address) as sock:
+        for piece in (b"GET /v1/he", b"alth HTTP/1.1\r\nHo", b"st: x\r\nConnection: close\r\n\r\n"):
+            sock.sendall(piece)
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_an_unfinished_head_over_the_limit_is_refused_at_once(
+        svc: BackgroundMak, quick_heads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(GuardedHttp, "head_timeout", 30.0)  # the size decides, not the time
+    with socket.create_connection(svc.address) as sock:
+        sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1500)
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 400")
