@@ -392,6 +392,24 @@ TRANSITIONS: Final[dict[tuple[LicenseStatus, type], Handler]] = {
 }
 
 
+#: Host statuses a client shows as they are; any other refusal shows as 0xC004F074.
+SHOWN_AS_IS: Final = frozenset({HResult.PRODUCT_NOT_SERVED})
+
+
+def kms_answer(now: float, status: int, count: int, threshold: int,
+               activation_interval: int, renewal_interval: int) -> Activated | ActivationFailed:
+    """What a KMS host's answer means to the client: activated when the host said 0 and
+    its count reached the product's threshold; else a failure, 0xC004F038 below the
+    threshold (the host's intervals are adopted either way)."""
+    if status != 0:
+        shown = status if status in SHOWN_AS_IS else HResult.NO_KMS_HOST
+        return ActivationFailed(now, shown, activation_interval, renewal_interval)
+    if count < threshold:
+        return ActivationFailed(now, HResult.COUNT_INSUFFICIENT, activation_interval,
+                                renewal_interval)
+    return Activated(now, activation_interval, renewal_interval)
+
+
 class TransitionError(KeyError):
     """A (status, event) pair with no row: a bug in the table, never a user error."""
 

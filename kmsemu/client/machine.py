@@ -33,7 +33,6 @@ from kmsemu.client import discovery
 from kmsemu.client.discovery import DiscoveryError
 from kmsemu.client.exchange import Exchange, request_activation
 from kmsemu.client.licence import (
-    Activated,
     ActivationFailed,
     Event,
     HardwareChanged,
@@ -45,6 +44,7 @@ from kmsemu.client.licence import (
     Rearmed,
     TimePassed,
     apply,
+    kms_answer,
 )
 from kmsemu.client.profile import Profile
 from kmsemu.errors import ActivationError, HResult, describe
@@ -65,8 +65,6 @@ from mak.client import MakClient, RemoteError
 KMS_PORT = 1688
 MAX_TICK_ATTEMPTS = 20_000
 #: Host statuses a KMS client shows as they are; anything else it shows as 0xC004F074.
-_SHOWN_AS_IS = frozenset({HResult.PRODUCT_NOT_SERVED})
-
 #: Keys the MAK service activates (online or by phone); the rest of the emulator calls them
 #: "MAK-type" keys. KMS client setup keys activate against KMS; subscription keys are not
 #: installed on machines at all.
@@ -277,19 +275,18 @@ class Machine:
         self.profile.last_kms = {"host": server, "name": name, "source": source,
                                  "epid": response.host_epid, "ip": exchange.address[0],
                                  "host_id": response.host_id.hex()}
-        if response.status != 0:
-            shown = response.status if response.status in _SHOWN_AS_IS else HResult.NO_KMS_HOST
-            return self._failed(when, shown, f"the host answered 0x{response.status:08X}",
-                                response.activation_interval, response.renewal_interval)
-        if not activated:
-            return self._failed(when, HResult.COUNT_INSUFFICIENT,
-                                f"count {response.current_count} of {product.threshold}",
-                                response.activation_interval, response.renewal_interval)
+        event = kms_answer(when, response.status, response.current_count, product.threshold,
+                           response.activation_interval, response.renewal_interval)
+        if isinstance(event, ActivationFailed):
+            detail = (f"the host answered 0x{response.status:08X}" if response.status
+                      else f"count {response.current_count} of {product.threshold}")
+            self._apply(event)
+            return Result(event.hresult, detail)
         if self.profile.host_caching and source != "registered":
             self.profile.cached_host = server
             self.profile.cached_name = name
         self.profile.activation_hardware = list(self.profile.hardware)
-        self._apply(Activated(when, response.activation_interval, response.renewal_interval))
+        self._apply(event)
         return Result()
 
     # -- MAK: online and by phone -----------------------------------------------------------------

@@ -209,6 +209,13 @@ class HostRules:
             cmid, when = echo_fields(plaintext)
             log = LogRecord(now, HResult.INVALID_DATA, 0, None, cmid, when)
             return Answer(self._pack(log, nonce), log, str(exc))
+        log, reason = self.decide(request, now)
+        return Answer(self._pack(log, nonce), log, reason)
+
+    def decide(self, request: RequestFields, now: int) -> tuple[LogRecord, str]:
+        """What the host answers to a parsed request at host time ``now`` (FILETIME), and
+        why when it refuses; counts the client when it does not (the fleet simulator calls
+        this directly, without the bytes around it)."""
         status, reason = 0, ""
         if not self.catalog.serves(request.application_id, request.kms_count_id):
             status, reason = HResult.PRODUCT_NOT_SERVED, "product not in the catalog"
@@ -228,7 +235,7 @@ class HostRules:
         log = LogRecord(
             now, status, count, request, request.client_machine_id, request.request_time
         )
-        return Answer(self._pack(log, nonce), log, reason)
+        return log, reason
 
     def _pack(self, log: LogRecord, nonce: bytes) -> bytes:
         return pack_response(
