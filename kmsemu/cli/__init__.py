@@ -14,6 +14,7 @@ from kmsemu.cli.keys import keys
 from kmsemu.cli.lab import lab
 from kmsemu.cli.mak import mak
 from kmsemu.cli.portal import portal
+from kmsemu.cli.sim import sim
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,3 +35,4 @@ main.add_command(dns)
 main.add_command(mak)
 main.add_command(portal)
 main.add_command(lab)
+main.add_command(sim)

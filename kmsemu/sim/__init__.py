@@ -1,0 +1,1 @@
+"""The fleet simulator: scenarios, engines, timelines and reports."""
