@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from kmsemu.cli import main
 from kmsemu.errors import ConfigError
 from kmsemu.sim.engine import run_fast
+from kmsemu.sim.network import run_network
 from kmsemu.sim.scenario import builtin_names, load_scenario, parse_scenario
 
 
@@ -181,7 +182,7 @@ def test_sim_run_from_a_file_with_another_seed(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["sim", "run", str(scenario), "--out", str(tmp_path / "o"),
                                        "--seed", "9", "--no-report"])
     assert result.exit_code == 0, result.output
-    assert "tiny: 5 clients, 3 days, seed 9" in result.output
+    assert "tiny: 5 clients, 3 days, seed 9, fast mode" in result.output
     assert "5 licensed" in result.output
     assert not (tmp_path / "o" / "report.html").exists()
 
@@ -198,3 +199,27 @@ def test_sim_run_needs_exactly_one_scenario(tmp_path: Path) -> None:
 def test_sim_list_names_every_built_in() -> None:
     result = CliRunner().invoke(main, ["sim", "list", "--json"])
     assert [s["name"] for s in json.loads(result.output)["scenarios"]] == builtin_names()
+
+
+@pytest.mark.parametrize("name", ["host-failover", "renewal-lapse", "mak-exhausted",
+                                  "clock-skew"])
+def test_network_mode_gives_the_same_outcome_as_fast_mode(name: str) -> None:
+    """Real hosts, DNS and MAK service on loopback, clients speaking KLP/1 and HTTP: every
+    day and every event as in fast mode (the other built-ins take longer: they make
+    thousands of retries; scripts/bench-sim --network times a year of 200 clients)."""
+    scenario = load_scenario(name)
+    network = run_network(scenario).to_json()
+    fast = timeline(name)
+    assert network["scenario"]["mode"] == "network"
+    assert network["days"] == fast["days"]
+    assert network["events"] == fast["events"]
+    assert network["summary"] == fast["summary"]
+
+
+def test_sim_run_network_from_the_cli(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["sim", "run", "--builtin", "mak-exhausted", "--network",
+                                       "--out", str(tmp_path), "--no-report", "--json"])
+    assert result.exit_code == 0, result.output
+    reply = json.loads(result.output)
+    assert reply["mode"] == "network"
+    assert reply["summary"] == timeline("mak-exhausted")["summary"]

@@ -12,6 +12,7 @@ import click
 from kmsemu.cli.common import emit, fail, fail_with, json_option
 from kmsemu.errors import ConfigError
 from kmsemu.sim.engine import run_fast
+from kmsemu.sim.network import run_network
 from kmsemu.sim.scenario import builtin_names, load_scenario
 
 
@@ -42,15 +43,18 @@ def run(scenario: str | None, builtin: str | None, out: Path, network: bool, see
         fail_with(exc, as_json)
     if seed is not None:
         loaded = dataclasses.replace(loaded, seed=seed)
-    if network:
-        fail("--network mode is not available yet (issue 8); run without it",
-             code="not_available", as_json=as_json)
     out.mkdir(parents=True, exist_ok=True)
+    mode = "network" if network else "fast"
     started = time.perf_counter()
     show = sys.stderr.isatty() and not as_json
     with click.progressbar(length=loaded.days, label=f"{loaded.name}: days", file=sys.stderr,
                            hidden=not show) as bar:
-        timeline = run_fast(loaded, progress=lambda day: bar.update(day - bar.pos))
+        engine = run_network if network else run_fast
+        try:
+            timeline = engine(loaded, progress=lambda day: bar.update(day - bar.pos))
+        except OSError as exc:
+            fail(f"the simulated network could not start: {exc.strerror or exc}",
+                 code="sim_failed", as_json=as_json)
     document = timeline.write(out)
     written = [out / "timeline.json", out / "timeline.csv"]
     if not no_report:
@@ -59,7 +63,7 @@ def run(scenario: str | None, builtin: str | None, out: Path, network: bool, see
         written += write_report(document, out)
     elapsed = time.perf_counter() - started
     if as_json:
-        emit({"scenario": loaded.name, "mode": "fast", "seed": loaded.seed, "days": loaded.days,
+        emit({"scenario": loaded.name, "mode": mode, "seed": loaded.seed, "days": loaded.days,
               "clients": loaded.clients, "seconds": round(elapsed, 3),
               "files": [str(p) for p in written], "summary": document["summary"]})
         return
@@ -67,7 +71,7 @@ def run(scenario: str | None, builtin: str | None, out: Path, network: bool, see
     states = ", ".join(f"{n} {s.replace('_', ' ')}"
                        for s, n in summary["final_states"].items() if n)
     click.echo(f"{loaded.name}: {loaded.clients} clients, {loaded.days} days, seed "
-               f"{loaded.seed}, {elapsed:.2f} s")
+               f"{loaded.seed}, {mode} mode, {elapsed:.2f} s")
     click.echo(f"  at the end: {states}")
     for event in document["events"][:12]:
         click.echo(f"  day {event['day']}: {event['text']}")
