@@ -223,3 +223,17 @@ def test_sim_run_network_from_the_cli(tmp_path: Path) -> None:
     reply = json.loads(result.output)
     assert reply["mode"] == "network"
     assert reply["summary"] == timeline("mak-exhausted")["summary"]
+
+
+def test_a_hardware_change_reactivates_against_kms_at_once() -> None:
+    scenario = parse_scenario(
+        "[scenario]\nname = 'hw'\ndays = 20\n[[hosts]]\nname = 'kms1'\n"
+        "[[clients]]\nname = 'pc'\ncount = 25\nproduct = 'windows-11-pro'\n"
+        "[[clients]]\nname = 'swapped'\ncount = 5\nproduct = 'windows-11-pro'\n"
+        "hardware_change_day = 10\n", "hw")
+    doc = run_fast(scenario).to_json()
+    # the change puts the five into out-of-tolerance grace, which asks KMS at once: the
+    # host's count is 30 (>= 25), so they are licensed again within the same instant
+    assert column(doc, "licensed") == [30] * 20
+    assert doc["days"][10]["activations"] == 5
+    assert days_with(doc, "hardware_change") == [10]

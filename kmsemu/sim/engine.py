@@ -24,7 +24,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from kmsemu.catalog import Catalog, default_catalog
 from kmsemu.client.discovery import Srv, rfc2782_order
@@ -48,19 +48,27 @@ from kmsemu.keys.product_key import KeyType
 from kmsemu.klp.messages import LicenseStatus, RequestFields
 from kmsemu.sim.scenario import DAY, Group, Host, MakKey, Scenario
 from kmsemu.sim.timeline import Day, Timeline
-from kmsemu.wire import filetime_from_unix
+from kmsemu.wire import EPOCH_AS_FILETIME, FILETIME_MAX, FILETIME_PER_SECOND, filetime_from_unix
 from mak.rules import KeyRecord, MachineRecord, decide
 from mak.rules import Verdict as MakVerdict
 
 _NIL = bytes(16)
 ARRIVE, HARDWARE, ATTEMPT, TIMER = range(4)  # order of events at the same instant
 _STATES = tuple(s.name.lower() for s in LicenseStatus)
+# Enum members as module constants: reading ``LicenseStatus.LICENSED`` costs an enum lookup
+# each time, and the code below runs for every request.
+_LICENSED = LicenseStatus.LICENSED
+_U32_MAX = 2**32 - 1
+# RequestFields(...) and KmsReply(...) (NamedTuples) run a generated Python __new__;
+# tuple.__new__ builds the same value without it (one of each per request).
+_tuple_new = tuple.__new__
+_DAY_STATS = ("activations", "renewals", "mak_activations", "lapsed", "notification")
+_NO_KMS_HOST = HResult.NO_KMS_HOST
 
 
-@dataclass(frozen=True, slots=True)
-class KmsReply:
+class KmsReply(NamedTuple):  # one per request: a NamedTuple is the cheapest value to build
     status: int
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count, which nothing here calls
     activation_interval: int
     renewal_interval: int
 
@@ -98,6 +106,7 @@ class Client:
     cmid: bytes
     hardware_id: bytes
     vm: bool
+    ids: tuple[bytes, bytes, bytes]  # the product's application, SKU and KMS count ids
     licence: Licence = field(default_factory=Licence)
     cached_host: str | None = None
     attempt_at: float | None = None  # the attempt the heap holds for this client
@@ -116,19 +125,20 @@ class Engine:
         self.clients = self._make_clients()
         self.heap: list[tuple[float, int, int, int]] = []
         self.states: Counter[str] = Counter()
-        self.day_stats: Counter[str] = Counter()
+        self.day_stats = dict.fromkeys(_DAY_STATS, 0)  # a plain dict: cheaper than a Counter
         self.failures: Counter[str] = Counter()
         self.arrived: Counter[str] = Counter()  # per group
         self.timeline = Timeline(scenario, self.catalog)
         self._seq = 0
         self._threshold_seen: set[tuple[str, bytes]] = set()
         self._policies = {f: Policy.for_family(f) for f in ("windows", "office")}
-        self._ids = {g.product.key: (g.product.application_id.bytes_le, g.product.sku_id.bytes_le,
-                                     g.product.kms_count_id.bytes_le) for g in scenario.groups}
 
     def _make_clients(self) -> list[Client]:
         clients: list[Client] = []
         for group in self.scenario.groups:
+            product = group.product
+            ids = (product.application_id.bytes_le, product.sku_id.bytes_le,
+                   product.kms_count_id.bytes_le)
             clone = uuid.UUID(int=self.rng.getrandbits(128)).bytes_le
             for n in range(group.count):
                 cmid = clone if n < group.cloned else uuid.UUID(
@@ -136,7 +146,7 @@ class Engine:
                 clients.append(Client(
                     index=len(clients), group=group, number=n, name=f"{group.name}-{n + 1:04d}",
                     cmid=cmid, hardware_id=self.rng.randbytes(10),
-                    vm=self.rng.random() < group.vm_share))
+                    vm=self.rng.random() < group.vm_share, ids=ids))
         return clients
 
     # -- running ----------------------------------------------------------------------
@@ -148,12 +158,13 @@ class Engine:
             if c.group.hardware_change_day is not None:
                 self._push(s.start + c.group.hardware_change_day * DAY, HARDWARE, c)
         self.timeline.start_events()
+        heap, clients, handle = self.heap, self.clients, self._handle  # the loop of the run
         for day in range(s.days):
             end = s.start + (day + 1) * DAY
             self.timeline.day_events(day)
-            while self.heap and self.heap[0][0] < end:
-                when, kind, _, index = heapq.heappop(self.heap)
-                self._handle(kind, self.clients[index], when)
+            while heap and heap[0][0] < end:
+                when, kind, _, index = heapq.heappop(heap)
+                handle(kind, clients[index], when)
             self._close_day(day, end)
             if progress is not None:
                 progress(day + 1)
@@ -164,7 +175,15 @@ class Engine:
         heapq.heappush(self.heap, (when, kind, self._seq, c.index))
 
     def _handle(self, kind: int, c: Client, now: float) -> None:
-        if kind == ARRIVE:
+        if kind == ATTEMPT:  # by far the most frequent: tested first
+            if c.attempt_at == now:
+                lic = c.licence  # what time alone changes first (validity or a grace ending):
+                end = lic.valid_until if lic.status is _LICENSED else lic.grace_ends
+                if end is not None and now >= end:
+                    self._set(c, TimePassed(now), now, schedule=False)
+                c.attempt_at = None
+                self._kms(c, now)
+        elif kind == ARRIVE:
             c.arrived = True
             self.arrived[c.group.name] += 1
             product = c.group.product
@@ -176,16 +195,12 @@ class Engine:
         elif kind == HARDWARE:
             if c.arrived:
                 self._set(c, HardwareChanged(now), now)
-                self.timeline.note(now, "hardware_change", f"{c.name}: significant hardware "
-                                   "change, out-of-tolerance grace")
+                if c.number == 0:  # one line for the group in the narrative
+                    self.timeline.note(now, "hardware_change", f"{c.group.name}: a significant "
+                                       f"hardware change on {c.group.count} clients puts them "
+                                       "in out-of-tolerance grace")
                 if c.group.mak is not None:
                     self._mak(c, now)
-        elif kind == ATTEMPT:
-            if c.attempt_at == now:
-                if _due(c.licence, now):
-                    self._set(c, TimePassed(now), now, schedule=False)
-                c.attempt_at = None
-                self._kms(c, now)
         elif c.timer_at == now:  # TIMER
             c.timer_at = None
             self._set(c, TimePassed(now), now)
@@ -193,60 +208,66 @@ class Engine:
     # -- one client's requests ----------------------------------------------------------
 
     def _kms(self, c: Client, now: float) -> None:
+        """One attempt. Hosts are tried in order: the one set by hand alone; else the cached
+        host, then DNS's in RFC 2782 order (looked up only when the cached host fails, as a
+        client with host caching does)."""
         group = c.group
         day = int((now - self.scenario.start) // DAY)
-        cause: int = HResult.NO_KMS_HOST
-        if not group.offline_on(day):
+        cause: int = _NO_KMS_HOST
+        if not (group.offline and group.offline_on(day)):  # most groups are never offline
             request = self._request(c, now)
-            for host in self._candidates(c, day):
-                reply = self.backend.kms(host, request, now)
-                if reply is None:
-                    cause = HResult.RPC_SERVER_UNAVAILABLE
-                    if c.cached_host == host:
-                        c.cached_host = None
-                    continue
-                event = kms_answer(now, reply.status, reply.count, group.product.threshold,
-                                   reply.activation_interval, reply.renewal_interval)
-                self._threshold(host, group, reply, now)
-                if isinstance(event, Activated):
-                    if group.host_caching and group.kms_host is None:
-                        c.cached_host = host
-                    self.day_stats["renewals" if c.licence.status is LicenseStatus.LICENSED
-                                   else "activations"] += 1
-                    c.activated_ever = True
-                    self._set(c, event, now)
+            first = group.kms_host if group.kms_host is not None else \
+                c.cached_host if group.host_caching else None
+            if first is not None:
+                if self._ask(c, first, request, now):
                     return
-                self._fail(c, event, reply.status or event.hresult, now)
-                return
-            else:
-                if not self.backend.srv(day) and group.kms_host is None:
+                cause = HResult.RPC_SERVER_UNAVAILABLE
+            if group.kms_host is None:
+                for host in self._dns_order(day, first):
+                    if self._ask(c, host, request, now):
+                        return
+                    cause = HResult.RPC_SERVER_UNAVAILABLE
+                if not self.backend.srv(day):
                     cause = HResult.DNS_NAME_DOES_NOT_EXIST
         self._fail(c, ActivationFailed(now, HResult.NO_KMS_HOST), cause, now)
 
-    def _candidates(self, c: Client, day: int) -> Iterator[str]:
-        """Hosts to try in order: the one set by hand alone; else the cached host, then
-        DNS's in RFC 2782 order (looked up only when the cached host fails, as a client
-        with host caching does)."""
-        if c.group.kms_host is not None:
-            yield c.group.kms_host
-            return
-        cached = c.cached_host if c.group.host_caching else None
-        if cached:
-            yield cached
+    def _dns_order(self, day: int, tried: str | None) -> Iterator[str]:
+        """The hosts DNS publishes on ``day`` in RFC 2782 order, but the one already tried."""
         records = sorted(self.backend.srv(day),
                          key=lambda r: (r.priority, r.weight, r.target, r.port))
         for record in rfc2782_order(records, self.rng):
-            if record.target != cached:
+            if record.target != tried:
                 yield record.target
 
-    def _threshold(self, host: str, group: Group, reply: KmsReply, now: float) -> None:
-        if reply.status or reply.count < group.product.threshold:
-            return
-        app = self._ids[group.product.key][0]
-        if (host, app) in self._threshold_seen:
-            return
-        self._threshold_seen.add((host, app))
-        self.timeline.threshold(now, host, group.product.application, reply.count)
+    def _ask(self, c: Client, host: str, request: RequestFields, now: float) -> bool:
+        """Send ``request`` to ``host``; False when it cannot be reached, else apply what it
+        answered (activated, or refused) and True."""
+        reply = self.backend.kms(host, request, now)
+        if reply is None:
+            if c.cached_host == host:
+                c.cached_host = None
+            return False
+        group = c.group
+        status, count, activation_interval, renewal_interval = reply
+        event = kms_answer(now, status, count, group.product.threshold, activation_interval,
+                           renewal_interval)
+        if not isinstance(event, Activated):
+            self._fail(c, event, status or event.hresult, now)
+            return True
+        # status 0 and the count at the threshold: the first time on this host, a key moment
+        if (host, c.ids[0]) not in self._threshold_seen:
+            self._threshold(host, c, count, now)
+        if group.host_caching and group.kms_host is None:
+            c.cached_host = host
+        self.day_stats["renewals" if c.licence.status is _LICENSED else "activations"] += 1
+        c.activated_ever = True
+        self._set(c, event, now)
+        return True
+
+    def _threshold(self, host: str, c: Client, count: int, now: float) -> None:
+        """The first activation of the client's application on ``host``: a key moment."""
+        self._threshold_seen.add((host, c.ids[0]))
+        self.timeline.threshold(now, host, c.group.product.application, count)
 
     def _fail(self, c: Client, event: ActivationFailed, cause: int, now: float) -> None:
         self.failures[f"0x{cause:08X}"] += 1
@@ -266,11 +287,12 @@ class Engine:
 
     def _request(self, c: Client, now: float) -> RequestFields:
         lic = c.licence
-        app, sku, count_id = self._ids[c.group.product.key]
-        return RequestFields(
-            int(c.vm), int(lic.status), min(lic.minutes_remaining(now), 2**32 - 1),
+        minutes = lic.minutes_remaining(now)
+        app, sku, count_id = c.ids
+        return _tuple_new(RequestFields, (
+            int(c.vm), int(lic.status), minutes if minutes <= _U32_MAX else _U32_MAX,
             app, sku, count_id, c.cmid, c.group.product.threshold,
-            filetime_from_unix(now + c.group.clock_skew), _NIL, c.name)
+            _filetime(now + c.group.clock_skew), _NIL, c.name))
 
     # -- the licence and what it schedules ----------------------------------------------
 
@@ -279,29 +301,33 @@ class Engine:
         licence = apply(c.licence, event).licence
         c.licence = licence
         if licence.status is not before or isinstance(event, KeyInstalled):
-            if c.arrived and not isinstance(event, KeyInstalled):
-                self.states[before.name.lower()] -= 1
-            self.states[licence.status.name.lower()] += 1
-            if before is LicenseStatus.LICENSED and licence.status is \
-                    LicenseStatus.OUT_OF_TOLERANCE_GRACE and isinstance(event, TimePassed):
-                self.day_stats["lapsed"] += 1
-            if licence.status is LicenseStatus.NOTIFICATION:
-                self.day_stats["notification"] += 1
+            self._changed(c, before, licence.status, event)
         if not schedule:  # an attempt is being made now: it schedules what follows
             return
         due = licence.next_attempt
         if due is not None and due != c.attempt_at:
-            c.attempt_at = max(due, now)
+            c.attempt_at = due if due >= now else now
             self._push(c.attempt_at, ATTEMPT, c)
         elif due is None:
             c.attempt_at = None
-        timer = licence.valid_until if licence.status is LicenseStatus.LICENSED \
-            else licence.grace_ends
+        timer = licence.valid_until if licence.status is _LICENSED else licence.grace_ends
         # an attempt due first looks at the time itself (and reschedules): no timer needed
         if timer is not None and timer != c.timer_at and timer > now and (
                 c.attempt_at is None or timer < c.attempt_at):
             c.timer_at = timer
             self._push(timer, TIMER, c)
+
+    def _changed(self, c: Client, before: LicenseStatus, after: LicenseStatus,
+                 event: Event) -> None:
+        """Count a change of state (or a key installed) for the day."""
+        if c.arrived and not isinstance(event, KeyInstalled):
+            self.states[before.name.lower()] -= 1
+        self.states[after.name.lower()] += 1
+        if before is LicenseStatus.LICENSED and after is LicenseStatus.OUT_OF_TOLERANCE_GRACE \
+                and isinstance(event, TimePassed):
+            self.day_stats["lapsed"] += 1
+        if after is LicenseStatus.NOTIFICATION:
+            self.day_stats["notification"] += 1
 
     def _close_day(self, day: int, end: float) -> None:
         offline = sum(self.arrived[g.name] for g in self.scenario.groups if g.offline_on(day))
@@ -314,14 +340,15 @@ class Engine:
             failures=dict(self.failures), lapsed=self.day_stats["lapsed"],
             notification=self.day_stats["notification"],
             mak_remaining=self.backend.mak_remaining()))
-        self.day_stats.clear()
+        self.day_stats = dict.fromkeys(_DAY_STATS, 0)
         self.failures.clear()
 
 
-def _due(licence: Licence, now: float) -> bool:
-    """Whether time alone changes ``licence`` by ``now`` (validity or a grace ending)."""
-    end = licence.valid_until if licence.status is LicenseStatus.LICENSED else licence.grace_ends
-    return end is not None and now >= end
+def _filetime(seconds: float) -> int:
+    """``wire.filetime_from_unix`` at half the cost (twice per request): the same value,
+    clamped only when out of range, which a scenario's times never are."""
+    value = EPOCH_AS_FILETIME + round(seconds * FILETIME_PER_SECOND)
+    return value if 0 <= value <= FILETIME_MAX else min(max(value, 0), FILETIME_MAX)
 
 
 # -- the fast mode's backend: the rules, called directly ------------------------------------
@@ -348,12 +375,12 @@ class FastBackend:
 
     def kms(self, host: str, request: RequestFields, now: float) -> KmsReply | None:
         spec, rules = self.hosts[host]
-        if spec.down((now - self.scenario.start) / DAY):
+        if spec.outages and spec.down((now - self.scenario.start) / DAY):
             return None
-        log, _ = rules.decide(request, filetime_from_unix(now + spec.clock_offset))
+        log, _ = rules.decide(request, _filetime(now + spec.clock_offset))
         settings = rules.settings
-        return KmsReply(log.status, log.current_count, settings.activation_interval,
-                        settings.renewal_interval)
+        return _tuple_new(KmsReply, (log.status, log.current_count,
+                                     settings.activation_interval, settings.renewal_interval))
 
     def mak(self, key: str, hardware_id: bytes, now: float) -> str | None:
         record = self.keys[key]
