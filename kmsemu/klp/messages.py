@@ -123,7 +123,11 @@ class ActivationRequest:
     @classmethod
     def from_bytes(cls, data: bytes) -> ActivationRequest:
         """Parse a plaintext; bytes past the v1.0 layout are ignored."""
-        f = parse_request(data)
+        return cls.from_fields(parse_request(data))
+
+    @classmethod
+    def from_fields(cls, f: RequestFields) -> ActivationRequest:
+        """The request whose fields (GUIDs in wire form) are ``f``."""
         return cls(
             application_id=uuid.UUID(bytes_le=f.application_id),
             sku_id=uuid.UUID(bytes_le=f.sku_id),

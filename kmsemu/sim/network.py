@@ -20,7 +20,6 @@ import contextlib
 import socket
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -147,7 +146,7 @@ class NetworkBackend:
         down = spec.down((now - self.scenario.start) / DAY)
         address = self._dead.getsockname()[:2] if down else running.address
         try:
-            exchange = request_activation(address, _activation_request(request), self.key,
+            exchange = request_activation(address, ActivationRequest.from_fields(request), self.key,
                                           timeout=TIMEOUT)
         except ActivationError:
             return None
@@ -205,22 +204,6 @@ class NetworkBackend:
         service = self.mak_service.service
         return {name: by_fingerprint[service.fingerprint_of(text)]
                 for name, text in self.mak_keys.items()}
-
-
-def _activation_request(r: RequestFields) -> ActivationRequest:
-    return ActivationRequest(
-        application_id=uuid.UUID(bytes_le=r.application_id),
-        sku_id=uuid.UUID(bytes_le=r.sku_id),
-        kms_count_id=uuid.UUID(bytes_le=r.kms_count_id),
-        client_machine_id=uuid.UUID(bytes_le=r.client_machine_id),
-        request_time=r.request_time,
-        required_client_count=r.required_client_count,
-        license_status=r.license_status,
-        grace_minutes_remaining=r.grace_minutes_remaining,
-        workstation_name=r.workstation_name,
-        previous_client_machine_id=uuid.UUID(bytes_le=r.previous_client_machine_id),
-        flags=r.flags,
-    )
 
 
 def run_network(scenario: Scenario, catalog: Catalog | None = None,
