@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import pytest
 from kmsemu.clock import Clock
 from kmsemu.host.rules import HostSettings
 from kmsemu.host.server import ServerOptions
+from kmsemu.keys.product_key import ALPHABET, normalise
 from kmsemu.testing import BackgroundHost
 
 #: ``postgres_url`` and ``postgres_db_url``: a throwaway PostgreSQL server (tests/ is on sys.path)
@@ -171,3 +173,20 @@ def host_process(tmp_path: Path) -> Iterator[RunningHost]:
         yield host
     finally:
         stop_host_process(host)
+
+
+def mistype_key(key: str, position: int = 13) -> str:
+    """The key with the symbol at ``position`` (1-based, no dashes) replaced by its
+    neighbour in the alphabet: what a slip of the finger or the eye gives."""
+    symbols = normalise(key)
+    i = position - 1
+    neighbour = ALPHABET[(ALPHABET.index(symbols[i]) + 1) % len(ALPHABET)]
+    typed = symbols[:i] + neighbour + symbols[i + 1:]
+    return "-".join(typed[n:n + 5] for n in range(0, 25, 5))
+
+
+def closed_url() -> tuple[socket.socket, str]:
+    """A port that refuses connections (bound, never listening) while the socket lives."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -40,6 +40,7 @@ from mak.portal_client import PortalClient
 from mak.server import GuardedHttp
 from mak.service import MAX_PROXY_IDS
 from tests import httpraw
+from tests.conftest import mistype_key
 from tests.httpraw import Reply
 
 _serials = itertools.count(secrets.randbits(30) << 10)
@@ -150,16 +151,6 @@ def mistype_group(text: str, group: int) -> str:
     digits = groups[group - 1]
     groups[group - 1] = str((int(digits[0]) + 1) % 10) + digits[1:]
     return "-".join(groups)
-
-
-def mistype_key(key: str, position: int = 13) -> str:
-    """The key with the symbol at ``position`` (1-based, no dashes) replaced by its
-    neighbour in the alphabet: what a slip of the finger or the eye gives."""
-    symbols = normalise(key)
-    i = position - 1
-    neighbour = ALPHABET[(ALPHABET.index(symbols[i]) + 1) % len(ALPHABET)]
-    typed = symbols[:i] + neighbour + symbols[i + 1:]
-    return "-".join(typed[n:n + 5] for n in range(0, 25, 5))
 
 
 def endpoint_id(endpoint: Endpoint) -> str:

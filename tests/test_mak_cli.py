@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -27,10 +26,11 @@ from conftest import kmsemu_command, start_mak_process  # tests/ is on sys.path 
 
 from kmsemu.cli import main
 from kmsemu.keys.activation_ids import installation_id, verify_confirmation_id
-from kmsemu.keys.product_key import ALPHABET, KeyType, mint, normalise, parse
+from kmsemu.keys.product_key import KeyType, mint, normalise, parse
 from kmsemu.testing.mak import BackgroundMak
 from mak.client import MakClient
 from mak.server import ensure_token, token_file
+from tests.conftest import closed_url, mistype_key
 
 _serials = itertools.count(secrets.randbits(30) << 10)
 KEY_FIELDS = {"fingerprint", "last5", "used", "limit", "remaining", "blocked", "expires"}
@@ -92,20 +92,6 @@ def iid(key: str, hardware: bytes) -> str:
     return installation_id(parse(key).type, fp(key), hardware)
 
 
-def mistype(key: str, position: int = 13) -> str:
-    symbols = normalise(key)
-    i = position - 1
-    typed = symbols[:i] + ALPHABET[(ALPHABET.index(symbols[i]) + 1) % 24] + symbols[i + 1:]
-    return "-".join(typed[n:n + 5] for n in range(0, 25, 5))
-
-
-def closed_url() -> tuple[socket.socket, str]:
-    """A port that refuses connections (bound, never listening) while the socket lives."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
 # -- add-key ---------------------------------------------------------------------------------
 
 
@@ -148,13 +134,13 @@ def test_add_key_twice_is_key_exists(svc: BackgroundMak) -> None:
 
 def test_add_key_of_a_mistyped_key_suggests_the_key(svc: BackgroundMak) -> None:
     key = fresh_key()
-    text = admin(svc, "add-key", mistype(key), "--limit", "2")
+    text = admin(svc, "add-key", mistype_key(key), "--limit", "2")
     assert text.exit_code == 1
     assert text.stderr.startswith("Error: 0xC004C001 ")
     suggested = next(line for line in text.stderr.splitlines()
                      if line.startswith("Did you mean: "))
     assert normalise(key) in [normalise(c) for c in suggested[14:].split(", ")]
-    error = failed(admin(svc, "add-key", mistype(key), "--limit", "2", "--json"),
+    error = failed(admin(svc, "add-key", mistype_key(key), "--limit", "2", "--json"),
                    "key_malformed")
     assert error["hresult"] == "0xC004C001"
     assert error["problems"][0]["code"] == "check_failed"
@@ -225,13 +211,13 @@ def test_admin_commands_on_an_unknown_key(svc: BackgroundMak) -> None:
 def test_admin_command_with_a_mistyped_key_fails_like_add_key(svc: BackgroundMak) -> None:
     key = fresh_key()
     ok(admin(svc, "add-key", key, "--limit", "1", "--json"))
-    failed(admin(svc, "block", mistype(key), "--json"), "key_malformed")
+    failed(admin(svc, "block", mistype_key(key), "--json"), "key_malformed")
 
 
 def test_admin_command_with_a_mistyped_key_suggests_it_as_typed(svc: BackgroundMak) -> None:
     key = fresh_key()
     ok(admin(svc, "add-key", key, "--limit", "1", "--json"))
-    result = admin(svc, "block", mistype(key))
+    result = admin(svc, "block", mistype_key(key))
     assert result.exit_code != 0
     assert key in result.stderr
 
@@ -296,7 +282,7 @@ def test_count_needs_only_the_key(svc: BackgroundMak) -> None:
     text = mak("count", key, "--url", svc.url)
     assert (text.exit_code, text.stdout) == (0, "mak: 1 of 3 used, 2 remaining; expires never\n")
     failed(mak("count", fresh_key(), "--url", svc.url, "--json"), "key_unknown")
-    failed(mak("count", mistype(key), "--url", svc.url, "--json"), "key_malformed")
+    failed(mak("count", mistype_key(key), "--url", svc.url, "--json"), "key_malformed")
 
 
 # -- phone and proxy activation ----------------------------------------------------------------

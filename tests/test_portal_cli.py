@@ -16,7 +16,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,10 +29,11 @@ from conftest import kmsemu_command, start_mak_process  # tests/ is on sys.path 
 from kmsemu.catalog import default_catalog
 from kmsemu.cli import main
 from kmsemu.errors import REDEMPTION_ERRORS
-from kmsemu.keys.product_key import ALPHABET, KeyType, mint, normalise, parse
+from kmsemu.keys.product_key import KeyType, mint, normalise, parse
 from kmsemu.testing.mak import BackgroundMak
 from mak.portal_client import PortalClient, retry_after_seconds
 from mak.server import ensure_token
+from tests.conftest import closed_url, mistype_key
 
 BASIC = "m365-business-basic"  # max 25, GB and IE
 PREMIUM = "m365-business-premium"  # max 5, GB only
@@ -131,20 +131,6 @@ def new_org(svc: BackgroundMak, country: str = "GB") -> tuple[str, str]:
     client = api(svc)
     client.create_org(name, country)
     return name, client.add_user(name, "admin", "global-admin")["token"]
-
-
-def mistype(key: str, position: int = 13) -> str:
-    symbols = normalise(key)
-    i = position - 1
-    typed = symbols[:i] + ALPHABET[(ALPHABET.index(symbols[i]) + 1) % 24] + symbols[i + 1:]
-    return "-".join(typed[n:n + 5] for n in range(0, 25, 5))
-
-
-def closed_url() -> tuple[socket.socket, str]:
-    """A port that refuses connections (bound, never listening) while the socket lives."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 # -- offers ------------------------------------------------------------------------------------
@@ -447,7 +433,7 @@ def test_every_redemption_error_for_real(svc: BackgroundMak) -> None:
                                 "again.")
     assert error["problems"]
     good = sub_key(BASIC, 1)
-    text = as_user(svc, token, "redeem", mistype(good), "--org", org)
+    text = as_user(svc, token, "redeem", mistype_key(good), "--org", org)
     stderr = refused(text, "The product key you entered isn't valid. Try entering it again.")
     suggested = next(line for line in stderr.splitlines() if line.startswith("Did you mean: "))
     assert normalise(good) in [normalise(c) for c in suggested[14:].split(", ")]

@@ -152,6 +152,16 @@ class CountCache:
             del entries[oldest]
         return len(entries)
 
+    def live(self, app: bytes, now: int) -> int:
+        """CMIDs of ``app`` seen in the 30 days before ``now`` (without counting anyone)."""
+        return sum(1 for seen in self.entries.get(app, {}).values() if now - seen < LIVE_WINDOW)
+
+
+
+def client_hresult(status: int, count: int, required: int) -> int:
+    """What a client ends with after an answer: the host's status, or 0xC004F038 when the
+    host answered with a count below the client's threshold (the client decides that)."""
+    return HResult.COUNT_INSUFFICIENT if status == 0 and count < required else status
 
 
 class LogRecord(NamedTuple):
@@ -203,6 +213,10 @@ class HostRules:
         self.identity = identity
         self.cache = cache if cache is not None else CountCache()
         self._epid_field = encode_utf16_field(identity.epid, NAME_FIELD_SIZE)
+
+    def count(self, app: bytes, now: int) -> int:
+        """The count this host reports for ``app`` at host time ``now`` (FILETIME)."""
+        return max(self.cache.live(app, now), self.settings.min_count)
 
     def answer(self, plaintext: bytes, nonce: bytes, now: int) -> Answer:
         """The response to one opened request plaintext at host time ``now`` (FILETIME)."""

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from kmsemu.host.rules import client_hresult
 from kmsemu.host.store import LoggedRequest
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -40,13 +41,10 @@ class LabMetrics:
 
     def observe_kms(self, logged: LoggedRequest, elapsed: float) -> None:
         record, q = logged.record, logged.record.request
-        result = record.status
-        if q is None:
-            product = "unknown"
-        else:
+        result, product = record.status, "unknown"
+        if q is not None:
             product = self._products.get(q.sku_id, "unknown")
-            if result == 0 and record.current_count < q.required_client_count:
-                result = 0xC004F038
+            result = client_hresult(record.status, record.current_count, q.required_client_count)
         self.kms_requests.labels(product, f"0x{result:08X}").inc()
         self.kms_latency.observe(elapsed)
 

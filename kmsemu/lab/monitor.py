@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from kmsemu.catalog import Catalog
 from kmsemu.errors import HResult, format_hresult, hresult_name
+from kmsemu.host.rules import client_hresult
 from kmsemu.host.store import LoggedRequest
 from kmsemu.klp.messages import LicenseStatus
 from kmsemu.wire import NIL_GUID, guid_text, unix_from_filetime
@@ -109,9 +110,7 @@ class Monitor:
             peer: str, reason: str, *, counted: bool = True) -> None:
         when = unix_from_filetime(filetime)
         product = self._products.get(sku_id) if sku_id else None
-        hresult = status
-        if status == 0 and count < required:
-            hresult = HResult.COUNT_INSUFFICIENT
+        hresult = client_hresult(status, count, required)
         self.requests.appendleft(Request(self._next_id, when, status, hresult, name, cmid,
                                          product, count, peer, reason))
         self._next_id += 1

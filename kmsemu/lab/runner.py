@@ -36,7 +36,7 @@ from kmsemu.clock import OffsetClock, SystemClock
 from kmsemu.dns.server import DnsServer, loopback
 from kmsemu.dns.zone import Authority, SrvTarget, Zone
 from kmsemu.errors import ConfigError
-from kmsemu.host.rules import LIVE_WINDOW, HostSettings
+from kmsemu.host.rules import HostSettings
 from kmsemu.host.server import ServerOptions, product_names
 from kmsemu.host.store import HostStore
 from kmsemu.lab.config import Reload, plan_reload, read_config
@@ -286,12 +286,8 @@ class Lab:
     def counts(self, now: float) -> dict[bytes, int]:
         if self.host is None:
             return {}
-        cache = self.host.server.host.rules.cache
-        at = filetime_from_unix(now)
-        min_count = self.settings.min_count
-        return {app: max(min_count, sum(1 for t in cache.entries.get(app, {}).values()
-                                        if at - t < LIVE_WINDOW))
-                for app in self._thresholds}
+        rules, at = self.host.server.host.rules, filetime_from_unix(now)
+        return {app: rules.count(app, at) for app in self._thresholds}
 
     def mak_keys(self) -> list[dict[str, Any]]:
         if self._store is None:

@@ -43,7 +43,7 @@ from kmsemu.client.licence import (
 )
 from kmsemu.clock import as_datetime
 from kmsemu.errors import SERVICE_ERRORS, HResult
-from kmsemu.host.rules import LIVE_WINDOW, CountCache, HostRules, HostSettings, new_identity
+from kmsemu.host.rules import CountCache, HostRules, HostSettings, new_identity
 from kmsemu.keys.product_key import KeyType
 from kmsemu.klp.messages import LicenseStatus, RequestFields
 from kmsemu.sim.scenario import DAY, Group, Host, MakKey, Scenario
@@ -196,7 +196,7 @@ class Engine:
             if c.arrived:
                 self._set(c, HardwareChanged(now), now)
                 if c.number == 0:  # one line for the group in the narrative
-                    self.timeline.note(now, "hardware_change", f"{c.group.name}: a significant "
+                    self.timeline.add(now, "hardware_change", f"{c.group.name}: a significant "
                                        f"hardware change on {c.group.count} clients puts them "
                                        "in out-of-tolerance grace")
                 if c.group.mak is not None:
@@ -391,7 +391,7 @@ class FastBackend:
             return decision.refusal
         if decision.verdict is MakVerdict.NEW:
             machines[hardware_id] = MachineRecord(len(machines) + 1, hardware_id)
-            self.keys[key] = _replace_used(record, record.used + 1)
+            self.keys[key] = dataclasses.replace(record, used=record.used + 1)
         return None
 
     def srv(self, day: int) -> list[Srv]:
@@ -402,9 +402,7 @@ class FastBackend:
         result: dict[str, dict[bytes, int]] = {}
         for name, (spec, rules) in self.hosts.items():
             at = filetime_from_unix(now + spec.clock_offset)
-            result[name] = {app: max(rules.settings.min_count, sum(
-                1 for t in rules.cache.entries.get(app, {}).values() if at - t < LIVE_WINDOW))
-                for app in self.apps}
+            result[name] = {app: rules.count(app, at) for app in self.apps}
         return result
 
     def mak_remaining(self) -> dict[str, int]:
@@ -414,10 +412,6 @@ class FastBackend:
 def _mak_record(key: MakKey, created: float) -> KeyRecord:
     return KeyRecord(fingerprint=key.name, last5="SIM00", type=KeyType.MAK,
                      product=key.product.number, limit=key.limit, created=created)
-
-
-def _replace_used(record: KeyRecord, used: int) -> KeyRecord:
-    return dataclasses.replace(record, used=used)
 
 
 def run_fast(scenario: Scenario, catalog: Catalog | None = None,

@@ -34,7 +34,7 @@ from kmsemu.clock import FakeClock
 from kmsemu.dns.server import DnsServer
 from kmsemu.dns.zone import Authority, SrvTarget, Zone
 from kmsemu.errors import ActivationError
-from kmsemu.host.rules import LIVE_WINDOW, HostSettings
+from kmsemu.host.rules import HostSettings
 from kmsemu.keys.product_key import KeyType, mint
 from kmsemu.klp.envelope import DEFAULT_SECRET, LabKey
 from kmsemu.klp.messages import ActivationRequest, RequestFields
@@ -57,7 +57,7 @@ class _BackgroundDns:
         self.server = DnsServer(Authority([zone]), updates="none")
         self.address: tuple[str, int] = ("127.0.0.1", 0)
         self._loop = asyncio.new_event_loop()
-        self._stop = threading.Event()
+        self._stop = asyncio.Event()  # set from the caller's thread through the loop
         self._thread = threading.Thread(target=self._run, daemon=True, name="sim-dns")
         self._ready = threading.Event()
 
@@ -71,15 +71,14 @@ class _BackgroundDns:
         async def main() -> None:
             self.address = await self.server.start("127.0.0.1", 0)
             self._ready.set()
-            while not self._stop.is_set():
-                await asyncio.sleep(0.05)
+            await self._stop.wait()
             await self.server.close()
 
         self._loop.run_until_complete(main())
         self._loop.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(TIMEOUT)
 
 
@@ -191,9 +190,7 @@ class NetworkBackend:
             assert running.server is not None
             rules = running.server.host.rules
             at = filetime_from_unix(now + self.scenario.host(name).clock_offset)
-            result[name] = {app: max(rules.settings.min_count, sum(
-                1 for t in rules.cache.entries.get(app, {}).values() if at - t < LIVE_WINDOW))
-                for app in self.apps}
+            result[name] = {app: rules.count(app, at) for app in self.apps}
         return result
 
     def mak_remaining(self) -> dict[str, int]:

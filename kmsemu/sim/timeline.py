@@ -65,9 +65,6 @@ class Timeline:
         self.events.append(event)
         return event
 
-    def note(self, when: float, kind: str, text: str) -> None:
-        self.add(when, kind, text)
-
     def start_events(self) -> None:
         s = self.scenario
         for group in s.groups:
