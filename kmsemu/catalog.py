@@ -8,6 +8,7 @@ lab keys, so entries are only ever appended.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 import uuid
 from collections.abc import Iterator, Mapping
@@ -112,10 +113,17 @@ class Catalog:
         for product in self.products:
             if wanted in (product.key, product.name.casefold(), str(product.sku_id)):
                 return product
-        keys = ", ".join(p.key for p in self.products)
-        raise ConfigError(
-            f"no product {name!r} in the catalog; known: {keys}", code="unknown_product"
-        )
+        close = self.close_matches(name)
+        also = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(f"no product {name!r}{also}", code="unknown_product")
+
+    def close_matches(self, name: str, n: int = 3) -> list[str]:
+        """The product keys most like ``name`` (a key or a name mistyped), best first."""
+        wanted = name.strip().casefold()
+        by_name = {p.name.casefold(): p.key for p in self.products}
+        keys = [p.key for p in self.products]
+        found = difflib.get_close_matches(wanted, [*keys, *by_name], n=n, cutoff=0.6)
+        return list(dict.fromkeys(by_name.get(f, f) for f in found))[:n]
 
 
 def _entry_error(where: str, message: str) -> ConfigError:
@@ -202,8 +210,10 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
-            f"cannot read catalog {path}: {exc.strerror}", code="bad_catalog"
+            f"cannot read catalog {path}: {exc.strerror or exc}", code="bad_catalog"
         ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"catalog {path} is not UTF-8 text", code="bad_catalog") from exc
     return _parse_text(text, str(path))
 
 

@@ -1,21 +1,51 @@
-"""The HRESULT registry and the exception root.
+"""The error registry and the exception tree.
 
-Every activation outcome a user can meet has one stable code here, one
-message (the Windows wording where Windows has one) and one hint. The CLI,
-the logs and the docs (``docs/errors.md``) all read from this table.
+Every error a user can meet has one stable code here, one message and one hint, in
+one of three tables: activation HRESULTs (``HResult``, the Windows wording where
+Windows has one), the HTTP services' string codes (``SERVICE_ERRORS``), and what this
+machine decides by itself, in the CLI, the client machine and the configuration and
+scenario readers (``LOCAL_ERRORS``). The particulars of one occurrence go in
+``detail`` (printed in parentheses after the message) or in extra fields, never in a
+reworded message. The CLI (``kmsemu.cli.common.KmsemuGroup``), the HTTP services, the
+logs and ``docs/errors.md`` all read from these tables; ``lookup`` finds any code.
 
 Exception tree::
 
-    KmsemuError                 (root; carries a stable ``code``)
-     +-- ActivationError        (an HRESULT came back or was decided locally)
-     +-- ConfigError            (bad configuration: catalog, flags, state dir)
-     +-- ServiceError           (an HTTP service refused: a string code of SERVICE_ERRORS)
+    Exception
+     +-- KmsemuError              every error a user can meet: code, message, detail,
+     |    |                       hint, hresult?; the CLI prints it and exits 1
+     |    +-- ActivationError     an HRESULT from the KMS host, or decided by the client
+     |    |    +-- DiscoveryError      (kmsemu.client.discovery) DNS found no KMS host
+     |    +-- ServiceError        an HTTP service refuses: a SERVICE_ERRORS code and status
+     |    +-- RemoteError         (mak.client) such a refusal as a client receives it, or
+     |    |                       the service could not be reached (LOCAL_ERRORS)
+     |    +-- ConfigError         wrong input: a catalog, lab.toml, a scenario, --db...
+     |    |    +-- ZoneError           (kmsemu.dns.zone) a zone, SRV target or zone file
+     |    +-- LocalError          what this machine could not do (listen, write, find
+     |         |                  state) and a client machine's own refusals
+     |         +-- ProfileError        (kmsemu.client.profile) a profile that cannot be used
+     |
+     |   Internal: answered on the wire, or turned into one of the above (or into a click
+     |   usage error, exit 2) before a user could see them:
+     +-- ValueError
+     |    +-- PduError            (kmsemu.rpc.pdu) -> a DCE/RPC fault or a closed connection
+     |    +-- NdrError            (kmsemu.rpc.ndr) -> nca_s_fault_ndr
+     |    +-- MessageError        (kmsemu.klp.messages) -> 0x8007000D
+     |    +-- TextFieldError      (kmsemu.wire) -> MessageError
+     |    +-- IdError             (kmsemu.keys.activation_ids) -> installation_id_invalid
+     |    +-- AddressError        (kmsemu.addresses) -> a usage error
+     +-- EnvelopeError            (kmsemu.klp.envelope) -> stub status 0x80070005 / 0x8007000D
+     +-- _Unusable                (kmsemu.client.exchange) -> ActivationError 0xC004F074
+     +-- KeyError
+          +-- TransitionError     (kmsemu.client.licence) an event the licence table lacks
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 
 class HResult(IntEnum):
@@ -50,8 +80,12 @@ class HResult(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
+    """What a code means: its one message, its hint (worded for the CLI) and the HRESULT a
+    Windows client would show for it, where there is one."""
+
     message: str
     hint: str
+    hresult: int | None = None
 
 
 _INFO: dict[HResult, ErrorInfo] = {
@@ -175,36 +209,97 @@ def format_hresult(code: int) -> str:
 
 
 class KmsemuError(Exception):
-    """Root of every error kmsemu raises on purpose."""
+    """Root of every error a user can meet: a registry ``code`` (its message, hint and
+    HRESULT come from the registry) and the particulars of this occurrence: ``detail``,
+    extra ``fields`` of the JSON error object, and for the CLI the ``output`` fields a
+    command prints beside ``error`` with --json and the ``notes`` it prints after the hint.
+    """
 
-    code: str = "error"
+    code: str = "internal"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, detail: str = "", *, code: str | None = None,
+                 output: Mapping[str, Any] | None = None, notes: Sequence[str] = (),
+                 **fields: Any) -> None:
         if code is not None:
             self.code = code
+        self.detail = detail
+        self.fields = fields
+        self.output = dict(output or {})
+        self.notes = list(notes)
+        super().__init__(self.text)
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def info(self) -> ErrorInfo:
+        return lookup(self.code) or ErrorInfo(f"Unknown error {self.code!r}.", "")
 
     @property
     def message(self) -> str:
-        return str(self.args[0])
+        """The registry's message for the code, exactly."""
+        return self.info.message
+
+    @property
+    def text(self) -> str:
+        """The message with the detail: what the CLI prints after ``Error:``."""
+        return f"{self.message} ({self.detail})" if self.detail else self.message
+
+    @property
+    def hint(self) -> str:
+        """The registry's hint, worded for the command line."""
+        return self.info.hint
+
+    @property
+    def hresult(self) -> int | None:
+        return self.info.hresult
+
+    def to_json(self, *, http: bool = False) -> dict[str, Any]:
+        """``{"error": {"code", "message", "hint", "hresult"?, ...fields}}``, after the
+        ``output`` fields (the CLI's --json; ``http``: as an HTTP service answers)."""
+        error: dict[str, Any] = {"code": self.code, "message": self.text, "hint": self.hint}
+        if self.hresult is not None:
+            error["hresult"] = format_hresult(self.hresult)
+        error.update(self.fields)
+        return {"error": error} if http else {**self.output, "error": error}
 
 
 class ConfigError(KmsemuError):
-    """Bad configuration: a catalog entry, a flag value, a state directory."""
+    """Wrong input: a catalog entry, the lab's configuration, a scenario, a flag's value
+    that only the program can check (``--db``); codes of ``LOCAL_ERRORS``."""
 
     code = "config"
 
 
-class ActivationError(KmsemuError):
-    """An activation failed with an HRESULT (from the host or decided by the client)."""
+class LocalError(KmsemuError):
+    """What this machine could not do (listen, write, find state), and a client
+    machine's own refusals; a code of ``LOCAL_ERRORS`` is required."""
 
-    def __init__(self, hresult: int, detail: str = "", *, cause: int | None = None) -> None:
-        info = describe(hresult)
-        message = info.message if not detail else f"{info.message} ({detail})"
-        super().__init__(message, code=hresult_name(hresult).lower())
-        self.hresult = hresult
-        self.detail = detail
+    def __init__(self, code: str, detail: str = "", **kwargs: Any) -> None:
+        super().__init__(detail, code=code, **kwargs)
+
+
+class ActivationError(KmsemuError):
+    """An activation failed with an HRESULT (from the host or decided by the client);
+    ``code`` is the HRESULT's name in lower case, unless a more precise code is given
+    (``key_unknown``, ``no_confirmation_id``: the HRESULT is the same)."""
+
+    def __init__(self, hresult: int, detail: str = "", *, cause: int | None = None,
+                 code: str | None = None, **kwargs: Any) -> None:
+        self._hresult = hresult
         self.cause = cause
+        super().__init__(detail, code=code or hresult_name(hresult).lower(), **kwargs)
+
+    @property
+    def info(self) -> ErrorInfo:
+        info = lookup(self.code)
+        if info is None or info.hresult != self._hresult:
+            info = describe(self._hresult)
+        return info
+
+    @property
+    def hresult(self) -> int:
+        return self._hresult
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,27 +308,44 @@ class ServiceErrorInfo:
     Windows client would show for it, where there is one."""
 
     status: int
+    #: The wording; ``{name}`` is filled from the error's field of that name (behaviour.md's
+    #: "The maximum is <x> user licenses.").
     message: str
+    #: The hint in an HTTP answer, which may name JSON fields and headers.
     hint: str
     hresult: int | None = None
     #: A row of behaviour.md's product-key redemption table: its wording is kept exactly
     #: (particulars go to ``detail``) and a portal fault can force it.
     redemption: bool = False
+    #: The hint as the CLI prints it (flags and commands, not fields and headers); empty:
+    #: the HTTP hint reads right on the command line too.
+    cli_hint: str = ""
+    #: Other wordings of the same code, by name (behaviour.md gives ``invalid_key`` two;
+    #: ``admin_required`` names what the caller's role may not do).
+    variants: Mapping[str, str] = field(default_factory=dict)
 
 
-def _redemption(status: int, message: str, hint: str) -> ServiceErrorInfo:
-    return ServiceErrorInfo(status, message, hint, redemption=True)
+def _redemption(status: int, message: str, hint: str, cli_hint: str = "",
+                variants: Mapping[str, str] | None = None) -> ServiceErrorInfo:
+    return ServiceErrorInfo(status, message, hint, redemption=True, cli_hint=cli_hint,
+                            variants=variants or {})
 
 
-def _activation(status: int, hresult: HResult, hint: str = "") -> ServiceErrorInfo:
+def _activation(status: int, hresult: HResult, hint: str = "",
+                cli_hint: str = "") -> ServiceErrorInfo:
     info = _INFO[hresult]
-    return ServiceErrorInfo(status, info.message, hint or info.hint, int(hresult))
+    return ServiceErrorInfo(status, info.message, hint or info.hint, int(hresult),
+                            cli_hint=cli_hint)
 
+
+_NOT_THE_SERVICE = "Does --url name the MAK service ('kmsemu mak serve')?"
 
 #: Every error code the HTTP services answer with (``{"error": {"code", ...}}``).
 SERVICE_ERRORS: dict[str, ServiceErrorInfo] = {
     "key_malformed": _activation(
-        400, HResult.MAK_INVALID, "The key is not well formed; see 'problems' and 'candidates'."
+        400, HResult.MAK_INVALID, "The key is not well formed; see 'problems' and 'candidates'.",
+        "The key is not well formed; 'kmsemu keys check KEY' says what is wrong and which "
+        "keys were meant.",
     ),
     "key_unknown": _activation(
         404, HResult.MAK_INVALID, "The key is well formed but was never added to this service."
@@ -251,33 +363,49 @@ SERVICE_ERRORS: dict[str, ServiceErrorInfo] = {
     "installation_id_invalid": ServiceErrorInfo(
         400, "The installation ID is not valid.",
         "It is nine groups of seven digits; 'failed_groups' names the groups to read again.",
+        cli_hint="It is nine groups of seven digits; read the groups named again.",
     ),
     "key_exists": ServiceErrorInfo(409, "This key is already registered.",
                                    "Use 'kmsemu mak increase' to raise its limit."),
     "unauthorized": ServiceErrorInfo(
         401, "An administrator token is required.",
         "Send 'Authorization: Bearer <token>' (--admin-token or KMSEMU_ADMIN_TOKEN).",
+        cli_hint="Give --admin-token or set KMSEMU_ADMIN_TOKEN (a local 'kmsemu mak serve' "
+                 "keeps its token in $KMSEMU_HOME/mak/admin-token).",
     ),
     "forbidden": ServiceErrorInfo(403, "The administrator token is wrong.",
                                   "Use the token the service was started with."),
-    "not_found": ServiceErrorInfo(404, "No such resource.", "See /openapi.json for the routes."),
+    "not_found": ServiceErrorInfo(404, "No such resource.", "See /openapi.json for the routes.",
+                                  cli_hint=_NOT_THE_SERVICE),
     "method_not_allowed": ServiceErrorInfo(405, "Method not allowed.",
-                                           "See /openapi.json for the routes."),
+                                           "See /openapi.json for the routes.",
+                                           cli_hint=_NOT_THE_SERVICE),
     "bad_json": ServiceErrorInfo(400, "The request body is not a JSON object.",
-                                 "Send one JSON object with Content-Type: application/json."),
+                                 "Send one JSON object with Content-Type: application/json.",
+                                 cli_hint="Does --url name a service of this kmsemu version?"),
     "invalid_field": ServiceErrorInfo(422, "A field of the request is missing or invalid.",
-                                      "See 'field' and /openapi.json."),
+                                      "See 'field' and /openapi.json.",
+                                      cli_hint="Check the value of the argument or option of "
+                                               "that name (see the command's --help)."),
     "body_too_large": ServiceErrorInfo(413, "The request body is too large.",
                                        "Split the request (proxy activation takes 1,000 IDs "
-                                       "per call)."),
+                                       "per call).",
+                                       cli_hint="Split the file: proxy-activate takes 1,000 "
+                                                "installation IDs per call."),
     "unavailable": ServiceErrorInfo(503, "The service is busy; try again.",
                                     "The database did not answer in time."),
-    "internal": ServiceErrorInfo(500, "Internal error.", "See the service log."),
+    "internal": ServiceErrorInfo(500, "Internal error.", "See the service log.",
+                                 cli_hint="A bug in kmsemu: please report it with the command "
+                                          "that failed."),
     # -- the licensing portal: product-key redemption (behaviour.md's table) --------------------
     "invalid_key": _redemption(
         400, "The product key you entered isn't valid. Try entering it again.",
         "Check the key for 0/O, 5/S and 1/l/I mix-ups; 'problems' and 'candidates' say what "
         "is wrong and which keys were meant.",
+        "Check the key for 0/O, 5/S and 1/l/I mix-ups ('kmsemu keys check KEY' says what is "
+        "wrong and which keys were meant).",
+        {"not_subscription": "This product key isn't valid. Please enter a different "
+                             "product key."},
     ),
     "already_entered": _redemption(
         409, "You have already entered this product key. Enter a different key.",
@@ -295,23 +423,34 @@ SERVICE_ERRORS: dict[str, ServiceErrorInfo] = {
         "try again.",
         "Wait as long as Retry-After says and try again; if it still fails after 15 minutes, "
         "contact support.",
+        "Wait a little and try again; if it still fails after 15 minutes, contact support.",
     ),
     "not_available": _redemption(
         409, "The requested subscription is not available.",
         "'reason' says why: offer_not_available, not_in_country or trial_used.",
+        "The reason says why: the key's product is not an offer, the offer is not sold in "
+        "the organisation's country, or its trial was used.",
     ),
     "too_many_licences": _redemption(
-        422, "You've added more user licenses than this offer allows.",
+        422, "You've added more user licenses than this offer allows. The maximum is "
+        "{maximum} user licenses.",
         "Redeem or buy fewer licences, or choose an offer with a higher maximum.",
     ),
     "admin_required": _redemption(
         403, "You must be a global or billing admin to redeem a product key.",
         "Sign in as a global admin or billing admin of the organisation.",
+        "Give --token of a global or billing admin of the organisation.",
+        {"buy": "You must be a global or billing admin to buy subscriptions.",
+         "assign": "You must be a global or billing admin to assign licences.",
+         "unassign": "You must be a global or billing admin to remove licences.",
+         "add_user": "You must be a global admin to add users."},
     ),
     "account_not_created": _redemption(
         503, "Sorry, we can't create your account right now.",
         "The organisation and its admin were created but the key was not redeemed; redeem it "
         "again into the organisation ('org', 'user' and 'token' in this error).",
+        "The organisation and its admin were created but the key was not redeemed; redeem "
+        "it again into the organisation, with the admin's token.",
     ),
     "order_not_processed": _redemption(
         503, "Your order can't be processed.",
@@ -322,6 +461,8 @@ SERVICE_ERRORS: dict[str, ServiceErrorInfo] = {
         401, "Sign in first: a user token is required.",
         "Send 'Authorization: Bearer <token>' (--token or KMSEMU_PORTAL_TOKEN), the token "
         "'kmsemu portal user add' printed.",
+        cli_hint="Give --token (or set KMSEMU_PORTAL_TOKEN): the token 'kmsemu portal user "
+                 "add' printed.",
     ),
     "token_unknown": ServiceErrorInfo(403, "No user has this token.",
                                       "Use the token 'kmsemu portal user add' printed."),
@@ -337,9 +478,10 @@ SERVICE_ERRORS: dict[str, ServiceErrorInfo] = {
     "user_exists": ServiceErrorInfo(409, "A user with this name exists in the organisation.",
                                     "Choose another name."),
     "no_free_licences": ServiceErrorInfo(
-        409, "There are no free licences for this offer.",
+        409, "There are no free licences for {offer}: all {licences} are assigned.",
         "Buy more licences ('kmsemu portal buy') or remove one from another user "
         "('kmsemu portal unassign').",
+        variants={"none_bought": "The organisation has no {offer} subscription."},
     ),
     "already_assigned": ServiceErrorInfo(409, "The user already has a licence of this offer.",
                                          "Nothing to do."),
@@ -353,40 +495,169 @@ REDEMPTION_ERRORS: tuple[str, ...] = tuple(
 
 
 class ServiceError(KmsemuError):
-    """An HTTP service refused a request; ``code`` is a key of ``SERVICE_ERRORS``."""
+    """An HTTP service refused a request; ``code`` is a key of ``SERVICE_ERRORS``. Extra
+    keyword fields go in the answer's error object and fill the message's ``{name}``s;
+    ``variant`` picks one of the registry's other wordings of the code."""
 
-    def __init__(self, code: str, detail: str = "", *, message: str | None = None,
+    def __init__(self, code: str, detail: str = "", *, variant: str | None = None,
                  status: int | None = None, headers: dict[str, str] | None = None,
-                 **extra: object) -> None:
-        self.info = SERVICE_ERRORS[code]
+                 **extra: Any) -> None:
+        self.entry = SERVICE_ERRORS[code]
         self._status = status
         #: HTTP headers the answer carries (``Retry-After``).
         self.headers = headers or {}
-        message = message or self.info.message
-        if self.info.redemption:
-            if detail:
-                extra = {"detail": detail, **extra}
-        elif detail:
-            message = f"{message} ({detail})"
-        super().__init__(message, code=code)
-        self.detail = detail
-        self.extra = extra
+        wording = self.entry.variants[variant] if variant else self.entry.message
+        self._message = wording.format_map(_Fill(extra))
+        super().__init__(detail, code=code)
+        # a redemption error's detail is a field: its message is behaviour.md's, exactly
+        self.fields = {"detail": detail, **extra} if self.entry.redemption and detail else extra
 
     @property
-    def status(self) -> int:
-        return self._status or self.info.status
+    def message(self) -> str:
+        return self._message
+
+    @property
+    def text(self) -> str:
+        # a redemption error keeps behaviour.md's wording exactly: its detail is a field
+        return self._message if self.entry.redemption else super().text
+
+    @property
+    def hint(self) -> str:
+        return self.entry.cli_hint or self.entry.hint
 
     @property
     def hresult(self) -> int | None:
-        return self.info.hresult
+        return self.entry.hresult
 
-    def to_json(self) -> dict[str, object]:
-        body: dict[str, object] = {"code": self.code, "message": self.message,
-                                   "hint": self.info.hint}
-        if self.info.hresult is not None:
-            body["hresult"] = format_hresult(self.info.hresult)
-        body.update(self.extra)
-        return {"error": body}
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self.fields
+
+    @property
+    def status(self) -> int:
+        return self._status or self.entry.status
+
+    def to_json(self, *, http: bool = True) -> dict[str, Any]:
+        """The HTTP answer's body (``http=False``: as the CLI prints it, its hint)."""
+        body = super().to_json(http=http)
+        if http:
+            body["error"]["hint"] = self.entry.hint
+        return body
+
+
+class _Fill(dict[str, Any]):
+    """``str.format_map`` fields; one the raise site did not give shows as ``<name>``."""
+
+    def __missing__(self, key: str) -> str:
+        return f"<{key}>"
+
+
+#: Every code decided on this machine: by the CLI, a client machine, the readers of
+#: catalogs, lab.toml and scenarios, and the MAK service's client.
+LOCAL_ERRORS: dict[str, ErrorInfo] = {
+    # -- wrong input (ConfigError) -------------------------------------------------------------
+    "config": ErrorInfo("The configuration is invalid.",
+                        "Check the option or file named (see the command's --help)."),
+    "bad_catalog": ErrorInfo("The catalog is invalid.",
+                             "Fix the entry named; 'kmsemu catalog --file FILE' checks a "
+                             "catalog file."),
+    "unknown_product": ErrorInfo("No such product in the catalog.",
+                                 "'kmsemu catalog' lists the products by key and name."),
+    "config_invalid": ErrorInfo("The lab configuration file is invalid.",
+                                "Fix the [lab] key named (docs/lab.md lists them)."),
+    "scenario_invalid": ErrorInfo("The scenario is invalid.",
+                                  "Fix the entry named (docs/sim.md describes scenario files)."),
+    "unknown_scenario": ErrorInfo("No such scenario.",
+                                  "Give a scenario file (.toml) or a built-in name from "
+                                  "'kmsemu sim list'."),
+    "zone_invalid": ErrorInfo("The DNS zone data is invalid.",
+                              "Check --zone, --srv, --a and the zone file ('kmsemu dns serve "
+                              "--help')."),
+    # -- what this machine could not do (LocalError) -------------------------------------------
+    "listen_failed": ErrorInfo("Cannot listen on the address.",
+                               "Another program may hold the port, or a port below 1024 needs "
+                               "privileges; choose another with --listen or --port."),
+    "no_state": ErrorInfo("No KMS host state was found.",
+                          "Start a host with 'kmsemu host serve' (or 'kmsemu lab'), or name "
+                          "its directory with --state."),
+    "lab_failed": ErrorInfo("The lab could not start.",
+                            "A port in use moves with --kms-listen, --dns-listen or "
+                            "--http-listen."),
+    "sim_failed": ErrorInfo("The simulated network could not start.",
+                            "--network needs free ports on 127.0.0.1; without it the "
+                            "simulator needs none."),
+    "database_unavailable": ErrorInfo("The database cannot be opened.",
+                                      "Check --db (sqlite:///PATH or postgresql://...), the "
+                                      "file's permissions, or that PostgreSQL is running."),
+    "write_failed": ErrorInfo("Cannot write there.",
+                              "Check the path, its permissions and the free space (state "
+                              "lives in $KMSEMU_HOME)."),
+    # -- a client machine (kmsemu client VERB) -------------------------------------------------
+    "bad_profile": ErrorInfo("The client profile cannot be used.",
+                             "Its file in $KMSEMU_HOME/clients is damaged or from another "
+                             "version: delete it (a new machine starts), or use another "
+                             "--profile."),
+    "clock_out_of_range": ErrorInfo("The profile's clock cannot be moved there.",
+                                    "It stays between the years 1970 and 2999 (UTC); move it "
+                                    "by less, or set it with --at."),
+    "product_key_not_found": ErrorInfo("Product key not found.",
+                                       "Install one with 'kmsemu client ipk KEY' ('kmsemu "
+                                       "keys setup-keys' lists the KMS client setup keys)."),
+    "no_confirmation_id": ErrorInfo(
+        _INFO[HResult.IID_CID_INVALID].message,
+        "Give the confirmation ID ('kmsemu client atp CID'); a CID is kept only once one was "
+        "deposited for this installation ID.", HResult.IID_CID_INVALID),
+    "confirmation_id_invalid": ErrorInfo(_INFO[HResult.IID_CID_INVALID].message,
+                                         _INFO[HResult.IID_CID_INVALID].hint,
+                                         HResult.IID_CID_INVALID),
+    # -- a typed product key (kmsemu keys check; keys.md's problem codes) -----------------------
+    "wrong_length": ErrorInfo("The key has the wrong length.",
+                              "A key is 25 characters, five groups of five."),
+    "invalid_character": ErrorInfo("The key has characters outside the key alphabet.",
+                                   "Keys use no vowels and none of 0 1 5 L N S Z: check for "
+                                   "0/O, 5/S and 1/l/I mix-ups."),
+    "out_of_range": ErrorInfo("This is not a key: its value is out of range.",
+                              "Check that the whole key was copied."),
+    "unknown_type": ErrorInfo("This is not a key: its key type is unknown.",
+                              "Check that the whole key was copied."),
+    "check_failed": ErrorInfo("A character of the key is mistyped.",
+                              "The keys it most likely was are listed after 'Did you mean'."),
+    # -- the MAK service's client (RemoteError) ------------------------------------------------
+    "proxy_refused": ErrorInfo("The service refused some of the installation IDs.",
+                               "Each refused ID is listed with its error; fix those and send "
+                               "them again (the confirmed ones count once)."),
+    "unreachable": ErrorInfo(_INFO[HResult.CANNOT_CONNECT].message,
+                             "Nothing answered at the service URL; is 'kmsemu mak serve' "
+                             "running? See --url (or 'kmsemu client mak-url').",
+                             HResult.CANNOT_CONNECT),
+    "bad_response": ErrorInfo("The service's answer cannot be read.",
+                              "Does --url name the MAK service ('kmsemu mak serve') of this "
+                              "kmsemu version?"),
+}
+
+
+def lookup(code: str) -> ErrorInfo | None:
+    """What ``code`` means, from whichever table holds it (the hint worded for the CLI);
+    None for a code of no table."""
+    local = LOCAL_ERRORS.get(code)
+    if local is not None:
+        return local
+    service = SERVICE_ERRORS.get(code)
+    if service is not None:
+        return ErrorInfo(service.message, service.cli_hint or service.hint, service.hresult)
+    if code != code.lower():
+        return None
+    try:
+        hresult = HResult[code.upper()]
+    except KeyError:
+        return None
+    return ErrorInfo(_INFO[hresult].message, _INFO[hresult].hint, int(hresult))
+
+
+def all_codes() -> list[str]:
+    """Every code of the registry: HRESULT names, service codes, local codes."""
+    return list(dict.fromkeys([*(h.name.lower() for h in HResult if h), *SERVICE_ERRORS,
+                               *LOCAL_ERRORS]))
 
 
 def markdown_table() -> str:
@@ -430,17 +701,26 @@ def markdown_table() -> str:
         "",
         "## HTTP service errors (MAK service, portal)",
         "",
-        "Bodies are `{\"error\": {\"code\", \"message\", \"hint\", \"hresult\"?}}`;"
-        " the CLI prints the same object with `--json` and exits 1.",
+        "Bodies are `{\"error\": {\"code\", \"message\", \"hint\", \"hresult\"?}}`;",
+        "the CLI prints the same object with `--json` and exits 1, with its own hint where",
+        "one is given. `{name}` in a message is the error's field of that name; a code with",
+        "more than one wording names each other wording (`variant`).",
         "",
         "| code | HTTP | HRESULT | message | hint |",
         "|---|---|---|---|---|",
-        *(
-            f"| `{code}` | {info.status} | "
-            f"{format_hresult(info.hresult) if info.hresult is not None else ''} | "
-            f"{info.message} | {info.hint} |"
-            for code, info in SERVICE_ERRORS.items()
-        ),
+        *(_service_row(code, info) for code, info in SERVICE_ERRORS.items()),
+        "",
+        "## Local errors (CLI, client machine, configuration, scenarios)",
+        "",
+        "Decided on this machine. The CLI prints `Error: [HRESULT ]message (detail)` and the",
+        "hint on stderr, or with `--json` `{\"error\": {\"code\", \"message\", \"hint\","
+        " \"hresult\"?}}`",
+        "on stdout, and exits 1; a bad option value is a usage error instead (exit 2).",
+        "",
+        "| code | HRESULT | message | hint |",
+        "|---|---|---|---|",
+        *(f"| `{code}` | {format_hresult(info.hresult) if info.hresult is not None else ''} | "
+          f"{info.message} | {info.hint} |" for code, info in LOCAL_ERRORS.items()),
         "",
         "## DCE/RPC faults",
         "",
@@ -458,6 +738,14 @@ def markdown_table() -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _service_row(code: str, info: ServiceErrorInfo) -> str:
+    hresult = format_hresult(info.hresult) if info.hresult is not None else ""
+    message = "<br>".join([info.message, *(f"or (`{name}`): {text}"
+                                           for name, text in info.variants.items())])
+    hint = info.hint + (f"<br>CLI: {info.cli_hint}" if info.cli_hint else "")
+    return f"| `{code}` | {info.status} | {hresult} | {message} | {hint} |"
 
 
 if __name__ == "__main__":

@@ -13,38 +13,55 @@ import http.client
 import json
 import socket
 import urllib.parse
-from typing import Any, Final
+from typing import Any
 
-from kmsemu.errors import HResult, KmsemuError, describe, format_hresult
-
-DEFAULT_URL: Final = "http://127.0.0.1:8688"
+from kmsemu.errors import KmsemuError, lookup
+from mak.defaults import DEFAULT_URL
 
 
 class RemoteError(KmsemuError):
-    """The service refused (or could not be reached); fields as in its error body."""
+    """The service refused: ``body`` is its error object, whose message (the registry's,
+    with the detail) is kept as it came; or it could not be reached or read (``unreachable``,
+    ``bad_response``: no body, the registry's message and ``detail``). The hint is the
+    registry's CLI wording when the code is known here, else the service's."""
 
-    def __init__(self, code: str, message: str, *, hint: str = "", hresult: int | None = None,
-                 status: int | None = None, body: dict[str, Any] | None = None) -> None:
-        super().__init__(message, code=code)
-        self.hint = hint
-        self.hresult = hresult
+    def __init__(self, code: str, detail: str = "", *, status: int | None = None,
+                 body: dict[str, Any] | None = None) -> None:
         self.status = status
-        if body is None:
-            body = {"code": code, "message": message, "hint": hint}
-            if hresult is not None:
-                body["hresult"] = format_hresult(hresult)
-        self.body = body
+        self.body: dict[str, Any] = body or {}
+        super().__init__(detail, code=code)
+        self.fields = {k: v for k, v in self.body.items()
+                       if k not in ("code", "message", "hint", "hresult")}
 
     @classmethod
     def from_body(cls, status: int, body: Any) -> RemoteError:
         error = body.get("error") if isinstance(body, dict) else None
-        if not isinstance(error, dict):
+        if not isinstance(error, dict) or not isinstance(error.get("code"), str):
             return cls("bad_response", f"HTTP {status} without an error object", status=status)
-        hresult = error.get("hresult")
-        return cls(str(error.get("code", "error")), str(error.get("message", "")),
-                   hint=str(error.get("hint", "")),
-                   hresult=int(hresult, 16) if isinstance(hresult, str) else None,
-                   status=status, body=error)
+        return cls(error["code"], status=status, body=error)
+
+    @property
+    def message(self) -> str:
+        return str(self.body.get("message", "")) if self.body else super().message
+
+    @property
+    def text(self) -> str:
+        return self.message if self.body else super().text
+
+    @property
+    def hint(self) -> str:
+        known = lookup(self.code)
+        return known.hint if known is not None else str(self.body.get("hint", ""))
+
+    @property
+    def hresult(self) -> int | None:
+        if not self.body:
+            return super().hresult
+        value = self.body.get("hresult")
+        try:
+            return int(value, 16) if isinstance(value, str) else None
+        except ValueError:
+            return None
 
 
 class MakClient:
@@ -122,9 +139,7 @@ class MakClient:
         return payload
 
     def _unreachable(self, why: str) -> RemoteError:
-        info = describe(HResult.CANNOT_CONNECT)
-        return RemoteError("unreachable", f"{info.message} ({self.url}: {why})", hint=info.hint,
-                           hresult=HResult.CANNOT_CONNECT)
+        return RemoteError("unreachable", f"{self.url}: {why}")
 
     # -- activation (public) ---------------------------------------------------------------------
 

@@ -25,12 +25,12 @@ from kmsemu.catalog import Catalog, Product
 from kmsemu.errors import REDEMPTION_ERRORS, ConfigError, ServiceError
 from kmsemu.keys.product_key import ProductKey
 from mak import portal_rules
+from mak.defaults import DEFAULT_REDEEM_RATE
 from mak.portal_rules import Offer
 from mak.service import parse_key
 from mak.store.portal import Fault, Org, PortalSql, Purchase, Subscription, User
 
 #: Redemption attempts one organisation may make per window before ``busy``.
-DEFAULT_REDEEM_RATE: Final = 10
 REDEEM_WINDOW: Final = 60.0
 #: Retry-After of a forced ``busy`` (maintenance).
 MAINTENANCE_RETRY_AFTER: Final = 60
@@ -128,8 +128,7 @@ class PortalService:
 
     def add_user(self, org: Org, caller: Caller, name: Any, role: Any) -> tuple[User, str]:
         if caller.role != "global-admin":
-            raise ServiceError("admin_required", message="You must be a global admin to add "
-                               "users.", role=caller.role)
+            raise ServiceError("admin_required", variant="add_user", role=caller.role)
         token = TOKEN_PREFIX + secrets.token_urlsafe(24)
         user = self.store.add_user(org.id, portal_rules.name(name, "name"),
                                    portal_rules.role(role), hash_token(token), self.now())
@@ -194,7 +193,7 @@ class PortalService:
         if (key.product >= len(self.catalog)
                 or self.catalog.products[key.product].channel != "subscription"):
             raise ServiceError("invalid_key", f"product #{key.product} is not a subscription "
-                               "offer", message=portal_rules.NOT_A_SUBSCRIPTION_KEY)
+                               "offer", variant="not_subscription")
         return key
 
     def _admit(self, org_key: str) -> str | None:
@@ -216,9 +215,7 @@ class PortalService:
                 offer = None
             if offer is None:
                 return ServiceError(code, "forced")
-            return ServiceError(code, "forced", message=f"You've added more user licenses than "
-                                f"this offer allows. The maximum is {offer.max_licences} user "
-                                "licenses.", maximum=offer.max_licences)
+            return ServiceError(code, "forced", maximum=offer.max_licences)
         if code == "not_available":
             return ServiceError(code, "forced", reason="offer_not_available")
         return ServiceError(code, "forced")
@@ -260,7 +257,7 @@ class PortalService:
 
     def buy(self, org: Org, caller: Caller, offer: Any, licences: Any, billing: Any,
             auto_assign: Any) -> Purchase:
-        portal_rules.require_buyer(caller.role, "buy subscriptions")
+        portal_rules.require_buyer(caller.role, "buy")
         if not isinstance(offer, str):
             raise ServiceError("invalid_field", "'offer' is an offer's name", field="offer")
         product = self.offer_product(offer)
@@ -278,7 +275,7 @@ class PortalService:
 
     def assign(self, org: Org, caller: Caller, user: str, offer: Any
                ) -> tuple[User, Subscription]:
-        portal_rules.require_buyer(caller.role, "assign licences")
+        portal_rules.require_buyer(caller.role, "assign")
         if not isinstance(offer, str):
             raise ServiceError("invalid_field", "'offer' is an offer's name", field="offer")
         product = self.offer_product(offer)
@@ -286,5 +283,5 @@ class PortalService:
 
     def unassign(self, org: Org, caller: Caller, user: str, offer: str
                  ) -> tuple[User, Subscription]:
-        portal_rules.require_buyer(caller.role, "remove licences")
+        portal_rules.require_buyer(caller.role, "unassign")
         return self.store.unassign(org.id, user, self.offer_product(offer).key)

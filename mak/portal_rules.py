@@ -25,10 +25,6 @@ MAX_LICENCES: Final = 1_000_000
 _COUNTRY: Final = re.compile(r"[A-Z]{2}")
 _NAME: Final = re.compile(r"[^/]{1,64}")
 
-#: The second wording of the "not valid" row: a well-formed key that is not for the portal.
-NOT_A_SUBSCRIPTION_KEY: Final = ("This product key isn't valid. Please enter a different "
-                                 "product key.")
-
 
 @dataclass(frozen=True, slots=True)
 class Offer:
@@ -88,19 +84,18 @@ def role(text: object) -> str:
     return str(text)
 
 
-def require_buyer(caller_role: str, action: str = "redeem a product key") -> None:
+def require_buyer(caller_role: str, action: str | None = None) -> None:
+    """A global or billing admin may redeem keys (or ``action``: a variant of
+    ``admin_required`` in the registry: ``buy``, ``assign``, ``unassign``)."""
     if caller_role not in BUYER_ROLES:
-        raise ServiceError("admin_required",
-                           message=f"You must be a global or billing admin to {action}.",
-                           role=caller_role)
+        raise ServiceError("admin_required", variant=action, role=caller_role)
 
 
 def subscription_key(key: ProductKey) -> ProductKey:
     if key.type is not KeyType.SUBSCRIPTION:
-        raise ServiceError("invalid_key", f"a {key.type.label} key",
-                           message=NOT_A_SUBSCRIPTION_KEY)
+        raise ServiceError("invalid_key", f"a {key.type.label} key", variant="not_subscription")
     if key.quantity < 1:
-        raise ServiceError("invalid_key", "it adds no licences", message=NOT_A_SUBSCRIPTION_KEY)
+        raise ServiceError("invalid_key", "it adds no licences", variant="not_subscription")
     return key
 
 
@@ -129,12 +124,8 @@ def check_offer(offer: Offer | None, org: OrgState, licences: int) -> Offer:
         raise ServiceError("not_available", f"the {offer.name} trial was used before",
                            reason="trial_used")
     if org.licences + licences > offer.max_licences:
-        maximum = offer.max_licences
-        raise ServiceError(
-            "too_many_licences",
-            message=f"You've added more user licenses than this offer allows. The maximum is "
-                    f"{maximum} user licenses.",
-            maximum=maximum, requested=org.licences + licences)
+        raise ServiceError("too_many_licences", maximum=offer.max_licences,
+                           requested=org.licences + licences)
     return offer
 
 

@@ -23,12 +23,9 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from kmsemu.errors import ConfigError
+from mak.defaults import DB_NAME, token_file
 from mak.store.base import Store
 
-DEFAULT_PORT: Final = 8688
-DEFAULT_URL: Final = f"http://127.0.0.1:{DEFAULT_PORT}"
-DB_NAME: Final = "mak.sqlite3"
-TOKEN_NAME: Final = "admin-token"
 POSTGRES_THREADS: Final = 8
 #: Seconds a request's line and headers may take, and the bytes they may fill.
 HEAD_TIMEOUT: Final = 10.0
@@ -58,10 +55,6 @@ def open_store(url: str | None, home: Path) -> Store:
     from mak.store.sqlite import SqliteStore
 
     return SqliteStore(path)
-
-
-def token_file(home: Path) -> Path:
-    return home / TOKEN_NAME
 
 
 def ensure_token(home: Path) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 from kmsemu.clock import Clock
 from kmsemu.host.rules import HostSettings
-from kmsemu.host.server import ServerOptions
+from kmsemu.host.options import ServerOptions
 from kmsemu.keys.product_key import ALPHABET, normalise
 from kmsemu.testing import BackgroundHost
 

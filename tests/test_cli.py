@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import uuid
@@ -12,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from kmsemu.cli import main
+from kmsemu.errors import HResult, describe
 from kmsemu.host.rules import EPID_PATTERN
 from tests.conftest import (
     RunningHost,
@@ -109,7 +111,8 @@ def test_activate_below_threshold_exits_1_with_c004f038(
     assert data["error"] == {
         "code": "count_insufficient",
         "hresult": "0xC004F038",
-        "message": data["error"]["message"],
+        "message": describe(HResult.COUNT_INSUFFICIENT).message,
+        "hint": describe(HResult.COUNT_INSUFFICIENT).hint,
     }
 
 
@@ -184,10 +187,15 @@ def test_usage_errors_exit_2(runner: CliRunner, args: list[str]) -> None:
     assert runner.invoke(main, args).exit_code == 2
 
 
-def test_unknown_product_exits_1(runner: CliRunner) -> None:
-    result = runner.invoke(main, ["client", "activate", "--product", "toaster", "--json"])
-    assert result.exit_code == 1
-    assert json.loads(result.stdout)["error"]["code"] == "unknown_product"
+def test_a_mistyped_product_is_a_usage_error_with_did_you_mean(runner: CliRunner) -> None:
+    for args in (["client", "activate"], ["keys", "mint", "--type", "mak"]):
+        result = runner.invoke(main, [*args, "--product", "windows-11-pr", "--json"])
+        assert result.exit_code == 2, result.output
+        assert result.stdout == ""
+        assert "did you mean windows-11-pro" in result.stderr
+        assert "windows-server-2025-datacenter" not in result.stderr  # not every product
+    result = runner.invoke(main, ["client", "activate", "--product", "toaster"])
+    assert result.exit_code == 2 and "no product 'toaster'" in result.stderr
 
 
 def test_status_without_state(runner: CliRunner, tmp_path: Path) -> None:
@@ -261,23 +269,38 @@ def test_serve_status_and_clean_stop_as_real_processes(tmp_path: Path) -> None:
     assert "Total requests received: 3" in text and "Failed requests received: 1" in text
 
 
-def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
+def test_serve_refuses_a_port_in_use_and_leaves_no_state(tmp_path: Path) -> None:
     import socket
 
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "lab.sqlite3").touch()  # a lab ran here; host status should keep finding it
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
         out = subprocess.run(
-            kmsemu_command(
-                "host", "serve", "--listen", f"127.0.0.1:{port}", "--state", str(tmp_path / "h")
-            ),
+            kmsemu_command("host", "serve", "--listen", f"127.0.0.1:{port}"),
             capture_output=True,
             text=True,
             timeout=30,
+            env={**os.environ, "KMSEMU_HOME": str(home)},
         )
     assert out.returncode == 1
-    assert "cannot listen" in out.stderr
+    assert f"Error: Cannot listen on the address. (127.0.0.1:{port}: " in out.stderr
+    assert "Traceback" not in out.stderr
+    assert sorted(p.name for p in home.iterdir()) == ["lab.sqlite3"]  # no empty host/ left
+
+
+def test_status_names_the_state_it_reads(tmp_path: Path) -> None:
+    from kmsemu.host.store import HostStore
+
+    home = tmp_path / "home"
+    HostStore(home / "lab.sqlite3").close()  # only a lab ran
+    out = subprocess.run(kmsemu_command("host", "status"), capture_output=True, text=True,
+                         timeout=30, env={**os.environ, "KMSEMU_HOME": str(home)})
+    assert out.returncode == 0, out.stderr
+    assert f"    State: {home / 'lab.sqlite3'}" in out.stdout.splitlines()
 
 
 def test_serve_and_activate_over_ipv6(tmp_path: Path) -> None:

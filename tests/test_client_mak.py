@@ -239,7 +239,7 @@ def test_subscription_keys_are_refused_and_setup_keys_have_no_iid(home: Path) ->
     subscription = str(mint(KeyType.SUBSCRIPTION, 0, serial=7, quantity=5))
     result = client("pc", "ipk", subscription)
     assert result.exit_code == 1 and "0xC004F050" in result.stderr
-    assert ok("pc", "dli")["product"] is None
+    assert refused("pc", "dli")["code"] == "product_key_not_found"  # nothing installed
     assert client("pc", "ipk", str(setup_key(0))).exit_code == 0
     dti = client("pc", "dti")
     assert dti.exit_code == 1 and "0xC004F050" in dti.stderr

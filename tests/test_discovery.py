@@ -15,8 +15,9 @@ from click.testing import CliRunner, Result
 
 from kmsemu.cli import main
 from kmsemu.client.discovery import DiscoveryError, Srv, discover, rfc2782_order
+from kmsemu.dns.authority import Authority
 from kmsemu.dns.server import DnsServer
-from kmsemu.dns.zone import Authority, SrvTarget, Zone
+from kmsemu.dns.zone import SrvTarget, Zone
 from kmsemu.errors import HResult
 from kmsemu.keys.product_key import setup_key
 from kmsemu.testing import BackgroundHost

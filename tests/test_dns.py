@@ -22,9 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kmsemu.cli import main
+from kmsemu.dns.authority import Authority
 from kmsemu.dns.export import export
 from kmsemu.dns.server import DnsServer
-from kmsemu.dns.zone import Authority, SrvTarget, Zone, ZoneError
+from kmsemu.dns.zone import SrvTarget, Zone, ZoneError
 
 
 def lab_zone(hosts: int = 2) -> Zone:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kmsemu.catalog import default_catalog
 from kmsemu.client.exchange import request_activation
 from kmsemu.clock import FakeClock
-from kmsemu.host.server import ServerOptions
+from kmsemu.host.options import ServerOptions
 from kmsemu.klp.envelope import LabKey, open_response
 from kmsemu.klp.messages import ActivationRequest, ActivationResponse
 from kmsemu.wire import filetime_from_unix

@@ -137,14 +137,18 @@ def test_a_port_in_use_fails_cleanly_with_nothing_left_running(tmp_path: Path) -
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
+        port = taken.getsockname()[1]
         result = subprocess.run(
             kmsemu_command("lab", "--kms-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0",
-                           "--http-listen", f"127.0.0.1:{taken.getsockname()[1]}", "--quiet"),
+                           "--http-listen", f"127.0.0.1:{port}", "--quiet"),
             capture_output=True, text=True, timeout=30,
             env={**os.environ, "KMSEMU_HOME": str(tmp_path)})
     assert result.returncode == 1
-    assert "the lab could not start" in result.stderr and "in use" in result.stderr
+    error = next(line for line in result.stderr.splitlines() if line.startswith("Error:"))
+    assert "The lab could not start." in error and "in use" in error
+    assert f"127.0.0.1:{port} (--http-listen)" in error  # which address, which flag
     assert 'stopped reason="start failed"' in result.stderr
+    assert list(tmp_path.iterdir()) == []  # a lab that never started leaves no state
 
 
 def test_health_readiness_and_metrics(lab: Lab) -> None:
@@ -283,3 +287,60 @@ def test_json_logs_on_request(tmp_path: Path) -> None:
     events = [json.loads(line) for line in lab.lines if not line.startswith("ready lab ")]
     assert {"ready", "lab", "activation", "stopped"} <= {e.get("event") for e in events}
     assert all(e["time"].endswith("Z") for e in events)  # every line has its time
+
+
+SIGTERM_RUNS = 50
+
+
+def test_sigterm_right_after_ready_always_exits_0_and_keeps_every_answer(
+        tmp_path: Path) -> None:
+    """The handlers are in place before ``ready``: a SIGTERM at once never kills the lab
+    with the default action (-15), and no answered activation misses the request log.
+    Two labs at a time (two homes), each started SIGTERM_RUNS / 2 times."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kmsemu.client.exchange import request_activation
+    from kmsemu.host.store import HostStore
+    from tests.test_end_to_end import KEY, make_request
+
+    def runs(home: Path) -> list[str]:
+        problems, answered = [], 0
+        for run in range(SIGTERM_RUNS // 2):
+            lab = Lab(home, "--quiet")
+            if run % 2:  # every other run: one activation, answered, then the signal at once
+                request_activation(("127.0.0.1", lab.kms[1]), make_request(), KEY, timeout=10)
+                answered += 1
+            lab.process.send_signal(signal.SIGTERM)
+            code = lab.process.wait(10)
+            store = HostStore(home / "lab.sqlite3", create=False)
+            try:
+                logged = store.request_totals()[0]
+            finally:
+                store.close()
+            if code != 0 or logged != answered:
+                problems.append(f"{home.name} run {run}: exit {code}, {logged} of {answered} "
+                                "answers logged\n" + "\n".join(lab.lines))
+        return problems
+
+    with ThreadPoolExecutor(2) as pool:
+        problems = [p for found in pool.map(runs, [tmp_path / "a", tmp_path / "b"])
+                    for p in found]
+    assert problems == []
+
+
+def test_sighup_reads_a_file_made_after_the_start_and_refuses_what_start_refuses(
+        tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    lab = Lab(home)
+    try:
+        (home / "lab.toml").write_text("[lab]\nmin_count = 25\n")  # there was none at start
+        lab.process.send_signal(signal.SIGHUP)
+        assert "applied min_count=25" in lab.wait_for_line(" reload ")
+        assert lab.state()["host"]["min_count"] == 25
+        (home / "lab.toml").write_text("[lab]\nmin_count = 5000\n")  # --min-count allows 1000
+        lab.process.send_signal(signal.SIGHUP)
+        line = lab.wait_for_line("lab.min_count must be from 0 to 1000, not 5000")
+        assert "nothing changed" in line
+        assert lab.state()["host"]["min_count"] == 25
+    finally:
+        assert lab.stop() == 0

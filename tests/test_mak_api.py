@@ -34,11 +34,13 @@ from kmsemu.errors import SERVICE_ERRORS, format_hresult
 from kmsemu.keys.activation_ids import installation_id, verify_confirmation_id
 from kmsemu.keys.product_key import ALPHABET, KeyType, mint, normalise, parse, setup_key
 from kmsemu.testing.mak import BackgroundMak
-from mak.api import ENDPOINTS, IMPORT_BODY, PROXY_BODY, SMALL_BODY, Endpoint, create_app
+from mak.api import ENDPOINTS, create_app
 from mak.client import MakClient, RemoteError
 from mak.portal_client import PortalClient
 from mak.server import GuardedHttp
 from mak.service import MAX_PROXY_IDS
+from mak.web.base import SMALL_BODY, Endpoint
+from mak.web.mak_routes import IMPORT_BODY, PROXY_BODY
 from tests import httpraw
 from tests.conftest import mistype_key
 from tests.httpraw import Reply

@@ -26,7 +26,8 @@ from kmsemu.clock import FakeClock
 from kmsemu.errors import REDEMPTION_ERRORS, SERVICE_ERRORS
 from kmsemu.keys.product_key import ALPHABET, KeyType, mint, normalise, setup_key
 from kmsemu.testing.mak import BackgroundMak
-from mak.api import ENDPOINTS, SMALL_BODY, Endpoint
+from mak.api import ENDPOINTS
+from mak.web.base import SMALL_BODY, Endpoint
 from tests.httpraw import Reply, request
 
 TIMEOUT = 10.0
@@ -178,7 +179,7 @@ def refused(reply: Reply, code: str, *, status: int | None = None,
     if message is not None:
         assert error["message"] == message, error
     else:
-        assert error["message"].startswith(info.message), error
+        assert error["message"].startswith(info.message.format_map(error)), error
     return error
 
 

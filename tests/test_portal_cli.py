@@ -28,7 +28,7 @@ from conftest import kmsemu_command, start_mak_process  # tests/ is on sys.path 
 
 from kmsemu.catalog import default_catalog
 from kmsemu.cli import main
-from kmsemu.errors import REDEMPTION_ERRORS
+from kmsemu.errors import REDEMPTION_ERRORS, SERVICE_ERRORS
 from kmsemu.keys.product_key import KeyType, mint, normalise, parse
 from kmsemu.testing.mak import BackgroundMak
 from mak.portal_client import PortalClient, retry_after_seconds
@@ -620,8 +620,7 @@ def test_retry_for_gives_up_with_advice_to_escalate(svc: BackgroundMak,
         "Busy (attempt 2); trying again in 30s, 30s of retrying left.",
         "Error: Sorry, we can't process your request right now. Please wait a few minutes "
         "and try again.",
-        "Wait as long as Retry-After says and try again; if it still fails after 15 minutes, "
-        "contact support.",
+        SERVICE_ERRORS["busy"].cli_hint,
         "Still busy after retrying for 90s (3 attempts). Escalate to support once it has been "
         "busy for 15 minutes ('--retry-for 15m' waits that long)."]
 

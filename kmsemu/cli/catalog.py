@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from kmsemu.catalog import load_catalog
-from kmsemu.cli.common import emit, fail_with, json_option
-from kmsemu.errors import ConfigError
+from kmsemu.cli.common import emit, json_option
 
 
 @click.command()
@@ -21,10 +20,7 @@ from kmsemu.errors import ConfigError
 @json_option
 def catalog(path: Path | None, as_json: bool) -> None:
     """List every product with its application id, SKU id, KMS count id and threshold."""
-    try:
-        products = load_catalog(path)
-    except ConfigError as exc:
-        fail_with(exc, as_json)
+    products = load_catalog(path)  # ConfigError bad_catalog: exit 1
     if as_json:
         emit({"products": [p.to_json() for p in products]})
         return

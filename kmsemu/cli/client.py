@@ -4,24 +4,40 @@ from __future__ import annotations
 
 import socket
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from kmsemu.addresses import format_address
-from kmsemu.catalog import Product, load_catalog
-from kmsemu.cli.common import ADDRESS, DURATION, emit, fail, fail_with, json_option, secret_option
-from kmsemu.client.exchange import DEFAULT_TIMEOUT, Exchange, request_activation
+from kmsemu.catalog import Product
+from kmsemu.cli.common import ADDRESS, DURATION, PRODUCT, emit, json_option, secret_option
+from kmsemu.client import DEFAULT_TIMEOUT
+from kmsemu.client.profile import valid_profile_name
 from kmsemu.clock import SystemClock
-from kmsemu.errors import ActivationError, ConfigError, HResult, describe, format_hresult
-from kmsemu.host.server import DEFAULT_PORT
-from kmsemu.klp.envelope import LabKey
-from kmsemu.klp.messages import FLAG_VIRTUAL_MACHINE, ActivationRequest, LicenseStatus
+from kmsemu.errors import ActivationError, HResult, describe, format_hresult
+from kmsemu.host.options import DEFAULT_PORT
+from kmsemu.klp.messages import (
+    FLAG_VIRTUAL_MACHINE,
+    ActivationRequest,
+    LicenseStatus,
+    MessageError,
+)
 from kmsemu.wire import datetime_from_filetime, filetime_from_unix
+
+if TYPE_CHECKING:
+    from kmsemu.client.exchange import Exchange
+
+
+def _profile_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not valid_profile_name(value):
+        raise click.BadParameter(f"{value!r}: 1-64 letters, digits, '.', '_' or '-', "
+                                 "starting with a letter or digit")
+    return value
 
 
 @click.group()
 @click.option("--profile", default="default", show_default=True, envvar="KMSEMU_PROFILE",
+              callback=_profile_name,
               help="Which client machine (profiles live under $KMSEMU_HOME/clients).")
 @click.pass_context
 def client(ctx: click.Context, profile: str) -> None:
@@ -56,7 +72,8 @@ class _Guid(click.ParamType):  # type: ignore[type-arg]
     show_default=True,
     help=f"KMS host, HOST[:PORT] or [IPv6]:PORT (port {DEFAULT_PORT} if omitted).",
 )
-@click.option("--product", required=True, help="Catalog product key or name (kmsemu catalog).")
+@click.option("--product", type=PRODUCT, required=True,
+              help="Catalog product key or name (kmsemu catalog).")
 @click.option("--cmid", type=_Guid(), help="Client machine id (default: a random one).")
 @click.option("--previous-cmid", type=_Guid(), help="The CMID this machine had before.")
 @click.option("--vm", is_flag=True, help="Say the client is a virtual machine.")
@@ -85,7 +102,7 @@ class _Guid(click.ParamType):  # type: ignore[type-arg]
 @json_option
 def activate(
     address: tuple[str, int | None],
-    product: str,
+    product: Product,
     cmid: uuid.UUID | None,
     previous_cmid: uuid.UUID | None,
     vm: bool,
@@ -102,56 +119,55 @@ def activate(
     Exit 0 when activated (status 0 and a count that reaches the required
     count), 1 otherwise.
     """
-    try:
-        chosen = load_catalog().find(product)
-    except ConfigError as exc:
-        fail_with(exc, as_json)
+    chosen = product
     target = (address[0], address[1] if address[1] is not None else DEFAULT_PORT)
     required = required_count or chosen.threshold
-    request = ActivationRequest(
-        application_id=chosen.application_id,
-        sku_id=chosen.sku_id,
-        kms_count_id=chosen.kms_count_id,
-        client_machine_id=cmid or uuid.uuid4(),
-        request_time=filetime_from_unix(SystemClock().now() + clock_offset),
-        required_client_count=required,
-        license_status=license_status,
-        workstation_name=(name if name is not None else socket.gethostname())[:63],
-        previous_client_machine_id=previous_cmid or uuid.UUID(int=0),
-        flags=FLAG_VIRTUAL_MACHINE if vm else 0,
-    )
+    try:
+        request = ActivationRequest(
+            application_id=chosen.application_id,
+            sku_id=chosen.sku_id,
+            kms_count_id=chosen.kms_count_id,
+            client_machine_id=cmid or uuid.uuid4(),
+            request_time=filetime_from_unix(SystemClock().now() + clock_offset),
+            required_client_count=required,
+            license_status=license_status,
+            workstation_name=_workstation_name(name),
+            previous_client_machine_id=previous_cmid or uuid.UUID(int=0),
+            flags=FLAG_VIRTUAL_MACHINE if vm else 0,
+        )
+    except (MessageError, OverflowError) as exc:  # --name too long, --clock-offset too far
+        raise click.UsageError(f"cannot send that request: {exc}") from exc
     host_text = format_address(*target)
     try:
+        from kmsemu.client.exchange import request_activation  # the cipher loads here
+        from kmsemu.klp.envelope import LabKey
+
         exchange = request_activation(target, request, LabKey.derive(secret), timeout=timeout)
     except ActivationError as exc:
-        cause = f" [cause {format_hresult(exc.cause)}]" if exc.cause is not None else ""
-        fail(
-            exc.message + cause,
-            code=exc.code,
-            hresult=exc.hresult,
-            as_json=as_json,
-            extra={
-                "host": host_text,
-                "cause": format_hresult(exc.cause) if exc.cause is not None else None,
-            },
-        )
+        cause = format_hresult(exc.cause) if exc.cause is not None else None
+        exc.output.update(host=host_text, cause=cause)
+        if exc.cause is not None:
+            exc.notes.append(f"Cause: {cause} {describe(exc.cause).message}")
+        raise
     result = _result(exchange, chosen, required, host_text)
     failure = _failure(exchange, required)
-    if as_json:
-        if failure is None:
-            emit(result)
-            return
-        fail(
-            describe(failure).message,
-            code=HResult(failure).name.lower(),
-            hresult=failure,
-            as_json=True,
-            extra=result,
-        )
-    click.echo(_text(result, chosen))
+    if not as_json:
+        click.echo(_text(result, chosen))
     if failure is not None:
-        fail(describe(failure).message, code=HResult(failure).name.lower(), hresult=failure)
+        raise ActivationError(failure, output=result)
+    if as_json:
+        emit(result)
+        return
     click.echo("Product activated successfully.")
+
+
+def _workstation_name(name: str | None) -> str:
+    """``--name``, else this machine's: 1-63 printable characters, as KLP/1 carries it."""
+    text = (name if name is not None else socket.gethostname())[:63]
+    if not text or not text.isprintable() or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise click.BadParameter("a workstation name is 1-63 printable characters",
+                                 param_hint="--name")
+    return text
 
 
 def _failure(exchange: Exchange, required: int) -> int | None:

@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
-import sys
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import click
 
-from kmsemu.addresses import AddressError, parse_address
+from kmsemu.addresses import parse_address
 from kmsemu.catalog import default_catalog
 from kmsemu.cli.client import client
-from kmsemu.cli.common import DURATION, emit, fail, json_option, kmsemu_home, secret_option
+from kmsemu.cli.common import DURATION, emit, json_option, kmsemu_home, secret_option
 from kmsemu.client import slmgr
 from kmsemu.client.machine import Machine, Result
-from kmsemu.client.profile import COMPONENT_NAMES, ProfileError, ProfileStore
+from kmsemu.client.profile import COMPONENT_NAMES, ProfileStore
 from kmsemu.clock import SystemClock
-from kmsemu.errors import describe, format_hresult
+from kmsemu.errors import ActivationError, LocalError
 from kmsemu.keys.product_key import format_key
-from kmsemu.klp.envelope import DEFAULT_SECRET
-from mak.client import DEFAULT_URL as DEFAULT_MAK_URL
-from mak.client import MakClient
+from kmsemu.klp import DEFAULT_SECRET
+from mak.defaults import DEFAULT_URL as DEFAULT_MAK_URL
 
 MAK_URL_ENV = "KMSEMU_MAK_URL"
 
@@ -35,42 +35,39 @@ def profile_store() -> ProfileStore:
 
 @contextmanager
 def machine(obj: dict[str, Any], secret: str = DEFAULT_SECRET) -> Iterator[Machine]:
-    """The profile's machine; the profile is saved afterwards, whatever happened."""
+    """The profile's machine, saved afterwards: after a verb that failed with an HRESULT
+    too (its events and licence changed), but not after one that raised (a profile that
+    cannot be read, a clock that cannot move there): nothing changed, nothing is written."""
     store = profile_store()
-    try:
-        profile = store.load(obj["profile"], random.SystemRandom())
-    except ProfileError as exc:
-        fail(str(exc), code="bad_profile")
+    profile = store.load(obj["profile"], random.SystemRandom())  # ProfileError: exit 1
     m = Machine(profile, default_catalog(), real_now=SystemClock().now, secret=secret,
                 mak_url=os.environ.get(MAK_URL_ENV) or DEFAULT_MAK_URL)
-    try:
-        yield m
-    finally:
-        store.save(m.profile)
+    yield m
+    store.save(m.profile)
 
 
-def report(m: Machine, result: Result, as_json: bool, lines: list[str]) -> None:
-    """Print the verb's lines (or the JSON summary and the verb's data); exit 1 with
-    slmgr's error line (JSON: ``error`` with the code, HRESULT, hint and the verb's data)."""
-    if result.hresult:
-        detail = f" ({result.detail})" if result.detail else ""
-        message = describe(result.hresult).message + detail
-        if as_json:
-            error: dict[str, Any] = {"code": result.code or "activation_failed",
-                                     "message": message,
-                                     "hresult": format_hresult(result.hresult)}
-            if result.hint:
-                error["hint"] = result.hint
-            emit({**m.summary(), "error": {**error, **(result.data or {})}})
-            sys.exit(1)
-        for line in lines:
+def report(m: Machine, result: Result, as_json: bool, lines: Sequence[str],
+           preface: Sequence[str] = ()) -> None:
+    """Print ``preface`` and, when the verb succeeded, its ``lines`` (or, with --json, the
+    summary and the verb's data); a verb that failed raises its HRESULT (with --json:
+    ``error`` with the code, HRESULT, hint and the verb's data, beside the summary)."""
+    if not as_json:
+        for line in preface:
             click.echo(line)
-        fail(message, code=result.code or "failed", hresult=result.hresult)
+    if result.hresult:
+        raise ActivationError(result.hresult, result.detail, code=result.code or None,
+                              output=m.summary(), **(result.data or {}))
     if as_json:
         emit({**m.summary(), **(result.data or {})})
     else:
         for line in lines:
             click.echo(line)
+
+
+def _has_key(m: Machine) -> None:
+    """slmgr's "Error: product key not found." for dli, dlv and xpr without a key."""
+    if m.product is None or m.profile.product_key is None:
+        raise LocalError("product_key_not_found", output=m.summary())
 
 
 @client.command("ipk")
@@ -109,9 +106,8 @@ def ato(obj: dict[str, Any], secret: str, as_json: bool) -> None:
     with machine(obj, secret) as m:
         product = m.product
         result = m.activate()
-    lines = [slmgr.activating(m)] if product is not None else []
-    report(m, result, as_json, [*lines, "Product activated successfully."]
-           if not result.hresult else lines)
+    preface = [slmgr.activating(m)] if product is not None else []
+    report(m, result, as_json, ["Product activated successfully."], preface)
 
 
 @client.command("dti")
@@ -152,6 +148,8 @@ def mak_url(obj: dict[str, Any], url: str | None, clear: bool, as_json: bool) ->
         raise click.UsageError("give a URL or --clear, not both")
     if url is not None:
         url = url if "://" in url else f"http://{url}"
+        from mak.client import MakClient
+
         try:
             MakClient(url)
         except ValueError as exc:
@@ -191,13 +189,15 @@ def skms(obj: dict[str, Any], address: str, as_json: bool) -> None:
 @click.pass_obj
 def skms_domain(obj: dict[str, Any], domain: str, as_json: bool) -> None:
     """Look for KMS hosts in this DNS domain only (ignored while skms is set)."""
+    name = _domain(domain, "DOMAIN")
     with machine(obj) as m:
-        m.profile.kms_domain = domain.strip(".").lower()
+        m.profile.kms_domain = name
     report(m, Result(), as_json, [f"Key Management Service lookup domain set to {domain}."])
 
 
 def _simple(name: str, doc: str, lines: Callable[[Machine], list[str]],
-            change: Callable[[Machine], object] = lambda m: None) -> None:
+            change: Callable[[Machine], object] = lambda m: None, *,
+            needs_key: bool = False) -> None:
     """A verb that at most changes a setting, then prints slmgr's lines for it."""
 
     @client.command(name, help=doc)
@@ -206,6 +206,8 @@ def _simple(name: str, doc: str, lines: Callable[[Machine], list[str]],
     def command(obj: dict[str, Any], as_json: bool) -> None:
         with machine(obj) as m:
             change(m)
+        if needs_key:
+            _has_key(m)
         report(m, Result(), as_json, lines(m))
 
 
@@ -213,9 +215,12 @@ def _setting(name: str, doc: str, change: Callable[[Machine], object], line: str
     _simple(name, doc, lambda m: [line], change)
 
 
-_simple("dli", "Licence information.", lambda m: slmgr.licence_lines(m, verbose=False))
-_simple("dlv", "Detailed licence information.", lambda m: slmgr.licence_lines(m, verbose=True))
-_simple("xpr", "When the activation or the grace period expires.", slmgr.expiry_lines)
+_simple("dli", "Licence information.", lambda m: slmgr.licence_lines(m, verbose=False),
+        needs_key=True)
+_simple("dlv", "Detailed licence information.", lambda m: slmgr.licence_lines(m, verbose=True),
+        needs_key=True)
+_simple("xpr", "When the activation or the grace period expires.", slmgr.expiry_lines,
+        needs_key=True)
 
 
 def _forget_cached_host(m: Machine) -> None:
@@ -265,7 +270,22 @@ def events(obj: dict[str, Any], last: int, as_json: bool) -> None:
         click.echo(f"{event['time']} {event['id']} {fields}")
 
 
-@client.command("clock")
+class _SignedShift(click.Command):
+    """Takes ``-2h`` as the SHIFT argument, not as the options -2 and -h."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        shifts = [a for a in args[:end] if _NEGATIVE.match(a)]
+        if shifts:
+            args = [a for a in args[:end] if not _NEGATIVE.match(a)] + ["--", *shifts,
+                                                                        *args[end + 1:]]
+        return super().parse_args(ctx, args)
+
+
+_NEGATIVE = re.compile(r"-\d+(\.\d+)?[smhdwSMHDW]\Z")
+
+
+@client.command("clock", cls=_SignedShift)
 @click.argument("shift", type=DURATION, required=False)
 @click.option("--at", "at", help="Set the profile's clock to this ISO 8601 time.")
 @json_option
@@ -324,7 +344,19 @@ def hardware(obj: dict[str, Any], changes: tuple[str, ...], as_json: bool) -> No
     if as_json and not result.hresult:
         emit({**m.summary(), "hardware": m.profile.hardware})
         return
-    report(m, result, as_json, lines)
+    report(m, result, as_json, [], lines)
+
+
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def _domain(text: str, hint: str) -> str:
+    """A DNS domain as the profile keeps it: lower case, no dots around it."""
+    name = text.strip().strip(".").lower()
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(x) for x in name.split(".")):
+        raise click.BadParameter(f"{text!r} is not a DNS domain (labels of letters, digits "
+                                 "and '-', at most 63 each)", param_hint=hint)
+    return name
 
 
 def _slot(text: str) -> int:
@@ -361,14 +393,17 @@ def dns_settings(obj: dict[str, Any], servers: tuple[str, ...], suffixes: tuple[
     """Show or set where this machine looks for _vlmcs._tcp SRV records."""
     for server in servers:
         try:
-            parse_address(server, 53)
-        except AddressError as exc:
-            raise click.BadParameter(str(exc), param_hint="--server") from exc
+            host, _ = parse_address(server, 53)
+            ipaddress.ip_address(host.split("%")[0])
+        except ValueError as exc:
+            raise click.BadParameter(f"{server!r}: an IP address, optionally with :PORT "
+                                     f"({exc})", param_hint="--server") from exc
+    names = [_domain(suffix, "--suffix") for suffix in suffixes]
     with machine(obj) as m:
         if servers:
             m.profile.dns_servers = list(servers)
         if suffixes:
-            m.profile.dns_suffixes = [s.strip(".").lower() for s in suffixes]
+            m.profile.dns_suffixes = names
     report(m, Result(), as_json, [
         f"DNS servers: {', '.join(m.profile.dns_servers) or '(none)'}",
         f"DNS suffix search list: {', '.join(m.profile.dns_suffixes) or '(none)'}",

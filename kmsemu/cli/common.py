@@ -1,32 +1,45 @@
-"""What every command shares: state location, the lab secret, JSON output, errors."""
+"""What every command shares: state location, the lab secret, JSON output, errors.
+
+A command that fails raises a ``KmsemuError``; ``KmsemuGroup`` (the root group's class)
+prints it, as text on stderr or, when the command was given ``--json``, as one JSON
+object on stdout, and exits 1. A bad option value stays a click usage error (exit 2).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import click
 
 from kmsemu.addresses import AddressError, parse_address
+from kmsemu.catalog import Product, default_catalog
 from kmsemu.durations import parse_duration
-from kmsemu.errors import KmsemuError, format_hresult
-from kmsemu.klp.envelope import DEFAULT_SECRET
+from kmsemu.errors import ConfigError, KmsemuError, LocalError, format_hresult
+from kmsemu.klp import DEFAULT_SECRET
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: ``ctx.meta`` key (shared by the whole context chain): whether the command got --json.
+JSON_META: Final = "kmsemu.json"
 
 
 def kmsemu_home() -> Path:
     return Path(os.environ.get("KMSEMU_HOME") or Path.home() / ".kmsemu").expanduser()
 
 
+def _record_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[JSON_META] = True
+    return value
+
+
 def json_option(func: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(
-        func
-    )
+    """``--json`` (``as_json``); recorded in ``ctx.meta`` so that errors print as JSON too."""
+    return click.option("--json", "as_json", is_flag=True, is_eager=True,
+                        callback=_record_json, help="Print one JSON object on stdout.")(func)
 
 
 def secret_option(*, multiple: bool = False) -> Callable[[F], F]:
@@ -46,28 +59,68 @@ def emit(data: dict[str, Any]) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-def fail(
-    message: str,
-    *,
-    code: str,
-    hresult: int | None = None,
-    as_json: bool = False,
-    extra: dict[str, Any] | None = None,
-) -> NoReturn:
-    """Report a failed operation (exit 1): JSON on stdout with --json, else stderr."""
+def report_error(exc: KmsemuError, *, as_json: bool) -> None:
+    """Print a failed operation: with --json its JSON object on stdout (the fields the
+    command knows besides ``error``); else ``Error: [0xHRESULT ]message (detail)``, the
+    keys meant, the hint and the command's notes, on stderr."""
     if as_json:
-        error: dict[str, Any] = {"code": code, "message": message}
-        if hresult is not None:
-            error["hresult"] = format_hresult(hresult)
-        emit({**(extra or {}), "error": error})
-    else:
-        prefix = f"Error: {format_hresult(hresult)} " if hresult is not None else "Error: "
-        click.echo(prefix + message, err=True)
-    sys.exit(1)
+        emit(exc.to_json(http=False))
+        return
+    prefix = f"Error: {format_hresult(exc.hresult)} " if exc.hresult is not None else "Error: "
+    click.echo(prefix + exc.text, err=True)
+    candidates = exc.fields.get("candidates")
+    if candidates and isinstance(candidates, list):
+        click.echo("Did you mean: " + ", ".join(map(str, candidates)), err=True)
+    if exc.hint:
+        click.echo(exc.hint, err=True)
+    for note in exc.notes:
+        click.echo(note, err=True)
 
 
-def fail_with(exc: KmsemuError, as_json: bool) -> NoReturn:
-    fail(exc.message, code=exc.code, as_json=as_json)
+class KmsemuGroup(click.Group):
+    """A group whose commands fail by raising ``KmsemuError``: it prints the error
+    (``report_error``, JSON when the command got --json) and exits 1. The root group is
+    one (or a subclass), so every command of every sub-group shares this one renderer."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KmsemuError as exc:
+            report_error(exc, as_json=bool(ctx.meta.get(JSON_META)))
+            ctx.exit(1)
+
+
+def fail(message: str, *, code: str, hresult: int | None = None, as_json: bool = False,
+         extra: dict[str, Any] | None = None) -> NoReturn:
+    """Deprecated: ``raise LocalError(code, detail)`` (or a more precise KmsemuError)."""
+    del hresult, as_json  # the code names the HRESULT; KmsemuGroup knows about --json
+    raise LocalError(code, message, output=extra)
+
+
+def fail_with(exc: KmsemuError, as_json: bool = False) -> NoReturn:
+    """Deprecated: ``raise exc``."""
+    raise exc
+
+
+class ProductType(click.ParamType):  # type: ignore[type-arg]
+    """A catalog product by key, name or SKU id; a mistyped one is a usage error naming
+    the products it was most likely meant to be."""
+
+    name = "PRODUCT"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Product:
+        if isinstance(value, Product):
+            return value
+        catalog = default_catalog()
+        try:
+            return catalog.find(str(value))
+        except ConfigError:
+            close = catalog.close_matches(str(value))
+            also = f"; did you mean {' or '.join(close)}?" if close else ""
+            self.fail(f"no product {value!r} in the catalog{also} (see 'kmsemu catalog')",
+                      param, ctx)
 
 
 class AddressType(click.ParamType):  # type: ignore[type-arg]
@@ -103,6 +156,7 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]
 
 ADDRESS = AddressType()
 DURATION = DurationType()
+PRODUCT = ProductType()
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from kmsemu.addresses import format_address
-from kmsemu.cli.common import ADDRESS, fail
-from kmsemu.dns.export import FORMATS, export
-from kmsemu.dns.server import DEFAULT_PORT, UPDATE_POLICIES, DnsServer
-from kmsemu.dns.zone import Authority, SrvTarget, Zone, ZoneError, load_zone_text
+from kmsemu.cli.common import ADDRESS
+from kmsemu.dns import DEFAULT_PORT, EXPORT_FORMATS, UPDATE_POLICIES
+from kmsemu.errors import LocalError
+
+if TYPE_CHECKING:
+    from kmsemu.dns.zone import Zone
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,6 +47,8 @@ def build_zones(zones: tuple[str, ...], srv: tuple[str, ...], addresses: tuple[s
                 zone_file: Path | None, ttl: int) -> list[Zone]:
     """The zones to serve: the first gets the SRV and address records; a zone file's
     records go to whichever zone contains them."""
+    from kmsemu.dns.zone import SrvTarget, Zone, ZoneError, load_zone_text
+
     try:
         pairs = []
         for item in addresses:
@@ -82,34 +84,36 @@ def serve(listen: tuple[str, int | None], port: int, updates: str, zones: tuple[
 
     Prints `ready dns ADDR` on stderr once it answers.
     """
+    import asyncio
+
+    from kmsemu.dns.authority import Authority
+    from kmsemu.dns.server import DnsServer
+    from kmsemu.run.dns import serve_dns
+
     built = build_zones(zones, srv, addresses, zone_file, ttl)
     host, chosen = listen[0], listen[1] if listen[1] is not None else port
+
+    def announce(bound: tuple[str, int]) -> None:
+        click.echo(f"ready dns {format_address(*bound)}", err=True)
+
     try:
-        asyncio.run(_serve(Authority(built), host, chosen, updates))
+        asyncio.run(serve_dns(DnsServer(Authority(built), updates=updates), host, chosen,
+                              announce))
     except OSError as exc:
-        fail(f"cannot listen: {exc.strerror or exc}", code="listen_failed")
-
-
-async def _serve(authority: Authority, host: str, port: int, updates: str) -> None:
-    server = DnsServer(authority, updates=updates)
-    bound = await server.start(host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    click.echo(f"ready dns {format_address(*bound)}", err=True)
-    await stop.wait()
-    await server.close()
+        raise LocalError("listen_failed",
+                         f"{format_address(host, chosen)}: {exc.strerror or exc}") from exc
 
 
 @dns.command("export")
 @zone_options
-@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True)
 @click.option("--server", default="127.0.0.1", show_default=True,
               help="The DNS server an nsupdate script talks to.")
 def export_command(zones: tuple[str, ...], srv: tuple[str, ...], addresses: tuple[str, ...],
                    zone_file: Path | None, ttl: int, fmt: str, server: str) -> None:
     """Print the records for an administrator's DNS: BIND lines, PowerShell, nsupdate."""
+    from kmsemu.dns.export import export
+
     if len(zones) != 1:
         raise click.UsageError("export takes one --zone")
     click.echo(export(build_zones(zones, srv, addresses, zone_file, ttl)[0], fmt, server=server),

@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
-import ipaddress
-import os
-import signal
-import socket
-from collections.abc import Coroutine
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -29,31 +20,27 @@ from kmsemu.cli.common import (
     secret_option,
 )
 from kmsemu.clock import OffsetClock, SystemClock
-from kmsemu.errors import ConfigError
-from kmsemu.host.events import EventLog
-from kmsemu.host.publish import Publication, Publisher, parse_server
+from kmsemu.errors import ConfigError, LocalError
+from kmsemu.host.options import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_PORT,
+    ServerOptions,
+)
 from kmsemu.host.rules import (
     DEFAULT_ACTIVATION_INTERVAL,
     DEFAULT_RENEWAL_INTERVAL,
     INTERVAL_RANGE,
     HostSettings,
 )
-from kmsemu.host.server import (
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_PORT,
-    KmsServer,
-    ServerOptions,
-    build_host,
-    install_uvloop,
-    product_names,
-)
-from kmsemu.host.store import HostStore, database_path
+from kmsemu.host.store import LAB_DB, HostStore, database_path
 from kmsemu.klp.messages import LicenseStatus
 from kmsemu.wire import filetime_from_unix
 
+if TYPE_CHECKING:
+    from kmsemu.run.host import RunningHost
+
 _STATE_HELP = "State directory or SQLite file (default: $KMSEMU_HOME/host)."
-LAB_DB = "lab.sqlite3"  # kmsemu lab's one database (kmsemu.lab.runner.DB_NAME)
 _INTERVAL = click.IntRange(*INTERVAL_RANGE)
 
 
@@ -185,6 +172,11 @@ def serve(
 
     Prints `ready kms-host ADDR...` on stderr once it accepts connections.
     """
+    import asyncio
+
+    from kmsemu.run.host import HostConfig, Publishing, serve_host
+    from kmsemu.run.loop import loop_factory
+
     try:
         catalog = load_catalog(catalog_path)
     except ConfigError as exc:
@@ -193,144 +185,26 @@ def serve(
     addresses = [(h, p if p is not None else port) for h, p in listen]
     if not addresses:
         addresses = [("0.0.0.0", port), ("::", port)]
-    state = state_dir or default_state_dir()
     try:
-        publishing = _publishing(publish, dns_server, dns_name, dns_address, dns_refresh,
-                                 dns_tsig)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    loop_name = install_uvloop(loop)
+        publishing = Publishing.parse(publish, dns_server, dns_name, dns_address, dns_refresh,
+                                      dns_tsig)
+    except ConfigError as exc:
+        raise click.UsageError(exc.message) from exc
+    loop_name, new_loop = loop_factory(loop)
+    config = HostConfig(state_dir or default_state_dir(), catalog, settings, list(secrets),
+                        OffsetClock(SystemClock(), clock_offset), addresses,
+                        ServerOptions(max_connections, idle_timeout), log_format, loop_name,
+                        publishing)
+
+    def announce(running: RunningHost) -> None:
+        click.echo(f"ready kms-host {running.listen}", err=True)
+
     try:
-        asyncio.run(_serve(open_host(
-            state, catalog, settings, list(secrets), OffsetClock(SystemClock(), clock_offset),
-            addresses,
-            ServerOptions(max_connections, idle_timeout), log_format, loop_name, publishing)))
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(serve_host(config, announce))
     except OSError as exc:
-        fail(f"cannot listen: {exc.strerror or exc}", code="listen_failed")
-
-
-@dataclass
-class RunningHost:
-    """A started KMS host: what ``open_host`` returns and ``close`` stops."""
-
-    server: KmsServer
-    store: HostStore
-    log: EventLog
-    bound: list[tuple[str, int]]
-
-    async def close(self, reason: str = "signal") -> None:
-        try:
-            await self.server.close()
-            self.log.event("stopped", None, {"reason": reason})
-            self.log.flush()
-        finally:
-            self.store.close()
-
-
-async def open_host(
-    state: Path,
-    catalog: Catalog,
-    settings: HostSettings,
-    secrets: list[str],
-    clock: OffsetClock,
-    addresses: list[tuple[str, int]],
-    options: ServerOptions,
-    log_format: str,
-    loop_name: str,
-    publishing: Publishing | None = None,
-) -> RunningHost:
-    """Open the host's state, bind and start serving (``kmsemu host serve``, ``kmsemu lab``).
-
-    ``state`` is a directory or a SQLite file (the lab's); ``clock`` the host's clock, an
-    offset of the real one (the lab moves its offset while running)."""
-    store = HostStore(state)
-    try:
-        kms = build_host(store, catalog, settings, secrets, clock)
-        log = EventLog(fmt=log_format, product_names=product_names(catalog))
-        server = KmsServer(kms, store, log, options, now=lambda: filetime_from_unix(clock.now()))
-        bound = await server.start(addresses)
-        if not bound:
-            raise OSError("no address could be bound")
-        if publishing is not None:
-            publisher = publishing.publisher(bound)
-            server.start_publishing(publisher, publishing.publications, publishing.refresh)
-        store.set_meta(
-            port=str(bound[0][1]),
-            listen=" ".join(format_address(h, p) for h, p in bound),
-            min_count=str(settings.min_count),
-            activation_interval=str(settings.activation_interval),
-            renewal_interval=str(settings.renewal_interval),
-            clock_offset=str(clock.offset),
-            pid=str(os.getpid()),
-            dns_publish=" ".join(p.zone for p in publishing.publications) if publishing else "",
-            started=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        log.event(
-            "ready",
-            None,
-            {
-                "loop": loop_name,
-                "state": str(state),
-                "key_ids": ",".join(k.key_id.hex() for k in kms.keyring.keys),
-            },
-        )
-        log.flush()
-    except BaseException:
-        store.close()
-        raise
-    return RunningHost(server, store, log, bound)
-
-
-async def _serve(opening: Coroutine[Any, Any, RunningHost]) -> None:
-    """Serve what ``opening`` (an ``open_host`` call) starts until SIGTERM or SIGINT."""
-    running = await opening
-    gc.freeze()  # what exists now lives as long as the host: keep it out of collections
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    click.echo("ready kms-host " + " ".join(format_address(h, p) for h, p in running.bound),
-               err=True)
-    await stop.wait()
-    await running.close()
-
-
-@dataclass(frozen=True)
-class Publishing:
-    """``--dns-*``: what to publish, where, and how often."""
-
-    publications: list[Publication]
-    server: tuple[str, int]
-    name: str
-    address: str | None
-    refresh: float
-    tsig: tuple[str, str] | None
-
-    def publisher(self, bound: list[tuple[str, int]]) -> Publisher:
-        address = self.address
-        if address is None:
-            specific = [h for h, _ in bound if h not in ("0.0.0.0", "::")]
-            address = specific[0] if specific else "127.0.0.1"
-        return Publisher(self.server, self.name, address, bound[0][1], tsig=self.tsig)
-
-
-def _publishing(publish: tuple[str, ...], server: str, name: str | None, address: str | None,
-                refresh: float, tsig: str | None) -> Publishing | None:
-    if not publish:
-        return None
-    if refresh < 60:
-        raise ValueError("--dns-refresh must be at least 60 seconds")
-    if address is not None:
-        ipaddress.ip_address(address)
-    key = None
-    if tsig is not None:
-        key_name, sep, secret = tsig.partition(":")
-        if not sep or not secret:
-            raise ValueError("--dns-tsig: use NAME:BASE64")
-        key = (key_name, secret)
-    host_name = (name or socket.gethostname().split(".")[0] or "kms").lower()
-    return Publishing([Publication.parse(p) for p in publish], parse_server(server), host_name,
-                      address, refresh, key)
+        wanted = " ".join(format_address(h, p) for h, p in addresses)
+        raise LocalError("listen_failed", f"{wanted}: {exc.strerror or exc}") from exc
 
 
 @host.command()
@@ -347,7 +221,8 @@ def _publishing(publish: tuple[str, ...], server: str, name: str | None, address
 def status(state_dir: Path | None, catalog_path: Path | None, as_json: bool) -> None:
     """The host's slmgr /dlv-style block: counts, port, cumulative requests.
 
-    Without --state: $KMSEMU_HOME/host, or the lab's database when only `kmsemu lab` ran.
+    Without --state: $KMSEMU_HOME/host, or the lab's database when only `kmsemu lab` ran;
+    the block names the state it read.
     """
     state = state_dir or default_state_dir()
     lab_db = kmsemu_home() / LAB_DB
@@ -399,7 +274,7 @@ def _status_report(store: HostStore, catalog: Catalog) -> dict[str, Any]:
             "failed": failed,
             "by_status": {s.name.lower(): by_status.get(int(s), 0) for s in LicenseStatus},
         },
-        "state": str(store.state_dir),
+        "state": str(store.path),
     }
 
 
@@ -427,6 +302,7 @@ def _status_text(report: dict[str, Any]) -> str:
         lines.append(f"    Current count ({name}): {count}")
     port = report["port"] if report["port"] is not None else "(never started)"
     lines += [
+        f"    State: {report['state']}",
         f"    Listening on Port: {port}",
         "    DNS publishing " + ("enabled" if report["dns_publish"] else "disabled"),
         "    KMS priority: Normal",

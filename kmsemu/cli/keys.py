@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from kmsemu.catalog import Catalog, default_catalog
-from kmsemu.cli.common import emit, fail, fail_with, json_option
-from kmsemu.errors import ConfigError
+from kmsemu.catalog import Catalog, Product, default_catalog
+from kmsemu.cli.common import PRODUCT, emit, json_option
+from kmsemu.errors import LocalError
 from kmsemu.keys.product_key import (
     MAX_QUANTITY,
     MAX_SERIAL,
@@ -50,7 +50,8 @@ def _key_json(key: ProductKey, catalog: Catalog) -> dict[str, Any]:
 @click.option(
     "--type", "key_type", type=click.Choice(_TYPES), required=True, help="What the key is for."
 )
-@click.option("--product", required=True, help="Catalog product key, name or SKU id.")
+@click.option("--product", type=PRODUCT, required=True,
+              help="Catalog product key, name or SKU id.")
 @click.option(
     "--serial", type=click.IntRange(0, MAX_SERIAL), help="Serial number (default: a random one)."
 )
@@ -62,20 +63,16 @@ def _key_json(key: ProductKey, catalog: Catalog) -> dict[str, Any]:
 )
 @json_option
 def mint_command(
-    key_type: str, product: str, serial: int | None, quantity: int | None, as_json: bool
+    key_type: str, product: Product, serial: int | None, quantity: int | None, as_json: bool
 ) -> None:
     """Mint a lab key for a catalog product."""
     catalog = default_catalog()
     kind = KeyType.from_label(key_type)
     if quantity and kind is not KeyType.SUBSCRIPTION:
         raise click.UsageError("--quantity is for subscription keys only")
-    try:
-        chosen = catalog.find(product)
-    except ConfigError as exc:
-        fail_with(exc, as_json)
     if serial is None:
         serial = secrets.randbelow(MAX_SERIAL + 1)
-    key = mint(kind, chosen.number, serial, quantity or 0)
+    key = mint(kind, product.number, serial, quantity or 0)
     if as_json:
         emit(_key_json(key, catalog))
     else:
@@ -94,27 +91,22 @@ def check_command(key: str, as_json: bool) -> None:
     catalog = default_catalog()
     diagnosis = check(key)
     data = _diagnosis_json(diagnosis, catalog)
+    if diagnosis.key is None:
+        # the code is the first problem's (keys.md); the others and the keys meant follow
+        first, *others = diagnosis.problems
+        notes = [p.message for p in others]
+        if diagnosis.candidates:
+            notes += ["Did you mean:", *(f"  {c}" for c in diagnosis.candidates)]
+        raise LocalError(first.code, first.message, output=data, notes=notes)
     if as_json:
-        if diagnosis.key is None:
-            first = diagnosis.problems[0]
-            fail(first.message, code=first.code, as_json=True, extra=data)
         emit(data)
         return
-    if diagnosis.key is not None:
-        k = data
-        click.echo(
-            f"{k['key']}: well formed ({k['type']} key for "
-            f"{k['product'] or 'product #' + str(k['product_number'])}, serial "
-            f"{k['serial']}, quantity {k['quantity']}, fingerprint {k['fingerprint']})"
-        )
-        return
-    for problem in diagnosis.problems:
-        click.echo(f"Error: {problem.message}", err=True)
-    if diagnosis.candidates:
-        click.echo("Did you mean:", err=True)
-        for candidate in diagnosis.candidates:
-            click.echo(f"  {candidate}", err=True)
-    raise SystemExit(1)
+    k = data
+    click.echo(
+        f"{k['key']}: well formed ({k['type']} key for "
+        f"{k['product'] or 'product #' + str(k['product_number'])}, serial "
+        f"{k['serial']}, quantity {k['quantity']}, fingerprint {k['fingerprint']})"
+    )
 
 
 def _diagnosis_json(diagnosis: Diagnosis, catalog: Catalog) -> dict[str, Any]:

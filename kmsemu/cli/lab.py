@@ -9,7 +9,6 @@ see ``kmsemu.lab.config``), then the defaults. The running lab is
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,13 @@ import click
 from click.core import ParameterSource
 
 from kmsemu.catalog import load_catalog
-from kmsemu.cli.common import ADDRESS, fail, fail_with, kmsemu_home, secret_option
-from kmsemu.dns.zone import ZoneError
-from kmsemu.errors import ConfigError, KmsemuError
+from kmsemu.cli.common import ADDRESS, fail_with, kmsemu_home, secret_option
+from kmsemu.errors import ConfigError, LocalError
+from kmsemu.host.options import DEFAULT_PORT
 from kmsemu.host.rules import DEFAULT_ACTIVATION_INTERVAL, DEFAULT_RENEWAL_INTERVAL, INTERVAL_RANGE
-from kmsemu.host.server import DEFAULT_PORT, install_uvloop
-from kmsemu.lab.config import FILE_NAME, KEYS, read_config
-from kmsemu.lab.runner import Lab, LabSettings, Reloading, configure_logging
-from mak.portal import DEFAULT_REDEEM_RATE
-from mak.server import DEFAULT_PORT as HTTP_PORT
+from kmsemu.lab.config import FILE_NAME, KEYS, LabSettings, Reloading, read_config
+from mak.defaults import DEFAULT_PORT as HTTP_PORT
+from mak.defaults import DEFAULT_REDEEM_RATE
 
 DNS_PORT = 5300
 _CONFIG_KEY = "kmsemu.lab.config"
@@ -120,11 +117,17 @@ def lab(ctx: click.Context, config_path: Path | None,
     fixed = {name for name in KEYS if ctx.get_parameter_source(name) in (
         ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
     reloading = Reloading(config_path, dict(ctx.meta.get(_CONFIG_KEY, {})), fixed)
+    import asyncio
+
+    from kmsemu.dns.zone import ZoneError
+    from kmsemu.lab.runner import Lab, configure_logging
+    from kmsemu.run.loop import loop_factory
+
     configure_logging(log_format, quiet)
-    loop_name = install_uvloop("auto")
+    loop_name, new_loop = loop_factory("auto")
     try:
         running = Lab(settings, kmsemu_home(), load_catalog(), reloading, loop_name)
-        asyncio.run(running.run())
-    except (OSError, KmsemuError, ZoneError) as exc:
-        fail(f"the lab could not start: {getattr(exc, 'strerror', None) or exc}",
-             code="lab_failed")
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(running.run())
+    except (OSError, ZoneError) as exc:
+        raise LocalError("lab_failed", str(getattr(exc, "strerror", None) or exc)) from exc

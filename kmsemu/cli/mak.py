@@ -8,7 +8,6 @@ http://127.0.0.1:8688). Administration sends ``--admin-token`` /
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sqlite3
@@ -34,20 +33,9 @@ from kmsemu.cli.common import (
 )
 from kmsemu.clock import OffsetClock, SystemClock
 from kmsemu.durations import parse_duration
-from kmsemu.errors import KmsemuError, ServiceError, format_hresult
-from kmsemu.host.server import install_uvloop
-from mak.client import DEFAULT_URL, MakClient, RemoteError
-from mak.portal import DEFAULT_REDEEM_RATE
-from mak.server import (
-    DEFAULT_PORT,
-    MakServer,
-    bind,
-    ensure_token,
-    executor_for,
-    open_store,
-    token_file,
-    uvicorn_config,
-)
+from kmsemu.errors import KmsemuError, LocalError
+from mak.client import MakClient, RemoteError
+from mak.defaults import DB_NAME, DEFAULT_PORT, DEFAULT_REDEEM_RATE, DEFAULT_URL, token_file
 from mak.service import is_fingerprint, parse_key
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,49 +80,51 @@ def serve(listen: tuple[tuple[str, int | None], ...], port: int, db_url: str | N
 
     Prints `ready mak http://ADDR` on stderr once it accepts connections.
     """
-    from mak.api import create_app
-    from mak.service import MakService
+    import asyncio
+
+    from kmsemu.run.loop import loop_factory
+    from kmsemu.run.mak import MakConfig, open_mak, start_http
+    from kmsemu.run.signals import until_signal
+    from mak.server import bind
 
     home = mak_home()
     try:
         catalog = load_catalog(catalog_path)
-        store = open_store(db_url, home)
+        opened = open_mak(MakConfig(home, secret, OffsetClock(SystemClock(), clock_offset),
+                                    catalog, db=db_url, admin_token=admin_token,
+                                    redeem_rate=redeem_rate))
     except KmsemuError as exc:  # a bad catalog or --db; PostgreSQL unreachable
         fail_with(exc, False)
     except (OSError, sqlite3.Error) as exc:
-        click.echo(f"Error: cannot open the database: {exc}", err=True)
-        sys.exit(1)
-    token = admin_token or ensure_token(home)
+        raise LocalError("database_unavailable", f"{db_url or home / DB_NAME}: {exc}") from exc
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start-up chatter
-    clock = OffsetClock(SystemClock(), clock_offset)
-    service = MakService(store, now=clock.now, secret=secret, catalog=catalog)
-    executor = executor_for(store)
-    app = create_app(service, admin_token=token, executor=executor, redeem_rate=redeem_rate)
     addresses = [(h, p if p is not None else port) for h, p in listen] or [("127.0.0.1", port)]
-
-    def ready(bound: list[tuple[str, int]]) -> None:
-        if not admin_token:
-            click.echo(f"admin token in {token_file(home)}", err=True)
-        click.echo("ready mak " + " ".join(f"http://{format_address(h, p)}" for h, p in bound),
-                   err=True)
-
-    install_uvloop("auto")
     try:
         sockets = bind(addresses)
     except OSError as exc:
-        store.close()
-        click.echo(f"Error: cannot listen: {exc.strerror or exc}", err=True)
-        sys.exit(1)
+        opened.close()
+        wanted = " ".join(format_address(h, p) for h, p in addresses)
+        raise LocalError("listen_failed", f"{wanted}: {exc.strerror or exc}") from exc
+
+    async def serve_until_signal() -> None:
+        http = await start_http(opened.app, sockets)
+        with until_signal() as stopper:
+            if not admin_token:
+                click.echo(f"admin token in {token_file(home)}", err=True)
+            click.echo("ready mak " + " ".join(f"http://{format_address(h, p)}"
+                                               for h, p in http.bound), err=True)
+            await stopper.wait()
+            await http.close()
+
     try:
-        asyncio.run(MakServer(uvicorn_config(app), on_ready=ready).serve(sockets=sockets))
+        with asyncio.Runner(loop_factory=loop_factory("auto")[1]) as runner:
+            runner.run(serve_until_signal())
     finally:
         for sock in sockets:
             sock.close()
-        if executor is not None:
-            executor.shutdown(wait=True)
-        store.close()
+        opened.close()
 
 
 # -- talking to a service ------------------------------------------------------------------------
@@ -164,42 +154,22 @@ def _client(url: str, admin_token: str | None) -> MakClient:
         raise click.UsageError(str(exc)) from exc
 
 
-def fail_remote(exc: RemoteError, as_json: bool, *, notes: Sequence[str] = (),
-          extra: dict[str, Any] | None = None) -> NoReturn:
-    """Exit 1 with the service's error: ``{"error": ...}`` (plus ``extra``) on stdout with
-    --json, else message, typo help, hint and ``notes`` on stderr."""
-    if as_json:
-        emit({"error": exc.body, **(extra or {})})
-    else:
-        prefix = f"Error: {format_hresult(exc.hresult)} " if exc.hresult is not None else "Error: "
-        click.echo(prefix + exc.message, err=True)
-        candidates = exc.body.get("candidates") if isinstance(exc.body, dict) else None
-        if candidates:
-            click.echo("Did you mean: " + ", ".join(candidates), err=True)
-        if exc.hint:
-            click.echo(exc.hint, err=True)
-        for note in notes:
-            click.echo(note, err=True)
-    sys.exit(1)
-
-
-def _call(as_json: bool, fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except RemoteError as exc:
-        fail_remote(exc, as_json)
+def fail_remote(exc: RemoteError, as_json: bool = False, *, notes: Sequence[str] = (),
+                extra: dict[str, Any] | None = None) -> NoReturn:
+    """The service's error with what the command adds: ``notes`` after the hint, ``extra``
+    beside ``error`` with --json (``KmsemuGroup`` prints it and exits 1)."""
+    exc.notes.extend(notes)
+    exc.output.update(extra or {})
+    raise exc
 
 
 def _fingerprint(text: str) -> str:
     """A key or its fingerprint (as `mak keys` lists it) to the fingerprint; a mistyped
-    key fails (exit 1) as the service would say it, typo help included."""
+    key fails (exit 1, ``key_malformed``) as the service would say it, typo help included."""
     text = text.strip()
     if is_fingerprint(text):
         return text
-    try:
-        return parse_key(text).fingerprint
-    except ServiceError as exc:
-        raise RemoteError.from_body(exc.status, exc.to_json()) from None
+    return parse_key(text).fingerprint
 
 
 def parse_when(text: str | None) -> str | None:
@@ -252,8 +222,8 @@ def add_key(key: str, limit: int | None, expires: str | None, reactivations: int
             url: str, admin_token: str | None, as_json: bool) -> None:
     """Register a MAK, retail or KMS host key with the service."""
     client = _client(url, admin_token)
-    record = _call(as_json, lambda: client.add_key(key, limit=limit, expires=parse_when(expires),
-                                                   reactivations=reactivations))
+    record = client.add_key(key, limit=limit, expires=parse_when(expires),
+                            reactivations=reactivations)
     _show_key(record, as_json, "added")
 
 
@@ -268,7 +238,7 @@ def increase(key: str, amount: int, reason: str | None, url: str, admin_token: s
              as_json: bool) -> None:
     """Grant an activation count increase (KEY or its fingerprint)."""
     client = _client(url, admin_token)
-    record = _call(as_json, lambda: client.increase(_fingerprint(key), amount, reason))
+    record = client.increase(_fingerprint(key), amount, reason)
     _show_key(record, as_json, f"increased by {amount}")
 
 
@@ -281,7 +251,7 @@ def _change_command(action: str, verb: str, doc: str) -> click.Command:
         client = _client(url, admin_token)
         at = parse_when(options.get("at"))
         body = {"at": at} if at else None
-        record = _call(as_json, lambda: client.change(_fingerprint(key), action, body))
+        record = client.change(_fingerprint(key), action, body)
         _show_key(record, as_json, verb)
 
     command.__doc__ = doc
@@ -302,7 +272,7 @@ _change_command("expire", "expired", "Expire a key now (or --at a time): 0xC004C
 def list_keys(url: str, admin_token: str | None, as_json: bool) -> None:
     """Keys with used/limit/remaining (fingerprint and last five characters only)."""
     client = _client(url, admin_token)
-    records = _call(as_json, client.keys)
+    records = client.keys()
     if as_json:
         emit({"keys": records})
         return
@@ -318,7 +288,7 @@ def list_keys(url: str, admin_token: str | None, as_json: bool) -> None:
 def show(key: str, url: str, admin_token: str | None, as_json: bool) -> None:
     """One key with its increases and the machines counted against it."""
     client = _client(url, admin_token)
-    record = _call(as_json, lambda: client.key(_fingerprint(key)))
+    record = client.key(_fingerprint(key))
     if as_json:
         emit(record)
         return
@@ -337,7 +307,7 @@ def show(key: str, url: str, admin_token: str | None, as_json: bool) -> None:
 def count(key: str, url: str, as_json: bool) -> None:
     """A key's remaining count (needs the key itself, not the admin token)."""
     client = _client(url, None)
-    _show_key(_call(as_json, lambda: client.count(key)), as_json)
+    _show_key(client.count(key), as_json)
 
 
 # -- the activation centre -----------------------------------------------------------------------
@@ -355,8 +325,7 @@ def phone(installation_id: tuple[str, ...], machine_name: str | None, url: str,
     The ID may be given as one argument or as its nine groups.
     """
     client = _client(url, None)
-    answer = _call(as_json, lambda: client.phone("-".join(installation_id),
-                                                 machine_name=machine_name))
+    answer = client.phone("-".join(installation_id), machine_name=machine_name)
     if as_json:
         emit(answer)
         return
@@ -385,12 +354,10 @@ def proxy_activate(file: Any, out: Any, url: str, as_json: bool) -> None:
     if not isinstance(items, list):
         raise click.BadParameter("expected a JSON list of installation IDs", param_hint="FILE")
     client = _client(url, None)
-    answer = _call(as_json, lambda: client.proxy_activate(items))
+    answer = client.proxy_activate(items)
     if out is not None:
         json.dump(answer, out, indent=2)
-    if as_json:
-        emit(answer)
-    else:
+    if not as_json:
         for result in answer["results"]:
             if "error" in result:
                 error = result["error"]
@@ -398,9 +365,13 @@ def proxy_activate(file: Any, out: Any, url: str, as_json: bool) -> None:
                 click.echo(f"{result['installation_id']}  Error: {code}{error['message']}")
             else:
                 click.echo(f"{result['installation_id']}  {result['confirmation_id']}")
-        click.echo(f"{answer['activated']} confirmed, {answer['failed']} refused", err=True)
-    if answer["failed"]:
-        sys.exit(1)
+    if answer["failed"]:  # with --json: the answer and the error, one object
+        raise LocalError("proxy_refused", f"{answer['activated']} confirmed, "
+                         f"{answer['failed']} refused", output=answer)
+    if as_json:
+        emit(answer)
+    else:
+        click.echo(f"{answer['activated']} confirmed, 0 refused", err=True)
 
 
 # -- export and import ---------------------------------------------------------------------------
@@ -417,9 +388,9 @@ def export_command(out: Any, mode: str, no_machine_names: bool, url: str,
                    admin_token: str | None) -> None:
     """Export keys and activations as JSON for an isolated lab."""
     client = _client(url, admin_token)
-    document = _call(False, lambda: client.export(
+    document = client.export(
         keys=mode in ("all", "keys"), activations=mode in ("all", "activations"),
-        machine_names=not no_machine_names))
+        machine_names=not no_machine_names)
     json.dump(document, out, indent=2)
     out.write("\n")
 
@@ -435,7 +406,7 @@ def import_command(file: Any, url: str, admin_token: str | None, as_json: bool) 
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="FILE") from exc
     client = _client(url, admin_token)
-    report = _call(as_json, lambda: client.import_(document))
+    report = client.import_(document)
     if as_json:
         emit(report)
     else:

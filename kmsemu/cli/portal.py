@@ -21,7 +21,8 @@ from click.core import ParameterSource
 from kmsemu.cli.common import DURATION, emit, json_option, table
 from kmsemu.cli.mak import admin_token_or_file, client_options, fail_remote, parse_when
 from kmsemu.errors import REDEMPTION_ERRORS
-from mak.client import DEFAULT_URL, RemoteError
+from mak.client import RemoteError
+from mak.defaults import DEFAULT_URL
 from mak.portal_client import PortalClient
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import click
 
-from kmsemu.cli.common import emit, fail, fail_with, json_option
-from kmsemu.errors import ConfigError
-from kmsemu.sim.engine import run_fast
-from kmsemu.sim.network import run_network
+from kmsemu.cli.common import emit, json_option
+from kmsemu.errors import LocalError
 from kmsemu.sim.scenario import builtin_names, load_scenario
 
 
@@ -37,30 +35,32 @@ def run(scenario: str | None, builtin: str | None, out: Path, network: bool, see
     """Run SCENARIO (a TOML file) or --builtin NAME and write what happened, day by day."""
     if (scenario is None) == (builtin is None):
         raise click.UsageError("name a scenario file or --builtin NAME (one of them)")
-    try:
-        loaded = load_scenario(scenario or builtin or "")
-    except ConfigError as exc:
-        fail_with(exc, as_json)
+    loaded = load_scenario(scenario or builtin or "")
     if seed is not None:
         loaded = dataclasses.replace(loaded, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
+    _writable(out)
     mode = "network" if network else "fast"
     started = time.perf_counter()
     show = sys.stderr.isatty() and not as_json
     with click.progressbar(length=loaded.days, label=f"{loaded.name}: days", file=sys.stderr,
                            hidden=not show) as bar:
-        engine = run_network if network else run_fast
+        if network:
+            from kmsemu.sim.network import run_network as engine
+        else:
+            from kmsemu.sim.engine import run_fast as engine
         try:
             timeline = engine(loaded, progress=lambda day: bar.update(day - bar.pos))
         except OSError as exc:
-            fail(f"the simulated network could not start: {exc.strerror or exc}",
-                 code="sim_failed", as_json=as_json)
-    document = timeline.write(out)
-    written = [out / "timeline.json", out / "timeline.csv"]
-    if not no_report:
-        from kmsemu.sim.report import write_report
+            raise LocalError("sim_failed", str(exc.strerror or exc)) from exc
+    try:
+        document = timeline.write(out)
+        written = [out / "timeline.json", out / "timeline.csv"]
+        if not no_report:
+            from kmsemu.sim.report import write_report
 
-        written += write_report(document, out)
+            written += write_report(document, out)
+    except OSError as exc:
+        raise LocalError("write_failed", f"{exc.filename or out}: {exc.strerror or exc}") from exc
     elapsed = time.perf_counter() - started
     if as_json:
         emit({"scenario": loaded.name, "mode": mode, "seed": loaded.seed, "days": loaded.days,
@@ -78,6 +78,19 @@ def run(scenario: str | None, builtin: str | None, out: Path, network: bool, see
     if len(document["events"]) > 12:
         click.echo(f"  ... {len(document['events']) - 12} more in the report")
     click.echo(f"  wrote {', '.join(p.name for p in written)} in {out}")
+
+
+def _writable(out: Path) -> None:
+    """Make ``--out`` (and its parents) before the simulation runs, so that a path that
+    cannot be written fails at once."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".kmsemu-write-test"
+        probe.touch()
+        probe.unlink()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise LocalError("write_failed", f"--out {out}: {why}") from exc
 
 
 @sim.command(name="list")

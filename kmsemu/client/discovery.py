@@ -21,7 +21,7 @@ import dns.rdatatype
 import dns.resolver
 
 from kmsemu.addresses import format_address, parse_address
-from kmsemu.errors import HResult
+from kmsemu.errors import ActivationError, HResult
 
 SERVICE = "_vlmcs._tcp"
 DNS_PORT = 53
@@ -39,11 +39,8 @@ class Candidate:
         return f"{self.name.rstrip('.')}:{self.address[1]}"
 
 
-class DiscoveryError(Exception):
-    def __init__(self, hresult: int, detail: str) -> None:
-        super().__init__(detail)
-        self.hresult = hresult
-        self.detail = detail
+class DiscoveryError(ActivationError):
+    """DNS found no KMS host: a DNS HRESULT (0x8007232A, 0x8007232B, 0x8007251D)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +88,11 @@ def discover(domains: Sequence[str], servers: Sequence[str], rng: random.Random,
     if not domains:
         raise DiscoveryError(HResult.DNS_NAME_DOES_NOT_EXIST,
                              "no DNS suffix to search (kmsemu client dns --suffix DOMAIN)")
-    resolver = _resolver(servers, timeout)
+    try:
+        resolver = _resolver(servers, timeout)
+    except ValueError as exc:  # AddressError, or a name where dnspython wants an address
+        raise DiscoveryError(HResult.DNS_SERVER_FAILURE,
+                             f"DNS servers {', '.join(servers)}: {exc}") from None
     last = DiscoveryError(HResult.DNS_NAME_DOES_NOT_EXIST, "no domain searched")
     for domain in domains:
         qname = f"{SERVICE}.{domain.strip('.')}."
@@ -105,6 +106,9 @@ def discover(domains: Sequence[str], servers: Sequence[str], rng: random.Random,
             continue
         except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
             last = DiscoveryError(HResult.DNS_SERVER_FAILURE, f"{qname}: {exc}")
+            continue
+        except dns.exception.DNSException as exc:  # a name DNS cannot carry (label too long)
+            last = DiscoveryError(HResult.DNS_NAME_DOES_NOT_EXIST, f"{qname}: {exc}")
             continue
         records = [Srv(r.priority, r.weight, r.port, r.target.to_text()) for r in answer]
         usable = [r for r in records if r.target != "."]

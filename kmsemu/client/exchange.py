@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kmsemu.client import DEFAULT_TIMEOUT
 from kmsemu.errors import ActivationError, HResult
 from kmsemu.klp.envelope import EnvelopeError, LabKey, open_response, seal_request
 from kmsemu.klp.messages import ActivationRequest, ActivationResponse, MessageError
@@ -36,7 +37,6 @@ from kmsemu.rpc.pdu import (
     parse_header,
 )
 
-DEFAULT_TIMEOUT = 5.0
 _MAX_RESPONSE_STUB = 64 * 1024
 
 

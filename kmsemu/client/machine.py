@@ -20,18 +20,16 @@ licence becomes permanent; the CID is kept for a later local reactivation.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kmsemu.addresses import AddressError, format_address, parse_address
 from kmsemu.catalog import Catalog, Product
-from kmsemu.client import discovery
-from kmsemu.client.discovery import DiscoveryError
-from kmsemu.client.exchange import Exchange, request_activation
 from kmsemu.client.licence import (
     ActivationFailed,
     Event,
@@ -46,8 +44,8 @@ from kmsemu.client.licence import (
     apply,
     kms_answer,
 )
-from kmsemu.client.profile import Profile
-from kmsemu.errors import ActivationError, HResult, describe
+from kmsemu.client.profile import Profile, ProfileError
+from kmsemu.errors import ActivationError, HResult, LocalError, describe
 from kmsemu.keys.activation_ids import (
     CidCheck,
     hardware_id,
@@ -56,11 +54,15 @@ from kmsemu.keys.activation_ids import (
     verify_confirmation_id,
 )
 from kmsemu.keys.product_key import KeyType, ProductKey, check
-from kmsemu.klp.envelope import LabKey
 from kmsemu.klp.messages import FLAG_VIRTUAL_MACHINE, ActivationRequest, LicenseStatus
 from kmsemu.wire import filetime_from_unix
-from mak.client import DEFAULT_URL as DEFAULT_MAK_URL
-from mak.client import MakClient, RemoteError
+from mak.defaults import DEFAULT_URL as DEFAULT_MAK_URL
+
+if TYPE_CHECKING:  # the network parts load when a verb reaches the network
+    from kmsemu.client.discovery import Candidate, DiscoveryError
+    from kmsemu.client.exchange import Exchange
+    from kmsemu.klp.envelope import LabKey
+    from mak.client import MakClient
 
 KMS_PORT = 1688
 MAX_TICK_ATTEMPTS = 20_000
@@ -74,10 +76,33 @@ CID_INVALID = HResult.IID_CID_INVALID
 _NO_SERVICE_CODES = frozenset({"unavailable", "not_found", "method_not_allowed", "bad_response"})
 _SEPARATORS = re.compile(r"[-\s]")
 CID_GROUPS = 8
+#: Where a profile's clock may be (UTC seconds): 1970 to 2999, so that every date a licence
+#: computes from it (grace ends, renewals, 180-day validity) stays a date.
+CLOCK_RANGE = (0.0, datetime(3000, 1, 1, tzinfo=UTC).timestamp())
 
-Exchanger = Callable[[tuple[str, int], ActivationRequest, LabKey], Exchange]
-Discoverer = Callable[[list[str], list[str], random.Random], list[discovery.Candidate]]
-MakConnector = Callable[[str], MakClient]
+Exchanger = Callable[[tuple[str, int], ActivationRequest, "LabKey"], "Exchange"]
+Discoverer = Callable[[list[str], list[str], random.Random], list["Candidate"]]
+MakConnector = Callable[[str], "MakClient"]
+
+
+def _exchange(address: tuple[str, int], request: ActivationRequest, key: LabKey) -> Exchange:
+    """One KLP/1 exchange over TCP (``kmsemu.client.exchange``), 5 s at most."""
+    from kmsemu.client.exchange import request_activation
+
+    return request_activation(address, request, key, timeout=5.0)
+
+
+def _discover(domains: list[str], servers: list[str], rng: random.Random) -> list[Candidate]:
+    """DNS discovery (``kmsemu.client.discovery``; dnspython loads on the first lookup)."""
+    from kmsemu.client.discovery import discover
+
+    return discover(domains, servers, rng)
+
+
+def _mak_client(url: str) -> MakClient:
+    from mak.client import MakClient
+
+    return MakClient(url)
 
 
 class Result(NamedTuple):
@@ -103,9 +128,9 @@ class Machine:
         secret: str,
         exchange: Exchanger | None = None,
         new_cmid: Callable[[], str] = lambda: str(uuid.uuid4()),
-        discover: Discoverer = discovery.discover,
+        discover: Discoverer = _discover,
         rng: random.Random | None = None,
-        mak: MakConnector = MakClient,
+        mak: MakConnector = _mak_client,
         mak_url: str = DEFAULT_MAK_URL,
     ) -> None:
         """``mak`` connects to a MAK service URL; ``mak_url`` is the service used when the
@@ -113,14 +138,16 @@ class Machine:
         self.profile = profile
         self.catalog = catalog
         self._real_now = real_now
-        self._key = LabKey.derive(secret)
-        self._exchange = exchange or (lambda a, r, k: request_activation(a, r, k, timeout=5.0))
+        self._exchange = exchange or _exchange
         self._new_cmid = new_cmid
         self._discover = discover
         self._rng = rng or random.SystemRandom()
         self._mak = mak
         self._mak_url = mak_url
         self._secret = secret
+        if not _clock_in_range(self.now):
+            raise ProfileError(f"profile {profile.name}: its clock is "
+                               f"{profile.clock_offset!r} seconds off real time")
 
     # -- time ------------------------------------------------------------------------
 
@@ -130,10 +157,18 @@ class Machine:
         return self._real_now() + self.profile.clock_offset
 
     def set_clock(self, *, shift: float | None = None, at: float | None = None) -> None:
+        """Move the clock by ``shift`` seconds or set it to ``at``; a clock that would leave
+        ``CLOCK_RANGE`` is refused (``clock_out_of_range``) and nothing changes."""
+        offset = self.profile.clock_offset
         if at is not None:
-            self.profile.clock_offset = at - self._real_now()
+            offset = at - self._real_now()
         if shift is not None:
-            self.profile.clock_offset += shift
+            offset += shift
+        if not _clock_in_range(self._real_now() + offset):
+            years = (offset - self.profile.clock_offset) / (365.25 * 86_400)
+            raise LocalError("clock_out_of_range", f"a move of {years:+,.0f} years from "
+                             f"{_iso(self.now)}" if math.isfinite(years) else "")
+        self.profile.clock_offset = offset
 
     # -- the product ---------------------------------------------------------------------
 
@@ -242,6 +277,10 @@ class Machine:
                 "license_status": int(self.licence.status),
                 "minutes_to_expiration": self.licence.minutes_remaining(when)}
         detail = "no KMS host could be contacted"
+        from kmsemu.client.discovery import DiscoveryError
+        from kmsemu.klp.envelope import LabKey
+
+        lab_key = LabKey.derive(self._secret)
         for candidate in self._candidates():
             if isinstance(candidate, DiscoveryError):
                 self.profile.add_event({**sent, "hresult": f"0x{candidate.hresult:08X}",
@@ -251,7 +290,7 @@ class Machine:
             address, name, source = candidate
             server = format_address(*address)
             try:
-                exchange = self._exchange(address, request, self._key)
+                exchange = self._exchange(address, request, lab_key)
             except ActivationError as exc:
                 cause = exc.cause if exc.cause is not None else exc.hresult
                 self.profile.add_event({**sent, "hresult": f"0x{cause:08X}", "server": server})
@@ -301,15 +340,18 @@ class Machine:
         try:
             client = self._mak(url)
         except ValueError as exc:  # not an http:// URL (KMSEMU_MAK_URL is not checked early)
-            return self._mak_failed(when, event, HResult.CANNOT_CONNECT, "unreachable", str(exc))
+            return self._mak_failed(when, event, HResult.CANNOT_CONNECT, str(exc),
+                                    code="unreachable")
+        from mak.client import RemoteError
+
         try:
             answer = client.activate(str(key), hw_id, machine_name=self.profile.machine_name,
                                      request_id=str(uuid.uuid4()))
         except RemoteError as exc:
             hresult = exc.hresult if exc.hresult is not None else (
                 HResult.CANNOT_CONNECT if exc.code in _NO_SERVICE_CODES else HResult.INVALID_DATA)
-            return self._mak_failed(when, event, hresult, exc.code,
-                                    _service_detail(hresult, exc.message), exc.hint)
+            return self._mak_failed(when, event, hresult, _service_detail(hresult, exc.text),
+                                    code=exc.code, hint=exc.hint)
         finally:
             client.close()
         fields = {name: answer.get(name)
@@ -319,8 +361,8 @@ class Machine:
         self._apply(PermanentlyActivated(when))
         return Result(data={"mak": {"url": url, **fields}})
 
-    def _mak_failed(self, when: float, event: dict[str, Any], hresult: int, code: str,
-                    detail: str, hint: str = "") -> Result:
+    def _mak_failed(self, when: float, event: dict[str, Any], hresult: int, detail: str, *,
+                    code: str, hint: str = "") -> Result:
         self.profile.add_event({**event, "hresult": f"0x{hresult:08X}", "code": code})
         self._apply(ActivationFailed(when, hresult))
         return Result(hresult, detail, code=code, hint=hint)
@@ -395,6 +437,8 @@ class Machine:
                 tried.add(address)
                 yield address, profile.cached_name or profile.cached_host, "dns"
         domains = [profile.kms_domain] if profile.kms_domain else profile.dns_suffixes
+        from kmsemu.client.discovery import DiscoveryError
+
         try:
             found = self._discover(domains, profile.dns_servers, self._rng)
         except DiscoveryError as exc:
@@ -514,6 +558,10 @@ def _service_detail(hresult: int, message: str) -> str:
         return message
     rest = message[len(base):].strip()
     return rest[1:-1] if rest.startswith("(") and rest.endswith(")") else rest
+
+
+def _clock_in_range(seconds: float) -> bool:
+    return math.isfinite(seconds) and CLOCK_RANGE[0] <= seconds < CLOCK_RANGE[1]
 
 
 def _iso(seconds: float) -> str:

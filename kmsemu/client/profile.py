@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from kmsemu.client.licence import Licence, Policy
+from kmsemu.errors import LocalError
 from kmsemu.klp.messages import LicenseStatus
 
 PROFILE_VERSION: Final = 1
@@ -27,11 +29,27 @@ MAX_EVENTS: Final = 500
 MAX_CONFIRMATION_IDS: Final = 20
 COMPONENT_NAMES: Final = ("cpu", "board", "disk", "nic", "memory", "display", "bios",
                           "os-disk-volume", "dock", "machine")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-class ProfileError(ValueError):
-    pass
+class ProfileError(LocalError):
+    """A profile that cannot be used: a bad name, a damaged file, another version's."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("bad_profile", detail)
+
+
+#: What each field of a saved profile must hold (the annotations, as JSON decodes them).
+_KINDS: Final[dict[str, tuple[type, ...]]] = {
+    "str": (str,), "str | None": (str, type(None)), "bool": (bool,), "float": (int, float),
+    "list[str]": (list,), "list[str] | None": (list, type(None)), "dict[str, Any]": (dict,),
+    "list[dict[str, Any]]": (list,), "dict[str, str]": (dict,),
+}
+
+
+def valid_profile_name(name: str) -> bool:
+    """1-64 letters, digits, '.', '_' or '-', starting with a letter or digit."""
+    return _NAME.fullmatch(name) is not None
 
 
 def new_hardware(rng: random.Random) -> list[str]:
@@ -95,6 +113,15 @@ class Profile:
         if data.pop("version", None) != PROFILE_VERSION:
             raise ProfileError("profile written by another kmsemu version")
         data["licence"] = _licence_from_json(data["licence"])
+        for f in dataclasses.fields(cls):
+            kinds = _KINDS.get(str(f.type))
+            value = data.get(f.name)
+            if f.name in data and kinds is not None and (
+                    not isinstance(value, kinds) or isinstance(value, bool) is not (
+                        bool in kinds)):
+                raise ProfileError(f"{f.name} is {value!r}")
+        if not math.isfinite(data.get("clock_offset", 0.0)):
+            raise ProfileError(f"clock_offset is {data['clock_offset']!r}")
         return cls(**data)
 
 
@@ -118,7 +145,7 @@ class ProfileStore:
         self.directory = Path(directory)
 
     def path(self, name: str) -> Path:
-        if not _NAME.match(name):
+        if not valid_profile_name(name):
             raise ProfileError(f"profile name {name!r}: use letters, digits, '.', '_' or '-'")
         return self.directory / f"{name}.json"
 
@@ -129,23 +156,34 @@ class ProfileStore:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return Profile.new(name, rng or random.Random())
+        except OSError as exc:
+            raise ProfileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ProfileError(f"profile {path} is damaged: not UTF-8 text") from exc
         try:
             profile = Profile.from_json(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
+        except ProfileError as exc:
+            raise ProfileError(f"profile {path} is damaged: {exc.detail}") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ProfileError(f"profile {path} is damaged: {exc}") from exc
         profile.name = name  # a copied file is a cloned machine under another name
         return profile
 
     def save(self, profile: Profile) -> None:
         path = self.path(profile.name)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{profile.name}.", dir=self.directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{profile.name}.", dir=self.directory)
+        except OSError as exc:
+            raise LocalError("write_failed", f"{self.directory}: {exc.strerror or exc}") from exc
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 json.dump(profile.to_json(), out, indent=1)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise LocalError("write_failed", f"{path}: {exc.strerror or exc}") from exc
             raise

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dnslib import QTYPE, RR
 
+from kmsemu.dns import EXPORT_FORMATS
 from kmsemu.dns.zone import Zone
 
-FORMATS = ("bind", "powershell", "nsupdate")
+FORMATS = EXPORT_FORMATS
 
 
 def export(zone: Zone, fmt: str, *, server: str = "127.0.0.1") -> str:

@@ -14,16 +14,16 @@ import struct
 from collections import Counter
 from typing import Final, cast
 
-from kmsemu.dns.zone import Authority
+from kmsemu.dns import DEFAULT_PORT as DEFAULT_PORT  # its old home, kept
+from kmsemu.dns import UPDATE_POLICIES
+from kmsemu.dns.authority import Authority
 
-DEFAULT_PORT: Final = 5300
 IDLE_TIMEOUT: Final = 10.0
 MAX_TCP_CLIENTS: Final = 256
-#: Who may change zones by RFC 2136 UPDATE: nobody, peers on loopback, anyone.
-UPDATE_POLICIES: Final = ("none", "loopback", "any")
 
 
 def loopback(address: str) -> bool:
+    """Whether ``address`` (an IPv6 zone suffix allowed) is a loopback address."""
     try:
         return ipaddress.ip_address(address.split("%")[0]).is_loopback
     except ValueError:
@@ -49,6 +49,8 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class DnsServer:
+    """One ``Authority`` served over UDP and TCP on one port."""
+
     def __init__(self, authority: Authority, *, idle_timeout: float = IDLE_TIMEOUT,
                  updates: str = "loopback") -> None:
         if updates not in UPDATE_POLICIES:
@@ -75,6 +77,7 @@ class DnsServer:
         return self.address
 
     async def close(self) -> None:
+        """Stop listening (UDP and TCP)."""
         if self._udp is not None:
             self._udp.close()
         if self._tcp is not None:

@@ -18,13 +18,13 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from kmsemu.addresses import format_address
 from kmsemu.catalog import Catalog
 from kmsemu.clock import Clock, as_datetime
 from kmsemu.host.events import EventLog
+from kmsemu.host.options import ServerOptions
 from kmsemu.host.publish import Publication, Publisher
 from kmsemu.host.rules import HostRules, HostSettings
 from kmsemu.host.service import KmsHost
@@ -35,17 +35,7 @@ from kmsemu.rpc.ndr import NdrError
 from kmsemu.rpc.pdu import NcaStatus
 from kmsemu.wire import filetime_from_unix
 
-DEFAULT_PORT: Final = 1688
-DEFAULT_MAX_CONNECTIONS: Final = 4096
-DEFAULT_IDLE_TIMEOUT: Final = 30.0
 RETRY_PUBLISH: Final = 60.0
-
-
-@dataclass
-class ServerOptions:
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    flush_interval: float = 0.25
 
 
 class KmsServer:
@@ -329,20 +319,6 @@ def build_host(
 
 def product_names(catalog: Catalog) -> dict[bytes, str]:
     return {p.sku_id.bytes_le: p.key for p in catalog}
-
-
-def install_uvloop(choice: str = "auto") -> str:
-    """Use uvloop when asked or when installed (``auto``); returns the loop in use."""
-    if choice == "asyncio":
-        return "asyncio"
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise
-        return "asyncio"
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return "uvloop"
 
 
 def ipv6_available() -> bool:

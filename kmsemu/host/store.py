@@ -19,6 +19,8 @@ from typing import Any, Final, NamedTuple
 from kmsemu.host.rules import LIVE_WINDOW, CountCache, HostIdentity, LogRecord, new_identity
 
 DB_NAME: Final = "host.sqlite3"
+#: ``kmsemu lab``'s one database under ``$KMSEMU_HOME``: the host's tables beside the MAK's.
+LAB_DB: Final = "lab.sqlite3"
 SCHEMA_VERSION: Final = 1
 
 _SCHEMA = """

@@ -16,9 +16,6 @@ import hmac
 import re
 from typing import Final, NamedTuple
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from kmsemu.keys.product_key import KeyType
 
 COMPONENTS: Final = 10
@@ -125,6 +122,10 @@ def iid_digits(text: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def cid_key(secret: str) -> bytes:
+    """The key that signs confirmation IDs under ``secret`` (HKDF-SHA256, keys.md)."""
+    from cryptography.hazmat.primitives import hashes  # only phone activation needs it
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(
         algorithm=hashes.SHA256(), length=32, salt=b"KLP1", info=b"kmsemu confirmation id"
     ).derive(secret.encode("utf-8"))

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from kmsemu.errors import HResult
+from kmsemu.klp import DEFAULT_SECRET as DEFAULT_SECRET  # its old home, kept
 
 MAGIC: Final = b"KLP1"
 VERSION_MAJOR: Final = 1
@@ -29,7 +30,6 @@ HEADER_SIZE: Final = 24
 NONCE_SIZE: Final = 12
 TAG_SIZE: Final = 16
 MIN_SIZE: Final = HEADER_SIZE + TAG_SIZE
-DEFAULT_SECRET: Final = "kmsemu-lab"
 
 _HEADER = struct.Struct("<4sHH4s12s")
 

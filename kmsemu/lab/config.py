@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from kmsemu.errors import ConfigError
+from kmsemu.host.rules import INTERVAL_RANGE, HostSettings
+from kmsemu.klp import DEFAULT_SECRET
+from mak.defaults import DEFAULT_REDEEM_RATE
 
 #: key -> the TOML types it accepts
 KEYS: Final[dict[str, tuple[type, ...]]] = {
@@ -33,6 +36,13 @@ KEYS: Final[dict[str, tuple[type, ...]]] = {
     "log_format": (str,),
     "quiet": (bool,),
     "redeem_rate": (int,),
+}
+#: key -> the (lowest, highest) an int key takes (None: no bound), at start and on reload
+RANGES: Final[dict[str, tuple[int, int | None]]] = {
+    "min_count": (0, 1000),
+    "activation_interval": INTERVAL_RANGE,
+    "renewal_interval": INTERVAL_RANGE,
+    "redeem_rate": (0, None),
 }
 RELOADABLE: Final = frozenset({"min_count", "activation_interval", "renewal_interval", "quiet"})
 FILE_NAME: Final = "lab.toml"
@@ -72,6 +82,12 @@ def check_config(data: Mapping[str, Any], source: str) -> dict[str, Any]:
                               code="config_invalid")
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{source}: lab.{key} must be a list of strings",
+                              code="config_invalid")
+        low, high = RANGES.get(key, (None, None))
+        if low is not None and isinstance(value, int) and not (
+                low <= value and (high is None or value <= high)):
+            bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise ConfigError(f"{source}: lab.{key} must be {bounds}, not {value!r}",
                               code="config_invalid")
         values[key] = [value] if key == "kms_listen" and isinstance(value, str) else value
     return values
@@ -116,3 +132,32 @@ def plan_reload(old_file: Mapping[str, Any], new_file: Mapping[str, Any],
         elif new_file[key] != current.get(key):
             apply[key] = new_file[key]
     return Reload(apply, restart, overridden)
+
+
+@dataclass
+class LabSettings:
+    """The lab's settings in effect: the command line, environment and file, merged."""
+
+    kms_listen: list[tuple[str, int]]
+    dns_listen: tuple[str, int]
+    http_listen: tuple[str, int]
+    zone: str = "lab.test"
+    kms_address: str | None = None  # published as kms.ZONE (default: the listen address)
+    min_count: int = 0
+    activation_interval: int = HostSettings().activation_interval
+    renewal_interval: int = HostSettings().renewal_interval
+    admin_token: str | None = None
+    secret: str = DEFAULT_SECRET
+    log_format: str = "text"
+    quiet: bool = False
+    redeem_rate: int = DEFAULT_REDEEM_RATE
+
+
+@dataclass
+class Reloading:
+    """Where SIGHUP reads from: the file, what it said at start, and the keys the command
+    line or the environment set (they keep precedence)."""
+
+    path: Path | None
+    file_values: dict[str, Any] = field(default_factory=dict)
+    fixed: set[str] = field(default_factory=set)

@@ -15,14 +15,12 @@ reads the configuration file again (``kmsemu.lab.config``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import signal
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,22 +29,33 @@ from dnslib import QTYPE
 
 from kmsemu.addresses import format_address
 from kmsemu.catalog import Catalog
-from kmsemu.cli.host import LAB_DB, RunningHost, open_host
 from kmsemu.clock import OffsetClock, SystemClock
+from kmsemu.dns.authority import Authority
 from kmsemu.dns.server import DnsServer, loopback
-from kmsemu.dns.zone import Authority, SrvTarget, Zone
-from kmsemu.errors import ConfigError
+from kmsemu.dns.zone import SrvTarget, Zone
+from kmsemu.errors import ConfigError, KmsemuError
+from kmsemu.host.options import ServerOptions
 from kmsemu.host.rules import HostSettings
-from kmsemu.host.server import ServerOptions, product_names
-from kmsemu.host.store import HostStore
-from kmsemu.lab.config import Reload, plan_reload, read_config
+from kmsemu.host.server import product_names
+from kmsemu.host.store import LAB_DB, HostStore
+from kmsemu.lab.config import (
+    FILE_NAME,
+    LabSettings,
+    Reload,
+    Reloading,
+    plan_reload,
+    read_config,
+)
 from kmsemu.lab.metrics import LabGauges, LabMetrics
 from kmsemu.lab.monitor import Monitor, iso
 from kmsemu.lab.web import create_lab_app
+from kmsemu.run.host import HostConfig, RunningHost, open_host
+from kmsemu.run.mak import MakConfig, open_mak, start_http
+from kmsemu.run.signals import until_signal
+from kmsemu.run.state import discarded_on_failure
 from kmsemu.wire import FILETIME_PER_SECOND, filetime_from_unix
-from mak.api import create_app
-from mak.server import MakServer, bind, ensure_token, executor_for, open_store, uvicorn_config
-from mak.service import MakService
+from mak.defaults import token_file
+from mak.server import bind
 from mak.store.base import Store
 from mak.store.sql import key_json
 
@@ -55,33 +64,6 @@ KMS_NAME: Final = "kms"
 HISTORY: Final = 20_000
 
 log = logging.getLogger("kmsemu.lab")
-
-
-@dataclass
-class LabSettings:
-    kms_listen: list[tuple[str, int]]
-    dns_listen: tuple[str, int]
-    http_listen: tuple[str, int]
-    zone: str = "lab.test"
-    kms_address: str | None = None  # published as kms.ZONE (default: the listen address)
-    min_count: int = 0
-    activation_interval: int = HostSettings().activation_interval
-    renewal_interval: int = HostSettings().renewal_interval
-    admin_token: str | None = None
-    secret: str = "kmsemu-lab"
-    log_format: str = "text"
-    quiet: bool = False
-    redeem_rate: int = 10
-
-
-@dataclass
-class Reloading:
-    """Where SIGHUP reads from: the file, what it said at start, and the keys the command
-    line or the environment set (they keep precedence)."""
-
-    path: Path | None
-    file_values: dict[str, Any] = field(default_factory=dict)
-    fixed: set[str] = field(default_factory=set)
 
 
 def configure_logging(log_format: str, quiet: bool) -> None:
@@ -123,6 +105,8 @@ class Lab:
         self.zone: Zone | None = None
         self.mak_ready = False
         self.http_url = ""
+        self.dns_bound: tuple[str, int] = ("", 0)
+        self.token = ""
         self._store: Store | None = None
         self._products = {p.number: p.key for p in catalog}
         self._thresholds: dict[bytes, list[int]] = {}
@@ -133,73 +117,79 @@ class Lab:
     # -- start and stop -------------------------------------------------------------
 
     async def run(self) -> None:
+        """Start every part, announce ``ready``, serve until SIGTERM/SIGINT, stop in order.
+
+        The signal handlers are in place before ``ready`` is printed; a lab that could
+        not start leaves no new state behind."""
+        with discarded_on_failure(self.db, token_file(self.home / "mak")):
+            async with contextlib.AsyncExitStack() as stack:
+                await self._start(stack)
+                with until_signal(reload=self.reload) as stopper:
+                    self._announce()
+                    await stopper.wait()
+                    self.stopping = True  # live event streams end; uvicorn then closes quickly
+                    await stack.aclose()
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         s = self.settings
-        async with contextlib.AsyncExitStack() as stack:
-            host = self.host = await open_host(
+        try:
+            host = self.host = await open_host(HostConfig(
                 self.db, self.catalog,
                 HostSettings(s.activation_interval, s.renewal_interval, s.min_count),
-                [s.secret], self.clock, s.kms_listen, ServerOptions(), s.log_format, self.loop_name)
+                [s.secret], self.clock, s.kms_listen, ServerOptions(), s.log_format,
+                self.loop_name))
+        except OSError as exc:
+            raise _listen_error("KMS", s.kms_listen, "--kms-listen", exc) from exc
 
-            async def close_host(kind: type[BaseException] | None, *_: object) -> None:
-                await host.close("signal" if kind is None else "start failed")
+        async def close_host(kind: type[BaseException] | None, *_: object) -> None:
+            await host.close("signal" if kind is None else "start failed")
 
-            stack.push_async_exit(close_host)
-            total, failed, _ = host.store.request_totals()
-            history = host.store.recent_requests(HISTORY)
-            self.monitor.load(history, total, failed, host.store.below_threshold())
-            host.server.observers += [self.monitor.observe, self.metrics.observe_kms]
-            host.server.host.rules.travel = round(self.clock.offset * FILETIME_PER_SECOND)
+        stack.push_async_exit(close_host)
+        total, failed, _ = host.store.request_totals()
+        history = host.store.recent_requests(HISTORY)
+        self.monitor.load(history, total, failed, host.store.below_threshold())
+        host.server.observers += [self.monitor.observe, self.metrics.observe_kms]
+        host.server.host.rules.travel = round(self.clock.offset * FILETIME_PER_SECOND)
 
-            port = host.bound[0][1]
-            specific = [h for h, _ in host.bound if h not in ("0.0.0.0", "::")]
-            address = s.kms_address or (specific[0] if specific else "127.0.0.1")
-            self.zone = Zone.build(s.zone, srv=[SrvTarget(KMS_NAME, port)],
-                                   addresses=[(KMS_NAME, address)])
-            self.dns = DnsServer(Authority([self.zone]))
-            dns_bound = await self.dns.start(*s.dns_listen)
-            stack.push_async_callback(self.dns.close)
+        port = host.bound[0][1]
+        specific = [h for h, _ in host.bound if h not in ("0.0.0.0", "::")]
+        address = s.kms_address or (specific[0] if specific else "127.0.0.1")
+        self.zone = Zone.build(s.zone, srv=[SrvTarget(KMS_NAME, port)],
+                               addresses=[(KMS_NAME, address)])
+        self.dns = DnsServer(Authority([self.zone]))
+        try:
+            self.dns_bound = await self.dns.start(*s.dns_listen)
+        except OSError as exc:
+            raise _listen_error("DNS", [s.dns_listen], "--dns-listen", exc) from exc
+        stack.push_async_callback(self.dns.close)
 
-            store = self._store = open_store(str(self.db), self.home / "mak")
-            stack.callback(store.close)
-            token = s.admin_token or ensure_token(self.home / "mak")
-            service = MakService(store, now=self.clock.now, secret=s.secret,
-                                 catalog=self.catalog)
-            mak_app = create_app(service, admin_token=token, executor=executor_for(store),
-                                 redeem_rate=s.redeem_rate)
+        opened = open_mak(MakConfig(self.home / "mak", s.secret, self.clock, self.catalog,
+                                    db=str(self.db), admin_token=s.admin_token,
+                                    redeem_rate=s.redeem_rate))
+        stack.callback(opened.close)
+        self._store, self.token = opened.store, opened.token
+        try:
             sockets = bind([s.http_listen])
-            http_bound = sockets[0].getsockname()[:2]
-            app = create_lab_app(self, mak_app, self.metrics, admin_token=token,
-                                 open_reads=loopback(http_bound[0]))
-            ready = asyncio.Event()
-            server = MakServer(uvicorn_config(app), on_ready=lambda _: ready.set(),
-                               handle_signals=False)
-            serving = asyncio.create_task(server.serve(sockets=sockets))
-            waiting = asyncio.ensure_future(ready.wait())
-            await asyncio.wait([serving, waiting], return_when=asyncio.FIRST_COMPLETED)
-            if not ready.is_set():
-                waiting.cancel()
-                serving.result()
-                raise OSError("the HTTP server stopped at start")
-            self.mak_ready = True
-            self.http_url = f"http://{format_address(*http_bound)}"
-            self._announce(host, dns_bound, token_from_flag=bool(s.admin_token))
+        except OSError as exc:
+            raise _listen_error("HTTP", [s.http_listen], "--http-listen", exc) from exc
+        for sock in sockets:
+            stack.callback(sock.close)
+        http_bound = sockets[0].getsockname()[:2]
+        app = create_lab_app(self, opened.app, self.metrics, admin_token=opened.token,
+                             open_reads=loopback(http_bound[0]))
+        http = await start_http(app, sockets)
+        stack.push_async_callback(http.close)
+        self.mak_ready = True
+        self.http_url = f"http://{format_address(*http_bound)}"
 
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            loop.add_signal_handler(signal.SIGHUP, self.reload)
-            await stop.wait()
-            self.stopping = True  # live event streams end; uvicorn then closes quickly
-            server.should_exit = True
-            await serving
-
-    def _announce(self, host: RunningHost, dns_bound: tuple[str, int], *,
-                  token_from_flag: bool) -> None:
+    def _announce(self) -> None:
+        host = self.host
+        assert host is not None
         kms = ",".join(format_address(h, p) for h, p in host.bound)
-        dns = format_address(*dns_bound)
+        dns = format_address(*self.dns_bound)
         zone, port = self.settings.zone, host.bound[0][1]
-        token = "from --admin-token" if token_from_flag else str(self.home / "mak" / "admin-token")
+        token = ("from --admin-token" if self.settings.admin_token
+                 else str(token_file(self.home / "mak")))
         lines = [
             f"KMS host   {' '.join(format_address(h, p) for h, p in host.bound)}",
             f"DNS        {dns} udp+tcp, zone {zone}: _vlmcs._tcp.{zone} SRV -> "
@@ -224,9 +214,11 @@ class Lab:
     def reload(self) -> None:
         """Read the configuration file again; apply what can change while running."""
         path = self.reloading.path
+        if path is None and (self.home / FILE_NAME).is_file():
+            path = self.reloading.path = self.home / FILE_NAME  # made since the start
         if path is None:
             self._report_reload({"error": "no configuration file (--config, KMSEMU_CONFIG or "
-                                          f"{self.home / 'lab.toml'})"})
+                                          f"{self.home / FILE_NAME})"})
             return
         try:
             values = read_config(path)
@@ -346,6 +338,18 @@ class Lab:
             mak_keys=self.mak_keys(),
             clock_offset=self.clock.offset,
             dns_queries=dict(self.dns.stats) if self.dns else {})
+
+
+class ListenError(KmsemuError):
+    """A part of the lab could not bind its address (the detail names it and its flag)."""
+
+    code = "lab_failed"
+
+
+def _listen_error(part: str, addresses: list[tuple[str, int]], flag: str,
+                  exc: OSError) -> ListenError:
+    wanted = " ".join(format_address(*a) for a in addresses)
+    return ListenError(f"{part} cannot listen on {wanted} ({flag}): {exc.strerror or exc}")
 
 
 def _stored_offset(db: Path) -> float:

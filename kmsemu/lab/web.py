@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kmsemu.durations import parse_duration
 from kmsemu.errors import ServiceError
 from kmsemu.lab.metrics import LabMetrics
-from mak.api import Api, error_response
+from mak.web.base import Api, error_response
 
 STATIC: Final = {"app.js": "text/javascript; charset=utf-8",
                  "style.css": "text/css; charset=utf-8"}

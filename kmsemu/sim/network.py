@@ -15,11 +15,10 @@ The engine is the fast mode's (``kmsemu.sim.engine.Engine``): only the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import io
 import socket
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,59 +26,30 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
+from kmsemu.addresses import format_address
 from kmsemu.catalog import Catalog, default_catalog
 from kmsemu.client.discovery import Srv
 from kmsemu.client.exchange import request_activation
-from kmsemu.clock import FakeClock
+from kmsemu.clock import FakeClock, OffsetClock
+from kmsemu.dns.authority import Authority
 from kmsemu.dns.server import DnsServer
-from kmsemu.dns.zone import Authority, SrvTarget, Zone
+from kmsemu.dns.zone import SrvTarget, Zone
 from kmsemu.errors import ActivationError
 from kmsemu.host.rules import HostSettings
 from kmsemu.keys.product_key import KeyType, mint
-from kmsemu.klp.envelope import DEFAULT_SECRET, LabKey
+from kmsemu.klp import DEFAULT_SECRET
+from kmsemu.klp.envelope import LabKey
 from kmsemu.klp.messages import ActivationRequest, RequestFields
+from kmsemu.run.dns import DnsThread
+from kmsemu.run.host import HostConfig, HostThread
+from kmsemu.run.mak import MakConfig, MakThread
 from kmsemu.sim.engine import Engine, KmsReply
 from kmsemu.sim.scenario import DAY, Scenario
 from kmsemu.sim.timeline import Timeline
-from kmsemu.testing.host import BackgroundHost
-from kmsemu.testing.mak import BackgroundMak
 from kmsemu.wire import filetime_from_unix
 from mak.client import MakClient, RemoteError
 
 TIMEOUT = 10.0
-
-
-class _BackgroundDns:
-    """A ``DnsServer`` on 127.0.0.1 in a thread of its own."""
-
-    def __init__(self, zone: Zone) -> None:
-        self.zone = zone
-        self.server = DnsServer(Authority([zone]), updates="none")
-        self.address: tuple[str, int] = ("127.0.0.1", 0)
-        self._loop = asyncio.new_event_loop()
-        self._stop = asyncio.Event()  # set from the caller's thread through the loop
-        self._thread = threading.Thread(target=self._run, daemon=True, name="sim-dns")
-        self._ready = threading.Event()
-
-    def start(self) -> _BackgroundDns:
-        self._thread.start()
-        if not self._ready.wait(TIMEOUT):
-            raise RuntimeError("the simulator's DNS server did not start")
-        return self
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self.address = await self.server.start("127.0.0.1", 0)
-            self._ready.set()
-            await self._stop.wait()
-            await self.server.close()
-
-        self._loop.run_until_complete(main())
-        self._loop.close()
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(TIMEOUT)
 
 
 class NetworkBackend:
@@ -92,10 +62,11 @@ class NetworkBackend:
         self.clock = FakeClock(scenario.start)
         self.key = LabKey.derive(secret)
         self.secret = secret
-        self.hosts: dict[str, BackgroundHost] = {}
-        self.mak_service: BackgroundMak | None = None
+        self.hosts: dict[str, HostThread] = {}
+        self.mak_service: MakThread | None = None
         self.mak_keys: dict[str, str] = {}  # scenario name -> lab key text
-        self.dns: _BackgroundDns | None = None
+        self.dns: DnsThread | None = None
+        self.zone = Zone.build(scenario.domain)
         self._day = -1
         self._stack = contextlib.ExitStack()
         self._dead = socket.socket()  # bound, never listening: connections are refused
@@ -120,20 +91,23 @@ class NetworkBackend:
         for host in s.hosts:
             settings = HostSettings(host.activation_interval, host.renewal_interval,
                                     host.min_count)
-            background = BackgroundHost(home / host.name, secrets=(self.secret,),
-                                        settings=settings, clock=self.clock,
-                                        clock_offset=host.clock_offset, catalog=self.catalog)
-            self.hosts[host.name] = self._stack.enter_context(background)
-        self.dns = _BackgroundDns(Zone.build(s.domain)).start()
-        self._stack.callback(self.dns.stop)
+            config = HostConfig(home / host.name, self.catalog, settings, [self.secret],
+                                OffsetClock(self.clock, host.clock_offset), [("127.0.0.1", 0)],
+                                log_stream=io.StringIO())
+            self.hosts[host.name] = self._stack.enter_context(HostThread(config))
+        self.dns = self._stack.enter_context(
+            DnsThread(DnsServer(Authority([self.zone]), updates="none")))
         if s.mak_keys:
-            self.mak_service = self._stack.enter_context(BackgroundMak(
-                clock=self.clock, secret=self.secret, catalog=self.catalog))
+            self.mak_service = MakThread(MakConfig(
+                home / "mak", self.secret, self.clock, self.catalog, db=":memory:",
+                admin_token="simulator"))
+            self._stack.callback(self.mak_service.mak.close)
+            self._stack.enter_context(self.mak_service)
             for n, key in enumerate(s.mak_keys):
                 text = str(mint(KeyType.MAK, key.product.number, serial=10_000 + n))
-                self.mak_service.service.register(text, limit=key.limit)
+                self.mak_service.mak.service.register(text, limit=key.limit)
                 self.mak_keys[key.name] = text
-            self._mak = MakClient(self.mak_service.url)
+            self._mak = MakClient(f"http://{format_address(*self.mak_service.address)}")
             self._stack.callback(self._mak.close)
 
     # -- Backend ----------------------------------------------------------------------
@@ -182,13 +156,13 @@ class NetworkBackend:
         zone = Zone.build(s.domain, srv=[SrvTarget(r.host, self.hosts[r.host].address[1],
                                                    r.priority, r.weight) for r in records],
                           addresses=[(h, "127.0.0.1") for h in self.hosts])
-        self.dns.zone.records[:] = zone.records  # one assignment: the server sees old or new
+        self.zone.records[:] = zone.records  # one assignment: the server sees old or new
 
     def counts(self, now: float) -> dict[str, dict[bytes, int]]:
         result: dict[str, dict[bytes, int]] = {}
         for name, running in self.hosts.items():
-            assert running.server is not None
-            rules = running.server.host.rules
+            assert running.running_host is not None
+            rules = running.running_host.server.host.rules
             at = filetime_from_unix(now + self.scenario.host(name).clock_offset)
             result[name] = {app: rules.count(app, at) for app in self.apps}
         return result
@@ -196,9 +170,9 @@ class NetworkBackend:
     def mak_remaining(self) -> dict[str, int]:
         if self.mak_service is None:
             return {}
-        store = self.mak_service.store
+        store = self.mak_service.mak.store
         by_fingerprint = {r.fingerprint: r.remaining for r in store.keys()}  # noqa: SIM118
-        service = self.mak_service.service
+        service = self.mak_service.mak.service
         return {name: by_fingerprint[service.fingerprint_of(text)]
                 for name, text in self.mak_keys.items()}
 

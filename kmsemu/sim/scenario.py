@@ -134,7 +134,11 @@ class Scenario:
 def load_scenario(source: str | Path, catalog: Catalog | None = None) -> Scenario:
     """A scenario from a file, or a built-in by name (``kms-threshold``)."""
     path = Path(source)
-    if path.suffix != ".toml" and not path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):  # a NUL in the name, a name too long
+        exists = False
+    if path.suffix != ".toml" and not exists:
         if str(source) not in builtin_names():
             raise ConfigError(f"no scenario {source!r}: not a file, and the built-ins are "
                               f"{', '.join(builtin_names())}", code="unknown_scenario")
@@ -143,9 +147,10 @@ def load_scenario(source: str | Path, catalog: Catalog | None = None) -> Scenari
         return parse_scenario(text, f"built-in {source}", catalog)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}",
-                          code="scenario_invalid") from exc
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        why = getattr(exc, "strerror", None) or ("not UTF-8 text" if isinstance(
+            exc, UnicodeDecodeError) else str(exc))
+        raise ConfigError(f"cannot read {path}: {why}", code="scenario_invalid") from exc
     return parse_scenario(text, str(path), catalog)
 
 
@@ -225,7 +230,7 @@ class _Reader:
         try:
             product = self.catalog.find(name)
         except ConfigError as exc:
-            raise self.fail(where, exc.message) from None
+            raise self.fail(where, exc.detail) from None
         return product
 
     def scenario(self, data: dict[str, Any]) -> Scenario:

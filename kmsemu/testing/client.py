@@ -10,7 +10,7 @@ from kmsemu.client.machine import Machine
 from kmsemu.client.profile import ProfileStore
 from kmsemu.clock import SystemClock
 from kmsemu.keys.product_key import setup_key
-from kmsemu.klp.envelope import DEFAULT_SECRET
+from kmsemu.klp import DEFAULT_SECRET
 
 
 class LabClient:

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import TypeVar
 
 from kmsemu.addresses import format_address
 from kmsemu.catalog import Catalog, default_catalog
 from kmsemu.clock import Clock, OffsetClock, SystemClock
-from kmsemu.host.events import EventLog
+from kmsemu.host.options import ServerOptions
 from kmsemu.host.rules import HostSettings
-from kmsemu.host.server import KmsServer, ServerOptions, build_host
-from kmsemu.host.store import HostStore
-from kmsemu.klp.envelope import DEFAULT_SECRET
-from kmsemu.wire import filetime_from_unix
+from kmsemu.host.server import KmsServer
+from kmsemu.klp import DEFAULT_SECRET
+from kmsemu.run.host import HostConfig, HostThread
 
-T = TypeVar("T")
+#: Seconds ``start()`` waits for the host (kmsemu.run.background.TIMEOUT).
 START_TIMEOUT = 20.0
 
 
@@ -38,7 +32,7 @@ class _Lines:
         pass
 
 
-class BackgroundHost:
+class BackgroundHost(HostThread):
     """Start with ``start()`` or ``with BackgroundHost(dir) as host:``; stop with ``stop()``.
 
     ``address`` is ``(host, port)``; ``set_min_count`` and ``set_clock_offset``
@@ -59,92 +53,25 @@ class BackgroundHost:
         self.state_dir = Path(state_dir)
         self.secrets = tuple(secrets)
         self.clock = OffsetClock(clock or SystemClock(), clock_offset)
-        self._settings = settings or HostSettings()
-        self._options = options or ServerOptions()
-        self._catalog = catalog or default_catalog()
         self._sink = _Lines()
-        self._loop = asyncio.new_event_loop()
-        self._thread: threading.Thread | None = None
-        self._stopping: asyncio.Event | None = None
-        self.server: KmsServer | None = None
-        self.address: tuple[str, int] = ("127.0.0.1", 0)
+        super().__init__(HostConfig(
+            self.state_dir, catalog or default_catalog(), settings or HostSettings(),
+            list(self.secrets), self.clock, [("127.0.0.1", 0)], options or ServerOptions(),
+            log_stream=self._sink))
 
-    # -- life cycle ------------------------------------------------------------------
-
-    def start(self) -> BackgroundHost:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        async def main() -> None:
-            store = HostStore(self.state_dir)
-            try:
-                kms = build_host(
-                    store, self._catalog, self._settings, list(self.secrets), self.clock
-                )
-                self.server = KmsServer(
-                    kms,
-                    store,
-                    EventLog(self._sink, "text"),
-                    self._options,
-                    now=lambda: filetime_from_unix(self.clock.now()),
-                )
-                self.address = (await self.server.start([("127.0.0.1", 0)]))[0]
-                self._stopping = asyncio.Event()
-            except BaseException as exc:
-                failure.append(exc)
-                store.close()
-                raise
-            finally:
-                ready.set()
-            await self._stopping.wait()
-            await self.server.close()
-            store.close()
-
-        self._thread = threading.Thread(
-            target=self._run, args=(main(),), daemon=True, name="kmsemu-host"
-        )
-        self._thread.start()
-        if not ready.wait(START_TIMEOUT):
-            raise RuntimeError("the KMS host did not start")
-        if failure:
-            raise failure[0]
-        return self
-
-    def _run(self, main: object) -> None:
-        try:
-            self._loop.run_until_complete(main)  # type: ignore[arg-type]
-        except BaseException:  # reported to start() already
-            pass
-        finally:
-            self._loop.close()
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        if self._stopping is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)
-        self._thread.join(10)
-        self._thread = None
-
-    def __enter__(self) -> BackgroundHost:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # -- what tests use --------------------------------------------------------------
+    @property
+    def server(self) -> KmsServer | None:
+        """The running ``KmsServer`` (None before ``start``)."""
+        return self.running_host.server if self.running_host is not None else None
 
     @property
     def port(self) -> int:
+        """The port the host listens on."""
         return self.address[1]
 
     @property
     def secret(self) -> str:
+        """The first lab secret the host accepts."""
         return self.secrets[0]
 
     @property
@@ -154,6 +81,7 @@ class BackgroundHost:
 
     @property
     def log_lines(self) -> list[str]:
+        """What the host logged so far (after ``flush``)."""
         return self._sink.lines
 
     def set_min_count(self, count: int) -> None:
@@ -163,7 +91,7 @@ class BackgroundHost:
             rules = self._server().host.rules
             rules.settings = dataclasses.replace(rules.settings, min_count=count)
 
-        self._call(change)
+        self.call(change)
 
     def set_clock_offset(self, seconds: float) -> None:
         """Run the host clock ``seconds`` off real time (5 * 3600: a host five hours ahead)."""
@@ -171,32 +99,9 @@ class BackgroundHost:
 
     def flush(self) -> None:
         """Write pending state and log lines now."""
-        self._call(lambda: self._server().flush())
+        self.call(lambda: self._server().flush())
 
     def _server(self) -> KmsServer:
         if self.server is None:
             raise RuntimeError("the host is not running")
         return self.server
-
-    def _call(self, func: Callable[[], T]) -> T:
-        """Run ``func`` on the host's event loop thread and return its result."""
-        if self._thread is None:
-            raise RuntimeError("the host is not running")
-        done = threading.Event()
-        result: list[T] = []
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                result.append(func())
-            except BaseException as exc:
-                errors.append(exc)
-            finally:
-                done.set()
-
-        self._loop.call_soon_threadsafe(run)
-        if not done.wait(10):
-            raise RuntimeError("the host did not answer")
-        if errors:
-            raise errors[0]
-        return result[0]

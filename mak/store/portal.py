@@ -419,11 +419,9 @@ class PortalSql:
             chosen = next((s for s in subscriptions if s.free > 0), None)
             if chosen is None:
                 total = sum(s.licences for s in subscriptions)
-                raise ServiceError(
-                    "no_free_licences",
-                    message=f"There are no free licences for {offer}: all {total} are assigned."
-                    if subscriptions else f"The organisation has no {offer} subscription.",
-                    offer=offer, licences=total)
+                raise ServiceError("no_free_licences",
+                                   variant=None if subscriptions else "none_bought",
+                                   offer=offer, licences=total)
             self._exec(db, "INSERT INTO portal_assignments (user_id, offer, subscription_id, at)"
                            " VALUES (?, ?, ?, ?)", (user.id, offer, chosen.id, now))
         return user, replace(chosen, used=chosen.used + 1)

@@ -24,11 +24,16 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 # Reinstall only when pyproject.toml changed since the last install.
-STAMP="$VENV/.kmsemu-installed${EXTRAS:+-$EXTRAS}"
+STAMP="$VENV/.kmsemu-installed-compat${EXTRAS:+-$EXTRAS}"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     echo "setup: installing kmsemu${EXTRAS:+[$EXTRAS]} into $VENV" >&2
     "$VENV/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip >&2
-    "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e "$ROOT${EXTRAS:+[$EXTRAS]}" >&2
+    # compat mode puts the tree on sys.path with a plain .pth; the default mode's import
+    # hook costs every kmsemu command ~20-50 ms at start (docs/benchmarks.md, CLI start-up)
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
+        -e "$ROOT${EXTRAS:+[$EXTRAS]}" --config-settings editable_mode=compat >&2 ||
+        "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
+            -e "$ROOT${EXTRAS:+[$EXTRAS]}" >&2
     touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -1,15 +1,15 @@
 """The licensing portal's routes in the MAK service's HTTP API (``docs/portal.md``).
 
-Handlers have the shape of ``mak.api``'s (``(api, request) -> response``) and
-are listed in ``PORTAL_ENDPOINTS``, which ``mak.api`` adds to its table, so
-the portal's routes and their OpenAPI description come from one place too.
-Who is calling: ``Api.caller`` (the admin token, or a user's token).
+Handlers only translate: JSON in, a ``PortalService`` call, JSON out. They and
+their schemas are listed in ``PORTAL_ENDPOINTS``, which ``mak.api`` serves and
+describes in ``/openapi.json``. Who is calling: ``Api.caller`` (the admin
+token, or a user's token).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,24 +19,25 @@ from mak.portal import Caller
 from mak.portal_rules import BILLING, ROLES, Offer
 from mak.store.portal import Fault, Org, Subscription, User
 from mak.store.sql import iso, parse_iso
-
-if TYPE_CHECKING:
-    from mak.api import Api
+from mak.web.base import Api, Endpoint, obj
 
 log = logging.getLogger("kmsemu.portal")
 
 
 def org_json(org: Org) -> dict[str, Any]:
+    """An organisation as JSON."""
     return {"org": org.name, "country": org.country, "created": iso(org.created),
             "users": org.users, "subscriptions": org.subscriptions}
 
 
 def user_json(user: User) -> dict[str, Any]:
+    """A user and their licences as JSON."""
     return {"user": user.name, "role": user.role, "licences": list(user.licences),
             "created": iso(user.created)}
 
 
 def subscription_json(org: str, subscription: Subscription) -> dict[str, Any]:
+    """A subscription of ``org`` as JSON."""
     return {"id": subscription.id, "org": org, "offer": subscription.offer,
             "licences": subscription.licences, "used": subscription.used,
             "free": subscription.free, "billing": subscription.billing,
@@ -45,6 +46,7 @@ def subscription_json(org: str, subscription: Subscription) -> dict[str, Any]:
 
 
 def fault_json(fault: Fault | None) -> dict[str, Any]:
+    """The forced redemption error (or none) as JSON."""
     return {"fault": None if fault is None else {"code": fault.code,
                                                  "remaining": fault.remaining}}
 
@@ -57,11 +59,13 @@ def _offer_json(api: Api, offer: Offer) -> dict[str, Any]:
 
 
 async def offers(api: Api, request: Request) -> Response:
+    """Offers and their sales rules."""
     listed = await api.call(api.portal.store.offers)
     return JSONResponse({"offers": [_offer_json(api, offer) for offer in listed]})
 
 
 async def signup(api: Api, request: Request) -> Response:
+    """Sign up: a new organisation and its global admin, by redeeming a key."""
     body = await api.body(request)
     org, admin, token, subscription = await api.call(
         api.portal.signup, body.get("key"), body.get("org"), body.get("country"),
@@ -78,6 +82,7 @@ async def signup(api: Api, request: Request) -> Response:
 
 
 async def put_offer(api: Api, request: Request) -> Response:
+    """Define or redefine an offer."""
     body = await api.body(request)
     offer, created = await api.call(api.portal.put_offer, request.path_params["offer"],
                                     body.get("max_licences"), body.get("countries"),
@@ -89,10 +94,12 @@ async def put_offer(api: Api, request: Request) -> Response:
 
 
 async def orgs(api: Api, request: Request) -> Response:
+    """Every organisation."""
     return JSONResponse({"orgs": [org_json(org) for org in await api.call(api.portal.store.orgs)]})
 
 
 async def add_org(api: Api, request: Request) -> Response:
+    """Create an organisation."""
     body = await api.body(request)
     org = await api.call(api.portal.add_org, body.get("name"), body.get("country"))
     log.info("organisation %s (%s) created", org.name, org.country)
@@ -100,6 +107,7 @@ async def add_org(api: Api, request: Request) -> Response:
 
 
 async def expire_key(api: Api, request: Request) -> Response:
+    """Give a subscription key an expiry (default: now)."""
     body = await api.body(request)
     at = body.get("at")
     if at is not None and not isinstance(at, str):
@@ -111,10 +119,12 @@ async def expire_key(api: Api, request: Request) -> Response:
 
 
 async def get_fault(api: Api, request: Request) -> Response:
+    """The forced redemption error."""
     return JSONResponse(fault_json(await api.call(api.portal.store.fault)))
 
 
 async def set_fault(api: Api, request: Request) -> Response:
+    """Force a redemption error."""
     body = await api.body(request)
     times = body.get("times")
     if times is not None and (not isinstance(times, int) or isinstance(times, bool)):
@@ -126,6 +136,7 @@ async def set_fault(api: Api, request: Request) -> Response:
 
 
 async def clear_fault(api: Api, request: Request) -> Response:
+    """Stop forcing errors."""
     await api.call(api.portal.store.set_fault, None)
     log.warning("fault cleared")
     return JSONResponse(fault_json(None))
@@ -139,6 +150,7 @@ async def _org(api: Api, request: Request, caller: Caller) -> Org:
 
 
 async def users(api: Api, request: Request) -> Response:
+    """An organisation's users and their licences."""
     caller = await api.caller(request)
     org = await _org(api, request, caller)
     listed = await api.call(api.portal.store.users, org.id)
@@ -146,6 +158,7 @@ async def users(api: Api, request: Request) -> Response:
 
 
 async def add_user(api: Api, request: Request) -> Response:
+    """Add a user; the answer holds its token, shown once."""
     caller = await api.caller(request)
     body = await api.body(request)
     org = await _org(api, request, caller)
@@ -157,6 +170,7 @@ async def add_user(api: Api, request: Request) -> Response:
 
 
 async def redeem(api: Api, request: Request) -> Response:
+    """Redeem a subscription key into the organisation."""
     caller = await api.caller(request)
     body = await api.body(request)
     org = await _org(api, request, caller)
@@ -171,6 +185,7 @@ async def redeem(api: Api, request: Request) -> Response:
 
 
 async def subscriptions(api: Api, request: Request) -> Response:
+    """Subscriptions with licences used and free, and totals per offer."""
     caller = await api.caller(request)
     org = await _org(api, request, caller)
     listed = await api.call(api.portal.store.subscriptions, org.id)
@@ -187,6 +202,7 @@ async def subscriptions(api: Api, request: Request) -> Response:
 
 
 async def buy(api: Api, request: Request) -> Response:
+    """Buy another subscription."""
     caller = await api.caller(request)
     body = await api.body(request)
     org = await _org(api, request, caller)
@@ -206,6 +222,7 @@ def _licence_json(org: str, user: str, subscription: Subscription) -> dict[str, 
 
 
 async def assign(api: Api, request: Request) -> Response:
+    """Assign a licence of an offer to a user."""
     caller = await api.caller(request)
     body = await api.body(request)
     org = await _org(api, request, caller)
@@ -216,6 +233,7 @@ async def assign(api: Api, request: Request) -> Response:
 
 
 async def unassign(api: Api, request: Request) -> Response:
+    """Remove a user's licence of an offer."""
     caller = await api.caller(request)
     org = await _org(api, request, caller)
     user, subscription = await api.call(api.portal.unassign, org, caller,
@@ -232,23 +250,85 @@ _B: Final = {"type": "boolean"}
 _TIME: Final = {"type": ["string", "null"], "format": "date-time"}
 
 
-def _obj(required: list[str], **properties: Any) -> dict[str, Any]:
+def _shape(required: list[str], **properties: Any) -> dict[str, Any]:
+    # the answers' shapes say nothing of other properties (``obj`` allows them)
     return {"type": "object", "required": required, "properties": properties}
 
 
-OFFER: Final = _obj(["offer", "max_licences", "countries", "trial"], offer=_S, name=_S,
-                    product=_I, max_licences=_I, countries={"type": "array", "items": _S},
-                    trial=_B)
-ORG: Final = _obj(["org", "country"], org=_S, country=_S, created=_TIME, users=_I,
-                  subscriptions=_I)
-SUBSCRIPTION: Final = _obj(
+OFFER: Final = _shape(["offer", "max_licences", "countries", "trial"], offer=_S, name=_S,
+                      product=_I, max_licences=_I, countries={"type": "array", "items": _S},
+                      trial=_B)
+ORG: Final = _shape(["org", "country"], org=_S, country=_S, created=_TIME, users=_I,
+                    subscriptions=_I)
+SUBSCRIPTION: Final = _shape(
     ["id", "org", "offer", "licences", "used", "free", "source"], id=_I, org=_S, offer=_S,
     licences=_I, used=_I, free=_I, billing={"enum": [*BILLING, None]},
     source={"enum": ["key", "purchase"]}, last5={"type": ["string", "null"]}, created=_TIME)
-LICENCE: Final = _obj(["org", "user", "offer", "subscription"], org=_S, user=_S, offer=_S,
-                      subscription=SUBSCRIPTION)
-FAULT: Final = _obj(["fault"], fault={"oneOf": [{"type": "null"}, _obj(
+LICENCE: Final = _shape(["org", "user", "offer", "subscription"], org=_S, user=_S,
+                        offer=_S, subscription=SUBSCRIPTION)
+FAULT: Final = _shape(["fault"], fault={"oneOf": [{"type": "null"}, _shape(
     ["code", "remaining"], code={"enum": list(REDEMPTION_ERRORS)},
     remaining={"type": ["integer", "null"]})]})
-NEW_USER: Final = _obj(["org", "user", "role", "token"], org=_S, user=_S,
-                       role={"enum": list(ROLES)}, token=_S)
+NEW_USER: Final = _shape(["org", "user", "role", "token"], org=_S, user=_S,
+                         role={"enum": list(ROLES)}, token=_S)
+
+PORTAL_ENDPOINTS: Final = (
+    Endpoint("GET", "/v1/portal/offers", offers, "Offers and their sales rules",
+             response=obj(["offers"], offers={"type": "array", "items": OFFER})),
+    Endpoint("PUT", "/v1/portal/offers/{offer}", put_offer, "Define or redefine an "
+             "offer (a catalog product of channel subscription)", admin=True,
+             request=obj(["max_licences", "countries"], max_licences=_I,
+                         countries={"type": "array", "items": _S}, trial=_B),
+             response=OFFER, also={201: "a new offer"}),
+    Endpoint("GET", "/v1/portal/orgs", orgs, "Every organisation", admin=True,
+             response=obj(["orgs"], orgs={"type": "array", "items": ORG})),
+    Endpoint("POST", "/v1/portal/orgs", add_org, "Create an organisation", admin=True,
+             status=201, request=obj(["name", "country"], name=_S, country=_S),
+             response=ORG),
+    Endpoint("POST", "/v1/portal/signup", signup, "Sign up: a new organisation and its "
+             "global admin, by redeeming a subscription key", status=201,
+             request=obj(["key", "org", "country", "user"], key=_S, org=_S, country=_S,
+                         user=_S), also={429: "busy: the rate limit (Retry-After)"},
+             response=obj(["org", "user", "role", "token", "subscription"], org=_S,
+                          user=_S, role=_S, token=_S, subscription=SUBSCRIPTION)),
+    Endpoint("GET", "/v1/portal/orgs/{org}/users", users, "An organisation's users and "
+             "their licences", caller=True,
+             response=obj(["org", "users"], org=_S, users={"type": "array"})),
+    Endpoint("POST", "/v1/portal/orgs/{org}/users", add_user, "Add a user; the answer "
+             "holds its token, shown once", caller=True, status=201,
+             request=obj(["name", "role"], name=_S, role={"enum": list(ROLES)}),
+             response=NEW_USER),
+    Endpoint("POST", "/v1/portal/orgs/{org}/redeem", redeem, "Redeem a subscription "
+             "key into the organisation", caller=True, status=201,
+             request=obj(["key"], key=_S), response=SUBSCRIPTION,
+             also={429: "busy: the rate limit (Retry-After)"}),
+    Endpoint("GET", "/v1/portal/orgs/{org}/subscriptions", subscriptions,
+             "Subscriptions with licences used and free, and totals per offer", caller=True,
+             response=obj(["org", "subscriptions", "offers"], org=_S, country=_S,
+                          subscriptions={"type": "array", "items": SUBSCRIPTION},
+                          offers={"type": "array"})),
+    Endpoint("POST", "/v1/portal/orgs/{org}/subscriptions", buy, "Buy another "
+             "subscription", caller=True, status=201,
+             request=obj(["offer", "licences", "billing"], offer=_S,
+                         licences={"type": "integer", "minimum": 1},
+                         billing={"enum": list(BILLING)}, auto_assign=_B),
+             response=SUBSCRIPTION),
+    Endpoint("POST", "/v1/portal/orgs/{org}/users/{user}/licences", assign,
+             "Assign a licence of an offer to a user", caller=True, status=201,
+             request=obj(["offer"], offer=_S), response=LICENCE),
+    Endpoint("DELETE", "/v1/portal/orgs/{org}/users/{user}/licences/{offer}", unassign,
+             "Remove a user's licence of an offer", caller=True, response=LICENCE),
+    Endpoint("POST", "/v1/portal/keys/expire", expire_key, "Give a subscription key an "
+             "expiry (default: now)", admin=True,
+             request=obj(["key"], key=_S, at={"type": "string", "format": "date-time"}),
+             response=obj(["fingerprint", "last5", "expires"], fingerprint=_S, last5=_S,
+                          expires=_S)),
+    Endpoint("GET", "/v1/portal/fault", get_fault, "The forced redemption error",
+             admin=True, response=FAULT),
+    Endpoint("PUT", "/v1/portal/fault", set_fault, "Force a redemption error (until "
+             "cleared, or for the next 'times' redemptions)", admin=True,
+             request=obj(["code"], code={"enum": list(REDEMPTION_ERRORS)},
+                         times={"type": "integer", "minimum": 1}), response=FAULT),
+    Endpoint("DELETE", "/v1/portal/fault", clear_fault, "Stop forcing errors",
+             admin=True, response=FAULT),
+)

@@ -1,0 +1,120 @@
+"""Authoritative answers for lab zones, pure: DNS message bytes in, bytes (or None) out.
+
+Owns ``Authority``: the zones one server answers for, the answer to a query,
+and the dispatch of UPDATE messages to ``kmsemu.dns.update``. Zones and their
+records are ``kmsemu.dns.zone``'s.
+
+Built on dnslib's codec with our own resolver, because the answers must be
+exactly those of an authoritative server (implementation-notes.md): AA set,
+RA and AD clear, never recursive (REFUSED outside our zones), NXDOMAIN only
+when nothing exists at or below the name, NOERROR with the SOA in the
+authority section when the name exists without the asked type, names
+compared case-insensitively, and UDP answers cut to 512 bytes or the query's
+EDNS size (at most 1232) with TC set. ANY gets one small HINFO (RFC 8482),
+so the server is no amplifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from dnslib import (
+    CLASS,
+    EDNS0,
+    OPCODE,
+    QTYPE,
+    RCODE,
+    RD,
+    RR,
+    DNSError,
+    DNSHeader,
+    DNSLabel,
+    DNSRecord,
+)
+
+from kmsemu.dns.update import apply_update
+from kmsemu.dns.zone import Zone
+
+UDP_LIMIT: Final = 512
+EDNS_CAP: Final = 1232
+#: HINFO "RFC8482" "": the whole answer to ANY (RFC 8482 section 4.2).
+_HINFO_RFC8482: Final = RD(b"\x07RFC8482\x00")
+_CLASS_ANY: Final = 255
+
+
+class Authority:
+    """The zones one server answers for."""
+
+    def __init__(self, zones: Iterable[Zone]) -> None:
+        self.zones = sorted(zones, key=lambda z: -len(z.origin.label))
+
+    def zone_for(self, name: DNSLabel) -> Zone | None:
+        """The deepest served zone that contains ``name``, or None."""
+        return next((z for z in self.zones if z.contains(name)), None)
+
+    def answer(self, data: bytes, *, udp: bool, trusted: bool = False) -> bytes | None:
+        """The reply to one message, or None when it does not deserve one.
+
+        UPDATE messages (RFC 2136) change a zone only when ``trusted`` (the server
+        decides: by default, a peer on loopback); others get REFUSED.
+        """
+        if len(data) >= 4 and (data[2] >> 3) & 0xF == OPCODE.UPDATE:
+            return apply_update(self.zones, data, trusted=trusted)
+        try:
+            request = DNSRecord.parse(data)
+        except (DNSError, IndexError, ValueError, UnicodeDecodeError):
+            return None  # unparseable: silence (no reflection of garbage)
+        if request.header.qr:
+            return None  # a response, not a query
+        if request.header.opcode != OPCODE.QUERY or len(request.questions) != 1:
+            # dnslib's reply() would invent a question; answer with the header alone
+            rcode = RCODE.NOTIMP if request.header.opcode != OPCODE.QUERY else RCODE.FORMERR
+            bare = DNSRecord(DNSHeader(id=request.header.id, qr=1, opcode=request.header.opcode,
+                                       rd=request.header.rd, rcode=rcode))
+            return self._pack(bare, request, udp)
+        reply = request.reply(ra=0, aa=1)
+        reply.header.ad = 0
+        question = request.q
+        zone = self.zone_for(question.qname)
+        if zone is None or question.qclass not in (CLASS.IN, _CLASS_ANY):
+            reply.header.aa = 0
+            reply.header.rcode = RCODE.REFUSED
+            return self._pack(reply, request, udp)
+        if question.qtype == QTYPE.ANY:
+            reply.add_answer(RR(question.qname, QTYPE.HINFO, rdata=_HINFO_RFC8482, ttl=zone.ttl))
+            return self._pack(reply, request, udp)
+        found, exists = zone.lookup(question.qname, question.qtype)
+        if found:
+            for rr in found:
+                reply.add_answer(rr)
+            for rr in found:
+                if rr.rtype == QTYPE.SRV:
+                    for kind in (QTYPE.A, QTYPE.AAAA):
+                        extra, _ = zone.lookup(rr.rdata.target, kind)
+                        for ar in extra:
+                            reply.add_ar(ar)
+        else:
+            reply.header.rcode = RCODE.NOERROR if exists else RCODE.NXDOMAIN
+            reply.add_auth(zone.soa())
+        return self._pack(reply, request, udp)
+
+    @staticmethod
+    def _pack(reply: DNSRecord, request: DNSRecord, udp: bool) -> bytes:
+        if any(rr.rtype == QTYPE.OPT for rr in request.ar):
+            reply.add_ar(EDNS0(udp_len=EDNS_CAP))  # we speak EDNS too: say how much we take
+        data: bytes = reply.pack()
+        if not udp:
+            return data
+        limit = UDP_LIMIT
+        opt = [rr for rr in request.ar if rr.rtype == QTYPE.OPT]
+        if opt:
+            limit = min(max(opt[0].rclass, UDP_LIMIT), EDNS_CAP)
+        if len(data) <= limit:
+            return data
+        truncated = DNSRecord(header=reply.header, q=reply.q)
+        truncated.header.tc = 1
+        if opt:
+            truncated.add_ar(EDNS0(udp_len=EDNS_CAP))
+        result: bytes = truncated.pack()
+        return result

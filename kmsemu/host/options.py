@@ -1,0 +1,23 @@
+"""What a host server is tuned with: its port, connection limits and timers.
+
+Kept apart from ``kmsemu.host.server`` so that the command line can show the
+defaults without loading the server (asyncio, the cipher)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+DEFAULT_PORT: Final = 1688
+DEFAULT_MAX_CONNECTIONS: Final = 4096
+DEFAULT_IDLE_TIMEOUT: Final = 30.0
+
+
+@dataclass
+class ServerOptions:
+    """Connections over ``max_connections`` are closed on arrival; one silent for
+    ``idle_timeout`` seconds is closed; state is written every ``flush_interval``."""
+
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    flush_interval: float = 0.25
