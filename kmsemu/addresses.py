@@ -6,6 +6,7 @@ import ipaddress
 
 
 class AddressError(ValueError):
+    """An address that does not parse as ``HOST[:PORT]``; the message says why."""
     pass
 
 
@@ -29,6 +30,8 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
         host, _, port_text = text.partition(":")
     if not host:
         raise AddressError(f"{text!r}: missing host")
+    if ":" not in host:
+        _check_name(host, text)
     if not port_text:
         return host, default_port
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -43,5 +46,16 @@ def _check_ipv6(host: str, text: str) -> None:
         raise AddressError(f"{text!r}: {host!r} is not an IPv6 address") from None
 
 
+def _check_name(host: str, text: str) -> None:
+    """An IPv4 address or a host name DNS can carry (IDNA labels of 1-63, 253 in all)."""
+    try:
+        encoded = host.rstrip(".").encode("idna")
+    except UnicodeError:
+        raise AddressError(f"{text!r}: {host!r} is not a host name") from None
+    if len(encoded) > 253:
+        raise AddressError(f"{text!r}: a host name has at most 253 characters")
+
+
 def format_address(host: str, port: int) -> str:
+    """``HOST:PORT`` as ``parse_address`` reads it back: an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

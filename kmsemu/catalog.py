@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
@@ -39,6 +38,8 @@ _UUID_FIELDS: Final = ("application_id", "sku_id", "kms_count_id")
 
 @dataclass(frozen=True, slots=True)
 class Product:
+    """One catalog entry: a product's ids, family, channel and activation threshold."""
+
     number: int
     key: str
     name: str
@@ -53,6 +54,7 @@ class Product:
     application: str
 
     def to_json(self) -> dict[str, Any]:
+        """The entry as ``kmsemu catalog --json`` prints it (ids as strings)."""
         return {
             "number": self.number,
             "key": self.key,
@@ -105,6 +107,7 @@ class Catalog:
         return (application_id, kms_count_id) in self._served
 
     def application_name(self, application_id: uuid.UUID) -> str:
+        """The application's display name; its id as text when the catalog has none."""
         return self.applications.get(application_id, str(application_id))
 
     def find(self, name: str) -> Product:
@@ -227,5 +230,8 @@ def _parse_text(text: str, source: str) -> Catalog:
 
 @cache
 def default_catalog() -> Catalog:
-    text = resources.files("kmsemu").joinpath("data/catalog.toml").read_text(encoding="utf-8")
+    """The catalog shipped in ``kmsemu/data/catalog.toml``, read once."""
+    # a plain path, not importlib.resources: the package ships as files, and the resources
+    # machinery (zipfile and friends) would add 3 MiB to every process that reads this
+    text = (Path(__file__).parent / "data" / "catalog.toml").read_text(encoding="utf-8")
     return _parse_text(text, "kmsemu/data/catalog.toml")

@@ -14,13 +14,18 @@ from typing import Protocol
 
 
 class Clock(Protocol):
+    """Anything that tells the time: real, shifted or fake."""
+
     def now(self) -> float:
         """POSIX seconds, UTC."""
         ...
 
 
 class SystemClock:
+    """The real time, from the operating system."""
+
     def now(self) -> float:
+        """POSIX seconds, UTC, as the system clock reads now."""
         return time.time()
 
 
@@ -32,6 +37,7 @@ class OffsetClock:
     offset: float = 0.0
 
     def now(self) -> float:
+        """The base clock's time plus the offset."""
         return self.base.now() + self.offset
 
 
@@ -42,11 +48,14 @@ class FakeClock:
     current: float = 1_700_000_000.0
 
     def now(self) -> float:
+        """The time last set or advanced to."""
         return self.current
 
     def advance(self, seconds: float) -> None:
+        """Move the time forward by ``seconds`` (back, if negative)."""
         self.current += seconds
 
 
 def as_datetime(seconds: float) -> datetime:
+    """POSIX seconds as an aware UTC datetime."""
     return datetime.fromtimestamp(seconds, tz=UTC)

@@ -198,6 +198,7 @@ def describe(code: int) -> ErrorInfo:
 
 
 def hresult_name(code: int) -> str:
+    """The HResult member's name (``COUNT_INSUFFICIENT``), else the code in hex."""
     try:
         return HResult(code).name
     except ValueError:
@@ -205,6 +206,7 @@ def hresult_name(code: int) -> str:
 
 
 def format_hresult(code: int) -> str:
+    """An HRESULT as slmgr shows it: ``0x`` and eight upper-case hex digits."""
     return f"0x{code & 0xFFFFFFFF:08X}"
 
 
@@ -233,6 +235,7 @@ class KmsemuError(Exception):
 
     @property
     def info(self) -> ErrorInfo:
+        """The registry's entry for the code; a generic message for a code it lacks."""
         return lookup(self.code) or ErrorInfo(f"Unknown error {self.code!r}.", "")
 
     @property
@@ -252,6 +255,7 @@ class KmsemuError(Exception):
 
     @property
     def hresult(self) -> int | None:
+        """The HRESULT the registry gives the code, if any."""
         return self.info.hresult
 
     def to_json(self, *, http: bool = False) -> dict[str, Any]:
@@ -292,6 +296,7 @@ class ActivationError(KmsemuError):
 
     @property
     def info(self) -> ErrorInfo:
+        """The entry for the code when it has this HRESULT, else the HRESULT's own."""
         info = lookup(self.code)
         if info is None or info.hresult != self._hresult:
             info = describe(self._hresult)
@@ -299,6 +304,7 @@ class ActivationError(KmsemuError):
 
     @property
     def hresult(self) -> int:
+        """The HRESULT the activation failed with."""
         return self._hresult
 
 
@@ -514,27 +520,33 @@ class ServiceError(KmsemuError):
 
     @property
     def message(self) -> str:
+        """The registry's wording (or variant), its ``{name}``s filled from the fields."""
         return self._message
 
     @property
     def text(self) -> str:
+        """The message with the detail; a redemption error's message alone, as worded."""
         # a redemption error keeps behaviour.md's wording exactly: its detail is a field
         return self._message if self.entry.redemption else super().text
 
     @property
     def hint(self) -> str:
+        """The hint for the command line: the CLI wording if the registry has one."""
         return self.entry.cli_hint or self.entry.hint
 
     @property
     def hresult(self) -> int | None:
+        """The HRESULT a Windows client would show for the code, if any."""
         return self.entry.hresult
 
     @property
     def extra(self) -> dict[str, Any]:
+        """The fields of the answer's error object (the keyword fields given)."""
         return self.fields
 
     @property
     def status(self) -> int:
+        """The HTTP status: the one given, else the registry's for the code."""
         return self._status or self.entry.status
 
     def to_json(self, *, http: bool = True) -> dict[str, Any]:

@@ -26,6 +26,7 @@ def filetime_from_unix(seconds: float) -> int:
 
 
 def unix_from_filetime(filetime: int) -> float:
+    """FILETIME to POSIX seconds (UTC), unclamped."""
     return (filetime - EPOCH_AS_FILETIME) / FILETIME_PER_SECOND
 
 
@@ -35,6 +36,7 @@ def datetime_from_filetime(filetime: int) -> datetime:
 
 
 def filetime_from_datetime(when: datetime) -> int:
+    """An aware datetime to FILETIME; a naive one is refused (ValueError)."""
     if when.tzinfo is None:
         raise ValueError("naive datetime: give a timezone (UTC)")
     return EPOCH_AS_FILETIME + (when - UNIX_EPOCH) // timedelta(microseconds=1) * 10

@@ -1,1 +1,1 @@
-"""mak"""
+"""The MAK service: counting rules, licensing portal, stores, HTTP API, server and client."""

@@ -35,6 +35,7 @@ class RemoteError(KmsemuError):
 
     @classmethod
     def from_body(cls, status: int, body: Any) -> RemoteError:
+        """The error an HTTP error answer carries; ``bad_response`` when it has no error object."""
         error = body.get("error") if isinstance(body, dict) else None
         if not isinstance(error, dict) or not isinstance(error.get("code"), str):
             return cls("bad_response", f"HTTP {status} without an error object", status=status)
@@ -42,19 +43,23 @@ class RemoteError(KmsemuError):
 
     @property
     def message(self) -> str:
+        """The service's message as it came (the registry's when there was no answer)."""
         return str(self.body.get("message", "")) if self.body else super().message
 
     @property
     def text(self) -> str:
+        """What the CLI prints after ``Error:``: the service's message, detail included."""
         return self.message if self.body else super().text
 
     @property
     def hint(self) -> str:
+        """The registry's CLI hint for a known code, else the service's hint."""
         known = lookup(self.code)
         return known.hint if known is not None else str(self.body.get("hint", ""))
 
     @property
     def hresult(self) -> int | None:
+        """The HRESULT the service named (hex text), if any; the registry's without an answer."""
         if not self.body:
             return super().hresult
         value = self.body.get("hresult")
@@ -65,11 +70,20 @@ class RemoteError(KmsemuError):
 
 
 class MakClient:
+    """The MAK service's HTTP JSON API as methods, on one kept-alive connection."""
+
     def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None,
                  timeout: float = 10.0) -> None:
         parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{url!r} is not an http:// URL")
+        try:
+            parts.port  # noqa: B018  (a port outside 0-65535 raises)
+            parts.hostname.encode("idna")
+            parts.path.encode("ascii")
+        except (ValueError, UnicodeError):
+            raise ValueError(f"{url!r} is not an http:// URL with a valid host and "
+                             "port") from None
         self.url = url
         self._https = parts.scheme == "https"
         self._host = parts.hostname
@@ -83,6 +97,7 @@ class MakClient:
         self.last_headers: http.client.HTTPMessage | None = None
 
     def close(self) -> None:
+        """Close the connection; the next request opens a new one."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -100,6 +115,7 @@ class MakClient:
 
     def request(self, method: str, path: str, body: Any = None, *,
                 admin: bool = False) -> Any:
+        """One JSON call; the decoded answer, or RemoteError (refused, unreachable, unreadable)."""
         headers = {"Accept": "application/json"}
         data = None
         if body is not None:
@@ -145,36 +161,44 @@ class MakClient:
 
     def activate(self, key: str, hardware_id: str, *, machine_name: str | None = None,
                  request_id: str | None = None) -> dict[str, Any]:
+        """Online activation of a key on a hardware ID (``POST /v1/activate``)."""
         return dict(self.request("POST", "/v1/activate", _drop_none(
             key=key, hardware_id=hardware_id, machine_name=machine_name,
             request_id=request_id)))
 
     def phone(self, installation_id: str, *, machine_name: str | None = None,
               request_id: str | None = None) -> dict[str, Any]:
+        """Phone activation: a confirmation ID for an installation ID (``POST /v1/phone``)."""
         return dict(self.request("POST", "/v1/phone", _drop_none(
             installation_id=installation_id, machine_name=machine_name,
             request_id=request_id)))
 
     def proxy_activate(self, items: list[Any]) -> dict[str, Any]:
+        """VAMT proxy activation of many installation IDs in one call."""
         return dict(self.request("POST", "/v1/proxy-activate", {"installation_ids": items}))
 
     def count(self, key: str) -> dict[str, Any]:
+        """What a key has left (VAMT's remaining count), for whoever holds the key."""
         return dict(self.request("POST", "/v1/count", {"key": key}))
 
     # -- administration ---------------------------------------------------------------------
 
     def keys(self) -> list[dict[str, Any]]:
+        """Every registered key (admin)."""
         return list(self.request("GET", "/v1/keys", admin=True)["keys"])
 
     def add_key(self, key: str, *, limit: int | None = None, expires: str | None = None,
                 reactivations: int | None = None) -> dict[str, Any]:
+        """Register a key, with its limit, expiry and reactivations if given (admin)."""
         return dict(self.request("POST", "/v1/keys", _drop_none(
             key=key, limit=limit, expires=expires, reactivations=reactivations), admin=True))
 
     def key(self, fingerprint: str) -> dict[str, Any]:
+        """One registered key by fingerprint, with its increases and machines (admin)."""
         return dict(self.request("GET", f"/v1/keys/{fingerprint}", admin=True))
 
     def increase(self, fingerprint: str, by: int, reason: str | None = None) -> dict[str, Any]:
+        """Grant a key ``by`` more activations, with a reason for the record (admin)."""
         return dict(self.request("POST", f"/v1/keys/{fingerprint}/increase",
                                  _drop_none(by=by, reason=reason), admin=True))
 
@@ -186,12 +210,14 @@ class MakClient:
 
     def export(self, *, keys: bool = True, activations: bool = True,
                machine_names: bool = True) -> dict[str, Any]:
+        """The service's keys and activations as one document, parts optional (admin)."""
         query = urllib.parse.urlencode({"keys": str(keys).lower(),
                                         "activations": str(activations).lower(),
                                         "machine_names": str(machine_names).lower()})
         return dict(self.request("GET", f"/v1/export?{query}", admin=True))
 
     def import_(self, document: dict[str, Any]) -> dict[str, Any]:
+        """Load a document ``export`` wrote (admin)."""
         return dict(self.request("POST", "/v1/import", document, admin=True))
 
 

@@ -38,6 +38,7 @@ TOKEN_PREFIX: Final = "kpt_"
 
 
 def hash_token(token: str) -> str:
+    """What the store keeps of a bearer token: its SHA-256, never the token."""
     return hashlib.sha256(token.strip().encode()).hexdigest()
 
 
@@ -50,6 +51,7 @@ class Caller:
     user: User | None = None
 
     def check_org(self, org: Org) -> None:
+        """Refuse (``wrong_org``) a user acting in an organisation that is not theirs."""
         if self.user is not None and self.user.org_id != org.id:
             raise ServiceError("wrong_org", f"not a user of {org.name}")
 
@@ -70,6 +72,7 @@ class RateLimit:
         self._lock = threading.Lock()
 
     def check(self, name: str) -> int:
+        """Count one event for ``name``; 0 when allowed, else the seconds to wait."""
         if self.rate <= 0:
             return 0
         now = self._clock()
@@ -92,6 +95,8 @@ def _busy(retry_after: int, *, status: int, detail: str) -> ServiceError:
 
 
 class PortalService:
+    """The portal's operations over its store, catalog, clock and redemption rate limit."""
+
     def __init__(self, store: PortalSql, *, now: Callable[[], float], catalog: Catalog,
                  redeem_rate: int = DEFAULT_REDEEM_RATE,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -123,10 +128,12 @@ class PortalService:
     # -- administration ------------------------------------------------------------------------
 
     def add_org(self, name: Any, country: Any) -> Org:
+        """Create an organisation, its name and country checked."""
         return self.store.add_org(portal_rules.name(name, "name"), portal_rules.country(country),
                                   self.now())
 
     def add_user(self, org: Org, caller: Caller, name: Any, role: Any) -> tuple[User, str]:
+        """Add a user to ``org`` (global admins only); the user and their new token."""
         if caller.role != "global-admin":
             raise ServiceError("admin_required", variant="add_user", role=caller.role)
         token = TOKEN_PREFIX + secrets.token_urlsafe(24)
@@ -148,6 +155,7 @@ class PortalService:
 
     def put_offer(self, name: str, max_licences: Any, countries: Any, trial: Any
                   ) -> tuple[Offer, bool]:
+        """Define or redefine an offer for a subscription product; True when it is new."""
         product = self.offer_product(name)
         if (not isinstance(max_licences, int) or isinstance(max_licences, bool)
                 or not 1 <= max_licences <= portal_rules.MAX_LICENCES):
@@ -163,12 +171,14 @@ class PortalService:
         return offer, self.store.put_offer(offer, self.now())
 
     def expire_key(self, text: Any, at: float | None) -> tuple[ProductKey, float]:
+        """Make a subscription key expire at ``at`` (None: now); the key and when."""
         key = self.subscription_key(text)
         when = self.now() if at is None else at
         self.store.set_key_expiry(key.fingerprint, key.last5, when)
         return key, when
 
     def set_fault(self, code: Any, times: int | None) -> Fault:
+        """Force a redemption error for the next ``times`` redemptions (None: until cleared)."""
         if code not in REDEMPTION_ERRORS:
             raise ServiceError("invalid_field", f"'code' is one of {', '.join(REDEMPTION_ERRORS)}",
                                field="code")
@@ -221,6 +231,7 @@ class PortalService:
         return ServiceError(code, "forced")
 
     def redeem(self, org: Org, caller: Caller, text: Any) -> Subscription:
+        """Redeem a subscription key for ``org`` (rate limit and faults first): a subscription."""
         forced = self._admit(f"org:{org.id}")
         if forced is not None:
             raise self._forced(forced, text)
@@ -257,6 +268,7 @@ class PortalService:
 
     def buy(self, org: Org, caller: Caller, offer: Any, licences: Any, billing: Any,
             auto_assign: Any) -> Purchase:
+        """Buy licences of an offer for ``org`` (buyer roles only), fields checked."""
         portal_rules.require_buyer(caller.role, "buy")
         if not isinstance(offer, str):
             raise ServiceError("invalid_field", "'offer' is an offer's name", field="offer")
@@ -275,6 +287,7 @@ class PortalService:
 
     def assign(self, org: Org, caller: Caller, user: str, offer: Any
                ) -> tuple[User, Subscription]:
+        """Give ``user`` a licence of ``offer`` from the org's subscriptions (buyer roles only)."""
         portal_rules.require_buyer(caller.role, "assign")
         if not isinstance(offer, str):
             raise ServiceError("invalid_field", "'offer' is an offer's name", field="offer")
@@ -283,5 +296,6 @@ class PortalService:
 
     def unassign(self, org: Org, caller: Caller, user: str, offer: str
                  ) -> tuple[User, Subscription]:
+        """Take back ``user``'s licence of ``offer``; it is free to assign again."""
         portal_rules.require_buyer(caller.role, "unassign")
         return self.store.unassign(org.id, user, self.offer_product(offer).key)

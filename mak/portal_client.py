@@ -66,6 +66,7 @@ class PortalClient(MakClient):
 
     def put_offer(self, offer: str, *, max_licences: int, countries: list[str],
                   trial: bool = False) -> dict[str, Any]:
+        """Define or redefine an offer and its sales rules (admin)."""
         return self._signed("PUT", f"/offers/{_segment(offer)}", {
             "max_licences": max_licences, "countries": countries, "trial": trial})
 
@@ -74,18 +75,23 @@ class PortalClient(MakClient):
         return self._signed("GET", "/orgs")
 
     def create_org(self, name: str, country: str) -> dict[str, Any]:
+        """Create an organisation (admin)."""
         return self._signed("POST", "/orgs", {"name": name, "country": country})
 
     def expire_key(self, key: str, at: str | None = None) -> dict[str, Any]:
+        """Make a subscription key expire at ``at`` (ISO time; None: now) (admin)."""
         return self._signed("POST", "/keys/expire", _drop_none(key=key, at=at))
 
     def fault(self) -> dict[str, Any]:
+        """The forced redemption error in place, if any (admin)."""
         return self._signed("GET", "/fault")
 
     def set_fault(self, code: str, times: int | None = None) -> dict[str, Any]:
+        """Force a redemption error ``times`` times (None: until cleared) (admin)."""
         return self._signed("PUT", "/fault", _drop_none(code=code, times=times))
 
     def clear_fault(self) -> dict[str, Any]:
+        """Remove the forced redemption error (admin)."""
         return self._signed("DELETE", "/fault")
 
     # -- an organisation -------------------------------------------------------------------------
@@ -95,25 +101,31 @@ class PortalClient(MakClient):
         return self._signed("GET", f"/orgs/{_segment(org)}/users")
 
     def add_user(self, org: str, name: str, role: str) -> dict[str, Any]:
+        """Add a user to ``org``; the answer holds the user's token, shown once."""
         return self._signed("POST", f"/orgs/{_segment(org)}/users",
                             {"name": name, "role": role})
 
     def redeem(self, org: str, key: str) -> dict[str, Any]:
+        """Redeem a subscription key for ``org``."""
         return self._signed("POST", f"/orgs/{_segment(org)}/redeem", {"key": key})
 
     def subscriptions(self, org: str) -> dict[str, Any]:
+        """The organisation's subscriptions and their licences."""
         return self._signed("GET", f"/orgs/{_segment(org)}/subscriptions")
 
     def buy(self, org: str, *, offer: str, licences: int, billing: str,
             auto_assign: bool = False) -> dict[str, Any]:
+        """Buy licences of an offer for ``org``, billed monthly or yearly."""
         return self._signed("POST", f"/orgs/{_segment(org)}/subscriptions", {
             "offer": offer, "licences": licences, "billing": billing,
             "auto_assign": auto_assign})
 
     def assign(self, org: str, user: str, offer: str) -> dict[str, Any]:
+        """Give ``user`` a licence of ``offer``."""
         return self._signed("POST", f"/orgs/{_segment(org)}/users/{_segment(user)}/licences",
                             {"offer": offer})
 
     def unassign(self, org: str, user: str, offer: str) -> dict[str, Any]:
+        """Take back ``user``'s licence of ``offer``."""
         return self._signed("DELETE", f"/orgs/{_segment(org)}/users/{_segment(user)}"
                                       f"/licences/{_segment(offer)}")

@@ -37,6 +37,7 @@ class Offer:
     trial: bool
 
     def to_json(self, display_name: str = "") -> dict[str, object]:
+        """The offer as the API shows it (``display_name``: the catalog's product name)."""
         return {"offer": self.name, "name": display_name or self.name, "product": self.product,
                 "max_licences": self.max_licences, "countries": sorted(self.countries),
                 "trial": self.trial}
@@ -62,6 +63,7 @@ class Redeemed:
 
 
 def country(text: object, field: str = "country") -> str:
+    """A two-letter country code, upper-cased; ``invalid_field`` names ``field``."""
     value = text.strip().upper() if isinstance(text, str) else ""
     if not _COUNTRY.fullmatch(value):
         raise ServiceError("invalid_field", f"'{field}' is a two-letter country code such as "
@@ -79,6 +81,7 @@ def name(text: object, field: str) -> str:
 
 
 def role(text: object) -> str:
+    """One of ``ROLES``, else ``invalid_field``."""
     if text not in ROLES:
         raise ServiceError("invalid_field", f"'role' is one of {', '.join(ROLES)}", field="role")
     return str(text)
@@ -92,6 +95,7 @@ def require_buyer(caller_role: str, action: str | None = None) -> None:
 
 
 def subscription_key(key: ProductKey) -> ProductKey:
+    """The key if it is a subscription key that adds licences, else ``invalid_key``."""
     if key.type is not KeyType.SUBSCRIPTION:
         raise ServiceError("invalid_key", f"a {key.type.label} key", variant="not_subscription")
     if key.quantity < 1:
@@ -100,6 +104,7 @@ def subscription_key(key: ProductKey) -> ProductKey:
 
 
 def check_redeemed(redeemed: Redeemed | None, org_id: int) -> None:
+    """Refuse a key already redeemed: by this organisation, or by another one."""
     if redeemed is None:
         return
     if redeemed.org_id == org_id:
@@ -108,6 +113,7 @@ def check_redeemed(redeemed: Redeemed | None, org_id: int) -> None:
 
 
 def check_expiry(expires: float | None, now: float) -> None:
+    """Refuse (``expired``) a key whose expiry has passed."""
     if expires is not None and now >= expires:
         raise ServiceError("expired")
 

@@ -63,13 +63,16 @@ class KeyRecord:
 
     @property
     def total(self) -> int:
+        """Machines the key allows: its limit plus every increase granted."""
         return self.limit + self.increased
 
     @property
     def remaining(self) -> int:
+        """Machines the key may still activate (never below 0)."""
         return max(0, self.total - self.used)
 
     def expired(self, now: float) -> bool:
+        """Whether the key's expiry has passed at ``now``."""
         return self.expires is not None and now >= self.expires
 
 
@@ -79,6 +82,7 @@ def default_limit(key_type: KeyType) -> int | None:
 
 
 def default_reactivations(key_type: KeyType) -> int:
+    """Reactivations of one machine that count for a key type (KMS host keys only)."""
     return KMS_HOST_REACTIVATIONS if key_type is KeyType.KMS_HOST else 0
 
 
@@ -92,6 +96,8 @@ class MachineRecord:
 
 
 class Verdict(enum.Enum):
+    """What an activation costs, when it is allowed."""
+
     NEW = "new"  # a machine not seen before: uses one activation
     SAME = "same"  # a known machine: free
     REACTIVATED = "reactivated"  # a known KMS host: uses one of its reactivations
@@ -99,6 +105,8 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """What ``decide`` answers: a verdict and the machine it concerns, or a refusal."""
+
     verdict: Verdict | None
     #: The recorded machine for SAME and REACTIVATED.
     machine: MachineRecord | None = None
@@ -108,10 +116,12 @@ class Decision:
 
     @property
     def counted(self) -> bool:
+        """Whether the activation uses one of the key's machines."""
         return self.verdict is Verdict.NEW
 
 
 def refuse(code: str, detail: str = "") -> Decision:
+    """A refusal with a ``SERVICE_ERRORS`` code and a detail."""
     return Decision(None, refusal=code, detail=detail)
 
 

@@ -98,6 +98,8 @@ def bind(addresses: list[tuple[str, int]]) -> list[socket.socket]:
 
 
 class MakServer(uvicorn.Server):
+    """uvicorn's server that reports its bound addresses and may leave signals to the caller."""
+
     def __init__(self, config: uvicorn.Config,
                  on_ready: Callable[[list[tuple[str, int]]], None] | None = None, *,
                  handle_signals: bool = True) -> None:
@@ -107,12 +109,14 @@ class MakServer(uvicorn.Server):
         self._handle_signals = handle_signals
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start serving, then report the addresses actually bound (port 0 resolved)."""
         await super().startup(sockets)
         if self._on_ready is not None and self.started:
             self._on_ready([s.getsockname()[:2] for s in sockets or []])
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
+        """SIGTERM and SIGINT stop the server (twice: at once), unless the caller owns them."""
         loop = asyncio.get_running_loop()
         handled: tuple[signal.Signals, ...] = (
             (signal.SIGTERM, signal.SIGINT) if self._handle_signals else ())
@@ -148,10 +152,12 @@ class GuardedHttp(HttpToolsProtocol):
     _head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Start the head deadline as the connection opens."""
         super().connection_made(transport)
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
+        """Count head bytes against ``max_head`` (400 past it); a new request rearms the timer."""
         if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
             self._arm_head_timer()  # a new request begins
         super().data_received(data)
@@ -162,6 +168,7 @@ class GuardedHttp(HttpToolsProtocol):
                 self.send_400_response("Request header too large.")
 
     def on_headers_complete(self) -> None:
+        """The head is in: stop its timer; one over ``max_head`` in a single read is refused."""
         self._cancel_head_timer()
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.max_head:  # a whole head in one read: the parser's error path, a 400
@@ -169,6 +176,7 @@ class GuardedHttp(HttpToolsProtocol):
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Drop the head deadline with the connection."""
         self._cancel_head_timer()
         super().connection_lost(exc)
 
@@ -188,12 +196,14 @@ class GuardedHttp(HttpToolsProtocol):
 
 
 def uvicorn_config(app: Any) -> uvicorn.Config:
+    """How the MAK app is served: guarded HTTP, no lifespan, access log or server headers."""
     return uvicorn.Config(app, http=GuardedHttp, lifespan="off", access_log=False,
                           log_config=None, server_header=False, date_header=False,
                           timeout_graceful_shutdown=5)
 
 
 def executor_for(store: Store) -> ThreadPoolExecutor | None:
+    """Threads for a store too slow for the event loop (PostgreSQL); None for SQLite."""
     if store.blocking_ok:
         return None
     return ThreadPoolExecutor(POSTGRES_THREADS, thread_name_prefix="mak-db")

@@ -29,12 +29,15 @@ _HARDWARE_ID: Final = re.compile(r"[0-9a-fA-F]{20}")
 
 @dataclass(frozen=True, slots=True)
 class PhoneAnswer:
+    """A phone activation: the IID, the confirmation ID for it and what was counted."""
+
     installation_id: str
     confirmation_id: str
     activation: Activation
 
 
 def is_fingerprint(text: str) -> bool:
+    """Whether the text is a key fingerprint: 16 lower-case hex digits."""
     return len(text) == 16 and set(text) <= _FINGERPRINT_CHARS
 
 
@@ -52,6 +55,7 @@ def parse_key(text: Any) -> ProductKey:
 
 
 def parse_hardware_id(text: Any) -> bytes:
+    """The 10 bytes of a hardware ID given as 20 hex digits, else ``invalid_field``."""
     if isinstance(text, str) and _HARDWARE_ID.fullmatch(text):
         return bytes.fromhex(text)
     raise ServiceError("invalid_field", "'hardware_id' is 20 hex digits (10 bytes)",
@@ -59,6 +63,8 @@ def parse_hardware_id(text: Any) -> bytes:
 
 
 class MakService:
+    """The MAK service's operations: keys registered and activated under one store and clock."""
+
     def __init__(self, store: Store, *, now: Callable[[], float], secret: str,
                  catalog: Catalog) -> None:
         self.store = store
@@ -70,6 +76,7 @@ class MakService:
 
     def register(self, text: Any, *, limit: int | None = None, expires: float | None = None,
                  reactivations: int | None = None) -> KeyRecord:
+        """Register a MAK, retail or KMS host key with its limit (the type's default if none)."""
         key = parse_key(text)
         if key.type not in rules.ACTIVATING_TYPES:
             raise ServiceError("key_wrong_type", f"a {key.type.label} key")
@@ -94,26 +101,31 @@ class MakService:
         return text if is_fingerprint(text) else parse_key(text).fingerprint
 
     def key(self, fingerprint: str) -> KeyRecord:
+        """A registered key by fingerprint, else ``key_unknown``."""
         record = self.store.key(fingerprint)
         if record is None:
             raise ServiceError("key_unknown", f"no key with fingerprint {fingerprint}")
         return record
 
     def increase(self, fingerprint: str, amount: int, reason: str = "") -> KeyRecord:
+        """Grant a key ``amount`` more machines, recorded with a reason."""
         if amount < 1:
             raise ServiceError("invalid_field", "an increase is 1 or more", field="by")
         return self.store.increase(fingerprint, amount, self.now(), reason)
 
     def set_blocked(self, fingerprint: str, blocked: bool) -> KeyRecord:
+        """Block a key (every activation refused) or unblock it."""
         return self.store.set_blocked(fingerprint, blocked)
 
     def expire(self, fingerprint: str, at: float | None = None) -> KeyRecord:
+        """Make a key expire at ``at`` (None: now)."""
         return self.store.set_expires(fingerprint, self.now() if at is None else at)
 
     # -- activation ----------------------------------------------------------------------------
 
     def activate_online(self, text: Any, hardware_id: bytes, *, machine_name: str | None = None,
                         request_id: str | None = None) -> Activation:
+        """Online activation: count (or not) a key on a hardware ID."""
         key = parse_key(text)
         if key.type not in rules.ACTIVATING_TYPES:
             raise ServiceError("key_wrong_type", f"a {key.type.label} key")
@@ -122,6 +134,7 @@ class MakService:
 
     def activate_phone(self, iid: Any, *, machine_name: str | None = None,
                        request_id: str | None = None, route: str = "phone") -> PhoneAnswer:
+        """Phone activation: the key and hardware in an IID counted, and the CID that unlocks it."""
         if not isinstance(iid, str):
             raise ServiceError("invalid_field", "'installation_id' is a string",
                                field="installation_id")
@@ -171,6 +184,7 @@ class MakService:
 
 
 def activation_json(activation: Activation) -> dict[str, Any]:
+    """An activation as the API answers it: the verdict and what the key has left."""
     key = activation.key
     return {"activated": True, "counted": activation.counted,
             "verdict": activation.verdict.value, "replayed": activation.replayed,
@@ -179,4 +193,5 @@ def activation_json(activation: Activation) -> dict[str, Any]:
 
 
 def key_label(record: KeyRecord) -> str:
+    """A key as messages name it: fingerprint, last five symbols and type."""
     return f"{record.fingerprint} (…{record.last5}, {KeyType(record.type).label})"

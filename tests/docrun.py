@@ -1,30 +1,61 @@
-"""A fork server for running documentation examples quickly (used by tests/test_docs.py).
+"""A fork server that runs documentation examples' ``kmsemu`` commands quickly.
 
-Importing ``kmsemu.cli`` costs about a second, and the documents' shell examples run
-dozens of ``kmsemu`` commands. ``serve SOCKET`` imports the CLI once and then, for each
-connection, forks a child that runs one command with the caller's arguments, environment,
-working directory and standard streams (passed over the Unix socket). ``call`` is the
-``kmsemu`` the examples find on PATH (and as ``.venv/bin/kmsemu``): it sends its argv,
-environment, directory and file descriptors 0-2, forwards SIGTERM, SIGINT and SIGHUP to the
-child, and exits with the child's exit status. This module imports only a few standard
-modules, so that ``call`` (run with ``python -S``) starts in a few milliseconds.
+tests/test_docs.py runs the documents' shell examples: about a hundred ``kmsemu`` commands.
+Each would spend most of its time importing. ``serve(SOCKET)`` imports kmsemu and mak once,
+then for every connection forks a child that runs one command with the caller's arguments,
+environment, working directory and standard streams (file descriptors 0-2, passed over the
+Unix socket), and answers with the child's pid and then its exit status.
 
-Usage: ``python tests/docrun.py serve SOCKET`` / ``python -S tests/docrun.py call ARGS...``
-(``call`` reads the socket path from ``KMSEMU_DOCS_SERVER``).
+``call`` is the client: the examples' ``kmsemu`` (and ``.venv/bin/kmsemu``) is a script made
+of its source (``shim``), run with ``python -S``, so that it starts in a few milliseconds. It
+forwards SIGTERM, SIGINT and SIGHUP to the child (servers started with ``&`` are stopped
+that way) and exits with the child's status. The request is a marshalled
+``{"argv", "cwd", "env"}``, after a 4-byte big-endian length sent with the descriptors.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import inspect
+import marshal
 import os
-import signal
 import socket
-import struct
 import sys
 
 SOCKET_ENV = "KMSEMU_DOCS_SERVER"
-HEADER = struct.Struct("!I")
+
+
+def call(args: list[str]) -> int:
+    """Run ``kmsemu ARGS`` in a child of the server named by $KMSEMU_DOCS_SERVER."""
+    import marshal
+    import os
+    import signal
+    import socket
+
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(os.environ["KMSEMU_DOCS_SERVER"])
+    payload = marshal.dumps({"argv": args, "cwd": os.getcwd(), "env": dict(os.environ)})
+    socket.send_fds(conn, [len(payload).to_bytes(4, "big")], [0, 1, 2])
+    conn.sendall(payload)
+    reader = conn.makefile("r")
+    pid = int(reader.readline())
+
+    def forward(signum: int, _frame: object) -> None:
+        try:  # noqa: SIM105  (contextlib would cost the shim's start-up)
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    status = reader.readline()
+    return int(status) if status.strip() else 1
+
+
+def shim(python: str) -> str:
+    """The text of an executable ``kmsemu`` that is ``call``."""
+    return (f"#!{python} -S\nimport sys\n\n\n{inspect.getsource(call)}\n\n"
+            "sys.exit(call(sys.argv[1:]))\n")
 
 
 def _read_exactly(conn: socket.socket, size: int) -> bytes:
@@ -37,27 +68,10 @@ def _read_exactly(conn: socket.socket, size: int) -> bytes:
     return data
 
 
-def call(args: list[str]) -> int:
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn.connect(os.environ[SOCKET_ENV])
-    payload = json.dumps({"argv": args, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
-    socket.send_fds(conn, [HEADER.pack(len(payload))], [0, 1, 2])
-    conn.sendall(payload)
-    reader = conn.makefile("r")
-    pid = int(reader.readline())
-
-    def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
-    line = reader.readline()
-    return int(line) if line.strip() else 1
-
-
 def _run_child(conn: socket.socket, fds: list[int], request: dict) -> None:  # type: ignore[type-arg]
     """In the forked child: become the caller's ``kmsemu`` and report the exit status."""
+    import signal
+
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     for target, fd in enumerate(fds):
@@ -91,21 +105,34 @@ def _run_child(conn: socket.socket, fds: list[int], request: dict) -> None:  # t
             os._exit(code)
 
 
+def _import_everything() -> None:
+    """Import every module of kmsemu and mak (the CLI loads its commands lazily), so that
+    no child pays for an import (matplotlib for the simulator's report, the servers...)."""
+    import importlib
+    import pkgutil
+
+    import kmsemu
+    import mak
+
+    for package in (kmsemu, mak):
+        for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if not module.name.endswith("__main__"):
+                with contextlib.suppress(Exception):  # a module being moved: its users pay
+                    importlib.import_module(module.name)
+
+
 def serve(path: str) -> None:
-    import kmsemu.cli  # the import every child would otherwise pay for
-
-    with contextlib.suppress(ImportError):  # matplotlib, for the simulator's report
-        import kmsemu.sim.charts  # noqa: F401
-
+    """Answer ``call`` on the Unix socket ``path`` until killed."""
+    _import_everything()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path + ".tmp")
     listener.listen(64)
     os.rename(path + ".tmp", path)  # the path appears once connections are accepted
     while True:
         conn, _ = listener.accept()
-        message, fds, _flags, _addr = socket.recv_fds(conn, HEADER.size, 3)
-        message += _read_exactly(conn, HEADER.size - len(message))
-        request = json.loads(_read_exactly(conn, HEADER.unpack(message)[0]))
+        header, fds, _flags, _addr = socket.recv_fds(conn, 4, 3)
+        header += _read_exactly(conn, 4 - len(header))
+        request = marshal.loads(_read_exactly(conn, int.from_bytes(header, "big")))
         if os.fork() == 0:
             listener.close()
             _run_child(conn, fds, request)
@@ -118,7 +145,4 @@ def serve(path: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "serve":
-        serve(sys.argv[2])
-    else:
-        sys.exit(call(sys.argv[2:]))
+    serve(sys.argv[1])

@@ -29,8 +29,8 @@ from kmsemu.errors import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Calls whose first argument is a code.
-CODE_FIRST = {"ServiceError", "LocalError", "RemoteError", "Problem"}
+#: Calls whose first argument is a code (``refuse``: the MAK rules' refusals).
+CODE_FIRST = {"ServiceError", "LocalError", "RemoteError", "Problem", "refuse"}
 
 
 def sources() -> Iterator[tuple[Path, ast.Module]]:
@@ -98,7 +98,7 @@ def codes_in_source() -> dict[str, list[str]]:
 def test_the_scan_finds_codes_of_every_kind() -> None:
     found = codes_in_source()
     for code in ("bad_catalog", "no_confirmation_id", "unreachable", "busy", "invalid_key",
-                 "zone_invalid", "check_failed", "bad_profile"):
+                 "zone_invalid", "check_failed", "bad_profile", "key_blocked"):
         assert code in found, code
 
 

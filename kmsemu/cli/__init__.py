@@ -45,9 +45,11 @@ class LazyGroup(KmsemuGroup):
     """A group whose commands are imported when one is invoked (or asked for by name)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command's name, imported or not, in order."""
         return sorted({*COMMANDS, *self.commands})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command of that name, importing its module the first time it is asked for."""
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             module, attribute, _ = COMMANDS[cmd_name]
             command = getattr(importlib.import_module(module), attribute)

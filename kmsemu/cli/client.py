@@ -10,7 +10,15 @@ import click
 
 from kmsemu.addresses import format_address
 from kmsemu.catalog import Product
-from kmsemu.cli.common import ADDRESS, DURATION, PRODUCT, emit, json_option, secret_option
+from kmsemu.cli.common import (
+    ADDRESS,
+    DURATION,
+    PRODUCT,
+    SecondsType,
+    emit,
+    json_option,
+    secret_option,
+)
 from kmsemu.client import DEFAULT_TIMEOUT
 from kmsemu.client.profile import valid_profile_name
 from kmsemu.clock import SystemClock
@@ -93,7 +101,7 @@ class _Guid(click.ParamType):  # type: ignore[type-arg]
 @click.option("--clock-offset", type=DURATION, default=0.0, help="Run the client clock off.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(0.1),
+    type=SecondsType(0.1, 3600),
     default=DEFAULT_TIMEOUT,
     show_default=True,
     help="Seconds to wait for the host.",

@@ -30,6 +30,7 @@ MAK_URL_ENV = "KMSEMU_MAK_URL"
 
 
 def profile_store() -> ProfileStore:
+    """Where client profiles live: ``$KMSEMU_HOME/clients``."""
     return ProfileStore(kmsemu_home() / "clients")
 
 

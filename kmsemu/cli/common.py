@@ -8,6 +8,7 @@ object on stdout, and exits 1. A bad option value stays a click usage error (exi
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ JSON_META: Final = "kmsemu.json"
 
 
 def kmsemu_home() -> Path:
+    """The state directory: ``$KMSEMU_HOME``, else ``~/.kmsemu``."""
     return Path(os.environ.get("KMSEMU_HOME") or Path.home() / ".kmsemu").expanduser()
 
 
@@ -43,6 +45,7 @@ def json_option(func: F) -> F:
 
 
 def secret_option(*, multiple: bool = False) -> Callable[[F], F]:
+    """``--secret`` (``KMSEMU_SECRET``); ``multiple``: repeatable, for a host that takes each."""
     help_text = "Lab secret (repeatable: the host accepts each). " if multiple else "Lab secret. "
     return click.option(
         "--secret",
@@ -56,6 +59,7 @@ def secret_option(*, multiple: bool = False) -> Callable[[F], F]:
 
 
 def emit(data: dict[str, Any]) -> None:
+    """Print one JSON object on stdout, indented, keys in the order given."""
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
@@ -82,12 +86,32 @@ class KmsemuGroup(click.Group):
     (``report_error``, JSON when the command got --json) and exits 1. The root group is
     one (or a subclass), so every command of every sub-group shares this one renderer."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Refuse arguments no command can take (NUL, not UTF-8) before parsing them."""
+        for arg in args if ctx.parent is None else ():
+            _check_text(arg)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a ``KmsemuError`` is reported and the exit status is 1."""
         try:
             return super().invoke(ctx)
         except KmsemuError as exc:
             report_error(exc, as_json=bool(ctx.meta.get(JSON_META)))
             ctx.exit(1)
+
+
+def _check_text(arg: str) -> None:
+    """A usage error for an argument no command can take: one with a NUL (a C string
+    cannot carry it), or bytes that are not UTF-8 (Python hands them over as lone
+    surrogates), which could be neither sent, stored nor printed."""
+    if "\x00" in arg:
+        raise click.UsageError(f"an argument holds a NUL character: {arg!r}")
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = arg.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+        raise click.UsageError(f"an argument is not UTF-8 text: {shown!r}") from None
 
 
 def fail(message: str, *, code: str, hresult: int | None = None, as_json: bool = False,
@@ -111,6 +135,7 @@ class ProductType(click.ParamType):  # type: ignore[type-arg]
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> Product:
+        """The product named; a usage error with close matches when there is none."""
         if isinstance(value, Product):
             return value
         catalog = default_catalog()
@@ -131,6 +156,7 @@ class AddressType(click.ParamType):  # type: ignore[type-arg]
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> tuple[str, int | None]:
+        """``(host, port)``; the port None when the text gives none."""
         if isinstance(value, tuple):
             return value
         try:
@@ -141,17 +167,36 @@ class AddressType(click.ParamType):  # type: ignore[type-arg]
 
 
 class DurationType(click.ParamType):  # type: ignore[type-arg]
+    """A duration such as ``90m``, ``+181d`` or ``-5h`` (``kmsemu.durations``), in seconds."""
+
     name = "DURATION"
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> float:
+        """The duration in seconds; a usage error when it does not parse or is too long."""
         if isinstance(value, int | float):
             return float(value)
         try:
-            return parse_duration(str(value))
+            seconds = parse_duration(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is too long to count", param, ctx)
+        return seconds
+
+
+class SecondsType(click.FloatRange):
+    """Seconds in a range; unlike ``FloatRange``, ``nan`` is refused too."""
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Any:
+        """The seconds, in range and not ``nan``."""
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
 
 
 ADDRESS = AddressType()

@@ -25,6 +25,7 @@ def dns() -> None:
 
 
 def zone_options(func: F) -> F:
+    """``--zone``, ``--srv``, ``--a``, ``--zone-file`` and ``--ttl``, what ``build_zones`` takes."""
     for option in reversed([
         click.option("--zone", "zones", multiple=True, required=True,
                      help="The zone, e.g. lab.test (serve: repeatable; --srv and --a go to "

@@ -45,6 +45,7 @@ _INTERVAL = click.IntRange(*INTERVAL_RANGE)
 
 
 def default_state_dir() -> Path:
+    """The host's state without ``--state``: ``$KMSEMU_HOME/host``."""
     return kmsemu_home() / "host"
 
 
@@ -231,7 +232,7 @@ def status(state_dir: Path | None, catalog_path: Path | None, as_json: bool) -> 
     try:
         store = HostStore(state, create=False)
         catalog = load_catalog(catalog_path)
-    except FileNotFoundError:
+    except OSError:  # FileNotFoundError; a name too long, a directory not readable
         fail(
             f"no host state in {state}; start one with 'kmsemu host serve'",
             code="no_state",

@@ -42,6 +42,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def mak_home() -> Path:
+    """The MAK service's state directory: ``$KMSEMU_HOME/mak``."""
     return kmsemu_home() / "mak"
 
 
@@ -131,6 +132,7 @@ def serve(listen: tuple[tuple[str, int | None], ...], port: int, db_url: str | N
 
 
 def client_options(func: F) -> F:
+    """``--url`` and ``--admin-token``, for commands that talk to a running service."""
     func = click.option("--url", envvar="KMSEMU_MAK_URL", default=DEFAULT_URL,
                         show_default=True, help="The MAK service.")(func)
     return click.option("--admin-token", envvar="KMSEMU_ADMIN_TOKEN",
@@ -154,7 +156,7 @@ def _client(url: str, admin_token: str | None) -> MakClient:
         raise click.UsageError(str(exc)) from exc
 
 
-def fail_remote(exc: RemoteError, as_json: bool = False, *, notes: Sequence[str] = (),
+def fail_remote(exc: RemoteError, *, notes: Sequence[str] = (),
                 extra: dict[str, Any] | None = None) -> NoReturn:
     """The service's error with what the command adds: ``notes`` after the hint, ``extra``
     beside ``error`` with --json (``KmsemuGroup`` prints it and exits 1)."""
@@ -187,7 +189,11 @@ def parse_when(text: str | None) -> str | None:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         return moment.isoformat()
-    return datetime.fromtimestamp(datetime.now(UTC).timestamp() + seconds, UTC).isoformat()
+    try:
+        moment = datetime.fromtimestamp(datetime.now(UTC).timestamp() + seconds, UTC)
+    except (OverflowError, ValueError, OSError):
+        raise click.BadParameter(f"{text!r} is further from now than a date goes") from None
+    return moment.isoformat()
 
 
 _COLUMNS = ("fingerprint", "last5", "type", "used", "limit", "remaining", "blocked", "expires")

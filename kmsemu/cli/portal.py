@@ -53,6 +53,7 @@ def portal() -> None:
 
 
 def token_option(func: F) -> F:
+    """``--token`` (``KMSEMU_PORTAL_TOKEN``): a portal user's token, else the admin's."""
     return click.option("--token", envvar="KMSEMU_PORTAL_TOKEN",
                         help="A user's token (KMSEMU_PORTAL_TOKEN); default: the admin "
                              "token.")(func)
@@ -117,16 +118,16 @@ def _answer(as_json: bool, fn: Callable[[], Any], client: PortalClient) -> Any:
     try:
         record = fn()
     except RemoteError as exc:
-        _refuse(exc, as_json, client)
+        _refuse(exc, client)
     if as_json:
         emit(record)
         return None
     return record
 
 
-def _refuse(exc: RemoteError, as_json: bool, client: PortalClient | None) -> NoReturn:
+def _refuse(exc: RemoteError, client: PortalClient | None) -> NoReturn:
     retry_after = client.retry_after if client is not None else None
-    fail_remote(exc, as_json, notes=_notes(exc, retry_after))
+    fail_remote(exc, notes=_notes(exc, retry_after))
 
 
 def _countries(text: str) -> list[str]:
@@ -291,8 +292,7 @@ def _retry_for(ctx: click.Context, param: click.Parameter, value: float) -> floa
     return value
 
 
-def _redeem(client: PortalClient, org_name: str, key: str, retry_for: float,
-            as_json: bool) -> dict[str, Any]:
+def _redeem(client: PortalClient, org_name: str, key: str, retry_for: float) -> dict[str, Any]:
     """Redeem, retrying ``busy`` answers for ``retry_for`` seconds as Retry-After says."""
     deadline = _clock() + retry_for
     attempts = 0
@@ -302,11 +302,11 @@ def _redeem(client: PortalClient, org_name: str, key: str, retry_for: float,
             return client.redeem(org_name, key)
         except RemoteError as exc:
             if exc.code != "busy" or retry_for <= 0:
-                _refuse(exc, as_json, client)
+                _refuse(exc, client)
             retry_after = client.retry_after
             left = deadline - _clock()
             if left <= 0:
-                _still_busy(exc, retry_for, attempts, as_json)
+                _still_busy(exc, retry_for, attempts)
             wait = min(max(retry_after if retry_after is not None else DEFAULT_WAIT, MIN_WAIT),
                        left)
             click.echo(f"Busy (attempt {attempts}); trying again in {_duration(wait)}, "
@@ -314,7 +314,7 @@ def _redeem(client: PortalClient, org_name: str, key: str, retry_for: float,
             _sleep(wait)
 
 
-def _still_busy(exc: RemoteError, retry_for: float, attempts: int, as_json: bool) -> NoReturn:
+def _still_busy(exc: RemoteError, retry_for: float, attempts: int) -> NoReturn:
     advice = f"Still busy after retrying for {_duration(retry_for)} ({attempts} attempts). "
     if retry_for >= ESCALATE_AFTER:
         advice += ("It has been busy for 15 minutes: escalate to support, naming the "
@@ -322,8 +322,8 @@ def _still_busy(exc: RemoteError, retry_for: float, attempts: int, as_json: bool
     else:
         advice += ("Escalate to support once it has been busy for 15 minutes "
                    "('--retry-for 15m' waits that long).")
-    fail_remote(exc, as_json, notes=[advice],
-          extra={"retried_for": retry_for, "attempts": attempts, "advice": advice})
+    fail_remote(exc, notes=[advice],
+                extra={"retried_for": retry_for, "attempts": attempts, "advice": advice})
 
 
 @portal.command()
@@ -339,7 +339,7 @@ def redeem(key: str, org_name: str, retry_for: float, token: str | None, url: st
            admin_token: str | None, as_json: bool) -> None:
     """Redeem a subscription key into an organisation (a global or billing admin)."""
     client = _client(url, admin_token, token)
-    record = _redeem(client, org_name, key, retry_for, as_json)
+    record = _redeem(client, org_name, key, retry_for)
     if as_json:
         emit(record)
     else:

@@ -36,6 +36,7 @@ class Candidate:
 
     @property
     def display(self) -> str:
+        """The host as DNS named it, ``name:port``, for messages and the cached name."""
         return f"{self.name.rstrip('.')}:{self.address[1]}"
 
 
@@ -45,6 +46,8 @@ class DiscoveryError(ActivationError):
 
 @dataclass(frozen=True, slots=True)
 class Srv:
+    """One _vlmcs._tcp SRV record, as RFC 2782 ordering needs it."""
+
     priority: int
     weight: int
     port: int
@@ -145,4 +148,5 @@ def _addresses(resolver: dns.resolver.Resolver, target: str) -> list[str]:
 
 
 def describe(candidate: Candidate) -> str:
+    """The candidate's address as ``HOST:PORT`` (IPv6 in brackets)."""
     return format_address(*candidate.address)

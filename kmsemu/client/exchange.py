@@ -68,10 +68,10 @@ def request_activation(
     envelope = seal_request(key, request.to_bytes(), request_nonce)
     try:
         sock = socket.create_connection(address, timeout=timeout)
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
         raise ActivationError(
             HResult.NO_KMS_HOST,
-            f"cannot connect: {exc.strerror or exc}",
+            f"cannot connect: {getattr(exc, 'strerror', None) or exc}",
             cause=HResult.RPC_SERVER_UNAVAILABLE,
         ) from exc
     try:

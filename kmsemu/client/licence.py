@@ -57,6 +57,7 @@ class Policy:
 
     @classmethod
     def for_family(cls, family: str) -> Policy:
+        """The timers of a catalog family: Office's, or Windows' for any other."""
         if family == "office":  # notifications after 25 days; 5 rearms, +1 after KMS
             return cls(25, 30, 30, 5, 1)
         return cls(30, 30, 30, 3, 0)
@@ -66,6 +67,8 @@ class Policy:
 # (the fleet simulator copies one on every request).
 @dataclass(frozen=True)
 class Licence:
+    """Where an install stands: status, installed key, and the times that matter next."""
+
     status: LicenseStatus = LicenseStatus.UNLICENSED
     key_installed: bool = False
     #: End of the current grace period (initial, rearm or out of tolerance).
@@ -137,6 +140,8 @@ class KeyInstalled:
 
 @dataclass(frozen=True, slots=True)
 class KeyUninstalled:
+    """The product key was removed (slmgr /upk)."""
+
     now: float
 
 
@@ -168,6 +173,8 @@ class ActivationFailed:
 
 @dataclass(frozen=True, slots=True)
 class Rearmed:
+    """The licensing timers were reset (slmgr /rearm)."""
+
     now: float
 
 
@@ -180,6 +187,8 @@ class HardwareChanged:
 
 @dataclass(frozen=True, slots=True)
 class TimePassed:
+    """The clock reached ``now``: grace periods and validity may have run out."""
+
     now: float
 
 
@@ -206,6 +215,8 @@ EVENT_TYPES: Final = (
 
 
 class Step(NamedTuple):
+    """What ``apply`` returns: the new licence, an error to report, a new CMID due."""
+
     licence: Licence
     error: int | None = None  # an HRESULT the command reports; the licence may still change
     new_cmid: bool = False  # the install must take a new client machine id (rearm)

@@ -119,6 +119,8 @@ class Result(NamedTuple):
 
 
 class Machine:
+    """A client machine driven like slmgr: its verbs read and change one profile."""
+
     def __init__(
         self,
         profile: Profile,
@@ -174,10 +176,12 @@ class Machine:
 
     @property
     def product(self) -> Product | None:
+        """The catalog entry of the installed key (None: no key installed)."""
         return self.catalog.find(self.profile.product) if self.profile.product else None
 
     @property
     def licence(self) -> Licence:
+        """The licence as last stored in the profile (``current`` brings it up to date)."""
         return self.profile.licence
 
     @property
@@ -188,6 +192,7 @@ class Machine:
 
     @property
     def mak_url(self) -> str:
+        """The MAK service this machine activates with: the profile's, else the default."""
         return self.profile.mak_url or self._mak_url
 
     def _apply(self, event: Event) -> tuple[int | None, bool]:
@@ -201,6 +206,7 @@ class Machine:
     # -- verbs ----------------------------------------------------------------------------
 
     def install_key(self, text: str) -> Result:
+        """slmgr /ipk: a key that checks and names a catalog product (no subscription key)."""
         diagnosis = check(text)
         if diagnosis.key is None:
             hint = f"; did you mean {diagnosis.candidates[0]}?" if diagnosis.candidates else ""
@@ -220,6 +226,7 @@ class Machine:
         return Result()
 
     def uninstall_key(self) -> Result:
+        """slmgr /upk: remove the product key; the install is unlicensed again."""
         if not self.profile.product_key:
             return Result(HResult.PRODUCT_KEY_INVALID, "no product key is installed")
         self.profile.product_key = None
@@ -228,6 +235,7 @@ class Machine:
         return Result()
 
     def rearm(self) -> Result:
+        """slmgr /rearm: a fresh grace period and a new CMID while rearms are left."""
         self._apply(TimePassed(self.now))
         error, _ = self._apply(Rearmed(self.now))
         return Result(error or 0)
@@ -488,6 +496,7 @@ class Machine:
     # -- settings verbs -----------------------------------------------------------------------
 
     def set_kms_host(self, text: str | None) -> None:
+        """slmgr /skms (None: /ckms): the host to use instead of DNS, as ``HOST:PORT``."""
         if text is not None:
             host, port = parse_address(text, KMS_PORT)
             text = format_address(host, port)

@@ -59,6 +59,8 @@ def new_hardware(rng: random.Random) -> list[str]:
 
 @dataclass
 class Profile:
+    """One client machine as saved: identity, hardware, key, licence and settings."""
+
     name: str
     machine_name: str
     hardware: list[str]
@@ -87,20 +89,24 @@ class Profile:
 
     @classmethod
     def new(cls, name: str, rng: random.Random) -> Profile:
+        """A new machine: random hardware and CMID, its name as the machine name."""
         return cls(name=name, machine_name=name.upper()[:15], hardware=new_hardware(rng),
                    cmid=str(uuid.UUID(int=rng.getrandbits(128), version=4)))
 
     def add_event(self, event: dict[str, Any]) -> None:
+        """Record an event, keeping only the newest ``MAX_EVENTS``."""
         self.events.append(event)
         del self.events[:-MAX_EVENTS]
 
     def store_confirmation_id(self, iid: str, cid: str) -> None:
+        """Keep a deposited CID for its IID, dropping the oldest past the limit."""
         self.confirmation_ids.pop(iid, None)
         self.confirmation_ids[iid] = cid
         for stale in list(self.confirmation_ids)[:-MAX_CONFIRMATION_IDS]:
             del self.confirmation_ids[stale]
 
     def to_json(self) -> dict[str, Any]:
+        """The profile as its JSON file holds it, with the format version."""
         data = dataclasses.asdict(self)
         data["licence"] = _licence_json(self.licence)
         data["version"] = PROFILE_VERSION
@@ -145,6 +151,7 @@ class ProfileStore:
         self.directory = Path(directory)
 
     def path(self, name: str) -> Path:
+        """The profile's file; a name that is not a valid profile name is refused."""
         if not valid_profile_name(name):
             raise ProfileError(f"profile name {name!r}: use letters, digits, '.', '_' or '-'")
         return self.directory / f"{name}.json"
@@ -154,7 +161,7 @@ class ProfileStore:
         path = self.path(name)
         try:
             text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # saving says why it cannot be made
             return Profile.new(name, rng or random.Random())
         except OSError as exc:
             raise ProfileError(f"cannot read {path}: {exc.strerror or exc}") from exc
@@ -170,6 +177,7 @@ class ProfileStore:
         return profile
 
     def save(self, profile: Profile) -> None:
+        """Write the profile atomically: the old file or the new one, never half."""
         path = self.path(profile.name)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)

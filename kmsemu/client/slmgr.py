@@ -30,6 +30,7 @@ def _remaining(minutes: int) -> str:
 
 
 def error_line(hresult: int) -> str:
+    """slmgr's error line: the HRESULT in hex and the registry's message."""
     return f"Error: 0x{hresult:08X} {describe(hresult).message}"
 
 
@@ -46,10 +47,12 @@ def deposited(machine: Machine) -> str:
 
 
 def installed(key: str) -> str:
+    """slmgr /ipk's success line."""
     return f"Installed product key {key} successfully."
 
 
 def activating(machine: Machine) -> str:
+    """slmgr /ato's first line, naming the product and its SKU id."""
     product = machine.product
     assert product is not None
     return f"Activating {product.name} ({product.sku_id}) ..."

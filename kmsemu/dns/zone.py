@@ -19,6 +19,8 @@ from dnslib import AAAA, NS, QTYPE, RR, SOA, SRV, A, DNSError, DNSLabel
 from kmsemu.errors import ConfigError
 
 DEFAULT_TTL: Final = 3600
+#: RFC 2181 section 8: a TTL is at most 2**31 - 1 seconds.
+MAX_TTL: Final = 2**31 - 1
 SERVICE: Final = "_vlmcs._tcp"
 
 
@@ -26,6 +28,14 @@ class ZoneError(ConfigError, ValueError):
     """A zone, record, SRV target or zone file that cannot be served."""
 
     code = "zone_invalid"
+
+
+def _label(name: str) -> DNSLabel:
+    """A DNS name, or ZoneError for one DNS cannot carry (a label empty or over 63)."""
+    try:
+        return DNSLabel(name)
+    except UnicodeError:
+        raise ZoneError(f"{name!r} is not a DNS name") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +79,9 @@ class Zone:
               addresses: Iterable[tuple[str, str]] = (), ttl: int = DEFAULT_TTL,
               serial: int = 1) -> Zone:
         """A zone with SOA and NS, one SRV per KMS host, and the given A/AAAA records."""
-        zone = cls(DNSLabel(origin.rstrip(".") + "."), ttl)
+        if not 0 <= ttl <= MAX_TTL:
+            raise ZoneError(f"TTL {ttl} is outside 0..{MAX_TTL}")
+        zone = cls(_label(origin.rstrip(".") + "."), ttl)
         ns = zone.fqdn("ns1")
         zone.add(RR(zone.origin, QTYPE.SOA, rdata=SOA(ns, zone.fqdn("hostmaster"),
                                                       (serial, 3600, 600, 86400, 300)), ttl=ttl))
@@ -87,8 +99,8 @@ class Zone:
         if name == "@":
             return self.origin
         if name.endswith("."):
-            return DNSLabel(name)
-        return DNSLabel(f"{name}.{self.origin}")
+            return _label(name)
+        return _label(f"{name}.{self.origin}")
 
     def add(self, rr: RR) -> None:
         """Add one record; it must be at or below the origin."""

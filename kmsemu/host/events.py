@@ -17,11 +17,20 @@ from kmsemu.wire import FILETIME_PER_SECOND, filetime_from_unix, guid_text, unix
 
 
 class TextSink(Protocol):
-    def write(self, text: str, /) -> int: ...
-    def flush(self) -> None: ...
+    """Where the log goes: a text stream such as ``sys.stderr`` or an open file."""
+
+    def write(self, text: str, /) -> int:
+        """Take the text (buffered, maybe); the count of characters written."""
+        ...
+
+    def flush(self) -> None:
+        """Push what was written on to its destination."""
+        ...
 
 
 class EventLog:
+    """The host's event lines, buffered until ``flush``: text for people, JSON for collectors."""
+
     def __init__(
         self,
         stream: TextSink | None = None,
@@ -73,6 +82,7 @@ class EventLog:
     def event(
         self, name: str, filetime: int | None = None, fields: dict[str, Any] | None = None
     ) -> None:
+        """Buffer one event line: name and fields at ``filetime`` (JSON lines: now if none)."""
         fields = fields or {}
         if self._json:  # a log collector wants a time on every line: the wall clock's
             stamp = self._stamp(filetime or filetime_from_unix(time.time()))
@@ -82,6 +92,7 @@ class EventLog:
             self._lines.append(f"{self._stamp(filetime)} {name} {parts}\n".lstrip())
 
     def flush(self) -> None:
+        """Write the buffered lines in one call, then flush the stream."""
         if self._lines:
             self._stream.write("".join(self._lines))
             self._lines.clear()

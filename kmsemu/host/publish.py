@@ -6,22 +6,22 @@ DNS server that accepts dynamic updates: ``kmsemu dns serve`` or an existing
 server such as BIND (optionally signed with TSIG). The server re-publishes
 every 24 hours by default; results are events 12294 (published) and 12293
 (failed, with the HRESULT).
+
+dnspython loads with the first update: a host that publishes nothing never imports it
+(it is most of an idle host's memory otherwise).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-
-import dns.exception
-import dns.message
-import dns.query
-import dns.rcode
-import dns.tsigkeyring
-import dns.update
+from typing import TYPE_CHECKING
 
 from kmsemu.addresses import AddressError, parse_address
 from kmsemu.errors import HResult
+
+if TYPE_CHECKING:
+    import dns.update
 
 SERVICE = "_vlmcs._tcp"
 DEFAULT_TTL = 3600
@@ -65,6 +65,9 @@ class Publisher:
 
     def update(self, publication: Publication) -> dns.update.UpdateMessage:
         """The RFC 2136 message for one zone."""
+        import dns.tsigkeyring
+        import dns.update
+
         keyring = None
         if self.tsig is not None:
             keyring = dns.tsigkeyring.from_text({self.tsig[0]: self.tsig[1]})
@@ -84,6 +87,10 @@ class Publisher:
 
     def publish(self, publication: Publication) -> tuple[int, str]:
         """Send one update; ``(0, "")`` or ``(HRESULT, why)`` (never raises for DNS trouble)."""
+        import dns.exception
+        import dns.query
+        import dns.rcode
+
         try:
             reply = dns.query.tcp(
                 self.update(publication), self.server[0], port=self.server[1], timeout=self.timeout
@@ -99,6 +106,7 @@ class Publisher:
 
 
 def parse_server(text: str) -> tuple[str, int]:
+    """A DNS server as ``HOST[:PORT]`` (port 53 by default); a bad one is a ValueError."""
     try:
         return parse_address(text, 53)
     except AddressError as exc:

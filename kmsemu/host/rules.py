@@ -53,6 +53,8 @@ _tuple_new: Final = tuple.__new__
 
 @dataclass(frozen=True, slots=True)
 class HostSettings:
+    """What an administrator may tune: the intervals handed to clients, the minimum count."""
+
     activation_interval: int = DEFAULT_ACTIVATION_INTERVAL
     renewal_interval: int = DEFAULT_RENEWAL_INTERVAL
     min_count: int = 0
@@ -109,6 +111,7 @@ class CountCache:
     def restore(
         cls, rows: list[tuple[bytes, bytes, int]], capacity: dict[bytes, int]
     ) -> CountCache:
+        """A cache rebuilt from stored rows (any order) and capacities; nothing dirty."""
         cache = cls(capacity=dict(capacity))
         for app, cmid, last_seen in sorted(rows, key=lambda r: r[2]):
             cache.entries.setdefault(app, OrderedDict())[cmid] = last_seen
@@ -185,12 +188,15 @@ class LogRecord(NamedTuple):
 
 
 class Answer(NamedTuple):
+    """What the rules decided: the response plaintext, its log record, why it failed."""
+
     plaintext: bytes
     log: LogRecord
     reason: str = ""
 
     @property
     def response(self) -> ActivationResponse:
+        """The plaintext decoded again, for tests and tools that read the answer."""
         return ActivationResponse.from_bytes(self.plaintext)
 
 

@@ -128,6 +128,7 @@ class KmsServer:
             await asyncio.sleep(min(interval, RETRY_PUBLISH) if failed else interval)
 
     async def close(self) -> None:
+        """Stop listening, drop every connection and task, then flush what is left."""
         for server in self._servers:
             server.close()
         for conn in list(self.connections):
@@ -139,6 +140,7 @@ class KmsServer:
         self.flush()
 
     def record(self, logged: LoggedRequest, started: float = 0.0) -> None:
+        """Log an answered request and queue it for the store; observers get its time taken."""
         self._pending.append(logged)
         self.log.activation(logged.record, logged.peer, logged.reason)
         if self.observers:
@@ -164,6 +166,7 @@ class KmsServer:
         self.log.flush()
 
     def next_assoc_group(self) -> int:
+        """A new association group id for a connection's BIND_ACK (32-bit, never 0)."""
         return next(self._assoc) & 0xFFFFFFFF or 1
 
     async def _flush_loop(self) -> None:
@@ -318,10 +321,12 @@ def build_host(
 
 
 def product_names(catalog: Catalog) -> dict[bytes, str]:
+    """The event log's product names: catalog key by SKU id (``bytes_le``)."""
     return {p.sku_id.bytes_le: p.key for p in catalog}
 
 
 def ipv6_available() -> bool:
+    """Whether this machine can bind an IPv6 socket on ``::1``."""
     if not socket.has_ipv6:
         return False
     try:

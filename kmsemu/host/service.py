@@ -18,12 +18,16 @@ from kmsemu.rpc.ndr import decode_request_stub, encode_response_stub
 
 
 class Outcome(NamedTuple):
+    """One request handled: the RESPONSE stub, its log record, why it failed if it did."""
+
     stub: bytes
     log: LogRecord
     reason: str
 
 
 class KmsHost:
+    """The host's activation handler: keyring, rules and clock, no I/O."""
+
     def __init__(
         self,
         rules: HostRules,
@@ -37,6 +41,7 @@ class KmsHost:
         self._nonce = nonce
 
     def handle(self, stub: bytes) -> Outcome:
+        """Answer a REQUEST stub; an envelope that does not open gets a bare error stub."""
         envelope = decode_request_stub(stub)
         now = self._now()
         try:

@@ -65,6 +65,7 @@ class LoggedRequest(NamedTuple):
     reason: str
 
     def row(self) -> tuple[Any, ...]:
+        """The record as a row of the ``requests`` table (NULLs when it never parsed)."""
         r, q = self.record, self.record.request
         if q is None:
             return (
@@ -111,6 +112,8 @@ def database_path(state: str | Path) -> Path:
 
 
 class HostStore:
+    """A host's state in one SQLite database, created on first use unless ``create`` is False."""
+
     def __init__(self, state: str | Path, *, create: bool = True) -> None:
         self.path = database_path(state)
         self.state_dir = self.path.parent
@@ -127,14 +130,17 @@ class HostStore:
             self.set_meta(schema_version=str(SCHEMA_VERSION))
 
     def close(self) -> None:
+        """Close the database connection."""
         self._db.close()
 
     # -- meta and identity ---------------------------------------------------------
 
     def meta(self) -> dict[str, str]:
+        """The ``meta`` table as a dict: schema version, identity, settings."""
         return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
 
     def set_meta(self, **values: str) -> None:
+        """Set ``meta`` entries in one transaction, replacing any already there."""
         with self._transaction():
             self._db.executemany(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", values.items()
@@ -156,6 +162,7 @@ class HostStore:
     # -- count cache ---------------------------------------------------------------
 
     def load_cache(self) -> CountCache:
+        """The count cache as last saved."""
         rows = self._db.execute("SELECT application, cmid, last_seen FROM clients").fetchall()
         caps = dict(self._db.execute("SELECT application, capacity FROM capacity").fetchall())
         return CountCache.restore(rows, caps)
@@ -194,6 +201,7 @@ class HostStore:
         return rows
 
     def live_counts(self, now: int) -> dict[bytes, int]:
+        """Per application, the clients seen in the last 30 days at ``now`` (FILETIME)."""
         rows = self._db.execute(
             "SELECT application, count(*) FROM clients"
             " WHERE ? - last_seen < ? GROUP BY application",

@@ -43,6 +43,7 @@ def hardware_id(components: list[str] | tuple[str, ...]) -> bytes:
 
 
 def equal_bytes(a: bytes, b: bytes) -> int:
+    """How many positions hold the same byte in two hardware ids of one length."""
     return sum(x == y for x, y in zip(a, b, strict=True))
 
 
@@ -84,6 +85,8 @@ def _ungroup(text: str, groups: int, group: int, what: str) -> tuple[str, int]:
 
 
 class Installation(NamedTuple):
+    """What an installation ID carries: key type, key fingerprint, hardware id."""
+
     key_type: KeyType
     fingerprint: str
     hardware_id: bytes
@@ -98,6 +101,7 @@ def installation_id(key_type: KeyType, fingerprint: str, hw_id: bytes) -> str:
 
 
 def parse_installation_id(text: str) -> Installation:
+    """The fields of a typed IID; check digits, version and reserved bytes verified."""
     _, number = _ungroup(text, 9, 6, "an installation ID")
     data = number.to_bytes(22, "big") if number < 2**176 else b""
     if not data:
@@ -138,6 +142,8 @@ def confirmation_id(iid: str, secret: str) -> str:
 
 
 class CidCheck(NamedTuple):
+    """A typed CID judged: valid, groups with bad check digits, groups that differ."""
+
     valid: bool
     failed_groups: tuple[int, ...]
     mismatched_groups: tuple[int, ...]

@@ -25,6 +25,8 @@ _INDEX: Final = {symbol: i for i, symbol in enumerate(ALPHABET)}
 
 
 class KeyType(IntEnum):
+    """What a key is for, the first field of every lab key (keys.md section 1)."""
+
     KMS_CLIENT = 1
     MAK = 2
     RETAIL = 3
@@ -38,6 +40,7 @@ class KeyType(IntEnum):
 
     @classmethod
     def from_label(cls, label: str) -> KeyType:
+        """The type a CLI name names (``kms-host``); KeyError for any other."""
         return cls[label.upper().replace("-", "_")]
 
 
@@ -52,6 +55,7 @@ class ProductKey(NamedTuple):
 
     @property
     def value(self) -> int:
+        """The key as its 112-bit number: the fields, then the 32-bit check."""
         return _high80(self.type, self.product, self.serial, self.quantity) << 32 | self.check
 
     @property
@@ -68,10 +72,12 @@ class ProductKey(NamedTuple):
 
     @property
     def fingerprint(self) -> str:
+        """The key's 16-hex-digit fingerprint, what logs and databases hold instead."""
         return fingerprint(self.symbols)
 
     @property
     def last5(self) -> str:
+        """The last five symbols, as slmgr shows a partial key."""
         return self.symbols[-5:]
 
 
@@ -84,6 +90,7 @@ class Problem(NamedTuple):
     character: str | None = None
 
     def to_json(self) -> dict[str, object]:
+        """The problem as ``keys check --json`` prints it (position and character if known)."""
         data: dict[str, object] = {"code": self.code}
         if self.position is not None:
             data["position"] = self.position
@@ -104,6 +111,7 @@ class Diagnosis(NamedTuple):
 
     @property
     def well_formed(self) -> bool:
+        """Whether the text is a valid key."""
         return self.key is not None
 
 
@@ -141,6 +149,7 @@ def normalise(text: str) -> str:
 
 
 def format_key(symbols: str) -> str:
+    """Symbols in dash-separated groups of five: ``XXXXX-XXXXX-...``."""
     return "-".join(symbols[i : i + 5] for i in range(0, len(symbols), 5))
 
 

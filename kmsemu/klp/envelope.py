@@ -39,6 +39,7 @@ def _hkdf(secret: bytes, info: bytes) -> bytes:
 
 
 def key_id_for(secret: str) -> bytes:
+    """The 4-byte id naming ``secret`` in envelope headers (SHA-256, not secret)."""
     return hashlib.sha256(b"klp1 key id" + secret.encode("utf-8")).digest()[:4]
 
 
@@ -55,6 +56,7 @@ class LabKey:
 
     @classmethod
     def derive(cls, secret: str) -> LabKey:
+        """The request and response keys of a secret (HKDF-SHA256), ciphers ready."""
         raw = secret.encode("utf-8")
         request_key = _hkdf(raw, b"klp1 request")
         response_key = _hkdf(raw, b"klp1 response")
@@ -102,6 +104,8 @@ class EnvelopeError(Exception):
 
 
 class Opened(NamedTuple):
+    """An opened envelope: plaintext, its nonce, the key that opened it, minor version."""
+
     plaintext: bytes
     nonce: bytes
     key: LabKey
@@ -118,10 +122,12 @@ def _seal(aead: AESGCM, key_id: bytes, nonce: bytes, plaintext: bytes, minor: in
 def seal_request(
     key: LabKey, plaintext: bytes, nonce: bytes, *, minor: int = VERSION_MINOR
 ) -> bytes:
+    """A client's request envelope: header, then AES-GCM over the plaintext."""
     return _seal(key.request_aead, key.key_id, nonce, plaintext, minor)
 
 
 def seal_response(key: LabKey, plaintext: bytes, nonce: bytes) -> bytes:
+    """A host's response envelope, sealed with the key the request came under."""
     return _seal(key.response_aead, key.key_id, nonce, plaintext, VERSION_MINOR)
 
 

@@ -47,6 +47,7 @@ class LicenseStatus(IntEnum):
 
     @property
     def text(self) -> str:
+        """The status as slmgr words it (``Initial grace period``...)."""
         return _STATUS_TEXT[self]
 
 
@@ -104,9 +105,11 @@ class ActivationRequest:
 
     @property
     def is_virtual_machine(self) -> bool:
+        """Whether the client says it runs in a virtual machine."""
         return bool(self.flags & FLAG_VIRTUAL_MACHINE)
 
     def to_bytes(self) -> bytes:
+        """The request plaintext, ``REQUEST_SIZE`` bytes (klp-v1.md section 4.1)."""
         return _REQUEST.pack(
             self.flags,
             self.license_status,
@@ -223,6 +226,7 @@ class ActivationResponse:
             raise MessageError(f"host_epid: {exc}") from exc
 
     def to_bytes(self) -> bytes:
+        """The response plaintext, ``RESPONSE_SIZE`` bytes (klp-v1.md section 4.2)."""
         return _RESPONSE.pack(
             self.status,
             self.request_nonce,
@@ -237,6 +241,7 @@ class ActivationResponse:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ActivationResponse:
+        """A response plaintext parsed and checked; MessageError when it does not follow 4.2."""
         if len(data) < RESPONSE_SIZE:
             raise MessageError(f"response plaintext of {len(data)} bytes is under {RESPONSE_SIZE}")
         status, nonce, cmid, req_time, resp_time, count, act, renew, host_id = (

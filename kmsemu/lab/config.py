@@ -61,6 +61,7 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def check_config(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The ``[lab]`` values of a parsed file, type- and range-checked; ConfigError names the key."""
     extra = sorted(set(data) - {"lab"})
     if extra:
         raise ConfigError(f"{source}: unknown table or key {extra[0]!r}; put settings in [lab]",
@@ -102,6 +103,7 @@ class Reload:
     overridden: list[str]  # changed in the file, but the command line or environment set them
 
     def summary(self) -> str:
+        """One line for the log: what was applied, what needs a restart, what was kept."""
         parts = [f"applied {', '.join(f'{k}={v}' for k, v in self.apply.items()) or 'nothing'}"]
         if self.restart:
             parts.append(f"restart needed for {', '.join(self.restart)}")

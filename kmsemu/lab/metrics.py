@@ -21,6 +21,8 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 
 class LabMetrics:
+    """The lab's counters and histograms, plus gauges read from the lab when scraped."""
+
     def __init__(self, product_names: dict[bytes, str], gauges: Callable[[], LabGauges]) -> None:
         self.registry = CollectorRegistry()
         self._products = product_names
@@ -40,6 +42,7 @@ class LabMetrics:
         self.registry.register(_Gauges(gauges))
 
     def observe_kms(self, logged: LoggedRequest, elapsed: float) -> None:
+        """Count an answered KMS request by product and client result; time it."""
         record, q = logged.record, logged.record.request
         result, product = record.status, "unknown"
         if q is not None:
@@ -49,10 +52,12 @@ class LabMetrics:
         self.kms_latency.observe(elapsed)
 
     def observe_http(self, route: str, method: str, status: int, elapsed: float) -> None:
+        """Count an HTTP request by route, method and status; time it."""
         self.http_requests.labels(route, method, str(status)).inc()
         self.http_latency.labels(route).observe(elapsed)
 
     def render(self) -> bytes:
+        """The registry in Prometheus's text format, for ``GET /metrics``."""
         return generate_latest(self.registry)
 
 

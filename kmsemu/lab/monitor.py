@@ -53,6 +53,8 @@ class Request:
 
 @dataclass(slots=True)
 class Client:
+    """One client machine as the host has seen it, by CMID: names, product, last answer."""
+
     cmid: bytes
     names: list[str] = field(default_factory=list)
     product: str | None = None
@@ -67,6 +69,8 @@ class Client:
 
 
 class Monitor:
+    """The dashboard's clients, request log and totals, bounded in size."""
+
     def __init__(self, catalog: Catalog, *, max_clients: int = MAX_CLIENTS,
                  max_requests: int = MAX_REQUESTS) -> None:
         self._products = {p.sku_id.bytes_le: p.key for p in catalog}
@@ -108,6 +112,7 @@ class Monitor:
     def add(self, filetime: int, status: int, name: str | None, cmid: bytes, vm: bool,
             license_status: int | None, sku_id: bytes | None, required: int, count: int,
             peer: str, reason: str, *, counted: bool = True) -> None:
+        """Record one request (``counted`` False: replayed from the log, totals untouched)."""
         when = unix_from_filetime(filetime)
         product = self._products.get(sku_id) if sku_id else None
         hresult = client_hresult(status, count, required)
@@ -186,6 +191,7 @@ def licence(client: Client, now: float) -> dict[str, Any]:
 
 
 def iso(seconds: float) -> str:
+    """POSIX seconds as ``YYYY-MM-DDTHH:MM:SSZ``."""
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -67,6 +67,7 @@ log = logging.getLogger("kmsemu.lab")
 
 
 def configure_logging(log_format: str, quiet: bool) -> None:
+    """Send every log record to stderr, as text or JSON; ``quiet``: warnings only."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s %(message)s"))
@@ -77,7 +78,10 @@ def configure_logging(log_format: str, quiet: bool) -> None:
 
 
 class JsonFormatter(logging.Formatter):
+    """Log records as one JSON object a line, for log collectors."""
+
     def format(self, record: logging.LogRecord) -> str:
+        """The record as JSON: time, level, logger, message, and any traceback."""
         entry = {"time": iso(record.created), "level": record.levelname.lower(),
                  "logger": record.name, "message": record.getMessage()}
         if record.exc_info:
@@ -239,6 +243,7 @@ class Lab:
                              "summary": plan.summary()})
 
     def apply(self, plan: Reload) -> None:
+        """Take a reload's new values now, in the host's rules and its stored settings."""
         settings = replace(self.settings, **plan.apply)
         host_settings = HostSettings(settings.activation_interval, settings.renewal_interval,
                                      settings.min_count)  # raises ValueError when out of range
@@ -260,12 +265,15 @@ class Lab:
     # -- what the web app reads -----------------------------------------------------
 
     def version(self) -> int:
+        """The dashboard monitor's version: it grows whenever something shown changes."""
         return self.monitor.version
 
     def bump(self) -> None:
+        """Tell viewers something shown changed."""
         self.monitor.bump()
 
     def travel(self, seconds: float | None) -> None:
+        """Move the lab clock (None: back to real time), for the host too, and log it."""
         self.clock.offset = 0.0 if seconds is None else self.clock.offset + seconds
         if self.host is not None:
             self.host.server.host.rules.travel = round(self.clock.offset * FILETIME_PER_SECOND)
@@ -276,18 +284,21 @@ class Lab:
         self.monitor.bump()
 
     def counts(self, now: float) -> dict[bytes, int]:
+        """The host's live count per application at ``now`` (empty before the host starts)."""
         if self.host is None:
             return {}
         rules, at = self.host.server.host.rules, filetime_from_unix(now)
         return {app: rules.count(app, at) for app in self._thresholds}
 
     def mak_keys(self) -> list[dict[str, Any]]:
+        """The MAK service's keys as the dashboard lists them, with product names."""
         if self._store is None:
             return []
         return [{**key_json(r), "product": self._products.get(r.product)}
                 for r in self._store.keys()]  # noqa: SIM118 (a store, not a dict)
 
     def state(self, read_only: bool) -> dict[str, Any]:
+        """Everything the dashboard shows: host, counts, clients, requests, DNS, MAK keys."""
         now = self.clock.now()
         host = self.host
         counts = self.counts(now)
@@ -318,6 +329,7 @@ class Lab:
         }
 
     def readiness(self) -> dict[str, bool]:
+        """Whether each part is serving: kms, dns, http and the database."""
         database = True
         try:
             if self.host is not None:
@@ -330,6 +342,7 @@ class Lab:
                 "database": database and self.host is not None}
 
     def gauges(self) -> LabGauges:
+        """What the metrics read when scraped: counts, connections, MAK keys, clock, DNS."""
         now = self.clock.now()
         names = {a.bytes_le: n for a, n in self.catalog.kms_applications.items()}
         return LabGauges(

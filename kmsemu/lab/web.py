@@ -55,11 +55,25 @@ class LabView(Protocol):
 
     stopping: bool
 
-    def version(self) -> int: ...
-    def bump(self) -> None: ...  # something shown changed (a MAK key, say)
-    def state(self, read_only: bool) -> dict[str, Any]: ...
-    def travel(self, seconds: float | None) -> None: ...  # None: back to real time
-    def readiness(self) -> dict[str, bool]: ...
+    def version(self) -> int:
+        """A number that grows whenever something shown changes (live pushes compare it)."""
+        ...
+
+    def bump(self) -> None:
+        """Something shown changed (a MAK key, say): viewers get a new state."""
+        ...
+
+    def state(self, read_only: bool) -> dict[str, Any]:
+        """Everything the dashboard shows, as ``GET /lab/api/state`` returns it."""
+        ...
+
+    def travel(self, seconds: float | None) -> None:
+        """Move the lab clock by ``seconds``; None: back to real time."""
+        ...
+
+    def readiness(self) -> dict[str, bool]:
+        """Per part (kms, dns, http, database), whether it is serving (``/readyz``)."""
+        ...
 
 
 def create_lab_app(view: LabView, mak_app: ASGIApp, metrics: LabMetrics, *,

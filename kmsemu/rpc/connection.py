@@ -55,12 +55,16 @@ from kmsemu.rpc.pdu import (
 
 
 class State(Enum):
+    """Where a connection is: waiting for its BIND, bound to the interface, or over."""
+
     AWAIT_BIND = "await_bind"
     BOUND = "bound"
     CLOSED = "closed"
 
 
 class Send(NamedTuple):
+    """Bytes to send that the connection produced by itself; it stays open."""
+
     data: bytes
     #: Why, when the bytes refuse something (a FAULT or BIND_NAK that keeps the
     #: connection open): for the server's log. Empty for ordinary answers.
@@ -68,6 +72,8 @@ class Send(NamedTuple):
 
 
 class Call(NamedTuple):
+    """A complete REQUEST for the application to answer with ``respond`` or ``fault``."""
+
     call_id: int
     context_id: int
     opnum: int
@@ -75,6 +81,8 @@ class Call(NamedTuple):
 
 
 class Closed(NamedTuple):
+    """The connection is over: why, bytes to send before closing, whether it was an error."""
+
     reason: str
     data: bytes = b""
     error: bool = False
@@ -154,6 +162,7 @@ class ServerConnection:
     # -- input ----------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
+        """Feed received bytes; ``b""`` is the end of stream. Ignored once closed."""
         if self._closed is not None:
             return
         if not data:
@@ -166,6 +175,7 @@ class ServerConnection:
             self._buffer = bytearray(self._buffer) + data
 
     def next_event(self) -> Event:
+        """What the bytes received so far amount to; ``NEED_DATA`` when more are needed."""
         if self._closed is not None:
             return self._closed
         buf = self._buffer

@@ -21,6 +21,7 @@ class NdrError(ValueError):
 
 
 def encode_request_stub(envelope: bytes) -> bytes:
+    """A REQUEST stub around an envelope: its size twice (conformant array), then the bytes."""
     n = len(envelope)
     return _TWO_U32.pack(n, n) + envelope
 

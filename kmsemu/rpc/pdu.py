@@ -16,6 +16,8 @@ from typing import Final
 
 
 class PType(IntEnum):
+    """The PDU types KLP/1 uses (the ``ptype`` header byte)."""
+
     REQUEST = 0
     RESPONSE = 2
     FAULT = 3
@@ -27,6 +29,8 @@ class PType(IntEnum):
 
 
 class PFC(IntFlag):
+    """The header's ``pfc_flags`` bits."""
+
     FIRST_FRAG = 0x01
     LAST_FRAG = 0x02
     PENDING_CANCEL = 0x04
@@ -90,10 +94,12 @@ class SyntaxId:
     SIZE = 20
 
     def to_bytes(self) -> bytes:
+        """The 20 bytes on the wire: UUID (mixed-endian), then the u32 version."""
         return self.uuid.bytes_le + struct.pack("<I", self.version)
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview, offset: int = 0) -> SyntaxId:
+        """The syntax id at ``offset``; PduError when fewer than 20 bytes are left."""
         raw = bytes(data[offset : offset + 20])
         if len(raw) != 20:
             raise PduError("truncated syntax id")
@@ -101,6 +107,7 @@ class SyntaxId:
 
     @classmethod
     def of(cls, text: str, major: int, minor: int = 0) -> SyntaxId:
+        """A syntax id from its UUID text and major (and minor) version."""
         return cls(uuid.UUID(text), major | (minor << 16))
 
 
@@ -113,11 +120,14 @@ ZERO_SYNTAX: Final = SyntaxId(uuid.UUID(int=0), 0)
 
 
 def is_btfn(syntax: SyntaxId) -> bool:
+    """Whether a transfer syntax is a bind-time feature negotiation offer."""
     return syntax.uuid.bytes_le[:8] == BTFN_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
 class Header:
+    """The fields of a PDU's 16-byte common header that KLP/1 reads."""
+
     rpc_vers_minor: int
     ptype: int
     flags: int
@@ -150,6 +160,7 @@ def parse_header(data: bytes | bytearray | memoryview, max_frag: int) -> Header:
 def pack_header(
     ptype: int, flags: int, frag_length: int, call_id: int, auth_length: int = 0
 ) -> bytes:
+    """A version 5.0, little-endian common header."""
     return HEADER.pack(5, 0, ptype, flags, DREP_LE, frag_length, auth_length, call_id)
 
 
@@ -162,6 +173,8 @@ def _pad4(n: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ContextElement:
+    """One proposed presentation context: its id, interface and transfer syntaxes."""
+
     context_id: int
     abstract_syntax: SyntaxId
     transfer_syntaxes: tuple[SyntaxId, ...]
@@ -180,6 +193,7 @@ class Bind:
     ptype: int = PType.BIND
 
     def to_bytes(self) -> bytes:
+        """The BIND (or ALTER_CONTEXT) PDU, one fragment."""
         body = [
             _BIND_FIXED.pack(
                 self.max_xmit_frag, self.max_recv_frag, self.assoc_group_id, len(self.contexts)
@@ -196,6 +210,7 @@ class Bind:
 
     @classmethod
     def from_bytes(cls, pdu: bytes | memoryview) -> Bind:
+        """A BIND or ALTER_CONTEXT parsed; PduError for any other PDU or a truncated one."""
         header = parse_header(pdu, len(pdu))
         if header.ptype not in (PType.BIND, PType.ALTER_CONTEXT):
             raise PduError("not a BIND or ALTER_CONTEXT")
@@ -223,6 +238,8 @@ class Bind:
 
 
 class ResultCode(IntEnum):
+    """A presentation context result: accepted, or rejected by whom."""
+
     ACCEPTANCE = 0
     USER_REJECTION = 1
     PROVIDER_REJECTION = 2
@@ -230,6 +247,8 @@ class ResultCode(IntEnum):
 
 
 class RejectReason(IntEnum):
+    """Why a presentation context was rejected."""
+
     NOT_SPECIFIED = 0
     ABSTRACT_SYNTAX_NOT_SUPPORTED = 1
     PROPOSED_TRANSFER_SYNTAXES_NOT_SUPPORTED = 2
@@ -237,6 +256,8 @@ class RejectReason(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class ContextResult:
+    """The answer to one proposed context: result, reason, the accepted transfer syntax."""
+
     result: int
     reason: int = 0
     transfer_syntax: SyntaxId = ZERO_SYNTAX
@@ -256,6 +277,7 @@ class BindAck:
     ptype: int = PType.BIND_ACK
 
     def to_bytes(self) -> bytes:
+        """The BIND_ACK (or ALTER_CONTEXT_RESP) PDU, one fragment."""
         return encode_bind_ack(
             self.call_id,
             self.max_xmit_frag,
@@ -269,6 +291,7 @@ class BindAck:
 
     @classmethod
     def from_bytes(cls, pdu: bytes | memoryview) -> BindAck:
+        """A BIND_ACK or ALTER_CONTEXT_RESP parsed (what a client reads); PduError otherwise."""
         header = parse_header(pdu, len(pdu))
         if header.ptype not in (PType.BIND_ACK, PType.ALTER_CONTEXT_RESP):
             raise PduError("not a BIND_ACK or ALTER_CONTEXT_RESP")
@@ -334,11 +357,14 @@ def encode_bind_ack(
 
 @dataclass(frozen=True, slots=True)
 class BindNak:
+    """BIND_NAK: the BIND is refused, with a reason and the protocol versions supported."""
+
     call_id: int
     reason: int = 0
     versions: tuple[tuple[int, int], ...] = ((5, 0),)
 
     def to_bytes(self) -> bytes:
+        """The BIND_NAK PDU, padded to a multiple of 4."""
         payload = struct.pack("<HB", self.reason, len(self.versions))
         payload += b"".join(struct.pack("<BB", major, minor) for major, minor in self.versions)
         payload += bytes(_pad4(HEADER_SIZE + len(payload)))
@@ -349,6 +375,7 @@ class BindNak:
 
     @classmethod
     def from_bytes(cls, pdu: bytes | memoryview) -> BindNak:
+        """A BIND_NAK parsed; PduError for any other PDU."""
         header = parse_header(pdu, len(pdu))
         if header.ptype != PType.BIND_NAK:
             raise PduError("not a BIND_NAK")
@@ -378,6 +405,7 @@ class Request:
     object_uuid: uuid.UUID | None = None
 
     def to_bytes(self) -> bytes:
+        """The REQUEST fragment, with its object UUID when it has one."""
         flags = self.flags | (PFC.OBJECT_UUID if self.object_uuid else 0)
         obj = self.object_uuid.bytes_le if self.object_uuid else b""
         hint = len(self.stub) if self.alloc_hint is None else self.alloc_hint
@@ -391,6 +419,7 @@ class Request:
 
     @classmethod
     def from_bytes(cls, pdu: bytes | memoryview) -> Request:
+        """A REQUEST fragment parsed; PduError for any other PDU."""
         header = parse_header(pdu, len(pdu))
         if header.ptype != PType.REQUEST:
             raise PduError("not a REQUEST")
@@ -418,6 +447,7 @@ class Response:
     cancel_count: int = 0
 
     def to_bytes(self) -> bytes:
+        """The RESPONSE fragment."""
         hint = len(self.stub) if self.alloc_hint is None else self.alloc_hint
         return (
             pack_header(
@@ -429,6 +459,7 @@ class Response:
 
     @classmethod
     def from_bytes(cls, pdu: bytes | memoryview) -> Response:
+        """A RESPONSE fragment parsed (what a client reads); PduError for any other PDU."""
         header = parse_header(pdu, len(pdu))
         if header.ptype != PType.RESPONSE:
             raise PduError("not a RESPONSE")
@@ -439,18 +470,22 @@ class Response:
 
 @dataclass(frozen=True, slots=True)
 class Fault:
+    """FAULT: a call failed with an NCA status (``NcaStatus``); by default it did not execute."""
+
     call_id: int
     status: int
     context_id: int = 0
     flags: int = FIRST_LAST | PFC.DID_NOT_EXECUTE
 
     def to_bytes(self) -> bytes:
+        """The FAULT PDU."""
         return pack_header(PType.FAULT, self.flags, FAULT_SIZE, self.call_id) + _FAULT_BODY.pack(
             0, self.context_id, 0, 0, self.status, 0
         )
 
     @classmethod
     def from_bytes(cls, pdu: bytes | memoryview) -> Fault:
+        """A FAULT parsed; PduError for any other PDU."""
         header = parse_header(pdu, len(pdu))
         if header.ptype != PType.FAULT:
             raise PduError("not a FAULT")

@@ -35,6 +35,13 @@ from kmsemu.wire import filetime_from_unix
 MIN_REFRESH: Final = 60.0
 
 
+def settle_memory() -> None:
+    """After start-up: collect what it left and freeze what remains (it lives as long as
+    the process: no collection need look at it again)."""
+    gc.collect()
+    gc.freeze()
+
+
 @dataclass
 class RunningHost:
     """A started KMS host: what ``open_host`` returns and ``close`` stops."""
@@ -173,7 +180,7 @@ async def serve_host(config: HostConfig, announce: Callable[[RunningHost], None]
     Nothing is left in the state by a host that could not start."""
     with discarded_on_failure(database_path(config.state)):
         running = await open_host(config)
-    gc.freeze()  # what exists now lives as long as the host: keep it out of collections
+    settle_memory()
     with until_signal() as stopper:
         announce(running)
         await stopper.wait()

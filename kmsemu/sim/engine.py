@@ -67,6 +67,8 @@ _NO_KMS_HOST = HResult.NO_KMS_HOST
 
 
 class KmsReply(NamedTuple):  # one per request: a NamedTuple is the cheapest value to build
+    """What a host answered a simulated client: status, count and the two intervals."""
+
     status: int
     count: int  # type: ignore[assignment]  # shadows tuple.count, which nothing here calls
     activation_interval: int
@@ -99,6 +101,8 @@ class Backend(Protocol):
 
 @dataclass(slots=True)
 class Client:
+    """One simulated client machine: identity, product ids, licence and pending events."""
+
     index: int
     group: Group
     number: int  # within its group
@@ -116,6 +120,8 @@ class Client:
 
 
 class Engine:
+    """Runs a scenario: its clients' events on a virtual clock, through one backend."""
+
     def __init__(self, scenario: Scenario, backend: Backend,
                  catalog: Catalog | None = None) -> None:
         self.scenario = scenario
@@ -152,6 +158,7 @@ class Engine:
     # -- running ----------------------------------------------------------------------
 
     def run(self, progress: Callable[[int], None] | None = None) -> Timeline:
+        """Every simulated day in order; ``progress`` hears each day done. The timeline."""
         s = self.scenario
         for c in self.clients:
             self._push(s.start + c.group.arrival(c.number) * DAY, ARRIVE, c)
@@ -355,6 +362,8 @@ def _filetime(seconds: float) -> int:
 
 
 class FastBackend:
+    """The fast mode: host rules and MAK rules in memory, called directly."""
+
     def __init__(self, scenario: Scenario, catalog: Catalog | None = None) -> None:
         catalog = catalog or default_catalog()
         self.scenario = scenario
@@ -374,6 +383,7 @@ class FastBackend:
         self.apps = sorted({p.application_id.bytes_le for p in catalog.volume})
 
     def kms(self, host: str, request: RequestFields, now: float) -> KmsReply | None:
+        """The host's rules decide at its own (offset) clock; None during an outage."""
         spec, rules = self.hosts[host]
         if spec.outages and spec.down((now - self.scenario.start) / DAY):
             return None
@@ -383,6 +393,7 @@ class FastBackend:
                                      settings.activation_interval, settings.renewal_interval))
 
     def mak(self, key: str, hardware_id: bytes, now: float) -> str | None:
+        """``mak.rules.decide`` on the key's record; a new machine uses up one activation."""
         record = self.keys[key]
         machines = self.machines[key]
         known = machines.get(hardware_id)
@@ -395,10 +406,12 @@ class FastBackend:
         return None
 
     def srv(self, day: int) -> list[Srv]:
+        """The scenario's records whose window covers ``day``, on port 1688."""
         return [Srv(r.priority, r.weight, 1688, r.host) for r in self.scenario.records
                 if r.window.covers(day)]
 
     def counts(self, now: float) -> dict[str, dict[bytes, int]]:
+        """Each host's count per volume application, at its own clock."""
         result: dict[str, dict[bytes, int]] = {}
         for name, (spec, rules) in self.hosts.items():
             at = filetime_from_unix(now + spec.clock_offset)
@@ -406,6 +419,7 @@ class FastBackend:
         return result
 
     def mak_remaining(self) -> dict[str, int]:
+        """The activations each MAK key has left."""
         return {name: record.remaining for name, record in self.keys.items()}
 
 

@@ -113,6 +113,7 @@ class NetworkBackend:
     # -- Backend ----------------------------------------------------------------------
 
     def kms(self, host: str, request: RequestFields, now: float) -> KmsReply | None:
+        """One KLP/1 exchange with the host's server (a dead port during an outage)."""
         self.clock.current = now
         spec = self.scenario.host(host)
         running = self.hosts[host]
@@ -127,6 +128,7 @@ class NetworkBackend:
         return KmsReply(r.status, r.current_count, r.activation_interval, r.renewal_interval)
 
     def mak(self, key: str, hardware_id: bytes, now: float) -> str | None:
+        """An online activation over the MAK service's HTTP API; its error code if refused."""
         self.clock.current = now
         try:
             self._mak.activate(self.mak_keys[key], hardware_id.hex())
@@ -135,6 +137,7 @@ class NetworkBackend:
         return None
 
     def srv(self, day: int) -> list[Srv]:
+        """What the lab DNS server answers for SRV on ``day``, once that day's zone is up."""
         assert self.dns is not None
         self._publish(day)
         query = dns.message.make_query(f"_vlmcs._tcp.{self.scenario.domain}",
@@ -159,6 +162,7 @@ class NetworkBackend:
         self.zone.records[:] = zone.records  # one assignment: the server sees old or new
 
     def counts(self, now: float) -> dict[str, dict[bytes, int]]:
+        """Each running host's count per volume application, at its own clock."""
         result: dict[str, dict[bytes, int]] = {}
         for name, running in self.hosts.items():
             assert running.running_host is not None
@@ -168,6 +172,7 @@ class NetworkBackend:
         return result
 
     def mak_remaining(self) -> dict[str, int]:
+        """The activations each MAK key has left, read from the service's store."""
         if self.mak_service is None:
             return {}
         store = self.mak_service.mak.store

@@ -45,15 +45,20 @@ DEFAULT_START: Final = "2027-01-04"
 
 @dataclass(frozen=True)
 class Window:
+    """Days ``from_day`` (included) to ``to_day`` (excluded), counted from the start."""
+
     from_day: int
     to_day: int
 
     def covers(self, day: float) -> bool:
+        """Whether ``day`` (fractions allowed) falls inside the window."""
         return self.from_day <= day < self.to_day
 
 
 @dataclass(frozen=True)
 class Host:
+    """A KMS host of the scenario: its settings, clock offset and outages."""
+
     name: str
     min_count: int = 0
     activation_interval: int = 120
@@ -62,6 +67,7 @@ class Host:
     outages: tuple[Window, ...] = ()
 
     def down(self, day: float) -> bool:
+        """Whether the host is in an outage on ``day``."""
         return any(w.covers(day) for w in self.outages)
 
 
@@ -77,6 +83,8 @@ class Record:
 
 @dataclass(frozen=True)
 class Group:
+    """Clients alike: product, arrivals, VMs, clones, offline days, skew and settings."""
+
     name: str
     count: int
     product: Product
@@ -96,11 +104,14 @@ class Group:
         return self.start_day + index * self.arrive_over_days / self.count
 
     def offline_on(self, day: float) -> bool:
+        """Whether the group's clients are offline on ``day``."""
         return any(w.covers(day) for w in self.offline)
 
 
 @dataclass(frozen=True)
 class MakKey:
+    """A MAK the scenario registers: its name, product and activation limit."""
+
     name: str
     product: Product
     limit: int
@@ -108,6 +119,8 @@ class MakKey:
 
 @dataclass(frozen=True)
 class Scenario:
+    """A whole scenario as checked: days, hosts, client groups, DNS records, MAK keys."""
+
     name: str
     days: int
     hosts: tuple[Host, ...]
@@ -122,9 +135,11 @@ class Scenario:
 
     @property
     def clients(self) -> int:
+        """How many clients the groups hold in all."""
         return sum(g.count for g in self.groups)
 
     def host(self, name: str) -> Host:
+        """The host of that name (the scenario was checked: it exists)."""
         return next(h for h in self.hosts if h.name == name)
 
 
@@ -155,12 +170,14 @@ def load_scenario(source: str | Path, catalog: Catalog | None = None) -> Scenari
 
 
 def builtin_names() -> list[str]:
+    """The scenarios shipped in ``kmsemu/data/scenarios``, by name."""
     folder = resources.files("kmsemu").joinpath("data", "scenarios")
     return sorted(p.name.removesuffix(".toml") for p in folder.iterdir()
                   if p.name.endswith(".toml"))
 
 
 def parse_scenario(text: str, source: str, catalog: Catalog | None = None) -> Scenario:
+    """A scenario from TOML text, checked as a whole; ConfigError names ``source``."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -24,6 +24,8 @@ STATES = tuple(s.name.lower() for s in LicenseStatus)
 
 @dataclass(frozen=True)
 class Day:
+    """One simulated day's end: licence states, counts, activations, failures, MAK use."""
+
     day: int
     states: dict[str, int]
     offline: int
@@ -39,6 +41,8 @@ class Day:
 
 @dataclass
 class Timeline:
+    """A run's days and its narrative of notable events."""
+
     scenario: Scenario
     catalog: Catalog
     mode: str = "fast"
@@ -60,12 +64,14 @@ class Timeline:
     # -- the narrative ------------------------------------------------------------------
 
     def add(self, when: float, kind: str, text: str, **facts: Any) -> dict[str, Any]:
+        """Add a narrative event at ``when``; the event, for callers that amend it."""
         event = {"day": int((when - self.scenario.start) // DAY), "time": _iso(when),
                  "kind": kind, "text": text, **facts}
         self.events.append(event)
         return event
 
     def start_events(self) -> None:
+        """What holds from a group's first day: cloned images, clocks that run off."""
         s = self.scenario
         for group in s.groups:
             if group.cloned > 1:
@@ -100,6 +106,7 @@ class Timeline:
                 self.add(at, "dns_change", f"DNS no longer publishes {r.host}")
 
     def threshold(self, when: float, host: str, application: str, count: int) -> None:
+        """A host's count reached a threshold; the day's activations are added at day end."""
         event = self.add(when, "threshold", f"count reached {count} on {host} ({application})",
                          host=host, application=application)
         self._pending_threshold.setdefault(event["day"], []).append(event)
@@ -107,6 +114,7 @@ class Timeline:
     # -- days ---------------------------------------------------------------------------
 
     def close_day(self, day: Day) -> None:
+        """Record a finished day and the events it brings (lapses, exhausted keys...)."""
         self.days.append(day)
         at = self.scenario.start + day.day * DAY
         for event in self._pending_threshold.pop(day.day, []):
@@ -133,6 +141,7 @@ class Timeline:
     # -- output -------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
+        """The run as ``timeline.json`` holds it: scenario, days, events and a summary."""
         s = self.scenario
         days = [self._day_json(d) for d in self.days]
         last = days[-1] if days else {}
@@ -190,6 +199,7 @@ class Timeline:
 
 
 def write_csv(document: dict[str, Any], path: Path) -> None:
+    """``timeline.csv``: one row per day, a column per state, count, failure and key."""
     days = document["days"]
     codes = sorted({c for d in days for c in d["failures"]})
     hosts = document["scenario"]["hosts"]

@@ -31,9 +31,11 @@ class LabClient:
         )
 
     def save(self) -> None:
+        """Write the profile, so CLI calls and scripts see the machine as it is now."""
         self.store.save(self.machine.profile)
 
     def install_setup_key(self, product: str) -> None:
+        """Install a catalog product's KMS client setup key (RuntimeError if refused); saved."""
         number = default_catalog().find(product).number
         result = self.machine.install_key(str(setup_key(number)))
         if result.hresult:
@@ -41,6 +43,7 @@ class LabClient:
         self.save()
 
     def use_host(self, host_port: str) -> None:
+        """Point the machine at a KMS host ``HOST:PORT`` (slmgr /skms); saved."""
         self.machine.set_kms_host(host_port)
         self.save()
 

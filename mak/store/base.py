@@ -29,15 +29,23 @@ EXPORT_VERSION = 1
 
 
 class Cursor(Protocol):
-    def fetchone(self) -> Any: ...
+    """A DB-API cursor, as far as the stores read one."""
 
-    def fetchall(self) -> list[Any]: ...
+    def fetchone(self) -> Any:
+        """The next row, or None."""
+        ...
+
+    def fetchall(self) -> list[Any]:
+        """Every remaining row."""
+        ...
 
 
 class Executor(Protocol):
     """A DB-API connection as the stores use it (sqlite3's and psycopg's both fit)."""
 
-    def execute(self, sql: str, params: Sequence[Any] = ...) -> Cursor: ...
+    def execute(self, sql: str, params: Sequence[Any] = ...) -> Cursor:
+        """Run one statement with ``?`` placeholders; a cursor over its rows."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,7 @@ class Activation:
 
     @property
     def counted(self) -> bool:
+        """Whether this answer used one of the key's machines (a new one, not a replay)."""
         return self.verdict is Verdict.NEW and not self.replayed
 
 
@@ -70,6 +79,8 @@ class MachineRow:
 
 @dataclass(frozen=True, slots=True)
 class Increase:
+    """An increase granted to a key: how many machines, when, and why."""
+
     amount: int
     at: float
     reason: str
@@ -77,18 +88,23 @@ class Increase:
 
 @dataclass(frozen=True, slots=True)
 class ImportReport:
+    """What an import did: keys and activations added, and those already known."""
+
     keys_added: int = 0
     keys_kept: int = 0
     activations_added: int = 0
     activations_kept: int = 0
 
     def to_json(self) -> dict[str, int]:
+        """The report as the API answers it."""
         return {"keys_added": self.keys_added, "keys_kept": self.keys_kept,
                 "activations_added": self.activations_added,
                 "activations_kept": self.activations_kept}
 
 
 class Store(Protocol):
+    """Keys, machines and increases, changed only inside transactions."""
+
     #: True when calls are quick enough to run on the event loop.
     blocking_ok: bool
 
@@ -96,30 +112,48 @@ class Store(Protocol):
         """Register a key; ``ServiceError("key_exists")`` when its fingerprint is known."""
         ...
 
-    def key(self, fingerprint: str) -> KeyRecord | None: ...
+    def key(self, fingerprint: str) -> KeyRecord | None:
+        """The key with that fingerprint, or None."""
+        ...
 
-    def keys(self) -> list[KeyRecord]: ...
+    def keys(self) -> list[KeyRecord]:
+        """Every registered key."""
+        ...
 
-    def increase(self, fingerprint: str, amount: int, now: float, reason: str) -> KeyRecord: ...
+    def increase(self, fingerprint: str, amount: int, now: float, reason: str) -> KeyRecord:
+        """Grant ``amount`` more machines, recorded with ``reason``; ``key_unknown`` if none."""
+        ...
 
-    def increases(self, fingerprint: str) -> list[Increase]: ...
+    def increases(self, fingerprint: str) -> list[Increase]:
+        """The key's increases, oldest first."""
+        ...
 
-    def set_blocked(self, fingerprint: str, blocked: bool) -> KeyRecord: ...
+    def set_blocked(self, fingerprint: str, blocked: bool) -> KeyRecord:
+        """Block or unblock a key; the record as it is now."""
+        ...
 
-    def set_expires(self, fingerprint: str, expires: float | None) -> KeyRecord: ...
+    def set_expires(self, fingerprint: str, expires: float | None) -> KeyRecord:
+        """Set or clear a key's expiry; the record as it is now."""
+        ...
 
     def activate(self, fingerprint: str, hardware_id: bytes, now: float, *, route: str,
                  machine_name: str | None = None, request_id: str | None = None) -> Activation:
         """Count (or not) one activation, atomically; ``ServiceError`` when refused."""
         ...
 
-    def machines(self, fingerprint: str) -> list[MachineRow]: ...
+    def machines(self, fingerprint: str) -> list[MachineRow]:
+        """The machines counted against a key."""
+        ...
 
     def export(self, *, keys: bool = True, activations: bool = True,
-               machine_names: bool = True) -> dict[str, Any]: ...
+               machine_names: bool = True) -> dict[str, Any]:
+        """Keys and activations as one document ``import_`` reads back."""
+        ...
 
     def import_(self, document: dict[str, Any]) -> ImportReport:
         """Merge an export: new keys and machines are added, known ones kept; idempotent."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close every connection the store opened."""
+        ...

@@ -84,6 +84,8 @@ CREATE TABLE IF NOT EXISTS portal_faults (
 
 @dataclass(frozen=True, slots=True)
 class Org:
+    """An organisation; listings add how many users and subscriptions it has."""
+
     id: int
     name: str
     country: str
@@ -94,6 +96,8 @@ class Org:
 
 @dataclass(frozen=True, slots=True)
 class User:
+    """A user of one organisation, with its role and the offers it holds licences of."""
+
     id: int
     org_id: int
     name: str
@@ -104,6 +108,8 @@ class User:
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
+    """Licences of one offer an organisation holds, from a redeemed key or a purchase."""
+
     id: int
     org_id: int
     offer: str
@@ -116,11 +122,14 @@ class Subscription:
 
     @property
     def free(self) -> int:
+        """Licences not yet assigned to a user."""
         return self.licences - self.used
 
 
 @dataclass(frozen=True, slots=True)
 class Fault:
+    """A forced redemption error, for testing how clients handle it."""
+
     code: str
     #: Redemptions it still answers; None: until cleared.
     remaining: int | None
@@ -128,6 +137,8 @@ class Fault:
 
 @dataclass(frozen=True, slots=True)
 class Purchase:
+    """What a purchase made: the subscription and who was given a licence of it."""
+
     subscription: Subscription
     #: Users who got a licence of it (``auto_assign``), oldest first.
     assigned: tuple[str, ...] = ()
@@ -161,6 +172,7 @@ def _offer(row: Sequence[Any]) -> Offer:
 
 
 def name_key(name: str) -> str:
+    """How names are compared (organisations, users): trimmed and case-folded."""
     return name.strip().casefold()
 
 
@@ -180,6 +192,7 @@ class PortalSql:
     # -- organisations and users -------------------------------------------------------------
 
     def add_org(self, name: str, country: str, now: float) -> Org:
+        """Create an organisation; ``org_exists`` when the name is taken (in any case)."""
         with self._transaction(write=True) as db:
             return self._insert_org(db, name, country, now)
 
@@ -192,6 +205,7 @@ class PortalSql:
         return Org(int(row[0]), name, country, now)
 
     def orgs(self) -> list[Org]:
+        """Every organisation, oldest first, with its user and subscription counts."""
         with self._transaction(write=False) as db:
             rows = self._exec(db, "SELECT o.id, o.name, o.country, o.created,"
                                   " (SELECT COUNT(*) FROM portal_users u WHERE u.org_id = o.id),"
@@ -201,6 +215,7 @@ class PortalSql:
         return [Org(int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5])) for r in rows]
 
     def org(self, name: str) -> Org | None:
+        """The organisation of that name (in any case), or None."""
         with self._transaction(write=False) as db:
             return self._select_org(db, name)
 
@@ -215,6 +230,7 @@ class PortalSql:
         return _org(row)
 
     def add_user(self, org_id: int, name: str, role: str, token_hash: str, now: float) -> User:
+        """Add a user with a token hash; ``user_exists`` when the org has that name."""
         with self._transaction(write=True) as db:
             self._lock_org(db, org_id)
             return self._insert_user(db, org_id, name, role, token_hash, now)
@@ -230,11 +246,13 @@ class PortalSql:
         return User(int(row[0]), org_id, name, role, now)
 
     def user_by_token(self, token_hash: str) -> User | None:
+        """The user whose token hashes to ``token_hash``, or None."""
         with self._transaction(write=False) as db:
             row = self._exec(db, _USER + " WHERE token_hash = ?", (token_hash,)).fetchone()
         return _user(row) if row else None
 
     def users(self, org_id: int) -> list[User]:
+        """The organisation's users, oldest first, each with the offers they hold."""
         with self._transaction(write=False) as db:
             rows = self._exec(db, _USER + " WHERE org_id = ? ORDER BY id", (org_id,)).fetchall()
             held: dict[int, list[str]] = {}
@@ -262,10 +280,12 @@ class PortalSql:
         return known is None
 
     def offers(self) -> list[Offer]:
+        """Every offer, by name."""
         with self._transaction(write=False) as db:
             return [_offer(r) for r in self._exec(db, _OFFER + " ORDER BY name").fetchall()]
 
     def offer(self, name: str) -> Offer | None:
+        """The offer of that name, or None."""
         with self._transaction(write=False) as db:
             return self._select_offer(db, name)
 
@@ -274,12 +294,14 @@ class PortalSql:
         return _offer(row) if row else None
 
     def set_key_expiry(self, fingerprint: str, last5: str, expires: float) -> None:
+        """Set when a subscription key expires (replacing any earlier expiry)."""
         with self._transaction(write=True) as db:
             self._exec(db, "INSERT INTO portal_key_expiry (fingerprint, last5, expires)"
                            " VALUES (?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE"
                            " SET expires = excluded.expires", (fingerprint, last5, expires))
 
     def set_fault(self, fault: Fault | None) -> None:
+        """Put a forced redemption error in place of any other; None clears it."""
         with self._transaction(write=True) as db:
             self._exec(db, "DELETE FROM portal_faults")
             if fault is not None:
@@ -287,6 +309,7 @@ class PortalSql:
                            (fault.code, fault.remaining))
 
     def fault(self) -> Fault | None:
+        """The forced redemption error in place, or None."""
         with self._transaction(write=False) as db:
             row = self._exec(db, "SELECT code, remaining FROM portal_faults").fetchone()
         return Fault(row[0], row[1]) if row else None
@@ -372,6 +395,7 @@ class PortalSql:
 
     def buy(self, org_id: int, offer_name: str, licences: int, billing: str, auto_assign: bool,
             now: float) -> Purchase:
+        """Buy a subscription under the offer's rules; ``auto_assign``: to users with no licence."""
         with self._transaction(write=True) as db:
             org = self._lock_org(db, org_id)
             offer = portal_rules.check_offer(self._select_offer(db, offer_name),
@@ -392,6 +416,7 @@ class PortalSql:
         return Purchase(replace(subscription, used=len(assigned)), tuple(assigned))
 
     def subscriptions(self, org_id: int) -> list[Subscription]:
+        """The organisation's subscriptions, oldest first, with licences used."""
         with self._transaction(write=False) as db:
             rows = self._exec(db, _SUBSCRIPTION + " WHERE s.org_id = ? ORDER BY s.id",
                               (org_id,)).fetchall()
@@ -427,6 +452,7 @@ class PortalSql:
         return user, replace(chosen, used=chosen.used + 1)
 
     def unassign(self, org_id: int, user_name: str, offer: str) -> tuple[User, Subscription]:
+        """Take back the user's licence of the offer; ``not_assigned`` if it had none."""
         with self._transaction(write=True) as db:
             self._lock_org(db, org_id)
             user = self._select_user(db, org_id, user_name)

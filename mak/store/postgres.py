@@ -24,6 +24,8 @@ _SCHEMA_LOCK = 0x6B6D73656D75
 
 
 class PostgresStore(SqlStore):
+    """The MAK store in PostgreSQL: one connection per thread, rows locked per key."""
+
     blocking_ok = False
     _lock_key = " FOR UPDATE"
 
@@ -72,6 +74,7 @@ class PostgresStore(SqlStore):
             raise ServiceError("unavailable", f"PostgreSQL: {exc}") from None
 
     def close(self) -> None:
+        """Close the connection of every thread."""
         with self._guard:
             for db in self._all:
                 db.close()

@@ -101,12 +101,14 @@ def _key(row: Sequence[Any]) -> KeyRecord:
 
 
 def iso(seconds: float | None) -> str | None:
+    """POSIX seconds as ISO 8601 UTC to the second; None stays None."""
     if seconds is None:
         return None
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 def parse_iso(text: str | None, field: str) -> float | None:
+    """An ISO 8601 time as POSIX seconds (UTC if no zone); ``invalid_field`` otherwise."""
     if text is None:
         return None
     try:
@@ -122,6 +124,8 @@ def parse_iso(text: str | None, field: str) -> float | None:
 
 
 class SqlStore(PortalSql):
+    """The ``Store`` in SQL: the queries, once; subclasses supply connections and transactions."""
+
     blocking_ok = True
 
     # -- what subclasses supply ------------------------------------------------------------
@@ -133,6 +137,7 @@ class SqlStore(PortalSql):
         return sql
 
     def close(self) -> None:
+        """Close every connection (the subclass's)."""
         raise NotImplementedError
 
     # -- helpers ----------------------------------------------------------------------------
@@ -160,6 +165,7 @@ class SqlStore(PortalSql):
     # -- keys ------------------------------------------------------------------------------
 
     def add_key(self, record: KeyRecord) -> KeyRecord:
+        """Insert a new key with nothing used; ``key_exists`` when its fingerprint is known."""
         with self._transaction(write=True) as db:
             self._insert_key(db, record, used=0)
         return record
@@ -178,16 +184,19 @@ class SqlStore(PortalSql):
         return True
 
     def key(self, fingerprint: str) -> KeyRecord | None:
+        """The key with that fingerprint, or None."""
         with self._transaction(write=False) as db:
             return self._select_key(db, fingerprint)
 
     def keys(self) -> list[KeyRecord]:
+        """Every key, oldest first."""
         with self._transaction(write=False) as db:
             rows = self._exec(db, f"SELECT {_KEY_COLUMNS} FROM mak_keys ORDER BY created,"
                                   " fingerprint").fetchall()
         return [_key(row) for row in rows]
 
     def increase(self, fingerprint: str, amount: int, now: float, reason: str) -> KeyRecord:
+        """Add ``amount`` to the key's increases and record why, in one transaction."""
         with self._update_key(fingerprint) as db:
             self._exec(db, "UPDATE mak_keys SET increased = increased + ? WHERE fingerprint = ?",
                        (amount, fingerprint))
@@ -196,18 +205,21 @@ class SqlStore(PortalSql):
             return self._require_key(db, fingerprint)
 
     def increases(self, fingerprint: str) -> list[Increase]:
+        """The key's increases, oldest first."""
         with self._transaction(write=False) as db:
             rows = self._exec(db, "SELECT amount, at, reason FROM mak_increases"
                                   " WHERE fingerprint = ? ORDER BY id", (fingerprint,)).fetchall()
         return [Increase(*row) for row in rows]
 
     def set_blocked(self, fingerprint: str, blocked: bool) -> KeyRecord:
+        """Block or unblock the key; its record after the change."""
         with self._update_key(fingerprint) as db:
             self._exec(db, "UPDATE mak_keys SET blocked = ? WHERE fingerprint = ?",
                        (int(blocked), fingerprint))
             return self._require_key(db, fingerprint)
 
     def set_expires(self, fingerprint: str, expires: float | None) -> KeyRecord:
+        """Set or clear the key's expiry; its record after the change."""
         with self._update_key(fingerprint) as db:
             self._exec(db, "UPDATE mak_keys SET expires = ? WHERE fingerprint = ?",
                        (expires, fingerprint))
@@ -217,6 +229,7 @@ class SqlStore(PortalSql):
 
     def activate(self, fingerprint: str, hardware_id: bytes, now: float, *, route: str,
                  machine_name: str | None = None, request_id: str | None = None) -> Activation:
+        """Decide and record one activation with the key's row held (a known request replays)."""
         if len(hardware_id) != rules.HARDWARE_ID_LENGTH:
             raise ServiceError("invalid_field", "a hardware ID is 10 bytes", field="hardware_id")
         with self._transaction(write=True) as db:
@@ -263,6 +276,7 @@ class SqlStore(PortalSql):
         return Activation(key, decision.verdict, machine_id)
 
     def machines(self, fingerprint: str) -> list[MachineRow]:
+        """The machines counted against a key, first recorded first."""
         with self._transaction(write=False) as db:
             rows = self._exec(db, "SELECT fingerprint, hardware_id, machine_name, route,"
                                   " first_at, last_at, reactivations FROM mak_machines"
@@ -273,6 +287,7 @@ class SqlStore(PortalSql):
 
     def export(self, *, keys: bool = True, activations: bool = True,
                machine_names: bool = True) -> dict[str, Any]:
+        """Keys (with increases) and activations as one document, machine names optional."""
         document: dict[str, Any] = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION,
                                     "machine_names": machine_names}
         records = self.keys()
@@ -295,6 +310,7 @@ class SqlStore(PortalSql):
         return document
 
     def import_(self, document: dict[str, Any]) -> ImportReport:
+        """Merge an export in one transaction: new keys and machines added, known ones kept."""
         keys, machines = parse_export(document)
         added = kept = machines_added = machines_kept = 0
         with self._transaction(write=True) as db:

@@ -27,6 +27,8 @@ BUSY_TIMEOUT_MS = 10_000
 
 
 class SqliteStore(SqlStore):
+    """The MAK store in one SQLite file (or ``:memory:``), a connection per thread."""
+
     blocking_ok = True
 
     def __init__(self, path: str | Path = ":memory:") -> None:
@@ -78,6 +80,7 @@ class SqliteStore(SqlStore):
                 raise ServiceError("unavailable", str(exc)) from None
 
     def close(self) -> None:
+        """Close the connection of every thread."""
         for db in self._all:
             db.close()
         self._all.clear()

@@ -126,18 +126,17 @@ def interleaved(
     rounds: int,
     scenarios: Sequence[S],
     measure: Callable[[S], T],
-    label: Callable[[S], str],
-    between: Callable[[], None] | None = None,
+    label: Callable[[S], str] | None = None,
 ) -> dict[S, list[T]]:
     """``rounds`` rounds of every scenario in turn, so that a slow spell of the machine hits
-    them all; every run, by scenario. ``label`` says on stderr what runs."""
+    them all; every run, by scenario. ``label``, if given, says on stderr what runs."""
     runs: dict[S, list[T]] = {s: [] for s in scenarios}
     for number in range(rounds):
         for scenario in scenarios:
-            print(f"... {label(scenario)} (run {number + 1}/{rounds})", file=sys.stderr, flush=True)
+            if label is not None:
+                text = f"... {label(scenario)} (run {number + 1}/{rounds})"
+                print(text, file=sys.stderr, flush=True)
             runs[scenario].append(measure(scenario))
-            if between is not None:
-                between()
     return runs
 
 
