@@ -7,6 +7,7 @@ import ipaddress
 
 class AddressError(ValueError):
     """An address that does not parse as ``HOST[:PORT]``; the message says why."""
+
     pass
 
 

@@ -8,7 +8,6 @@ lab keys, so entries are only ever appended.
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 import uuid
 from collections.abc import Iterator, Mapping
@@ -125,6 +124,8 @@ class Catalog:
         wanted = name.strip().casefold()
         by_name = {p.name.casefold(): p.key for p in self.products}
         keys = [p.key for p in self.products]
+        import difflib  # only a mistyped name needs it
+
         found = difflib.get_close_matches(wanted, [*keys, *by_name], n=n, cutoff=0.6)
         return list(dict.fromkeys(by_name.get(f, f) for f in found))[:n]
 

@@ -219,9 +219,15 @@ class KmsemuError(Exception):
 
     code: str = "internal"
 
-    def __init__(self, detail: str = "", *, code: str | None = None,
-                 output: Mapping[str, Any] | None = None, notes: Sequence[str] = (),
-                 **fields: Any) -> None:
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        code: str | None = None,
+        output: Mapping[str, Any] | None = None,
+        notes: Sequence[str] = (),
+        **fields: Any,
+    ) -> None:
         if code is not None:
             self.code = code
         self.detail = detail
@@ -288,8 +294,15 @@ class ActivationError(KmsemuError):
     ``code`` is the HRESULT's name in lower case, unless a more precise code is given
     (``key_unknown``, ``no_confirmation_id``: the HRESULT is the same)."""
 
-    def __init__(self, hresult: int, detail: str = "", *, cause: int | None = None,
-                 code: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        hresult: int,
+        detail: str = "",
+        *,
+        cause: int | None = None,
+        code: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._hresult = hresult
         self.cause = cause
         super().__init__(detail, code=code or hresult_name(hresult).lower(), **kwargs)
@@ -331,17 +344,25 @@ class ServiceErrorInfo:
     variants: Mapping[str, str] = field(default_factory=dict)
 
 
-def _redemption(status: int, message: str, hint: str, cli_hint: str = "",
-                variants: Mapping[str, str] | None = None) -> ServiceErrorInfo:
-    return ServiceErrorInfo(status, message, hint, redemption=True, cli_hint=cli_hint,
-                            variants=variants or {})
+def _redemption(
+    status: int,
+    message: str,
+    hint: str,
+    cli_hint: str = "",
+    variants: Mapping[str, str] | None = None,
+) -> ServiceErrorInfo:
+    return ServiceErrorInfo(
+        status, message, hint, redemption=True, cli_hint=cli_hint, variants=variants or {}
+    )
 
 
-def _activation(status: int, hresult: HResult, hint: str = "",
-                cli_hint: str = "") -> ServiceErrorInfo:
+def _activation(
+    status: int, hresult: HResult, hint: str = "", cli_hint: str = ""
+) -> ServiceErrorInfo:
     info = _INFO[hresult]
-    return ServiceErrorInfo(status, info.message, hint or info.hint, int(hresult),
-                            cli_hint=cli_hint)
+    return ServiceErrorInfo(
+        status, info.message, hint or info.hint, int(hresult), cli_hint=cli_hint
+    )
 
 
 _NOT_THE_SERVICE = "Does --url name the MAK service ('kmsemu mak serve')?"
@@ -349,7 +370,9 @@ _NOT_THE_SERVICE = "Does --url name the MAK service ('kmsemu mak serve')?"
 #: Every error code the HTTP services answer with (``{"error": {"code", ...}}``).
 SERVICE_ERRORS: dict[str, ServiceErrorInfo] = {
     "key_malformed": _activation(
-        400, HResult.MAK_INVALID, "The key is not well formed; see 'problems' and 'candidates'.",
+        400,
+        HResult.MAK_INVALID,
+        "The key is not well formed; see 'problems' and 'candidates'.",
         "The key is not well formed; 'kmsemu keys check KEY' says what is wrong and which "
         "keys were meant.",
     ),
@@ -357,7 +380,8 @@ SERVICE_ERRORS: dict[str, ServiceErrorInfo] = {
         404, HResult.MAK_INVALID, "The key is well formed but was never added to this service."
     ),
     "key_wrong_type": _activation(
-        400, HResult.MAK_INVALID,
+        400,
+        HResult.MAK_INVALID,
         "Only MAK, retail and KMS host keys activate here; a KMS client setup key activates "
         "against a KMS host.",
     ),
@@ -367,137 +391,176 @@ SERVICE_ERRORS: dict[str, ServiceErrorInfo] = {
     "mak_extension_limit_exceeded": _activation(409, HResult.MAK_EXTENSION_LIMIT_EXCEEDED),
     "key_unlock_limit": _activation(409, HResult.KEY_UNLOCK_LIMIT),
     "installation_id_invalid": ServiceErrorInfo(
-        400, "The installation ID is not valid.",
+        400,
+        "The installation ID is not valid.",
         "It is nine groups of seven digits; 'failed_groups' names the groups to read again.",
         cli_hint="It is nine groups of seven digits; read the groups named again.",
     ),
-    "key_exists": ServiceErrorInfo(409, "This key is already registered.",
-                                   "Use 'kmsemu mak increase' to raise its limit."),
+    "key_exists": ServiceErrorInfo(
+        409, "This key is already registered.", "Use 'kmsemu mak increase' to raise its limit."
+    ),
     "unauthorized": ServiceErrorInfo(
-        401, "An administrator token is required.",
+        401,
+        "An administrator token is required.",
         "Send 'Authorization: Bearer <token>' (--admin-token or KMSEMU_ADMIN_TOKEN).",
         cli_hint="Give --admin-token or set KMSEMU_ADMIN_TOKEN (a local 'kmsemu mak serve' "
-                 "keeps its token in $KMSEMU_HOME/mak/admin-token).",
+        "keeps its token in $KMSEMU_HOME/mak/admin-token).",
     ),
-    "forbidden": ServiceErrorInfo(403, "The administrator token is wrong.",
-                                  "Use the token the service was started with."),
-    "not_found": ServiceErrorInfo(404, "No such resource.", "See /openapi.json for the routes.",
-                                  cli_hint=_NOT_THE_SERVICE),
-    "method_not_allowed": ServiceErrorInfo(405, "Method not allowed.",
-                                           "See /openapi.json for the routes.",
-                                           cli_hint=_NOT_THE_SERVICE),
-    "bad_json": ServiceErrorInfo(400, "The request body is not a JSON object.",
-                                 "Send one JSON object with Content-Type: application/json.",
-                                 cli_hint="Does --url name a service of this kmsemu version?"),
-    "invalid_field": ServiceErrorInfo(422, "A field of the request is missing or invalid.",
-                                      "See 'field' and /openapi.json.",
-                                      cli_hint="Check the value of the argument or option of "
-                                               "that name (see the command's --help)."),
-    "body_too_large": ServiceErrorInfo(413, "The request body is too large.",
-                                       "Split the request (proxy activation takes 1,000 IDs "
-                                       "per call).",
-                                       cli_hint="Split the file: proxy-activate takes 1,000 "
-                                                "installation IDs per call."),
-    "unavailable": ServiceErrorInfo(503, "The service is busy; try again.",
-                                    "The database did not answer in time."),
-    "internal": ServiceErrorInfo(500, "Internal error.", "See the service log.",
-                                 cli_hint="A bug in kmsemu: please report it with the command "
-                                          "that failed."),
+    "forbidden": ServiceErrorInfo(
+        403, "The administrator token is wrong.", "Use the token the service was started with."
+    ),
+    "not_found": ServiceErrorInfo(
+        404, "No such resource.", "See /openapi.json for the routes.", cli_hint=_NOT_THE_SERVICE
+    ),
+    "method_not_allowed": ServiceErrorInfo(
+        405, "Method not allowed.", "See /openapi.json for the routes.", cli_hint=_NOT_THE_SERVICE
+    ),
+    "bad_json": ServiceErrorInfo(
+        400,
+        "The request body is not a JSON object.",
+        "Send one JSON object with Content-Type: application/json.",
+        cli_hint="Does --url name a service of this kmsemu version?",
+    ),
+    "invalid_field": ServiceErrorInfo(
+        422,
+        "A field of the request is missing or invalid.",
+        "See 'field' and /openapi.json.",
+        cli_hint="Check the value of the argument or option of "
+        "that name (see the command's --help).",
+    ),
+    "body_too_large": ServiceErrorInfo(
+        413,
+        "The request body is too large.",
+        "Split the request (proxy activation takes 1,000 IDs per call).",
+        cli_hint="Split the file: proxy-activate takes 1,000 installation IDs per call.",
+    ),
+    "unavailable": ServiceErrorInfo(
+        503, "The service is busy; try again.", "The database did not answer in time."
+    ),
+    "internal": ServiceErrorInfo(
+        500,
+        "Internal error.",
+        "See the service log.",
+        cli_hint="A bug in kmsemu: please report it with the command that failed.",
+    ),
     # -- the licensing portal: product-key redemption (behaviour.md's table) --------------------
     "invalid_key": _redemption(
-        400, "The product key you entered isn't valid. Try entering it again.",
+        400,
+        "The product key you entered isn't valid. Try entering it again.",
         "Check the key for 0/O, 5/S and 1/l/I mix-ups; 'problems' and 'candidates' say what "
         "is wrong and which keys were meant.",
         "Check the key for 0/O, 5/S and 1/l/I mix-ups ('kmsemu keys check KEY' says what is "
         "wrong and which keys were meant).",
-        {"not_subscription": "This product key isn't valid. Please enter a different "
-                             "product key."},
+        {"not_subscription": "This product key isn't valid. Please enter a different product key."},
     ),
     "already_entered": _redemption(
-        409, "You have already entered this product key. Enter a different key.",
+        409,
+        "You have already entered this product key. Enter a different key.",
         "This organisation redeemed the key before; its subscription is in 'kmsemu portal "
         "subscriptions'.",
     ),
-    "expired": _redemption(410, "The product key you entered has expired. Enter a "
-                                "different key.", "Ask the seller for a key that is still valid."),
+    "expired": _redemption(
+        410,
+        "The product key you entered has expired. Enter a different key.",
+        "Ask the seller for a key that is still valid.",
+    ),
     "already_used": _redemption(
-        409, "This product key has already been used. Please enter a different product key.",
+        409,
+        "This product key has already been used. Please enter a different product key.",
         "Another organisation redeemed it; a key is redeemed once.",
     ),
     "busy": _redemption(
-        503, "Sorry, we can't process your request right now. Please wait a few minutes and "
-        "try again.",
+        503,
+        "Sorry, we can't process your request right now. Please wait a few minutes and try again.",
         "Wait as long as Retry-After says and try again; if it still fails after 15 minutes, "
         "contact support.",
         "Wait a little and try again; if it still fails after 15 minutes, contact support.",
     ),
     "not_available": _redemption(
-        409, "The requested subscription is not available.",
+        409,
+        "The requested subscription is not available.",
         "'reason' says why: offer_not_available, not_in_country or trial_used.",
         "The reason says why: the key's product is not an offer, the offer is not sold in "
         "the organisation's country, or its trial was used.",
     ),
     "too_many_licences": _redemption(
-        422, "You've added more user licenses than this offer allows. The maximum is "
+        422,
+        "You've added more user licenses than this offer allows. The maximum is "
         "{maximum} user licenses.",
         "Redeem or buy fewer licences, or choose an offer with a higher maximum.",
     ),
     "admin_required": _redemption(
-        403, "You must be a global or billing admin to redeem a product key.",
+        403,
+        "You must be a global or billing admin to redeem a product key.",
         "Sign in as a global admin or billing admin of the organisation.",
         "Give --token of a global or billing admin of the organisation.",
-        {"buy": "You must be a global or billing admin to buy subscriptions.",
-         "assign": "You must be a global or billing admin to assign licences.",
-         "unassign": "You must be a global or billing admin to remove licences.",
-         "add_user": "You must be a global admin to add users."},
+        {
+            "buy": "You must be a global or billing admin to buy subscriptions.",
+            "assign": "You must be a global or billing admin to assign licences.",
+            "unassign": "You must be a global or billing admin to remove licences.",
+            "add_user": "You must be a global admin to add users.",
+        },
     ),
     "account_not_created": _redemption(
-        503, "Sorry, we can't create your account right now.",
+        503,
+        "Sorry, we can't create your account right now.",
         "The organisation and its admin were created but the key was not redeemed; redeem it "
         "again into the organisation ('org', 'user' and 'token' in this error).",
         "The organisation and its admin were created but the key was not redeemed; redeem "
         "it again into the organisation, with the admin's token.",
     ),
     "order_not_processed": _redemption(
-        503, "Your order can't be processed.",
+        503,
+        "Your order can't be processed.",
         "Nothing was charged and the key was not redeemed; try again.",
     ),
     # -- the licensing portal: everything else ---------------------------------------------------
     "login_required": ServiceErrorInfo(
-        401, "Sign in first: a user token is required.",
+        401,
+        "Sign in first: a user token is required.",
         "Send 'Authorization: Bearer <token>' (--token or KMSEMU_PORTAL_TOKEN), the token "
         "'kmsemu portal user add' printed.",
         cli_hint="Give --token (or set KMSEMU_PORTAL_TOKEN): the token 'kmsemu portal user "
-                 "add' printed.",
+        "add' printed.",
     ),
-    "token_unknown": ServiceErrorInfo(403, "No user has this token.",
-                                      "Use the token 'kmsemu portal user add' printed."),
-    "wrong_org": ServiceErrorInfo(403, "This token belongs to a user of another organisation.",
-                                  "Use a token of a user of this organisation."),
-    "unknown_org": ServiceErrorInfo(404, "No such organisation.",
-                                    "See 'kmsemu portal org list'."),
-    "unknown_user": ServiceErrorInfo(404, "No such user in this organisation.",
-                                     "See 'kmsemu portal users ORG'."),
+    "token_unknown": ServiceErrorInfo(
+        403, "No user has this token.", "Use the token 'kmsemu portal user add' printed."
+    ),
+    "wrong_org": ServiceErrorInfo(
+        403,
+        "This token belongs to a user of another organisation.",
+        "Use a token of a user of this organisation.",
+    ),
+    "unknown_org": ServiceErrorInfo(404, "No such organisation.", "See 'kmsemu portal org list'."),
+    "unknown_user": ServiceErrorInfo(
+        404, "No such user in this organisation.", "See 'kmsemu portal users ORG'."
+    ),
     "unknown_offer": ServiceErrorInfo(404, "No such offer.", "See 'kmsemu portal offers'."),
-    "org_exists": ServiceErrorInfo(409, "An organisation with this name exists.",
-                                   "Choose another name."),
-    "user_exists": ServiceErrorInfo(409, "A user with this name exists in the organisation.",
-                                    "Choose another name."),
+    "org_exists": ServiceErrorInfo(
+        409, "An organisation with this name exists.", "Choose another name."
+    ),
+    "user_exists": ServiceErrorInfo(
+        409, "A user with this name exists in the organisation.", "Choose another name."
+    ),
     "no_free_licences": ServiceErrorInfo(
-        409, "There are no free licences for {offer}: all {licences} are assigned.",
+        409,
+        "There are no free licences for {offer}: all {licences} are assigned.",
         "Buy more licences ('kmsemu portal buy') or remove one from another user "
         "('kmsemu portal unassign').",
         variants={"none_bought": "The organisation has no {offer} subscription."},
     ),
-    "already_assigned": ServiceErrorInfo(409, "The user already has a licence of this offer.",
-                                         "Nothing to do."),
-    "not_assigned": ServiceErrorInfo(409, "The user has no licence of this offer.",
-                                     "See 'kmsemu portal users ORG'."),
+    "already_assigned": ServiceErrorInfo(
+        409, "The user already has a licence of this offer.", "Nothing to do."
+    ),
+    "not_assigned": ServiceErrorInfo(
+        409, "The user has no licence of this offer.", "See 'kmsemu portal users ORG'."
+    ),
 }
 
 #: The redemption errors of behaviour.md's table, in its order: what a fault can force.
 REDEMPTION_ERRORS: tuple[str, ...] = tuple(
-    code for code, info in SERVICE_ERRORS.items() if info.redemption)
+    code for code, info in SERVICE_ERRORS.items() if info.redemption
+)
 
 
 class ServiceError(KmsemuError):
@@ -505,9 +568,16 @@ class ServiceError(KmsemuError):
     keyword fields go in the answer's error object and fill the message's ``{name}``s;
     ``variant`` picks one of the registry's other wordings of the code."""
 
-    def __init__(self, code: str, detail: str = "", *, variant: str | None = None,
-                 status: int | None = None, headers: dict[str, str] | None = None,
-                 **extra: Any) -> None:
+    def __init__(
+        self,
+        code: str,
+        detail: str = "",
+        *,
+        variant: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         self.entry = SERVICE_ERRORS[code]
         self._status = status
         #: HTTP headers the answer carries (``Retry-After``).
@@ -568,83 +638,121 @@ class _Fill(dict[str, Any]):
 #: catalogs, lab.toml and scenarios, and the MAK service's client.
 LOCAL_ERRORS: dict[str, ErrorInfo] = {
     # -- wrong input (ConfigError) -------------------------------------------------------------
-    "config": ErrorInfo("The configuration is invalid.",
-                        "Check the option or file named (see the command's --help)."),
-    "bad_catalog": ErrorInfo("The catalog is invalid.",
-                             "Fix the entry named; 'kmsemu catalog --file FILE' checks a "
-                             "catalog file."),
-    "unknown_product": ErrorInfo("No such product in the catalog.",
-                                 "'kmsemu catalog' lists the products by key and name."),
-    "config_invalid": ErrorInfo("The lab configuration file is invalid.",
-                                "Fix the [lab] key named (docs/lab.md lists them)."),
-    "scenario_invalid": ErrorInfo("The scenario is invalid.",
-                                  "Fix the entry named (docs/sim.md describes scenario files)."),
-    "unknown_scenario": ErrorInfo("No such scenario.",
-                                  "Give a scenario file (.toml) or a built-in name from "
-                                  "'kmsemu sim list'."),
-    "zone_invalid": ErrorInfo("The DNS zone data is invalid.",
-                              "Check --zone, --srv, --a and the zone file ('kmsemu dns serve "
-                              "--help')."),
+    "config": ErrorInfo(
+        "The configuration is invalid.",
+        "Check the option or file named (see the command's --help).",
+    ),
+    "bad_catalog": ErrorInfo(
+        "The catalog is invalid.",
+        "Fix the entry named; 'kmsemu catalog --file FILE' checks a catalog file.",
+    ),
+    "unknown_product": ErrorInfo(
+        "No such product in the catalog.", "'kmsemu catalog' lists the products by key and name."
+    ),
+    "config_invalid": ErrorInfo(
+        "The lab configuration file is invalid.",
+        "Fix the [lab] key named (docs/lab.md lists them).",
+    ),
+    "scenario_invalid": ErrorInfo(
+        "The scenario is invalid.", "Fix the entry named (docs/sim.md describes scenario files)."
+    ),
+    "unknown_scenario": ErrorInfo(
+        "No such scenario.",
+        "Give a scenario file (.toml) or a built-in name from 'kmsemu sim list'.",
+    ),
+    "zone_invalid": ErrorInfo(
+        "The DNS zone data is invalid.",
+        "Check --zone, --srv, --a and the zone file ('kmsemu dns serve --help').",
+    ),
     # -- what this machine could not do (LocalError) -------------------------------------------
-    "listen_failed": ErrorInfo("Cannot listen on the address.",
-                               "Another program may hold the port, or a port below 1024 needs "
-                               "privileges; choose another with --listen or --port."),
-    "no_state": ErrorInfo("No KMS host state was found.",
-                          "Start a host with 'kmsemu host serve' (or 'kmsemu lab'), or name "
-                          "its directory with --state."),
-    "lab_failed": ErrorInfo("The lab could not start.",
-                            "A port in use moves with --kms-listen, --dns-listen or "
-                            "--http-listen."),
-    "sim_failed": ErrorInfo("The simulated network could not start.",
-                            "--network needs free ports on 127.0.0.1; without it the "
-                            "simulator needs none."),
-    "database_unavailable": ErrorInfo("The database cannot be opened.",
-                                      "Check --db (sqlite:///PATH or postgresql://...), the "
-                                      "file's permissions, or that PostgreSQL is running."),
-    "write_failed": ErrorInfo("Cannot write there.",
-                              "Check the path, its permissions and the free space (state "
-                              "lives in $KMSEMU_HOME)."),
+    "listen_failed": ErrorInfo(
+        "Cannot listen on the address.",
+        "Another program may hold the port, or a port below 1024 needs "
+        "privileges; choose another with --listen or --port.",
+    ),
+    "no_state": ErrorInfo(
+        "No KMS host state was found.",
+        "Start a host with 'kmsemu host serve' (or 'kmsemu lab'), or name "
+        "its directory with --state.",
+    ),
+    "lab_failed": ErrorInfo(
+        "The lab could not start.",
+        "A port in use moves with --kms-listen, --dns-listen or --http-listen.",
+    ),
+    "sim_failed": ErrorInfo(
+        "The simulated network could not start.",
+        "--network needs free ports on 127.0.0.1; without it the simulator needs none.",
+    ),
+    "database_unavailable": ErrorInfo(
+        "The database cannot be opened.",
+        "Check --db (sqlite:///PATH or postgresql://...), the "
+        "file's permissions, or that PostgreSQL is running.",
+    ),
+    "write_failed": ErrorInfo(
+        "Cannot write there.",
+        "Check the path, its permissions and the free space (state lives in $KMSEMU_HOME).",
+    ),
     # -- a client machine (kmsemu client VERB) -------------------------------------------------
-    "bad_profile": ErrorInfo("The client profile cannot be used.",
-                             "Its file in $KMSEMU_HOME/clients is damaged or from another "
-                             "version: delete it (a new machine starts), or use another "
-                             "--profile."),
-    "clock_out_of_range": ErrorInfo("The profile's clock cannot be moved there.",
-                                    "It stays between the years 1970 and 2999 (UTC); move it "
-                                    "by less, or set it with --at."),
-    "product_key_not_found": ErrorInfo("Product key not found.",
-                                       "Install one with 'kmsemu client ipk KEY' ('kmsemu "
-                                       "keys setup-keys' lists the KMS client setup keys)."),
+    "bad_profile": ErrorInfo(
+        "The client profile cannot be used.",
+        "Its file in $KMSEMU_HOME/clients is damaged or from another "
+        "version: delete it (a new machine starts), or use another "
+        "--profile.",
+    ),
+    "clock_out_of_range": ErrorInfo(
+        "The profile's clock cannot be moved there.",
+        "It stays between the years 1970 and 2999 (UTC); move it by less, or set it with --at.",
+    ),
+    "product_key_not_found": ErrorInfo(
+        "Product key not found.",
+        "Install one with 'kmsemu client ipk KEY' ('kmsemu "
+        "keys setup-keys' lists the KMS client setup keys).",
+    ),
     "no_confirmation_id": ErrorInfo(
         _INFO[HResult.IID_CID_INVALID].message,
         "Give the confirmation ID ('kmsemu client atp CID'); a CID is kept only once one was "
-        "deposited for this installation ID.", HResult.IID_CID_INVALID),
-    "confirmation_id_invalid": ErrorInfo(_INFO[HResult.IID_CID_INVALID].message,
-                                         _INFO[HResult.IID_CID_INVALID].hint,
-                                         HResult.IID_CID_INVALID),
+        "deposited for this installation ID.",
+        HResult.IID_CID_INVALID,
+    ),
+    "confirmation_id_invalid": ErrorInfo(
+        _INFO[HResult.IID_CID_INVALID].message,
+        _INFO[HResult.IID_CID_INVALID].hint,
+        HResult.IID_CID_INVALID,
+    ),
     # -- a typed product key (kmsemu keys check; keys.md's problem codes) -----------------------
-    "wrong_length": ErrorInfo("The key has the wrong length.",
-                              "A key is 25 characters, five groups of five."),
-    "invalid_character": ErrorInfo("The key has characters outside the key alphabet.",
-                                   "Keys use no vowels and none of 0 1 5 L N S Z: check for "
-                                   "0/O, 5/S and 1/l/I mix-ups."),
-    "out_of_range": ErrorInfo("This is not a key: its value is out of range.",
-                              "Check that the whole key was copied."),
-    "unknown_type": ErrorInfo("This is not a key: its key type is unknown.",
-                              "Check that the whole key was copied."),
-    "check_failed": ErrorInfo("A character of the key is mistyped.",
-                              "The keys it most likely was are listed after 'Did you mean'."),
+    "wrong_length": ErrorInfo(
+        "The key has the wrong length.", "A key is 25 characters, five groups of five."
+    ),
+    "invalid_character": ErrorInfo(
+        "The key has characters outside the key alphabet.",
+        "Keys use no vowels and none of 0 1 5 L N S Z: check for 0/O, 5/S and 1/l/I mix-ups.",
+    ),
+    "out_of_range": ErrorInfo(
+        "This is not a key: its value is out of range.", "Check that the whole key was copied."
+    ),
+    "unknown_type": ErrorInfo(
+        "This is not a key: its key type is unknown.", "Check that the whole key was copied."
+    ),
+    "check_failed": ErrorInfo(
+        "A character of the key is mistyped.",
+        "The keys it most likely was are listed after 'Did you mean'.",
+    ),
     # -- the MAK service's client (RemoteError) ------------------------------------------------
-    "proxy_refused": ErrorInfo("The service refused some of the installation IDs.",
-                               "Each refused ID is listed with its error; fix those and send "
-                               "them again (the confirmed ones count once)."),
-    "unreachable": ErrorInfo(_INFO[HResult.CANNOT_CONNECT].message,
-                             "Nothing answered at the service URL; is 'kmsemu mak serve' "
-                             "running? See --url (or 'kmsemu client mak-url').",
-                             HResult.CANNOT_CONNECT),
-    "bad_response": ErrorInfo("The service's answer cannot be read.",
-                              "Does --url name the MAK service ('kmsemu mak serve') of this "
-                              "kmsemu version?"),
+    "proxy_refused": ErrorInfo(
+        "The service refused some of the installation IDs.",
+        "Each refused ID is listed with its error; fix those and send "
+        "them again (the confirmed ones count once).",
+    ),
+    "unreachable": ErrorInfo(
+        _INFO[HResult.CANNOT_CONNECT].message,
+        "Nothing answered at the service URL; is 'kmsemu mak serve' "
+        "running? See --url (or 'kmsemu client mak-url').",
+        HResult.CANNOT_CONNECT,
+    ),
+    "bad_response": ErrorInfo(
+        "The service's answer cannot be read.",
+        "Does --url name the MAK service ('kmsemu mak serve') of this kmsemu version?",
+    ),
 }
 
 
@@ -668,8 +776,9 @@ def lookup(code: str) -> ErrorInfo | None:
 
 def all_codes() -> list[str]:
     """Every code of the registry: HRESULT names, service codes, local codes."""
-    return list(dict.fromkeys([*(h.name.lower() for h in HResult if h), *SERVICE_ERRORS,
-                               *LOCAL_ERRORS]))
+    return list(
+        dict.fromkeys([*(h.name.lower() for h in HResult if h), *SERVICE_ERRORS, *LOCAL_ERRORS])
+    )
 
 
 def markdown_table() -> str:
@@ -713,7 +822,7 @@ def markdown_table() -> str:
         "",
         "## HTTP service errors (MAK service, portal)",
         "",
-        "Bodies are `{\"error\": {\"code\", \"message\", \"hint\", \"hresult\"?}}`;",
+        'Bodies are `{"error": {"code", "message", "hint", "hresult"?}}`;',
         "the CLI prints the same object with `--json` and exits 1, with its own hint where",
         "one is given. `{name}` in a message is the error's field of that name; a code with",
         "more than one wording names each other wording (`variant`).",
@@ -725,14 +834,16 @@ def markdown_table() -> str:
         "## Local errors (CLI, client machine, configuration, scenarios)",
         "",
         "Decided on this machine. The CLI prints `Error: [HRESULT ]message (detail)` and the",
-        "hint on stderr, or with `--json` `{\"error\": {\"code\", \"message\", \"hint\","
-        " \"hresult\"?}}`",
+        'hint on stderr, or with `--json` `{"error": {"code", "message", "hint", "hresult"?}}`',
         "on stdout, and exits 1; a bad option value is a usage error instead (exit 2).",
         "",
         "| code | HRESULT | message | hint |",
         "|---|---|---|---|",
-        *(f"| `{code}` | {format_hresult(info.hresult) if info.hresult is not None else ''} | "
-          f"{info.message} | {info.hint} |" for code, info in LOCAL_ERRORS.items()),
+        *(
+            f"| `{code}` | {format_hresult(info.hresult) if info.hresult is not None else ''} | "
+            f"{info.message} | {info.hint} |"
+            for code, info in LOCAL_ERRORS.items()
+        ),
         "",
         "## DCE/RPC faults",
         "",
@@ -754,8 +865,9 @@ def markdown_table() -> str:
 
 def _service_row(code: str, info: ServiceErrorInfo) -> str:
     hresult = format_hresult(info.hresult) if info.hresult is not None else ""
-    message = "<br>".join([info.message, *(f"or (`{name}`): {text}"
-                                           for name, text in info.variants.items())])
+    message = "<br>".join(
+        [info.message, *(f"or (`{name}`): {text}" for name, text in info.variants.items())]
+    )
     hint = info.hint + (f"<br>CLI: {info.cli_hint}" if info.cli_hint else "")
     return f"| `{code}` | {info.status} | {hresult} | {message} | {hint} |"
 

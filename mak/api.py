@@ -32,8 +32,12 @@ from mak.web.portal_routes import PORTAL_ENDPOINTS
 
 log = logging.getLogger("kmsemu.mak")
 
-_ERROR = obj(["error"], error=obj(["code", "message", "hint"], code=STRING, message=STRING,
-                                  hint=STRING, hresult=STRING))
+_ERROR = obj(
+    ["error"],
+    error=obj(
+        ["code", "message", "hint"], code=STRING, message=STRING, hint=STRING, hresult=STRING
+    ),
+)
 
 
 async def openapi(api: Api, request: Request) -> Response:
@@ -58,51 +62,88 @@ def openapi_document() -> dict[str, Any]:
             "summary": endpoint.summary,
             "operationId": endpoint.handler.__name__.strip("_"),
             "responses": {
-                str(endpoint.status): {"description": "success", "content": {
-                    "application/json": {"schema": endpoint.response}}},
-                **{status: {"description": "error", "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-                   for status in sorted(errors)},
+                str(endpoint.status): {
+                    "description": "success",
+                    "content": {"application/json": {"schema": endpoint.response}},
+                },
+                **{
+                    status: {
+                        "description": "error",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                        },
+                    }
+                    for status in sorted(errors)
+                },
             },
         }
         for status, description in endpoint.also.items():
             schema = endpoint.response if status < 400 else {"$ref": "#/components/schemas/Error"}
-            operation["responses"][str(status)] = {"description": description, "content": {
-                "application/json": {"schema": schema}}}
+            operation["responses"][str(status)] = {
+                "description": description,
+                "content": {"application/json": {"schema": schema}},
+            }
         if endpoint.admin:
             operation["security"] = [{"admin": []}]
         if endpoint.caller:
             operation["security"] = [{"user": []}, {"admin": []}]
         if endpoint.request is not None:
-            operation["requestBody"] = {"required": True, "content": {
-                "application/json": {"schema": endpoint.request}}}
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": endpoint.request}},
+            }
         if "{fingerprint}" in endpoint.path:
-            operation["parameters"] = [{"name": "fingerprint", "in": "path", "required": True,
-                                        "schema": {"type": "string",
-                                                   "pattern": "^[0-9a-f]{16}$"}}]
+            operation["parameters"] = [
+                {
+                    "name": "fingerprint",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+                }
+            ]
         names = [n for n in ("org", "user", "offer") if f"{{{n}}}" in endpoint.path]
         if names:
-            operation["parameters"] = [{"name": n, "in": "path", "required": True,
-                                        "schema": {"type": "string"}} for n in names]
+            operation["parameters"] = [
+                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                for n in names
+            ]
         if endpoint.path == "/v1/export":
-            operation["parameters"] = [{"name": name, "in": "query", "required": False,
-                                        "schema": {"type": "boolean", "default": True}}
-                                       for name in ("keys", "activations", "machine_names")]
+            operation["parameters"] = [
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "boolean", "default": True},
+                }
+                for name in ("keys", "activations", "machine_names")
+            ]
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
     return {
         "openapi": "3.1.0",
-        "info": {"title": "kmsemu MAK service and licensing portal", "version": "1",
-                 "description": "Lab MAK activation (online, phone, proxy), key "
-                                "administration, and the licensing portal (organisations, "
-                                "subscription keys, subscriptions, licences). Lab keys only "
-                                "(keys.md)."},
+        "info": {
+            "title": "kmsemu MAK service and licensing portal",
+            "version": "1",
+            "description": "Lab MAK activation (online, phone, proxy), key "
+            "administration, and the licensing portal (organisations, "
+            "subscription keys, subscriptions, licences). Lab keys only "
+            "(keys.md).",
+        },
         "paths": paths,
-        "components": {"schemas": {"Error": _ERROR},
-                       "securitySchemes": {
-                           "admin": {"type": "http", "scheme": "bearer",
-                                     "description": "the service's admin token"},
-                           "user": {"type": "http", "scheme": "bearer",
-                                    "description": "a portal user's token"}}},
+        "components": {
+            "schemas": {"Error": _ERROR},
+            "securitySchemes": {
+                "admin": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the service's admin token",
+                },
+                "user": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a portal user's token",
+                },
+            },
+        },
     }
 
 
@@ -117,20 +158,26 @@ def _route(api: Api, endpoint: Endpoint) -> Route:
         except ServiceError as exc:
             return error_response(exc)
 
-    return Route(endpoint.path, endpoint_fn, methods=[endpoint.method],
-                 name=endpoint.handler.__name__)
+    return Route(
+        endpoint.path, endpoint_fn, methods=[endpoint.method], name=endpoint.handler.__name__
+    )
 
 
-def create_app(service: MakService, *, admin_token: str,
-               executor: ThreadPoolExecutor | None = None,
-               redeem_rate: int = DEFAULT_REDEEM_RATE) -> Starlette:
+def create_app(
+    service: MakService,
+    *,
+    admin_token: str,
+    executor: ThreadPoolExecutor | None = None,
+    redeem_rate: int = DEFAULT_REDEEM_RATE,
+) -> Starlette:
     """The MAK service's and the portal's routes (the portal keeps its tables in the MAK
     store's database)."""
     store = service.store
     if not isinstance(store, PortalSql):
         raise TypeError(f"the portal needs a SQL store, not {type(store).__name__}")
-    portal_service = PortalService(store, now=service.now, catalog=service.catalog,
-                                   redeem_rate=redeem_rate)
+    portal_service = PortalService(
+        store, now=service.now, catalog=service.catalog, redeem_rate=redeem_rate
+    )
     api = Api(service, portal_service, admin_token=admin_token, executor=executor)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -142,7 +189,9 @@ def create_app(service: MakService, *, admin_token: str,
         log.exception("internal error on %s %s", request.method, request.url.path)
         return error_response(ServiceError("internal"))
 
-    app = Starlette(routes=[_route(api, e) for e in ENDPOINTS],
-                    exception_handlers={HTTPException: http_error, Exception: internal})
+    app = Starlette(
+        routes=[_route(api, e) for e in ENDPOINTS],
+        exception_handlers={HTTPException: http_error, Exception: internal},
+    )
     app.router.redirect_slashes = False  # /v1/activate/ is a 404, not a redirect
     return app

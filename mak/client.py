@@ -25,13 +25,20 @@ class RemoteError(KmsemuError):
     ``bad_response``: no body, the registry's message and ``detail``). The hint is the
     registry's CLI wording when the code is known here, else the service's."""
 
-    def __init__(self, code: str, detail: str = "", *, status: int | None = None,
-                 body: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        detail: str = "",
+        *,
+        status: int | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
         self.status = status
         self.body: dict[str, Any] = body or {}
         super().__init__(detail, code=code)
-        self.fields = {k: v for k, v in self.body.items()
-                       if k not in ("code", "message", "hint", "hresult")}
+        self.fields = {
+            k: v for k, v in self.body.items() if k not in ("code", "message", "hint", "hresult")
+        }
 
     @classmethod
     def from_body(cls, status: int, body: Any) -> RemoteError:
@@ -72,8 +79,9 @@ class RemoteError(KmsemuError):
 class MakClient:
     """The MAK service's HTTP JSON API as methods, on one kept-alive connection."""
 
-    def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = 10.0
+    ) -> None:
         parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{url!r} is not an http:// URL")
@@ -82,8 +90,7 @@ class MakClient:
             parts.hostname.encode("idna")
             parts.path.encode("ascii")
         except (ValueError, UnicodeError):
-            raise ValueError(f"{url!r} is not an http:// URL with a valid host and "
-                             "port") from None
+            raise ValueError(f"{url!r} is not an http:// URL with a valid host and port") from None
         self.url = url
         self._https = parts.scheme == "https"
         self._host = parts.hostname
@@ -113,8 +120,7 @@ class MakClient:
             self._conn = conn
         return self._conn
 
-    def request(self, method: str, path: str, body: Any = None, *,
-                admin: bool = False) -> Any:
+    def request(self, method: str, path: str, body: Any = None, *, admin: bool = False) -> Any:
         """One JSON call; the decoded answer, or RemoteError (refused, unreachable, unreadable)."""
         headers = {"Accept": "application/json"}
         data = None
@@ -141,8 +147,9 @@ class MakClient:
                     raise self._unreachable("the connection was closed") from None
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                raise self._unreachable(getattr(exc, "strerror", None) or str(exc)
-                                        or type(exc).__name__) from None
+                raise self._unreachable(
+                    getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                ) from None
         try:
             payload = json.loads(raw) if raw else {}
         except ValueError:
@@ -150,8 +157,9 @@ class MakClient:
         if response.status >= 400:
             raise RemoteError.from_body(response.status, payload)
         if payload is None:
-            raise RemoteError("bad_response", f"HTTP {response.status}: not JSON",
-                              status=response.status)
+            raise RemoteError(
+                "bad_response", f"HTTP {response.status}: not JSON", status=response.status
+            )
         return payload
 
     def _unreachable(self, why: str) -> RemoteError:
@@ -159,19 +167,47 @@ class MakClient:
 
     # -- activation (public) ---------------------------------------------------------------------
 
-    def activate(self, key: str, hardware_id: str, *, machine_name: str | None = None,
-                 request_id: str | None = None) -> dict[str, Any]:
+    def activate(
+        self,
+        key: str,
+        hardware_id: str,
+        *,
+        machine_name: str | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
         """Online activation of a key on a hardware ID (``POST /v1/activate``)."""
-        return dict(self.request("POST", "/v1/activate", _drop_none(
-            key=key, hardware_id=hardware_id, machine_name=machine_name,
-            request_id=request_id)))
+        return dict(
+            self.request(
+                "POST",
+                "/v1/activate",
+                _drop_none(
+                    key=key,
+                    hardware_id=hardware_id,
+                    machine_name=machine_name,
+                    request_id=request_id,
+                ),
+            )
+        )
 
-    def phone(self, installation_id: str, *, machine_name: str | None = None,
-              request_id: str | None = None) -> dict[str, Any]:
+    def phone(
+        self,
+        installation_id: str,
+        *,
+        machine_name: str | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
         """Phone activation: a confirmation ID for an installation ID (``POST /v1/phone``)."""
-        return dict(self.request("POST", "/v1/phone", _drop_none(
-            installation_id=installation_id, machine_name=machine_name,
-            request_id=request_id)))
+        return dict(
+            self.request(
+                "POST",
+                "/v1/phone",
+                _drop_none(
+                    installation_id=installation_id,
+                    machine_name=machine_name,
+                    request_id=request_id,
+                ),
+            )
+        )
 
     def proxy_activate(self, items: list[Any]) -> dict[str, Any]:
         """VAMT proxy activation of many installation IDs in one call."""
@@ -187,11 +223,23 @@ class MakClient:
         """Every registered key (admin)."""
         return list(self.request("GET", "/v1/keys", admin=True)["keys"])
 
-    def add_key(self, key: str, *, limit: int | None = None, expires: str | None = None,
-                reactivations: int | None = None) -> dict[str, Any]:
+    def add_key(
+        self,
+        key: str,
+        *,
+        limit: int | None = None,
+        expires: str | None = None,
+        reactivations: int | None = None,
+    ) -> dict[str, Any]:
         """Register a key, with its limit, expiry and reactivations if given (admin)."""
-        return dict(self.request("POST", "/v1/keys", _drop_none(
-            key=key, limit=limit, expires=expires, reactivations=reactivations), admin=True))
+        return dict(
+            self.request(
+                "POST",
+                "/v1/keys",
+                _drop_none(key=key, limit=limit, expires=expires, reactivations=reactivations),
+                admin=True,
+            )
+        )
 
     def key(self, fingerprint: str) -> dict[str, Any]:
         """One registered key by fingerprint, with its increases and machines (admin)."""
@@ -199,21 +247,37 @@ class MakClient:
 
     def increase(self, fingerprint: str, by: int, reason: str | None = None) -> dict[str, Any]:
         """Grant a key ``by`` more activations, with a reason for the record (admin)."""
-        return dict(self.request("POST", f"/v1/keys/{fingerprint}/increase",
-                                 _drop_none(by=by, reason=reason), admin=True))
+        return dict(
+            self.request(
+                "POST",
+                f"/v1/keys/{fingerprint}/increase",
+                _drop_none(by=by, reason=reason),
+                admin=True,
+            )
+        )
 
-    def change(self, fingerprint: str, action: str, body: dict[str, Any] | None = None,
-               ) -> dict[str, Any]:
+    def change(
+        self,
+        fingerprint: str,
+        action: str,
+        body: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """``block``, ``unblock`` or ``expire`` (body ``{"at": ISO}`` optional)."""
-        return dict(self.request("POST", f"/v1/keys/{fingerprint}/{action}", body or {},
-                                 admin=True))
+        return dict(
+            self.request("POST", f"/v1/keys/{fingerprint}/{action}", body or {}, admin=True)
+        )
 
-    def export(self, *, keys: bool = True, activations: bool = True,
-               machine_names: bool = True) -> dict[str, Any]:
+    def export(
+        self, *, keys: bool = True, activations: bool = True, machine_names: bool = True
+    ) -> dict[str, Any]:
         """The service's keys and activations as one document, parts optional (admin)."""
-        query = urllib.parse.urlencode({"keys": str(keys).lower(),
-                                        "activations": str(activations).lower(),
-                                        "machine_names": str(machine_names).lower()})
+        query = urllib.parse.urlencode(
+            {
+                "keys": str(keys).lower(),
+                "activations": str(activations).lower(),
+                "machine_names": str(machine_names).lower(),
+            }
+        )
         return dict(self.request("GET", f"/v1/export?{query}", admin=True))
 
     def import_(self, document: dict[str, Any]) -> dict[str, Any]:

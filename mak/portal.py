@@ -63,8 +63,9 @@ class RateLimit:
     """At most ``rate`` events per ``window`` seconds per name (a sliding window of
     timestamps); ``check`` answers how many seconds to wait, 0 when allowed."""
 
-    def __init__(self, rate: int, window: float = REDEEM_WINDOW,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate: int, window: float = REDEEM_WINDOW, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate = rate
         self.window = window
         self._clock = clock
@@ -84,22 +85,34 @@ class RateLimit:
             events.append(now)
             self._events[name] = events
             if len(self._events) > 10_000:  # names that went quiet
-                self._events = {k: v for k, v in self._events.items()
-                                if v and now - v[-1] < self.window}
+                self._events = {
+                    k: v for k, v in self._events.items() if v and now - v[-1] < self.window
+                }
         return 0
 
 
 def _busy(retry_after: int, *, status: int, detail: str) -> ServiceError:
-    return ServiceError("busy", detail, status=status, retry_after=retry_after,
-                        headers={"Retry-After": str(retry_after)})
+    return ServiceError(
+        "busy",
+        detail,
+        status=status,
+        retry_after=retry_after,
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 class PortalService:
     """The portal's operations over its store, catalog, clock and redemption rate limit."""
 
-    def __init__(self, store: PortalSql, *, now: Callable[[], float], catalog: Catalog,
-                 redeem_rate: int = DEFAULT_REDEEM_RATE,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        store: PortalSql,
+        *,
+        now: Callable[[], float],
+        catalog: Catalog,
+        redeem_rate: int = DEFAULT_REDEEM_RATE,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.now = now
         self.catalog = catalog
@@ -129,16 +142,22 @@ class PortalService:
 
     def add_org(self, name: Any, country: Any) -> Org:
         """Create an organisation, its name and country checked."""
-        return self.store.add_org(portal_rules.name(name, "name"), portal_rules.country(country),
-                                  self.now())
+        return self.store.add_org(
+            portal_rules.name(name, "name"), portal_rules.country(country), self.now()
+        )
 
     def add_user(self, org: Org, caller: Caller, name: Any, role: Any) -> tuple[User, str]:
         """Add a user to ``org`` (global admins only); the user and their new token."""
         if caller.role != "global-admin":
             raise ServiceError("admin_required", variant="add_user", role=caller.role)
         token = TOKEN_PREFIX + secrets.token_urlsafe(24)
-        user = self.store.add_user(org.id, portal_rules.name(name, "name"),
-                                   portal_rules.role(role), hash_token(token), self.now())
+        user = self.store.add_user(
+            org.id,
+            portal_rules.name(name, "name"),
+            portal_rules.role(role),
+            hash_token(token),
+            self.now(),
+        )
         return user, token
 
     def offer_product(self, name: str) -> Product:
@@ -149,25 +168,42 @@ class PortalService:
             product = None
         if product is None or product.channel != "subscription":
             names = ", ".join(p.key for p in self.catalog if p.channel == "subscription")
-            raise ServiceError("unknown_offer", f"{name!r} is not a subscription product of "
-                               f"the catalog; known: {names}")
+            raise ServiceError(
+                "unknown_offer",
+                f"{name!r} is not a subscription product of the catalog; known: {names}",
+            )
         return product
 
-    def put_offer(self, name: str, max_licences: Any, countries: Any, trial: Any
-                  ) -> tuple[Offer, bool]:
+    def put_offer(
+        self, name: str, max_licences: Any, countries: Any, trial: Any
+    ) -> tuple[Offer, bool]:
         """Define or redefine an offer for a subscription product; True when it is new."""
         product = self.offer_product(name)
-        if (not isinstance(max_licences, int) or isinstance(max_licences, bool)
-                or not 1 <= max_licences <= portal_rules.MAX_LICENCES):
-            raise ServiceError("invalid_field", f"'max_licences' is from 1 to "
-                               f"{portal_rules.MAX_LICENCES}", field="max_licences")
+        if (
+            not isinstance(max_licences, int)
+            or isinstance(max_licences, bool)
+            or not 1 <= max_licences <= portal_rules.MAX_LICENCES
+        ):
+            raise ServiceError(
+                "invalid_field",
+                f"'max_licences' is from 1 to {portal_rules.MAX_LICENCES}",
+                field="max_licences",
+            )
         if not isinstance(countries, list) or not countries or len(countries) > 300:
-            raise ServiceError("invalid_field", "'countries' is a list of 1 to 300 two-letter "
-                               "country codes", field="countries")
+            raise ServiceError(
+                "invalid_field",
+                "'countries' is a list of 1 to 300 two-letter country codes",
+                field="countries",
+            )
         if not isinstance(trial, bool):
             raise ServiceError("invalid_field", "'trial' is true or false", field="trial")
-        offer = Offer(product.key, product.number, max_licences,
-                      frozenset(portal_rules.country(c, "countries") for c in countries), trial)
+        offer = Offer(
+            product.key,
+            product.number,
+            max_licences,
+            frozenset(portal_rules.country(c, "countries") for c in countries),
+            trial,
+        )
         return offer, self.store.put_offer(offer, self.now())
 
     def expire_key(self, text: Any, at: float | None) -> tuple[ProductKey, float]:
@@ -180,8 +216,9 @@ class PortalService:
     def set_fault(self, code: Any, times: int | None) -> Fault:
         """Force a redemption error for the next ``times`` redemptions (None: until cleared)."""
         if code not in REDEMPTION_ERRORS:
-            raise ServiceError("invalid_field", f"'code' is one of {', '.join(REDEMPTION_ERRORS)}",
-                               field="code")
+            raise ServiceError(
+                "invalid_field", f"'code' is one of {', '.join(REDEMPTION_ERRORS)}", field="code"
+            )
         if times is not None and times < 1:
             raise ServiceError("invalid_field", "'times' is 1 or more", field="times")
         fault = Fault(str(code), times)
@@ -197,13 +234,22 @@ class PortalService:
         except ServiceError as exc:
             if exc.code != "key_malformed":
                 raise
-            raise ServiceError("invalid_key", exc.detail, problems=exc.extra.get("problems"),
-                               candidates=exc.extra.get("candidates")) from None
+            raise ServiceError(
+                "invalid_key",
+                exc.detail,
+                problems=exc.extra.get("problems"),
+                candidates=exc.extra.get("candidates"),
+            ) from None
         portal_rules.subscription_key(key)
-        if (key.product >= len(self.catalog)
-                or self.catalog.products[key.product].channel != "subscription"):
-            raise ServiceError("invalid_key", f"product #{key.product} is not a subscription "
-                               "offer", variant="not_subscription")
+        if (
+            key.product >= len(self.catalog)
+            or self.catalog.products[key.product].channel != "subscription"
+        ):
+            raise ServiceError(
+                "invalid_key",
+                f"product #{key.product} is not a subscription offer",
+                variant="not_subscription",
+            )
         return key
 
     def _admit(self, org_key: str) -> str | None:
@@ -219,8 +265,9 @@ class PortalService:
             return _busy(MAINTENANCE_RETRY_AFTER, status=503, detail="maintenance (forced)")
         if code == "too_many_licences":  # the message names the maximum of the key's offer
             try:
-                offer = self.store.offer(self.catalog.products[
-                    self.subscription_key(text).product].key)
+                offer = self.store.offer(
+                    self.catalog.products[self.subscription_key(text).product].key
+                )
             except ServiceError:
                 offer = None
             if offer is None:
@@ -240,8 +287,9 @@ class PortalService:
         offer = self.catalog.products[key.product].key
         return self.store.redeem(org.id, caller.role, key, offer, self.now())
 
-    def signup(self, text: Any, org_name: Any, country: Any, user_name: Any
-               ) -> tuple[Org, User, str, Subscription]:
+    def signup(
+        self, text: Any, org_name: Any, country: Any, user_name: Any
+    ) -> tuple[Org, User, str, Subscription]:
         """A new organisation and its global admin, by redeeming a key (all or nothing); a
         forced partial failure leaves the organisation and admin, the key unredeemed."""
         name = portal_rules.name(org_name, "org")
@@ -255,38 +303,51 @@ class PortalService:
         key = None if partial else self.subscription_key(text)
         token = TOKEN_PREFIX + secrets.token_urlsafe(24)
         org, admin, subscription = self.store.signup(
-            name, country, user, hash_token(token), key,
-            "" if key is None else self.catalog.products[key.product].key, self.now(),
-            fail_after_account=partial)
+            name,
+            country,
+            user,
+            hash_token(token),
+            key,
+            "" if key is None else self.catalog.products[key.product].key,
+            self.now(),
+            fail_after_account=partial,
+        )
         if subscription is None:
             assert forced is not None
-            raise ServiceError(forced, "forced", org=org.name, user=admin.name, role=admin.role,
-                               token=token)
+            raise ServiceError(
+                forced, "forced", org=org.name, user=admin.name, role=admin.role, token=token
+            )
         return org, admin, token, subscription
 
     # -- subscriptions and licences ----------------------------------------------------------
 
-    def buy(self, org: Org, caller: Caller, offer: Any, licences: Any, billing: Any,
-            auto_assign: Any) -> Purchase:
+    def buy(
+        self, org: Org, caller: Caller, offer: Any, licences: Any, billing: Any, auto_assign: Any
+    ) -> Purchase:
         """Buy licences of an offer for ``org`` (buyer roles only), fields checked."""
         portal_rules.require_buyer(caller.role, "buy")
         if not isinstance(offer, str):
             raise ServiceError("invalid_field", "'offer' is an offer's name", field="offer")
         product = self.offer_product(offer)
-        if (not isinstance(licences, int) or isinstance(licences, bool)
-                or not 1 <= licences <= portal_rules.MAX_LICENCES):
-            raise ServiceError("invalid_field", f"'licences' is from 1 to "
-                               f"{portal_rules.MAX_LICENCES}", field="licences")
+        if (
+            not isinstance(licences, int)
+            or isinstance(licences, bool)
+            or not 1 <= licences <= portal_rules.MAX_LICENCES
+        ):
+            raise ServiceError(
+                "invalid_field",
+                f"'licences' is from 1 to {portal_rules.MAX_LICENCES}",
+                field="licences",
+            )
         if billing not in portal_rules.BILLING:
             raise ServiceError("invalid_field", "'billing' is monthly or yearly", field="billing")
         if not isinstance(auto_assign, bool):
-            raise ServiceError("invalid_field", "'auto_assign' is true or false",
-                               field="auto_assign")
-        return self.store.buy(org.id, product.key, licences, str(billing), auto_assign,
-                              self.now())
+            raise ServiceError(
+                "invalid_field", "'auto_assign' is true or false", field="auto_assign"
+            )
+        return self.store.buy(org.id, product.key, licences, str(billing), auto_assign, self.now())
 
-    def assign(self, org: Org, caller: Caller, user: str, offer: Any
-               ) -> tuple[User, Subscription]:
+    def assign(self, org: Org, caller: Caller, user: str, offer: Any) -> tuple[User, Subscription]:
         """Give ``user`` a licence of ``offer`` from the org's subscriptions (buyer roles only)."""
         portal_rules.require_buyer(caller.role, "assign")
         if not isinstance(offer, str):
@@ -294,8 +355,9 @@ class PortalService:
         product = self.offer_product(offer)
         return self.store.assign(org.id, user, product.key, self.now())
 
-    def unassign(self, org: Org, caller: Caller, user: str, offer: str
-                 ) -> tuple[User, Subscription]:
+    def unassign(
+        self, org: Org, caller: Caller, user: str, offer: str
+    ) -> tuple[User, Subscription]:
         """Take back ``user``'s licence of ``offer``; it is free to assign again."""
         portal_rules.require_buyer(caller.role, "unassign")
         return self.store.unassign(org.id, user, self.offer_product(offer).key)

@@ -59,16 +59,25 @@ class PortalClient(MakClient):
 
     def signup(self, key: str, *, org: str, country: str, user: str) -> dict[str, Any]:
         """Create an organisation with ``user`` as its global admin by redeeming ``key``."""
-        return dict(self.request("POST", "/v1/portal/signup",
-                                 {"key": key, "org": org, "country": country, "user": user}))
+        return dict(
+            self.request(
+                "POST",
+                "/v1/portal/signup",
+                {"key": key, "org": org, "country": country, "user": user},
+            )
+        )
 
     # -- the service administrator ---------------------------------------------------------------
 
-    def put_offer(self, offer: str, *, max_licences: int, countries: list[str],
-                  trial: bool = False) -> dict[str, Any]:
+    def put_offer(
+        self, offer: str, *, max_licences: int, countries: list[str], trial: bool = False
+    ) -> dict[str, Any]:
         """Define or redefine an offer and its sales rules (admin)."""
-        return self._signed("PUT", f"/offers/{_segment(offer)}", {
-            "max_licences": max_licences, "countries": countries, "trial": trial})
+        return self._signed(
+            "PUT",
+            f"/offers/{_segment(offer)}",
+            {"max_licences": max_licences, "countries": countries, "trial": trial},
+        )
 
     def orgs(self) -> dict[str, Any]:
         """``{"orgs": [org]}``."""
@@ -102,8 +111,7 @@ class PortalClient(MakClient):
 
     def add_user(self, org: str, name: str, role: str) -> dict[str, Any]:
         """Add a user to ``org``; the answer holds the user's token, shown once."""
-        return self._signed("POST", f"/orgs/{_segment(org)}/users",
-                            {"name": name, "role": role})
+        return self._signed("POST", f"/orgs/{_segment(org)}/users", {"name": name, "role": role})
 
     def redeem(self, org: str, key: str) -> dict[str, Any]:
         """Redeem a subscription key for ``org``."""
@@ -113,19 +121,24 @@ class PortalClient(MakClient):
         """The organisation's subscriptions and their licences."""
         return self._signed("GET", f"/orgs/{_segment(org)}/subscriptions")
 
-    def buy(self, org: str, *, offer: str, licences: int, billing: str,
-            auto_assign: bool = False) -> dict[str, Any]:
+    def buy(
+        self, org: str, *, offer: str, licences: int, billing: str, auto_assign: bool = False
+    ) -> dict[str, Any]:
         """Buy licences of an offer for ``org``, billed monthly or yearly."""
-        return self._signed("POST", f"/orgs/{_segment(org)}/subscriptions", {
-            "offer": offer, "licences": licences, "billing": billing,
-            "auto_assign": auto_assign})
+        return self._signed(
+            "POST",
+            f"/orgs/{_segment(org)}/subscriptions",
+            {"offer": offer, "licences": licences, "billing": billing, "auto_assign": auto_assign},
+        )
 
     def assign(self, org: str, user: str, offer: str) -> dict[str, Any]:
         """Give ``user`` a licence of ``offer``."""
-        return self._signed("POST", f"/orgs/{_segment(org)}/users/{_segment(user)}/licences",
-                            {"offer": offer})
+        return self._signed(
+            "POST", f"/orgs/{_segment(org)}/users/{_segment(user)}/licences", {"offer": offer}
+        )
 
     def unassign(self, org: str, user: str, offer: str) -> dict[str, Any]:
         """Take back ``user``'s licence of ``offer``."""
-        return self._signed("DELETE", f"/orgs/{_segment(org)}/users/{_segment(user)}"
-                                      f"/licences/{_segment(offer)}")
+        return self._signed(
+            "DELETE", f"/orgs/{_segment(org)}/users/{_segment(user)}/licences/{_segment(offer)}"
+        )

@@ -38,9 +38,14 @@ class Offer:
 
     def to_json(self, display_name: str = "") -> dict[str, object]:
         """The offer as the API shows it (``display_name``: the catalog's product name)."""
-        return {"offer": self.name, "name": display_name or self.name, "product": self.product,
-                "max_licences": self.max_licences, "countries": sorted(self.countries),
-                "trial": self.trial}
+        return {
+            "offer": self.name,
+            "name": display_name or self.name,
+            "product": self.product,
+            "max_licences": self.max_licences,
+            "countries": sorted(self.countries),
+            "trial": self.trial,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +71,9 @@ def country(text: object, field: str = "country") -> str:
     """A two-letter country code, upper-cased; ``invalid_field`` names ``field``."""
     value = text.strip().upper() if isinstance(text, str) else ""
     if not _COUNTRY.fullmatch(value):
-        raise ServiceError("invalid_field", f"'{field}' is a two-letter country code such as "
-                           "GB or US", field=field)
+        raise ServiceError(
+            "invalid_field", f"'{field}' is a two-letter country code such as GB or US", field=field
+        )
     return value
 
 
@@ -75,8 +81,9 @@ def name(text: object, field: str) -> str:
     """An organisation's or user's name: 1 to 64 printable characters, no slash."""
     value = text.strip() if isinstance(text, str) else ""
     if not _NAME.fullmatch(value) or not value.isprintable() or value in (".", ".."):
-        raise ServiceError("invalid_field", f"'{field}' is 1 to 64 printable characters "
-                           "without '/'", field=field)
+        raise ServiceError(
+            "invalid_field", f"'{field}' is 1 to 64 printable characters without '/'", field=field
+        )
     return value
 
 
@@ -121,23 +128,35 @@ def check_expiry(expires: float | None, now: float) -> None:
 def check_offer(offer: Offer | None, org: OrgState, licences: int) -> Offer:
     """An order of ``licences`` more licences of ``offer`` for ``org``: allowed, or why not."""
     if offer is None:
-        raise ServiceError("not_available", "the offer is not sold",
-                           reason="offer_not_available")
+        raise ServiceError("not_available", "the offer is not sold", reason="offer_not_available")
     if org.country not in offer.countries:
-        raise ServiceError("not_available", f"{offer.name} is not sold in {org.country}",
-                           reason="not_in_country", country=org.country)
+        raise ServiceError(
+            "not_available",
+            f"{offer.name} is not sold in {org.country}",
+            reason="not_in_country",
+            country=org.country,
+        )
     if offer.trial and org.had_offer:
-        raise ServiceError("not_available", f"the {offer.name} trial was used before",
-                           reason="trial_used")
+        raise ServiceError(
+            "not_available", f"the {offer.name} trial was used before", reason="trial_used"
+        )
     if org.licences + licences > offer.max_licences:
-        raise ServiceError("too_many_licences", maximum=offer.max_licences,
-                           requested=org.licences + licences)
+        raise ServiceError(
+            "too_many_licences", maximum=offer.max_licences, requested=org.licences + licences
+        )
     return offer
 
 
-def check_redemption(*, caller_role: str, key: ProductKey, redeemed: Redeemed | None,
-                     expires: float | None, now: float, offer: Offer | None,
-                     org: OrgState) -> Offer:
+def check_redemption(
+    *,
+    caller_role: str,
+    key: ProductKey,
+    redeemed: Redeemed | None,
+    expires: float | None,
+    now: float,
+    offer: Offer | None,
+    org: OrgState,
+) -> Offer:
     """Every rule of a redemption, in the order the portal applies them."""
     require_buyer(caller_role)
     subscription_key(key)

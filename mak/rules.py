@@ -136,8 +136,9 @@ def match(machines: Sequence[MachineRecord], hardware_id: bytes) -> MachineRecor
     return None
 
 
-def decide(key: KeyRecord | None, machines: Sequence[MachineRecord], hardware_id: bytes,
-           now: float) -> Decision:
+def decide(
+    key: KeyRecord | None, machines: Sequence[MachineRecord], hardware_id: bytes, now: float
+) -> Decision:
     """What one activation of ``key`` from ``hardware_id`` at ``now`` does."""
     if key is None:
         return refuse("key_unknown")
@@ -152,8 +153,9 @@ def decide(key: KeyRecord | None, machines: Sequence[MachineRecord], hardware_id
         if not key.reactivations:
             return Decision(Verdict.SAME, known)
         if known.reactivations >= key.reactivations:
-            return refuse("key_unlock_limit",
-                          f"this host was reactivated {known.reactivations} times")
+            return refuse(
+                "key_unlock_limit", f"this host was reactivated {known.reactivations} times"
+            )
         return Decision(Verdict.REACTIVATED, known)
     if key.used < key.total:
         return Decision(Verdict.NEW)

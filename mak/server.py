@@ -48,8 +48,9 @@ def open_store(url: str | None, home: Path) -> Store:
         if not path:
             raise ConfigError("--db sqlite:///PATH needs a path")
     elif "://" in url:
-        raise ConfigError(f"--db {url.split('://')[0]}:// is not supported; use sqlite:/// "
-                          "or postgresql://")
+        raise ConfigError(
+            f"--db {url.split('://')[0]}:// is not supported; use sqlite:/// or postgresql://"
+        )
     else:
         path = url
     from mak.store.sqlite import SqliteStore
@@ -100,9 +101,13 @@ def bind(addresses: list[tuple[str, int]]) -> list[socket.socket]:
 class MakServer(uvicorn.Server):
     """uvicorn's server that reports its bound addresses and may leave signals to the caller."""
 
-    def __init__(self, config: uvicorn.Config,
-                 on_ready: Callable[[list[tuple[str, int]]], None] | None = None, *,
-                 handle_signals: bool = True) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_ready: Callable[[list[tuple[str, int]]], None] | None = None,
+        *,
+        handle_signals: bool = True,
+    ) -> None:
         super().__init__(config)
         self._on_ready = on_ready
         #: False when the caller stops us (``kmsemu lab`` owns SIGTERM and SIGINT).
@@ -119,7 +124,8 @@ class MakServer(uvicorn.Server):
         """SIGTERM and SIGINT stop the server (twice: at once), unless the caller owns them."""
         loop = asyncio.get_running_loop()
         handled: tuple[signal.Signals, ...] = (
-            (signal.SIGTERM, signal.SIGINT) if self._handle_signals else ())
+            (signal.SIGTERM, signal.SIGINT) if self._handle_signals else ()
+        )
         try:
             for sig in handled:
                 loop.add_signal_handler(sig, self._stop)
@@ -197,9 +203,16 @@ class GuardedHttp(HttpToolsProtocol):
 
 def uvicorn_config(app: Any) -> uvicorn.Config:
     """How the MAK app is served: guarded HTTP, no lifespan, access log or server headers."""
-    return uvicorn.Config(app, http=GuardedHttp, lifespan="off", access_log=False,
-                          log_config=None, server_header=False, date_header=False,
-                          timeout_graceful_shutdown=5)
+    return uvicorn.Config(
+        app,
+        http=GuardedHttp,
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        date_header=False,
+        timeout_graceful_shutdown=5,
+    )
 
 
 def executor_for(store: Store) -> ThreadPoolExecutor | None:

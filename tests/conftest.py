@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from kmsemu.clock import Clock
-from kmsemu.host.rules import HostSettings
 from kmsemu.host.options import ServerOptions
+from kmsemu.host.rules import HostSettings
 from kmsemu.keys.product_key import ALPHABET, normalise
 from kmsemu.testing import BackgroundHost
 
@@ -71,8 +71,9 @@ def start_inprocess_host(
         clock_offset=clock_offset,
         options=options,
     ).start()
-    host = RunningHost(background.address, state_dir, background=background,
-                       stderr_lines=background.log_lines)
+    host = RunningHost(
+        background.address, state_dir, background=background, stderr_lines=background.log_lines
+    )
     return host, background.stop
 
 
@@ -89,15 +90,26 @@ def kmsemu_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "kmsemu", *args]
 
 
-def start_until_ready(command: list[str], ready: str, env: dict[str, str] | None = None, *,
-                      cwd: Path | None = None, base_env: dict[str, str] | None = None,
-                      ) -> tuple[subprocess.Popen[str], str, list[str]]:
+def start_until_ready(
+    command: list[str],
+    ready: str,
+    env: dict[str, str] | None = None,
+    *,
+    cwd: Path | None = None,
+    base_env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[str], str, list[str]]:
     """Start a server process (environment: ``base_env``, default ours, plus ``env``);
     return it, the rest of its ``ready <what>`` line, and its stderr lines (kept up to date
     by a thread that drains the pipe)."""
     base = dict(os.environ) if base_env is None else base_env
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env={**base, **(env or {})}, cwd=cwd)
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**base, **(env or {})},
+        cwd=cwd,
+    )
     assert proc.stderr is not None
     lines: list[str] = []
     timer = threading.Timer(READY_TIMEOUT, proc.kill)
@@ -106,7 +118,7 @@ def start_until_ready(command: list[str], ready: str, env: dict[str, str] | None
         for line in proc.stderr:
             lines.append(line.rstrip("\n"))
             if line.startswith(ready + " "):
-                rest = line[len(ready) + 1:].strip()
+                rest = line[len(ready) + 1 :].strip()
                 break
         else:
             raise RuntimeError(f"{command[3:5]} exited before it was ready:\n" + "\n".join(lines))
@@ -124,8 +136,12 @@ def start_host_process(
 ) -> RunningHost:
     """``kmsemu host serve`` as a real process; returns once it prints its ready line."""
     proc, rest, lines = start_until_ready(
-        kmsemu_command("host", "serve", "--listen", "127.0.0.1:0", "--state", str(state_dir),
-                       *extra), "ready kms-host", env)
+        kmsemu_command(
+            "host", "serve", "--listen", "127.0.0.1:0", "--state", str(state_dir), *extra
+        ),
+        "ready kms-host",
+        env,
+    )
     host_text, _, port = rest.split()[0].rpartition(":")
     return RunningHost((host_text, int(port)), state_dir, process=proc, stderr_lines=lines)
 
@@ -144,12 +160,17 @@ class RunningMak:
         return self.process.wait(timeout)
 
 
-def start_mak_process(home: Path, *extra: str, env: dict[str, str] | None = None,
-                      ) -> RunningMak:
+def start_mak_process(
+    home: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> RunningMak:
     """``kmsemu mak serve --port 0`` with ``KMSEMU_HOME=home``, once it is ready."""
     proc, rest, lines = start_until_ready(
-        kmsemu_command("mak", "serve", "--port", "0", "--quiet", *extra), "ready mak",
-        {"KMSEMU_HOME": str(home), **(env or {})})
+        kmsemu_command("mak", "serve", "--port", "0", "--quiet", *extra),
+        "ready mak",
+        {"KMSEMU_HOME": str(home), **(env or {})},
+    )
     return RunningMak(rest.split()[0], proc, lines)
 
 
@@ -181,8 +202,8 @@ def mistype_key(key: str, position: int = 13) -> str:
     symbols = normalise(key)
     i = position - 1
     neighbour = ALPHABET[(ALPHABET.index(symbols[i]) + 1) % len(ALPHABET)]
-    typed = symbols[:i] + neighbour + symbols[i + 1:]
-    return "-".join(typed[n:n + 5] for n in range(0, 25, 5))
+    typed = symbols[:i] + neighbour + symbols[i + 1 :]
+    return "-".join(typed[n : n + 5] for n in range(0, 25, 5))
 
 
 def closed_url() -> tuple[socket.socket, str]:

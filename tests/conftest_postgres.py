@@ -85,8 +85,10 @@ def _run_as() -> _RunAs:
     try:
         account = pwd.getpwnam("postgres")
     except KeyError:
-        pytest.skip("running as root and there is no 'postgres' system user to run the "
-                    "PostgreSQL server as (apt-get install postgresql creates it)")
+        pytest.skip(
+            "running as root and there is no 'postgres' system user to run the "
+            "PostgreSQL server as (apt-get install postgresql creates it)"
+        )
     return _RunAs(account.pw_uid, account.pw_gid)
 
 
@@ -139,8 +141,9 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> bool:
         except psycopg.OperationalError as exc:
             if time.monotonic() > deadline:
                 _stop(process)
-                raise RuntimeError(f"PostgreSQL not ready after {READY_TIMEOUT:.0f} s ({exc}):"
-                                   f"\n{_log_tail(log)}") from None
+                raise RuntimeError(
+                    f"PostgreSQL not ready after {READY_TIMEOUT:.0f} s ({exc}):\n{_log_tail(log)}"
+                ) from None
         time.sleep(0.05)
 
 
@@ -155,22 +158,59 @@ def throwaway_server(binaries: Path) -> Iterator[str]:
         sockets.mkdir()
         run_as.own(sockets)
         initdb = subprocess.run(
-            [str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", USER,
-             "--no-sync", "-E", "UTF8", "--locale=C"],
-            cwd=base, capture_output=True, text=True, timeout=120, **run_as.popen_args())
+            [
+                str(binaries / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                USER,
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+            cwd=base,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **run_as.popen_args(),
+        )
         if initdb.returncode != 0:
-            raise RuntimeError(f"initdb failed ({initdb.returncode}):\n{initdb.stdout}"
-                               f"{initdb.stderr}")
+            raise RuntimeError(
+                f"initdb failed ({initdb.returncode}):\n{initdb.stdout}{initdb.stderr}"
+            )
         for _attempt in range(START_ATTEMPTS):  # the free port may be taken meanwhile
             port = _free_port()
             with open(log, "ab") as out:
                 process = subprocess.Popen(
-                    [str(binaries / "postgres"), "-D", str(data), "-k", str(sockets),
-                     "-p", str(port), "-c", "listen_addresses=127.0.0.1",
-                     "-c", "fsync=off", "-c", "synchronous_commit=off",
-                     "-c", "full_page_writes=off", "-c", "max_connections=300"],
-                    cwd=base, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True, **run_as.popen_args())
+                    [
+                        str(binaries / "postgres"),
+                        "-D",
+                        str(data),
+                        "-k",
+                        str(sockets),
+                        "-p",
+                        str(port),
+                        "-c",
+                        "listen_addresses=127.0.0.1",
+                        "-c",
+                        "fsync=off",
+                        "-c",
+                        "synchronous_commit=off",
+                        "-c",
+                        "full_page_writes=off",
+                        "-c",
+                        "max_connections=300",
+                    ],
+                    cwd=base,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    **run_as.popen_args(),
+                )
             url = f"postgresql://{USER}@127.0.0.1:{port}/postgres"
             try:
                 if _wait_ready(process, url, log):
@@ -197,8 +237,10 @@ def postgres_url() -> Iterator[str]:
         return
     binaries = find_binaries()
     if binaries is None:
-        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql): "
-                    f"no {BINARIES}/postgres and initdb; or set {URL_VARIABLE}")
+        pytest.skip(
+            "PostgreSQL server binaries not found (apt-get install postgresql): "
+            f"no {BINARIES}/postgres and initdb; or set {URL_VARIABLE}"
+        )
     with throwaway_server(binaries) as url:
         yield url
 
@@ -223,6 +265,8 @@ def postgres_db_url(postgres_url: str) -> Iterator[str]:
         yield with_database(postgres_url, name)
     finally:
         # best effort: FORCE ends connections a test left open (PostgreSQL 13 and newer)
-        with contextlib.suppress(psycopg.Error), \
-                psycopg.connect(postgres_url, autocommit=True) as db:
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(postgres_url, autocommit=True) as db,
+        ):
             db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -54,8 +54,10 @@ def call(args: list[str]) -> int:
 
 def shim(python: str) -> str:
     """The text of an executable ``kmsemu`` that is ``call``."""
-    return (f"#!{python} -S\nimport sys\n\n\n{inspect.getsource(call)}\n\n"
-            "sys.exit(call(sys.argv[1:]))\n")
+    return (
+        f"#!{python} -S\nimport sys\n\n\n{inspect.getsource(call)}\n\n"
+        "sys.exit(call(sys.argv[1:]))\n"
+    )
 
 
 def _read_exactly(conn: socket.socket, size: int) -> bytes:

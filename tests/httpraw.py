@@ -29,8 +29,15 @@ def _reply(response: http.client.HTTPResponse) -> Reply:
     return Reply(response.status, response.headers, body, raw)
 
 
-def request(address: tuple[str, int], method: str, path: str, body: Any = None, *,
-            token: str | None = None, headers: dict[str, str] | None = None) -> Reply:
+def request(
+    address: tuple[str, int],
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
     """One request on a fresh connection; ``body`` is JSON-encoded unless it is bytes."""
     sent = {"Accept": "application/json", **(headers or {})}
     if body is not None and not isinstance(body, bytes):

@@ -14,8 +14,9 @@ BACKENDS = ["sqlite", "postgres"]
 OTHER = {"sqlite": "postgres", "postgres": "sqlite"}
 
 
-def open_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path,
-               name: str = "mak.sqlite3") -> SqlStore:
+def open_store(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, name: str = "mak.sqlite3"
+) -> SqlStore:
     """A fresh store: SQLite in ``tmp_path``, or a throwaway PostgreSQL database (the
     ``postgres_db_url`` fixture, which skips with its reason where there is none)."""
     if backend == "sqlite":

@@ -38,8 +38,9 @@ def test_ids_are_our_own_uuid5_except_public_application_ids() -> None:
     namespace = uuid.UUID(tomllib.loads(CATALOG_FILE.read_text())["namespace"])
     subscriptions = uuid.uuid5(namespace, "application:subscriptions")
     for p in default_catalog():
-        assert p.application_id in ((WINDOWS, OFFICE) if p.channel == "volume"
-                                    else (subscriptions,))
+        assert p.application_id in (
+            (WINDOWS, OFFICE) if p.channel == "volume" else (subscriptions,)
+        )
         assert p.sku_id == uuid.uuid5(namespace, f"sku:{p.key}")
         assert p.kms_count_id == uuid.uuid5(namespace, f"kms-count:{p.kms_count_group}")
         assert (p.application_id == OFFICE) == (p.family == "office")
@@ -136,8 +137,12 @@ def test_errors_doc_is_generated_from_the_registry() -> None:
 def test_subscription_offers_are_appended_and_never_served_by_kms() -> None:
     catalog = default_catalog()
     offers = [p for p in catalog if p.channel == "subscription"]
-    assert [p.key for p in offers] == ["m365-business-basic", "m365-business-standard",
-                                       "m365-business-premium", "office-365-e3"]
+    assert [p.key for p in offers] == [
+        "m365-business-basic",
+        "m365-business-standard",
+        "m365-business-premium",
+        "office-365-e3",
+    ]
     assert all(p.number >= 12 and p.family == "subscription" for p in offers)
     assert catalog.volume == tuple(p for p in catalog if p.channel == "volume")
     for p in offers:

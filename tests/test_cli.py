@@ -297,8 +297,13 @@ def test_status_names_the_state_it_reads(tmp_path: Path) -> None:
 
     home = tmp_path / "home"
     HostStore(home / "lab.sqlite3").close()  # only a lab ran
-    out = subprocess.run(kmsemu_command("host", "status"), capture_output=True, text=True,
-                         timeout=30, env={**os.environ, "KMSEMU_HOME": str(home)})
+    out = subprocess.run(
+        kmsemu_command("host", "status"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "KMSEMU_HOME": str(home)},
+    )
     assert out.returncode == 0, out.stderr
     assert f"    State: {home / 'lab.sqlite3'}" in out.stdout.splitlines()
 
@@ -350,9 +355,22 @@ def test_serve_and_activate_over_ipv6(tmp_path: Path) -> None:
 
 
 def test_keys_mint_check_and_setup_keys(runner: CliRunner) -> None:
-    minted = json.loads(invoke(runner, "keys", "mint", "--type", "subscription", "--product",
-                               "office-ltsc-2024-proplus", "--serial", "7", "--quantity", "25",
-                               "--json").stdout)
+    minted = json.loads(
+        invoke(
+            runner,
+            "keys",
+            "mint",
+            "--type",
+            "subscription",
+            "--product",
+            "office-ltsc-2024-proplus",
+            "--serial",
+            "7",
+            "--quantity",
+            "25",
+            "--json",
+        ).stdout
+    )
     assert {"key", "type", "product", "serial", "quantity"} <= minted.keys()
     assert (minted["type"], minted["serial"], minted["quantity"]) == ("subscription", 7, 25)
     checked = json.loads(invoke(runner, "keys", "check", minted["key"].lower(), "--json").stdout)
@@ -366,10 +384,19 @@ def test_keys_mint_check_and_setup_keys(runner: CliRunner) -> None:
     result = runner.invoke(main, ["keys", "check", "0B2TRBH828146YPJW2Q9598CM"])
     assert result.exit_code == 1 and result.stderr.count("keys never use") == 3
     setup = json.loads(invoke(runner, "keys", "setup-keys", "--json").stdout)["keys"]
-    assert setup[0] == {"product": "windows-11-pro", "name": "Windows 11 Pro", "number": 0,
-                        "key": "BBM3H-PMQ9T-88T8G-HGPCF-GYYBG"}
+    assert setup[0] == {
+        "product": "windows-11-pro",
+        "name": "Windows 11 Pro",
+        "number": 0,
+        "key": "BBM3H-PMQ9T-88T8G-HGPCF-GYYBG",
+    }
     products = json.loads(invoke(runner, "catalog", "--json").stdout)["products"]
     volume = [p["key"] for p in products if p["channel"] == "volume"]
     assert [row["product"] for row in setup] == volume and len(volume) < len(products)
-    assert runner.invoke(main, ["keys", "mint", "--type", "mak", "--product", "windows-11-pro",
-                                "--quantity", "3"]).exit_code == 2
+    assert (
+        runner.invoke(
+            main,
+            ["keys", "mint", "--type", "mak", "--product", "windows-11-pro", "--quantity", "3"],
+        ).exit_code
+        == 2
+    )

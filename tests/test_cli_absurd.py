@@ -31,11 +31,22 @@ SERVERS = {("host", "serve"), ("dns", "serve"), ("mak", "serve"), ("lab",)}
 
 #: A sample of what a careless hand or a hostile script types. "\udcff" is how Python
 #: hands over a command-line byte that is not UTF-8.
-ABSURD = ["", " ", "-1", "0", "99999999999999999999999999999", "1e309", "nan", "\x00",
-          "bad\udcffbytes", "x" * 5000, "/proc/kmsemu/cannot/write/here", "-"]
+ABSURD = [
+    "",
+    " ",
+    "-1",
+    "0",
+    "99999999999999999999999999999",
+    "1e309",
+    "nan",
+    "\x00",
+    "bad\udcffbytes",
+    "x" * 5000,
+    "/proc/kmsemu/cannot/write/here",
+    "-",
+]
 #: Durations: huge, negative, infinite.
-ABSURD_DURATIONS = ["+99999999999999999999d", "-99999999999999999999d", "9" * 400 + "d",
-                    "-1s"]
+ABSURD_DURATIONS = ["+99999999999999999999d", "-99999999999999999999d", "9" * 400 + "d", "-1s"]
 
 SCENARIO = """\
 [scenario]
@@ -56,8 +67,9 @@ product = "windows-11-pro"
 def commands() -> Iterator[tuple[tuple[str, ...], click.Command]]:
     """(path, command) for every leaf command under ``main``."""
 
-    def walk(group: click.Group, path: tuple[str, ...]) -> Iterator[
-            tuple[tuple[str, ...], click.Command]]:
+    def walk(
+        group: click.Group, path: tuple[str, ...]
+    ) -> Iterator[tuple[tuple[str, ...], click.Command]]:
         ctx = click.Context(group)
         for name in group.list_commands(ctx):
             command = group.get_command(ctx, name)
@@ -103,13 +115,22 @@ class Sane:
             low = getattr(kind, "min", None)
             return self._flag(param, str(max(1, low or 1)))
         if isinstance(kind, click.File):
-            return self._flag(param, str(self.ids) if "r" in kind.mode
-                              else str(self.tmp / "written.json"))
+            return self._flag(
+                param, str(self.ids) if "r" in kind.mode else str(self.tmp / "written.json")
+            )
         if isinstance(kind, click.Path):
             return self._flag(param, str(self.tmp / "path"))
-        text = {"key": self.mak_key, "installation_id": "1" * 63, "product": "windows-11-pro",
-                "country": "GB", "countries": "GB", "domain": "example.test",
-                "cid": "1" * 48, "duration": "1h", "shift": "+1h"}.get(name, "name")
+        text = {
+            "key": self.mak_key,
+            "installation_id": "1" * 63,
+            "product": "windows-11-pro",
+            "country": "GB",
+            "countries": "GB",
+            "domain": "example.test",
+            "cid": "1" * 48,
+            "duration": "1h",
+            "shift": "+1h",
+        }.get(name, "name")
         if name == "key" and path[-2:-1] == ("client",):
             text = str(setup_key(0))
         return self._flag(param, text)
@@ -128,12 +149,14 @@ def cases(sane: Sane) -> Iterator[tuple[str, list[str]]]:
     for path, command in commands():
         if path in SERVERS or path[:1] in SERVERS:
             continue
-        params = [p for p in command.params
-                  if not (isinstance(p, click.Option) and (p.is_flag or p.count))
-                  and p.name not in ("help", "version")]
+        params = [
+            p
+            for p in command.params
+            if not (isinstance(p, click.Option) and (p.is_flag or p.count))
+            and p.name not in ("help", "version")
+        ]
         for target in params:
-            absurd = ABSURD_DURATIONS + (
-                [] if "DURATION" in target.type.name.upper() else ABSURD)
+            absurd = ABSURD_DURATIONS + ([] if "DURATION" in target.type.name.upper() else ABSURD)
             for value in absurd:
                 options: list[str] = []
                 arguments: list[str] = []
@@ -148,8 +171,10 @@ def cases(sane: Sane) -> Iterator[tuple[str, list[str]]]:
                         options += sane.value(path, param)
                 if path == ("sim", "run"):
                     options.append("--no-report")
-                yield (f"{' '.join(path)} {target.name}={value[:20]!r}",
-                       [*path, *options, "--", *arguments])
+                yield (
+                    f"{' '.join(path)} {target.name}={value[:20]!r}",
+                    [*path, *options, "--", *arguments],
+                )
 
 
 @pytest.fixture
@@ -170,8 +195,10 @@ def _explain(result: Result) -> str:
     frames = traceback.extract_tb(result.exc_info[2])
     ours = [f for f in frames if "/kmsemu/" in f.filename or "/mak/" in f.filename]
     where = ours[-1] if ours else frames[-1]
-    return (f"{type(result.exception).__name__}: {result.exception} "
-            f"at {Path(where.filename).name}:{where.lineno}")
+    return (
+        f"{type(result.exception).__name__}: {result.exception} "
+        f"at {Path(where.filename).name}:{where.lineno}"
+    )
 
 
 @pytest.fixture
@@ -192,13 +219,21 @@ def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("no_dns")
-def test_absurd_values_give_clear_errors(tmp_path: Path, closed: tuple[str, int]) -> None:
+def test_absurd_values_give_clear_errors(
+    tmp_path: Path, closed: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # an absurd value taken as a relative path lands here
     url, port = closed
     sane = Sane(tmp_path, url, port)
-    env: dict[str, Any] = {"KMSEMU_HOME": str(tmp_path / "home"), "KMSEMU_MAK_URL": url,
-                           "KMSEMU_ADMIN_TOKEN": None, "KMSEMU_PORTAL_TOKEN": None,
-                           "KMSEMU_PROFILE": None, "KMSEMU_SECRET": None,
-                           "KMSEMU_MAK_DB": None}
+    env: dict[str, Any] = {
+        "KMSEMU_HOME": str(tmp_path / "home"),
+        "KMSEMU_MAK_URL": url,
+        "KMSEMU_ADMIN_TOKEN": None,
+        "KMSEMU_PORTAL_TOKEN": None,
+        "KMSEMU_PROFILE": None,
+        "KMSEMU_SECRET": None,
+        "KMSEMU_MAK_DB": None,
+    }
     runner = CliRunner()
     started = time.monotonic()
     failures = []
@@ -208,12 +243,12 @@ def test_absurd_values_give_clear_errors(tmp_path: Path, closed: tuple[str, int]
         before = time.monotonic()
         result = runner.invoke(main, args, env=env)
         slow = time.monotonic() - before > 10
-        crashed = result.exception is not None and not isinstance(result.exception,
-                                                                  SystemExit)
-        if (result.exit_code not in (0, 1, 2) or crashed or "Traceback" in result.output
-                or slow):
-            failures.append(f"{label}: exit {result.exit_code}{' (slow)' if slow else ''}: "
-                            f"{_explain(result)[-600:]}")
+        crashed = result.exception is not None and not isinstance(result.exception, SystemExit)
+        if result.exit_code not in (0, 1, 2) or crashed or "Traceback" in result.output or slow:
+            failures.append(
+                f"{label}: exit {result.exit_code}{' (slow)' if slow else ''}: "
+                f"{_explain(result)[-600:]}"
+            )
     assert count > 300, count  # the walk found the commands and their options
     assert failures == [], "\n\n".join(failures[:15]) + f"\n\n{len(failures)} in all"
     assert time.monotonic() - started < 90

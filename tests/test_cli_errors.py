@@ -32,8 +32,7 @@ def run(*args: str) -> Result:
 
 
 def no_traceback(result: Result) -> Result:
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert "Traceback" not in result.output
     return result
 
@@ -57,8 +56,9 @@ def profile(home: Path, name: str = "pc") -> Path:
 def test_a_huge_clock_jump_is_refused_and_nothing_is_saved(home: Path) -> None:
     assert run("client", "--profile", "pc", "ipk", KEY).exit_code == 0
     before = profile(home).read_bytes()
-    body = failed(run("client", "--profile", "pc", "clock", "+1000000000d", "--json"),
-                  "clock_out_of_range")
+    body = failed(
+        run("client", "--profile", "pc", "clock", "+1000000000d", "--json"), "clock_out_of_range"
+    )
     assert body["error"]["message"].startswith("The profile's clock cannot be moved there.")
     text = no_traceback(run("client", "--profile", "pc", "clock", "-100000d"))
     assert text.exit_code == 1
@@ -70,14 +70,19 @@ def test_a_huge_clock_jump_is_refused_and_nothing_is_saved(home: Path) -> None:
 def test_an_already_broken_profile_is_a_clear_error(home: Path) -> None:
     assert run("client", "--profile", "pc", "ipk", KEY).exit_code == 0
     saved = json.loads(profile(home).read_text())
-    for broken in ({**saved, "clock_offset": 1e300}, {**saved, "clock_offset": "soon"},
-                   {**saved, "hardware": 7}, {**saved, "licence": {"status": 99}}):
+    for broken in (
+        {**saved, "clock_offset": 1e300},
+        {**saved, "clock_offset": "soon"},
+        {**saved, "hardware": 7},
+        {**saved, "licence": {"status": 99}},
+    ):
         profile(home).write_text(json.dumps(broken))
         for verb in ("dli", "tick", "clock"):
             result = no_traceback(run("client", "--profile", "pc", verb))
             assert result.exit_code == 1, (broken, verb, result.output)
             assert result.stderr.startswith("Error: The client profile cannot be used. ("), (
-                result.stderr)
+                result.stderr
+            )
             assert "--profile" in result.stderr  # the hint: delete it or use another
         failed(run("client", "--profile", "pc", "dli", "--json"), "bad_profile")
     profile(home).write_bytes(b"\xff\xfe not UTF-8")
@@ -105,7 +110,8 @@ def test_a_fourth_rearm_prints_only_the_error(home: Path) -> None:
     fourth = no_traceback(run("client", "rearm"))
     assert (fourth.exit_code, fourth.stdout) == (1, "")
     assert fourth.stderr.startswith(
-        f"Error: 0xC004D307 {describe(HResult.REARM_LIMIT_EXCEEDED).message}")
+        f"Error: 0xC004D307 {describe(HResult.REARM_LIMIT_EXCEEDED).message}"
+    )
     body = failed(run("client", "rearm", "--json"), "rearm_limit_exceeded")
     assert body["error"]["hresult"] == "0xC004D307" and body["rearms_left"] == 0
 
@@ -129,8 +135,20 @@ def test_client_verbs_name_the_hresult_as_client_activate_does(home: Path) -> No
     assert body["error"]["hint"] == describe(HResult.NO_KMS_HOST).hint
     body = failed(run("client", "ipk", "nope", "--json"), "product_key_invalid")
     assert body["error"]["hresult"] == "0xC004F050"
-    activate = failed(run("client", "activate", "--host", "127.0.0.1:1", "--product",
-                          "windows-11-pro", "--timeout", "1", "--json"), "no_kms_host")
+    activate = failed(
+        run(
+            "client",
+            "activate",
+            "--host",
+            "127.0.0.1:1",
+            "--product",
+            "windows-11-pro",
+            "--timeout",
+            "1",
+            "--json",
+        ),
+        "no_kms_host",
+    )
     assert activate["cause"] == "0x800706BA"
 
 
@@ -144,21 +162,27 @@ def test_sim_out_that_cannot_be_made_is_a_clear_error(home: Path, tmp_path: Path
         text = no_traceback(run("sim", "run", "--builtin", "kms-threshold", "--out", str(out)))
         assert text.exit_code == 1, text.output
         assert text.stderr.startswith("Error: Cannot write there. (--out ")
-        failed(run("sim", "run", "--builtin", "kms-threshold", "--out", str(out), "--json"),
-               "write_failed")
+        failed(
+            run("sim", "run", "--builtin", "kms-threshold", "--out", str(out), "--json"),
+            "write_failed",
+        )
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
 def test_sim_out_without_permission(home: Path, tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    failed(run("sim", "run", "--builtin", "kms-threshold", "--out", str(locked / "x"),
-               "--json"), "write_failed")
+    failed(
+        run("sim", "run", "--builtin", "kms-threshold", "--out", str(locked / "x"), "--json"),
+        "write_failed",
+    )
 
 
 def test_a_mistyped_product_is_a_usage_error(home: Path) -> None:
-    for args in (["client", "activate", "--host", "127.0.0.1:1"],
-                 ["keys", "mint", "--type", "kms-client"]):
+    for args in (
+        ["client", "activate", "--host", "127.0.0.1:1"],
+        ["keys", "mint", "--type", "kms-client"],
+    ):
         result = no_traceback(run(*args, "--product", "windows 11 pr"))
         assert result.exit_code == 2
         assert "did you mean windows-11-pro" in result.stderr
@@ -191,8 +215,7 @@ def test_bad_profile_names_and_arguments_are_usage_errors(home: Path) -> None:
     assert no_traceback(run("keys", "check", "a\x00b")).exit_code == 2
 
 
-def test_unwritable_home_is_write_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                         ) -> None:
+def test_unwritable_home_is_write_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("KMSEMU_HOME", str(blocker / "home"))
@@ -200,8 +223,9 @@ def test_unwritable_home_is_write_failed(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_the_clock_range_is_what_the_hint_says(home: Path) -> None:
-    at = failed(run("client", "clock", "--at", "3001-01-01T00:00:00Z", "--json"),
-                "clock_out_of_range")
+    at = failed(
+        run("client", "clock", "--at", "3001-01-01T00:00:00Z", "--json"), "clock_out_of_range"
+    )
     assert "2999" in at["error"]["hint"]
     ok = run("client", "clock", "--at", "2999-06-01T00:00:00+00:00", "--json")
     assert ok.exit_code == 0, ok.output

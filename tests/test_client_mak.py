@@ -101,7 +101,8 @@ def dead_url() -> str:
 
 
 def test_three_machines_a_refused_fourth_free_and_counted_reactivation(
-        home: Path, svc: BackgroundMak) -> None:
+    home: Path, svc: BackgroundMak
+) -> None:
     key = svc.mint_key(limit=3)
     for pc in ("pc1", "pc2", "pc3"):
         prepare(pc, svc, key)
@@ -111,7 +112,8 @@ def test_three_machines_a_refused_fourth_free_and_counted_reactivation(
         assert done.exit_code == 0, done.output
         assert done.stdout.splitlines() == [
             f"Activating {WINDOWS_11_PRO.name} ({WINDOWS_11_PRO.sku_id}) ...",
-            "Product activated successfully."]
+            "Product activated successfully.",
+        ]
         state = ok(pc, "dli")
         assert state["license_status"] == {"value": 1, "name": "Licensed"}
         assert state["permanent"] and state["key_type"] == "mak"
@@ -125,8 +127,10 @@ def test_three_machines_a_refused_fourth_free_and_counted_reactivation(
     assert error["hint"]
     text = client("pc4", "ato")
     assert text.exit_code == 1
-    assert text.stderr.startswith("Error: 0xC004C020 The activation server reported that the "
-                                  "Multiple Activation Key has exceeded its limit.")
+    assert text.stderr.startswith(
+        "Error: 0xC004C020 The activation server reported that the "
+        "Multiple Activation Key has exceeded its limit."
+    )
     state = ok("pc4", "dli")
     assert state["license_status"]["value"] == 2 and state["last_hresult"] == "0xC004C020"
 
@@ -139,8 +143,18 @@ def test_three_machines_a_refused_fourth_free_and_counted_reactivation(
     assert remaining(svc, key) == 0
 
     # four more: a significant change, out of tolerance; reactivating needs a count
-    major = client("pc1", "hardware", "--set", "cpu=new-cpu", "--set", "board=new-board",
-                   "--set", "memory=new-memory", "--set", "display=new-display")
+    major = client(
+        "pc1",
+        "hardware",
+        "--set",
+        "cpu=new-cpu",
+        "--set",
+        "board=new-board",
+        "--set",
+        "memory=new-memory",
+        "--set",
+        "display=new-display",
+    )
     assert significant(home, "pc1")
     assert major.exit_code == 1 and "Error: 0xC004F00F" in major.stderr
     lapsed = ok("pc1", "dli")
@@ -154,7 +168,10 @@ def test_three_machines_a_refused_fourth_free_and_counted_reactivation(
     assert counted["license_status"]["name"] == "Licensed" and counted["permanent"]
     assert (counted["mak"]["verdict"], counted["mak"]["counted"]) == ("new", True)
     assert (counted["mak"]["used"], counted["mak"]["limit"], counted["mak"]["remaining"]) == (
-        4, 4, 0)
+        4,
+        4,
+        0,
+    )
     assert not significant(home, "pc1")  # the activation hardware moved on
 
     # the increase is used up too: 0xC004C021; one more and the fourth machine activates
@@ -166,8 +183,11 @@ def test_three_machines_a_refused_fourth_free_and_counted_reactivation(
     events = ok("pc1", "events")["events"]
     online = [e for e in events if e["id"] == "mak-online"]
     assert [(e["hresult"], e.get("verdict")) for e in online] == [
-        ("0x00000000", "new"), ("0x00000000", "same"), ("0xC004C020", None),
-        ("0x00000000", "new")]
+        ("0x00000000", "new"),
+        ("0x00000000", "same"),
+        ("0xC004C020", None),
+        ("0x00000000", "new"),
+    ]
     assert online[0]["fingerprint"] == fp and online[0]["url"] == svc.url
     assert key not in json.dumps(events) and key.replace("-", "") not in json.dumps(events)
 
@@ -178,14 +198,17 @@ def test_slmgr_lines_for_a_permanent_activation(home: Path, svc: BackgroundMak) 
     dli = client("pc", "dli").stdout.splitlines()
     assert dli[0] == f"Name: {WINDOWS_11_PRO.name}, VOLUME_MAK channel"
     assert "VOLUME_MAK" in dli[1] and "License Status: Licensed" in dli
-    assert not any(line.startswith(("Volume activation expiration", "Time remaining"))
-                   for line in dli)
+    assert not any(
+        line.startswith(("Volume activation expiration", "Time remaining")) for line in dli
+    )
     assert not any("Key Management Service" in line for line in dli)
     dlv = client("pc", "dlv").stdout.splitlines()
     assert "Product Key Channel: Volume:MAK" in dlv
     assert any(line.startswith("Installation ID: 000") for line in dlv)
     assert client("pc", "xpr").stdout.splitlines() == [
-        f"{WINDOWS_11_PRO.name}:", "    The machine is permanently activated."]
+        f"{WINDOWS_11_PRO.name}:",
+        "    The machine is permanently activated.",
+    ]
     # time never ends it, and tick has nothing to do
     assert client("pc", "clock", "+3650d").exit_code == 0
     ticked = ok("pc", "tick")
@@ -226,8 +249,9 @@ def test_unknown_key_and_unreachable_service(home: Path, svc: BackgroundMak) -> 
     assert client("pc", "mak-url", dead_url()).exit_code == 0
     result = client("pc", "ato")
     assert result.exit_code == 1
-    assert result.stderr.startswith("Error: 0x80072EFD A connection with the server could not "
-                                    "be established.")
+    assert result.stderr.startswith(
+        "Error: 0x80072EFD A connection with the server could not be established."
+    )
     error = refused("pc", "ato")
     assert error["code"] == "unreachable" and error["hresult"] == "0x80072EFD"
     state = ok("pc", "dli")
@@ -250,13 +274,15 @@ def test_subscription_keys_are_refused_and_setup_keys_have_no_iid(home: Path) ->
 # -- the MAK service URL ----------------------------------------------------------------------
 
 
-def test_mak_url_profile_then_environment_then_default(home: Path, svc: BackgroundMak,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mak_url_profile_then_environment_then_default(
+    home: Path, svc: BackgroundMak, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shown = client("pc", "mak-url")
     assert shown.stdout.strip() == "MAK activation service: http://127.0.0.1:8688 (default)"
     monkeypatch.setenv("KMSEMU_MAK_URL", svc.url)
     assert client("pc", "mak-url").stdout.strip() == (
-        f"MAK activation service: {svc.url} (KMSEMU_MAK_URL)")
+        f"MAK activation service: {svc.url} (KMSEMU_MAK_URL)"
+    )
     key = svc.mint_key(limit=1)
     assert client("pc", "ipk", key).exit_code == 0
     assert ok("pc", "ato")["mak"]["url"] == svc.url  # no mak-url: the environment's
@@ -266,7 +292,8 @@ def test_mak_url_profile_then_environment_then_default(home: Path, svc: Backgrou
     assert ok("pc", "mak-url")["mak_url"] == "http://127.0.0.1:1"  # the profile's wins
     cleared = client("pc", "mak-url", "--clear")
     assert cleared.stdout.strip() == (
-        f"MAK activation service cleared; using {svc.url} (KMSEMU_MAK_URL).")
+        f"MAK activation service cleared; using {svc.url} (KMSEMU_MAK_URL)."
+    )
     assert client("pc", "mak-url", "ftp://x").exit_code == 2
     assert client("pc", "mak-url", "http://x", "--clear").exit_code == 2
 
@@ -314,7 +341,8 @@ def test_phone_activation(home: Path, svc: BackgroundMak) -> None:
     deposited = client("pc", "atp", cid)
     assert deposited.exit_code == 0, deposited.output
     assert deposited.stdout.strip() == (
-        f"Confirmation ID for product {WINDOWS_11_PRO.sku_id} deposited successfully.")
+        f"Confirmation ID for product {WINDOWS_11_PRO.sku_id} deposited successfully."
+    )
     state = ok("pc", "dli")
     assert state["license_status"]["name"] == "Licensed" and state["permanent"]
     assert "The machine is permanently activated." in client("pc", "xpr").stdout
@@ -322,16 +350,21 @@ def test_phone_activation(home: Path, svc: BackgroundMak) -> None:
     assert profile["confirmation_ids"] == {iid: cid}
     assert profile["activation_hardware"] == profile["hardware"]
     assert ok("pc", "events")["events"][-1] == {
-        "id": "mak-phone", "time": ok("pc", "events")["events"][-1]["time"],
-        "installation_id": iid, "stored": False, "hresult": "0x00000000"}
+        "id": "mak-phone",
+        "time": ok("pc", "events")["events"][-1]["time"],
+        "installation_id": iid,
+        "stored": False,
+        "hresult": "0x00000000",
+    }
 
     # separators are free: spaces, none, or dashes
     assert client("pc", "atp", cid.replace("-", " ")).exit_code == 0
     assert ok("pc", "atp", cid.replace("-", ""))["confirmation_id"] == cid
 
 
-def test_local_reactivation_reapplies_the_stored_cid_offline(home: Path,
-                                                             svc: BackgroundMak) -> None:
+def test_local_reactivation_reapplies_the_stored_cid_offline(
+    home: Path, svc: BackgroundMak
+) -> None:
     key = svc.mint_key(limit=1)
     prepare("pc", svc, key)
     iid = ok("pc", "dti")["installation_id"]
@@ -359,12 +392,14 @@ def test_a_mistyped_cid_names_the_group(home: Path, svc: BackgroundMak) -> None:
     assert CID_SHAPE.match(cid)
     # one data digit of group 3 changed by one: its check digit fails
     position = 2 * 7 + 1
-    typo = cid[:position] + str((int(cid[position]) + 1) % 10) + cid[position + 1:]
+    typo = cid[:position] + str((int(cid[position]) + 1) % 10) + cid[position + 1 :]
     result = client("pc", "atp", typo)
     assert result.exit_code == 1
-    assert result.stderr.startswith("Error: 0xC004F04D The Software Licensing Service "
-                                    "determined that the Installation ID (IID) or the "
-                                    "Confirmation ID (CID) is invalid.")
+    assert result.stderr.startswith(
+        "Error: 0xC004F04D The Software Licensing Service "
+        "determined that the Installation ID (IID) or the "
+        "Confirmation ID (CID) is invalid."
+    )
     assert "group 3 has a typing error" in result.stderr
     error = refused("pc", "atp", typo)
     assert error["code"] == "confirmation_id_invalid"
@@ -391,8 +426,9 @@ def test_a_cid_under_another_secret_matches_nowhere(home: Path, svc: BackgroundM
     assert ok("pc", "atp", cid)["permanent"]
 
 
-def test_atp_takes_the_lab_secret_from_the_environment(home: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atp_takes_the_lab_secret_from_the_environment(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with BackgroundMak(secret="classroom-7") as other:
         prepare("pc", other, other.mint_key(limit=1))
         iid = ok("pc", "dti")["installation_id"]
@@ -402,8 +438,7 @@ def test_atp_takes_the_lab_secret_from_the_environment(home: Path,
     assert ok("pc", "atp", cid)["permanent"]
 
 
-def test_hardware_change_after_phone_activation_then_online(home: Path,
-                                                            svc: BackgroundMak) -> None:
+def test_hardware_change_after_phone_activation_then_online(home: Path, svc: BackgroundMak) -> None:
     key = svc.mint_key(limit=2)
     prepare("pc", svc, key)
     assert client("pc", "atp", phone(svc, ok("pc", "dti")["installation_id"])).exit_code == 0

@@ -64,12 +64,26 @@ def test_dlv_lines_in_slmgr_order(home: Path, kms_host: BackgroundHost) -> None:
     client("pc", "ato")
     lines = client("pc", "dlv").stdout.splitlines()
     fields = [line.split(":")[0].strip() for line in lines if ":" in line]
-    expected = ["Name", "Description", "Activation ID", "Application ID", "Extended PID",
-                "Product Key Channel", "Installation ID", "Partial Product Key",
-                "License Status", "Volume activation expiration", "Remaining Windows rearm count",
-                "Trusted time", "Client Machine ID (CMID)", "Registered KMS machine name",
-                "KMS machine IP address", "KMS machine extended PID", "Activation interval",
-                "Renewal interval"]
+    expected = [
+        "Name",
+        "Description",
+        "Activation ID",
+        "Application ID",
+        "Extended PID",
+        "Product Key Channel",
+        "Installation ID",
+        "Partial Product Key",
+        "License Status",
+        "Volume activation expiration",
+        "Remaining Windows rearm count",
+        "Trusted time",
+        "Client Machine ID (CMID)",
+        "Registered KMS machine name",
+        "KMS machine IP address",
+        "KMS machine extended PID",
+        "Activation interval",
+        "Renewal interval",
+    ]
     assert fields == expected
     assert "VOLUME_KMSCLIENT" in lines[1] and lines[-1].strip() == "KMS host caching is enabled"
     xpr = client("pc", "xpr").stdout.splitlines()
@@ -144,8 +158,11 @@ def test_cloned_image_counts_once(home: Path, kms_host: BackgroundHost) -> None:
     assert state("clone")["cmid"] == state("master")["cmid"]
     client("master", "ato")
     client("clone", "ato")
-    counts = [e["current_count"] for e in
-              json.loads(client("clone", "events", "--json").stdout)["events"] if e["id"] == 12289]
+    counts = [
+        e["current_count"]
+        for e in json.loads(client("clone", "events", "--json").stdout)["events"]
+        if e["id"] == 12289
+    ]
     assert counts[-1] == 1  # two machines, one CMID: the host counts one
 
 
@@ -176,19 +193,31 @@ def test_profile_files_are_replaced_whole(home: Path) -> None:
     json.loads((home / "clients" / "pc.json").read_text())
 
 
-def test_hardware_change_two_free_four_out_of_tolerance(home: Path,
-                                                        kms_host: BackgroundHost) -> None:
+def test_hardware_change_two_free_four_out_of_tolerance(
+    home: Path, kms_host: BackgroundHost
+) -> None:
     kms_host.set_min_count(5)
     ready("pc", kms_host)
     client("pc", "ato")
     minor = client("pc", "hardware", "--set", "disk=new-ssd", "--set", "2=other-board")
     assert minor.exit_code == 0 and "disk:new-ssd" in minor.stdout
     assert state("pc")["license_status"]["name"] == "Licensed"
-    major = client("pc", "hardware", "--set", "cpu=x", "--set", "nic=y", "--set", "memory=z",
-                   "--set", "display=w")
+    major = client(
+        "pc",
+        "hardware",
+        "--set",
+        "cpu=x",
+        "--set",
+        "nic=y",
+        "--set",
+        "memory=z",
+        "--set",
+        "display=w",
+    )
     saved = json.loads((home / "clients" / "pc.json").read_text())
-    significant = not same_machine(hardware_id(saved["activation_hardware"]),
-                                   hardware_id(saved["hardware"]))
+    significant = not same_machine(
+        hardware_id(saved["activation_hardware"]), hardware_id(saved["hardware"])
+    )
     assert significant  # 6 of 10 changed (a changed value keeps its byte 1 time in 256)
     assert major.exit_code == 1 and "0xC004F00F" in major.stderr
     assert state("pc")["license_status"]["value"] == 3
@@ -204,13 +233,16 @@ def test_vm_flag_reaches_the_host(home: Path, kms_host: BackgroundHost) -> None:
     assert "vm=1" in [line for line in kms_host.log_lines if " activation " in line][-1]
 
 
-@pytest.mark.parametrize("verb, line", [
-    ("cpky", "Product key from registry cleared successfully."),
-    ("skhc", "KMS host caching is enabled"),
-    ("ckhc", "KMS host caching is disabled"),
-    ("ckms", "Key Management Service machine name cleared successfully."),
-    ("ckms-domain", "Key Management Service lookup domain cleared."),
-])
+@pytest.mark.parametrize(
+    "verb, line",
+    [
+        ("cpky", "Product key from registry cleared successfully."),
+        ("skhc", "KMS host caching is enabled"),
+        ("ckhc", "KMS host caching is disabled"),
+        ("ckms", "Key Management Service machine name cleared successfully."),
+        ("ckms-domain", "Key Management Service lookup domain cleared."),
+    ],
+)
 def test_setting_verbs_say_what_slmgr_says(home: Path, verb: str, line: str) -> None:
     result = client("pc", verb)
     assert result.exit_code == 0 and result.stdout.strip() == line

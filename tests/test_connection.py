@@ -60,10 +60,20 @@ SETTINGS = settings(max_examples=150, deadline=None, derandomize=True)
 # -- building PDUs ------------------------------------------------------------------
 
 
-def header(ptype: int, flags: int, frag_length: int, call_id: int, auth_length: int = 0, *,
-           vers: int = 5, minor: int = 0, drep: bytes = DREP) -> bytes:
-    return struct.pack("<BBBB4sHHI", vers, minor, ptype, flags, drep, frag_length,
-                       auth_length, call_id)
+def header(
+    ptype: int,
+    flags: int,
+    frag_length: int,
+    call_id: int,
+    auth_length: int = 0,
+    *,
+    vers: int = 5,
+    minor: int = 0,
+    drep: bytes = DREP,
+) -> bytes:
+    return struct.pack(
+        "<BBBB4sHHI", vers, minor, ptype, flags, drep, frag_length, auth_length, call_id
+    )
 
 
 def syntax(value: uuid.UUID | str, major: int, minor: int = 0) -> bytes:
@@ -89,8 +99,16 @@ def klp_ctx(ctx_id: int = 0) -> bytes:
     return ctx_item(ctx_id, KLP, NDR20)
 
 
-def bind_pdu(*items: bytes, call_id: int = 1, max_xmit: int = MAX_FRAG, max_recv: int = MAX_FRAG,
-             assoc: int = 0, ptype: int = BIND, flags: int = FIRST_LAST, minor: int = 0) -> bytes:
+def bind_pdu(
+    *items: bytes,
+    call_id: int = 1,
+    max_xmit: int = MAX_FRAG,
+    max_recv: int = MAX_FRAG,
+    assoc: int = 0,
+    ptype: int = BIND,
+    flags: int = FIRST_LAST,
+    minor: int = 0,
+) -> bytes:
     items = items or (klp_ctx(0),)
     body = struct.pack("<HHIB3x", max_xmit, max_recv, assoc, len(items)) + b"".join(items)
     return header(ptype, flags, 16 + len(body), call_id, minor=minor) + body
@@ -100,10 +118,18 @@ def alter_pdu(*items: bytes, **kw: Any) -> bytes:
     return bind_pdu(*items, ptype=ALTER_CONTEXT, **kw)
 
 
-def request_pdu(stub: bytes = b"", *, call_id: int = 2, ctx: int = 0, opnum: int = 0,
-                flags: int = FIRST_LAST, alloc_hint: int | None = None,
-                object_uuid: uuid.UUID | None = None, auth_value: bytes = b"",
-                minor: int = 0) -> bytes:
+def request_pdu(
+    stub: bytes = b"",
+    *,
+    call_id: int = 2,
+    ctx: int = 0,
+    opnum: int = 0,
+    flags: int = FIRST_LAST,
+    alloc_hint: int | None = None,
+    object_uuid: uuid.UUID | None = None,
+    auth_value: bytes = b"",
+    minor: int = 0,
+) -> bytes:
     obj = b""
     if object_uuid is not None:
         flags |= OBJECT_UUID
@@ -159,8 +185,7 @@ def bound(*items: bytes, **kw: Any) -> tuple[ServerConnection, AckInfo]:
 
 def fault_bytes(call_id: int, ctx: int, status: int) -> bytes:
     """The FAULT the spec prescribes, byte for byte."""
-    return (header(FAULT, 0x23, 32, call_id)
-            + struct.pack("<IHBBII", 0, ctx, 0, 0, status, 0))
+    return header(FAULT, 0x23, 32, call_id) + struct.pack("<IHBBII", 0, ctx, 0, 0, status, 0)
 
 
 def assert_open_fault(events: list[Any], call_id: int, ctx: int, status: int) -> None:
@@ -188,7 +213,8 @@ def assert_closed_silently(events: list[Any]) -> None:
 def check_common_header(pdu: bytes, ptype: int) -> tuple[int, int]:
     """Checks what every PDU the host sends must have; returns (flags, call_id)."""
     vers, minor, got_type, flags, drep, frag_length, auth_length, call_id = struct.unpack_from(
-        "<BBBB4sHHI", pdu)
+        "<BBBB4sHHI", pdu
+    )
     assert (vers, minor, got_type, drep) == (5, 0, ptype, DREP)
     assert frag_length == len(pdu)
     assert auth_length == 0
@@ -211,19 +237,19 @@ def parse_ack(pdu: bytes, ptype: int = BIND_ACK) -> AckInfo:
     flags, call_id = check_common_header(pdu, ptype)
     max_xmit, max_recv, assoc, sec_len = struct.unpack_from("<HHIH", pdu, 16)
     offset = 26
-    secondary = pdu[offset:offset + sec_len]
+    secondary = pdu[offset : offset + sec_len]
     offset += sec_len
     pad = -offset % 4
-    assert pdu[offset:offset + pad] == bytes(pad)
+    assert pdu[offset : offset + pad] == bytes(pad)
     offset += pad
     assert offset % 4 == 0
     count = pdu[offset]
-    assert pdu[offset + 1:offset + 4] == b"\0\0\0"
+    assert pdu[offset + 1 : offset + 4] == b"\0\0\0"
     offset += 4
     results = []
     for _ in range(count):
         result, reason = struct.unpack_from("<HH", pdu, offset)
-        results.append((result, reason, pdu[offset + 4:offset + 24]))
+        results.append((result, reason, pdu[offset + 4 : offset + 24]))
         offset += 24
     assert offset == len(pdu), "no auth verifier, nothing after the result list"
     return AckInfo(ptype, flags, call_id, max_xmit, max_recv, assoc, secondary, results)
@@ -327,7 +353,7 @@ def test_last_fragment_of_another_call_than_the_one_in_progress_is_proto_error()
 def fragments(stub: bytes, size: int, **kw: Any) -> bytes:
     """A REQUEST in fragments of at most ``size`` stub bytes each."""
     out = []
-    pieces = [stub[i:i + size] for i in range(0, len(stub), size)] or [b""]
+    pieces = [stub[i : i + size] for i in range(0, len(stub), size)] or [b""]
     for i, piece in enumerate(pieces):
         flags = (FIRST if i == 0 else 0) | (LAST if i == len(pieces) - 1 else 0)
         out.append(request_pdu(piece, flags=flags, alloc_hint=len(stub) - i * size, **kw))
@@ -392,22 +418,33 @@ def test_application_fault_leaves_the_connection_open() -> None:
         pytest.param(ctx_item(0, KLP, NDR64), (2, 2, ZERO20), id="ndr64-only"),
         pytest.param(ctx_item(0, KLP, syntax(NDR20_UUID, 1)), (2, 2, ZERO20), id="ndr-v1"),
         pytest.param(ctx_item(0, KLP), (2, 2, ZERO20), id="no-transfer-syntax"),
-        pytest.param(ctx_item(0, syntax(OTHER_IFACE, 1), NDR20), (2, 1, ZERO20),
-                     id="unknown-interface"),
+        pytest.param(
+            ctx_item(0, syntax(OTHER_IFACE, 1), NDR20), (2, 1, ZERO20), id="unknown-interface"
+        ),
         pytest.param(ctx_item(0, syntax(KLP_IFACE, 1, 1), NDR20), (2, 1, ZERO20), id="v1.1"),
         pytest.param(ctx_item(0, syntax(KLP_IFACE, 2, 0), NDR20), (2, 1, ZERO20), id="v2.0"),
         pytest.param(ctx_item(0, syntax(KLP_IFACE, 0, 1), NDR20), (2, 1, ZERO20), id="v0.1"),
-        pytest.param(ctx_item(0, syntax(KLP_IFACE, 2, 0), NDR64), (2, 1, ZERO20),
-                     id="v2.0-ndr64-reason-1-first"),
+        pytest.param(
+            ctx_item(0, syntax(KLP_IFACE, 2, 0), NDR64),
+            (2, 1, ZERO20),
+            id="v2.0-ndr64-reason-1-first",
+        ),
         pytest.param(ctx_item(0, KLP, btfn()), (3, 0, ZERO20), id="btfn"),
-        pytest.param(ctx_item(0, KLP, btfn(bytes.fromhex("0300000000000000"))), (3, 0, ZERO20),
-                     id="btfn-0300"),
+        pytest.param(
+            ctx_item(0, KLP, btfn(bytes.fromhex("0300000000000000"))),
+            (3, 0, ZERO20),
+            id="btfn-0300",
+        ),
         pytest.param(ctx_item(0, KLP, btfn(b"\xff" * 8)), (3, 0, ZERO20), id="btfn-any-tail"),
-        pytest.param(ctx_item(0, syntax(OTHER_IFACE, 1), btfn()), (3, 0, ZERO20),
-                     id="btfn-other-interface"),
+        pytest.param(
+            ctx_item(0, syntax(OTHER_IFACE, 1), btfn()), (3, 0, ZERO20), id="btfn-other-interface"
+        ),
         pytest.param(ctx_item(0, KLP, btfn(), btfn()), (2, 2, ZERO20), id="btfn-twice"),
-        pytest.param(ctx_item(0, KLP, syntax("6cb71c2c-9812-4541-0000-000000000000", 1)),
-                     (2, 2, ZERO20), id="not-btfn"),
+        pytest.param(
+            ctx_item(0, KLP, syntax("6cb71c2c-9812-4541-0000-000000000000", 1)),
+            (2, 2, ZERO20),
+            id="not-btfn",
+        ),
     ],
 )
 def test_bind_result_per_context(item: bytes, expected: tuple[int, int, bytes]) -> None:
@@ -418,8 +455,13 @@ def test_bind_result_per_context(item: bytes, expected: tuple[int, int, bytes]) 
 
 
 def test_bind_results_come_in_order_and_only_accepted_contexts_serve() -> None:
-    items = [ctx_item(4, KLP, NDR64), ctx_item(9, KLP, btfn()), klp_ctx(7),
-             ctx_item(1, syntax(OTHER_IFACE, 1), NDR20), klp_ctx(2)]
+    items = [
+        ctx_item(4, KLP, NDR64),
+        ctx_item(9, KLP, btfn()),
+        klp_ctx(7),
+        ctx_item(1, syntax(OTHER_IFACE, 1), NDR20),
+        klp_ctx(2),
+    ]
     conn, ack = bound(*items)
     assert [r[:2] for r in ack.results] == [(2, 2), (3, 0), (0, 0), (2, 1), (0, 0)]
     assert feed(conn, request_pdu(b"q", call_id=2, ctx=7)) == [Call(2, 7, 0, b"q")]
@@ -444,12 +486,20 @@ def test_bind_ack_header_fields() -> None:
     assert ack.secondary == b"1688\0"
 
 
-@pytest.mark.parametrize(("port", "secondary"), [
-    (1688, b"1688\0"), (80, b"80\0"), (135, b"135\0"), (7, b"7\0"), (65535, b"65535\0"),
-    (10000, b"10000\0"),
-])
+@pytest.mark.parametrize(
+    ("port", "secondary"),
+    [
+        (1688, b"1688\0"),
+        (80, b"80\0"),
+        (135, b"135\0"),
+        (7, b"7\0"),
+        (65535, b"65535\0"),
+        (10000, b"10000\0"),
+    ],
+)
 def test_bind_ack_secondary_address_is_the_port_and_results_are_aligned(
-        port: int, secondary: bytes) -> None:
+    port: int, secondary: bytes
+) -> None:
     conn = new_conn(port=port)
     [event] = feed(conn, bind_pdu())
     ack = parse_ack(event.data)  # asserts the result list starts at a multiple of 4
@@ -458,18 +508,22 @@ def test_bind_ack_secondary_address_is_the_port_and_results_are_aligned(
     assert sec_len == len(secondary)
 
 
-@pytest.mark.parametrize(("client_xmit", "client_recv", "ack_xmit", "ack_recv"), [
-    (5840, 5840, 5840, 5840),
-    (4280, 4280, 4280, 4280),
-    (2048, 4096, 4096, 2048),
-    (65535, 65535, 5840, 5840),
-    (5841, 1432, 1432, 5840),
-    (1431, 1000, 1432, 1432),
-    (0, 0, 1432, 1432),
-    (16, 65535, 5840, 1432),
-])
-def test_bind_ack_fragment_sizes(client_xmit: int, client_recv: int, ack_xmit: int,
-                                 ack_recv: int) -> None:
+@pytest.mark.parametrize(
+    ("client_xmit", "client_recv", "ack_xmit", "ack_recv"),
+    [
+        (5840, 5840, 5840, 5840),
+        (4280, 4280, 4280, 4280),
+        (2048, 4096, 4096, 2048),
+        (65535, 65535, 5840, 5840),
+        (5841, 1432, 1432, 5840),
+        (1431, 1000, 1432, 1432),
+        (0, 0, 1432, 1432),
+        (16, 65535, 5840, 1432),
+    ],
+)
+def test_bind_ack_fragment_sizes(
+    client_xmit: int, client_recv: int, ack_xmit: int, ack_recv: int
+) -> None:
     _, ack = bound(max_xmit=client_xmit, max_recv=client_recv)
     assert (ack.max_xmit, ack.max_recv) == (ack_xmit, ack_recv)
 
@@ -503,14 +557,16 @@ def test_second_bind_does_not_change_the_negotiated_contexts_or_sizes() -> None:
 
 
 def test_the_answer_to_a_bind_does_not_depend_on_other_connections(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A pure state machine: the same bytes on a fresh connection give the same events."""
     monkeypatch.setattr(connection, "_NEGOTIATED", {}, raising=False)  # an empty answer cache
 
     def bind_with_auth(n_contexts: int) -> bytes:
         # frag_length 28 with auth_length 12: the context list would have to fit in 0 bytes
-        return header(BIND, FIRST_LAST, 28, 1, 12) + struct.pack("<HHIB3x", 5840, 5840, 0,
-                                                                  n_contexts)
+        return header(BIND, FIRST_LAST, 28, 1, 12) + struct.pack(
+            "<HHIB3x", 5840, 5840, 0, n_contexts
+        )
 
     first = feed(new_conn(), bind_with_auth(3))
     feed(new_conn(), bind_with_auth(0))
@@ -522,9 +578,19 @@ def test_the_answer_to_a_bind_does_not_depend_on_other_connections(
 
 def test_alter_context_adds_contexts_with_bind_rules() -> None:
     conn, bind_ack = bound(klp_ctx(0), max_xmit=2048, max_recv=4096, assoc=0x777)
-    [event] = feed(conn, alter_pdu(klp_ctx(1), ctx_item(2, syntax(OTHER_IFACE, 1), NDR20),
-                                   ctx_item(3, KLP, NDR64), ctx_item(4, KLP, btfn()),
-                                   call_id=9, max_xmit=5840, max_recv=5840, assoc=0x777))
+    [event] = feed(
+        conn,
+        alter_pdu(
+            klp_ctx(1),
+            ctx_item(2, syntax(OTHER_IFACE, 1), NDR20),
+            ctx_item(3, KLP, NDR64),
+            ctx_item(4, KLP, btfn()),
+            call_id=9,
+            max_xmit=5840,
+            max_recv=5840,
+            assoc=0x777,
+        ),
+    )
     resp = parse_ack(event.data, ALTER_CONTEXT_RESP)
     assert resp.flags == FIRST_LAST and resp.call_id == 9
     assert resp.secondary == b""
@@ -591,20 +657,23 @@ def test_fragmented_request_is_one_call_with_the_first_fragments_context_and_opn
 
 def test_fragmented_request_first_fragment_decides_the_fault() -> None:
     conn, _ = bound()
-    data = (request_pdu(b"A", call_id=3, ctx=0, opnum=1, flags=FIRST)
-            + request_pdu(b"B", call_id=3, ctx=0, opnum=0, flags=LAST))
+    data = request_pdu(b"A", call_id=3, ctx=0, opnum=1, flags=FIRST) + request_pdu(
+        b"B", call_id=3, ctx=0, opnum=0, flags=LAST
+    )
     assert_open_fault(feed(conn, data), 3, 0, OP_RNG_ERROR)
 
 
 def test_fragments_of_two_calls_are_reassembled_by_call_id() -> None:
     conn, _ = bound()
-    data = b"".join([
-        request_pdu(b"a1", call_id=7, flags=FIRST),
-        request_pdu(b"b1", call_id=8, flags=FIRST),
-        request_pdu(b"b2", call_id=8, flags=LAST),
-        request_pdu(b"a2", call_id=7, flags=0),
-        request_pdu(b"a3", call_id=7, flags=LAST),
-    ])
+    data = b"".join(
+        [
+            request_pdu(b"a1", call_id=7, flags=FIRST),
+            request_pdu(b"b1", call_id=8, flags=FIRST),
+            request_pdu(b"b2", call_id=8, flags=LAST),
+            request_pdu(b"a2", call_id=7, flags=0),
+            request_pdu(b"a3", call_id=7, flags=LAST),
+        ]
+    )
     assert feed(conn, data) == [Call(8, 0, 0, b"b1b2"), Call(7, 0, 0, b"a1a2a3")]
 
 
@@ -640,18 +709,22 @@ def check_response(data: bytes, call_id: int, ctx: int, stub: bytes, limit: int)
     return len(pdus)
 
 
-@pytest.mark.parametrize(("client_recv", "stub_len", "n_frags"), [
-    (5840, 5816, 1),
-    (5840, 5817, 2),
-    (5840, 3 * 5816, 3),
-    (1432, 1408, 1),
-    (1432, 1409, 2),
-    (1432, 10_000, 8),
-    (100, 1409, 2),  # raised to 1432
-    (4000, 65_536, 17),
-])
-def test_response_is_fragmented_to_the_clients_max_recv_frag(client_recv: int, stub_len: int,
-                                                             n_frags: int) -> None:
+@pytest.mark.parametrize(
+    ("client_recv", "stub_len", "n_frags"),
+    [
+        (5840, 5816, 1),
+        (5840, 5817, 2),
+        (5840, 3 * 5816, 3),
+        (1432, 1408, 1),
+        (1432, 1409, 2),
+        (1432, 10_000, 8),
+        (100, 1409, 2),  # raised to 1432
+        (4000, 65_536, 17),
+    ],
+)
+def test_response_is_fragmented_to_the_clients_max_recv_frag(
+    client_recv: int, stub_len: int, n_frags: int
+) -> None:
     conn, ack = bound(klp_ctx(0), klp_ctx(3), max_recv=client_recv)
     call = one_call(conn, stub=b"req", call_id=0x42, ctx=3)
     stub = stub_of(stub_len)
@@ -662,7 +735,7 @@ def test_response_is_fragmented_to_the_clients_max_recv_frag(client_recv: int, s
 
 
 def _patch(data: bytes, offset: int, value: bytes) -> bytes:
-    return data[:offset] + value + data[offset + len(value):]
+    return data[:offset] + value + data[offset + len(value) :]
 
 
 GOOD_BIND = bind_pdu()
@@ -721,8 +794,9 @@ def test_frag_length_limit_is_5840_before_bind_ack() -> None:
 
 def test_a_bind_of_exactly_5840_bytes_is_served() -> None:
     # 28 + (24 + 20 * 255) + (24 + 20 * 31) + (24 + 20 * 1) = 5840
-    pdu = bind_pdu(ctx_item(1, KLP, *[NDR64] * 254, NDR20), ctx_item(2, KLP, *[NDR64] * 31),
-                   klp_ctx(3))
+    pdu = bind_pdu(
+        ctx_item(1, KLP, *[NDR64] * 254, NDR20), ctx_item(2, KLP, *[NDR64] * 31), klp_ctx(3)
+    )
     assert len(pdu) == 5840
     [event] = feed(new_conn(), pdu)
     assert isinstance(event, Send)
@@ -730,8 +804,9 @@ def test_a_bind_of_exactly_5840_bytes_is_served() -> None:
 
 
 @pytest.mark.parametrize(("client_xmit", "limit"), [(2048, 2048), (100, 1432), (9000, 5840)])
-def test_frag_length_limit_is_the_negotiated_max_recv_after_bind_ack(client_xmit: int,
-                                                                     limit: int) -> None:
+def test_frag_length_limit_is_the_negotiated_max_recv_after_bind_ack(
+    client_xmit: int, limit: int
+) -> None:
     conn, ack = bound(max_xmit=client_xmit)
     assert ack.max_recv == limit
     stub = bytes(limit - 24)
@@ -781,31 +856,42 @@ def test_complete_pdus_before_eof_are_still_served() -> None:
 
 
 def _script() -> bytes:
-    return b"".join([
-        bind_pdu(klp_ctx(0), ctx_item(1, KLP, NDR64), call_id=1, max_recv=2000),
-        request_pdu(b"first", call_id=2),
-        request_pdu(b"op", call_id=3, opnum=1),
-        request_pdu(b"ctx", call_id=4, ctx=1),
-        alter_pdu(klp_ctx(1), call_id=5),
-        request_pdu(stub_of(30), call_id=6, ctx=1, object_uuid=uuid.UUID(int=5)),
-        request_pdu(b"f1", call_id=7, flags=FIRST),
-        request_pdu(b"f2", call_id=7, flags=0),
-        request_pdu(b"f3", call_id=7, flags=LAST),
-        bind_pdu(call_id=8),
-        raw_pdu(RESPONSE, 40, call_id=9),
-        request_pdu(b"never", call_id=10),
-    ])
+    return b"".join(
+        [
+            bind_pdu(klp_ctx(0), ctx_item(1, KLP, NDR64), call_id=1, max_recv=2000),
+            request_pdu(b"first", call_id=2),
+            request_pdu(b"op", call_id=3, opnum=1),
+            request_pdu(b"ctx", call_id=4, ctx=1),
+            alter_pdu(klp_ctx(1), call_id=5),
+            request_pdu(stub_of(30), call_id=6, ctx=1, object_uuid=uuid.UUID(int=5)),
+            request_pdu(b"f1", call_id=7, flags=FIRST),
+            request_pdu(b"f2", call_id=7, flags=0),
+            request_pdu(b"f3", call_id=7, flags=LAST),
+            bind_pdu(call_id=8),
+            raw_pdu(RESPONSE, 40, call_id=9),
+            request_pdu(b"never", call_id=10),
+        ]
+    )
 
 
 def test_byte_at_a_time_gives_the_same_events_as_whole_pdus() -> None:
     data = _script()
     whole = feed(new_conn(), data)
     assert [type(e).__name__ for e in whole] == [
-        "Send", "Call", "Send", "Send", "Send", "Call", "Call", "Send", "Closed"]
+        "Send",
+        "Call",
+        "Send",
+        "Send",
+        "Send",
+        "Call",
+        "Call",
+        "Send",
+        "Closed",
+    ]
     conn = new_conn()
     single: list[Any] = []
     for i in range(len(data)):
-        single += feed(conn, data[i:i + 1])
+        single += feed(conn, data[i : i + 1])
         if single and isinstance(single[-1], Closed):
             break
     assert single == whole
@@ -820,23 +906,41 @@ u32 = st.integers(0, 0xFFFF_FFFF)
 
 @st.composite
 def pdu_pieces(draw: st.DrawFn) -> bytes:
-    kind = draw(st.sampled_from(["bind", "alter", "request", "frag", "raw", "header", "garbage",
-                                 "mutant"]))
+    kind = draw(
+        st.sampled_from(["bind", "alter", "request", "frag", "raw", "header", "garbage", "mutant"])
+    )
     if kind in ("bind", "alter"):
-        items = draw(st.lists(st.sampled_from([klp_ctx(0), klp_ctx(1), ctx_item(2, KLP, NDR64),
-                                               ctx_item(3, KLP, btfn())]), max_size=3))
+        items = draw(
+            st.lists(
+                st.sampled_from(
+                    [klp_ctx(0), klp_ctx(1), ctx_item(2, KLP, NDR64), ctx_item(3, KLP, btfn())]
+                ),
+                max_size=3,
+            )
+        )
         maker = bind_pdu if kind == "bind" else alter_pdu
         return maker(*items, call_id=draw(u32), max_xmit=draw(u16), max_recv=draw(u16))
     if kind in ("request", "frag"):
         flags = draw(st.sampled_from([0, 1, 2, 3])) if kind == "frag" else FIRST_LAST
-        return request_pdu(draw(st.binary(max_size=80)), call_id=draw(st.integers(0, 3)),
-                           ctx=draw(st.integers(0, 3)), opnum=draw(st.integers(0, 2)),
-                           flags=flags)
+        return request_pdu(
+            draw(st.binary(max_size=80)),
+            call_id=draw(st.integers(0, 3)),
+            ctx=draw(st.integers(0, 3)),
+            opnum=draw(st.integers(0, 2)),
+            flags=flags,
+        )
     if kind == "raw":
         return raw_pdu(draw(u8), draw(st.integers(16, 48)), draw(u32), draw(u8))
     if kind == "header":
-        return header(draw(u8), draw(u8), draw(u16), draw(u32), draw(u16), vers=draw(
-            st.sampled_from([5, 5, 4])), minor=draw(st.sampled_from([0, 1, 2])))
+        return header(
+            draw(u8),
+            draw(u8),
+            draw(u16),
+            draw(u32),
+            draw(u16),
+            vers=draw(st.sampled_from([5, 5, 4])),
+            minor=draw(st.sampled_from([0, 1, 2])),
+        )
     if kind == "garbage":
         return draw(st.binary(max_size=64))
     base = draw(st.sampled_from([GOOD_BIND, GOOD_REQUEST, raw_pdu(FAULT)]))
@@ -876,17 +980,22 @@ def run_stream(conn: ServerConnection, chunks: list[bytes]) -> list[Any]:
 
 
 @SETTINGS
-@given(data=st.binary(max_size=300), cuts=st.lists(st.integers(0, 300), max_size=8),
-       prefix=st.sampled_from([b"", GOOD_BIND]))
-def test_property_arbitrary_bytes_in_arbitrary_chunks(data: bytes, cuts: list[int],
-                                                      prefix: bytes) -> None:
+@given(
+    data=st.binary(max_size=300),
+    cuts=st.lists(st.integers(0, 300), max_size=8),
+    prefix=st.sampled_from([b"", GOOD_BIND]),
+)
+def test_property_arbitrary_bytes_in_arbitrary_chunks(
+    data: bytes, cuts: list[int], prefix: bytes
+) -> None:
     run_stream(new_conn(), chunked(prefix + data, cuts))
 
 
 @SETTINGS
 @given(pieces=st.lists(pdu_pieces(), max_size=8), cuts=st.lists(st.integers(0, 2000), max_size=6))
-def test_property_pdu_sequences_in_chunks_end_closed_and_stay_closed(pieces: list[bytes],
-                                                                     cuts: list[int]) -> None:
+def test_property_pdu_sequences_in_chunks_end_closed_and_stay_closed(
+    pieces: list[bytes], cuts: list[int]
+) -> None:
     conn = new_conn()
     data = GOOD_BIND + b"".join(pieces)
     events = run_stream(conn, chunked(data, cuts))
@@ -902,23 +1011,52 @@ def test_property_pdu_sequences_in_chunks_end_closed_and_stay_closed(pieces: lis
 # -- codec round trips and decoder robustness ----------------------------------------------------
 
 syntax_ids = st.builds(SyntaxId, st.uuids(), u32)
-context_elements = st.builds(ContextElement, u16, syntax_ids,
-                             st.lists(syntax_ids, max_size=3).map(tuple))
-binds = st.builds(Bind, call_id=u32, contexts=st.lists(context_elements, max_size=4).map(tuple),
-                  max_xmit_frag=u16, max_recv_frag=u16, assoc_group_id=u32, flags=u8,
-                  ptype=st.sampled_from([BIND, ALTER_CONTEXT]))
-bind_acks = st.builds(BindAck, call_id=u32, max_xmit_frag=u16, max_recv_frag=u16,
-                      assoc_group_id=u32, secondary_address=st.binary(max_size=12),
-                      results=st.lists(st.builds(ContextResult, u16, u16, syntax_ids),
-                                       max_size=4).map(tuple),
-                      flags=u8, ptype=st.sampled_from([BIND_ACK, ALTER_CONTEXT_RESP]))
-bind_naks = st.builds(BindNak, call_id=u32, reason=u16,
-                      versions=st.lists(st.tuples(u8, u8), max_size=4).map(tuple))
-requests = st.builds(Request, call_id=u32, context_id=u16, opnum=u16,
-                     stub=st.binary(max_size=120), flags=u8.map(lambda f: f & ~OBJECT_UUID),
-                     alloc_hint=u32, object_uuid=st.none() | st.uuids())
-responses = st.builds(Response, call_id=u32, context_id=u16, stub=st.binary(max_size=120),
-                      flags=u8, alloc_hint=u32, cancel_count=u8)
+context_elements = st.builds(
+    ContextElement, u16, syntax_ids, st.lists(syntax_ids, max_size=3).map(tuple)
+)
+binds = st.builds(
+    Bind,
+    call_id=u32,
+    contexts=st.lists(context_elements, max_size=4).map(tuple),
+    max_xmit_frag=u16,
+    max_recv_frag=u16,
+    assoc_group_id=u32,
+    flags=u8,
+    ptype=st.sampled_from([BIND, ALTER_CONTEXT]),
+)
+bind_acks = st.builds(
+    BindAck,
+    call_id=u32,
+    max_xmit_frag=u16,
+    max_recv_frag=u16,
+    assoc_group_id=u32,
+    secondary_address=st.binary(max_size=12),
+    results=st.lists(st.builds(ContextResult, u16, u16, syntax_ids), max_size=4).map(tuple),
+    flags=u8,
+    ptype=st.sampled_from([BIND_ACK, ALTER_CONTEXT_RESP]),
+)
+bind_naks = st.builds(
+    BindNak, call_id=u32, reason=u16, versions=st.lists(st.tuples(u8, u8), max_size=4).map(tuple)
+)
+requests = st.builds(
+    Request,
+    call_id=u32,
+    context_id=u16,
+    opnum=u16,
+    stub=st.binary(max_size=120),
+    flags=u8.map(lambda f: f & ~OBJECT_UUID),
+    alloc_hint=u32,
+    object_uuid=st.none() | st.uuids(),
+)
+responses = st.builds(
+    Response,
+    call_id=u32,
+    context_id=u16,
+    stub=st.binary(max_size=120),
+    flags=u8,
+    alloc_hint=u32,
+    cancel_count=u8,
+)
 faults = st.builds(Fault, call_id=u32, status=u32, context_id=u16, flags=u8)
 
 
@@ -939,18 +1077,34 @@ def test_property_pdu_round_trip(value: Any) -> None:
     assert type(value).from_bytes(memoryview(data)) == _normalised(value)
 
 
-DECODERS = [Bind.from_bytes, BindAck.from_bytes, BindNak.from_bytes, Request.from_bytes,
-            Response.from_bytes, Fault.from_bytes, SyntaxId.from_bytes,
-            lambda d: parse_header(d, MAX_FRAG), lambda d: parse_header(d, 0xFFFF)]
+DECODERS = [
+    Bind.from_bytes,
+    BindAck.from_bytes,
+    BindNak.from_bytes,
+    Request.from_bytes,
+    Response.from_bytes,
+    Fault.from_bytes,
+    SyntaxId.from_bytes,
+    lambda d: parse_header(d, MAX_FRAG),
+    lambda d: parse_header(d, 0xFFFF),
+]
 
 
 @st.composite
 def plausible_pdus(draw: st.DrawFn) -> bytes:
     body = draw(st.binary(max_size=160))
     length = draw(st.one_of(st.just(16 + len(body)), u16))
-    return header(draw(st.sampled_from([0, 2, 3, 11, 12, 13, 14, 15, 16, 99])), draw(u8), length,
-                  draw(u32), draw(st.one_of(st.just(0), st.integers(0, 64), u16)),
-                  minor=draw(st.sampled_from([0, 1]))) + body
+    return (
+        header(
+            draw(st.sampled_from([0, 2, 3, 11, 12, 13, 14, 15, 16, 99])),
+            draw(u8),
+            length,
+            draw(u32),
+            draw(st.one_of(st.just(0), st.integers(0, 64), u16)),
+            minor=draw(st.sampled_from([0, 1])),
+        )
+        + body
+    )
 
 
 @SETTINGS

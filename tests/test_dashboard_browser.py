@@ -67,16 +67,24 @@ def _executable(name: str) -> str | None:
 @pytest.fixture
 def browser() -> Iterator[WebDriver]:
     chromium, chromedriver = _executable("chromium"), _executable("chromedriver")
-    for what, path, package in (("chromium", chromium, "chromium"),
-                                ("chromedriver", chromedriver, "chromium-driver")):
+    for what, path, package in (
+        ("chromium", chromium, "chromium"),
+        ("chromedriver", chromedriver, "chromium-driver"),
+    ):
         if path is None:
-            pytest.skip(f"{what} is not installed (scripts/test installs it with "
-                        f"apt-get install {package})")
+            pytest.skip(
+                f"{what} is not installed (scripts/test installs it with apt-get install {package})"
+            )
     assert chromium is not None and chromedriver is not None
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1440,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1440,1000",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
     try:
@@ -92,10 +100,23 @@ class Lab:
         self.home, self.token = home, token
         # --min-count 25: every client activates at once, so that its licence can lapse
         self.process, rest, self.lines = start_until_ready(
-            kmsemu_command("lab", "--kms-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0",
-                           "--http-listen", "127.0.0.1:0", "--admin-token", token,
-                           "--min-count", "25", "--quiet"),
-            "ready lab", {"KMSEMU_HOME": str(home)})
+            kmsemu_command(
+                "lab",
+                "--kms-listen",
+                "127.0.0.1:0",
+                "--dns-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--admin-token",
+                token,
+                "--min-count",
+                "25",
+                "--quiet",
+            ),
+            "ready lab",
+            {"KMSEMU_HOME": str(home)},
+        )
         fields = dict(re.findall(r"(\w+)=(\S+)", rest))
         self.kms = fields["kms"].split(",")[0]
         self.http = fields["http"]
@@ -103,8 +124,11 @@ class Lab:
     def activate(self, *args: str) -> dict[str, Any]:
         result = subprocess.run(
             kmsemu_command("client", "activate", "--host", self.kms, "--json", *args),
-            capture_output=True, text=True, timeout=30,
-            env={**os.environ, "KMSEMU_HOME": str(self.home)})
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "KMSEMU_HOME": str(self.home)},
+        )
         assert result.stdout, result
         reply: dict[str, Any] = json.loads(result.stdout)
         return reply
@@ -130,8 +154,9 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 def _until(driver: WebDriver, what: str, check: Callable[[], Any]) -> Any:
     """Wait (bounded) until ``check()`` is truthy; fail saying what never showed."""
-    wait = WebDriverWait(driver, WAIT, poll_frequency=0.05,
-                         ignored_exceptions=(StaleElementReferenceException,))
+    wait = WebDriverWait(
+        driver, WAIT, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)
+    )
     try:
         return wait.until(lambda _: check())
     except TimeoutException:
@@ -152,7 +177,8 @@ def _screenshot(driver: WebDriver) -> Path:
     folder = Path(os.environ.get("KMSEMU_ARTIFACTS") or REPO / "artifacts")
     folder.mkdir(parents=True, exist_ok=True)
     page, chrome = driver.execute_script(
-        "return [document.documentElement.scrollHeight, outerHeight - innerHeight]")
+        "return [document.documentElement.scrollHeight, outerHeight - innerHeight]"
+    )
     driver.set_window_size(1440, min(int(page) + int(chrome), 4000))
     path = folder / "dashboard.png"
     driver.save_screenshot(str(path))
@@ -160,16 +186,20 @@ def _screenshot(driver: WebDriver) -> Path:
 
 
 def test_the_dashboard_follows_the_lab_live_and_travels_in_time(
-        lab: Lab, browser: WebDriver) -> None:
+    lab: Lab, browser: WebDriver
+) -> None:
     driver = browser
-    clock_buttons = 'button[data-advance], button#clock-reset'
+    clock_buttons = "button[data-advance], button#clock-reset"
     try:
         driver.get(lab.http + "/")
         _until(driver, "#live = live", lambda: driver.find_element(By.ID, "live").text == "live")
 
         # no token yet: a read-only page, the clock buttons disabled
-        _until(driver, "the read-only hint",
-               lambda: driver.find_element(By.ID, "read-only-hint").is_displayed())
+        _until(
+            driver,
+            "the read-only hint",
+            lambda: driver.find_element(By.ID, "read-only-hint").is_displayed(),
+        )
         assert "read-only" in driver.find_element(By.ID, "read-only-hint").text
         buttons = driver.find_elements(By.CSS_SELECTOR, clock_buttons)
         assert {b.get_attribute("data-advance") for b in buttons} >= {"1d", "7d", "30d", "181d"}
@@ -180,8 +210,9 @@ def test_the_dashboard_follows_the_lab_live_and_travels_in_time(
         # a client activates while the page stays open: it arrives without a reload
         driver.execute_script("window.__marker = 1")
         cmid = uuid.uuid4()
-        reply = lab.activate("--product", "windows-11-pro", "--name", "BROWSER-PC",
-                             "--cmid", str(cmid))
+        reply = lab.activate(
+            "--product", "windows-11-pro", "--name", "BROWSER-PC", "--cmid", str(cmid)
+        )
         assert reply["status"] == 0, reply
         row = _until(driver, "the BROWSER-PC client row", lambda: _client(driver, cmid))
         assert "BROWSER-PC" in row["text"]
@@ -196,16 +227,21 @@ def test_the_dashboard_follows_the_lab_live_and_travels_in_time(
         # hostile HTML, which the page must show as text
         clone = '<img id="injected" src="x">'
         lab.activate("--product", "windows-11-pro", "--name", clone, "--cmid", str(cmid))
-        row = _until(driver, "the duplicate CMID",
-                     lambda: (r := _client(driver, cmid)) and "duplicate" in r["cls"].split()
-                     and r)
+        row = _until(
+            driver,
+            "the duplicate CMID",
+            lambda: (r := _client(driver, cmid)) and "duplicate" in r["cls"].split() and r,
+        )
         assert "duplicate CMID" in row["text"] and clone in row["text"]
         assert driver.execute_script("return document.getElementById('injected')") is None
 
         # a client whose clock is 5 hours off is refused: a failed request
         lab.activate("--product", "windows-11-pro", "--name", "SKEWED-PC", "--clock-offset", "5h")
-        failed = _until(driver, "the failed request", lambda: [
-            r for r in _rows(driver)["requests"] if "SKEWED-PC" in r["text"]])[0]
+        failed = _until(
+            driver,
+            "the failed request",
+            lambda: [r for r in _rows(driver)["requests"] if "SKEWED-PC" in r["text"]],
+        )[0]
         assert "failed" in failed["cls"].split() and failed["hresult"] != "0x00000000", failed
         assert len(driver.find_elements(By.CSS_SELECTOR, "#counts [data-application]")) >= 1
         totals = driver.execute_script("return document.getElementById('totals').textContent")
@@ -219,19 +255,25 @@ def test_the_dashboard_follows_the_lab_live_and_travels_in_time(
         _until(driver, "the clock buttons enabled", advance.is_enabled)
         assert not driver.find_element(By.ID, "read-only-hint").is_displayed()
         advance.click()
-        _until(driver, "the +181d offset",
-               lambda: "+181d" in driver.find_element(By.ID, "clock-offset").text)
-        row = _until(driver, "the lapsed licence",
-                     lambda: (r := _client(driver, cmid)) and "state-lapsed" in
-                     r["licence"].split() and r)
+        _until(
+            driver,
+            "the +181d offset",
+            lambda: "+181d" in driver.find_element(By.ID, "clock-offset").text,
+        )
+        row = _until(
+            driver,
+            "the lapsed licence",
+            lambda: (r := _client(driver, cmid)) and "state-lapsed" in r["licence"].split() and r,
+        )
         assert "Lapsed" in row["licenceText"], row
         shown = driver.find_element(By.ID, "lab-now").get_attribute("datetime")
         assert shown is not None
         ahead = datetime.fromisoformat(shown.replace("Z", "+00:00")) - datetime.now(UTC)
         assert timedelta(days=180) < ahead < timedelta(days=182), shown
         message = driver.find_element(By.ID, "message")
-        assert not (message.is_displayed() and "error" in (message.get_attribute("class") or "")), \
+        assert not (message.is_displayed() and "error" in (message.get_attribute("class") or "")), (
             message.text
+        )
         assert driver.execute_script("return window.__marker") == 1, "the page was reloaded"
     finally:
         with contextlib.suppress(WebDriverException):  # never hide the real failure

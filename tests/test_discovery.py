@@ -43,10 +43,13 @@ class Lab:
     """A DNS server for lab.test (and empty.test) on a background loop."""
 
     def __init__(self, srv: list[SrvTarget]) -> None:
-        zone = Zone.build("lab.test", srv=srv, addresses=[("kms1", "127.0.0.1"),
-                                                          ("kms2", "127.0.0.1")])
-        zone.add_zone_text("$ORIGIN lab.test.\n_vlmcs._tcp.gone 300 IN SRV 0 0 0 .\n"
-                           "_vlmcs._tcp.nosrv 300 IN TXT \"no srv here\"\n")
+        zone = Zone.build(
+            "lab.test", srv=srv, addresses=[("kms1", "127.0.0.1"), ("kms2", "127.0.0.1")]
+        )
+        zone.add_zone_text(
+            "$ORIGIN lab.test.\n_vlmcs._tcp.gone 300 IN SRV 0 0 0 .\n"
+            '_vlmcs._tcp.nosrv 300 IN TXT "no srv here"\n'
+        )
         self.loop = asyncio.new_event_loop()
         self.server = DnsServer(Authority([zone]))
         host, port = self.loop.run_until_complete(self.server.start("127.0.0.1", 0))
@@ -79,12 +82,15 @@ def test_discover_orders_by_priority(lab: Lab, hosts: tuple[BackgroundHost, ...]
     assert found[0].display == f"kms1.lab.test:{hosts[0].port}"
 
 
-@pytest.mark.parametrize("domain, hresult", [
-    ("missing.test", HResult.DNS_SERVER_FAILURE),  # not our zone: REFUSED
-    ("nothere.lab.test", HResult.DNS_NAME_DOES_NOT_EXIST),
-    ("nosrv.lab.test", HResult.DNS_NO_RECORDS),
-    ("gone.lab.test", HResult.DNS_NO_RECORDS),  # target "." : service not available
-])
+@pytest.mark.parametrize(
+    "domain, hresult",
+    [
+        ("missing.test", HResult.DNS_SERVER_FAILURE),  # not our zone: REFUSED
+        ("nothere.lab.test", HResult.DNS_NAME_DOES_NOT_EXIST),
+        ("nosrv.lab.test", HResult.DNS_NO_RECORDS),
+        ("gone.lab.test", HResult.DNS_NO_RECORDS),  # target "." : service not available
+    ],
+)
 def test_dns_failures_map_to_windows_hresults(lab: Lab, domain: str, hresult: int) -> None:
     with pytest.raises(DiscoveryError) as info:
         discover([domain], [lab.address], random.Random(1), timeout=2)
@@ -101,7 +107,8 @@ def client(home: Path, *args: str) -> Result:
 
 
 def test_a_profile_activates_through_dns_and_fails_over(
-        tmp_path: Path, lab: Lab, hosts: tuple[BackgroundHost, BackgroundHost]) -> None:
+    tmp_path: Path, lab: Lab, hosts: tuple[BackgroundHost, BackgroundHost]
+) -> None:
     home = tmp_path / "home"
     assert client(home, "ipk", KEY).exit_code == 0
     assert client(home, "dns", "--server", lab.address, "--suffix", "lab.test").exit_code == 0
@@ -118,7 +125,8 @@ def test_a_profile_activates_through_dns_and_fails_over(
 
 
 def test_skms_wins_and_skms_domain_restricts(
-        tmp_path: Path, lab: Lab, hosts: tuple[BackgroundHost, BackgroundHost]) -> None:
+    tmp_path: Path, lab: Lab, hosts: tuple[BackgroundHost, BackgroundHost]
+) -> None:
     home = tmp_path / "home"
     client(home, "ipk", KEY)
     client(home, "dns", "--server", lab.address, "--suffix", "lab.test")
@@ -153,9 +161,17 @@ def test_host_publishes_itself_and_a_client_finds_it(tmp_path: Path) -> None:
     from tests.conftest import start_host_process, stop_host_process
 
     dns_lab = Lab([])
-    host = start_host_process(tmp_path / "host", "--min-count", "5", "--dns-publish",
-                              "lab.test,0,10", "--dns-server", dns_lab.address,
-                              "--dns-name", "kms9")
+    host = start_host_process(
+        tmp_path / "host",
+        "--min-count",
+        "5",
+        "--dns-publish",
+        "lab.test,0,10",
+        "--dns-server",
+        dns_lab.address,
+        "--dns-name",
+        "kms9",
+    )
     try:
         line = _wait_for(host.stderr_lines, "12294", host.process)
         assert f"0 10 {host.port} kms9.lab.test." in line
@@ -181,8 +197,7 @@ def test_publishing_failure_is_event_12293(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"
-    host = start_host_process(tmp_path / "host", "--dns-publish", "lab.test",
-                              "--dns-server", dead)
+    host = start_host_process(tmp_path / "host", "--dns-publish", "lab.test", "--dns-server", dead)
     try:
         line = _wait_for(host.stderr_lines, "12293", host.process)
         assert "0x8007232A" in line and "'lab.test' domain failed" in line

@@ -41,8 +41,14 @@ def lab_zone(hosts: int = 2) -> Zone:
 AUTHORITY = Authority([lab_zone()])
 
 
-def ask(name: str, qtype: str, *, udp: bool = True, authority: Authority = AUTHORITY,
-        edns: int | None = None) -> DNSRecord:
+def ask(
+    name: str,
+    qtype: str,
+    *,
+    udp: bool = True,
+    authority: Authority = AUTHORITY,
+    edns: int | None = None,
+) -> DNSRecord:
     query = DNSRecord.question(name, qtype)
     if edns is not None:
         query.add_ar(EDNS0(udp_len=edns))
@@ -55,8 +61,9 @@ def test_srv_answer_with_addresses_in_additional() -> None:
     reply = ask("_vlmcs._tcp.lab.test", "SRV")
     assert RCODE[reply.header.rcode] == "NOERROR"
     assert (reply.header.aa, reply.header.ra, reply.header.ad) == (1, 0, 0)
-    srv = sorted((rr.rdata.priority, rr.rdata.weight, rr.rdata.port, str(rr.rdata.target))
-                 for rr in reply.rr)
+    srv = sorted(
+        (rr.rdata.priority, rr.rdata.weight, rr.rdata.port, str(rr.rdata.target)) for rr in reply.rr
+    )
     assert srv == [(0, 10, 1688, "kms1.lab.test."), (10, 0, 1689, "kms2.lab.test.")]
     assert sorted(QTYPE[rr.rtype] for rr in reply.ar) == ["A", "AAAA"]
 
@@ -65,12 +72,15 @@ def test_names_are_case_insensitive() -> None:
     assert len(ask("_VLMCS._Tcp.LAB.test", "SRV").rr) == 2
 
 
-@pytest.mark.parametrize("name, qtype, rcode, soa", [
-    ("nothere.lab.test", "A", "NXDOMAIN", True),  # nothing at or below it
-    ("_tcp.lab.test", "SRV", "NOERROR", True),  # an empty non-terminal
-    ("kms1.lab.test", "AAAA", "NOERROR", True),  # exists, not that type
-    ("lab.test", "SOA", "NOERROR", False),
-])
+@pytest.mark.parametrize(
+    "name, qtype, rcode, soa",
+    [
+        ("nothere.lab.test", "A", "NXDOMAIN", True),  # nothing at or below it
+        ("_tcp.lab.test", "SRV", "NOERROR", True),  # an empty non-terminal
+        ("kms1.lab.test", "AAAA", "NOERROR", True),  # exists, not that type
+        ("lab.test", "SOA", "NOERROR", False),
+    ],
+)
 def test_negative_answers_carry_the_soa(name: str, qtype: str, rcode: str, soa: bool) -> None:
     reply = ask(name, qtype)
     assert RCODE[reply.header.rcode] == rcode and reply.header.aa == 1
@@ -135,18 +145,20 @@ def test_zone_file_and_bad_input() -> None:
 
 
 def test_exports() -> None:
-    zone = Zone.build("lab.test", srv=[SrvTarget("kms1", 1688, 0, 10)],
-                      addresses=[("kms1", "127.0.0.1")])
+    zone = Zone.build(
+        "lab.test", srv=[SrvTarget("kms1", 1688, 0, 10)], addresses=[("kms1", "127.0.0.1")]
+    )
     bind = export(zone, "bind")
     assert "_vlmcs._tcp.lab.test." in bind and "SRV" in bind and "0 10 1688 kms1.lab.test." in bind
     ps = export(zone, "powershell")
     assert 'Add-DnsServerResourceRecord -ZoneName "lab.test" -Name "_vlmcs._tcp" -Srv' in ps
-    assert "-Priority 0 -Weight 10 -Port 1688" in ps and "-IPv4Address \"127.0.0.1\"" in ps
+    assert "-Priority 0 -Weight 10 -Port 1688" in ps and '-IPv4Address "127.0.0.1"' in ps
     nsupdate = export(zone, "nsupdate", server="10.0.0.53").splitlines()
     assert nsupdate[0] == "server 10.0.0.53" and nsupdate[-1] == "send"
     assert "update add _vlmcs._tcp.lab.test. 3600 SRV 0 10 1688 kms1.lab.test." in nsupdate
-    result = CliRunner().invoke(main, ["dns", "export", "--zone", "lab.test", "--srv",
-                                       "kms1:1688,0,10", "--format", "bind"])
+    result = CliRunner().invoke(
+        main, ["dns", "export", "--zone", "lab.test", "--srv", "kms1:1688,0,10", "--format", "bind"]
+    )
     assert result.exit_code == 0 and "SRV" in result.stdout
 
 
@@ -185,38 +197,86 @@ def test_tcp_peer_that_stalls_is_cut_off(dns_server: tuple[str, int]) -> None:
 @pytest.mark.skipif(shutil.which("dig") is None, reason="dig not installed (bind9-dnsutils)")
 def test_dig_sees_the_srv(dns_server: tuple[str, int]) -> None:
     host, port = dns_server
-    out = subprocess.run(["dig", f"@{host}", "-p", str(port), "_vlmcs._tcp.lab.test", "SRV",
-                          "+norecurse", "+time=3", "+tries=1"],
-                         capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run(
+        [
+            "dig",
+            f"@{host}",
+            "-p",
+            str(port),
+            "_vlmcs._tcp.lab.test",
+            "SRV",
+            "+norecurse",
+            "+time=3",
+            "+tries=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
     assert "status: NOERROR" in out and "flags: qr aa" in out
     assert "SRV\t0 10 1688 kms1.lab.test." in out and "SRV\t10 0 1689 kms2.lab.test." in out
-    tcp = subprocess.run(["dig", f"@{host}", "-p", str(port), "_vlmcs._tcp.lab.test", "SRV",
-                          "+tcp", "+short", "+time=3", "+tries=1"],
-                         capture_output=True, text=True, timeout=30).stdout.split("\n")
+    tcp = subprocess.run(
+        [
+            "dig",
+            f"@{host}",
+            "-p",
+            str(port),
+            "_vlmcs._tcp.lab.test",
+            "SRV",
+            "+tcp",
+            "+short",
+            "+time=3",
+            "+tries=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split("\n")
     assert "0 10 1688 kms1.lab.test." in tcp
 
 
 @pytest.mark.skipif(shutil.which("nslookup") is None, reason="nslookup not installed")
 def test_nslookup_sees_the_srv(dns_server: tuple[str, int]) -> None:
     host, port = dns_server
-    out = subprocess.run(["nslookup", f"-port={port}", "-type=srv", "_vlmcs._tcp.lab.test",
-                          host], capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run(
+        ["nslookup", f"-port={port}", "-type=srv", "_vlmcs._tcp.lab.test", host],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
     assert "service = 0 10 1688 kms1.lab.test." in out
 
 
 def test_dns_serve_as_a_process(tmp_path: Path) -> None:
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "kmsemu", "dns", "serve", "--port", "0",
-                             "--zone", "lab.test", "--srv", "kms1", "--a", "kms1=127.0.0.1"],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kmsemu",
+            "dns",
+            "serve",
+            "--port",
+            "0",
+            "--zone",
+            "lab.test",
+            "--srv",
+            "kms1",
+            "--a",
+            "kms1=127.0.0.1",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
         assert line.startswith("ready dns 127.0.0.1:")
         port = int(line.rsplit(":", 1)[1])
-        reply = dns.query.udp(dns.message.make_query("_vlmcs._tcp.lab.test", "SRV"),
-                              "127.0.0.1", port=port, timeout=5)
+        reply = dns.query.udp(
+            dns.message.make_query("_vlmcs._tcp.lab.test", "SRV"), "127.0.0.1", port=port, timeout=5
+        )
         assert reply.answer[0][0].port == 1688
         assert dns.rdatatype.to_text(reply.answer[0].rdtype) == "SRV"
     finally:
@@ -228,10 +288,13 @@ def test_several_zones_and_a_zone_file_routed_to_them(tmp_path: Path) -> None:
     from kmsemu.cli.dns import build_zones
 
     zone_file = tmp_path / "extra.zone"
-    zone_file.write_text("$ORIGIN branch.test.\n_vlmcs._tcp 300 IN SRV 0 0 1688 kms.branch.test.\n"
-                         "kms 300 IN A 10.1.1.1\n")
-    zones = build_zones(("lab.test", "branch.test"), ("kms1",), ("kms1=127.0.0.1",), zone_file,
-                        3600)
+    zone_file.write_text(
+        "$ORIGIN branch.test.\n_vlmcs._tcp 300 IN SRV 0 0 1688 kms.branch.test.\n"
+        "kms 300 IN A 10.1.1.1\n"
+    )
+    zones = build_zones(
+        ("lab.test", "branch.test"), ("kms1",), ("kms1=127.0.0.1",), zone_file, 3600
+    )
     authority = Authority(zones)
     assert len(ask("_vlmcs._tcp.branch.test", "SRV", authority=authority).rr) == 1
     assert len(ask("_vlmcs._tcp.lab.test", "SRV", authority=authority).rr) == 1
@@ -270,5 +333,7 @@ def test_updates_are_refused_unless_trusted() -> None:
     assert zone.soa().rdata.times[0] == 2  # serial bumped
     other = dns.update.UpdateMessage("other.test")
     other.add("x", 300, "A", "10.0.0.1")
-    assert dns.message.from_wire(authority.answer(other.to_wire(), udp=True, trusted=True)
-                                 ).rcode() == dns.rcode.NOTAUTH
+    assert (
+        dns.message.from_wire(authority.answer(other.to_wire(), udp=True, trusted=True)).rcode()
+        == dns.rcode.NOTAUTH
+    )

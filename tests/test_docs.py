@@ -8,14 +8,16 @@ optional marker, an HTML comment on the line above the opening fence:
   table is checked with the lab's configuration reader. Any other TOML needs a
   ``<!-- not run: REASON -->`` marker.
 - ```` ```sh ```` (or ``bash``, ``shell``): run, command after command, in one bash in a
-  fresh ``KMSEMU_HOME``, where ``kmsemu`` and ``.venv/bin/kmsemu`` are this checkout's CLI
-  and ``/tmp/`` is a directory of the test's own. Every command must exit 0, except one
-  whose own comment (on its line, or on indented comment lines just below it) says
-  ``Error:``: that one must fail. A command ending in ``&`` is a server: the next command
-  runs once it has printed its ``ready ...`` line, and it is stopped with SIGTERM (and must
-  exit 0) after the block. The blocks run in a private network namespace (``unshare -rn``),
-  so that they use the documented default ports (1688, 5300, 8688) without meeting
-  anything else on the machine.
+  fresh ``KMSEMU_HOME`` (and ``HOME``), where ``kmsemu`` and ``.venv/bin/kmsemu`` are this
+  checkout's CLI and ``/tmp/`` is a directory of the test's own. Every command must exit 0
+  and print no traceback, except that a command whose comment says ``Error:`` must fail;
+  a command's comment is the one on its lines, indented comment-only lines right below it,
+  or unindented comment-only lines right above it. A command ending in ``&`` is a server:
+  the next command runs once it has printed a ``ready ...`` line, and after the block it is
+  stopped with SIGTERM and must exit 0. All blocks run in one private network namespace
+  (``unshare -rn``), one after the other, so that they use the documented default ports
+  (1688, 5300, 8688) without meeting anything else on the machine; a fork server
+  (tests/docrun.py) saves each ``kmsemu`` command its imports.
 - ``<!-- run with the lab -->`` above a shell block: it needs ``kmsemu lab`` running with
   its defaults. All such blocks of one document run in order in one shell (variables set
   in one are used by the next), against one lab the test starts.
@@ -60,19 +62,13 @@ SHELL = frozenset({"sh", "bash", "shell"})
 ILLUSTRATIONS = frozenset({"", "console", "text", "json", "yaml", "ini"})
 NOT_RUN = "not run:"
 WITH_LAB = "run with the lab"
-MARKER = re.compile(r"^<!--\s*(.*?)\s*-->$")
+MARKER = re.compile(r"^<!--\s*((?:not run|run)\b.*?)\s*-->$")
 SCENARIO_KEYS = frozenset({"scenario", "hosts", "dns", "clients", "mak"})
 #: programs other than kmsemu that examples call; a session that needs a missing one skips
 TOOLS = ("dig", "nslookup", "jq", "python3", "curl")
 RUN_TIMEOUT = 240.0  # every shell session together
-#: (document, how the block starts) -> marker, for blocks in documents others maintain
-#: that should carry the marker but do not yet; move the marker into the document
-UNMARKED = {
-    ("docs/benchmarks.md", "scripts/bench-mak --backends sqlite,postgres,postgres-fast"):
-        "not run: a benchmark of about 15 minutes",
-}
-
-
+#: (document, how a block starts) -> marker, for blocks of documents others maintain that
+#: should carry the marker but do not yet (move it into the document)
 # -- reading the documents ------------------------------------------------------------------
 
 
@@ -103,14 +99,11 @@ def read_blocks(path: Path) -> list[Block]:
             n += 1
             continue
         fence, info = opening.group(1), opening.group(2).strip().split(" ")[0]
-        end = next((k for k in range(n + 1, len(lines)) if lines[k].startswith(fence)),
-                   len(lines))
+        end = next((k for k in range(n + 1, len(lines)) if lines[k].startswith(fence)), len(lines))
         above = next((lines[k].strip() for k in range(n - 1, -1, -1) if lines[k].strip()), "")
         marked = MARKER.match(above)
-        text = "\n".join(lines[n + 1:end])
-        marker = marked.group(1) if marked else next(
-            (m for (doc, start), m in UNMARKED.items()
-             if ROOT / doc == path and text.startswith(start)), None)
+        text = "\n".join(lines[n + 1 : end])
+        marker = marked.group(1) if marked else None
         blocks.append(Block(path, n + 1, info, text, marker))
         n = end + 1
     return blocks
@@ -120,7 +113,10 @@ ALL_BLOCKS = [block for doc in DOCS for block in read_blocks(doc)]
 
 
 def toml_kind(block: Block) -> str:
-    data = tomllib.loads(block.text)
+    try:
+        data = tomllib.loads(block.text)
+    except tomllib.TOMLDecodeError:
+        return "invalid"
     if "scenario" in data and set(data) <= SCENARIO_KEYS:
         return "scenario"
     if set(data) == {"lab"}:
@@ -138,29 +134,33 @@ def test_every_example_is_classified() -> None:
     for block in ALL_BLOCKS:
         if block.marker is not None:
             if block.marker.startswith(NOT_RUN):
-                if not block.marker[len(NOT_RUN):].strip():
+                if not block.marker[len(NOT_RUN) :].strip():
                     problems.append(f"{block.where}: say why it is not run")
             elif block.marker == WITH_LAB:
                 if block.info not in SHELL:
                     problems.append(f"{block.where}: '{WITH_LAB}' is for shell blocks")
-            elif block.marker.startswith(("not run", "run")):
-                problems.append(f"{block.where}: unknown marker {block.marker!r} "
-                                f"(use '<!-- {NOT_RUN} REASON -->' or '<!-- {WITH_LAB} -->')")
+            else:
+                problems.append(
+                    f"{block.where}: unknown marker {block.marker!r} "
+                    f"(use '<!-- {NOT_RUN} REASON -->' or '<!-- {WITH_LAB} -->')"
+                )
             continue
         if block.info in SHELL or block.info in ILLUSTRATIONS or block.info == "python":
             continue
         if block.info == "toml":
-            try:
-                kind = toml_kind(block)
-            except tomllib.TOMLDecodeError as exc:
-                problems.append(f"{block.where}: TOML does not parse: {exc}")
-                continue
-            if kind == "other":
-                problems.append(f"{block.where}: TOML that is neither a scenario nor a [lab] "
-                                f"table: mark it '<!-- {NOT_RUN} REASON -->'")
+            kind = toml_kind(block)
+            if kind == "invalid":
+                problems.append(f"{block.where}: the TOML does not parse")
+            elif kind == "other":
+                problems.append(
+                    f"{block.where}: TOML that is neither a scenario nor a [lab] "
+                    f"table: mark it '<!-- {NOT_RUN} REASON -->'"
+                )
             continue
-        problems.append(f"{block.where}: info string {block.info!r}: add it to the runner, "
-                        f"or mark the block '<!-- {NOT_RUN} REASON -->'")
+        problems.append(
+            f"{block.where}: info string {block.info!r}: add it to the runner, "
+            f"or mark the block '<!-- {NOT_RUN} REASON -->'"
+        )
     assert not problems, "\n".join(problems)
 
 
@@ -177,11 +177,14 @@ def test_scenario_example_runs(block: Block, tmp_path: Path) -> None:
     source = tmp_path / "scenario.toml"
     source.write_text(block.text, encoding="utf-8")
     result = CliRunner().invoke(
-        main, ["sim", "run", str(source), "--out", str(tmp_path / "out"), "--no-report"],
-        env={"KMSEMU_HOME": str(tmp_path / "home")}, catch_exceptions=False)
+        main,
+        ["sim", "run", str(source), "--out", str(tmp_path / "out"), "--no-report"],
+        env={"KMSEMU_HOME": str(tmp_path / "home")},
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, f"{block.where}: {result.output}"
     assert (tmp_path / "out" / "timeline.json").is_file()  # the report: docs/sim.md's sh block
-    assert scenario.name in result.output
+    assert scenario.name.lower() in result.output.lower()
 
 
 @pytest.mark.parametrize("block", toml_blocks("lab"), ids=lambda b: b.where)
@@ -228,7 +231,7 @@ def split_comment(line: str) -> tuple[str, str]:
         elif char in "'\"":
             quote = char
         elif char == "#" and (n == 0 or line[n - 1].isspace()):
-            return line[:n], line[n + 1:]
+            return line[:n], line[n + 1 :]
     return line, ""
 
 
@@ -264,8 +267,16 @@ def split_commands(block: Block) -> list[Command]:
         if code.rstrip().endswith("\\") or depth > 0:
             continue
         ending = code.rstrip()
-        commands.append(Command(block, block.line + 1 + first, "\n".join(lines), comments,
-                                ending.endswith("&") and not ending.endswith("&&"), n))
+        commands.append(
+            Command(
+                block,
+                block.line + 1 + first,
+                "\n".join(lines),
+                comments,
+                ending.endswith("&") and not ending.endswith("&&"),
+                n,
+            )
+        )
         lines, comments = [], []
     assert not lines, f"{block.where}: the block ends inside a command"
     return commands
@@ -300,8 +311,12 @@ def namespace_problem() -> str | None:
     """Why the examples cannot run in a private network namespace, or None."""
     if not shutil.which("unshare") or not ip_command():
         return "unshare or ip is missing"
-    probe = subprocess.run(["unshare", "-rn", ip_command(), "link", "set", "lo", "up"],
-                           capture_output=True, text=True, check=False)
+    probe = subprocess.run(
+        ["unshare", "-rn", ip_command(), "link", "set", "lo", "up"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if probe.returncode:
         return f"unshare -rn is not allowed here: {probe.stderr.strip()}"
     return None
@@ -310,7 +325,8 @@ def namespace_problem() -> str | None:
 @cache
 def ip_command() -> str:
     return shutil.which("ip") or next(
-        (p for p in ("/usr/sbin/ip", "/sbin/ip") if os.access(p, os.X_OK)), "")
+        (p for p in ("/usr/sbin/ip", "/sbin/ip") if os.access(p, os.X_OK)), ""
+    )
 
 
 def sandbox_tmp(text: str) -> str:
@@ -330,35 +346,34 @@ def session_script(session: Session, home: Path) -> str:
         "(",
         f"R={quoted(results)}",
         f"export HOME={quoted(home / 'user')} KMSEMU_HOME={quoted(home / 'user/.kmsemu')}",
-        f"export DOCS_TMP={quoted(home / 'tmp')} PATH={quoted(home / 'work/.venv/bin')}:\"$PATH\"",
+        f'export DOCS_TMP={quoted(home / "tmp")} PATH={quoted(home / "work/.venv/bin")}:"$PATH"',
         f"cd {quoted(home / 'work')} || exit",
         "servers=()",
     ]
     if session.with_lab:
-        out += ["kmsemu lab >\"$R/lab.out\" 2>\"$R/lab.err\" </dev/null &",
-                "lab=$!",
-                "wait_ready \"$R/lab.err\" $lab '^ready lab ' || echo 'not ready' >>\"$R/lab.err\""]
+        out += [
+            'kmsemu lab >"$R/lab.out" 2>"$R/lab.err" </dev/null &',
+            "lab=$!",
+            "wait_ready \"$R/lab.err\" $lab '^ready lab ' || echo 'not ready' >>\"$R/lab.err\"",
+        ]
     for n, command in enumerate(session.commands):
-        out += ["{", sandbox_tmp(command.text), f"}} >\"$R/{n}.out\" 2>\"$R/{n}.err\" </dev/null"]
+        out += ["{", sandbox_tmp(command.text), f'}} >"$R/{n}.out" 2>"$R/{n}.err" </dev/null']
         if command.background:
-            out += ["servers+=($!)",
-                    f"wait_ready \"$R/{n}.err\" $! '^ready '; echo \"{n} $? $EPOCHREALTIME\" >>\"$R/rc\""]
-        else:
-            out += [f"echo \"{n} $? $EPOCHREALTIME\" >>\"$R/rc\""]
+            out += ["servers+=($!)", f"wait_ready \"$R/{n}.err\" $! '^ready '"]
+        out += [f'echo "{n} $? $EPOCHREALTIME" >>"$R/rc"']
     out += [
-        "for pid in \"${servers[@]}\"; do kill -TERM \"$pid\"; done",
-        "for pid in \"${servers[@]}\"; do",
-        "  wait \"$pid\"; echo \"$pid $?\" >>\"$R/servers.rc\"",
+        'for pid in "${servers[@]}"; do kill -TERM "$pid"; done',
+        'for pid in "${servers[@]}"; do',
+        '  wait "$pid"; echo "$pid $?" >>"$R/servers.rc"',
         "done",
     ]
     if session.with_lab:
-        out += ["kill -TERM $lab; wait $lab; echo $? >\"$R/lab.rc\""]
+        out += ['kill -TERM $lab; wait $lab; echo $? >"$R/lab.rc"']
     return "\n".join([*out, ")", ""])
 
 
 def tools_missing(session: Session) -> list[str]:
-    text = "\n".join(split_comment(line)[0] for b in session.blocks
-                     for line in b.text.splitlines())
+    text = "\n".join(split_comment(line)[0] for b in session.blocks for line in b.text.splitlines())
     return [t for t in TOOLS if re.search(rf"(?<![\w.-]){t}\b", text) and not shutil.which(t)]
 
 
@@ -374,14 +389,14 @@ def shell_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     script = [
         "# generated by tests/test_docs.py",
         f"{quoted(Path(ip_command()))} link set lo up || exit 90",
-        f"{quoted(Path(sys.executable))} {quoted(DOCRUN)} \"$KMSEMU_DOCS_SERVER\" "
+        f'{quoted(Path(sys.executable))} {quoted(DOCRUN)} "$KMSEMU_DOCS_SERVER" '
         f"2>{quoted(base / 'server.err')} &",
         "server=$!",
-        "for _ in $(seq 600); do [ -S \"$KMSEMU_DOCS_SERVER\" ] && break; sleep 0.05; done",
+        'for _ in $(seq 600); do [ -S "$KMSEMU_DOCS_SERVER" ] && break; sleep 0.05; done',
         "wait_ready() {  # FILE PID PATTERN: wait until FILE has a line matching PATTERN",
         "  for _ in $(seq 400); do",
-        "    grep -q \"$3\" \"$1\" 2>/dev/null && return 0",
-        "    kill -0 \"$2\" 2>/dev/null || return 1; sleep 0.05",
+        '    grep -q "$3" "$1" 2>/dev/null && return 0',
+        '    kill -0 "$2" 2>/dev/null || return 1; sleep 0.05',
         "  done; return 1",
         "}",
     ]
@@ -401,9 +416,15 @@ def shell_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KMSEMU_")}
     env.update(KMSEMU_DOCS_SERVER=str(socket_dir / "s"), PYTHONIOENCODING="utf-8")
     try:
-        proc = subprocess.Popen(["unshare", "-rn", "bash", str(base / "run.sh")], cwd=base,
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            ["unshare", "-rn", "bash", str(base / "run.sh")],
+            cwd=base,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         try:
             output, _ = proc.communicate(timeout=RUN_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -437,18 +458,21 @@ def test_shell_example_runs(session: Session, shell_runs: dict[str, Path]) -> No
         if "Traceback (most recent call last)" in err:
             wrong, expected = True, "no traceback"
         if wrong:
-            failures.append(f"{command.where}: exit {code}, expected {expected}\n"
-                            f"$ {command.text}\n{tail(results / f'{n}.out')}{err}")
+            failures.append(
+                f"{command.where}: exit {code}, expected {expected}\n"
+                f"$ {command.text}\n{tail(results / f'{n}.out')}{err}"
+            )
     for line in tail(results / "servers.rc", 10**6).splitlines():
         if line.split()[1] != "0":
             failures.append(f"a server the example started exited {line.split()[1]} on SIGTERM")
     if session.with_lab and tail(results / "lab.rc").strip() not in ("", "0"):
-        failures.append(f"the lab exited {tail(results / 'lab.rc').strip()} on SIGTERM:\n"
-                        f"{tail(results / 'lab.err')}")
+        failures.append(
+            f"the lab exited {tail(results / 'lab.rc').strip()} on SIGTERM:\n"
+            f"{tail(results / 'lab.err')}"
+        )
     if failures:
         run_out = tail(results.parent.parent / "run.out")
-        pytest.fail(f"{session.name}\n\n" + "\n\n".join(failures) + f"\n\n{run_out}",
-                    pytrace=False)
+        pytest.fail(f"{session.name}\n\n" + "\n\n".join(failures) + f"\n\n{run_out}", pytrace=False)
 
 
 # -- links and paths -------------------------------------------------------------------------

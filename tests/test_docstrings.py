@@ -154,6 +154,12 @@ if True:
 '''
     tree = ast.parse(source)
     missing = [name for name, node in public(tree.body) if not first_line(node)]
-    assert missing == ["bare", "Thing.size", "Thing.get", "Thing.Inner", "Thing.Inner.method",
-                       "conditional"]
+    assert missing == [
+        "bare",
+        "Thing.size",
+        "Thing.get",
+        "Thing.Inner",
+        "Thing.Inner.method",
+        "conditional",
+    ]
     assert first_line(tree) in placeholders(ROOT / "kmsemu" / "example" / "__init__.py")

@@ -109,5 +109,8 @@ def test_each_refusal_is_logged_once(inprocess_host: RunningHost) -> None:
     inprocess_host.flush()
     refused = [x for x in inprocess_host.stderr_lines if " refused " in x]
     assert [x.split("reason=", 1)[1].split(":")[0].strip('"') for x in refused] == [
-        "nca_s_unk_if", "nca_s_op_rng_error", "nca_s_fault_ndr", "BIND_NAK",
+        "nca_s_unk_if",
+        "nca_s_op_rng_error",
+        "nca_s_fault_ndr",
+        "BIND_NAK",
     ]

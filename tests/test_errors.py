@@ -63,7 +63,8 @@ def codes_in_source() -> dict[str, list[str]]:
     def add(values: list[str], path: Path, node: ast.AST) -> None:
         for value in values:
             found.setdefault(value, []).append(
-                f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}")
+                f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}"
+            )
 
     for path, tree in sources():
         for node in ast.walk(tree):
@@ -79,17 +80,26 @@ def codes_in_source() -> dict[str, list[str]]:
                         add(_strings(value), path, node)
             elif isinstance(node, ast.ClassDef):
                 for statement in node.body:
-                    if (isinstance(statement, ast.Assign) and len(statement.targets) == 1
-                            and isinstance(statement.targets[0], ast.Name)
-                            and statement.targets[0].id == "code"):
+                    if (
+                        isinstance(statement, ast.Assign)
+                        and len(statement.targets) == 1
+                        and isinstance(statement.targets[0], ast.Name)
+                        and statement.targets[0].id == "code"
+                    ):
                         add(_strings(statement.value), path, statement)
                 if CODE_FIRST & {_name(base) for base in node.bases}:
                     for call in ast.walk(node):  # super().__init__(CODE, ...)
-                        if (isinstance(call, ast.Call) and _name(call.func) == "__init__"
-                                and call.args):
+                        if (
+                            isinstance(call, ast.Call)
+                            and _name(call.func) == "__init__"
+                            and call.args
+                        ):
                             add(_strings(call.args[0]), path, call)
-            elif (isinstance(node, ast.Compare) and isinstance(node.left, ast.Attribute)
-                  and node.left.attr == "code"):
+            elif (
+                isinstance(node, ast.Compare)
+                and isinstance(node.left, ast.Attribute)
+                and node.left.attr == "code"
+            ):
                 for comparator in node.comparators:
                     add(_strings(comparator), path, node)
     return found
@@ -97,14 +107,22 @@ def codes_in_source() -> dict[str, list[str]]:
 
 def test_the_scan_finds_codes_of_every_kind() -> None:
     found = codes_in_source()
-    for code in ("bad_catalog", "no_confirmation_id", "unreachable", "busy", "invalid_key",
-                 "zone_invalid", "check_failed", "bad_profile", "key_blocked"):
+    for code in (
+        "bad_catalog",
+        "no_confirmation_id",
+        "unreachable",
+        "busy",
+        "invalid_key",
+        "zone_invalid",
+        "check_failed",
+        "bad_profile",
+        "key_blocked",
+    ):
         assert code in found, code
 
 
 def test_every_code_raised_anywhere_is_in_the_registry() -> None:
-    unknown = {code: where for code, where in codes_in_source().items()
-               if lookup(code) is None}
+    unknown = {code: where for code, where in codes_in_source().items() if lookup(code) is None}
     assert unknown == {}, "add these to kmsemu/errors.py (LOCAL_ERRORS or SERVICE_ERRORS)"
 
 
@@ -153,20 +171,31 @@ def test_every_user_facing_exception_is_a_kmsemu_error_or_drawn_as_internal() ->
     def is_kmsemu(name: str, seen: frozenset[str] = frozenset()) -> bool:
         if name == "KmsemuError":
             return True
-        return any(is_kmsemu(b, seen | {name}) for b in bases_of.get(name, ())
-                   if b not in seen)
+        return any(is_kmsemu(b, seen | {name}) for b in bases_of.get(name, ()) if b not in seen)
 
     def is_exception(name: str) -> bool:
         bases = bases_of.get(name, [])
-        return any(b.endswith(("Error", "Exception")) or is_exception(b)
-                   for b in bases if b != name)
+        return any(
+            b.endswith(("Error", "Exception")) or is_exception(b) for b in bases if b != name
+        )
 
-    outside = sorted(n for n in bases_of if is_exception(n) and not is_kmsemu(n)
-                     and n not in ("ErrorInfo", "ServiceErrorInfo"))
+    outside = sorted(
+        n
+        for n in bases_of
+        if is_exception(n) and not is_kmsemu(n) and n not in ("ErrorInfo", "ServiceErrorInfo")
+    )
     undrawn = [n for n in outside if not re.search(rf"\b{re.escape(n)}\b", tree_text)]
     assert undrawn == [], "draw these in the exception tree of kmsemu/errors.py"
-    for name in ("ActivationError", "ServiceError", "ConfigError", "LocalError",
-                 "RemoteError", "DiscoveryError", "ZoneError", "ProfileError"):
+    for name in (
+        "ActivationError",
+        "ServiceError",
+        "ConfigError",
+        "LocalError",
+        "RemoteError",
+        "DiscoveryError",
+        "ZoneError",
+        "ProfileError",
+    ):
         assert is_kmsemu(name) and name in tree_text, name
 
 
@@ -200,8 +229,9 @@ def test_the_text_and_json_of_an_error_are_the_registry_s(code: str) -> None:
     assert info is not None
     error = _error_for(code)
     message = error.message  # a service message's {field}s filled (here: <field>)
-    assert message == info.message.format_map({k: f"<{k}>" for k in ("maximum", "offer",
-                                                                       "licences")})
+    assert message == info.message.format_map(
+        {k: f"<{k}>" for k in ("maximum", "offer", "licences")}
+    )
     prefix = f"{format_hresult(info.hresult)} " if info.hresult is not None else ""
 
     text = CliRunner().invoke(_raising(error), ["fail"])
@@ -214,25 +244,35 @@ def test_the_text_and_json_of_an_error_are_the_registry_s(code: str) -> None:
     assert (as_json.exit_code, as_json.stderr) == (1, "")
     body = json.loads(as_json.stdout)["error"]
     assert (body["code"], body["message"], body["hint"]) == (code, message, info.hint)
-    assert body.get("hresult") == (format_hresult(info.hresult) if info.hresult is not None
-                                   else None)
+    assert body.get("hresult") == (
+        format_hresult(info.hresult) if info.hresult is not None else None
+    )
 
 
 def test_detail_follows_the_message_and_fields_join_the_json() -> None:
-    error = LocalError("write_failed", "/nowhere: Permission denied", output={"out": "/x"},
-                       notes=["one more line"], path="/nowhere")
+    error = LocalError(
+        "write_failed",
+        "/nowhere: Permission denied",
+        output={"out": "/x"},
+        notes=["one more line"],
+        path="/nowhere",
+    )
     text = CliRunner().invoke(_raising(error), ["fail"])
     assert text.stderr.splitlines() == [
         "Error: Cannot write there. (/nowhere: Permission denied)",
-        LOCAL_ERRORS["write_failed"].hint, "one more line"]
+        LOCAL_ERRORS["write_failed"].hint,
+        "one more line",
+    ]
     body = json.loads(CliRunner().invoke(_raising(error), ["fail", "--json"]).stdout)
     assert body["out"] == "/x" and body["error"]["path"] == "/nowhere"
     assert body["error"]["message"] == "Cannot write there. (/nowhere: Permission denied)"
 
 
 def test_http_answers_keep_their_hint_and_the_cli_speaks_cli() -> None:
-    http_words = re.compile(r"openapi|Authorization|Retry-After|Content-Type|"
-                            r"'(field|problems|candidates|reason|failed_groups|org|user|token)'")
+    http_words = re.compile(
+        r"openapi|Authorization|Retry-After|Content-Type|"
+        r"'(field|problems|candidates|reason|failed_groups|org|user|token)'"
+    )
     for code in all_codes():
         info = lookup(code)
         assert info is not None
@@ -240,7 +280,8 @@ def test_http_answers_keep_their_hint_and_the_cli_speaks_cli() -> None:
     for code, entry in SERVICE_ERRORS.items():
         assert ServiceError(code).to_json()["error"]["hint"] == entry.hint
         assert ServiceError(code).to_json(http=False)["error"]["hint"] == (
-            entry.cli_hint or entry.hint)
+            entry.cli_hint or entry.hint
+        )
 
 
 def test_registry_wordings_fill_their_fields() -> None:

@@ -53,8 +53,10 @@ PROTO_ERROR = 0x1C01000B
 NIL = uuid.UUID(int=0)
 HOUR = 3600 * 10_000_000  # FILETIME units
 SECOND_FT = 10_000_000
-EPID = re.compile(r"^\d{5}-\d{5}-\d{3}-\d{6}-03-\d{4,5}-\d{4,5}\.0000-"
-                  r"(00[1-9]|0[1-9]\d|[12]\d\d|3[0-5]\d|36[0-6])\d{4}$")
+EPID = re.compile(
+    r"^\d{5}-\d{5}-\d{3}-\d{6}-03-\d{4,5}-\d{4,5}\.0000-"
+    r"(00[1-9]|0[1-9]\d|[12]\d\d|3[0-5]\d|36[0-6])\d{4}$"
+)
 
 KLP_IFACE = uuid.UUID("6e8f4bef-ca86-4ca5-981e-95096d715f4b").bytes_le + b"\1\0\0\0"
 NDR20 = uuid.UUID("8a885d04-1ceb-11c9-9fe8-08002b104860").bytes_le + b"\2\0\0\0"
@@ -67,9 +69,11 @@ REQUEST, RESPONSE, FAULT, BIND, BIND_ACK = 0, 2, 3, 11, 12
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHost]:
-    running, stop = start_inprocess_host(tmp_path_factory.mktemp("bad-input"),
-                                         secrets=["kmsemu-lab", "a second lab secret"],
-                                         options=ServerOptions(flush_interval=0.05))
+    running, stop = start_inprocess_host(
+        tmp_path_factory.mktemp("bad-input"),
+        secrets=["kmsemu-lab", "a second lab secret"],
+        options=ServerOptions(flush_interval=0.05),
+    )
     try:
         yield running
     finally:
@@ -83,8 +87,9 @@ FROZEN_FT = filetime_from_unix(FROZEN_UNIX)
 @pytest.fixture(scope="module")
 def frozen_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHost]:
     """An in-process host whose clock stands still at FROZEN_UNIX."""
-    running, stop = start_inprocess_host(tmp_path_factory.mktemp("frozen"),
-                                         clock=FakeClock(FROZEN_UNIX))
+    running, stop = start_inprocess_host(
+        tmp_path_factory.mktemp("frozen"), clock=FakeClock(FROZEN_UNIX)
+    )
     try:
         yield running
     finally:
@@ -94,20 +99,36 @@ def frozen_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHos
 # -- building requests --------------------------------------------------------------------
 
 
-def make_request(product: str = "windows-server-2022-standard", *, cmid: uuid.UUID | None = None,
-                 when: int | None = None, **fields: Any) -> ActivationRequest:
+def make_request(
+    product: str = "windows-server-2022-standard",
+    *,
+    cmid: uuid.UUID | None = None,
+    when: int | None = None,
+    **fields: Any,
+) -> ActivationRequest:
     p = default_catalog().find(product)
     values: dict[str, Any] = dict(
-        application_id=p.application_id, sku_id=p.sku_id, kms_count_id=p.kms_count_id,
+        application_id=p.application_id,
+        sku_id=p.sku_id,
+        kms_count_id=p.kms_count_id,
         client_machine_id=cmid or uuid.uuid4(),
         request_time=filetime_from_unix(time.time()) if when is None else when,
-        required_client_count=p.threshold, workstation_name="bad-input-pc")
+        required_client_count=p.threshold,
+        workstation_name="bad-input-pc",
+    )
     values.update(fields)
     return ActivationRequest(**values)
 
 
-def seal(plaintext: bytes, key: LabKey = KEY, nonce: bytes | None = None, *, major: int = 1,
-         minor: int = 0, magic: bytes = b"KLP1") -> tuple[bytes, bytes]:
+def seal(
+    plaintext: bytes,
+    key: LabKey = KEY,
+    nonce: bytes | None = None,
+    *,
+    major: int = 1,
+    minor: int = 0,
+    magic: bytes = b"KLP1",
+) -> tuple[bytes, bytes]:
     """(envelope, nonce): section 3, sealed here with AES-GCM directly."""
     nonce = nonce or os.urandom(12)
     head = magic + struct.pack("<HH", major, minor) + key.key_id + nonce
@@ -129,8 +150,8 @@ def split_response_stub(stub: bytes) -> tuple[bytes, int]:
     assert struct.unpack_from("<I", stub, 8)[0] == size
     pad = -size % 4
     assert len(stub) == 12 + size + pad + 4
-    assert stub[12 + size:12 + size + pad] == bytes(pad)
-    return stub[12:12 + size], status
+    assert stub[12 + size : 12 + size + pad] == bytes(pad)
+    return stub[12 : 12 + size], status
 
 
 def status_stub(status: int) -> bytes:
@@ -139,25 +160,38 @@ def status_stub(status: int) -> bytes:
 
 
 def fault_pdu(call_id: int, ctx: int, status: int) -> bytes:
-    return (struct.pack("<BBBB4sHHI", 5, 0, FAULT, 0x23, DREP, 32, 0, call_id)
-            + struct.pack("<IHBBII", 0, ctx, 0, 0, status, 0))
+    return struct.pack("<BBBB4sHHI", 5, 0, FAULT, 0x23, DREP, 32, 0, call_id) + struct.pack(
+        "<IHBBII", 0, ctx, 0, 0, status, 0
+    )
 
 
-def header(ptype: int, flags: int, frag_length: int, call_id: int, auth_length: int = 0, *,
-           vers: int = 5, minor: int = 0, drep: bytes = DREP) -> bytes:
-    return struct.pack("<BBBB4sHHI", vers, minor, ptype, flags, drep, frag_length, auth_length,
-                       call_id)
+def header(
+    ptype: int,
+    flags: int,
+    frag_length: int,
+    call_id: int,
+    auth_length: int = 0,
+    *,
+    vers: int = 5,
+    minor: int = 0,
+    drep: bytes = DREP,
+) -> bytes:
+    return struct.pack(
+        "<BBBB4sHHI", vers, minor, ptype, flags, drep, frag_length, auth_length, call_id
+    )
 
 
-def bind_pdu(n_contexts: int = 1, *, call_id: int = 1, max_xmit: int = 5840,
-             max_recv: int = 5840) -> bytes:
+def bind_pdu(
+    n_contexts: int = 1, *, call_id: int = 1, max_xmit: int = 5840, max_recv: int = 5840
+) -> bytes:
     items = b"".join(struct.pack("<HBx", i, 1) + KLP_IFACE + NDR20 for i in range(n_contexts))
     body = struct.pack("<HHIB3x", max_xmit, max_recv, 0, n_contexts) + items
     return header(BIND, 3, 16 + len(body), call_id) + body
 
 
-def request_pdu(stub: bytes, *, call_id: int, ctx: int = 0, opnum: int = 0, flags: int = 3,
-                auth: bytes = b"") -> bytes:
+def request_pdu(
+    stub: bytes, *, call_id: int, ctx: int = 0, opnum: int = 0, flags: int = 3, auth: bytes = b""
+) -> bytes:
     trailer = struct.pack("<BBBBI", 10, 6, 0, 0, 0) + auth if auth else b""
     body = struct.pack("<IHH", len(stub), ctx, opnum) + stub + trailer
     return header(REQUEST, flags, 16 + len(body), call_id, len(auth)) + body
@@ -169,8 +203,11 @@ def request_pdu(stub: bytes, *, call_id: int, ctx: int = 0, opnum: int = 0, flag
 class Peer:
     """One TCP connection to the host, driven byte by byte."""
 
-    def __init__(self, address: tuple[str, int] | socket.socket, timeout: float = TIMEOUT,
-                 ) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int] | socket.socket,
+        timeout: float = TIMEOUT,
+    ) -> None:
         if isinstance(address, socket.socket):
             self.sock = address
         else:
@@ -232,8 +269,11 @@ class Peer:
         assert kind == RESPONSE, f"FAULT {payload.hex()}"
         return payload
 
-    def activate(self, request: ActivationRequest | None = None, key: LabKey = KEY,
-                 ) -> ActivationResponse:
+    def activate(
+        self,
+        request: ActivationRequest | None = None,
+        key: LabKey = KEY,
+    ) -> ActivationResponse:
         envelope, nonce = seal((request or make_request()).to_bytes(), key)
         return open_answer(self.stub_call(ndr(envelope)), key, nonce)
 
@@ -321,10 +361,12 @@ def _other_key_id(env: bytes) -> bytes:
     return env[:8] + SECOND.key_id + env[12:]
 
 
-@pytest.mark.parametrize("tamper", [_tag_flipped, _ciphertext_flipped, _nonce_flipped,
-                                    _other_key_id])
-def test_envelope_that_does_not_verify_is_access_denied(host: RunningHost,
-                                                        tamper: Callable[[bytes], bytes]) -> None:
+@pytest.mark.parametrize(
+    "tamper", [_tag_flipped, _ciphertext_flipped, _nonce_flipped, _other_key_id]
+)
+def test_envelope_that_does_not_verify_is_access_denied(
+    host: RunningHost, tamper: Callable[[bytes], bytes]
+) -> None:
     envelope, _ = seal(make_request().to_bytes())
     with Peer(host.address) as peer:
         peer.bind()
@@ -342,7 +384,7 @@ def test_bind_ack_names_the_port_and_responses_use_fresh_nonces(host: RunningHos
     with Peer(host.address) as peer:
         ack = peer.bind()
         assert struct.unpack_from("<H", ack, 24)[0] == len(port)
-        assert ack[26:26 + len(port)] == port
+        assert ack[26 : 26 + len(port)] == port
         envelope, nonce = seal(make_request().to_bytes())
         stubs = [peer.stub_call(ndr(envelope)) for _ in range(2)]
     nonces = {split_response_stub(stub)[0][12:24] for stub in stubs}
@@ -359,19 +401,24 @@ MALFORMED_ENVELOPES = [
     pytest.param(lambda: _good_envelope()[:24], id="header-only"),
     pytest.param(lambda: seal(make_request().to_bytes(), magic=b"KLP2")[0], id="magic-KLP2"),
     pytest.param(lambda: seal(make_request().to_bytes(), magic=b"klp1")[0], id="magic-klp1"),
-    pytest.param(lambda: seal(make_request().to_bytes(), STRANGER, magic=b"XXXX")[0],
-                 id="magic-wrong-and-unknown-key"),
+    pytest.param(
+        lambda: seal(make_request().to_bytes(), STRANGER, magic=b"XXXX")[0],
+        id="magic-wrong-and-unknown-key",
+    ),
     pytest.param(lambda: seal(make_request().to_bytes(), major=2)[0], id="version-2.0"),
     pytest.param(lambda: seal(make_request().to_bytes(), major=0)[0], id="version-0.0"),
-    pytest.param(lambda: seal(make_request().to_bytes(), STRANGER, major=2)[0],
-                 id="version-2-and-unknown-key"),
+    pytest.param(
+        lambda: seal(make_request().to_bytes(), STRANGER, major=2)[0],
+        id="version-2-and-unknown-key",
+    ),
     pytest.param(lambda: seal(b"", STRANGER)[0][:39], id="39-bytes-unknown-key"),
 ]
 
 
 @pytest.mark.parametrize("make_envelope", MALFORMED_ENVELOPES)
 def test_malformed_envelope_is_invalid_data_without_envelope(
-        host: RunningHost, make_envelope: Callable[[], bytes]) -> None:
+    host: RunningHost, make_envelope: Callable[[], bytes]
+) -> None:
     with Peer(host.address) as peer:
         peer.bind()
         assert peer.stub_call(ndr(make_envelope())) == status_stub(INVALID_DATA)
@@ -381,7 +428,8 @@ def test_malformed_envelope_is_invalid_data_without_envelope(
 @pytest.mark.parametrize("minor", [1, 7, 0xFFFF])
 @pytest.mark.parametrize("extra", [b"", b"\xaa" * 64], ids=["v1.0-layout", "extra-bytes"])
 def test_newer_minor_version_and_extra_plaintext_bytes_are_accepted(
-        host: RunningHost, minor: int, extra: bytes) -> None:
+    host: RunningHost, minor: int, extra: bytes
+) -> None:
     cmid = uuid.uuid4()
     envelope, nonce = seal(make_request(cmid=cmid).to_bytes() + extra, minor=minor)
     with Peer(host.address) as peer:
@@ -420,7 +468,8 @@ BAD_STUBS = [
 
 @pytest.mark.parametrize("make_stub", BAD_STUBS)
 def test_stub_that_does_not_parse_is_fault_ndr_and_the_connection_stays(
-        host: RunningHost, make_stub: Callable[[bytes], bytes]) -> None:
+    host: RunningHost, make_stub: Callable[[bytes], bytes]
+) -> None:
     with Peer(host.address) as peer:
         peer.bind(n_contexts=2)
         call_id = peer.next_call_id
@@ -452,7 +501,7 @@ def _plaintext(**fields: Any) -> bytes:
 
 
 def _with(data: bytes, offset: int, value: bytes) -> bytes:
-    return data[:offset] + value + data[offset + len(value):]
+    return data[:offset] + value + data[offset + len(value) :]
 
 
 def _name_field(raw: bytes) -> bytes:
@@ -470,23 +519,41 @@ INVALID_PLAINTEXTS = [
     ("license-status-7", lambda: _with(_plaintext(), 4, struct.pack("<I", 7)), True, True),
     ("license-status-max", lambda: _with(_plaintext(), 4, b"\xff" * 4), True, True),
     ("nil-cmid", lambda: _with(_plaintext(), 60, bytes(16)), True, True),
-    ("name-without-nul", lambda: _with(_plaintext(), 104, "AB".encode("utf-16-le") * 32),
-     True, True),
-    ("lone-high-surrogate", lambda: _with(_plaintext(), 104, _name_field(b"a\0\x00\xd8b\0")),
-     True, True),
+    (
+        "name-without-nul",
+        lambda: _with(_plaintext(), 104, "AB".encode("utf-16-le") * 32),
+        True,
+        True,
+    ),
+    (
+        "lone-high-surrogate",
+        lambda: _with(_plaintext(), 104, _name_field(b"a\0\x00\xd8b\0")),
+        True,
+        True,
+    ),
     ("lone-low-surrogate", lambda: _with(_plaintext(), 104, _name_field(b"\x00\xdc")), True, True),
-    ("high-surrogate-at-end", lambda: _with(_plaintext(), 104, _name_field(b"x\0\x3d\xd8")),
-     True, True),
-    ("invalid-and-product-unknown",
-     lambda: _with(_plaintext(application_id=uuid.uuid4()), 4, struct.pack("<I", 9)), True, True),
+    (
+        "high-surrogate-at-end",
+        lambda: _with(_plaintext(), 104, _name_field(b"x\0\x3d\xd8")),
+        True,
+        True,
+    ),
+    (
+        "invalid-and-product-unknown",
+        lambda: _with(_plaintext(application_id=uuid.uuid4()), 4, struct.pack("<I", 9)),
+        True,
+        True,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("make_plaintext", "echo_cmid", "echo_time"),
-                         [pytest.param(*row[1:], id=row[0]) for row in INVALID_PLAINTEXTS])
+@pytest.mark.parametrize(
+    ("make_plaintext", "echo_cmid", "echo_time"),
+    [pytest.param(*row[1:], id=row[0]) for row in INVALID_PLAINTEXTS],
+)
 def test_invalid_plaintext_is_an_encrypted_invalid_data_response(
-        host: RunningHost, make_plaintext: Callable[[], bytes], echo_cmid: bool,
-        echo_time: bool) -> None:
+    host: RunningHost, make_plaintext: Callable[[], bytes], echo_cmid: bool, echo_time: bool
+) -> None:
     plaintext = make_plaintext()
     envelope, nonce = seal(plaintext)
     with Peer(host.address) as peer:
@@ -510,14 +577,23 @@ def _office_count_id() -> uuid.UUID:
     return default_catalog().find("office-ltsc-2021-proplus").kms_count_id
 
 
-@pytest.mark.parametrize("fields", [
-    pytest.param(lambda: {"application_id": uuid.uuid4()}, id="unknown-application"),
-    pytest.param(lambda: {"kms_count_id": uuid.uuid4()}, id="unknown-count-id"),
-    pytest.param(lambda: {"kms_count_id": _office_count_id()}, id="windows-app-office-count-id"),
-    pytest.param(lambda: {"application_id": uuid.uuid4(),
-                          "request_time": filetime_from_unix(time.time() + 5 * 3600)},
-                 id="unknown-and-skewed"),
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param(lambda: {"application_id": uuid.uuid4()}, id="unknown-application"),
+        pytest.param(lambda: {"kms_count_id": uuid.uuid4()}, id="unknown-count-id"),
+        pytest.param(
+            lambda: {"kms_count_id": _office_count_id()}, id="windows-app-office-count-id"
+        ),
+        pytest.param(
+            lambda: {
+                "application_id": uuid.uuid4(),
+                "request_time": filetime_from_unix(time.time() + 5 * 3600),
+            },
+            id="unknown-and-skewed",
+        ),
+    ],
+)
 def test_product_not_served(host: RunningHost, fields: Callable[[], dict[str, Any]]) -> None:
     request = make_request(cmid=CMID, **fields())
     with Peer(host.address) as peer:
@@ -535,18 +611,22 @@ def test_sku_id_is_not_checked(host: RunningHost) -> None:
         assert peer.activate(make_request(sku_id=uuid.uuid4())).status == 0
 
 
-@pytest.mark.parametrize(("delta", "status"), [
-    pytest.param(0, 0, id="same-time"),
-    pytest.param(4 * HOUR, 0, id="plus-4h"),
-    pytest.param(-4 * HOUR, 0, id="minus-4h"),
-    pytest.param(4 * HOUR + SECOND_FT, TIMESTAMP_INVALID, id="plus-4h-1s"),
-    pytest.param(-4 * HOUR - SECOND_FT, TIMESTAMP_INVALID, id="minus-4h-1s"),
-    pytest.param(4 * HOUR + 1, TIMESTAMP_INVALID, id="plus-4h-100ns"),
-    pytest.param(-4 * HOUR - 1, TIMESTAMP_INVALID, id="minus-4h-100ns"),
-    pytest.param(-FROZEN_FT, TIMESTAMP_INVALID, id="time-zero"),
-])
-def test_clock_skew_limit_is_exactly_four_hours(frozen_host: RunningHost, delta: int,
-                                                 status: int) -> None:
+@pytest.mark.parametrize(
+    ("delta", "status"),
+    [
+        pytest.param(0, 0, id="same-time"),
+        pytest.param(4 * HOUR, 0, id="plus-4h"),
+        pytest.param(-4 * HOUR, 0, id="minus-4h"),
+        pytest.param(4 * HOUR + SECOND_FT, TIMESTAMP_INVALID, id="plus-4h-1s"),
+        pytest.param(-4 * HOUR - SECOND_FT, TIMESTAMP_INVALID, id="minus-4h-1s"),
+        pytest.param(4 * HOUR + 1, TIMESTAMP_INVALID, id="plus-4h-100ns"),
+        pytest.param(-4 * HOUR - 1, TIMESTAMP_INVALID, id="minus-4h-100ns"),
+        pytest.param(-FROZEN_FT, TIMESTAMP_INVALID, id="time-zero"),
+    ],
+)
+def test_clock_skew_limit_is_exactly_four_hours(
+    frozen_host: RunningHost, delta: int, status: int
+) -> None:
     request = make_request(cmid=CMID, when=FROZEN_FT + delta)
     with Peer(frozen_host.address) as peer:
         peer.bind()
@@ -579,8 +659,9 @@ GARBAGE = [
 
 @pytest.mark.parametrize("garbage", GARBAGE)
 @pytest.mark.parametrize("after_bind", [False, True], ids=["unbound", "bound"])
-def test_invalid_pdu_closes_only_its_connection(host: RunningHost, garbage: bytes,
-                                               after_bind: bool) -> None:
+def test_invalid_pdu_closes_only_its_connection(
+    host: RunningHost, garbage: bytes, after_bind: bool
+) -> None:
     with Peer(host.address) as bystander, Peer(host.address) as bad:
         bystander.bind()
         if after_bind:
@@ -590,8 +671,10 @@ def test_invalid_pdu_closes_only_its_connection(host: RunningHost, garbage: byte
         assert bystander.activate().status == 0
         fresh_activation_works(host.address)
         assert bystander.activate().status == 0
-        lines = wait_for(lambda: log_lines(host, "connection-closed", bad.port),
-                         what="the connection-closed log line")
+        lines = wait_for(
+            lambda: log_lines(host, "connection-closed", bad.port),
+            what="the connection-closed log line",
+        )
         assert len(lines) == 1, lines
 
 
@@ -604,19 +687,33 @@ def test_oversized_after_bind_is_measured_against_the_negotiated_size(host: Runn
         assert bystander.activate().status == 0
 
 
-@pytest.mark.parametrize(("data", "expected"), [
-    pytest.param(header(RESPONSE, 3, 32, 0x99) + bytes(16), fault_pdu(0x99, 0, PROTO_ERROR),
-                 id="response-pdu"),
-    pytest.param(header(16, 3, 20, 0x98) + bytes(4), fault_pdu(0x98, 0, PROTO_ERROR),
-                 id="auth3"),
-    pytest.param(header(99, 3, 16, 0x97), fault_pdu(0x97, 0, PROTO_ERROR), id="type-99"),
-    pytest.param(request_pdu(b"x" * 8, call_id=0x96, auth=bytes(16)),
-                 fault_pdu(0x96, 0, PROTO_ERROR), id="request-with-auth"),
-    pytest.param(request_pdu(b"x" * 8, call_id=0x95, flags=2), fault_pdu(0x95, 0, PROTO_ERROR),
-                 id="last-fragment-of-unknown-call"),
-])
-def test_protocol_error_gets_a_fault_then_close(host: RunningHost, data: bytes,
-                                                expected: bytes) -> None:
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(
+            header(RESPONSE, 3, 32, 0x99) + bytes(16),
+            fault_pdu(0x99, 0, PROTO_ERROR),
+            id="response-pdu",
+        ),
+        pytest.param(
+            header(16, 3, 20, 0x98) + bytes(4), fault_pdu(0x98, 0, PROTO_ERROR), id="auth3"
+        ),
+        pytest.param(header(99, 3, 16, 0x97), fault_pdu(0x97, 0, PROTO_ERROR), id="type-99"),
+        pytest.param(
+            request_pdu(b"x" * 8, call_id=0x96, auth=bytes(16)),
+            fault_pdu(0x96, 0, PROTO_ERROR),
+            id="request-with-auth",
+        ),
+        pytest.param(
+            request_pdu(b"x" * 8, call_id=0x95, flags=2),
+            fault_pdu(0x95, 0, PROTO_ERROR),
+            id="last-fragment-of-unknown-call",
+        ),
+    ],
+)
+def test_protocol_error_gets_a_fault_then_close(
+    host: RunningHost, data: bytes, expected: bytes
+) -> None:
     with Peer(host.address) as bystander, Peer(host.address) as bad:
         bystander.bind()
         bad.bind()
@@ -633,7 +730,7 @@ def test_oversized_reassembled_stub_gets_a_fault_then_close(host: RunningHost) -
         size = 5000
         for i in range(0, len(stub), size):
             flags = (1 if i == 0 else 0) | (2 if i + size >= len(stub) else 0)
-            bad.send(request_pdu(stub[i:i + size], call_id=7, flags=flags))
+            bad.send(request_pdu(stub[i : i + size], call_id=7, flags=flags))
         assert bad.wait_closed() == fault_pdu(7, 0, PROTO_ERROR)
         assert bystander.activate().status == 0
 
@@ -643,9 +740,11 @@ def test_fragmented_request_over_a_real_socket(host: RunningHost) -> None:
     stub = ndr(envelope)
     with Peer(host.address) as peer:
         peer.bind()
-        peer.send(request_pdu(stub[:100], call_id=5, flags=1)
-                  + request_pdu(stub[100:200], call_id=5, flags=0)
-                  + request_pdu(stub[200:], call_id=5, flags=2))
+        peer.send(
+            request_pdu(stub[:100], call_id=5, flags=1)
+            + request_pdu(stub[100:200], call_id=5, flags=0)
+            + request_pdu(stub[200:], call_id=5, flags=2)
+        )
         pdu = peer.read_pdu()
         assert pdu[2] == RESPONSE and struct.unpack_from("<I", pdu, 12)[0] == 5
         assert open_answer(pdu[24:], KEY, nonce).status == 0
@@ -664,8 +763,11 @@ def idle_host(tmp_path: Path) -> Iterator[RunningHost]:
 
 
 def test_stalled_peers_are_closed_after_the_idle_timeout(idle_host: RunningHost) -> None:
-    with (Peer(idle_host.address) as half_header, Peer(idle_host.address) as half_body,
-          Peer(idle_host.address) as silent):
+    with (
+        Peer(idle_host.address) as half_header,
+        Peer(idle_host.address) as half_body,
+        Peer(idle_host.address) as silent,
+    ):
         started = time.monotonic()
         half_header.send(bind_pdu()[:8])
         half_body.send(bind_pdu()[:40])
@@ -676,8 +778,10 @@ def test_stalled_peers_are_closed_after_the_idle_timeout(idle_host: RunningHost)
         assert 0.45 <= elapsed < 10
         fresh_activation_works(idle_host.address)
         for peer in (half_header, half_body, silent):
-            lines = wait_for(lambda p=peer: log_lines(idle_host, "connection-closed", p.port),
-                             what="the idle-timeout log line")
+            lines = wait_for(
+                lambda p=peer: log_lines(idle_host, "connection-closed", p.port),
+                what="the idle-timeout log line",
+            )
             assert len(lines) == 1 and "idle timeout" in lines[0], lines
 
 
@@ -688,8 +792,9 @@ def test_peer_that_disconnects_mid_pdu(host: RunningHost) -> None:
             fin.send(bind_pdu()[:30])
             fin.sock.shutdown(socket.SHUT_WR)
             assert fin.wait_closed() == b""
-            lines = wait_for(lambda: log_lines(host, "connection-closed", fin.port),
-                             what="the mid-PDU log line")
+            lines = wait_for(
+                lambda: log_lines(host, "connection-closed", fin.port), what="the mid-PDU log line"
+            )
             assert len(lines) == 1 and "middle of a PDU" in lines[0], lines
         with Peer(host.address) as fin_mid_call:
             fin_mid_call.bind()
@@ -750,8 +855,10 @@ def test_connections_over_max_connections_are_closed_on_arrival(tmp_path: Path) 
         for peer in kept:
             assert peer.activate().status == 0
         for r in refused:
-            lines = wait_for(lambda r=r: log_lines(limited, "connection-refused", r.port),
-                             what="the connection-refused log line")
+            lines = wait_for(
+                lambda r=r: log_lines(limited, "connection-refused", r.port),
+                what="the connection-refused log line",
+            )
             assert len(lines) == 1, lines
         # the activations above are logged after the refusals: once they show, the log is settled
         wait_for(lambda: len(log_lines(limited, "activation")) >= 3, what="activation lines")

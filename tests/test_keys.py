@@ -92,7 +92,10 @@ def test_installation_id_round_trip_and_corruption() -> None:
     assert iid == v["iid"]
     parsed = parse_installation_id(iid.replace("-", " "))
     assert (parsed.key_type, parsed.fingerprint, parsed.hardware_id.hex()) == (
-        v["key_type"], v["fingerprint"], v["hardware_id"])
+        v["key_type"],
+        v["fingerprint"],
+        v["hardware_id"],
+    )
     with pytest.raises(IdError) as info:
         parse_installation_id(VECTORS["corrupted_iid"]["iid"])
     assert list(info.value.failed_groups) == VECTORS["corrupted_iid"]["failed_groups"]

@@ -28,9 +28,19 @@ class Lab:
     def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.home = home
         self.process, rest, self.lines = start_until_ready(
-            kmsemu_command("lab", "--kms-listen", "127.0.0.1:0", "--dns-listen",
-                           "127.0.0.1:0", "--http-listen", "127.0.0.1:0", *args),
-            "ready lab", {"KMSEMU_HOME": str(home), **(env or {})})
+            kmsemu_command(
+                "lab",
+                "--kms-listen",
+                "127.0.0.1:0",
+                "--dns-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                *args,
+            ),
+            "ready lab",
+            {"KMSEMU_HOME": str(home), **(env or {})},
+        )
         fields = dict(item.split("=", 1) for item in rest.split())
         host, _, port = fields["kms"].rpartition(":")
         self.kms = (host, int(port))
@@ -43,10 +53,14 @@ class Lab:
 
     def activate(self, *args: str) -> dict[str, Any]:
         result = subprocess.run(
-            kmsemu_command("client", "activate", "--host", f"127.0.0.1:{self.kms[1]}", "--json",
-                           *args),
-            capture_output=True, text=True, timeout=30,
-            env={**os.environ, "KMSEMU_HOME": str(self.home)})
+            kmsemu_command(
+                "client", "activate", "--host", f"127.0.0.1:{self.kms[1]}", "--json", *args
+            ),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "KMSEMU_HOME": str(self.home)},
+        )
         reply: dict[str, Any] = json.loads(result.stdout)
         return reply
 
@@ -113,10 +127,20 @@ def test_the_published_address_can_be_named(tmp_path: Path) -> None:
 
 def test_the_host_counts_and_the_mak_service_answers(lab: Lab) -> None:
     result = subprocess.run(
-        kmsemu_command("client", "activate", "--host", f"127.0.0.1:{lab.kms[1]}", "--product",
-                       "windows-server-2022-standard", "--json"),
-        capture_output=True, text=True, timeout=30,
-        env={**os.environ, "KMSEMU_HOME": str(lab.home)})
+        kmsemu_command(
+            "client",
+            "activate",
+            "--host",
+            f"127.0.0.1:{lab.kms[1]}",
+            "--product",
+            "windows-server-2022-standard",
+            "--json",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "KMSEMU_HOME": str(lab.home)},
+    )
     reply = json.loads(result.stdout)
     assert reply["current_count"] == 1 and reply["status"] == 0, result  # counted, below 5
     host, _, port = lab.mak.removeprefix("http://").rpartition(":")
@@ -139,10 +163,21 @@ def test_a_port_in_use_fails_cleanly_with_nothing_left_running(tmp_path: Path) -
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            kmsemu_command("lab", "--kms-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0",
-                           "--http-listen", f"127.0.0.1:{port}", "--quiet"),
-            capture_output=True, text=True, timeout=30,
-            env={**os.environ, "KMSEMU_HOME": str(tmp_path)})
+            kmsemu_command(
+                "lab",
+                "--kms-listen",
+                "127.0.0.1:0",
+                "--dns-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                f"127.0.0.1:{port}",
+                "--quiet",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "KMSEMU_HOME": str(tmp_path)},
+        )
     assert result.returncode == 1
     error = next(line for line in result.stderr.splitlines() if line.startswith("Error:"))
     assert "The lab could not start." in error and "in use" in error
@@ -155,8 +190,10 @@ def test_health_readiness_and_metrics(lab: Lab) -> None:
     assert request(lab.http, "GET", "/healthz").body == {"status": "ok"}
     ready = request(lab.http, "GET", "/readyz")
     assert ready.status == 200
-    assert ready.body == {"ready": True, "components": {
-        "kms": True, "dns": True, "http": True, "database": True}}
+    assert ready.body == {
+        "ready": True,
+        "components": {"kms": True, "dns": True, "http": True, "database": True},
+    }
     lab.activate("--product", "windows-11-pro", "--name", "PC-1")  # 1 of 25: not yet
     lab.activate("--product", "windows-11-pro", "--name", "PC-2", "--required-count", "1")
     text = request(lab.http, "GET", "/metrics").raw.decode()
@@ -172,16 +209,16 @@ def test_the_dashboard_state_shows_clients_requests_and_duplicate_cmids(lab: Lab
     cmid = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
     lab.activate("--product", "windows-11-pro", "--name", "GOLD-1", "--cmid", cmid)
     lab.activate("--product", "windows-11-pro", "--name", "GOLD-2", "--cmid", cmid)
-    lab.activate("--product", "office-ltsc-2021-proplus", "--name", "OFFICE-1",
-                 "--required-count", "1")
+    lab.activate(
+        "--product", "office-ltsc-2021-proplus", "--name", "OFFICE-1", "--required-count", "1"
+    )
     state = lab.state()
     assert state["read_only"] is True  # loopback: readable without the token
     office, gold = state["clients"]
     assert gold["cmid"] == cmid and gold["names"] == ["GOLD-1", "GOLD-2"] and gold["duplicate"]
     assert gold["licence"]["state"] == "not_activated" and gold["hresult"] == "0xC004F038"
     assert office["licence"]["state"] == "licensed" and not office["duplicate"]
-    assert [r["hresult"] for r in state["requests"]] == ["0x00000000", "0xC004F038",
-                                                         "0xC004F038"]
+    assert [r["hresult"] for r in state["requests"]] == ["0x00000000", "0xC004F038", "0xC004F038"]
     assert state["totals"] == {"requests": 3, "failed": 0, "below_threshold": 2}
     counts = {c["application"]: c for c in state["counts"]}
     assert counts["Windows"]["count"] == 1 and counts["Windows"]["thresholds"] == [5, 25]
@@ -207,18 +244,27 @@ def test_time_travel_needs_the_token_and_lapses_licences(tmp_path: Path) -> None
         lab.activate("--product", "windows-11-pro", "--name", "PC-1", "--required-count", "1")
         assert lab.state()["clients"][0]["licence"]["state"] == "licensed"
         # ...while a client whose own clock is 5 hours off is still refused for it
-        reply = lab.activate("--product", "windows-11-pro", "--name", "PC-2",
-                             "--clock-offset", "5h")
+        reply = lab.activate(
+            "--product", "windows-11-pro", "--name", "PC-2", "--clock-offset", "5h"
+        )
         assert reply["error"]["hresult"] == "0xC004F06C", reply
         assert lab.state()["requests"][0]["hresult"] == "0xC004F06C"
         # the host's own report follows the lab clock
-        status = subprocess.run(kmsemu_command("host", "status", "--json"), capture_output=True,
-                                text=True, timeout=30,
-                                env={**os.environ, "KMSEMU_HOME": str(lab.home)})
+        status = subprocess.run(
+            kmsemu_command("host", "status", "--json"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "KMSEMU_HOME": str(lab.home)},
+        )
         assert json.loads(status.stdout)["counts"]["Windows"] == 1, status
-        named = subprocess.run(kmsemu_command("host", "status", "--json", "--state",
-                                              str(lab.home / "lab.sqlite3")),
-                               capture_output=True, text=True, timeout=30)
+        assert json.loads(status.stdout)["dns_publish"] == ["lab.test"]  # the lab's own zone
+        named = subprocess.run(
+            kmsemu_command("host", "status", "--json", "--state", str(lab.home / "lab.sqlite3")),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert json.loads(named.stdout)["requests"]["total"] == 3, named
         back = request(lab.http, "POST", "/lab/api/clock", {"reset": True}, token=TOKEN)
         assert back.body["clock_offset"] == 0
@@ -230,11 +276,20 @@ def test_everything_is_kept_in_one_sqlite_file_across_a_restart(tmp_path: Path) 
     home = tmp_path / "home"
     lab = Lab(home, "--admin-token", TOKEN, "--quiet")
     lab.activate("--product", "windows-11-pro", "--name", "KEPT", "--required-count", "1")
-    key = subprocess.run(kmsemu_command("keys", "mint", "--type", "mak", "--product",
-                                        "windows-11-pro", "--json"),
-                         capture_output=True, text=True, timeout=30, check=True)
-    added = request(lab.http, "POST", "/v1/keys",
-                    {"key": json.loads(key.stdout)["key"], "limit": 5}, token=TOKEN)
+    key = subprocess.run(
+        kmsemu_command("keys", "mint", "--type", "mak", "--product", "windows-11-pro", "--json"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    added = request(
+        lab.http,
+        "POST",
+        "/v1/keys",
+        {"key": json.loads(key.stdout)["key"], "limit": 5},
+        token=TOKEN,
+    )
     assert added.status in (200, 201), added
     request(lab.http, "POST", "/lab/api/clock", {"advance": "3d"}, token=TOKEN)
     assert lab.stop() == 0
@@ -259,8 +314,7 @@ def test_sighup_reloads_what_it_can_and_says_what_needs_a_restart(tmp_path: Path
     lab = Lab(home, "--renewal-interval", "1440")  # the command line beats the file
     try:
         assert lab.state()["host"]["renewal_interval"] == 1440
-        config.write_text('[lab]\nmin_count = 25\nzone = "other.test"\n'
-                          'renewal_interval = 60\n')
+        config.write_text('[lab]\nmin_count = 25\nzone = "other.test"\nrenewal_interval = 60\n')
         lab.process.send_signal(signal.SIGHUP)
         line = lab.wait_for_line(" reload ")
         assert "applied min_count=25" in line
@@ -285,15 +339,14 @@ def test_json_logs_on_request(tmp_path: Path) -> None:
     finally:
         assert lab.stop() == 0
     events = [json.loads(line) for line in lab.lines if not line.startswith("ready lab ")]
-    assert {"ready", "lab", "activation", "stopped"} <= {e.get("event") for e in events}
+    assert {"started", "lab", "activation", "stopped"} <= {e.get("event") for e in events}
     assert all(e["time"].endswith("Z") for e in events)  # every line has its time
 
 
 SIGTERM_RUNS = 50
 
 
-def test_sigterm_right_after_ready_always_exits_0_and_keeps_every_answer(
-        tmp_path: Path) -> None:
+def test_sigterm_right_after_ready_always_exits_0_and_keeps_every_answer(tmp_path: Path) -> None:
     """The handlers are in place before ``ready``: a SIGTERM at once never kills the lab
     with the default action (-15), and no answered activation misses the request log.
     Two labs at a time (two homes), each started SIGTERM_RUNS / 2 times."""
@@ -318,18 +371,20 @@ def test_sigterm_right_after_ready_always_exits_0_and_keeps_every_answer(
             finally:
                 store.close()
             if code != 0 or logged != answered:
-                problems.append(f"{home.name} run {run}: exit {code}, {logged} of {answered} "
-                                "answers logged\n" + "\n".join(lab.lines))
+                problems.append(
+                    f"{home.name} run {run}: exit {code}, {logged} of {answered} "
+                    "answers logged\n" + "\n".join(lab.lines)
+                )
         return problems
 
     with ThreadPoolExecutor(2) as pool:
-        problems = [p for found in pool.map(runs, [tmp_path / "a", tmp_path / "b"])
-                    for p in found]
+        problems = [p for found in pool.map(runs, [tmp_path / "a", tmp_path / "b"]) for p in found]
     assert problems == []
 
 
 def test_sighup_reads_a_file_made_after_the_start_and_refuses_what_start_refuses(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     home = tmp_path / "home"
     lab = Lab(home)
     try:

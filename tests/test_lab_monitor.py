@@ -19,13 +19,30 @@ WIN11 = CATALOG.find("windows-11-pro")
 T0 = 1_800_000_000.0
 
 
-def logged(name: str, cmid: bytes, *, at: float = T0, status: int = 0, count: int = 25,
-           required: int = 25, reason: str = "") -> LoggedRequest:
-    request = RequestFields(0, 2, 43_200, WIN11.application_id.bytes_le, WIN11.sku_id.bytes_le,
-                            WIN11.kms_count_id.bytes_le, cmid, required,
-                            filetime_from_unix(at), bytes(16), name)
-    record = LogRecord(filetime_from_unix(at), status, count, request, cmid,
-                       filetime_from_unix(at))
+def logged(
+    name: str,
+    cmid: bytes,
+    *,
+    at: float = T0,
+    status: int = 0,
+    count: int = 25,
+    required: int = 25,
+    reason: str = "",
+) -> LoggedRequest:
+    request = RequestFields(
+        0,
+        2,
+        43_200,
+        WIN11.application_id.bytes_le,
+        WIN11.sku_id.bytes_le,
+        WIN11.kms_count_id.bytes_le,
+        cmid,
+        required,
+        filetime_from_unix(at),
+        bytes(16),
+        name,
+    )
+    record = LogRecord(filetime_from_unix(at), status, count, request, cmid, filetime_from_unix(at))
     return LoggedRequest(record, "127.0.0.1:5000", reason)
 
 
@@ -37,8 +54,11 @@ def test_a_success_at_the_threshold_licenses_for_180_days_then_lapses() -> None:
     monitor = Monitor(CATALOG)
     monitor.observe(logged("PC-1", cmid()))
     (client,) = monitor.snapshot(T0 + DAY)["clients"]
-    assert client["licence"] == {"state": "licensed", "expires": "2027-07-14T08:00:00Z",
-                                 "text": "Licensed, 179 days left"}
+    assert client["licence"] == {
+        "state": "licensed",
+        "expires": "2027-07-14T08:00:00Z",
+        "text": "Licensed, 179 days left",
+    }
     (client,) = monitor.snapshot(T0 + 181 * DAY)["clients"]
     assert client["licence"]["state"] == "lapsed"
     assert client["licence"]["text"] == "Lapsed 1 day ago: no renewal in 180 days"
@@ -61,13 +81,15 @@ def test_a_failed_renewal_keeps_the_licence_until_it_expires() -> None:
     monitor = Monitor(CATALOG)
     machine = cmid()
     monitor.observe(logged("PC-1", machine))
-    monitor.observe(logged("PC-1", machine, at=T0 + 7 * DAY, status=0xC004F06C,
-                           reason="client clock +5.0 h off"))
+    monitor.observe(
+        logged(
+            "PC-1", machine, at=T0 + 7 * DAY, status=0xC004F06C, reason="client clock +5.0 h off"
+        )
+    )
     (client,) = monitor.snapshot(T0 + 8 * DAY)["clients"]
     assert client["licence"]["state"] == "licensed"
     assert client["error"] == "client clock +5.0 h off"
-    assert monitor.snapshot(T0)["totals"] == {"requests": 2, "failed": 1,
-                                              "below_threshold": 0}
+    assert monitor.snapshot(T0)["totals"] == {"requests": 2, "failed": 1, "below_threshold": 0}
 
 
 def test_one_cmid_under_two_names_is_a_duplicate() -> None:
@@ -83,8 +105,11 @@ def test_one_cmid_under_two_names_is_a_duplicate() -> None:
 
 def test_an_unreadable_request_is_logged_but_is_no_client() -> None:
     monitor = Monitor(CATALOG)
-    monitor.observe(LoggedRequest(LogRecord.bare(filetime_from_unix(T0), 0x80070005),
-                                  "127.0.0.1:1", "no key with that id"))
+    monitor.observe(
+        LoggedRequest(
+            LogRecord.bare(filetime_from_unix(T0), 0x80070005), "127.0.0.1:1", "no key with that id"
+        )
+    )
     snap = monitor.snapshot(T0)
     assert snap["clients"] == []
     assert snap["requests"][0]["error"] == "no key with that id"
@@ -105,8 +130,22 @@ def test_bounded_memory_forgets_the_longest_silent_clients() -> None:
 
 def test_load_rebuilds_from_stored_rows_without_counting_them_twice() -> None:
     machine = cmid()
-    rows = [(7, filetime_from_unix(T0), 0, "PC-1", machine, 1, 2, WIN11.sku_id.bytes_le, 25,
-             25, "127.0.0.1:9", "")]
+    rows = [
+        (
+            7,
+            filetime_from_unix(T0),
+            0,
+            "PC-1",
+            machine,
+            1,
+            2,
+            WIN11.sku_id.bytes_le,
+            25,
+            25,
+            "127.0.0.1:9",
+            "",
+        )
+    ]
     monitor = Monitor(CATALOG)
     monitor.load(rows, total=40, failed=2, below=3)
     monitor.observe(logged("PC-1", machine, at=T0 + DAY))
@@ -117,11 +156,18 @@ def test_load_rebuilds_from_stored_rows_without_counting_them_twice() -> None:
     assert client["vm"] is False and client["requests"] == 2 and client["product"] == WIN11.key
 
 
-@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["A", "B", "C"]),
-                          st.sampled_from([0, 0, 0xC004F06C]), st.integers(0, 30)),
-                max_size=60))
-def test_totals_and_bounds_hold_for_any_sequence(
-        events: list[tuple[int, str, int, int]]) -> None:
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 5),
+            st.sampled_from(["A", "B", "C"]),
+            st.sampled_from([0, 0, 0xC004F06C]),
+            st.integers(0, 30),
+        ),
+        max_size=60,
+    )
+)
+def test_totals_and_bounds_hold_for_any_sequence(events: list[tuple[int, str, int, int]]) -> None:
     monitor = Monitor(CATALOG, max_clients=4, max_requests=10)
     machines = [uuid.UUID(int=i + 1).bytes_le for i in range(6)]
     for i, (which, name, status, count) in enumerate(events):

@@ -49,21 +49,41 @@ async def mak_key(request: Any) -> JSONResponse:
 
 def build(*, open_reads: bool) -> tuple[Any, FakeView, LabMetrics]:
     view = FakeView()
-    metrics = LabMetrics({}, lambda: LabGauges(counts={"Windows": 3}, connections=0,
-                                               mak_keys=[], clock_offset=view.offset,
-                                               dns_queries={"udp": 2}))
+    metrics = LabMetrics(
+        {},
+        lambda: LabGauges(
+            counts={"Windows": 3},
+            connections=0,
+            mak_keys=[],
+            clock_offset=view.offset,
+            dns_queries={"udp": 2},
+        ),
+    )
     mak = Starlette(routes=[Route("/v1/keys/{fingerprint}", mak_key, methods=["GET", "POST"])])
-    return create_lab_app(view, mak, metrics, admin_token=TOKEN, open_reads=open_reads), view, \
-        metrics
+    return (
+        create_lab_app(view, mak, metrics, admin_token=TOKEN, open_reads=open_reads),
+        view,
+        metrics,
+    )
 
 
-def call(app: Any, method: str, path: str, body: bytes = b"",
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def call(
+    app: Any, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """One request through the ASGI app; the response's status, headers and body."""
-    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(),
-             "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
-             "server": ("127.0.0.1", 8688), "client": ("127.0.0.1", 5555),
-             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8688),
+        "client": ("127.0.0.1", 5555),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+    }
     sent: list[dict[str, Any]] = []
     requested = False
 
@@ -97,8 +117,9 @@ def test_beyond_loopback_reading_needs_the_token_by_header_or_cookie() -> None:
     assert call(app, "GET", "/lab/events")[0] == 401
     status, _, body = call(app, "GET", "/lab/api/state", headers=bearer())
     assert status == 200 and json.loads(body)["read_only"] is False
-    status, _, body = call(app, "GET", "/lab/api/state",
-                           headers={"Cookie": f"kmsemu_token={TOKEN}"})
+    status, _, body = call(
+        app, "GET", "/lab/api/state", headers={"Cookie": f"kmsemu_token={TOKEN}"}
+    )
     assert status == 200 and json.loads(body)["read_only"] is False
 
 
@@ -113,8 +134,10 @@ def test_changes_need_the_token_in_the_header_never_a_cookie_alone(open_reads: b
     app, view, _ = build(open_reads=open_reads)
     advance = json.dumps({"advance": "7d"}).encode()
     assert call(app, "POST", "/lab/api/clock", advance)[0] == 401
-    assert call(app, "POST", "/lab/api/clock", advance,
-                headers={"Cookie": f"kmsemu_token={TOKEN}"})[0] == 401
+    assert (
+        call(app, "POST", "/lab/api/clock", advance, headers={"Cookie": f"kmsemu_token={TOKEN}"})[0]
+        == 401
+    )
     assert view.offset == 0
     status, _, body = call(app, "POST", "/lab/api/clock", advance, headers=bearer())
     assert status == 200 and json.loads(body)["clock_offset"] == 7 * 86_400
@@ -122,13 +145,21 @@ def test_changes_need_the_token_in_the_header_never_a_cookie_alone(open_reads: b
     assert view.offset == 0
 
 
-@pytest.mark.parametrize(("body", "status", "code"), [
-    (b"", 400, "bad_json"), (b"[]", 400, "bad_json"), (b"{", 400, "bad_json"),
-    (b"\xff", 400, "bad_json"), (b'{"a": "' + b"x" * 2000 + b'"}', 413, "body_too_large"),
-    (b'{"advance": 7}', 422, "invalid_field"), (b'{"advance": "soon"}', 422, "invalid_field"),
-    (b'{"advance": "1d", "reset": true}', 422, "invalid_field"),
-    (b'{"reset": false}', 422, "invalid_field"), (b'{"advance": "40000d"}', 422, "invalid_field"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"", 400, "bad_json"),
+        (b"[]", 400, "bad_json"),
+        (b"{", 400, "bad_json"),
+        (b"\xff", 400, "bad_json"),
+        (b'{"a": "' + b"x" * 2000 + b'"}', 413, "body_too_large"),
+        (b'{"advance": 7}', 422, "invalid_field"),
+        (b'{"advance": "soon"}', 422, "invalid_field"),
+        (b'{"advance": "1d", "reset": true}', 422, "invalid_field"),
+        (b'{"reset": false}', 422, "invalid_field"),
+        (b'{"advance": "40000d"}', 422, "invalid_field"),
+    ],
+)
 def test_a_bad_clock_change_changes_nothing(body: bytes, status: int, code: str) -> None:
     app, view, _ = build(open_reads=True)
     got, _, answer = call(app, "POST", "/lab/api/clock", body, headers=bearer())
@@ -146,8 +177,10 @@ def test_health_readiness_and_metrics_need_no_token() -> None:
     app, view, _ = build(open_reads=False)
     assert call(app, "GET", "/healthz")[:1] == (200,)
     status, _, body = call(app, "GET", "/readyz")
-    assert status == 200 and json.loads(body) == {"ready": True,
-                                                  "components": {"kms": True, "dns": True}}
+    assert status == 200 and json.loads(body) == {
+        "ready": True,
+        "components": {"kms": True, "dns": True},
+    }
     view.stopping = True
     assert call(app, "GET", "/readyz")[0] == 503
     status, headers, text = call(app, "GET", "/metrics")
@@ -186,9 +219,19 @@ def test_the_event_stream_sends_the_state_and_ends_when_the_lab_stops() -> None:
             if b"event: state" in b"".join(chunks):
                 view.stopping = True
 
-        scope = {"type": "http", "method": "GET", "path": "/lab/events", "raw_path": b"",
-                 "query_string": b"", "root_path": "", "headers": [], "scheme": "http",
-                 "http_version": "1.1", "server": ("127.0.0.1", 1), "client": ("127.0.0.1", 2)}
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/lab/events",
+            "raw_path": b"",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [],
+            "scheme": "http",
+            "http_version": "1.1",
+            "server": ("127.0.0.1", 1),
+            "client": ("127.0.0.1", 2),
+        }
         await asyncio.wait_for(app(scope, receive, send), 10)
         return b"".join(chunks)
 

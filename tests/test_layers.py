@@ -22,8 +22,15 @@ PACKAGES = ("kmsemu", "mak")
 #: Lowest first. A module belongs to the longest prefix that names it.
 LAYERS: list[tuple[str, ...]] = [
     # 0: values every part shares
-    ("kmsemu", "kmsemu.__init__", "kmsemu.errors", "kmsemu.wire", "kmsemu.clock",
-     "kmsemu.addresses", "kmsemu.durations"),
+    (
+        "kmsemu",
+        "kmsemu.__init__",
+        "kmsemu.errors",
+        "kmsemu.wire",
+        "kmsemu.clock",
+        "kmsemu.addresses",
+        "kmsemu.durations",
+    ),
     # 1: codecs and the catalog, pure
     ("kmsemu.rpc", "kmsemu.klp", "kmsemu.keys", "kmsemu.catalog"),
     # 2: the parts: host, DNS, client, MAK service (rules pure, servers and stores I/O)
@@ -38,11 +45,30 @@ LAYERS: list[tuple[str, ...]] = [
 
 #: Modules ``import kmsemu.cli`` and loading a command group must not load: servers, the
 #: event loop, the cipher, dnspython, web frameworks, metrics, charts, PostgreSQL.
-HEAVY = ("asyncio", "cryptography", "dns", "starlette", "uvicorn", "uvloop", "httptools",
-         "prometheus_client", "matplotlib", "numpy", "psycopg",
-         "kmsemu.host.server", "kmsemu.dns.server", "kmsemu.run", "kmsemu.lab.runner",
-         "kmsemu.lab.web", "kmsemu.lab.metrics", "kmsemu.sim.engine", "kmsemu.sim.network",
-         "kmsemu.sim.charts", "mak.api", "mak.server")
+HEAVY = (
+    "asyncio",
+    "cryptography",
+    "dns",
+    "starlette",
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "prometheus_client",
+    "matplotlib",
+    "numpy",
+    "psycopg",
+    "kmsemu.host.server",
+    "kmsemu.dns.server",
+    "kmsemu.run",
+    "kmsemu.lab.runner",
+    "kmsemu.lab.web",
+    "kmsemu.lab.metrics",
+    "kmsemu.sim.engine",
+    "kmsemu.sim.network",
+    "kmsemu.sim.charts",
+    "mak.api",
+    "mak.server",
+)
 
 
 def module_name(path: Path) -> str:
@@ -75,8 +101,9 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
                 anchor = package.split(".")
                 anchor = anchor[: len(anchor) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
-                       for a in node.names]
+            targets = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names
+            ]
         else:
             continue
         for target in targets:
@@ -105,20 +132,36 @@ def graph() -> dict[str, set[str]]:
 
 def test_the_checker_reads_every_kind_of_import(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
-    source.write_text("import kmsemu.wire\nfrom kmsemu import clock\n"
-                      "def f():\n    from kmsemu.host.rules import HostRules\n"
-                      "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                      "    from mak.service import MakService\n")
-    known = {"kmsemu", "kmsemu.wire", "kmsemu.clock", "kmsemu.host", "kmsemu.host.rules",
-             "mak", "mak.service"}
-    assert imports("x", source, known) == {"kmsemu.wire", "kmsemu.clock",
-                                           "kmsemu.host.rules", "mak.service"}
+    source.write_text(
+        "import kmsemu.wire\nfrom kmsemu import clock\n"
+        "def f():\n    from kmsemu.host.rules import HostRules\n"
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from mak.service import MakService\n"
+    )
+    known = {
+        "kmsemu",
+        "kmsemu.wire",
+        "kmsemu.clock",
+        "kmsemu.host",
+        "kmsemu.host.rules",
+        "mak",
+        "mak.service",
+    }
+    assert imports("x", source, known) == {
+        "kmsemu.wire",
+        "kmsemu.clock",
+        "kmsemu.host.rules",
+        "mak.service",
+    }
 
 
 def test_no_module_imports_a_layer_above_its_own() -> None:
-    upward = sorted(f"{name} (layer {layer(name)}) imports {target} (layer {layer(target)})"
-                    for name, targets in graph().items() for target in targets
-                    if layer(target) > layer(name))
+    upward = sorted(
+        f"{name} (layer {layer(name)}) imports {target} (layer {layer(target)})"
+        for name, targets in graph().items()
+        for target in targets
+        if layer(target) > layer(name)
+    )
     assert upward == []
 
 
@@ -161,17 +204,21 @@ def test_the_import_graph_has_no_cycle() -> None:
 def test_the_servers_are_started_only_by_the_runtime_layer() -> None:
     """lab, sim and mak never reach into the CLI or the test helpers."""
     edges = graph()
-    offenders = sorted(f"{name} -> {target}" for name, targets in edges.items()
-                       if name.startswith(("kmsemu.lab", "kmsemu.sim", "mak"))
-                       for target in targets
-                       if target.split(".")[:2] in (["kmsemu", "cli"], ["kmsemu", "testing"]))
+    offenders = sorted(
+        f"{name} -> {target}"
+        for name, targets in edges.items()
+        if name.startswith(("kmsemu.lab", "kmsemu.sim", "mak"))
+        for target in targets
+        if target.split(".")[:2] in (["kmsemu", "cli"], ["kmsemu", "testing"])
+    )
     assert offenders == []
 
 
 def _loaded_after(statement: str) -> set[str]:
     code = f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
     return set(json.loads(out))
 
 
@@ -183,8 +230,9 @@ def test_importing_the_cli_loads_no_heavy_module() -> None:
     assert _heavy(_loaded_after("import kmsemu.cli")) == []
 
 
-@pytest.mark.parametrize("group", ["catalog", "keys", "client", "host", "dns", "mak",
-                                   "portal", "lab", "sim"])
+@pytest.mark.parametrize(
+    "group", ["catalog", "keys", "client", "host", "dns", "mak", "portal", "lab", "sim"]
+)
 def test_loading_a_command_group_loads_no_server(group: str) -> None:
     """A group's module is light: servers and frameworks load inside the commands."""
     statement = f"import kmsemu.cli; kmsemu.cli.main.get_command(None, {group!r})"

@@ -273,8 +273,19 @@ def test_the_other_graces_behave_like_grace(status: S) -> None:
 
 events = st.lists(
     st.tuples(
-        st.sampled_from(["install", "mak-install", "uninstall", "ok", "permanent", "fail",
-                         "rearm", "hardware", "time"]),
+        st.sampled_from(
+            [
+                "install",
+                "mak-install",
+                "uninstall",
+                "ok",
+                "permanent",
+                "fail",
+                "rearm",
+                "hardware",
+                "time",
+            ]
+        ),
         st.floats(0, 60 * DAY, allow_nan=False),
         st.sampled_from(["windows-client", "office"]),
     ),
@@ -344,8 +355,12 @@ def _in_status(status: S, kms: bool = True) -> Licence:
     if status is S.NOTIFICATION:
         return run(TimePassed(T0 + 31 * DAY), start=installed(at=T0 - 31 * DAY, kms=kms))
     return Licence(
-        status=status, key_installed=True, rearms_left=2, next_attempt=T0 if kms else None,
-        grace_ends=T0 + 10 * DAY, kms_client=kms,
+        status=status,
+        key_installed=True,
+        rearms_left=2,
+        next_attempt=T0 if kms else None,
+        grace_ends=T0 + 10 * DAY,
+        kms_client=kms,
     )
 
 
@@ -362,8 +377,11 @@ def _expected(status: S, event: type, kms: bool = True) -> S | str:
     if event is KeyUninstalled:
         return S.UNLICENSED
     if status is S.UNLICENSED:
-        return "error" if event in (Activated, PermanentlyActivated, ActivationFailed, Rearmed) \
+        return (
+            "error"
+            if event in (Activated, PermanentlyActivated, ActivationFailed, Rearmed)
             else S.UNLICENSED
+        )
     if event is Activated:
         return S.LICENSED if kms else "error"
     if event is PermanentlyActivated:

@@ -47,8 +47,11 @@ from tests.httpraw import Reply
 
 _serials = itertools.count(secrets.randbits(30) << 10)
 #: A whole lab key, with or without its dashes, in any case (keys.md section 1).
-WHOLE_KEY = re.compile(rf"(?<![{ALPHABET}])[{ALPHABET}]{{5}}(?:-?[{ALPHABET}]{{5}}){{4}}"
-                       rf"(?![{ALPHABET}])", re.IGNORECASE)
+WHOLE_KEY = re.compile(
+    rf"(?<![{ALPHABET}])[{ALPHABET}]{{5}}(?:-?[{ALPHABET}]{{5}}){{4}}"
+    rf"(?![{ALPHABET}])",
+    re.IGNORECASE,
+)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -74,8 +77,15 @@ def rid(name: str) -> str:
     return f"{name}-{secrets.token_hex(6)}"
 
 
-def request(svc: BackgroundMak, method: str, path: str, body: Any = None, *,
-            token: str | None = None, headers: dict[str, str] | None = None) -> Reply:
+def request(
+    svc: BackgroundMak,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
     return httpraw.request(svc.address, method, path, body, token=token, headers=headers)
 
 
@@ -162,8 +172,11 @@ def endpoint_id(endpoint: Endpoint) -> str:
 ADMIN = [e for e in ENDPOINTS if e.admin]
 PUBLIC = [e for e in ENDPOINTS if not e.admin and not e.caller]
 #: The routes that read a request body (block and unblock read none).
-BODY_READERS = [e for e in ENDPOINTS
-                if e.method in ("POST", "PUT") and not e.path.endswith(("/block", "/unblock"))]
+BODY_READERS = [
+    e
+    for e in ENDPOINTS
+    if e.method in ("POST", "PUT") and not e.path.endswith(("/block", "/unblock"))
+]
 OFFER = "m365-business-basic"
 
 
@@ -197,8 +210,9 @@ def valid_request(svc: BackgroundMak, endpoint: Endpoint) -> tuple[str, Any]:
     path = endpoint.path.replace("{fingerprint}", fp(key))
     if "{org}" in path:
         path = path.replace("{org}", portal_org(svc))
-        path = path.replace("{offer}", OFFER).replace("{user}", "ann" if "{offer}" in path
-                                                      else "bo")
+        path = path.replace("{offer}", OFFER).replace(
+            "{user}", "ann" if "{offer}" in path else "bo"
+        )
     elif endpoint.path == "/v1/portal/offers/{offer}":
         path = path.replace("{offer}", OFFER)
     bodies: dict[tuple[str, str], Any] = {
@@ -221,14 +235,21 @@ def valid_request(svc: BackgroundMak, endpoint: Endpoint) -> tuple[str, Any]:
         ("PUT", "/v1/portal/offers/{offer}"): {"max_licences": 1000, "countries": ["GB"]},
         ("GET", "/v1/portal/orgs"): None,
         ("POST", "/v1/portal/orgs"): {"name": f"org-{next(_serials)}", "country": "GB"},
-        ("POST", "/v1/portal/signup"): {"key": subscription_key(), "org": f"org-{next(_serials)}",
-                                        "country": "GB", "user": "ann"},
+        ("POST", "/v1/portal/signup"): {
+            "key": subscription_key(),
+            "org": f"org-{next(_serials)}",
+            "country": "GB",
+            "user": "ann",
+        },
         ("GET", "/v1/portal/orgs/{org}/users"): None,
         ("POST", "/v1/portal/orgs/{org}/users"): {"name": "cy", "role": "user"},
         ("POST", "/v1/portal/orgs/{org}/redeem"): {"key": subscription_key()},
         ("GET", "/v1/portal/orgs/{org}/subscriptions"): None,
-        ("POST", "/v1/portal/orgs/{org}/subscriptions"): {"offer": OFFER, "licences": 3,
-                                                          "billing": "yearly"},
+        ("POST", "/v1/portal/orgs/{org}/subscriptions"): {
+            "offer": OFFER,
+            "licences": 3,
+            "billing": "yearly",
+        },
         ("POST", "/v1/portal/orgs/{org}/users/{user}/licences"): {"offer": OFFER},
         ("DELETE", "/v1/portal/orgs/{org}/users/{user}/licences/{offer}"): None,
         ("POST", "/v1/portal/keys/expire"): {"key": subscription_key()},
@@ -247,23 +268,28 @@ def test_openapi_document_validates_and_lists_exactly_the_routes(svc: Background
     assert reply.status == 200
     document = reply.body
     validate(document)
-    documented = {(method.upper(), path) for path, operations in document["paths"].items()
-                  for method in operations}
+    documented = {
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        for method in operations
+    }
     table = {(e.method, e.path) for e in ENDPOINTS}
     assert documented == table
     # what the application routes is the table too (HEAD comes with every GET)
     app = create_app(svc.service, admin_token="unused")
     routes = [route for route in app.routes if isinstance(route, Route)]
     assert len(routes) == len(app.routes)
-    routed = {(method, route.path) for route in routes
-              for method in (route.methods or set()) - {"HEAD"}}
+    routed = {
+        (method, route.path) for route in routes for method in (route.methods or set()) - {"HEAD"}
+    }
     assert routed == table
     # security and success status as the table says; every error status is documented
     statuses = {str(info.status) for info in SERVICE_ERRORS.values()}
     for endpoint in ENDPOINTS:
         operation = document["paths"][endpoint.path][endpoint.method.lower()]
-        assert ("security" in operation) == (endpoint.admin or endpoint.caller), \
-            endpoint_id(endpoint)
+        assert ("security" in operation) == (endpoint.admin or endpoint.caller), endpoint_id(
+            endpoint
+        )
         assert str(endpoint.status) in operation["responses"]
         assert statuses <= set(operation["responses"])
     for scheme in ("admin", "user"):
@@ -278,8 +304,11 @@ def test_every_documented_operation_is_served(svc: BackgroundMak) -> None:
         concrete = path.replace("{fingerprint}", "0123456789abcdef")
         for method in operations:
             reply = request(svc, method.upper(), concrete, {}, token=svc.admin_token)
-            code = (reply.body.get("error") or {}).get("code") if isinstance(reply.body,
-                                                                             dict) else None
+            code = (
+                (reply.body.get("error") or {}).get("code")
+                if isinstance(reply.body, dict)
+                else None
+            )
             assert code not in ("not_found", "method_not_allowed"), (method, path, reply.body)
 
 
@@ -289,8 +318,9 @@ def test_the_valid_request_table_covers_every_endpoint(svc: BackgroundMak) -> No
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=endpoint_id)
-def test_every_route_answers_its_documented_status_and_schema(svc: BackgroundMak,
-                                                              endpoint: Endpoint) -> None:
+def test_every_route_answers_its_documented_status_and_schema(
+    svc: BackgroundMak, endpoint: Endpoint
+) -> None:
     path, body = valid_request(svc, endpoint)
     reply = request(svc, endpoint.method, path, body, token=token_for(svc, endpoint))
     assert reply.status == endpoint.status, reply.body
@@ -315,8 +345,12 @@ def test_admin_routes_need_the_token(svc: BackgroundMak, endpoint: Endpoint) -> 
     right = request(svc, endpoint.method, path, body, token=svc.admin_token)
     assert right.status == endpoint.status, right.body
     # the scheme is case-insensitive (RFC 9110)
-    lower = request(svc, endpoint.method, *valid_request(svc, endpoint),
-                    headers={"Authorization": "bearer " + svc.admin_token})
+    lower = request(
+        svc,
+        endpoint.method,
+        *valid_request(svc, endpoint),
+        headers={"Authorization": "bearer " + svc.admin_token},
+    )
     assert lower.status == endpoint.status, lower.body
 
 
@@ -331,8 +365,13 @@ def test_public_routes_need_no_token(svc: BackgroundMak, endpoint: Endpoint) -> 
 
 
 def test_unknown_path_is_a_json_404(svc: BackgroundMak) -> None:
-    for method, path in (("GET", "/"), ("GET", "/v1/nope"), ("POST", "/v1/activation"),
-                         ("GET", "/v1/keys/0123456789abcdef/machines"), ("GET", "/v2/health")):
+    for method, path in (
+        ("GET", "/"),
+        ("GET", "/v1/nope"),
+        ("POST", "/v1/activation"),
+        ("GET", "/v1/keys/0123456789abcdef/machines"),
+        ("GET", "/v2/health"),
+    ):
         assert_reply_error(request(svc, method, path), "not_found")
     # with the token too: the token does not reveal routes
     assert_reply_error(request(svc, "GET", "/v1/secret", token=svc.admin_token), "not_found")
@@ -358,25 +397,43 @@ def test_wrong_method_is_a_json_405(svc: BackgroundMak, endpoint: Endpoint) -> N
 
 def _head(path: str, token: str | None, *lines: str, method: str = "POST") -> bytes:
     auth = [f"Authorization: Bearer {token}"] if token else []
-    return ("\r\n".join([f"{method} {path} HTTP/1.1", "Host: 127.0.0.1",
-                         "Content-Type: application/json", *auth, *lines]) + "\r\n\r\n").encode()
+    return (
+        "\r\n".join(
+            [
+                f"{method} {path} HTTP/1.1",
+                "Host: 127.0.0.1",
+                "Content-Type: application/json",
+                *auth,
+                *lines,
+            ]
+        )
+        + "\r\n\r\n"
+    ).encode()
 
 
 @pytest.mark.parametrize("endpoint", BODY_READERS, ids=endpoint_id)
 def test_declared_length_over_the_limit_is_refused_before_the_body(
-        svc: BackgroundMak, endpoint: Endpoint) -> None:
+    svc: BackgroundMak, endpoint: Endpoint
+) -> None:
     """Content-Length over the route's limit: 413 at once, nothing of the body sent."""
     path, _ = valid_request(svc, endpoint)
-    reply = exchange(svc, _head(path, token_for(svc, endpoint),
-                                f"Content-Length: {endpoint.body_limit + 1}",
-                                method=endpoint.method))
+    reply = exchange(
+        svc,
+        _head(
+            path,
+            token_for(svc, endpoint),
+            f"Content-Length: {endpoint.body_limit + 1}",
+            method=endpoint.method,
+        ),
+    )
     assert_reply_error(reply, "body_too_large")
 
 
 def test_every_route_that_reads_a_body_documents_it(svc: BackgroundMak) -> None:
     paths = request(svc, "GET", "/openapi.json").body["paths"]
-    undocumented = [endpoint_id(e) for e in BODY_READERS
-                    if "requestBody" not in paths[e.path][e.method.lower()]]
+    undocumented = [
+        endpoint_id(e) for e in BODY_READERS if "requestBody" not in paths[e.path][e.method.lower()]
+    ]
     assert undocumented == []
 
 
@@ -391,15 +448,16 @@ def _chunks(total: int, size: int = 4096) -> list[bytes]:
     return [b"%x\r\n" % size + b" " * size + b"\r\n" for _ in range(-(-total // size))]
 
 
-@pytest.mark.parametrize("path,limit", [("/v1/activate", SMALL_BODY),
-                                        ("/v1/count", SMALL_BODY),
-                                        ("/v1/proxy-activate", PROXY_BODY)])
-def test_chunked_body_growing_past_the_limit_is_refused(svc: BackgroundMak, path: str,
-                                                        limit: int) -> None:
+@pytest.mark.parametrize(
+    "path,limit",
+    [("/v1/activate", SMALL_BODY), ("/v1/count", SMALL_BODY), ("/v1/proxy-activate", PROXY_BODY)],
+)
+def test_chunked_body_growing_past_the_limit_is_refused(
+    svc: BackgroundMak, path: str, limit: int
+) -> None:
     """No Content-Length: the service counts what arrives and answers 413 once the body
     passes the limit, without waiting for the last chunk (never sent here)."""
-    reply = exchange(svc, _head(path, None, "Transfer-Encoding: chunked"),
-                     *_chunks(limit + 1))
+    reply = exchange(svc, _head(path, None, "Transfer-Encoding: chunked"), *_chunks(limit + 1))
     assert_reply_error(reply, "body_too_large")
 
 
@@ -407,8 +465,12 @@ def test_chunked_body_within_the_limit_is_read(svc: BackgroundMak) -> None:
     key = svc.mint_key(limit=1)
     body = json.dumps({"key": key, "hardware_id": hw(1).hex()}).encode()
     pieces = [body[:7], body[7:30], body[30:]]
-    reply = exchange(svc, _head("/v1/activate", None, "Transfer-Encoding: chunked"),
-                     *(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces), b"0\r\n\r\n")
+    reply = exchange(
+        svc,
+        _head("/v1/activate", None, "Transfer-Encoding: chunked"),
+        *(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces),
+        b"0\r\n\r\n",
+    )
     assert reply.status == 200 and reply.body["counted"] is True
 
 
@@ -437,19 +499,17 @@ BAD_JSON = {
 
 
 @pytest.mark.parametrize("body", BAD_JSON.values(), ids=BAD_JSON.keys())
-@pytest.mark.parametrize("path", ["/v1/activate", "/v1/phone", "/v1/count",
-                                  "/v1/proxy-activate"])
-def test_a_body_that_is_not_one_json_object_is_bad_json(svc: BackgroundMak, path: str,
-                                                        body: bytes) -> None:
+@pytest.mark.parametrize("path", ["/v1/activate", "/v1/phone", "/v1/count", "/v1/proxy-activate"])
+def test_a_body_that_is_not_one_json_object_is_bad_json(
+    svc: BackgroundMak, path: str, body: bytes
+) -> None:
     assert_reply_error(request(svc, "POST", path, body), "bad_json")
 
 
 def test_admin_bodies_are_checked_too(svc: BackgroundMak) -> None:
-    for path in ("/v1/keys", "/v1/import",
-                 f"/v1/keys/{fp(svc.mint_key())}/increase"):
+    for path in ("/v1/keys", "/v1/import", f"/v1/keys/{fp(svc.mint_key())}/increase"):
         for body in (b"[]", b"{", b"\xff"):
-            assert_reply_error(request(svc, "POST", path, body, token=svc.admin_token),
-                               "bad_json")
+            assert_reply_error(request(svc, "POST", path, body, token=svc.admin_token), "bad_json")
 
 
 def test_a_utf16_body_is_bad_json(svc: BackgroundMak) -> None:
@@ -486,8 +546,7 @@ def _invalid_fields(svc: BackgroundMak, key: str) -> list[tuple[str, Any, str, b
         ("/v1/keys", {"key": fresh_key()}, "limit", True),  # a MAK needs its limit
         ("/v1/keys", {"key": fresh_key(), "limit": 3, "expires": "soon"}, "expires", True),
         ("/v1/keys", {"key": fresh_key(), "limit": 3, "expires": 17}, "expires", True),
-        ("/v1/keys", {"key": fresh_key(), "limit": 3, "reactivations": "9"}, "reactivations",
-         True),
+        ("/v1/keys", {"key": fresh_key(), "limit": 3, "reactivations": "9"}, "reactivations", True),
         (f"/v1/keys/{finger}/increase", {}, "by", True),
         (f"/v1/keys/{finger}/increase", {"by": 0}, "by", True),
         (f"/v1/keys/{finger}/increase", {"by": "2"}, "by", True),
@@ -495,8 +554,7 @@ def _invalid_fields(svc: BackgroundMak, key: str) -> list[tuple[str, Any, str, b
         (f"/v1/keys/{finger}/expire", {"at": "yesterday"}, "at", True),
         ("/v1/import", {"format": "something else"}, "format", True),
         ("/v1/import", {"format": "kmsemu-mak-export", "version": 2}, "version", True),
-        ("/v1/import", {"format": "kmsemu-mak-export", "version": 1, "keys": {}}, "keys",
-         True),
+        ("/v1/import", {"format": "kmsemu-mak-export", "version": 1, "keys": {}}, "keys", True),
     ]
 
 
@@ -533,8 +591,7 @@ def test_online_activation_outcomes_of_a_mak(svc: BackgroundMak) -> None:
 
     # four changed: 6 of 10 equal, a significant hardware change, counted again
     significant = client.activate(key, changed(machine, (6, 7, 8, 9)).hex())
-    assert (significant["counted"], significant["verdict"], significant["used"]) == (
-        True, "new", 2)
+    assert (significant["counted"], significant["verdict"], significant["used"]) == (True, "new", 2)
 
     # the comparison is with the ID recorded when counted, not with the last free one:
     # 7 of 10 equal to the free reactivation above, 4 of 10 to the recorded machine
@@ -547,11 +604,14 @@ def test_online_activation_outcomes_of_a_mak(svc: BackgroundMak) -> None:
     assert client.activate(key, machine.hex())["counted"] is False
 
     increased = client.increase(finger, 1, "more PCs")
-    assert (increased["limit"], increased["base_limit"], increased["increased"],
-            increased["remaining"]) == (4, 3, 1, 1)
+    assert (
+        increased["limit"],
+        increased["base_limit"],
+        increased["increased"],
+        increased["remaining"],
+    ) == (4, 3, 1, 1)
     assert client.activate(key, hw("B").hex())["remaining"] == 0
-    extension = refused(lambda: client.activate(key, hw("C").hex()),
-                        "mak_extension_limit_exceeded")
+    extension = refused(lambda: client.activate(key, hw("C").hex()), "mak_extension_limit_exceeded")
     assert extension["hresult"] == "0xC004C021"
 
     assert client.change(finger, "block")["blocked"] is True
@@ -597,13 +657,15 @@ def test_malformed_key_gets_problems_and_candidates(svc: BackgroundMak) -> None:
     zero = normalise(key)[:12] + "0" + normalise(key)[13:]
     error = refused(lambda: client.activate(zero, hw(1).hex()), "key_malformed")
     assert error["problems"][0] == {
-        "code": "invalid_character", "position": 13, "character": "0",
-        "message": error["problems"][0]["message"]}
+        "code": "invalid_character",
+        "position": 13,
+        "character": "0",
+        "message": error["problems"][0]["message"],
+    }
     assert normalise(key) in [normalise(c) for c in error["candidates"]]
 
     short = refused(lambda: client.activate(key[:-1], hw(1).hex()), "key_malformed")
-    assert ([p["code"] for p in short["problems"]], short["candidates"]) == (
-        ["wrong_length"], [])
+    assert ([p["code"] for p in short["problems"]], short["candidates"]) == (["wrong_length"], [])
     # count and registration diagnose the same way
     refused(lambda: client.count(typo), "key_malformed")
     refused(lambda: svc.client(admin=True).add_key(typo, limit=3), "key_malformed")
@@ -612,8 +674,7 @@ def test_malformed_key_gets_problems_and_candidates(svc: BackgroundMak) -> None:
 
 def test_malformed_key_candidates_are_keys_as_shown(svc: BackgroundMak) -> None:
     key = svc.mint_key(limit=3)
-    error = refused(lambda: svc.client().activate(mistype_key(key), hw(1).hex()),
-                    "key_malformed")
+    error = refused(lambda: svc.client().activate(mistype_key(key), hw(1).hex()), "key_malformed")
     assert key in error["candidates"]
 
 
@@ -622,8 +683,11 @@ def test_unknown_and_wrong_type_keys(svc: BackgroundMak) -> None:
     unknown = refused(lambda: client.activate(fresh_key(), hw(1).hex()), "key_unknown")
     assert unknown["hresult"] == "0xC004C001"
     refused(lambda: client.count(fresh_key()), "key_unknown")
-    for other in (str(setup_key(0)), fresh_key(KeyType.KMS_CLIENT),
-                  fresh_key(KeyType.SUBSCRIPTION)):
+    for other in (
+        str(setup_key(0)),
+        fresh_key(KeyType.KMS_CLIENT),
+        fresh_key(KeyType.SUBSCRIPTION),
+    ):
         wrong = refused(partial(client.activate, other, hw(1).hex()), "key_wrong_type")
         assert wrong["hresult"] == "0xC004C001"
         refused(partial(client.add_key, other, limit=5), "key_wrong_type")
@@ -695,10 +759,11 @@ def test_phone_activation(svc: BackgroundMak) -> None:
     assert error["failed_groups"] == [3]
     assert "hresult" not in error
     two = mistype_group(mistype_group(installation, 2), 9)
-    assert refused(lambda: client.phone(two), "installation_id_invalid")["failed_groups"] == [
-        2, 9]
-    assert refused(lambda: client.phone(installation[:-2]),
-                   "installation_id_invalid")["failed_groups"] == []
+    assert refused(lambda: client.phone(two), "installation_id_invalid")["failed_groups"] == [2, 9]
+    assert (
+        refused(lambda: client.phone(installation[:-2]), "installation_id_invalid")["failed_groups"]
+        == []
+    )
     refused(lambda: client.phone(iid(fresh_key(), hw(1))), "key_unknown")
     # an IID naming the key's fingerprint with another type is not this key
     refused(lambda: client.phone(iid(key, hw(2), KeyType.RETAIL)), "key_unknown")
@@ -727,12 +792,18 @@ def test_proxy_activation_answers_each_id(svc: BackgroundMak) -> None:
     assert len(results) == len(items)
     assert (answer["activated"], answer["failed"]) == (3, 4)
     assert [r["installation_id"] for r in results] == [
-        good1, good1, good2, mistyped, items[4], None, 42]
+        good1,
+        good1,
+        good2,
+        mistyped,
+        items[4],
+        None,
+        42,
+    ]
     assert [r.get("counted") for r in results[:3]] == [True, False, True]
     assert results[0]["confirmation_id"] == results[1]["confirmation_id"]
     for result, installation in zip(results[:3], (good1, good1, good2), strict=True):
-        assert verify_confirmation_id(installation, result["confirmation_id"],
-                                      svc.secret).valid
+        assert verify_confirmation_id(installation, result["confirmation_id"], svc.secret).valid
     assert results[2]["machine_name"] == "PROXY-2"
     codes = ["installation_id_invalid", "key_unknown", "invalid_field", "invalid_field"]
     for result, code in zip(results[3:], codes, strict=True):
@@ -753,8 +824,10 @@ def test_proxy_activation_takes_at_most_1000_ids(svc: BackgroundMak) -> None:
     assert (answer["activated"], answer["failed"]) == (MAX_PROXY_IDS, 0)
     assert sum(r["counted"] for r in answer["results"]) == 1
     refused(lambda: client.proxy_activate([one] * (MAX_PROXY_IDS + 1)), "body_too_large")
-    refused(lambda: client.proxy_activate([iid(key, hw(n)) for n in range(MAX_PROXY_IDS + 1)]),
-            "body_too_large")
+    refused(
+        lambda: client.proxy_activate([iid(key, hw(n)) for n in range(MAX_PROXY_IDS + 1)]),
+        "body_too_large",
+    )
     assert client.count(key)["used"] == 1
     assert client.proxy_activate([]) == {"results": [], "activated": 0, "failed": 0}
 
@@ -771,7 +844,11 @@ def test_a_replayed_request_is_answered_again_never_counted_twice(svc: Backgroun
     for _ in range(3):
         again = client.activate(key, hw(1).hex(), request_id=req1)
         assert (again["counted"], again["replayed"], again["verdict"], again["used"]) == (
-            False, True, "new", 1)
+            False,
+            True,
+            "new",
+            1,
+        )
     # a free reactivation replayed stays what it was
     client.activate(key, hw(1).hex(), request_id=req2)
     assert client.activate(key, hw(1).hex(), request_id=req2)["verdict"] == "same"
@@ -786,14 +863,12 @@ def test_a_replayed_request_is_answered_again_never_counted_twice(svc: Backgroun
 
     # a refused request is not remembered: once the key allows it, the same id counts
     full = svc.mint_key(limit=0)
-    refused(lambda: client.activate(full, hw(3).hex(), request_id=later),
-            "mak_limit_exceeded")
+    refused(lambda: client.activate(full, hw(3).hex(), request_id=later), "mak_limit_exceeded")
     svc.client(admin=True).increase(fp(full), 1)
     assert client.activate(full, hw(3).hex(), request_id=later)["counted"] is True
 
 
-def test_a_request_id_reused_for_another_machine_does_not_activate_it(
-        svc: BackgroundMak) -> None:
+def test_a_request_id_reused_for_another_machine_does_not_activate_it(svc: BackgroundMak) -> None:
     client = svc.client()
     key = svc.mint_key(limit=1)
     req = rid("req")
@@ -814,8 +889,7 @@ def test_a_phone_request_id_reused_for_another_machine_gets_no_cid(svc: Backgrou
         client.phone(other, request_id=call)
 
 
-def test_a_request_id_reused_on_another_key_is_not_an_internal_error(
-        svc: BackgroundMak) -> None:
+def test_a_request_id_reused_on_another_key_is_not_an_internal_error(svc: BackgroundMak) -> None:
     client = svc.client()
     one, two = svc.mint_key(limit=2), svc.mint_key(limit=2)
     shared = rid("shared")
@@ -835,7 +909,12 @@ def test_count_needs_the_key_not_the_token(svc: BackgroundMak) -> None:
     reply = request(svc, "POST", "/v1/count", {"key": key})
     assert reply.status == 200
     assert {k: reply.body[k] for k in ("used", "limit", "remaining", "blocked", "expires")} == {
-        "used": 1, "limit": 4, "remaining": 3, "blocked": False, "expires": None}
+        "used": 1,
+        "limit": 4,
+        "remaining": 3,
+        "blocked": False,
+        "expires": None,
+    }
     listed = svc.client(admin=True).keys()
     assert [reply.body] == [k for k in listed if k["fingerprint"] == fp(key)]
     # the fingerprint alone is not enough: count is for whoever holds the key
@@ -881,7 +960,12 @@ def test_export_without_machine_names_has_none_anywhere(own_svc: BackgroundMak) 
     with_names = svc.client(admin=True).export()
     assert "machine_name" in set(_walk_keys(with_names))
     assert {a.get("machine_name") for a in with_names["activations"]} == {
-        "SECRET-NAME-1", "SECRET-NAME-2", "SECRET-NAME-3", "SECRET-NAME-5", None}
+        "SECRET-NAME-1",
+        "SECRET-NAME-2",
+        "SECRET-NAME-3",
+        "SECRET-NAME-5",
+        None,
+    }
     keys_only = svc.client(admin=True).export(activations=False)
     assert "activations" not in keys_only and len(keys_only["keys"]) == 3
     activations_only = svc.client(admin=True).export(keys=False)
@@ -893,8 +977,7 @@ def _state(client: MakClient) -> list[dict[str, Any]]:
     return [{**k, "show": client.key(k["fingerprint"])} for k in keys]
 
 
-def test_import_reproduces_keys_and_activations_and_is_idempotent(
-        own_svc: BackgroundMak) -> None:
+def test_import_reproduces_keys_and_activations_and_is_idempotent(own_svc: BackgroundMak) -> None:
     svc = own_svc
     keys = _populate(svc)
     source = svc.client(admin=True)
@@ -902,12 +985,20 @@ def test_import_reproduces_keys_and_activations_and_is_idempotent(
     with BackgroundMak(clock=FakeClock()) as other:
         target = other.client(admin=True)
         report = target.import_(document)
-        assert report == {"keys_added": 3, "keys_kept": 0, "activations_added": 5,
-                          "activations_kept": 0}
+        assert report == {
+            "keys_added": 3,
+            "keys_kept": 0,
+            "activations_added": 5,
+            "activations_kept": 0,
+        }
         assert _state(target) == _state(source)
         again = target.import_(copy.deepcopy(document))
-        assert again == {"keys_added": 0, "keys_kept": 3, "activations_added": 0,
-                         "activations_kept": 5}
+        assert again == {
+            "keys_added": 0,
+            "keys_kept": 3,
+            "activations_added": 0,
+            "activations_kept": 5,
+        }
         assert _state(target) == _state(source)
         # the imported counts go on counting: known machines free, the limit kept
         mak = keys[0]
@@ -915,16 +1006,21 @@ def test_import_reproduces_keys_and_activations_and_is_idempotent(
         assert target.count(mak)["remaining"] == 4
         refused(lambda: target.activate(keys[1], hw(9).hex()), "key_blocked")
         # activations of a key the target does not know are refused, nothing imported
-        bare = {"format": "kmsemu-mak-export", "version": 1,
-                "activations": [{**document["activations"][0], "fingerprint": "0" * 16}]}
+        bare = {
+            "format": "kmsemu-mak-export",
+            "version": 1,
+            "activations": [{**document["activations"][0], "fingerprint": "0" * 16}],
+        }
         error = refused(lambda: target.import_(bare), "invalid_field")
         assert error["field"] == "activations"
 
 
-@pytest.mark.parametrize("where,value", [("reactivations", "many"), ("reactivations", None)],
-                         ids=["string", "null"])
-def test_import_with_a_bad_reactivations_is_invalid_field(svc: BackgroundMak, where: str,
-                                                          value: Any) -> None:
+@pytest.mark.parametrize(
+    "where,value", [("reactivations", "many"), ("reactivations", None)], ids=["string", "null"]
+)
+def test_import_with_a_bad_reactivations_is_invalid_field(
+    svc: BackgroundMak, where: str, value: Any
+) -> None:
     key = svc.mint_key(limit=1)
     document = svc.client(admin=True).export()
     document["keys"] = [k for k in document["keys"] if k["fingerprint"] == fp(key)]
@@ -958,16 +1054,18 @@ def _forms(key: str) -> set[str]:
     return {symbols, key, symbols.lower(), key.lower()}
 
 
-def test_no_whole_key_in_listings_exports_or_logs(svc: BackgroundMak,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_no_whole_key_in_listings_exports_or_logs(
+    svc: BackgroundMak, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     with caplog.at_level(logging.DEBUG, logger="kmsemu.mak"):
         keys = _populate(svc)
         client = svc.client()
         refused(lambda: client.activate(fresh_key(), hw(1).hex()), "key_unknown")
         refused(lambda: client.activate(mistype_key(keys[0]), hw(1).hex()), "key_malformed")
-        refused(lambda: client.activate(keys[0], hw(99).hex(), request_id="r" * 65),
-                "invalid_field")
+        refused(
+            lambda: client.activate(keys[0], hw(99).hex(), request_id="r" * 65), "invalid_field"
+        )
         refused(lambda: client.activate(keys[1], hw(1).hex()), "key_blocked")
         svc.client(admin=True).import_(svc.client(admin=True).export())
         bodies = [
@@ -975,18 +1073,19 @@ def test_no_whole_key_in_listings_exports_or_logs(svc: BackgroundMak,
             request(svc, "GET", "/v1/export", token=svc.admin_token).raw,
             request(svc, "GET", "/openapi.json").raw,
             request(svc, "GET", "/v1/health").raw,
-            request(svc, "POST", "/v1/activate", {"key": keys[0], "hardware_id": hw(1).hex()}
-                    ).raw,
+            request(svc, "POST", "/v1/activate", {"key": keys[0], "hardware_id": hw(1).hex()}).raw,
             request(svc, "POST", "/v1/phone", {"installation_id": iid(keys[0], hw(2))}).raw,
-            request(svc, "POST", "/v1/proxy-activate",
-                    {"installation_ids": [iid(keys[0], hw(3))]}).raw,
+            request(
+                svc, "POST", "/v1/proxy-activate", {"installation_ids": [iid(keys[0], hw(3))]}
+            ).raw,
             *(request(svc, "POST", "/v1/count", {"key": k}).raw for k in keys),
-            *(request(svc, "GET", f"/v1/keys/{fp(k)}", token=svc.admin_token).raw
-              for k in keys),
-            request(svc, "POST", f"/v1/keys/{fp(keys[0])}/increase", {"by": 1},
-                    token=svc.admin_token).raw,
-            request(svc, "POST", "/v1/keys", {"key": keys[0], "limit": 1},
-                    token=svc.admin_token).raw,  # key_exists
+            *(request(svc, "GET", f"/v1/keys/{fp(k)}", token=svc.admin_token).raw for k in keys),
+            request(
+                svc, "POST", f"/v1/keys/{fp(keys[0])}/increase", {"by": 1}, token=svc.admin_token
+            ).raw,
+            request(
+                svc, "POST", "/v1/keys", {"key": keys[0], "limit": 1}, token=svc.admin_token
+            ).raw,  # key_exists
             request(svc, "POST", "/v1/activate", {"key": keys[1], "hardware_id": "00"}).raw,
         ]
     logged = [record.getMessage() for record in caplog.records]
@@ -1000,14 +1099,16 @@ def test_no_whole_key_in_listings_exports_or_logs(svc: BackgroundMak,
 
 
 def test_a_client_gone_inside_the_body_is_bad_json_not_an_internal_error(
-        svc: BackgroundMak, caplog: pytest.LogCaptureFixture) -> None:
+    svc: BackgroundMak, caplog: pytest.LogCaptureFixture
+) -> None:
     """The peer closes after part of the body: Starlette raises ClientDisconnect while the
     body is read; that is the client's doing, answered (to nobody) as bad_json and never
     logged as an internal error (the soak found it 444 times)."""
     app = create_app(svc.service, admin_token=svc.admin_token)
     messages: list[dict[str, Any]] = [
         {"type": "http.request", "body": b'{"key": "', "more_body": True},
-        {"type": "http.disconnect"}]
+        {"type": "http.disconnect"},
+    ]
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -1016,10 +1117,19 @@ def test_a_client_gone_inside_the_body_is_bad_json_not_an_internal_error(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/activate", "raw_path": b"",
-             "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
-             "headers": [(b"content-type", b"application/json")],
-             "server": ("127.0.0.1", 8688), "client": ("127.0.0.1", 5555)}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/activate",
+        "raw_path": b"",
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "http_version": "1.1",
+        "headers": [(b"content-type", b"application/json")],
+        "server": ("127.0.0.1", 8688),
+        "client": ("127.0.0.1", 5555),
+    }
     with caplog.at_level(logging.ERROR):
         asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 400
@@ -1044,10 +1154,14 @@ def read_until_closed(sock: socket.socket) -> bytes:
     return received
 
 
-@pytest.mark.parametrize("sent", [b"", b"POST /v1/activ", b"GET /v1/health HTTP/1.1\r\nHost: x"],
-                         ids=["silent", "stalled request line", "stalled headers"])
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"POST /v1/activ", b"GET /v1/health HTTP/1.1\r\nHost: x"],
+    ids=["silent", "stalled request line", "stalled headers"],
+)
 def test_a_request_head_that_does_not_arrive_in_time_is_closed(
-        svc: BackgroundMak, quick_heads: None, sent: bytes) -> None:
+    svc: BackgroundMak, quick_heads: None, sent: bytes
+) -> None:
     with socket.create_connection(svc.address) as sock:
         sock.sendall(sent)
         assert read_until_closed(sock) == b""
@@ -1069,7 +1183,8 @@ def test_a_head_over_the_limit_is_refused(svc: BackgroundMak, quick_heads: None)
 
 
 def test_a_head_in_pieces_within_the_deadline_is_served(
-        svc: BackgroundMak, quick_heads: None) -> None:
+    svc: BackgroundMak, quick_heads: None
+) -> None:
     with socket.create_connection(svc.address) as sock:
         for piece in (b"GET /v1/he", b"alth HTTP/1.1\r\nHo", b"st: x\r\nConnection: close\r\n\r\n"):
             sock.sendall(piece)
@@ -1077,7 +1192,8 @@ def test_a_head_in_pieces_within_the_deadline_is_served(
 
 
 def test_an_unfinished_head_over_the_limit_is_refused_at_once(
-        svc: BackgroundMak, quick_heads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    svc: BackgroundMak, quick_heads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(GuardedHttp, "head_timeout", 30.0)  # the size decides, not the time
     with socket.create_connection(svc.address) as sock:
         sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1500)

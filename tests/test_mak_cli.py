@@ -101,26 +101,35 @@ def test_add_key_text_and_json(svc: BackgroundMak) -> None:
     text = admin(svc, "add-key", key, "--limit", "5")
     assert text.exit_code == 0, text.stderr
     last5 = normalise(key)[-5:]
-    assert text.stdout == (f"Key {fp(key)} (…{last5}) added.\n"
-                           "mak: 0 of 5 used, 5 remaining; expires never\n")
+    assert text.stdout == (
+        f"Key {fp(key)} (…{last5}) added.\nmak: 0 of 5 used, 5 remaining; expires never\n"
+    )
     assert normalise(key) not in normalise(text.stdout)
 
     other = fresh_key()
-    record = ok(admin(svc, "add-key", other, "--limit", "7", "--expires", "2031-02-03",
-                      "--json"))
+    record = ok(admin(svc, "add-key", other, "--limit", "7", "--expires", "2031-02-03", "--json"))
     assert set(record) >= KEY_FIELDS
-    assert (record["fingerprint"], record["last5"], record["used"], record["limit"],
-            record["remaining"], record["blocked"], record["type"]) == (
-        fp(other), normalise(other)[-5:], 0, 7, 7, False, "mak")
+    assert (
+        record["fingerprint"],
+        record["last5"],
+        record["used"],
+        record["limit"],
+        record["remaining"],
+        record["blocked"],
+        record["type"],
+    ) == (fp(other), normalise(other)[-5:], 0, 7, 7, False, "mak")
     assert record["expires"] == "2031-02-03T00:00:00+00:00"
-    relative = ok(admin(svc, "add-key", fresh_key(), "--limit", "1", "--expires", "+30d",
-                        "--json"))
+    relative = ok(admin(svc, "add-key", fresh_key(), "--limit", "1", "--expires", "+30d", "--json"))
     assert relative["expires"] is not None
 
     retail = ok(admin(svc, "add-key", fresh_key(KeyType.RETAIL), "--json"))
     host = ok(admin(svc, "add-key", fresh_key(KeyType.KMS_HOST), "--json"))
     assert (retail["type"], retail["limit"], host["type"], host["limit"]) == (
-        "retail", 1, "kms-host", 6)
+        "retail",
+        1,
+        "kms-host",
+        6,
+    )
 
 
 def test_add_key_twice_is_key_exists(svc: BackgroundMak) -> None:
@@ -138,11 +147,11 @@ def test_add_key_of_a_mistyped_key_suggests_the_key(svc: BackgroundMak) -> None:
     text = admin(svc, "add-key", mistype_key(key), "--limit", "2")
     assert text.exit_code == 1
     assert text.stderr.startswith("Error: 0xC004C001 ")
-    suggested = next(line for line in text.stderr.splitlines()
-                     if line.startswith("Did you mean: "))
+    suggested = next(line for line in text.stderr.splitlines() if line.startswith("Did you mean: "))
     assert normalise(key) in [normalise(c) for c in suggested[14:].split(", ")]
-    error = failed(admin(svc, "add-key", mistype_key(key), "--limit", "2", "--json"),
-                   "key_malformed")
+    error = failed(
+        admin(svc, "add-key", mistype_key(key), "--limit", "2", "--json"), "key_malformed"
+    )
     assert error["hresult"] == "0xC004C001"
     assert error["problems"][0]["code"] == "check_failed"
     assert normalise(key) in [normalise(c) for c in error["candidates"]]
@@ -173,13 +182,16 @@ def test_increase_block_unblock_expire(svc: BackgroundMak, by: str) -> None:
     assert (increased["limit"], increased["base_limit"], increased["increased"]) == (5, 2, 3)
     text = admin(svc, "increase", name, "--by", "1")
     assert text.exit_code == 0
-    assert text.stdout.splitlines() == [f"Key {fp(key)} (…{last5}) increased by 1.",
-                                        "mak: 0 of 6 used, 6 remaining; expires never"]
+    assert text.stdout.splitlines() == [
+        f"Key {fp(key)} (…{last5}) increased by 1.",
+        "mak: 0 of 6 used, 6 remaining; expires never",
+    ]
 
     assert ok(admin(svc, "block", name, "--json"))["blocked"] is True
     assert admin(svc, "block", name).stdout.splitlines() == [
         f"Key {fp(key)} (…{last5}) blocked.",
-        "mak: 0 of 6 used, 6 remaining, blocked; expires never"]
+        "mak: 0 of 6 used, 6 remaining, blocked; expires never",
+    ]
     refused = mak("phone", iid(key, hw(1)), "--url", svc.url)
     assert refused.exit_code == 1 and refused.stderr.startswith("Error: 0xC004C003 ")
     assert ok(admin(svc, "unblock", name, "--json"))["blocked"] is False
@@ -196,14 +208,12 @@ def test_increase_block_unblock_expire(svc: BackgroundMak, by: str) -> None:
 
     shown = ok(admin(svc, "show", name, "--json"))
     assert (shown["used"], len(shown["machines"])) == (2, 2)
-    assert [(i["amount"], i["reason"]) for i in shown["increases"]] == [(3, "new lab"),
-                                                                        (1, "")]
+    assert [(i["amount"], i["reason"]) for i in shown["increases"]] == [(3, "new lab"), (1, "")]
 
 
 def test_admin_commands_on_an_unknown_key(svc: BackgroundMak) -> None:
     for command in (["increase", "--by", "1"], ["block"], ["unblock"], ["expire"], ["show"]):
-        error = failed(admin(svc, command[0], fresh_key(), *command[1:], "--json"),
-                       "key_unknown")
+        error = failed(admin(svc, command[0], fresh_key(), *command[1:], "--json"), "key_unknown")
         assert error["hresult"] == "0xC004C001"
         text = admin(svc, command[0], "0123456789abcdef", *command[1:])
         assert text.exit_code == 1 and text.stderr.startswith("Error: 0xC004C001 ")
@@ -232,14 +242,23 @@ def test_keys_listing_text_and_json(svc: BackgroundMak) -> None:
     for record in listed["keys"]:
         assert set(record) >= KEY_FIELDS
     mine = [r for r in listed["keys"] if r["fingerprint"] == fp(key)]
-    assert [(r["used"], r["limit"], r["remaining"], r["blocked"], r["expires"])
-            for r in mine] == [(1, 3, 2, False, None)]
+    assert [(r["used"], r["limit"], r["remaining"], r["blocked"], r["expires"]) for r in mine] == [
+        (1, 3, 2, False, None)
+    ]
 
     text = admin(svc, "keys")
     assert text.exit_code == 0
     lines = text.stdout.splitlines()
-    assert lines[0].split() == ["FINGERPRINT", "LAST5", "TYPE", "USED", "LIMIT", "REMAINING",
-                                "BLOCKED", "EXPIRES"]
+    assert lines[0].split() == [
+        "FINGERPRINT",
+        "LAST5",
+        "TYPE",
+        "USED",
+        "LIMIT",
+        "REMAINING",
+        "BLOCKED",
+        "EXPIRES",
+    ]
     row = next(line for line in lines if line.startswith(fp(key)))
     assert row.split() == [fp(key), normalise(key)[-5:], "mak", "1", "3", "2", "False", "-"]
     assert len(lines) == 1 + len(listed["keys"])
@@ -251,8 +270,10 @@ def test_keys_listing_of_an_empty_service() -> None:
         assert ok(admin(empty, "keys", "--json")) == {"keys": []}
         text = admin(empty, "keys")
         assert (text.exit_code, text.stdout) == (
-            0, "FINGERPRINT  LAST5  TYPE  USED  LIMIT  REMAINING  BLOCKED  EXPIRES\n"
-               "(no keys; add one with 'kmsemu mak add-key')\n")
+            0,
+            "FINGERPRINT  LAST5  TYPE  USED  LIMIT  REMAINING  BLOCKED  EXPIRES\n"
+            "(no keys; add one with 'kmsemu mak add-key')\n",
+        )
 
 
 def test_show_text_and_json(svc: BackgroundMak) -> None:
@@ -264,7 +285,9 @@ def test_show_text_and_json(svc: BackgroundMak) -> None:
     shown = ok(admin(svc, "show", key, "--json"))
     assert set(shown) >= KEY_FIELDS
     assert [(m["hardware_id"], m["machine_name"], m["route"]) for m in shown["machines"]] == [
-        (hw(1).hex(), "PC-1", "online"), (hw(2).hex(), None, "phone")]
+        (hw(1).hex(), "PC-1", "online"),
+        (hw(2).hex(), None, "phone"),
+    ]
     text = admin(svc, "show", fp(key))
     assert text.exit_code == 0
     lines = text.stdout.splitlines()
@@ -293,8 +316,7 @@ def test_phone_one_argument_or_nine_groups(svc: BackgroundMak) -> None:
     key = fresh_key()
     ok(admin(svc, "add-key", key, "--limit", "3", "--json"))
     installation = iid(key, hw(1))
-    answer = ok(mak("phone", installation, "--machine-name", "DESK-1", "--url", svc.url,
-                    "--json"))
+    answer = ok(mak("phone", installation, "--machine-name", "DESK-1", "--url", svc.url, "--json"))
     assert verify_confirmation_id(installation, answer["confirmation_id"], svc.secret).valid
     assert (answer["counted"], answer["remaining"]) == (True, 2)
 
@@ -302,14 +324,14 @@ def test_phone_one_argument_or_nine_groups(svc: BackgroundMak) -> None:
     assert len(groups) == 9
     text = mak("phone", *groups, "--url", svc.url)
     assert text.exit_code == 0
-    assert text.stdout == (f"Confirmation ID: {answer['confirmation_id']}\n"
-                           "Remaining activations: 2\n")
+    assert text.stdout == (
+        f"Confirmation ID: {answer['confirmation_id']}\nRemaining activations: 2\n"
+    )
     shown = MakClient(svc.url, token=svc.admin_token).key(fp(key))
     assert [(m["machine_name"], m["route"]) for m in shown["machines"]] == [("DESK-1", "phone")]
 
     groups[4] = str((int(groups[4][0]) + 1) % 10) + groups[4][1:]
-    error = failed(mak("phone", *groups, "--url", svc.url, "--json"),
-                   "installation_id_invalid")
+    error = failed(mak("phone", *groups, "--url", svc.url, "--json"), "installation_id_invalid")
     assert error["failed_groups"] == [5]
     text = mak("phone", "-".join(groups), "--url", svc.url)
     assert text.exit_code == 1 and text.stderr.startswith("Error: The installation ID")
@@ -331,17 +353,19 @@ def test_proxy_activate_file_formats(svc: BackgroundMak, tmp_path: Path) -> None
         answer = ok(mak("proxy-activate", str(path), "--url", svc.url, "--json"))
         assert (answer["activated"], answer["failed"]) == (3, 0), name
         for result, installation in zip(answer["results"], ids, strict=True):
-            assert verify_confirmation_id(installation, result["confirmation_id"],
-                                          svc.secret).valid
+            assert verify_confirmation_id(installation, result["confirmation_id"], svc.secret).valid
     assert MakClient(svc.url).count(key)["used"] == 3  # the same three machines each time
-    names = [m["machine_name"] for m in
-             MakClient(svc.url, token=svc.admin_token).key(fp(key))["machines"]]
+    names = [
+        m["machine_name"]
+        for m in MakClient(svc.url, token=svc.admin_token).key(fp(key))["machines"]
+    ]
     assert names == [None, None, None]  # first counted by the list of strings
 
     text = mak("proxy-activate", str(tmp_path / "strings.json"), "--url", svc.url)
     assert text.exit_code == 0
-    assert text.stdout.splitlines() == [f"{i}  {r['confirmation_id']}" for i, r in zip(
-        ids, answer["results"], strict=True)]
+    assert text.stdout.splitlines() == [
+        f"{i}  {r['confirmation_id']}" for i, r in zip(ids, answer["results"], strict=True)
+    ]
     assert "3 confirmed, 0 refused" in text.stderr
 
 
@@ -373,8 +397,9 @@ def test_proxy_activate_exits_1_when_any_is_refused(svc: BackgroundMak, tmp_path
     assert lines[0].startswith(good + "  ") and lines[2].startswith(good + "  ")
     assert lines[1].split()[:3] == [bad, "Error:", "The"]
     assert lines[3].split()[:3] == [over, "Error:", "0xC004C020"]
-    assert text.stderr.startswith("Error: The service refused some of the installation IDs. "
-                                  "(2 confirmed, 2 refused)")
+    assert text.stderr.startswith(
+        "Error: The service refused some of the installation IDs. (2 confirmed, 2 refused)"
+    )
 
     for content in ("not json", json.dumps({"ids": []}), json.dumps("x")):
         path.write_text(content)
@@ -426,14 +451,22 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
         failed(admin(target, "import", str(only), "--json"), "invalid_field")
 
         report = ok(admin(target, "import", str(everything), "--json"))
-        assert report == {"keys_added": 2, "keys_kept": 0, "activations_added": 3,
-                          "activations_kept": 0}
+        assert report == {
+            "keys_added": 2,
+            "keys_kept": 0,
+            "activations_added": 3,
+            "activations_kept": 0,
+        }
         again = admin(target, "import", str(everything))
         assert (again.exit_code, again.stdout) == (
-            0, "keys: 0 added, 2 kept; activations: 0 added, 3 kept\n")
+            0,
+            "keys: 0 added, 2 kept; activations: 0 added, 3 kept\n",
+        )
+
         def listing(service: BackgroundMak) -> list[dict[str, Any]]:
-            return sorted(ok(admin(service, "keys", "--json"))["keys"],
-                          key=lambda k: k["fingerprint"])
+            return sorted(
+                ok(admin(service, "keys", "--json"))["keys"], key=lambda k: k["fingerprint"]
+            )
 
         assert listing(target) == listing(source)
         for key in keys:
@@ -455,11 +488,11 @@ def test_admin_token_from_flag_environment_or_file(home: Path) -> None:
         url = ["--url", service.url]
         assert ok(mak("keys", *url, "--json")) == {"keys": []}  # the file
         assert ok(mak("keys", *url, "--json", "--admin-token", token)) == {"keys": []}
-        assert ok(mak("keys", *url, "--json", env={"KMSEMU_ADMIN_TOKEN": token})) == {
-            "keys": []}
+        assert ok(mak("keys", *url, "--json", env={"KMSEMU_ADMIN_TOKEN": token})) == {"keys": []}
         # the flag wins over the environment, which wins over the file
-        assert ok(mak("keys", *url, "--json", "--admin-token", token,
-                      env={"KMSEMU_ADMIN_TOKEN": "wrong"})) == {"keys": []}
+        assert ok(
+            mak("keys", *url, "--json", "--admin-token", token, env={"KMSEMU_ADMIN_TOKEN": "wrong"})
+        ) == {"keys": []}
         failed(mak("keys", *url, "--json", env={"KMSEMU_ADMIN_TOKEN": "wrong"}), "forbidden")
         failed(mak("keys", *url, "--json", "--admin-token", "wrong"), "forbidden")
         path.unlink()
@@ -468,21 +501,29 @@ def test_admin_token_from_flag_environment_or_file(home: Path) -> None:
         assert text.exit_code == 1
         assert text.stderr.startswith("Error: An administrator token is required.")
         # the URL from the environment
-        assert ok(mak("keys", "--json", env={"KMSEMU_MAK_URL": service.url,
-                                             "KMSEMU_ADMIN_TOKEN": token})) == {"keys": []}
+        assert ok(
+            mak("keys", "--json", env={"KMSEMU_MAK_URL": service.url, "KMSEMU_ADMIN_TOKEN": token})
+        ) == {"keys": []}
 
 
 def test_a_closed_port_is_0x80072EFD() -> None:
     sock, url = closed_url()
     with sock:
         key = fresh_key()
-        for command in (["keys"], ["add-key", key, "--limit", "1"], ["count", key],
-                        ["phone", "0" * 63], ["show", key], ["block", key],
-                        ["export"]):
+        for command in (
+            ["keys"],
+            ["add-key", key, "--limit", "1"],
+            ["count", key],
+            ["phone", "0" * 63],
+            ["show", key],
+            ["block", key],
+            ["export"],
+        ):
             text = mak(*command, "--url", url)
             assert text.exit_code == 1, command
-            assert text.stderr.startswith("Error: 0x80072EFD A connection with the server "
-                                          "could not be established."), text.stderr
+            assert text.stderr.startswith(
+                "Error: 0x80072EFD A connection with the server could not be established."
+            ), text.stderr
             assert url in text.stderr
         error = failed(mak("keys", "--url", url, "--json"), "unreachable")
         assert url in error["message"]
@@ -517,15 +558,30 @@ def test_serve_as_a_process_stops_cleanly_on_sigterm_and_sigint(tmp_path: Path) 
     try:
         assert service.url.startswith("http://127.0.0.1:")
         assert not token_file(home / "mak").exists()  # a token was given: no file
-        ok(mak("add-key", key, "--limit", "3", "--url", service.url, "--admin-token", "T0KEN",
-               "--json"))
+        ok(
+            mak(
+                "add-key",
+                key,
+                "--limit",
+                "3",
+                "--url",
+                service.url,
+                "--admin-token",
+                "T0KEN",
+                "--json",
+            )
+        )
         answer = ok(mak("phone", iid(key, hw(1)), "--url", service.url, "--json"))
         assert answer["counted"] is True
         # the installed entry point, as a script would run it
         listed = subprocess.run(
             kmsemu_command("mak", "keys", "--json", "--url", service.url),
             env={**os.environ, "KMSEMU_HOME": str(home), "KMSEMU_ADMIN_TOKEN": "T0KEN"},
-            capture_output=True, text=True, timeout=30, check=False)
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert listed.returncode == 0, listed.stderr
         assert [k["used"] for k in json.loads(listed.stdout)["keys"]] == [1]
         service.process.send_signal(signal.SIGTERM)
@@ -556,9 +612,13 @@ def test_serve_on_a_port_in_use_names_the_address_and_the_flag(tmp_path: Path) -
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = subprocess.run(kmsemu_command("mak", "serve", "--port", str(port)),
-                             capture_output=True, text=True, timeout=30,
-                             env={**os.environ, "KMSEMU_HOME": str(tmp_path)})
+        out = subprocess.run(
+            kmsemu_command("mak", "serve", "--port", str(port)),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "KMSEMU_HOME": str(tmp_path)},
+        )
     assert out.returncode == 1
     error = next(line for line in out.stderr.splitlines() if line.startswith("Error:"))
     assert error.startswith(f"Error: Cannot listen on the address. (127.0.0.1:{port}: ")

@@ -31,7 +31,7 @@ TOKEN = "concurrency-token"
 def distinct_machines(n: int) -> list[bytes]:
     """Hardware IDs that pairwise share at most 6 bytes: every one is a new machine."""
     ids = [hashlib.sha256(b"machine %d" % i).digest()[:10] for i in range(n)]
-    assert all(equal_bytes(a, b) < 7 for i, a in enumerate(ids) for b in ids[i + 1:])
+    assert all(equal_bytes(a, b) < 7 for i, a in enumerate(ids) for b in ids[i + 1 :])
     return ids
 
 

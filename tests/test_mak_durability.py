@@ -77,8 +77,9 @@ def burst(url: str, key: str, round_no: int, kill_after: int, kill: Any) -> Burs
             while (n := next(numbers)) < MAX_PER_ROUND:
                 attempt = Attempt(f"round{round_no}-{n}", hardware(round_no, n))
                 try:
-                    answer = client.activate(key, attempt.hardware_id,
-                                             request_id=attempt.request_id)
+                    answer = client.activate(
+                        key, attempt.hardware_id, request_id=attempt.request_id
+                    )
                 except (RemoteError, http.client.HTTPException) as exc:
                     code = exc.code if isinstance(exc, RemoteError) else "no_answer"
                     with lock:
@@ -95,8 +96,10 @@ def burst(url: str, key: str, round_no: int, kill_after: int, kill: Any) -> Burs
             client.close()
             enough.set()  # a thread that stops early must not leave the test waiting
 
-    threads = [threading.Thread(target=client_thread, name=f"burst-{n}", daemon=True)
-               for n in range(THREADS)]
+    threads = [
+        threading.Thread(target=client_thread, name=f"burst-{n}", daemon=True)
+        for n in range(THREADS)
+    ]
     for thread in threads:
         thread.start()
     try:
@@ -124,7 +127,8 @@ def recorded(url: str, fingerprint: str) -> tuple[int, list[str]]:
 
 
 def test_sigkill_mid_burst_loses_no_answered_activation_and_counts_none_twice(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     home, db = tmp_path / "home", f"sqlite:///{tmp_path / 'mak.sqlite3'}"
     key = mint(KeyType.MAK, 0, serial=0x5EED)
     service = serve(home, db)
@@ -136,8 +140,9 @@ def test_sigkill_mid_burst_loses_no_answered_activation_and_counts_none_twice(
         committed_unanswered = 0  # counted before the kill, the answer lost with it
 
         for round_no, kill_after in enumerate(KILL_AFTER, 1):
-            result = burst(service.url, str(key), round_no, kill_after,
-                           lambda s=service: sigkill(s))
+            result = burst(
+                service.url, str(key), round_no, kill_after, lambda s=service: sigkill(s)
+            )
             assert result.unexpected == []
             assert len(result.answered) >= kill_after
             assert 1 <= len(result.unanswered) <= THREADS  # one per client at most
@@ -160,8 +165,9 @@ def test_sigkill_mid_burst_loses_no_answered_activation_and_counts_none_twice(
             client = MakClient(service.url)
             for attempt in result.unanswered:
                 kept = attempt.hardware_id in machines
-                answer = client.activate(str(key), attempt.hardware_id,
-                                         request_id=attempt.request_id)
+                answer = client.activate(
+                    str(key), attempt.hardware_id, request_id=attempt.request_id
+                )
                 assert (answer["counted"], answer["replayed"]) == (not kept, kept), answer
                 if answer["counted"]:
                     counted_used.append(answer["used"])

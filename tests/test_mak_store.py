@@ -36,7 +36,6 @@ PRODUCT = 7
 _serials = itertools.count(1)
 
 
-
 # -- stores ------------------------------------------------------------------------------------
 
 
@@ -55,8 +54,7 @@ def store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Itera
 
 
 @pytest.fixture
-def other_store(backend: str, request: pytest.FixtureRequest,
-                tmp_path: Path) -> Iterator[Store]:
+def other_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A fresh, empty store of the other backend."""
     opened = open_store(OTHER[backend], request, tmp_path, "other.sqlite3")
     try:
@@ -68,17 +66,27 @@ def other_store(backend: str, request: pytest.FixtureRequest,
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def new_record(key_type: KeyType = KeyType.MAK, limit: int | None = None,
-               **extra: Any) -> KeyRecord:
+def new_record(
+    key_type: KeyType = KeyType.MAK, limit: int | None = None, **extra: Any
+) -> KeyRecord:
     key = mint(key_type, PRODUCT, serial=next(_serials))
     if limit is None:
         limit = rules.default_limit(key_type) or 5
-    return KeyRecord(key.fingerprint, key.last5, key_type, PRODUCT, limit, NOW,
-                     reactivations=rules.default_reactivations(key_type), **extra)
+    return KeyRecord(
+        key.fingerprint,
+        key.last5,
+        key_type,
+        PRODUCT,
+        limit,
+        NOW,
+        reactivations=rules.default_reactivations(key_type),
+        **extra,
+    )
 
 
-def add(store: Store, key_type: KeyType = KeyType.MAK, limit: int | None = None,
-        **extra: Any) -> str:
+def add(
+    store: Store, key_type: KeyType = KeyType.MAK, limit: int | None = None, **extra: Any
+) -> str:
     return store.add_key(new_record(key_type, limit, **extra)).fingerprint
 
 
@@ -100,14 +108,17 @@ def change(hardware_id: bytes, *positions: int) -> bytes:
     return bytes(changed)
 
 
-def activate(store: Store, fingerprint: str, hardware_id: bytes, at: float = NOW,
-             **options: Any) -> Activation:
-    return store.activate(fingerprint, hardware_id, at, route=options.pop("route", "online"),
-                          **options)
+def activate(
+    store: Store, fingerprint: str, hardware_id: bytes, at: float = NOW, **options: Any
+) -> Activation:
+    return store.activate(
+        fingerprint, hardware_id, at, route=options.pop("route", "online"), **options
+    )
 
 
-def refused(store: Store, fingerprint: str, hardware_id: bytes, at: float = NOW,
-            **options: Any) -> str:
+def refused(
+    store: Store, fingerprint: str, hardware_id: bytes, at: float = NOW, **options: Any
+) -> str:
     """The refusal code of an activation that must fail."""
     with pytest.raises(ServiceError) as info:
         activate(store, fingerprint, hardware_id, at, **options)
@@ -135,14 +146,19 @@ def used(store: Store, fingerprint: str) -> int:
 
 
 def test_added_keys_read_back(store: Store) -> None:
-    records = [new_record(), new_record(KeyType.RETAIL), new_record(KeyType.KMS_HOST),
-               new_record(limit=2, expires=NOW + 3600, blocked=True)]
+    records = [
+        new_record(),
+        new_record(KeyType.RETAIL),
+        new_record(KeyType.KMS_HOST),
+        new_record(limit=2, expires=NOW + 3600, blocked=True),
+    ]
     for record in records:
         assert store.add_key(record) == record
     for record in records:
         assert store.key(record.fingerprint) == record
     assert sorted(store.keys(), key=lambda k: k.fingerprint) == sorted(
-        records, key=lambda k: k.fingerprint)
+        records, key=lambda k: k.fingerprint
+    )
     assert store.key("0" * 16) is None
 
 
@@ -167,17 +183,21 @@ def test_increases_recorded(store: Store) -> None:
     after = store.increase(fingerprint, 5, NOW + 1, "pilot")
     assert (after.increased, after.total, after.remaining) == (5, 7, 7)
     store.increase(fingerprint, 3, NOW + 2, "rollout")
-    assert store.increases(fingerprint) == [Increase(5, NOW + 1, "pilot"),
-                                            Increase(3, NOW + 2, "rollout")]
+    assert store.increases(fingerprint) == [
+        Increase(5, NOW + 1, "pilot"),
+        Increase(3, NOW + 2, "rollout"),
+    ]
     record = store.key(fingerprint)
     assert record is not None and (record.increased, record.total) == (8, 10)
     assert store.increases(add(store)) == []
 
 
 def test_changing_an_unknown_key_refused(store: Store) -> None:
-    for change_key in (lambda f: store.increase(f, 1, NOW, "x"),
-                       lambda f: store.set_blocked(f, True),
-                       lambda f: store.set_expires(f, NOW)):
+    for change_key in (
+        lambda f: store.increase(f, 1, NOW, "x"),
+        lambda f: store.set_blocked(f, True),
+        lambda f: store.set_expires(f, NOW),
+    ):
         with pytest.raises(ServiceError) as info:
             change_key("0123456789abcdef")
         assert info.value.code == "key_unknown"
@@ -234,7 +254,11 @@ def test_new_machine_counted(store: Store) -> None:
     assert (first.key.used, first.key.remaining) == (1, 4)
     [row] = store.machines(fingerprint)
     assert (row.fingerprint, row.hardware_id, row.machine_name, row.route) == (
-        fingerprint, MACHINES[0], "PC-1", "phone")
+        fingerprint,
+        MACHINES[0],
+        "PC-1",
+        "phone",
+    )
     assert (row.first_at, row.last_at, row.reactivations) == (NOW, NOW, 0)
     second = activate(store, fingerprint, MACHINES[1], NOW + 1)
     assert second.counted and second.key.used == 2 and second.machine_id != first.machine_id
@@ -246,16 +270,24 @@ def test_same_machine_free(store: Store, positions: tuple[int, ...]) -> None:
     fingerprint = add(store, limit=5)
     first = activate(store, fingerprint, MACHINES[0])
     again = activate(store, fingerprint, change(MACHINES[0], *positions), NOW + 5)
-    assert (again.verdict, again.counted, again.machine_id) == (Verdict.SAME, False,
-                                                                first.machine_id)
+    assert (again.verdict, again.counted, again.machine_id) == (
+        Verdict.SAME,
+        False,
+        first.machine_id,
+    )
     assert again.key.used == 1 and used(store, fingerprint) == 1
     [row] = store.machines(fingerprint)
     assert (row.hardware_id, row.first_at, row.last_at, row.reactivations) == (
-        MACHINES[0], NOW, NOW + 5, 0)
+        MACHINES[0],
+        NOW,
+        NOW + 5,
+        0,
+    )
 
 
-@pytest.mark.parametrize("positions", [(0, 1, 2, 3), (0, 3, 6, 8), (1, 2, 4, 5, 7, 9),
-                                       tuple(range(10))])
+@pytest.mark.parametrize(
+    "positions", [(0, 1, 2, 3), (0, 3, 6, 8), (1, 2, 4, 5, 7, 9), tuple(range(10))]
+)
 def test_six_of_ten_is_a_new_machine(store: Store, positions: tuple[int, ...]) -> None:
     fingerprint = add(store, limit=5)
     activate(store, fingerprint, MACHINES[0])
@@ -263,7 +295,9 @@ def test_six_of_ten_is_a_new_machine(store: Store, positions: tuple[int, ...]) -
     assert (again.verdict, again.counted) == (Verdict.NEW, True)
     assert used(store, fingerprint) == 2
     assert [m.hardware_id for m in store.machines(fingerprint)] == [
-        MACHINES[0], change(MACHINES[0], *positions)]
+        MACHINES[0],
+        change(MACHINES[0], *positions),
+    ]
 
 
 def test_free_reactivation_keeps_the_recorded_hardware_id(store: Store) -> None:
@@ -326,7 +360,10 @@ def test_kms_host_key_six_hosts_nine_reactivations(store: Store) -> None:
     for n in range(1, 10):  # each reactivation of one host counts, up to 9
         again = activate(store, fingerprint, change(MACHINES[0], n % 10), NOW + n)
         assert (again.verdict, again.counted, again.machine_id) == (
-            Verdict.REACTIVATED, False, hosts[0].machine_id)
+            Verdict.REACTIVATED,
+            False,
+            hosts[0].machine_id,
+        )
     assert refused(store, fingerprint, MACHINES[0], NOW + 10) == "key_unlock_limit"
     # the others still have theirs; hosts stay at 6
     assert activate(store, fingerprint, MACHINES[1]).verdict is Verdict.REACTIVATED
@@ -345,15 +382,22 @@ def test_request_replayed_not_counted(store: Store) -> None:
     assert first.counted
     again = activate(store, fingerprint, MACHINES[0], NOW + 1, request_id="req-1")
     assert (again.replayed, again.counted, again.verdict, again.machine_id) == (
-        True, False, Verdict.NEW, first.machine_id)
+        True,
+        False,
+        Verdict.NEW,
+        first.machine_id,
+    )
     assert used(store, fingerprint) == 1
     # the key is exhausted, yet the replay still answers what was decided
     assert refused(store, fingerprint, MACHINES[1]) == "mak_limit_exceeded"
     assert activate(store, fingerprint, MACHINES[0], request_id="req-1").replayed
     # a free reactivation replays as one
     free = activate(store, fingerprint, change(MACHINES[0], 1), request_id="req-2")
-    assert activate(store, fingerprint, change(MACHINES[0], 1), request_id="req-2"
-                    ).verdict is free.verdict is Verdict.SAME
+    assert (
+        activate(store, fingerprint, change(MACHINES[0], 1), request_id="req-2").verdict
+        is free.verdict
+        is Verdict.SAME
+    )
     assert used(store, fingerprint) == 1 and len(store.machines(fingerprint)) == 1
 
 
@@ -416,8 +460,12 @@ def test_export_import_round_trip(store: Store, other_store: Store) -> None:
     assert len(document["keys"]) == 4 and len(document["activations"]) == 6
 
     report = other_store.import_(document)
-    assert report.to_json() == {"keys_added": 4, "keys_kept": 0, "activations_added": 6,
-                                "activations_kept": 0}
+    assert report.to_json() == {
+        "keys_added": 4,
+        "keys_kept": 0,
+        "activations_added": 6,
+        "activations_kept": 0,
+    }
     assert other_store.keys() == store.keys()  # used, limits, block, expiry, reactivations
     for fingerprint in fingerprints:
         assert other_store.increases(fingerprint) == store.increases(fingerprint)
@@ -425,8 +473,12 @@ def test_export_import_round_trip(store: Store, other_store: Store) -> None:
     assert other_store.export() == store.export()
 
     again = other_store.import_(document)
-    assert again.to_json() == {"keys_added": 0, "keys_kept": 4, "activations_added": 0,
-                               "activations_kept": 6}
+    assert again.to_json() == {
+        "keys_added": 0,
+        "keys_kept": 4,
+        "activations_added": 0,
+        "activations_kept": 6,
+    }
     assert other_store.keys() == store.keys()
     assert other_store.export() == store.export()
 
@@ -441,14 +493,12 @@ def test_export_without_machine_names(store: Store, other_store: Store) -> None:
     fingerprints = populate(store)
     document = store.export(machine_names=False)
     assert document["machine_names"] is False
-    assert document["activations"] and all("machine_name" not in a
-                                           for a in document["activations"])
+    assert document["activations"] and all("machine_name" not in a for a in document["activations"])
     assert "PC-1" not in json.dumps(document) and "home" not in json.dumps(document)
     other_store.import_(document)
     for fingerprint in fingerprints:
         rows = other_store.machines(fingerprint)
-        assert [r.hardware_id for r in rows] == [
-            r.hardware_id for r in store.machines(fingerprint)]
+        assert [r.hardware_id for r in rows] == [r.hardware_id for r in store.machines(fingerprint)]
         assert all(r.machine_name is None for r in rows)
     assert counts(other_store) == counts(store)
 
@@ -462,13 +512,23 @@ def test_export_parts(store: Store) -> None:
 
 
 def _valid_key(fingerprint: str = "0123456789abcdef") -> dict[str, Any]:
-    return {"fingerprint": fingerprint, "last5": "ABCDE", "type": "mak", "product": 1,
-            "base_limit": 5, "created": "2024-01-01T00:00:00+00:00"}
+    return {
+        "fingerprint": fingerprint,
+        "last5": "ABCDE",
+        "type": "mak",
+        "product": 1,
+        "base_limit": 5,
+        "created": "2024-01-01T00:00:00+00:00",
+    }
 
 
 def _valid_activation(fingerprint: str = "0123456789abcdef") -> dict[str, Any]:
-    return {"fingerprint": fingerprint, "hardware_id": "00" * 10,
-            "first_at": "2024-01-01T00:00:00+00:00", "last_at": "2024-01-01T00:00:00+00:00"}
+    return {
+        "fingerprint": fingerprint,
+        "hardware_id": "00" * 10,
+        "first_at": "2024-01-01T00:00:00+00:00",
+        "last_at": "2024-01-01T00:00:00+00:00",
+    }
 
 
 def _doc(**parts: Any) -> dict[str, Any]:
@@ -483,25 +543,29 @@ GARBAGE: dict[str, Any] = {
     "version": {"format": EXPORT_FORMAT, "version": 2},
     "keys-not-list": _doc(keys={"a": 1}),
     "key-not-object": _doc(keys=["0123456789abcdef"]),
-    "key-missing-limit": _doc(keys=[{k: v for k, v in _valid_key().items()
-                                     if k != "base_limit"}]),
+    "key-missing-limit": _doc(keys=[{k: v for k, v in _valid_key().items() if k != "base_limit"}]),
     "key-bad-fingerprint": _doc(keys=[_valid_key("0123456789ABCDEF")]),
     "key-bad-type": _doc(keys=[{**_valid_key(), "type": "volume"}]),
     "key-negative-limit": _doc(keys=[{**_valid_key(), "base_limit": -1}]),
     "key-bool-limit": _doc(keys=[{**_valid_key(), "base_limit": True}]),
     "key-bad-created": _doc(keys=[{**_valid_key(), "created": "yesterday"}]),
     "key-bad-expires": _doc(keys=[{**_valid_key(), "expires": 12345}]),
-    "key-bad-increase": _doc(keys=[{**_valid_key(), "increases": [{"amount": "5",
-                                                                   "at": "2024-01-01"}]}]),
-    "activation-unknown-key": _doc(keys=[_valid_key()],
-                                   activations=[_valid_activation("fedcba9876543210")]),
-    "activation-short-id": _doc(keys=[_valid_key()],
-                                activations=[{**_valid_activation(), "hardware_id": "00" * 9}]),
-    "activation-not-hex": _doc(keys=[_valid_key()],
-                               activations=[{**_valid_activation(), "hardware_id": "zz" * 10}]),
+    "key-bad-increase": _doc(
+        keys=[{**_valid_key(), "increases": [{"amount": "5", "at": "2024-01-01"}]}]
+    ),
+    "activation-unknown-key": _doc(
+        keys=[_valid_key()], activations=[_valid_activation("fedcba9876543210")]
+    ),
+    "activation-short-id": _doc(
+        keys=[_valid_key()], activations=[{**_valid_activation(), "hardware_id": "00" * 9}]
+    ),
+    "activation-not-hex": _doc(
+        keys=[_valid_key()], activations=[{**_valid_activation(), "hardware_id": "zz" * 10}]
+    ),
     "activation-not-object": _doc(keys=[_valid_key()], activations=[None]),
-    "activation-bad-time": _doc(keys=[_valid_key()],
-                                activations=[{**_valid_activation(), "first_at": None}]),
+    "activation-bad-time": _doc(
+        keys=[_valid_key()], activations=[{**_valid_activation(), "first_at": None}]
+    ),
 }
 
 
@@ -531,20 +595,26 @@ def scenarios(draw: st.DrawFn) -> tuple[int, list[tuple[Any, ...]]]:
     limit = draw(st.integers(1, 4))
     machines = draw(st.integers(1, 7))
     activation = st.tuples(
-        st.just("activate"), st.integers(0, machines - 1),
-        st.dictionaries(st.integers(0, 9), st.integers(0, 255), max_size=5), st.booleans())
+        st.just("activate"),
+        st.integers(0, machines - 1),
+        st.dictionaries(st.integers(0, 9), st.integers(0, 255), max_size=5),
+        st.booleans(),
+    )
     increase = st.tuples(st.just("increase"), st.integers(1, 2))
-    steps = draw(st.lists(st.one_of(activation, activation, activation, increase),
-                          max_size=25))
+    steps = draw(st.lists(st.one_of(activation, activation, activation, increase), max_size=25))
     return limit, steps
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(scenario=scenarios(), bases=st.lists(st.binary(min_size=10, max_size=10),
-                                            min_size=7, max_size=7))
-def test_count_matches_distinct_machines(store: Store, scenario: tuple[int, list[Any]],
-                                         bases: list[bytes]) -> None:
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    scenario=scenarios(),
+    bases=st.lists(st.binary(min_size=10, max_size=10), min_size=7, max_size=7),
+)
+def test_count_matches_distinct_machines(
+    store: Store, scenario: tuple[int, list[Any]], bases: list[bytes]
+) -> None:
     """Each example registers its own key in the test's store."""
     limit, steps = scenario
     fingerprint = add(store, limit=limit)
@@ -568,8 +638,9 @@ def test_count_matches_distinct_machines(store: Store, scenario: tuple[int, list
             answer = activate(store, fingerprint, hardware_id, NOW + n)
         except ServiceError as exc:
             assert not known and len(counted) == total
-            assert exc.code == ("mak_extension_limit_exceeded" if total > limit
-                                else "mak_limit_exceeded")
+            assert exc.code == (
+                "mak_extension_limit_exceeded" if total > limit else "mak_limit_exceeded"
+            )
         else:
             assert answer.counted is not known
             if not known:

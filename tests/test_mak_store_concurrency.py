@@ -73,8 +73,13 @@ def key(target: tuple[str, str]) -> Iterator[tuple[Store, str]]:
         store.close()
 
 
-def burst(store_for_thread: Callable[[], Store], fingerprint: str, machines: list[bytes],
-          threads: int, start: Any = None) -> tuple[Counter[str], list[bytes]]:
+def burst(
+    store_for_thread: Callable[[], Store],
+    fingerprint: str,
+    machines: list[bytes],
+    threads: int,
+    start: Any = None,
+) -> tuple[Counter[str], list[bytes]]:
     """Every machine activates once, ``threads`` at a time, all starting together; the
     outcomes ("counted", "free" or a refusal code) and the machines that counted."""
     work: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -97,8 +102,9 @@ def burst(store_for_thread: Callable[[], Store], fingerprint: str, machines: lis
                 except queue.Empty:
                     return
                 try:
-                    answer = store.activate(fingerprint, machines[n], NOW, route="online",
-                                            machine_name=f"PC{n}")
+                    answer = store.activate(
+                        fingerprint, machines[n], NOW, route="online", machine_name=f"PC{n}"
+                    )
                 except ServiceError as exc:
                     outcomes.append(exc.code)
                 else:
@@ -120,8 +126,9 @@ def burst(store_for_thread: Callable[[], Store], fingerprint: str, machines: lis
     return Counter(outcomes), counted
 
 
-def check_exact(store: Store, fingerprint: str, outcomes: Counter[str],
-                counted: list[bytes]) -> None:
+def check_exact(
+    store: Store, fingerprint: str, outcomes: Counter[str], counted: list[bytes]
+) -> None:
     assert outcomes == {"counted": LIMIT, "mak_limit_exceeded": MACHINES - LIMIT}
     record = store.key(fingerprint)
     assert record is not None and (record.used, record.remaining) == (LIMIT, 0)
@@ -131,8 +138,9 @@ def check_exact(store: Store, fingerprint: str, outcomes: Counter[str],
 
 
 @pytest.mark.parametrize("sharing", ["shared-store", "store-per-thread"])
-def test_threads_count_exactly(target: tuple[str, str], key: tuple[Store, str],
-                               sharing: str) -> None:
+def test_threads_count_exactly(
+    target: tuple[str, str], key: tuple[Store, str], sharing: str
+) -> None:
     store, fingerprint = key
     opened: list[Store] = []
     lock = threading.Lock()
@@ -147,16 +155,23 @@ def test_threads_count_exactly(target: tuple[str, str], key: tuple[Store, str],
 
     shared = open_store(target)
     try:
-        outcomes, counted = burst(store_for_thread, fingerprint, distinct_machines(MACHINES),
-                                  THREADS)
+        outcomes, counted = burst(
+            store_for_thread, fingerprint, distinct_machines(MACHINES), THREADS
+        )
     finally:
         for each in [shared, *opened]:
             each.close()
     check_exact(store, fingerprint, outcomes, counted)
 
 
-def _process(target: tuple[str, str], fingerprint: str, machines: list[bytes], threads: int,
-             start: Any, results: Any) -> None:
+def _process(
+    target: tuple[str, str],
+    fingerprint: str,
+    machines: list[bytes],
+    threads: int,
+    start: Any,
+    results: Any,
+) -> None:
     """One spawned process: its own store on the shared file or database, its own threads."""
     try:
         store = open_store(target)
@@ -175,10 +190,14 @@ def test_two_processes_count_exactly(target: tuple[str, str], key: tuple[Store, 
     spawn = multiprocessing.get_context("spawn")
     start = spawn.Barrier(2)  # both processes' threads begin together
     results = spawn.Queue()
-    processes = [spawn.Process(target=_process, name=f"mak-store-{n}",
-                               args=(target, fingerprint, machines[n::2], THREADS // 2, start,
-                                     results))
-                 for n in range(2)]
+    processes = [
+        spawn.Process(
+            target=_process,
+            name=f"mak-store-{n}",
+            args=(target, fingerprint, machines[n::2], THREADS // 2, start, results),
+        )
+        for n in range(2)
+    ]
     for process in processes:
         process.start()
     try:
@@ -200,8 +219,9 @@ def test_two_processes_count_exactly(target: tuple[str, str], key: tuple[Store, 
     check_exact(store, fingerprint, outcomes, counted)
 
 
-def test_concurrent_retries_of_one_request_count_once(target: tuple[str, str],
-                                                      key: tuple[Store, str]) -> None:
+def test_concurrent_retries_of_one_request_count_once(
+    target: tuple[str, str], key: tuple[Store, str]
+) -> None:
     """A client retrying one request (same request_id, same machine) from 16 threads at
     once: one activation counts, every other answer is its replay."""
     store, fingerprint = key
@@ -214,8 +234,9 @@ def test_concurrent_retries_of_one_request_count_once(target: tuple[str, str],
     def retry() -> None:
         try:
             ready.wait(JOIN_TIMEOUT)
-            answer = shared.activate(fingerprint, hardware_id, NOW, route="online",
-                                     request_id="retried-request")
+            answer = shared.activate(
+                fingerprint, hardware_id, NOW, route="online", request_id="retried-request"
+            )
             answers.append((answer.counted, answer.replayed, answer.machine_id))
         except BaseException as exc:
             errors.append(exc)
@@ -231,7 +252,9 @@ def test_concurrent_retries_of_one_request_count_once(target: tuple[str, str],
         shared.close()
     assert not errors, errors[0]
     assert Counter((counted, replayed) for counted, replayed, _ in answers) == {
-        (True, False): 1, (False, True): 15}
+        (True, False): 1,
+        (False, True): 15,
+    }
     assert len({machine_id for _, _, machine_id in answers}) == 1
     record = store.key(fingerprint)
     assert record is not None and record.used == 1

@@ -31,8 +31,12 @@ from mak.web.base import SMALL_BODY, Endpoint
 from tests.httpraw import Reply, request
 
 TIMEOUT = 10.0
-BASIC, STANDARD, PREMIUM, E3 = ("m365-business-basic", "m365-business-standard",
-                                "m365-business-premium", "office-365-e3")
+BASIC, STANDARD, PREMIUM, E3 = (
+    "m365-business-basic",
+    "m365-business-standard",
+    "m365-business-premium",
+    "office-365-e3",
+)
 PRODUCTS = {BASIC: 12, STANDARD: 13, PREMIUM: 14, E3: 15}
 #: basic: 25 in GB and US; standard: 300 in GB; premium: a trial of 25; e3: no offer.
 OFFERS: dict[str, dict[str, Any]] = {
@@ -48,13 +52,12 @@ MESSAGES = {
     "invalid_key": "The product key you entered isn't valid. Try entering it again.",
     "already_entered": "You have already entered this product key. Enter a different key.",
     "expired": "The product key you entered has expired. Enter a different key.",
-    "already_used": "This product key has already been used. Please enter a different "
-                    "product key.",
+    "already_used": "This product key has already been used. Please enter a different product key.",
     "busy": "Sorry, we can't process your request right now. Please wait a few minutes and "
-            "try again.",
+    "try again.",
     "not_available": "The requested subscription is not available.",
     "too_many_licences": "You've added more user licenses than this offer allows. The "
-                         "maximum is {} user licenses.",
+    "maximum is {} user licenses.",
     "admin_required": "You must be a global or billing admin to redeem a product key.",
     "account_not_created": "Sorry, we can't create your account right now.",
     "order_not_processed": "Your order can't be processed.",
@@ -73,52 +76,84 @@ class Lab:
         self.service = service
         self.token = service.admin_token
 
-    def call(self, method: str, path: str, body: Any = None, *, token: str | None = None,
-             headers: dict[str, str] | None = None) -> Reply:
-        return request(self.service.address, method, path, body, token=token,
-                       headers=headers)
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        return request(self.service.address, method, path, body, token=token, headers=headers)
 
     def admin(self, method: str, path: str, body: Any = None) -> Reply:
         return self.call(method, path, body, token=self.token)
 
     def org(self, country: str = "GB", name: str | None = None) -> str:
         name = name or f"Org {next(_names)}"
-        ok(self.admin("POST", "/v1/portal/orgs", {"name": name, "country": country}),
-           "POST", "/v1/portal/orgs")
+        ok(
+            self.admin("POST", "/v1/portal/orgs", {"name": name, "country": country}),
+            "POST",
+            "/v1/portal/orgs",
+        )
         return name
 
     def user(self, org: str, name: str, role: str = "user") -> str:
         """A new user's token."""
-        reply = ok(self.admin("POST", org_path(org, "users"), {"name": name, "role": role}),
-                   "POST", "/v1/portal/orgs/{org}/users")
+        reply = ok(
+            self.admin("POST", org_path(org, "users"), {"name": name, "role": role}),
+            "POST",
+            "/v1/portal/orgs/{org}/users",
+        )
         assert (reply["user"], reply["role"]) == (name, role)
         return str(reply["token"])
 
     def redeem(self, org: str, key: Any, token: str | None = None) -> Reply:
-        return self.call("POST", org_path(org, "redeem"), {"key": key},
-                         token=token or self.token)
+        return self.call("POST", org_path(org, "redeem"), {"key": key}, token=token or self.token)
 
-    def buy(self, org: str, offer: str, licences: int, billing: str = "monthly",
-            auto_assign: bool = False, token: str | None = None) -> Reply:
-        return self.call("POST", org_path(org, "subscriptions"),
-                         {"offer": offer, "licences": licences, "billing": billing,
-                          "auto_assign": auto_assign}, token=token or self.token)
+    def buy(
+        self,
+        org: str,
+        offer: str,
+        licences: int,
+        billing: str = "monthly",
+        auto_assign: bool = False,
+        token: str | None = None,
+    ) -> Reply:
+        return self.call(
+            "POST",
+            org_path(org, "subscriptions"),
+            {"offer": offer, "licences": licences, "billing": billing, "auto_assign": auto_assign},
+            token=token or self.token,
+        )
 
     def assign(self, org: str, user: str, offer: str, token: str | None = None) -> Reply:
-        return self.call("POST", org_path(org, "users", user, "licences"), {"offer": offer},
-                         token=token or self.token)
+        return self.call(
+            "POST",
+            org_path(org, "users", user, "licences"),
+            {"offer": offer},
+            token=token or self.token,
+        )
 
     def unassign(self, org: str, user: str, offer: str, token: str | None = None) -> Reply:
-        return self.call("DELETE", org_path(org, "users", user, "licences", offer),
-                         token=token or self.token)
+        return self.call(
+            "DELETE", org_path(org, "users", user, "licences", offer), token=token or self.token
+        )
 
     def subscriptions(self, org: str) -> dict[str, Any]:
-        return dict(ok(self.admin("GET", org_path(org, "subscriptions")), "GET",
-                       "/v1/portal/orgs/{org}/subscriptions"))
+        return dict(
+            ok(
+                self.admin("GET", org_path(org, "subscriptions")),
+                "GET",
+                "/v1/portal/orgs/{org}/subscriptions",
+            )
+        )
 
     def users(self, org: str) -> dict[str, tuple[str, ...]]:
-        listed = ok(self.admin("GET", org_path(org, "users")), "GET",
-                    "/v1/portal/orgs/{org}/users")["users"]
+        listed = ok(
+            self.admin("GET", org_path(org, "users")), "GET", "/v1/portal/orgs/{org}/users"
+        )["users"]
         return {u["user"]: (u["role"], *u["licences"]) for u in listed}
 
     def orgs(self) -> list[dict[str, Any]]:
@@ -126,8 +161,10 @@ class Lab:
 
     def state(self, *orgs: str) -> dict[str, Any]:
         """What is stored: every organisation, and these ones' users and subscriptions."""
-        return {"orgs": self.orgs(), **{org: (self.users(org), self.subscriptions(org))
-                                        for org in orgs}}
+        return {
+            "orgs": self.orgs(),
+            **{org: (self.users(org), self.subscriptions(org)) for org in orgs},
+        }
 
     def fault(self) -> Any:
         return ok(self.admin("GET", "/v1/portal/fault"), "GET", "/v1/portal/fault")["fault"]
@@ -141,12 +178,22 @@ def org_path(org: str, *rest: str) -> str:
     return "/".join(["/v1/portal/orgs", *(quote(part, safe="") for part in (org, *rest))])
 
 
-def key(offer: str = BASIC, quantity: int = 5, key_type: KeyType = KeyType.SUBSCRIPTION,
-        product: int | None = None) -> str:
+def key(
+    offer: str = BASIC,
+    quantity: int = 5,
+    key_type: KeyType = KeyType.SUBSCRIPTION,
+    product: int | None = None,
+) -> str:
     """A fresh key (a subscription key of ``offer`` unless told otherwise)."""
     number = PRODUCTS[offer] if product is None else product
-    return str(mint(key_type, number, serial=next(_serials),
-                    quantity=quantity if key_type is KeyType.SUBSCRIPTION else 0))
+    return str(
+        mint(
+            key_type,
+            number,
+            serial=next(_serials),
+            quantity=quantity if key_type is KeyType.SUBSCRIPTION else 0,
+        )
+    )
 
 
 def endpoint(method: str, template: str) -> Endpoint:
@@ -163,8 +210,9 @@ def ok(reply: Reply, method: str, template: str) -> Any:
     return reply.body
 
 
-def refused(reply: Reply, code: str, *, status: int | None = None,
-            message: str | None = None) -> dict[str, Any]:
+def refused(
+    reply: Reply, code: str, *, status: int | None = None, message: str | None = None
+) -> dict[str, Any]:
     """``{"error": {...}}`` with ``code``, its registry status and hint, and ``message``
     exactly (the table's wording for redemption errors); the error object."""
     assert reply.headers.get_content_type() == "application/json", reply.raw
@@ -186,7 +234,7 @@ def refused(reply: Reply, code: str, *, status: int | None = None,
 def fix(text: str, position: int, typed: str) -> str:
     """The key with what was ``typed`` at ``position`` (1-based, dashes not counted)."""
     symbols = normalise(text)
-    return symbols[:position - 1] + typed + symbols[position:]
+    return symbols[: position - 1] + typed + symbols[position:]
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -221,15 +269,17 @@ def faults(lab: Lab) -> Iterator[Lab]:
 
 
 @pytest.mark.parametrize("typed", ["0", "O", "o", "5", "S", "1", "l", "I"])
-def test_invalid_key_mistyped_character_gets_problems_and_candidates(lab: Lab,
-                                                                     typed: str) -> None:
+def test_invalid_key_mistyped_character_gets_problems_and_candidates(lab: Lab, typed: str) -> None:
     org = lab.org()
     good = key(quantity=3)
     before = lab.state(org)
     error = refused(lab.redeem(org, fix(good, 13, typed)), "invalid_key")
-    assert error["problems"][0] == {"code": "invalid_character", "position": 13,
-                                    "character": typed.upper(),
-                                    "message": error["problems"][0]["message"]}
+    assert error["problems"][0] == {
+        "code": "invalid_character",
+        "position": 13,
+        "character": typed.upper(),
+        "message": error["problems"][0]["message"],
+    }
     assert good in error["candidates"] and len(error["candidates"]) <= 5
     assert lab.state(org) == before
     ok(lab.redeem(org, good), "POST", "/v1/portal/orgs/{org}/redeem")
@@ -245,8 +295,7 @@ def test_invalid_key_check_digit_and_length(lab: Lab) -> None:
     assert [p["code"] for p in error["problems"]] == ["check_failed"]
     assert good in error["candidates"]
     short = refused(lab.redeem(org, good[:-1]), "invalid_key")
-    assert ([p["code"] for p in short["problems"]], short["candidates"]) == (["wrong_length"],
-                                                                            [])
+    assert ([p["code"] for p in short["problems"]], short["candidates"]) == (["wrong_length"], [])
     # the docs' example of a key that is not valid
     example = refused(lab.redeem(org, "BCDFG-HJKMP-QRTVW-XY234-6789B"), "invalid_key")
     assert example["problems"]
@@ -254,9 +303,18 @@ def test_invalid_key_check_digit_and_length(lab: Lab) -> None:
     assert lab.redeem(org, good.lower().replace("-", " ")).status == 201  # keys.md: normalised
 
 
-@pytest.mark.parametrize("kind", ["mak", "kms-client setup key", "retail", "kms-host",
-                                  "windows-11-pro subscription", "product 999",
-                                  "no licences"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "mak",
+        "kms-client setup key",
+        "retail",
+        "kms-host",
+        "windows-11-pro subscription",
+        "product 999",
+        "no licences",
+    ],
+)
 def test_invalid_key_well_formed_but_not_a_subscription_key(lab: Lab, kind: str) -> None:
     org = lab.org()
     text = {
@@ -280,9 +338,16 @@ def test_already_entered(lab: Lab) -> None:
     org, other = lab.org(), lab.org()
     text = key(quantity=4)
     first = ok(lab.redeem(org, text), "POST", "/v1/portal/orgs/{org}/redeem")
-    assert (first["org"], first["offer"], first["licences"], first["used"], first["free"],
-            first["billing"], first["source"], first["last5"]) == (
-        org, BASIC, 4, 0, 4, None, "key", normalise(text)[-5:])
+    assert (
+        first["org"],
+        first["offer"],
+        first["licences"],
+        first["used"],
+        first["free"],
+        first["billing"],
+        first["source"],
+        first["last5"],
+    ) == (org, BASIC, 4, 0, 4, None, "key", normalise(text)[-5:])
     before = lab.state(org, other)
     refused(lab.redeem(org, text), "already_entered")
     refused(lab.redeem(org.upper(), text.lower()), "already_entered")
@@ -303,8 +368,12 @@ def test_expired_through_keys_expire(lab: Lab) -> None:
     refused(lab.redeem(other, text), "expired")  # expired for everybody
     assert lab.state(org, other) == before
     # a later expiry lets it be redeemed again
-    assert lab.admin("POST", "/v1/portal/keys/expire",
-                     {"key": text, "at": "2099-01-01T00:00:00Z"}).status == 200
+    assert (
+        lab.admin(
+            "POST", "/v1/portal/keys/expire", {"key": text, "at": "2099-01-01T00:00:00Z"}
+        ).status
+        == 200
+    )
     ok(lab.redeem(org, text), "POST", "/v1/portal/orgs/{org}/redeem")
 
 
@@ -316,8 +385,9 @@ def test_an_expiry_in_the_future_is_met_as_the_clock_moves() -> None:
         org = lab.org()
         soon, later = key(quantity=1), key(quantity=1)
         for text in (soon, later):
-            lab.admin("POST", "/v1/portal/keys/expire", {"key": text,
-                                                         "at": "2023-11-15T00:00:00+00:00"})
+            lab.admin(
+                "POST", "/v1/portal/keys/expire", {"key": text, "at": "2023-11-15T00:00:00+00:00"}
+            )
         ok(lab.redeem(org, soon), "POST", "/v1/portal/orgs/{org}/redeem")
         clock.advance(24 * 3600)
         before = lab.state(org)
@@ -358,12 +428,19 @@ def test_busy_through_the_rate_limit() -> None:
         ok(lab.redeem(other, third), "POST", "/v1/portal/orgs/{org}/redeem")
         # sign-up has its own allowance too, per organisation name
         for n in range(2):
-            assert lab.call("POST", "/v1/portal/signup",
-                            {"key": "nope", "org": "Signup Co", "country": "GB",
-                             "user": f"u{n}"}).status == 400
-        reply = lab.call("POST", "/v1/portal/signup", {"key": key(quantity=1),
-                                                       "org": "signup co", "country": "GB",
-                                                       "user": "u"})
+            assert (
+                lab.call(
+                    "POST",
+                    "/v1/portal/signup",
+                    {"key": "nope", "org": "Signup Co", "country": "GB", "user": f"u{n}"},
+                ).status
+                == 400
+            )
+        reply = lab.call(
+            "POST",
+            "/v1/portal/signup",
+            {"key": key(quantity=1), "org": "signup co", "country": "GB", "user": "u"},
+        )
         refused(reply, "busy", status=429)
         assert "Signup Co" not in [o["org"] for o in lab.orgs()]
 
@@ -387,8 +464,9 @@ def test_not_available(lab: Lab, reason: str) -> None:
     org = lab.org("FR" if reason == "not_in_country" else "GB")
     if reason == "trial_used":
         ok(lab.redeem(org, key(PREMIUM, 1)), "POST", "/v1/portal/orgs/{org}/redeem")
-    text = key(E3 if reason == "offer_not_available" else
-               PREMIUM if reason == "trial_used" else BASIC, 1)
+    text = key(
+        E3 if reason == "offer_not_available" else PREMIUM if reason == "trial_used" else BASIC, 1
+    )
     before = lab.state(org)
     error = refused(lab.redeem(org, text), "not_available")
     assert error["reason"] == reason
@@ -402,19 +480,24 @@ def test_too_many_licences(lab: Lab) -> None:
     org = lab.org()
     over = key(quantity=26)
     before = lab.state(org)
-    error = refused(lab.redeem(org, over), "too_many_licences",
-                    message=MESSAGES["too_many_licences"].format(25))
+    error = refused(
+        lab.redeem(org, over), "too_many_licences", message=MESSAGES["too_many_licences"].format(25)
+    )
     assert error["maximum"] == 25
     assert lab.state(org) == before
     ok(lab.redeem(org, key(quantity=20)), "POST", "/v1/portal/orgs/{org}/redeem")
     before = lab.state(org)
-    error = refused(lab.redeem(org, key(quantity=6)), "too_many_licences",
-                    message=MESSAGES["too_many_licences"].format(25))
+    error = refused(
+        lab.redeem(org, key(quantity=6)),
+        "too_many_licences",
+        message=MESSAGES["too_many_licences"].format(25),
+    )
     assert (error["maximum"], error["requested"]) == (25, 26)
     assert lab.state(org) == before
     ok(lab.redeem(org, key(quantity=5)), "POST", "/v1/portal/orgs/{org}/redeem")  # exactly 25
-    assert lab.subscriptions(org)["offers"] == [{"offer": BASIC, "licences": 25, "used": 0,
-                                                 "free": 25}]
+    assert lab.subscriptions(org)["offers"] == [
+        {"offer": BASIC, "licences": 25, "used": 0, "free": 25}
+    ]
 
 
 def test_admin_required(lab: Lab) -> None:
@@ -438,8 +521,9 @@ def test_signup_failing_after_the_account(faults: Lab, code: str) -> None:
     name = f"Signup {next(_names)}"
     text = key(quantity=3)
     assert lab.set_fault(code, 1) == {"fault": {"code": code, "remaining": 1}}
-    reply = lab.call("POST", "/v1/portal/signup",
-                     {"key": text, "org": name, "country": "gb", "user": "Ada"})
+    reply = lab.call(
+        "POST", "/v1/portal/signup", {"key": text, "org": name, "country": "gb", "user": "Ada"}
+    )
     error = refused(reply, code)
     assert (error["org"], error["user"], error["role"]) == (name, "Ada", "global-admin")
     assert lab.fault() is None  # it was forced once
@@ -449,18 +533,19 @@ def test_signup_failing_after_the_account(faults: Lab, code: str) -> None:
     assert lab.users(name) == {"Ada": ("global-admin",)}
     assert lab.subscriptions(name)["subscriptions"] == []
     # the admin's token works: redeeming again into the organisation succeeds
-    redeemed = ok(lab.redeem(name, text, error["token"]), "POST",
-                  "/v1/portal/orgs/{org}/redeem")
+    redeemed = ok(lab.redeem(name, text, error["token"]), "POST", "/v1/portal/orgs/{org}/redeem")
     assert (redeemed["org"], redeemed["licences"]) == (name, 3)
     # and signing up again is refused: the organisation exists
-    again = lab.call("POST", "/v1/portal/signup",
-                     {"key": key(), "org": name.lower(), "country": "GB", "user": "Ada"})
+    again = lab.call(
+        "POST",
+        "/v1/portal/signup",
+        {"key": key(), "org": name.lower(), "country": "GB", "user": "Ada"},
+    )
     refused(again, "org_exists")
 
 
 @pytest.mark.parametrize("code", ["account_not_created", "order_not_processed"])
-def test_partial_failure_codes_on_a_plain_redemption_store_nothing(faults: Lab,
-                                                                   code: str) -> None:
+def test_partial_failure_codes_on_a_plain_redemption_store_nothing(faults: Lab, code: str) -> None:
     lab = faults
     org = lab.org()
     text = key(quantity=3)
@@ -479,37 +564,47 @@ def test_partial_failure_codes_on_a_plain_redemption_store_nothing(faults: Lab,
 def test_signup_creates_org_admin_and_subscription(lab: Lab) -> None:
     name = f"Northwind {next(_names)}"
     text = key(STANDARD, 10)
-    reply = lab.call("POST", "/v1/portal/signup",
-                     {"key": text, "org": f"  {name} ", "country": "gb", "user": "Nina"})
+    reply = lab.call(
+        "POST",
+        "/v1/portal/signup",
+        {"key": text, "org": f"  {name} ", "country": "gb", "user": "Nina"},
+    )
     answer = ok(reply, "POST", "/v1/portal/signup")
     assert (answer["org"], answer["user"], answer["role"]) == (name, "Nina", "global-admin")
     assert answer["token"].startswith("kpt_")
-    assert (answer["subscription"]["offer"], answer["subscription"]["licences"]) == (
-        STANDARD, 10)
+    assert (answer["subscription"]["offer"], answer["subscription"]["licences"]) == (STANDARD, 10)
     token = answer["token"]
-    listed = ok(lab.call("GET", org_path(name, "subscriptions"), token=token), "GET",
-                "/v1/portal/orgs/{org}/subscriptions")
+    listed = ok(
+        lab.call("GET", org_path(name, "subscriptions"), token=token),
+        "GET",
+        "/v1/portal/orgs/{org}/subscriptions",
+    )
     assert listed["country"] == "GB" and len(listed["subscriptions"]) == 1
     lab.user(name, "ned")  # the admin token adds users to any organisation
-    added = lab.call("POST", org_path(name, "users"), {"name": "olga", "role": "user"},
-                     token=token)
+    added = lab.call("POST", org_path(name, "users"), {"name": "olga", "role": "user"}, token=token)
     ok(added, "POST", "/v1/portal/orgs/{org}/users")
     assert set(lab.users(name)) == {"Nina", "ned", "olga"}
 
 
-@pytest.mark.parametrize("case", ["already_used", "invalid_key", "not_in_country",
-                                  "too_many_licences", "org_exists"])
+@pytest.mark.parametrize(
+    "case", ["already_used", "invalid_key", "not_in_country", "too_many_licences", "org_exists"]
+)
 def test_a_refused_signup_creates_nothing(lab: Lab, case: str) -> None:
     used = key(quantity=1)
     existing = lab.org()
     ok(lab.redeem(existing, used), "POST", "/v1/portal/orgs/{org}/redeem")
-    text = {"already_used": used, "invalid_key": fix(key(), 13, "0"),
-            "not_in_country": key(STANDARD, 1), "too_many_licences": key(quantity=26),
-            "org_exists": key(quantity=1)}[case]
+    text = {
+        "already_used": used,
+        "invalid_key": fix(key(), 13, "0"),
+        "not_in_country": key(STANDARD, 1),
+        "too_many_licences": key(quantity=26),
+        "org_exists": key(quantity=1),
+    }[case]
     name = existing.upper() if case == "org_exists" else f"Nobody {next(_names)}"
     before = lab.state(existing)
-    reply = lab.call("POST", "/v1/portal/signup",
-                     {"key": text, "org": name, "country": "US", "user": "Ada"})
+    reply = lab.call(
+        "POST", "/v1/portal/signup", {"key": text, "org": name, "country": "US", "user": "Ada"}
+    )
     error = reply.body["error"]
     refused(reply, error["code"])
     assert case in (error["code"], error.get("reason"))
@@ -582,12 +677,15 @@ def test_a_forced_error_on_signup_creates_nothing(faults: Lab) -> None:
 
 def test_fault_values_are_checked(faults: Lab) -> None:
     lab = faults
-    for body, field in [({"code": "internal"}, "code"), ({}, "code"),
-                        ({"code": "busy", "times": 0}, "times"),
-                        ({"code": "busy", "times": -3}, "times"),
-                        ({"code": "busy", "times": "2"}, "times"),
-                        ({"code": "busy", "times": True}, "times"),
-                        ({"code": "busy", "times": 1.5}, "times")]:
+    for body, field in [
+        ({"code": "internal"}, "code"),
+        ({}, "code"),
+        ({"code": "busy", "times": 0}, "times"),
+        ({"code": "busy", "times": -3}, "times"),
+        ({"code": "busy", "times": "2"}, "times"),
+        ({"code": "busy", "times": True}, "times"),
+        ({"code": "busy", "times": 1.5}, "times"),
+    ]:
         error = refused(lab.admin("PUT", "/v1/portal/fault", body), "invalid_field")
         assert error["field"] == field, body
     assert lab.fault() is None
@@ -601,25 +699,41 @@ def test_buy_a_subscription(lab: Lab, billing: str) -> None:
     org = lab.org()
     ok(lab.redeem(org, key(quantity=3)), "POST", "/v1/portal/orgs/{org}/redeem")
     bought = ok(lab.buy(org, BASIC, 4, billing), "POST", "/v1/portal/orgs/{org}/subscriptions")
-    assert (bought["org"], bought["offer"], bought["licences"], bought["used"], bought["free"],
-            bought["billing"], bought["source"], bought["last5"], bought["assigned"]) == (
-        org, BASIC, 4, 0, 4, billing, "purchase", None, [])
+    assert (
+        bought["org"],
+        bought["offer"],
+        bought["licences"],
+        bought["used"],
+        bought["free"],
+        bought["billing"],
+        bought["source"],
+        bought["last5"],
+        bought["assigned"],
+    ) == (org, BASIC, 4, 0, 4, billing, "purchase", None, [])
     listed = lab.subscriptions(org)
-    assert [(s["source"], s["licences"]) for s in listed["subscriptions"]] == [("key", 3),
-                                                                               ("purchase", 4)]
+    assert [(s["source"], s["licences"]) for s in listed["subscriptions"]] == [
+        ("key", 3),
+        ("purchase", 4),
+    ]
     assert listed["offers"] == [{"offer": BASIC, "licences": 7, "used": 0, "free": 7}]
 
 
-@pytest.mark.parametrize("case", ["not_in_country", "trial_used", "too_many_licences",
-                                  "offer_not_available", "unknown_offer"])
+@pytest.mark.parametrize(
+    "case",
+    ["not_in_country", "trial_used", "too_many_licences", "offer_not_available", "unknown_offer"],
+)
 def test_buying_obeys_the_offer(lab: Lab, case: str) -> None:
     org = lab.org("FR" if case == "not_in_country" else "GB")
     lab.user(org, "ann")  # auto-assign would give her a licence
     if case == "trial_used":
         ok(lab.buy(org, PREMIUM, 1), "POST", "/v1/portal/orgs/{org}/subscriptions")
-    offer, licences = {"not_in_country": (BASIC, 1), "trial_used": (PREMIUM, 1),
-                       "too_many_licences": (BASIC, 26), "offer_not_available": (E3, 1),
-                       "unknown_offer": ("windows-11-pro", 1)}[case]
+    offer, licences = {
+        "not_in_country": (BASIC, 1),
+        "trial_used": (PREMIUM, 1),
+        "too_many_licences": (BASIC, 26),
+        "offer_not_available": (E3, 1),
+        "unknown_offer": ("windows-11-pro", 1),
+    }[case]
     before = lab.state(org)
     reply = lab.buy(org, offer, licences, "yearly", auto_assign=True)
     if case == "too_many_licences":
@@ -636,12 +750,16 @@ def test_billing_is_monthly_or_yearly(lab: Lab) -> None:
     org = lab.org()
     before = lab.state(org)
     for billing in ("weekly", "Monthly", "", None, 12, ["monthly"]):
-        reply = lab.call("POST", org_path(org, "subscriptions"),
-                         {"offer": BASIC, "licences": 1, "billing": billing},
-                         token=lab.token)
+        reply = lab.call(
+            "POST",
+            org_path(org, "subscriptions"),
+            {"offer": BASIC, "licences": 1, "billing": billing},
+            token=lab.token,
+        )
         assert refused(reply, "invalid_field")["field"] == "billing"
-    reply = lab.call("POST", org_path(org, "subscriptions"), {"offer": BASIC, "licences": 1},
-                     token=lab.token)
+    reply = lab.call(
+        "POST", org_path(org, "subscriptions"), {"offer": BASIC, "licences": 1}, token=lab.token
+    )
     assert refused(reply, "invalid_field")["field"] == "billing"
     assert lab.state(org) == before
 
@@ -652,25 +770,39 @@ def test_auto_assign_gives_licences_to_users_without_any_oldest_first(lab: Lab) 
         lab.user(org, name)
     ok(lab.buy(org, STANDARD, 1), "POST", "/v1/portal/orgs/{org}/subscriptions")
     ok(lab.assign(org, "u2", STANDARD), "POST", "/v1/portal/orgs/{org}/users/{user}/licences")
-    first = ok(lab.buy(org, BASIC, 2, auto_assign=True), "POST",
-               "/v1/portal/orgs/{org}/subscriptions")
+    first = ok(
+        lab.buy(org, BASIC, 2, auto_assign=True), "POST", "/v1/portal/orgs/{org}/subscriptions"
+    )
     assert (first["assigned"], first["used"], first["free"]) == (["u1", "u3"], 2, 0)
-    second = ok(lab.buy(org, BASIC, 5, "yearly", auto_assign=True), "POST",
-                "/v1/portal/orgs/{org}/subscriptions")
+    second = ok(
+        lab.buy(org, BASIC, 5, "yearly", auto_assign=True),
+        "POST",
+        "/v1/portal/orgs/{org}/subscriptions",
+    )
     assert (second["assigned"], second["used"], second["free"]) == (["u4", "u5"], 2, 3)
-    third = ok(lab.buy(org, PREMIUM, 3, auto_assign=True), "POST",
-               "/v1/portal/orgs/{org}/subscriptions")
+    third = ok(
+        lab.buy(org, PREMIUM, 3, auto_assign=True), "POST", "/v1/portal/orgs/{org}/subscriptions"
+    )
     assert third["assigned"] == []  # everybody has a licence of something
-    assert lab.users(org) == {"u1": ("user", BASIC), "u2": ("user", STANDARD),
-                              "u3": ("user", BASIC), "u4": ("user", BASIC),
-                              "u5": ("user", BASIC)}
+    assert lab.users(org) == {
+        "u1": ("user", BASIC),
+        "u2": ("user", STANDARD),
+        "u3": ("user", BASIC),
+        "u4": ("user", BASIC),
+        "u5": ("user", BASIC),
+    }
     listed = lab.subscriptions(org)
-    assert [(s["offer"], s["licences"], s["used"], s["free"])
-            for s in listed["subscriptions"]] == [(STANDARD, 1, 1, 0), (BASIC, 2, 2, 0),
-                                                  (BASIC, 5, 2, 3), (PREMIUM, 3, 0, 3)]
-    assert listed["offers"] == [{"offer": STANDARD, "licences": 1, "used": 1, "free": 0},
-                                {"offer": BASIC, "licences": 7, "used": 4, "free": 3},
-                                {"offer": PREMIUM, "licences": 3, "used": 0, "free": 3}]
+    assert [(s["offer"], s["licences"], s["used"], s["free"]) for s in listed["subscriptions"]] == [
+        (STANDARD, 1, 1, 0),
+        (BASIC, 2, 2, 0),
+        (BASIC, 5, 2, 3),
+        (PREMIUM, 3, 0, 3),
+    ]
+    assert listed["offers"] == [
+        {"offer": STANDARD, "licences": 1, "used": 1, "free": 0},
+        {"offer": BASIC, "licences": 7, "used": 4, "free": 3},
+        {"offer": PREMIUM, "licences": 3, "used": 0, "free": 3},
+    ]
 
 
 def test_assign_takes_the_oldest_subscription_with_a_free_licence(lab: Lab) -> None:
@@ -682,18 +814,30 @@ def test_assign_takes_the_oldest_subscription_with_a_free_licence(lab: Lab) -> N
     route = ("POST", "/v1/portal/orgs/{org}/users/{user}/licences")
     took = ok(lab.assign(org, "ANN", BASIC), *route)
     assert (took["org"], took["user"], took["offer"]) == (org, "ann", BASIC)
-    assert (took["subscription"]["id"], took["subscription"]["used"],
-            took["subscription"]["free"]) == (first["id"], 1, 0)
+    assert (
+        took["subscription"]["id"],
+        took["subscription"]["used"],
+        took["subscription"]["free"],
+    ) == (first["id"], 1, 0)
     assert ok(lab.assign(org, "bob", BASIC), *route)["subscription"]["id"] == second["id"]
-    gave = ok(lab.unassign(org, "ann", BASIC), "DELETE",
-              "/v1/portal/orgs/{org}/users/{user}/licences/{offer}")
+    gave = ok(
+        lab.unassign(org, "ann", BASIC),
+        "DELETE",
+        "/v1/portal/orgs/{org}/users/{user}/licences/{offer}",
+    )
     assert (gave["user"], gave["subscription"]["id"], gave["subscription"]["free"]) == (
-        "ann", first["id"], 1)
+        "ann",
+        first["id"],
+        1,
+    )
     assert ok(lab.assign(org, "cat", BASIC), *route)["subscription"]["id"] == first["id"]
     assert ok(lab.assign(org, "ann", BASIC), *route)["subscription"]["id"] == second["id"]
     before = lab.state(org)
-    error = refused(lab.assign(org, "dan", BASIC), "no_free_licences",
-                    message=f"There are no free licences for {BASIC}: all 3 are assigned.")
+    error = refused(
+        lab.assign(org, "dan", BASIC),
+        "no_free_licences",
+        message=f"There are no free licences for {BASIC}: all 3 are assigned.",
+    )
     assert (error["offer"], error["licences"]) == (BASIC, 3)
     refused(lab.assign(org, "ann", BASIC), "already_assigned")
     refused(lab.unassign(org, "dan", BASIC), "not_assigned")
@@ -702,17 +846,25 @@ def test_assign_takes_the_oldest_subscription_with_a_free_licence(lab: Lab) -> N
     refused(lab.assign(org, "dan", "windows-11-pro"), "unknown_offer")
     refused(lab.unassign(org, "ann", "windows-11-pro"), "unknown_offer")
     assert lab.state(org) == before
-    assert lab.subscriptions(org)["offers"] == [{"offer": BASIC, "licences": 3, "used": 3,
-                                                 "free": 0}]
-    assert lab.users(org) == {"ann": ("user", BASIC), "bob": ("user", BASIC),
-                              "cat": ("user", BASIC), "dan": ("user",)}
+    assert lab.subscriptions(org)["offers"] == [
+        {"offer": BASIC, "licences": 3, "used": 3, "free": 0}
+    ]
+    assert lab.users(org) == {
+        "ann": ("user", BASIC),
+        "bob": ("user", BASIC),
+        "cat": ("user", BASIC),
+        "dan": ("user",),
+    }
 
 
 def test_no_free_licences_without_any_subscription(lab: Lab) -> None:
     org = lab.org()
     lab.user(org, "ann")
-    error = refused(lab.assign(org, "ann", STANDARD), "no_free_licences",
-                    message=f"The organisation has no {STANDARD} subscription.")
+    error = refused(
+        lab.assign(org, "ann", STANDARD),
+        "no_free_licences",
+        message=f"The organisation has no {STANDARD} subscription.",
+    )
     assert (error["offer"], error["licences"]) == (STANDARD, 0)
 
 
@@ -727,8 +879,11 @@ def endpoint_id(route: Endpoint) -> str:
 
 
 def concrete(route: Endpoint, org: str, user: str = "ann") -> str:
-    return (route.path.replace("{org}", quote(org, safe="")).replace("{user}", user)
-            .replace("{offer}", BASIC))
+    return (
+        route.path.replace("{org}", quote(org, safe=""))
+        .replace("{user}", user)
+        .replace("{offer}", BASIC)
+    )
 
 
 @pytest.mark.parametrize("route", CALLER_ROUTES, ids=endpoint_id)
@@ -738,8 +893,12 @@ def test_caller_routes_need_a_known_token_of_the_org(lab: Lab, route: Endpoint) 
     outsider = lab.user(other, "olaf", "global-admin")
     path = concrete(route, org)
     body: dict[str, Any] | None = {} if route.method == "POST" else None
-    for headers in ({}, {"Authorization": "Basic " + lab.token}, {"Authorization": "Bearer"},
-                    {"Authorization": "Bearer  "}):
+    for headers in (
+        {},
+        {"Authorization": "Basic " + lab.token},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer  "},
+    ):
         reply = lab.call(route.method, path, body, headers=headers)
         refused(reply, "login_required")
         assert reply.headers["WWW-Authenticate"] == "Bearer"
@@ -764,13 +923,18 @@ def test_admin_routes_refuse_user_tokens(lab: Lab, route: Endpoint) -> None:
 def test_public_routes_need_no_token(lab: Lab) -> None:
     offers = ok(lab.call("GET", "/v1/portal/offers"), "GET", "/v1/portal/offers")["offers"]
     assert {o["offer"]: (o["max_licences"], o["countries"], o["trial"]) for o in offers} == {
-        BASIC: (25, ["GB", "US"], False), STANDARD: (300, ["GB"], False),
-        PREMIUM: (25, ["GB", "US"], True)}
+        BASIC: (25, ["GB", "US"], False),
+        STANDARD: (300, ["GB"], False),
+        PREMIUM: (25, ["GB", "US"], True),
+    }
     assert {o["offer"]: o["name"] for o in offers}[BASIC] == "Microsoft 365 Business Basic"
     assert lab.call("GET", "/v1/portal/offers", token="wrong").status == 200
-    reply = lab.call("POST", "/v1/portal/signup", {"key": key(), "org": f"Pub {next(_names)}",
-                                                   "country": "US", "user": "p"},
-                     token="not looked at")
+    reply = lab.call(
+        "POST",
+        "/v1/portal/signup",
+        {"key": key(), "org": f"Pub {next(_names)}", "country": "US", "user": "p"},
+        token="not looked at",
+    )
     ok(reply, "POST", "/v1/portal/signup")
 
 
@@ -780,21 +944,27 @@ def test_the_admin_token_is_a_global_admin_of_every_org(lab: Lab) -> None:
     ok(lab.redeem(org, key(quantity=2)), "POST", "/v1/portal/orgs/{org}/redeem")
     ok(lab.buy(org, BASIC, 1), "POST", "/v1/portal/orgs/{org}/subscriptions")
     ok(lab.assign(org, "ann", BASIC), "POST", "/v1/portal/orgs/{org}/users/{user}/licences")
-    ok(lab.unassign(org, "ann", BASIC), "DELETE",
-       "/v1/portal/orgs/{org}/users/{user}/licences/{offer}")
+    ok(
+        lab.unassign(org, "ann", BASIC),
+        "DELETE",
+        "/v1/portal/orgs/{org}/users/{user}/licences/{offer}",
+    )
     lab.user(org, "gail", "global-admin")
 
 
 def test_a_global_admin_acts_in_its_own_org_only(lab: Lab) -> None:
     org, other = lab.org(), lab.org()
     admin = lab.user(org, "gus", "global-admin")
-    reply = lab.call("POST", org_path(org, "users"), {"name": "new", "role": "billing-admin"},
-                     token=admin)
+    reply = lab.call(
+        "POST", org_path(org, "users"), {"name": "new", "role": "billing-admin"}, token=admin
+    )
     ok(reply, "POST", "/v1/portal/orgs/{org}/users")
     ok(lab.redeem(org, key(quantity=2), admin), "POST", "/v1/portal/orgs/{org}/redeem")
     before = lab.state(other)
-    refused(lab.call("POST", org_path(other, "users"), {"name": "x", "role": "user"},
-                     token=admin), "wrong_org")
+    refused(
+        lab.call("POST", org_path(other, "users"), {"name": "x", "role": "user"}, token=admin),
+        "wrong_org",
+    )
     refused(lab.redeem(other, key(), admin), "wrong_org")
     refused(lab.buy(other, BASIC, 1, token=admin), "wrong_org")
     assert lab.state(other) == before
@@ -806,13 +976,18 @@ def test_a_billing_admin_redeems_buys_and_assigns_but_adds_no_users(lab: Lab) ->
     billing = lab.user(org, "bill", "billing-admin")
     ok(lab.redeem(org, key(quantity=2), billing), "POST", "/v1/portal/orgs/{org}/redeem")
     ok(lab.buy(org, BASIC, 1, token=billing), "POST", "/v1/portal/orgs/{org}/subscriptions")
-    ok(lab.assign(org, "ann", BASIC, billing), "POST",
-       "/v1/portal/orgs/{org}/users/{user}/licences")
-    ok(lab.unassign(org, "ann", BASIC, billing), "DELETE",
-       "/v1/portal/orgs/{org}/users/{user}/licences/{offer}")
+    ok(
+        lab.assign(org, "ann", BASIC, billing),
+        "POST",
+        "/v1/portal/orgs/{org}/users/{user}/licences",
+    )
+    ok(
+        lab.unassign(org, "ann", BASIC, billing),
+        "DELETE",
+        "/v1/portal/orgs/{org}/users/{user}/licences/{offer}",
+    )
     before = lab.state(org)
-    reply = lab.call("POST", org_path(org, "users"), {"name": "x", "role": "user"},
-                     token=billing)
+    reply = lab.call("POST", org_path(org, "users"), {"name": "x", "role": "user"}, token=billing)
     error = refused(reply, "admin_required", message="You must be a global admin to add users.")
     assert error["role"] == "billing-admin"
     assert lab.state(org) == before
@@ -822,11 +997,15 @@ def test_a_user_reads_but_changes_nothing(lab: Lab) -> None:
     org = lab.org()
     ok(lab.redeem(org, key(quantity=2)), "POST", "/v1/portal/orgs/{org}/redeem")
     token = lab.user(org, "ursula")
-    listed = ok(lab.call("GET", org_path(org, "subscriptions"), token=token), "GET",
-                "/v1/portal/orgs/{org}/subscriptions")
+    listed = ok(
+        lab.call("GET", org_path(org, "subscriptions"), token=token),
+        "GET",
+        "/v1/portal/orgs/{org}/subscriptions",
+    )
     assert listed["offers"][0]["licences"] == 2
-    users = ok(lab.call("GET", org_path(org, "users"), token=token), "GET",
-               "/v1/portal/orgs/{org}/users")
+    users = ok(
+        lab.call("GET", org_path(org, "users"), token=token), "GET", "/v1/portal/orgs/{org}/users"
+    )
     assert [u["user"] for u in users["users"]] == ["ursula"]
     before = lab.state(org)
     for reply, action in [
@@ -835,11 +1014,14 @@ def test_a_user_reads_but_changes_nothing(lab: Lab) -> None:
         (lab.assign(org, "ursula", BASIC, token), "assign licences"),
         (lab.unassign(org, "ursula", BASIC, token), "remove licences"),
     ]:
-        refused(reply, "admin_required",
-                message=f"You must be a global or billing admin to {action}.")
-    refused(lab.call("POST", org_path(org, "users"), {"name": "x", "role": "user"},
-                     token=token), "admin_required",
-            message="You must be a global admin to add users.")
+        refused(
+            reply, "admin_required", message=f"You must be a global or billing admin to {action}."
+        )
+    refused(
+        lab.call("POST", org_path(org, "users"), {"name": "x", "role": "user"}, token=token),
+        "admin_required",
+        message="You must be a global admin to add users.",
+    )
     assert lab.state(org) == before
 
 
@@ -854,9 +1036,16 @@ def test_tokens_are_stored_hashed_and_shown_once(lab: Lab) -> None:
 # -- bad input -------------------------------------------------------------------------------------
 
 
-BAD_JSON = {"truncated": b'{"key": ', "not json": b"key=x", "list": b"[]", "string": b'"{}"',
-            "null": b"null", "empty": b"", "non-utf-8": b'{"key": "\xff"}',
-            "deep": b"[" * 10_000}
+BAD_JSON = {
+    "truncated": b'{"key": ',
+    "not json": b"key=x",
+    "list": b"[]",
+    "string": b'"{}"',
+    "null": b"null",
+    "empty": b"",
+    "non-utf-8": b'{"key": "\xff"}',
+    "deep": b"[" * 10_000,
+}
 
 
 @pytest.mark.parametrize("body", BAD_JSON.values(), ids=BAD_JSON.keys())
@@ -864,12 +1053,17 @@ def test_a_body_that_is_not_one_json_object_is_bad_json(lab: Lab, body: bytes) -
     org = lab.org()
     lab.user(org, "ann")
     before = lab.state(org)
-    for method, path in [("PUT", f"/v1/portal/offers/{BASIC}"), ("POST", "/v1/portal/orgs"),
-                         ("POST", "/v1/portal/signup"), ("POST", org_path(org, "users")),
-                         ("POST", org_path(org, "redeem")),
-                         ("POST", org_path(org, "subscriptions")),
-                         ("POST", org_path(org, "users", "ann", "licences")),
-                         ("POST", "/v1/portal/keys/expire"), ("PUT", "/v1/portal/fault")]:
+    for method, path in [
+        ("PUT", f"/v1/portal/offers/{BASIC}"),
+        ("POST", "/v1/portal/orgs"),
+        ("POST", "/v1/portal/signup"),
+        ("POST", org_path(org, "users")),
+        ("POST", org_path(org, "redeem")),
+        ("POST", org_path(org, "subscriptions")),
+        ("POST", org_path(org, "users", "ann", "licences")),
+        ("POST", "/v1/portal/keys/expire"),
+        ("PUT", "/v1/portal/fault"),
+    ]:
         refused(lab.admin(method, path, body), "bad_json")
     assert lab.state(org) == before
 
@@ -881,30 +1075,60 @@ def wrong_types(lab: Lab, org: str) -> list[tuple[str, str, dict[str, Any], str,
     buy = {"offer": BASIC, "licences": 1, "billing": "monthly", "auto_assign": False}
     nothing: list[Any] = [None, 5, True, [], {}]
     return [
-        ("PUT", f"/v1/portal/offers/{BASIC}", offer, "max_licences",
-         [None, "25", 25.5, True, 0, -1, 10**6 + 1, []]),
-        ("PUT", f"/v1/portal/offers/{BASIC}", offer, "countries",
-         [None, "GB", [], ["GBR"], [5], [None], {"GB": 1}, ["G"] * 301]),
+        (
+            "PUT",
+            f"/v1/portal/offers/{BASIC}",
+            offer,
+            "max_licences",
+            [None, "25", 25.5, True, 0, -1, 10**6 + 1, []],
+        ),
+        (
+            "PUT",
+            f"/v1/portal/offers/{BASIC}",
+            offer,
+            "countries",
+            [None, "GB", [], ["GBR"], [5], [None], {"GB": 1}, ["G"] * 301],
+        ),
         ("PUT", f"/v1/portal/offers/{BASIC}", offer, "trial", [None, "yes", 1, []]),
         ("POST", "/v1/portal/orgs", {"name": "Typed", "country": "GB"}, "name", nothing),
-        ("POST", "/v1/portal/orgs", {"name": "Typed", "country": "GB"}, "country",
-         [*nothing, "GBR", "G", "1A", "", "G B"]),
+        (
+            "POST",
+            "/v1/portal/orgs",
+            {"name": "Typed", "country": "GB"},
+            "country",
+            [*nothing, "GBR", "G", "1A", "", "G B"],
+        ),
         ("POST", "/v1/portal/signup", signup, "org", nothing),
         ("POST", "/v1/portal/signup", signup, "country", [*nothing, "GBR"]),
         ("POST", "/v1/portal/signup", signup, "user", nothing),
         ("POST", "/v1/portal/signup", signup, "key", nothing),
         ("POST", org_path(org, "users"), {"name": "x", "role": "user"}, "name", nothing),
-        ("POST", org_path(org, "users"), {"name": "x", "role": "user"}, "role",
-         [*nothing, "admin", "Global-Admin"]),
+        (
+            "POST",
+            org_path(org, "users"),
+            {"name": "x", "role": "user"},
+            "role",
+            [*nothing, "admin", "Global-Admin"],
+        ),
         ("POST", org_path(org, "redeem"), {"key": key()}, "key", nothing),
         ("POST", org_path(org, "subscriptions"), buy, "offer", nothing),
-        ("POST", org_path(org, "subscriptions"), buy, "licences",
-         [None, "1", 1.5, True, 0, -1, 10**6 + 1, []]),
+        (
+            "POST",
+            org_path(org, "subscriptions"),
+            buy,
+            "licences",
+            [None, "1", 1.5, True, 0, -1, 10**6 + 1, []],
+        ),
         ("POST", org_path(org, "subscriptions"), buy, "billing", [*nothing, "weekly"]),
         ("POST", org_path(org, "subscriptions"), buy, "auto_assign", [None, "yes", 1, []]),
         ("POST", "/v1/portal/keys/expire", {"key": key()}, "key", nothing),
-        ("POST", "/v1/portal/keys/expire", {"key": key()}, "at",
-         [5, True, [], "tomorrow", "2024-13-01"]),
+        (
+            "POST",
+            "/v1/portal/keys/expire",
+            {"key": key()},
+            "at",
+            [5, True, [], "tomorrow", "2024-13-01"],
+        ),
         ("PUT", "/v1/portal/fault", {"code": "busy"}, "code", [*nothing, "internal"]),
         ("PUT", "/v1/portal/fault", {"code": "busy"}, "times", ["2", True, 1.5, 0, []]),
     ]
@@ -929,18 +1153,21 @@ def test_wrong_field_types_are_invalid_field_naming_the_field(faults: Lab) -> No
 def test_assign_with_a_wrong_offer_type_is_invalid_field(lab: Lab, value: Any) -> None:
     org = lab.org()
     lab.user(org, "ann")
-    reply = lab.call("POST", org_path(org, "users", "ann", "licences"), {"offer": value},
-                     token=lab.token)
+    reply = lab.call(
+        "POST", org_path(org, "users", "ann", "licences"), {"offer": value}, token=lab.token
+    )
     assert refused(reply, "invalid_field")["field"] == "offer"
 
 
-@pytest.mark.parametrize("name", ["a/b", "/", "", "   ", "x" * 65, "a\x00b", "a\nb",
-                                  "tab\there", "bell\x07", "del\x7f"], ids=repr)
+@pytest.mark.parametrize(
+    "name",
+    ["a/b", "/", "", "   ", "x" * 65, "a\x00b", "a\nb", "tab\there", "bell\x07", "del\x7f"],
+    ids=repr,
+)
 def test_bad_org_and_user_names(lab: Lab, name: str) -> None:
     org = lab.org()
     before = lab.state(org)
-    refused(lab.admin("POST", "/v1/portal/orgs", {"name": name, "country": "GB"}),
-            "invalid_field")
+    refused(lab.admin("POST", "/v1/portal/orgs", {"name": name, "country": "GB"}), "invalid_field")
     reply = lab.admin("POST", org_path(org, "users"), {"name": name, "role": "user"})
     assert refused(reply, "invalid_field")["field"] == "name"
     for field in ("org", "user"):
@@ -952,10 +1179,17 @@ def test_bad_org_and_user_names(lab: Lab, name: str) -> None:
 
 def test_names_are_stripped_and_64_characters_is_enough(lab: Lab) -> None:
     long = "L" * 63 + f"{next(_names) % 10}"
-    created = ok(lab.admin("POST", "/v1/portal/orgs", {"name": f"  {long}\t", "country": "us"}),
-                 "POST", "/v1/portal/orgs")
-    assert (created["org"], created["country"], created["users"],
-            created["subscriptions"]) == (long, "US", 0, 0)
+    created = ok(
+        lab.admin("POST", "/v1/portal/orgs", {"name": f"  {long}\t", "country": "us"}),
+        "POST",
+        "/v1/portal/orgs",
+    )
+    assert (created["org"], created["country"], created["users"], created["subscriptions"]) == (
+        long,
+        "US",
+        0,
+        0,
+    )
     lab.user(long, "u" * 64)
 
 
@@ -964,32 +1198,39 @@ def test_org_and_user_names_are_case_insensitive(lab: Lab) -> None:
     lab.org(name=name)
     before = lab.state(name)
     for taken in (name.lower(), name.upper(), f" {name} "):
-        refused(lab.admin("POST", "/v1/portal/orgs", {"name": taken, "country": "US"}),
-                "org_exists")
+        refused(
+            lab.admin("POST", "/v1/portal/orgs", {"name": taken, "country": "US"}), "org_exists"
+        )
         signup = {"key": key(), "org": taken, "country": "GB", "user": "x"}
         refused(lab.call("POST", "/v1/portal/signup", signup), "org_exists")
     assert lab.state(name) == before
     lab.user(name, "Ann")
-    refused(lab.admin("POST", org_path(name.upper(), "users"), {"name": "aNN", "role": "user"}),
-            "user_exists")
+    refused(
+        lab.admin("POST", org_path(name.upper(), "users"), {"name": "aNN", "role": "user"}),
+        "user_exists",
+    )
     # any case reaches the organisation; answers name it as created
     listed = lab.admin("GET", org_path(name.lower(), "users"))
     assert ok(listed, "GET", "/v1/portal/orgs/{org}/users")["org"] == name
 
 
-@pytest.mark.parametrize("name", ["Café & Co.", "100% Lab #1?", "Zoë's Ünïcødé",
-                                  "a+b=c;d,e", "日本語の組織", "dots.and~tilde"])
+@pytest.mark.parametrize(
+    "name",
+    ["Café & Co.", "100% Lab #1?", "Zoë's Ünïcødé", "a+b=c;d,e", "日本語の組織", "dots.and~tilde"],
+)
 def test_percent_encoded_names_in_paths(lab: Lab, name: str) -> None:
     name = f"{name} {next(_names)}"
     lab.org(name=name)
     lab.user(name, name)  # the same name for a user, in its own path segment
     ok(lab.redeem(name, key(quantity=2)), "POST", "/v1/portal/orgs/{org}/redeem")
-    took = ok(lab.assign(name, name, BASIC), "POST",
-              "/v1/portal/orgs/{org}/users/{user}/licences")
+    took = ok(lab.assign(name, name, BASIC), "POST", "/v1/portal/orgs/{org}/users/{user}/licences")
     assert (took["org"], took["user"]) == (name, name)
     assert lab.users(name) == {name: ("user", BASIC)}
-    ok(lab.unassign(name, name, BASIC), "DELETE",
-       "/v1/portal/orgs/{org}/users/{user}/licences/{offer}")
+    ok(
+        lab.unassign(name, name, BASIC),
+        "DELETE",
+        "/v1/portal/orgs/{org}/users/{user}/licences/{offer}",
+    )
     assert lab.subscriptions(name)["org"] == name
 
 
@@ -1005,8 +1246,12 @@ def test_a_body_too_large_is_refused(lab: Lab) -> None:
     org = lab.org()
     before = lab.state(org)
     padded = json.dumps({"key": key(), "pad": " " * SMALL_BODY}).encode()
-    for method, path in [("POST", org_path(org, "redeem")), ("POST", "/v1/portal/signup"),
-                         ("POST", "/v1/portal/orgs"), ("PUT", f"/v1/portal/offers/{BASIC}")]:
+    for method, path in [
+        ("POST", org_path(org, "redeem")),
+        ("POST", "/v1/portal/signup"),
+        ("POST", "/v1/portal/orgs"),
+        ("PUT", f"/v1/portal/offers/{BASIC}"),
+    ]:
         refused(lab.admin(method, path, padded), "body_too_large")
     refused(lab.redeem(org, "B" * (SMALL_BODY + 1)), "body_too_large")
     assert lab.state(org) == before
@@ -1016,8 +1261,9 @@ def test_a_body_too_large_is_refused(lab: Lab) -> None:
 @pytest.mark.parametrize("product", ["windows-11-pro", "office-ltsc-2021-proplus", "nope"])
 def test_offers_are_subscription_products_only(lab: Lab, product: str) -> None:
     offers = lab.call("GET", "/v1/portal/offers").body
-    reply = lab.admin("PUT", f"/v1/portal/offers/{product}",
-                      {"max_licences": 5, "countries": ["GB"]})
+    reply = lab.admin(
+        "PUT", f"/v1/portal/offers/{product}", {"max_licences": 5, "countries": ["GB"]}
+    )
     refused(reply, "unknown_offer")
     assert lab.call("GET", "/v1/portal/offers").body == offers
 
@@ -1027,21 +1273,38 @@ def test_an_offer_is_defined_then_redefined() -> None:
     with BackgroundMak(clock=FakeClock()) as service:
         lab = Lab(service)
         assert lab.call("GET", "/v1/portal/offers").body == {"offers": []}
-        created = lab.admin("PUT", "/v1/portal/offers/Office%20365%20E3",  # its display name
-                            {"max_licences": 3, "countries": ["us", " gb "]})
+        created = lab.admin(
+            "PUT",
+            "/v1/portal/offers/Office%20365%20E3",  # its display name
+            {"max_licences": 3, "countries": ["us", " gb "]},
+        )
         assert created.status == 201
-        OAS31Validator(endpoint("PUT", "/v1/portal/offers/{offer}").response).validate(
-            created.body)
-        assert created.body == {"offer": E3, "name": "Office 365 E3", "product": 15,
-                                "max_licences": 3, "countries": ["GB", "US"], "trial": False}
+        OAS31Validator(endpoint("PUT", "/v1/portal/offers/{offer}").response).validate(created.body)
+        assert created.body == {
+            "offer": E3,
+            "name": "Office 365 E3",
+            "product": 15,
+            "max_licences": 3,
+            "countries": ["GB", "US"],
+            "trial": False,
+        }
         org = lab.org("US")
-        refused(lab.redeem(org, key(E3, 4)), "too_many_licences",
-                message=MESSAGES["too_many_licences"].format(3))
-        changed = lab.admin("PUT", f"/v1/portal/offers/{E3.upper()}",
-                            {"max_licences": 4, "countries": ["US"], "trial": True})
+        refused(
+            lab.redeem(org, key(E3, 4)),
+            "too_many_licences",
+            message=MESSAGES["too_many_licences"].format(3),
+        )
+        changed = lab.admin(
+            "PUT",
+            f"/v1/portal/offers/{E3.upper()}",
+            {"max_licences": 4, "countries": ["US"], "trial": True},
+        )
         assert changed.status == 200
-        assert (changed.body["max_licences"], changed.body["countries"],
-                changed.body["trial"]) == (4, ["US"], True)
+        assert (changed.body["max_licences"], changed.body["countries"], changed.body["trial"]) == (
+            4,
+            ["US"],
+            True,
+        )
         ok(lab.redeem(org, key(E3, 4)), "POST", "/v1/portal/orgs/{org}/redeem")
         assert [o["offer"] for o in lab.call("GET", "/v1/portal/offers").body["offers"]] == [E3]
 
@@ -1072,11 +1335,18 @@ PORTAL_ROUTES = {
 def test_openapi_lists_every_portal_route_with_its_method(lab: Lab) -> None:
     document = ok(lab.call("GET", "/openapi.json"), "GET", "/openapi.json")
     validate(document)
-    listed = {(method.upper(), path) for path, operations in document["paths"].items()
-              for method in operations if path.startswith("/v1/portal/")}
+    listed = {
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        for method in operations
+        if path.startswith("/v1/portal/")
+    }
     assert listed == set(PORTAL_ROUTES)
-    security: dict[str, Any] = {"none": None, "admin": [{"admin": []}],
-                                "org": [{"user": []}, {"admin": []}]}
+    security: dict[str, Any] = {
+        "none": None,
+        "admin": [{"admin": []}],
+        "org": [{"user": []}, {"admin": []}],
+    }
     for (method, path), who in PORTAL_ROUTES.items():
         operation = document["paths"][path][method.lower()]
         assert operation.get("security") == security[who], (method, path)
@@ -1095,16 +1365,16 @@ def test_openapi_documents_the_rate_limit_status(lab: Lab, path: str) -> None:
 
 def test_openapi_documents_201_for_a_new_offer(lab: Lab) -> None:
     document = lab.call("GET", "/openapi.json").body
-    assert {"200", "201"} <= set(document["paths"]["/v1/portal/offers/{offer}"]["put"][
-        "responses"])
+    assert {"200", "201"} <= set(document["paths"]["/v1/portal/offers/{offer}"]["put"]["responses"])
 
 
-def test_a_forced_partial_signup_failure_comes_before_the_key_is_looked_at(
-        faults: Lab) -> None:
+def test_a_forced_partial_signup_failure_comes_before_the_key_is_looked_at(faults: Lab) -> None:
     lab = faults
     lab.set_fault("account_not_created", 1)
     name = f"Early {next(_names)}"
-    reply = lab.call("POST", "/v1/portal/signup",
-                     {"key": "BCDFG-HJKMP-QRTVW-XY234-6789B", "org": name, "country": "GB",
-                      "user": "Ada"})
+    reply = lab.call(
+        "POST",
+        "/v1/portal/signup",
+        {"key": "BCDFG-HJKMP-QRTVW-XY234-6789B", "org": name, "country": "GB", "user": "Ada"},
+    )
     assert (reply.status, lab.fault()) != (400, None), "the fault was spent on invalid_key"

@@ -62,8 +62,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
         opened = PostgresStore(request.getfixturevalue("postgres_db_url"))
     try:
         opened.put_offer(Offer(BASIC, PRODUCT[BASIC], 25, frozenset({"GB"}), False), NOW)
-        opened.put_offer(Offer(STANDARD, PRODUCT[STANDARD], 10**6, frozenset({"GB"}), False),
-                         NOW)
+        opened.put_offer(Offer(STANDARD, PRODUCT[STANDARD], 10**6, frozenset({"GB"}), False), NOW)
         yield opened
     finally:
         opened.close()
@@ -104,15 +103,16 @@ def together(pool: ThreadPoolExecutor, calls: list[Callable[[], T]]) -> list[T]:
     return list(pool.map(run, calls))
 
 
-def redeeming(store: SqlStore, org_id: int, key: ProductKey, offer: str = STANDARD,
-              role: str = "global-admin") -> Callable[[], str]:
+def redeeming(
+    store: SqlStore, org_id: int, key: ProductKey, offer: str = STANDARD, role: str = "global-admin"
+) -> Callable[[], str]:
     return lambda: outcome(lambda: store.redeem(org_id, role, key, offer, NOW))
 
 
-def buying(store: SqlStore, org_id: int, licences: int, auto_assign: bool = False
-           ) -> Callable[[], str]:
-    return lambda: outcome(lambda: store.buy(org_id, BASIC, licences, "monthly", auto_assign,
-                                             NOW))
+def buying(
+    store: SqlStore, org_id: int, licences: int, auto_assign: bool = False
+) -> Callable[[], str]:
+    return lambda: outcome(lambda: store.buy(org_id, BASIC, licences, "monthly", auto_assign, NOW))
 
 
 def redemptions(store: SqlStore) -> int:
@@ -123,8 +123,7 @@ def redemptions(store: SqlStore) -> int:
 # -- threads against the store ---------------------------------------------------------------------
 
 
-def test_two_orgs_redeeming_one_key_one_wins(
-        store: SqlStore, pool: ThreadPoolExecutor) -> None:
+def test_two_orgs_redeeming_one_key_one_wins(store: SqlStore, pool: ThreadPoolExecutor) -> None:
     first, second = store.add_org("Contoso", "GB", NOW), store.add_org("Fabrikam", "GB", NOW)
     wins: Counter[str] = Counter()
     for _ in range(ROUNDS):
@@ -137,19 +136,18 @@ def test_two_orgs_redeeming_one_key_one_wins(
     assert sum(wins.values()) == ROUNDS
 
 
-def test_many_orgs_racing_for_one_key(
-        store: SqlStore, pool: ThreadPoolExecutor) -> None:
+def test_many_orgs_racing_for_one_key(store: SqlStore, pool: ThreadPoolExecutor) -> None:
     orgs = [store.add_org(f"Org {n}", "GB", NOW) for n in range(8)]
     for _ in range(5):
         key = sub_key()
-        answers = together(pool, [redeeming(store, org.id, key, role="billing-admin")
-                                  for org in orgs])
+        answers = together(
+            pool, [redeeming(store, org.id, key, role="billing-admin") for org in orgs]
+        )
         assert Counter(answers) == {"ok": 1, "already_used": len(orgs) - 1}
     assert sum(len(store.subscriptions(o.id)) for o in orgs) == 5 == redemptions(store)
 
 
-def test_one_org_redeeming_one_key_twice_at_once(
-        store: SqlStore, pool: ThreadPoolExecutor) -> None:
+def test_one_org_redeeming_one_key_twice_at_once(store: SqlStore, pool: ThreadPoolExecutor) -> None:
     org = store.add_org("Contoso", "GB", NOW)
     for _ in range(10):
         key = sub_key()
@@ -159,7 +157,8 @@ def test_one_org_redeeming_one_key_twice_at_once(
 
 
 def test_twenty_concurrent_purchases_never_pass_the_maximum(
-        store: SqlStore, pool: ThreadPoolExecutor) -> None:
+    store: SqlStore, pool: ThreadPoolExecutor
+) -> None:
     org = store.add_org("Contoso", "GB", NOW)
     answers = together(pool, [buying(store, org.id, 2)] * 20)
     assert Counter(answers) == {"ok": 12, "too_many_licences": 8}
@@ -168,25 +167,30 @@ def test_twenty_concurrent_purchases_never_pass_the_maximum(
 
 
 def test_redemptions_and_purchases_together_never_pass_the_maximum(
-        store: SqlStore, pool: ThreadPoolExecutor) -> None:
+    store: SqlStore, pool: ThreadPoolExecutor
+) -> None:
     org = store.add_org("Contoso", "GB", NOW)
-    calls = [redeeming(store, org.id, sub_key(BASIC, 3), BASIC) if n % 2 else
-             buying(store, org.id, 3, auto_assign=True) for n in range(16)]
+    calls = [
+        redeeming(store, org.id, sub_key(BASIC, 3), BASIC)
+        if n % 2
+        else buying(store, org.id, 3, auto_assign=True)
+        for n in range(16)
+    ]
     answers = together(pool, calls)
     assert Counter(answers) == {"ok": 8, "too_many_licences": 8}
     assert sum(s.licences for s in store.subscriptions(org.id)) == 24
 
 
-def test_licences_are_never_assigned_twice_over(
-        store: SqlStore, pool: ThreadPoolExecutor) -> None:
+def test_licences_are_never_assigned_twice_over(store: SqlStore, pool: ThreadPoolExecutor) -> None:
     org = store.add_org("Contoso", "GB", NOW)
     names = [f"user{n}" for n in range(12)]
     for name in names:
         store.add_user(org.id, name, "user", token_hash(), NOW)
     store.buy(org.id, BASIC, 2, "monthly", False, NOW)
     store.buy(org.id, BASIC, 3, "monthly", False, NOW)
-    answers = together(pool, [partial(outcome, partial(store.assign, org.id, name, BASIC, NOW))
-                              for name in names])
+    answers = together(
+        pool, [partial(outcome, partial(store.assign, org.id, name, BASIC, NOW)) for name in names]
+    )
     assert Counter(answers) == {"ok": 5, "no_free_licences": 7}
     assert [(s.licences, s.used) for s in store.subscriptions(org.id)] == [(2, 2), (3, 3)]
     # and racing auto-assigning purchases give each bare user one licence at most
@@ -197,16 +201,34 @@ def test_licences_are_never_assigned_twice_over(
 
 
 def test_signups_racing_for_a_key_or_a_name_create_one_org(
-        store: SqlStore, pool: ThreadPoolExecutor) -> None:
+    store: SqlStore, pool: ThreadPoolExecutor
+) -> None:
     key = sub_key()
-    answers = together(pool, [partial(outcome, partial(
-        store.signup, f"Racer {n}", "GB", "admin", token_hash(), key, STANDARD, NOW))
-        for n in range(6)])
+    answers = together(
+        pool,
+        [
+            partial(
+                outcome,
+                partial(
+                    store.signup, f"Racer {n}", "GB", "admin", token_hash(), key, STANDARD, NOW
+                ),
+            )
+            for n in range(6)
+        ],
+    )
     assert Counter(answers) == {"ok": 1, "already_used": 5}
     assert len(store.orgs()) == 1
-    answers = together(pool, [lambda: outcome(
-        lambda: store.signup("Same Name", "GB", "admin", token_hash(), sub_key(), STANDARD,
-                             NOW))] * 6)
+    answers = together(
+        pool,
+        [
+            lambda: outcome(
+                lambda: store.signup(
+                    "Same Name", "GB", "admin", token_hash(), sub_key(), STANDARD, NOW
+                )
+            )
+        ]
+        * 6,
+    )
     assert Counter(answers) == {"ok": 1, "org_exists": 5}
     same = store.org("same name")
     assert same is not None and len(store.subscriptions(same.id)) == 1
@@ -215,7 +237,8 @@ def test_signups_racing_for_a_key_or_a_name_create_one_org(
 
 
 def test_a_fault_forced_n_times_answers_exactly_n(
-        store: SqlStore, pool: ThreadPoolExecutor) -> None:
+    store: SqlStore, pool: ThreadPoolExecutor
+) -> None:
     store.set_fault(Fault("busy", 5))
     answers = together(pool, [store.take_fault] * 20)
     assert Counter(answers) == {"busy": 5, None: 15}
@@ -230,9 +253,12 @@ def post(url: str, path: str, body: Any, method: str = "POST") -> tuple[int, Any
     assert parts.hostname is not None and parts.port is not None
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
-        conn.request(method, path, body=json.dumps(body).encode(),
-                     headers={"Content-Type": "application/json",
-                              "Authorization": f"Bearer {TOKEN}"})
+        conn.request(
+            method,
+            path,
+            body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
+        )
         response = conn.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -253,38 +279,56 @@ def get(url: str, path: str) -> Any:
 
 
 def serve(tmp_path: Path, name: str, db: str) -> RunningMak:
-    return start_mak_process(tmp_path / name, "--db", db, "--admin-token", TOKEN,
-                             "--redeem-rate", "1000")
+    return start_mak_process(
+        tmp_path / name, "--db", db, "--admin-token", TOKEN, "--redeem-rate", "1000"
+    )
 
 
 @pytest.mark.slow
 def test_two_services_on_one_postgresql_redeem_a_key_once(
-        tmp_path: Path, postgres_db_url: str, pool: ThreadPoolExecutor) -> None:
+    tmp_path: Path, postgres_db_url: str, pool: ThreadPoolExecutor
+) -> None:
     services = [serve(tmp_path, "a", postgres_db_url), serve(tmp_path, "b", postgres_db_url)]
     try:
         urls = [s.url for s in services]
-        assert post(urls[0], f"/v1/portal/offers/{STANDARD}",
-                    {"max_licences": 10**6, "countries": ["GB"]}, "PUT")[0] == 201
+        assert (
+            post(
+                urls[0],
+                f"/v1/portal/offers/{STANDARD}",
+                {"max_licences": 10**6, "countries": ["GB"]},
+                "PUT",
+            )[0]
+            == 201
+        )
         orgs = [f"Org {n}" for n in range(24)]
         for n, org in enumerate(orgs):  # created through either service
-            assert post(urls[n % 2], "/v1/portal/orgs", {"name": org, "country": "GB"}
-                        )[0] == 201
+            assert post(urls[n % 2], "/v1/portal/orgs", {"name": org, "country": "GB"})[0] == 201
         keys = [str(sub_key()) for _ in range(3)]
         for key in keys:
-            answers = together(pool, [
-                partial(post, urls[n % 2], f"/v1/portal/orgs/Org%20{n}/redeem", {"key": key})
-                for n in range(len(orgs))])
+            answers = together(
+                pool,
+                [
+                    partial(post, urls[n % 2], f"/v1/portal/orgs/Org%20{n}/redeem", {"key": key})
+                    for n in range(len(orgs))
+                ],
+            )
             statuses = Counter(status for status, _ in answers)
             codes = Counter(body["error"]["code"] for status, body in answers if status != 201)
-            assert (statuses, codes) == ({201: 1, 409: len(orgs) - 1},
-                                         {"already_used": len(orgs) - 1}), answers
+            assert (statuses, codes) == (
+                {201: 1, 409: len(orgs) - 1},
+                {"already_used": len(orgs) - 1},
+            ), answers
         # both services see the same: one subscription per key, each in one organisation
         for url in urls:
             listed = get(url, "/v1/portal/orgs")["orgs"]
             assert sum(o["subscriptions"] for o in listed) == len(keys)
-            last5 = sorted(s["last5"] for org in orgs for s in get(
-                url, f"/v1/portal/orgs/{org.replace(' ', '%20')}/subscriptions"
-            )["subscriptions"])
+            last5 = sorted(
+                s["last5"]
+                for org in orgs
+                for s in get(url, f"/v1/portal/orgs/{org.replace(' ', '%20')}/subscriptions")[
+                    "subscriptions"
+                ]
+            )
             assert last5 == sorted(k.replace("-", "")[-5:] for k in keys)
     finally:
         for service in services:

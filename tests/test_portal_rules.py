@@ -33,22 +33,26 @@ _serials = itertools.count(1)
 
 #: behaviour.md's wording, copied here so that a drift of errors.py is caught.
 NOT_VALID = "This product key isn't valid. Please enter a different product key."
-TOO_MANY = ("You've added more user licenses than this offer allows. The maximum is {} user "
-            "licenses.")
+TOO_MANY = (
+    "You've added more user licenses than this offer allows. The maximum is {} user licenses."
+)
 
 
-def key(quantity: int = 5, key_type: KeyType = KeyType.SUBSCRIPTION,
-        product: int = BASIC) -> ProductKey:
+def key(
+    quantity: int = 5, key_type: KeyType = KeyType.SUBSCRIPTION, product: int = BASIC
+) -> ProductKey:
     return mint(key_type, product, serial=next(_serials), quantity=quantity)
 
 
-def offer(max_licences: int = 25, countries: tuple[str, ...] = ("GB", "US"),
-          trial: bool = False) -> Offer:
+def offer(
+    max_licences: int = 25, countries: tuple[str, ...] = ("GB", "US"), trial: bool = False
+) -> Offer:
     return Offer("m365-business-basic", BASIC, max_licences, frozenset(countries), trial)
 
 
-def org(licences: int = 0, had_offer: bool = False, country: str = "GB",
-        org_id: int = 1) -> OrgState:
+def org(
+    licences: int = 0, had_offer: bool = False, country: str = "GB", org_id: int = 1
+) -> OrgState:
     return OrgState(org_id, country, licences=licences, had_offer=had_offer)
 
 
@@ -63,31 +67,38 @@ def refusal(call: Callable[[], Any]) -> ServiceError:
 # -- field validation ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text,expected", [("GB", "GB"), ("gb", "GB"), (" us ", "US"),
-                                           ("Fr", "FR")])
+@pytest.mark.parametrize(
+    "text,expected", [("GB", "GB"), ("gb", "GB"), (" us ", "US"), ("Fr", "FR")]
+)
 def test_country_codes_are_normalised(text: str, expected: str) -> None:
     assert rules.country(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "G", "GBR", "G1", "1A", "G-", "é", None, 44, ["GB"],
-                                  True])
+@pytest.mark.parametrize("text", ["", "G", "GBR", "G1", "1A", "G-", "é", None, 44, ["GB"], True])
 def test_bad_country_codes_are_invalid_field(text: object) -> None:
     error = refusal(lambda: rules.country(text))
     assert (error.code, error.extra["field"]) == ("invalid_field", "country")
     assert refusal(lambda: rules.country(text, "countries")).extra["field"] == "countries"
 
 
-@pytest.mark.parametrize("text,expected", [("Contoso", "Contoso"), ("  Contoso Ltd ",
-                                                                    "Contoso Ltd"),
-                                           ("x" * 64, "x" * 64), ("Café & Co. 100%",
-                                                                  "Café & Co. 100%")])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Contoso", "Contoso"),
+        ("  Contoso Ltd ", "Contoso Ltd"),
+        ("x" * 64, "x" * 64),
+        ("Café & Co. 100%", "Café & Co. 100%"),
+    ],
+)
 def test_names_are_stripped_and_kept(text: str, expected: str) -> None:
     assert rules.name(text, "name") == expected
 
 
-@pytest.mark.parametrize("text", ["", "   ", "x" * 65, "a/b", "/", "a\x00b", "a\nb", "a\tb",
-                                  "a\x1fb", "a\x7fb", None, 7, ["a"]],
-                         ids=repr)
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "x" * 65, "a/b", "/", "a\x00b", "a\nb", "a\tb", "a\x1fb", "a\x7fb", None, 7, ["a"]],
+    ids=repr,
+)
 def test_bad_names_are_invalid_field(text: object) -> None:
     error = refusal(lambda: rules.name(text, "org"))
     assert (error.code, error.extra["field"]) == ("invalid_field", "org")
@@ -122,8 +133,7 @@ def test_buyers_are_global_and_billing_admins() -> None:
 def test_only_subscription_keys_with_licences_are_redeemed() -> None:
     good = key(3)
     assert rules.subscription_key(good) is good
-    for other in (key(0), *(key(0, kind) for kind in KeyType if kind is not
-                            KeyType.SUBSCRIPTION)):
+    for other in (key(0), *(key(0, kind) for kind in KeyType if kind is not KeyType.SUBSCRIPTION)):
         error = refusal(partial(rules.subscription_key, other))
         assert (error.code, error.status, error.message) == ("invalid_key", 400, NOT_VALID)
 
@@ -153,8 +163,7 @@ def test_offer_rules() -> None:
     }
     for reason, call in reasons.items():
         error = refusal(call)
-        assert (error.code, error.status, error.extra["reason"]) == ("not_available", 409,
-                                                                     reason)
+        assert (error.code, error.status, error.extra["reason"]) == ("not_available", 409, reason)
         assert error.message == "The requested subscription is not available."
     # a trial the organisation never had is sold once
     assert rules.check_offer(offer(trial=True), org(), 1).trial
@@ -162,8 +171,11 @@ def test_offer_rules() -> None:
 
 @pytest.mark.parametrize("held,more", [(0, 11), (10, 1), (5, 6), (0, 10**6)])
 def test_too_many_licences_names_the_maximum(held: int, more: int) -> None:
-    error = refusal(lambda: rules.check_offer(offer(max_licences=10),
-                                              org(licences=held, had_offer=held > 0), more))
+    error = refusal(
+        lambda: rules.check_offer(
+            offer(max_licences=10), org(licences=held, had_offer=held > 0), more
+        )
+    )
     assert (error.code, error.status) == ("too_many_licences", 422)
     assert error.message == TOO_MANY.format(10)
     assert (error.extra["maximum"], error.extra["requested"]) == (10, held + more)
@@ -174,9 +186,15 @@ def test_too_many_licences_names_the_maximum(held: int, more: int) -> None:
 
 def redemption(**changes: Any) -> Offer:
     """``check_redemption`` of a redemption that passes, with ``changes`` applied."""
-    arguments: dict[str, Any] = {"caller_role": "billing-admin", "key": key(5),
-                                 "redeemed": None, "expires": None, "now": NOW,
-                                 "offer": offer(), "org": org()}
+    arguments: dict[str, Any] = {
+        "caller_role": "billing-admin",
+        "key": key(5),
+        "redeemed": None,
+        "expires": None,
+        "now": NOW,
+        "offer": offer(),
+        "org": org(),
+    }
     return rules.check_redemption(**{**arguments, **changes})
 
 
@@ -198,8 +216,7 @@ ORDER: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-@pytest.mark.parametrize("depth", range(1, len(ORDER) + 1),
-                         ids=[name for name, _ in ORDER])
+@pytest.mark.parametrize("depth", range(1, len(ORDER) + 1), ids=[name for name, _ in ORDER])
 def test_the_earliest_broken_rule_answers(depth: int) -> None:
     changes: dict[str, Any] = {}
     for _, change in ORDER[:depth]:
@@ -222,8 +239,13 @@ def test_a_malformed_quantity_zero_key_is_invalid_before_being_redeemed() -> Non
 
 def test_offer_json() -> None:
     assert offer(countries=("US", "GB")).to_json("Microsoft 365 Business Basic") == {
-        "offer": "m365-business-basic", "name": "Microsoft 365 Business Basic",
-        "product": BASIC, "max_licences": 25, "countries": ["GB", "US"], "trial": False}
+        "offer": "m365-business-basic",
+        "name": "Microsoft 365 Business Basic",
+        "product": BASIC,
+        "max_licences": 25,
+        "countries": ["GB", "US"],
+        "trial": False,
+    }
     assert offer().to_json()["name"] == "m365-business-basic"
 
 
@@ -243,16 +265,21 @@ class Clock:
         self.eighths += round(seconds * 8)
 
 
-steps = st.lists(st.tuples(st.integers(0, 8 * 130),  # eighths of a second to wait first
-                           st.sampled_from("ab"),      # which name asks
-                           st.booleans()),              # on a refusal: wait as told?
-                 max_size=60)
+steps = st.lists(
+    st.tuples(
+        st.integers(0, 8 * 130),  # eighths of a second to wait first
+        st.sampled_from("ab"),  # which name asks
+        st.booleans(),
+    ),  # on a refusal: wait as told?
+    max_size=60,
+)
 
 
 @settings(max_examples=300, deadline=None)
 @given(rate=st.integers(1, 5), window_eighths=st.integers(1, 8 * 60), steps=steps)
 def test_rate_limit_never_allows_more_than_rate_per_window_and_is_honest(
-        rate: int, window_eighths: int, steps: list[tuple[int, str, bool]]) -> None:
+    rate: int, window_eighths: int, steps: list[tuple[int, str, bool]]
+) -> None:
     clock = Clock()
     window = window_eighths / 8
     limit = RateLimit(rate, window, clock=clock)

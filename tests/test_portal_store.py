@@ -33,10 +33,22 @@ from tests.stores import BACKENDS, OTHER, open_store
 
 NOW = 1_700_000_000.0
 BASIC, STANDARD, PREMIUM, E3 = 12, 13, 14, 15  # the shipped catalog's subscription products
-NAMES = {BASIC: "m365-business-basic", STANDARD: "m365-business-standard",
-         PREMIUM: "m365-business-premium", E3: "office-365-e3"}
-TABLES = ("portal_orgs", "portal_users", "portal_offers", "portal_subscriptions",
-          "portal_redemptions", "portal_key_expiry", "portal_assignments", "portal_faults")
+NAMES = {
+    BASIC: "m365-business-basic",
+    STANDARD: "m365-business-standard",
+    PREMIUM: "m365-business-premium",
+    E3: "office-365-e3",
+}
+TABLES = (
+    "portal_orgs",
+    "portal_users",
+    "portal_offers",
+    "portal_subscriptions",
+    "portal_redemptions",
+    "portal_key_expiry",
+    "portal_assignments",
+    "portal_faults",
+)
 _serials = itertools.count(1)
 _tokens = itertools.count(1)
 
@@ -60,8 +72,7 @@ def store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Itera
 
 
 @pytest.fixture
-def other_store(backend: str, request: pytest.FixtureRequest,
-                tmp_path: Path) -> Iterator[SqlStore]:
+def other_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
     """A fresh store of the other backend, with the same offers."""
     opened = open_store(OTHER[backend], request, tmp_path, "other.sqlite3")
     try:
@@ -82,10 +93,15 @@ def define_offers(store: SqlStore) -> None:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def sub_key(quantity: int = 5, product: int = BASIC,
-            key_type: KeyType = KeyType.SUBSCRIPTION) -> ProductKey:
-    return mint(key_type, product, serial=next(_serials),
-                quantity=quantity if key_type is KeyType.SUBSCRIPTION else 0)
+def sub_key(
+    quantity: int = 5, product: int = BASIC, key_type: KeyType = KeyType.SUBSCRIPTION
+) -> ProductKey:
+    return mint(
+        key_type,
+        product,
+        serial=next(_serials),
+        quantity=quantity if key_type is KeyType.SUBSCRIPTION else 0,
+    )
 
 
 def token_hash() -> str:
@@ -96,13 +112,13 @@ def new_org(store: SqlStore, name: str = "Contoso", country: str = "GB") -> Org:
     return store.add_org(name, country, NOW)
 
 
-def new_user(store: SqlStore, org: Org, name: str, role: str = "user",
-             at: float = NOW) -> User:
+def new_user(store: SqlStore, org: Org, name: str, role: str = "user", at: float = NOW) -> User:
     return store.add_user(org.id, name, role, token_hash(), at)
 
 
-def redeem(store: SqlStore, org: Org, key: ProductKey, role: str = "global-admin",
-           at: float = NOW) -> Subscription:
+def redeem(
+    store: SqlStore, org: Org, key: ProductKey, role: str = "global-admin", at: float = NOW
+) -> Subscription:
     return store.redeem(org.id, role, key, NAMES.get(key.product, "windows-11-pro"), at)
 
 
@@ -115,8 +131,12 @@ def refusal(call: Callable[[], Any]) -> ServiceError:
 def tables(store: SqlStore) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every portal table: what 'nothing stored' is compared against."""
     with store._transaction(write=False) as db:
-        return {table: sorted(tuple(row) for row in store._exec(
-            db, f"SELECT * FROM {table}").fetchall()) for table in TABLES}
+        return {
+            table: sorted(
+                tuple(row) for row in store._exec(db, f"SELECT * FROM {table}").fetchall()
+            )
+            for table in TABLES
+        }
 
 
 def unchanged(store: SqlStore, call: Callable[[], Any]) -> ServiceError:
@@ -141,7 +161,12 @@ def usage(store: SqlStore, org: Org) -> list[tuple[str, int, int, int]]:
 def test_orgs_are_unique_case_insensitively(store: SqlStore) -> None:
     org = new_org(store, "Contoso Ltd")
     assert (org.name, org.country, org.created, org.users, org.subscriptions) == (
-        "Contoso Ltd", "GB", NOW, 0, 0)
+        "Contoso Ltd",
+        "GB",
+        NOW,
+        0,
+        0,
+    )
     for taken in ("contoso ltd", "CONTOSO LTD", " Contoso Ltd "):
         assert unchanged(store, partial(new_org, store, taken)).code == "org_exists"
     assert store.org("cOnToSo LtD") == org
@@ -150,28 +175,35 @@ def test_orgs_are_unique_case_insensitively(store: SqlStore) -> None:
     new_user(store, fabrikam, "ann")
     redeem(store, fabrikam, sub_key(3))
     assert [(o.name, o.users, o.subscriptions) for o in store.orgs()] == [
-        ("Contoso Ltd", 0, 0), ("Fabrikam", 1, 1)]
+        ("Contoso Ltd", 0, 0),
+        ("Fabrikam", 1, 1),
+    ]
 
 
 def test_users_are_unique_per_org_and_found_by_token(store: SqlStore) -> None:
     contoso, fabrikam = new_org(store), new_org(store, "Fabrikam")
     digest = token_hash()
     ann = store.add_user(contoso.id, "Ann", "billing-admin", digest, NOW)
-    assert (ann.org_id, ann.name, ann.role, ann.created) == (contoso.id, "Ann",
-                                                              "billing-admin", NOW)
+    assert (ann.org_id, ann.name, ann.role, ann.created) == (
+        contoso.id,
+        "Ann",
+        "billing-admin",
+        NOW,
+    )
     assert store.user_by_token(digest) == ann
     assert store.user_by_token(token_hash()) is None
     error = unchanged(store, lambda: new_user(store, contoso, "ANN"))
     assert error.code == "user_exists"
     assert new_user(store, fabrikam, "ann").org_id == fabrikam.id  # another organisation
     assert [u.name for u in store.users(contoso.id)] == ["Ann"]
-    assert unchanged(store, lambda: store.add_user(10**6, "x", "user", token_hash(), NOW)
-                     ).code == "unknown_org"
+    assert (
+        unchanged(store, lambda: store.add_user(10**6, "x", "user", token_hash(), NOW)).code
+        == "unknown_org"
+    )
 
 
 def test_offers_defined_and_redefined(store: SqlStore) -> None:
-    assert [o.name for o in store.offers()] == sorted(NAMES[p] for p in (BASIC, STANDARD,
-                                                                          PREMIUM))
+    assert [o.name for o in store.offers()] == sorted(NAMES[p] for p in (BASIC, STANDARD, PREMIUM))
     assert store.offer(NAMES[E3]) is None
     changed = Offer(NAMES[BASIC], BASIC, 7, frozenset({"FR"}), True)
     assert store.put_offer(changed, NOW + 1) is False
@@ -188,8 +220,9 @@ def test_a_redeemed_key_is_a_subscription(store: SqlStore) -> None:
     org = new_org(store)
     key = sub_key(7)
     subscription = redeem(store, org, key, "billing-admin")
-    assert subscription == Subscription(subscription.id, org.id, NAMES[BASIC], 7, None, "key",
-                                        key.last5, NOW, 0)
+    assert subscription == Subscription(
+        subscription.id, org.id, NAMES[BASIC], 7, None, "key", key.last5, NOW, 0
+    )
     assert store.subscriptions(org.id) == [subscription]
     assert subscription.free == 7
     [claim] = tables(store)["portal_redemptions"]
@@ -200,8 +233,11 @@ def test_a_redeemed_key_is_a_subscription(store: SqlStore) -> None:
 
 def refusals(store: SqlStore) -> dict[str, tuple[str, Callable[[], Any]]]:
     """One refusal per row of the table the store decides: code, and the call."""
-    contoso, fabrikam, paris = new_org(store), new_org(store, "Fabrikam"), new_org(
-        store, "Paris", "FR")
+    contoso, fabrikam, paris = (
+        new_org(store),
+        new_org(store, "Fabrikam"),
+        new_org(store, "Paris", "FR"),
+    )
     redeemed = sub_key(3)
     redeem(store, contoso, redeemed)
     expired = sub_key(3)
@@ -209,27 +245,34 @@ def refusals(store: SqlStore) -> dict[str, tuple[str, Callable[[], Any]]]:
     redeem(store, contoso, sub_key(1, PREMIUM))
     redeem(store, fabrikam, sub_key(20))
     return {
-        "invalid_key (a MAK)": ("invalid_key", lambda: redeem(store, fabrikam, sub_key(
-            0, 0, KeyType.MAK))),
-        "invalid_key (no licences)": ("invalid_key", lambda: redeem(store, fabrikam,
-                                                                    sub_key(0))),
+        "invalid_key (a MAK)": (
+            "invalid_key",
+            lambda: redeem(store, fabrikam, sub_key(0, 0, KeyType.MAK)),
+        ),
+        "invalid_key (no licences)": ("invalid_key", lambda: redeem(store, fabrikam, sub_key(0))),
         "already_entered": ("already_entered", lambda: redeem(store, contoso, redeemed)),
         "already_used": ("already_used", lambda: redeem(store, fabrikam, redeemed)),
         "expired": ("expired", lambda: redeem(store, fabrikam, expired)),
-        "offer_not_available": ("not_available", lambda: redeem(store, fabrikam,
-                                                                sub_key(2, E3))),
+        "offer_not_available": ("not_available", lambda: redeem(store, fabrikam, sub_key(2, E3))),
         "not_in_country": ("not_available", lambda: redeem(store, paris, sub_key(2))),
         "trial_used": ("not_available", lambda: redeem(store, contoso, sub_key(1, PREMIUM))),
-        "too_many_licences": ("too_many_licences", lambda: redeem(store, fabrikam,
-                                                                  sub_key(6))),
-        "admin_required": ("admin_required", lambda: redeem(store, fabrikam, sub_key(1),
-                                                            "user")),
+        "too_many_licences": ("too_many_licences", lambda: redeem(store, fabrikam, sub_key(6))),
+        "admin_required": ("admin_required", lambda: redeem(store, fabrikam, sub_key(1), "user")),
     }
 
 
-REFUSALS = ["invalid_key (a MAK)", "invalid_key (no licences)", "already_entered",
-            "already_used", "expired", "offer_not_available", "not_in_country", "trial_used",
-            "too_many_licences", "admin_required"]
+REFUSALS = [
+    "invalid_key (a MAK)",
+    "invalid_key (no licences)",
+    "already_entered",
+    "already_used",
+    "expired",
+    "offer_not_available",
+    "not_in_country",
+    "trial_used",
+    "too_many_licences",
+    "admin_required",
+]
 
 
 @pytest.mark.parametrize("case", REFUSALS)
@@ -301,8 +344,9 @@ def test_a_claim_lost_after_the_insert_rolls_the_subscription_back(store: SqlSto
 
 def test_signup_creates_org_admin_and_subscription(store: SqlStore) -> None:
     key, digest = sub_key(5), token_hash()
-    org, admin, subscription = store.signup("Northwind", "US", "Nina", digest, key,
-                                            NAMES[BASIC], NOW)
+    org, admin, subscription = store.signup(
+        "Northwind", "US", "Nina", digest, key, NAMES[BASIC], NOW
+    )
     assert (org.name, org.country) == ("Northwind", "US")
     assert (admin.name, admin.role, admin.org_id) == ("Nina", "global-admin", org.id)
     assert store.user_by_token(digest) == admin
@@ -310,27 +354,37 @@ def test_signup_creates_org_admin_and_subscription(store: SqlStore) -> None:
     assert (subscription.licences, subscription.source) == (5, "key")
 
 
-@pytest.mark.parametrize("case", ["already_used", "not_in_country", "too_many_licences",
-                                  "org_exists", "offer_not_available"])
+@pytest.mark.parametrize(
+    "case",
+    ["already_used", "not_in_country", "too_many_licences", "org_exists", "offer_not_available"],
+)
 def test_a_refused_signup_stores_nothing(store: SqlStore, case: str) -> None:
     used = sub_key(2)
     redeem(store, new_org(store), used)
-    keys = {"already_used": used, "not_in_country": sub_key(2, STANDARD),
-            "too_many_licences": sub_key(26), "org_exists": sub_key(2),
-            "offer_not_available": sub_key(2, E3)}
+    keys = {
+        "already_used": used,
+        "not_in_country": sub_key(2, STANDARD),
+        "too_many_licences": sub_key(26),
+        "org_exists": sub_key(2),
+        "offer_not_available": sub_key(2, E3),
+    }
     name = "contoso" if case == "org_exists" else "Northwind"
-    error = unchanged(store, lambda: store.signup(
-        name, "US", "Nina", token_hash(), keys[case], NAMES[keys[case].product], NOW))
+    error = unchanged(
+        store,
+        lambda: store.signup(
+            name, "US", "Nina", token_hash(), keys[case], NAMES[keys[case].product], NOW
+        ),
+    )
     assert case in (error.code, error.extra.get("reason"))
     if case != "org_exists":
         assert store.org("Northwind") is None
 
 
-def test_signup_failing_after_the_account_keeps_org_and_admin_not_the_key(
-        store: SqlStore) -> None:
+def test_signup_failing_after_the_account_keeps_org_and_admin_not_the_key(store: SqlStore) -> None:
     key, digest = sub_key(5), token_hash()
-    org, admin, subscription = store.signup("Northwind", "GB", "Nina", digest, key,
-                                            NAMES[BASIC], NOW, fail_after_account=True)
+    org, admin, subscription = store.signup(
+        "Northwind", "GB", "Nina", digest, key, NAMES[BASIC], NOW, fail_after_account=True
+    )
     assert subscription is None
     assert store.org("northwind") == org
     assert store.users(org.id) == [admin] and store.user_by_token(digest) == admin
@@ -348,15 +402,22 @@ def test_buy_adds_a_purchase_to_the_org(store: SqlStore) -> None:
     purchase = store.buy(org.id, NAMES[BASIC], 3, "yearly", False, NOW + 1)
     bought = purchase.subscription
     assert purchase.assigned == ()
-    assert (bought.offer, bought.licences, bought.billing, bought.source, bought.last5,
-            bought.used, bought.created) == (NAMES[BASIC], 3, "yearly", "purchase", None, 0,
-                                             NOW + 1)
+    assert (
+        bought.offer,
+        bought.licences,
+        bought.billing,
+        bought.source,
+        bought.last5,
+        bought.used,
+        bought.created,
+    ) == (NAMES[BASIC], 3, "yearly", "purchase", None, 0, NOW + 1)
     assert [s.id for s in store.subscriptions(org.id)][-1] == bought.id
     assert usage(store, org) == [(NAMES[BASIC], 5, 0, 5), (NAMES[BASIC], 3, 0, 3)]
 
 
-@pytest.mark.parametrize("case", ["offer_not_available", "not_in_country", "trial_used",
-                                  "too_many_licences"])
+@pytest.mark.parametrize(
+    "case", ["offer_not_available", "not_in_country", "trial_used", "too_many_licences"]
+)
 def test_a_refused_purchase_stores_nothing(store: SqlStore, case: str) -> None:
     org = new_org(store, "Fabrikam")
     new_user(store, org, "ann")
@@ -373,8 +434,7 @@ def test_a_refused_purchase_stores_nothing(store: SqlStore, case: str) -> None:
     assert case in (error.code, error.extra.get("reason"))
 
 
-def test_auto_assign_gives_users_without_any_licence_one_oldest_first(
-        store: SqlStore) -> None:
+def test_auto_assign_gives_users_without_any_licence_one_oldest_first(store: SqlStore) -> None:
     org = new_org(store)
     for n, name in enumerate(["u1", "u2", "u3", "u4", "u5"]):
         new_user(store, org, name, at=NOW + n)
@@ -383,13 +443,22 @@ def test_auto_assign_gives_users_without_any_licence_one_oldest_first(
     purchase = store.buy(org.id, NAMES[BASIC], 2, "monthly", True, NOW)
     assert purchase.assigned == ("u1", "u3")  # oldest first, while licences last
     assert (purchase.subscription.used, purchase.subscription.free) == (2, 0)
-    assert licences(store, org) == {"u1": (NAMES[BASIC],), "u2": (NAMES[STANDARD],),
-                                    "u3": (NAMES[BASIC],), "u4": (), "u5": ()}
+    assert licences(store, org) == {
+        "u1": (NAMES[BASIC],),
+        "u2": (NAMES[STANDARD],),
+        "u3": (NAMES[BASIC],),
+        "u4": (),
+        "u5": (),
+    }
     more = store.buy(org.id, NAMES[BASIC], 5, "yearly", True, NOW)
     assert more.assigned == ("u4", "u5") and more.subscription.used == 2
     assert store.buy(org.id, NAMES[BASIC], 1, "yearly", True, NOW).assigned == ()
-    assert usage(store, org) == [(NAMES[STANDARD], 1, 1, 0), (NAMES[BASIC], 2, 2, 0),
-                                 (NAMES[BASIC], 5, 2, 3), (NAMES[BASIC], 1, 0, 1)]
+    assert usage(store, org) == [
+        (NAMES[STANDARD], 1, 1, 0),
+        (NAMES[BASIC], 2, 2, 0),
+        (NAMES[BASIC], 5, 2, 3),
+        (NAMES[BASIC], 1, 0, 1),
+    ]
 
 
 # -- assigning ------------------------------------------------------------------------------------
@@ -411,8 +480,9 @@ def test_assign_takes_the_oldest_subscription_with_a_free_licence(store: SqlStor
     assert usage(store, org) == [(NAMES[BASIC], 1, 1, 0), (NAMES[BASIC], 2, 2, 0)]
     error = unchanged(store, lambda: store.assign(org.id, "dan", NAMES[BASIC], NOW))
     assert (error.code, error.message) == (
-        "no_free_licences", f"There are no free licences for {NAMES[BASIC]}: all 3 are "
-                            "assigned.")
+        "no_free_licences",
+        f"There are no free licences for {NAMES[BASIC]}: all 3 are assigned.",
+    )
     assert (error.extra["offer"], error.extra["licences"]) == (NAMES[BASIC], 3)
 
 
@@ -459,15 +529,20 @@ def test_a_fault_counts_down_then_clears(store: SqlStore) -> None:
 def plain(subscription: Subscription | None) -> tuple[Any, ...]:
     """A subscription without its id (PostgreSQL's identities skip refused inserts)."""
     assert subscription is not None
-    return (subscription.offer, subscription.licences, subscription.used,
-            subscription.billing, subscription.source, subscription.last5,
-            subscription.created)
+    return (
+        subscription.offer,
+        subscription.licences,
+        subscription.used,
+        subscription.billing,
+        subscription.source,
+        subscription.last5,
+        subscription.created,
+    )
 
 
 def session(store: SqlStore) -> list[Any]:
     """A scripted session of every kind of call; what each answered, without ids."""
-    keys = [mint(KeyType.SUBSCRIPTION, BASIC, serial=900_000 + n, quantity=4)
-            for n in range(3)]
+    keys = [mint(KeyType.SUBSCRIPTION, BASIC, serial=900_000 + n, quantity=4) for n in range(3)]
     out: list[Any] = []
 
     def record(call: Callable[[], Any]) -> None:
@@ -483,15 +558,32 @@ def session(store: SqlStore) -> list[Any]:
         record(partial(lambda name: new_user(store, contoso, name).name, name))
     record(lambda: [(s.offer, s.licences, s.last5) for s in [redeem(store, contoso, keys[0])]])
     record(lambda: redeem(store, contoso, keys[0]))
-    record(lambda: store.signup("Fabrikam", "US", "fay", token_hash(), keys[0], NAMES[BASIC],
-                                NOW))
-    record(lambda: plain(store.signup("Fabrikam", "US", "fay", token_hash(), keys[1],
-                                      NAMES[BASIC], NOW)[2]))
-    record(lambda: store.signup("Tailspin", "GB", "tim", token_hash(), keys[2], NAMES[BASIC],
-                                NOW, fail_after_account=True)[0].name)
-    record(lambda: (store.buy(contoso.id, NAMES[BASIC], 2, "monthly", True, NOW).assigned,
-                    plain(store.buy(contoso.id, NAMES[BASIC], 1, "yearly", False,
-                                    NOW).subscription)))
+    record(lambda: store.signup("Fabrikam", "US", "fay", token_hash(), keys[0], NAMES[BASIC], NOW))
+    record(
+        lambda: plain(
+            store.signup("Fabrikam", "US", "fay", token_hash(), keys[1], NAMES[BASIC], NOW)[2]
+        )
+    )
+    record(
+        lambda: (
+            store.signup(
+                "Tailspin",
+                "GB",
+                "tim",
+                token_hash(),
+                keys[2],
+                NAMES[BASIC],
+                NOW,
+                fail_after_account=True,
+            )[0].name
+        )
+    )
+    record(
+        lambda: (
+            store.buy(contoso.id, NAMES[BASIC], 2, "monthly", True, NOW).assigned,
+            plain(store.buy(contoso.id, NAMES[BASIC], 1, "yearly", False, NOW).subscription),
+        )
+    )
     record(lambda: store.buy(contoso.id, NAMES[BASIC], 20, "monthly", True, NOW))
     record(lambda: store.assign(contoso.id, "cat", NAMES[BASIC], NOW)[1].licences)
     record(lambda: store.assign(contoso.id, "cat", NAMES[BASIC], NOW))

@@ -37,8 +37,15 @@ def days_with(doc: dict[str, Any], kind: str) -> list[int]:
 
 
 def test_the_built_ins_are_the_seven_teaching_scenarios() -> None:
-    assert builtin_names() == ["clock-skew", "cloned-image", "host-failover", "kms-threshold",
-                               "kms-vs-mak", "mak-exhausted", "renewal-lapse"]
+    assert builtin_names() == [
+        "clock-skew",
+        "cloned-image",
+        "host-failover",
+        "kms-threshold",
+        "kms-vs-mak",
+        "mak-exhausted",
+        "renewal-lapse",
+    ]
 
 
 def test_kms_threshold_nobody_activates_until_the_25th_pc() -> None:
@@ -133,20 +140,35 @@ def test_one_seed_one_outcome() -> None:
     assert run_fast(scenario).to_json() == first
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[scenario]\nname = 'x'\n[[clients]]\nname = 'a'\nproduct = 'windows-11-pro'\n",
-     "at least one KMS host"),
-    ("[scenario]\nname = 'x'\n[[hosts]]\nname = 'h'\n", "at least one group of clients"),
-    ("[scenario]\nname = 'x'\ndays = 0\n", "scenario.days: 0 is outside 1"),
-    ("[scenario]\nname = 'x'\nwhen = 1\n", "unknown key 'when'"),
-    ("[scenario]\nname = 'x'\n[[hosts]]\nname = 'h'\n[[clients]]\nname = 'a'\n"
-     "product = 'windows-99'\n", "no product 'windows-99'"),
-    ("[scenario]\nname = 'x'\n[[hosts]]\nname = 'h'\n[[clients]]\nname = 'a'\n"
-     "product = 'windows-11-pro'\nkms_host = 'nope'\n", "'nope' is not one of the hosts"),
-    ("[scenario]\nname = 'x'\n[[hosts]]\nname = 'h'\noutages = [{from_day = 5, to_day = 5}]\n"
-     "[[clients]]\nname = 'a'\nproduct = 'windows-11-pro'\n", "to_day must be after from_day"),
-    ("[scenario\n", "scenario_test"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[scenario]\nname = 'x'\n[[clients]]\nname = 'a'\nproduct = 'windows-11-pro'\n",
+            "at least one KMS host",
+        ),
+        ("[scenario]\nname = 'x'\n[[hosts]]\nname = 'h'\n", "at least one group of clients"),
+        ("[scenario]\nname = 'x'\ndays = 0\n", "scenario.days: 0 is outside 1"),
+        ("[scenario]\nname = 'x'\nwhen = 1\n", "unknown key 'when'"),
+        (
+            "[scenario]\nname = 'x'\n[[hosts]]\nname = 'h'\n[[clients]]\nname = 'a'\n"
+            "product = 'windows-99'\n",
+            "no product 'windows-99'",
+        ),
+        (
+            "[scenario]\nname = 'x'\n[[hosts]]\nname = 'h'\n[[clients]]\nname = 'a'\n"
+            "product = 'windows-11-pro'\nkms_host = 'nope'\n",
+            "'nope' is not one of the hosts",
+        ),
+        (
+            "[scenario]\nname = 'x'\n[[hosts]]\nname = 'h'\n"
+            "outages = [{from_day = 5, to_day = 5}]\n"
+            "[[clients]]\nname = 'a'\nproduct = 'windows-11-pro'\n",
+            "to_day must be after from_day",
+        ),
+        ("[scenario\n", "scenario_test"),
+    ],
+)
 def test_a_bad_scenario_is_a_clear_error(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_scenario(text, "scenario_test")
@@ -162,8 +184,9 @@ def test_an_unknown_scenario_names_the_built_ins() -> None:
 
 def test_sim_run_writes_the_timeline_and_the_report(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["sim", "run", "--builtin", "cloned-image", "--out",
-                                       str(out), "--json"])
+    result = CliRunner().invoke(
+        main, ["sim", "run", "--builtin", "cloned-image", "--out", str(out), "--json"]
+    )
     assert result.exit_code == 0, result.output
     reply = json.loads(result.output)
     assert reply["scenario"] == "cloned-image" and reply["mode"] == "fast"
@@ -176,11 +199,15 @@ def test_sim_run_writes_the_timeline_and_the_report(tmp_path: Path) -> None:
 
 def test_sim_run_from_a_file_with_another_seed(tmp_path: Path) -> None:
     scenario = tmp_path / "tiny.toml"
-    scenario.write_text("[scenario]\nname = 'tiny'\ndays = 3\n[[hosts]]\nname = 'h'\n"
-                        "[[clients]]\nname = 'srv'\ncount = 5\n"
-                        "product = 'windows-server-2022-standard'\n")
-    result = CliRunner().invoke(main, ["sim", "run", str(scenario), "--out", str(tmp_path / "o"),
-                                       "--seed", "9", "--no-report"])
+    scenario.write_text(
+        "[scenario]\nname = 'tiny'\ndays = 3\n[[hosts]]\nname = 'h'\n"
+        "[[clients]]\nname = 'srv'\ncount = 5\n"
+        "product = 'windows-server-2022-standard'\n"
+    )
+    result = CliRunner().invoke(
+        main,
+        ["sim", "run", str(scenario), "--out", str(tmp_path / "o"), "--seed", "9", "--no-report"],
+    )
     assert result.exit_code == 0, result.output
     assert "tiny: 5 clients, 3 days, seed 9, fast mode" in result.output
     assert "5 licensed" in result.output
@@ -190,8 +217,9 @@ def test_sim_run_from_a_file_with_another_seed(tmp_path: Path) -> None:
 def test_sim_run_needs_exactly_one_scenario(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["sim", "run", "--out", str(tmp_path)])
     assert result.exit_code == 2
-    result = CliRunner().invoke(main, ["sim", "run", "--builtin", "nope", "--out", str(tmp_path),
-                                       "--json"])
+    result = CliRunner().invoke(
+        main, ["sim", "run", "--builtin", "nope", "--out", str(tmp_path), "--json"]
+    )
     assert result.exit_code == 1
     assert json.loads(result.output)["error"]["code"] == "unknown_scenario"
 
@@ -201,8 +229,7 @@ def test_sim_list_names_every_built_in() -> None:
     assert [s["name"] for s in json.loads(result.output)["scenarios"]] == builtin_names()
 
 
-@pytest.mark.parametrize("name", ["host-failover", "renewal-lapse", "mak-exhausted",
-                                  "clock-skew"])
+@pytest.mark.parametrize("name", ["host-failover", "renewal-lapse", "mak-exhausted", "clock-skew"])
 def test_network_mode_gives_the_same_outcome_as_fast_mode(name: str) -> None:
     """Real hosts, DNS and MAK service on loopback, clients speaking KLP/1 and HTTP: every
     day and every event as in fast mode (the other built-ins take longer: they make
@@ -217,8 +244,20 @@ def test_network_mode_gives_the_same_outcome_as_fast_mode(name: str) -> None:
 
 
 def test_sim_run_network_from_the_cli(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["sim", "run", "--builtin", "mak-exhausted", "--network",
-                                       "--out", str(tmp_path), "--no-report", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "sim",
+            "run",
+            "--builtin",
+            "mak-exhausted",
+            "--network",
+            "--out",
+            str(tmp_path),
+            "--no-report",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     reply = json.loads(result.output)
     assert reply["mode"] == "network"
@@ -230,7 +269,9 @@ def test_a_hardware_change_reactivates_against_kms_at_once() -> None:
         "[scenario]\nname = 'hw'\ndays = 20\n[[hosts]]\nname = 'kms1'\n"
         "[[clients]]\nname = 'pc'\ncount = 25\nproduct = 'windows-11-pro'\n"
         "[[clients]]\nname = 'swapped'\ncount = 5\nproduct = 'windows-11-pro'\n"
-        "hardware_change_day = 10\n", "hw")
+        "hardware_change_day = 10\n",
+        "hw",
+    )
     doc = run_fast(scenario).to_json()
     # the change puts the five into out-of-tolerance grace, which asks KMS at once: the
     # host's count is 30 (>= 25), so they are licensed again within the same instant

@@ -15,13 +15,25 @@ from kmsemu.errors import describe
 from kmsemu.sim.report import write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-STATES = ("unlicensed", "licensed", "initial_grace", "out_of_tolerance_grace",
-          "non_genuine_grace", "notification", "extended_grace")
+STATES = (
+    "unlicensed",
+    "licensed",
+    "initial_grace",
+    "out_of_tolerance_grace",
+    "non_genuine_grace",
+    "notification",
+    "extended_grace",
+)
 
 
-def make_timeline(days: int = 40, *, mak: bool = True, hosts: tuple[str, ...] = ("kms1",),
-                  events: list[dict[str, Any]] | None = None,
-                  title: str = "The count climbs to 25") -> dict[str, Any]:
+def make_timeline(
+    days: int = 40,
+    *,
+    mak: bool = True,
+    hosts: tuple[str, ...] = ("kms1",),
+    events: list[dict[str, Any]] | None = None,
+    title: str = "The count climbs to 25",
+) -> dict[str, Any]:
     """A small fleet by hand: one client arrives a day, the count reaches 25 on day 24,
     later clients activate at once, and a MAK key runs down from 10."""
     start = date(2027, 1, 4)
@@ -31,9 +43,10 @@ def make_timeline(days: int = 40, *, mak: bool = True, hosts: tuple[str, ...] = 
         licensed = arrived if d >= 24 else 0
         count = min(arrived, 50)
         row: dict[str, Any] = {
-            "day": d, "date": (start + timedelta(days=d)).isoformat(),
-            "states": {s: 0 for s in STATES} | {"licensed": licensed,
-                                                 "initial_grace": arrived - licensed},
+            "day": d,
+            "date": (start + timedelta(days=d)).isoformat(),
+            "states": {s: 0 for s in STATES}
+            | {"licensed": licensed, "initial_grace": arrived - licensed},
             "offline": 1 if d % 7 == 3 else 0,
             "counts": {h: {"Windows": count, "Office": 0} for h in hosts},
             "thresholds": {"Windows": 25, "Office": 5},
@@ -47,28 +60,60 @@ def make_timeline(days: int = 40, *, mak: bool = True, hosts: tuple[str, ...] = 
         rows.append(row)
     if events is None:
         events = [
-            {"day": 0, "time": "2027-01-04T09:00:00Z", "kind": "first_activation",
-             "text": "first client asked kms1; 0xC004F038 (count 1 of 25)"},
-            {"day": 9, "time": "2027-01-13T15:30:00Z", "kind": "mak_exhausted",
-             "text": "MAK mak1 has no activations left"},
-            {"day": 15, "time": "2027-01-19T08:00:00Z", "kind": "outage_start",
-             "text": "kms1 stopped"},
-            {"day": 17, "time": "2027-01-21T08:00:00Z", "kind": "outage_end",
-             "text": "kms1 is back"},
-            {"day": 24, "time": "2027-01-28T10:00:00Z", "kind": "threshold",
-             "text": "count reached 25 on kms1 (Windows); 25 clients activated"},
+            {
+                "day": 0,
+                "time": "2027-01-04T09:00:00Z",
+                "kind": "first_activation",
+                "text": "first client asked kms1; 0xC004F038 (count 1 of 25)",
+            },
+            {
+                "day": 9,
+                "time": "2027-01-13T15:30:00Z",
+                "kind": "mak_exhausted",
+                "text": "MAK mak1 has no activations left",
+            },
+            {
+                "day": 15,
+                "time": "2027-01-19T08:00:00Z",
+                "kind": "outage_start",
+                "text": "kms1 stopped",
+            },
+            {
+                "day": 17,
+                "time": "2027-01-21T08:00:00Z",
+                "kind": "outage_end",
+                "text": "kms1 is back",
+            },
+            {
+                "day": 24,
+                "time": "2027-01-28T10:00:00Z",
+                "kind": "threshold",
+                "text": "count reached 25 on kms1 (Windows); 25 clients activated",
+            },
         ]
     return {
-        "scenario": {"name": "kms-threshold", "title": title,
-                     "description": "Thirty PCs arrive one a day; nothing activates until 25.",
-                     "days": days, "seed": 1, "mode": "fast", "start": "2027-01-04T00:00:00Z",
-                     "clients": 30, "hosts": list(hosts), "mak_keys": ["mak1"] if mak else []},
+        "scenario": {
+            "name": "kms-threshold",
+            "title": title,
+            "description": "Thirty PCs arrive one a day; nothing activates until 25.",
+            "days": days,
+            "seed": 1,
+            "mode": "fast",
+            "start": "2027-01-04T00:00:00Z",
+            "clients": 30,
+            "hosts": list(hosts),
+            "mak_keys": ["mak1"] if mak else [],
+        },
         "days": rows,
         "events": events,
-        "summary": {"final_states": rows[-1]["states"], "activated_ever": 30, "lapsed": 0,
-                    "failures": {"0xC004F038": 300, "0xC004F074": 4},
-                    "mak_remaining": {"mak1": 0} if mak else {},
-                    "first_threshold_day": {"kms1/Windows": 24} if days > 24 else {}},
+        "summary": {
+            "final_states": rows[-1]["states"],
+            "activated_ever": 30,
+            "lapsed": 0,
+            "failures": {"0xC004F038": 300, "0xC004F074": 4},
+            "mak_remaining": {"mak1": 0} if mak else {},
+            "first_threshold_day": {"kms1/Windows": 24} if days > 24 else {},
+        },
     }
 
 
@@ -105,8 +150,7 @@ def test_writes_every_chart_and_the_page(standard: tuple[list[Path], str]) -> No
 
 def test_no_mak_chart_without_mak_keys(tmp_path: Path) -> None:
     written = write_report(make_timeline(days=5, mak=False), tmp_path)
-    assert [p.name for p in written] == ["states.png", "counts.png", "activity.png",
-                                         "report.html"]
+    assert [p.name for p in written] == ["states.png", "counts.png", "activity.png", "report.html"]
     assert not (tmp_path / "mak.png").exists()
 
 
@@ -129,8 +173,7 @@ def test_page_is_self_contained(standard: tuple[list[Path], str]) -> None:
     sources = re.findall(r'src="([^"]*)"', page)
     assert len(sources) == 4
     assert all(s.startswith("data:image/png;base64,") for s in sources)
-    assert all(re.search(r'<img [^>]*alt="[^"]+"', img) for img in re.findall(r"<img [^>]*>",
-                                                                               page))
+    assert all(re.search(r'<img [^>]*alt="[^"]+"', img) for img in re.findall(r"<img [^>]*>", page))
 
 
 def test_narrative_tells_each_event_with_its_day_and_date(standard: tuple[list[Path], str]) -> None:
@@ -145,8 +188,12 @@ def test_narrative_tells_each_event_with_its_day_and_date(standard: tuple[list[P
 def test_scenario_facts_and_last_day(standard: tuple[list[Path], str]) -> None:
     page = standard[1]
     assert "Thirty PCs arrive one a day" in page
-    for fact in ("<dt>Seed</dt><dd>1</dd>", "<dt>Mode</dt><dd>fast</dd>",
-                 "<dt>KMS hosts</dt><dd>kms1</dd>", "<dt>MAK keys</dt><dd>mak1</dd>"):
+    for fact in (
+        "<dt>Seed</dt><dd>1</dd>",
+        "<dt>Mode</dt><dd>fast</dd>",
+        "<dt>KMS hosts</dt><dd>kms1</dd>",
+        "<dt>MAK keys</dt><dd>mak1</dd>",
+    ):
         assert fact in page
     assert "Day 39 (2027-02-12), at the end of the day." in page
     assert "Count on kms1, Windows</td><td>30 (threshold 25)" in page
@@ -154,8 +201,11 @@ def test_scenario_facts_and_last_day(standard: tuple[list[Path], str]) -> None:
 
 def test_hostile_strings_are_escaped(tmp_path: Path) -> None:
     hostile = "<script>alert(1)</script>"
-    timeline = make_timeline(days=3, title=hostile, events=[
-        {"day": 1, "time": "2027-01-05T00:00:00Z", "kind": "note", "text": hostile}])
+    timeline = make_timeline(
+        days=3,
+        title=hostile,
+        events=[{"day": 1, "time": "2027-01-05T00:00:00Z", "kind": "note", "text": hostile}],
+    )
     timeline["scenario"]["hosts"] = ['kms"><img src=x onerror=alert(1)>']
     page = report(tmp_path, timeline)
     assert "<script" not in page
@@ -201,13 +251,25 @@ def test_one_day_timeline(tmp_path: Path) -> None:
     assert "Day 0 (2027-01-04), at the end of the day." in (tmp_path / "report.html").read_text()
 
 
-@pytest.mark.parametrize("timeline", [
-    {},
-    {"scenario": {"name": "bare"}, "days": [], "events": []},
-    {"scenario": {"name": "mak-only", "clients": 2, "mak_keys": ["m"]},
-     "days": [{"day": 0, "states": {"licensed": 2}, "mak_activations": 2,
-               "mak_remaining": {"m": 3}}]},
-], ids=["empty", "no-days", "mak-only"])
+@pytest.mark.parametrize(
+    "timeline",
+    [
+        {},
+        {"scenario": {"name": "bare"}, "days": [], "events": []},
+        {
+            "scenario": {"name": "mak-only", "clients": 2, "mak_keys": ["m"]},
+            "days": [
+                {
+                    "day": 0,
+                    "states": {"licensed": 2},
+                    "mak_activations": 2,
+                    "mak_remaining": {"m": 3},
+                }
+            ],
+        },
+    ],
+    ids=["empty", "no-days", "mak-only"],
+)
 def test_sparse_timelines(tmp_path: Path, timeline: dict[str, Any]) -> None:
     written = write_report(timeline, tmp_path)
     assert (tmp_path / "report.html") in written
@@ -215,12 +277,31 @@ def test_sparse_timelines(tmp_path: Path, timeline: dict[str, Any]) -> None:
 
 
 def test_long_narrative_is_capped_and_keeps_the_key_moments(tmp_path: Path) -> None:
-    events = [{"day": d % 40, "time": f"2027-01-04T{d % 24:02d}:00:00Z", "kind": "offline_start",
-               "text": f"pc{d} went offline"} for d in range(300)]
-    events.append({"day": 39, "time": "2027-02-12T23:00:00Z", "kind": "all_licensed",
-                   "text": "every client is licensed"})
-    events.append({"day": 38, "time": "2027-02-11T12:00:00Z", "kind": "dns_change",
-                   "text": "DNS publishes kms2"})
+    events = [
+        {
+            "day": d % 40,
+            "time": f"2027-01-04T{d % 24:02d}:00:00Z",
+            "kind": "offline_start",
+            "text": f"pc{d} went offline",
+        }
+        for d in range(300)
+    ]
+    events.append(
+        {
+            "day": 39,
+            "time": "2027-02-12T23:00:00Z",
+            "kind": "all_licensed",
+            "text": "every client is licensed",
+        }
+    )
+    events.append(
+        {
+            "day": 38,
+            "time": "2027-02-11T12:00:00Z",
+            "kind": "dns_change",
+            "text": "DNS publishes kms2",
+        }
+    )
     page = report(tmp_path, make_timeline(days=5, events=events))
     assert page.count('<li class="ev') == 60
     assert "every client is licensed" in page and "DNS publishes kms2" in page

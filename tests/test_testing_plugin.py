@@ -17,8 +17,12 @@ def test_kms_host_counts_and_its_controls(kms_host: BackgroundHost) -> None:
     first = request_activation(kms_host.address, make_request("windows-11-pro"), KEY).response
     assert (first.status, first.current_count) == (0, 1)
     kms_host.set_min_count(25)
-    assert request_activation(kms_host.address, make_request("windows-11-pro"), KEY
-                              ).response.current_count == 25
+    assert (
+        request_activation(
+            kms_host.address, make_request("windows-11-pro"), KEY
+        ).response.current_count
+        == 25
+    )
     kms_host.set_clock_offset(5 * 3600)
     skewed = request_activation(kms_host.address, make_request(), KEY).response
     assert skewed.status == HResult.TIMESTAMP_INVALID
@@ -31,9 +35,23 @@ def test_an_outside_script_activates_against_the_fixture(kms_host: BackgroundHos
     """What docs/testing-with-kmsemu.md shows: drive the CLI like a provisioning script."""
     kms_host.set_min_count(5)
     out = subprocess.run(
-        [sys.executable, "-m", "kmsemu", "client", "activate", "--host", kms_host.host_port,
-         "--product", "windows-server-2025-standard", "--cmid", str(uuid.uuid4())],
-        capture_output=True, text=True, timeout=30)
+        [
+            sys.executable,
+            "-m",
+            "kmsemu",
+            "client",
+            "activate",
+            "--host",
+            kms_host.host_port,
+            "--product",
+            "windows-server-2025-standard",
+            "--cmid",
+            str(uuid.uuid4()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     assert "Product activated successfully." in out.stdout
 
@@ -70,8 +88,12 @@ def test_kms_client_factory_with_the_cli(kms_host: BackgroundHost, kms_client) -
     pc = kms_client("pc1", product="windows-11-pro", host=kms_host)
     assert pc.machine.activate().hresult == 0
     pc.save()
-    out = subprocess.run([sys.executable, "-m", "kmsemu", "client", "--profile", "pc1", "dli"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "kmsemu", "client", "--profile", "pc1", "dli"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert "License Status: Licensed" in out.stdout
     other = kms_client("pc2", product="office-ltsc-2021-proplus", host=kms_host)
     assert other.machine.licence.status == 2  # initial grace until it activates

@@ -18,25 +18,42 @@ from kmsemu.cli.common import KmsemuGroup
 
 #: name -> (module, attribute, the first line of its help)
 COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
-    "catalog": ("kmsemu.cli.catalog", "catalog",
-                "List every product with its application id, SKU id, KMS count id and "
-                "threshold."),
-    "client": ("kmsemu.cli.client_verbs", "client",
-               "A KMS client: a machine shaped like slmgr (ipk, ato, dlv...), or one "
-               "activation."),
-    "dns": ("kmsemu.cli.dns", "dns",
-            "DNS for the lab: _vlmcs._tcp SRV records, served or exported."),
-    "host": ("kmsemu.cli.host", "host", "The KMS host: serve KLP/1 activations and report "
-                                        "counts."),
-    "keys": ("kmsemu.cli.keys", "keys",
-             "Lab product keys (this project's own format; never real product keys)."),
-    "lab": ("kmsemu.cli.lab", "lab",
-            "Run the whole lab in one process: KMS host, DNS, MAK service and dashboard."),
-    "mak": ("kmsemu.cli.mak", "mak",
-            "The MAK service: activation counts, online, phone and proxy activation."),
-    "portal": ("kmsemu.cli.portal", "portal",
-               "The licensing portal: organisations, subscription keys, subscriptions, "
-               "licences."),
+    "catalog": (
+        "kmsemu.cli.catalog",
+        "catalog",
+        "List every product with its application id, SKU id, KMS count id and threshold.",
+    ),
+    "client": (
+        "kmsemu.cli.client_verbs",
+        "client",
+        "A KMS client: a machine shaped like slmgr (ipk, ato, dlv...), or one activation.",
+    ),
+    "dns": (
+        "kmsemu.cli.dns",
+        "dns",
+        "DNS for the lab: _vlmcs._tcp SRV records, served or exported.",
+    ),
+    "host": ("kmsemu.cli.host", "host", "The KMS host: serve KLP/1 activations and report counts."),
+    "keys": (
+        "kmsemu.cli.keys",
+        "keys",
+        "Lab product keys (this project's own format; never real product keys).",
+    ),
+    "lab": (
+        "kmsemu.cli.lab",
+        "lab",
+        "Run the whole lab in one process: KMS host, DNS, MAK service and dashboard.",
+    ),
+    "mak": (
+        "kmsemu.cli.mak",
+        "mak",
+        "The MAK service: activation counts, online, phone and proxy activation.",
+    ),
+    "portal": (
+        "kmsemu.cli.portal",
+        "portal",
+        "The licensing portal: organisations, subscription keys, subscriptions, licences.",
+    ),
     "sim": ("kmsemu.cli.sim", "sim", "The fleet simulator: a year of a network in seconds."),
 }
 
@@ -60,8 +77,10 @@ class LazyGroup(KmsemuGroup):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list from ``COMMANDS``: no group is imported to show it."""
         limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
-        rows = [(name, click.Command(name, help=COMMANDS[name][2]).get_short_help_str(limit))
-                for name in self.list_commands(ctx)]
+        rows = [
+            (name, click.Command(name, help=COMMANDS[name][2]).get_short_help_str(limit))
+            for name in self.list_commands(ctx)
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 

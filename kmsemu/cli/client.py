@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -38,15 +37,21 @@ if TYPE_CHECKING:
 
 def _profile_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if not valid_profile_name(value):
-        raise click.BadParameter(f"{value!r}: 1-64 letters, digits, '.', '_' or '-', "
-                                 "starting with a letter or digit")
+        raise click.BadParameter(
+            f"{value!r}: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     return value
 
 
 @click.group()
-@click.option("--profile", default="default", show_default=True, envvar="KMSEMU_PROFILE",
-              callback=_profile_name,
-              help="Which client machine (profiles live under $KMSEMU_HOME/clients).")
+@click.option(
+    "--profile",
+    default="default",
+    show_default=True,
+    envvar="KMSEMU_PROFILE",
+    callback=_profile_name,
+    help="Which client machine (profiles live under $KMSEMU_HOME/clients).",
+)
 @click.pass_context
 def client(ctx: click.Context, profile: str) -> None:
     """A KMS client: a machine shaped like slmgr (ipk, ato, dlv...), or one activation.
@@ -80,8 +85,9 @@ class _Guid(click.ParamType):  # type: ignore[type-arg]
     show_default=True,
     help=f"KMS host, HOST[:PORT] or [IPv6]:PORT (port {DEFAULT_PORT} if omitted).",
 )
-@click.option("--product", type=PRODUCT, required=True,
-              help="Catalog product key or name (kmsemu catalog).")
+@click.option(
+    "--product", type=PRODUCT, required=True, help="Catalog product key or name (kmsemu catalog)."
+)
 @click.option("--cmid", type=_Guid(), help="Client machine id (default: a random one).")
 @click.option("--previous-cmid", type=_Guid(), help="The CMID this machine had before.")
 @click.option("--vm", is_flag=True, help="Say the client is a virtual machine.")
@@ -171,10 +177,13 @@ def activate(
 
 def _workstation_name(name: str | None) -> str:
     """``--name``, else this machine's: 1-63 printable characters, as KLP/1 carries it."""
+    import socket
+
     text = (name if name is not None else socket.gethostname())[:63]
     if not text or not text.isprintable() or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
-        raise click.BadParameter("a workstation name is 1-63 printable characters",
-                                 param_hint="--name")
+        raise click.BadParameter(
+            "a workstation name is 1-63 printable characters", param_hint="--name"
+        )
     return text
 
 

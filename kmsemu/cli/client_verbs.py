@@ -36,19 +36,28 @@ def profile_store() -> ProfileStore:
 
 @contextmanager
 def machine(obj: dict[str, Any], secret: str = DEFAULT_SECRET) -> Iterator[Machine]:
-    """The profile's machine, saved afterwards: after a verb that failed with an HRESULT
-    too (its events and licence changed), but not after one that raised (a profile that
-    cannot be read, a clock that cannot move there): nothing changed, nothing is written."""
+    """The profile's machine, saved afterwards when the verb changed it: after a verb that
+    failed with an HRESULT too (its events and licence changed), but not after one that
+    raised (a profile that cannot be read, a clock that cannot move there), nor after one
+    that only read it (``dli``): nothing changed, nothing is written."""
     store = profile_store()
     profile = store.load(obj["profile"], random.SystemRandom())  # ProfileError: exit 1
-    m = Machine(profile, default_catalog(), real_now=SystemClock().now, secret=secret,
-                mak_url=os.environ.get(MAK_URL_ENV) or DEFAULT_MAK_URL)
+    stored = profile.to_json() if store.path(profile.name).exists() else None
+    m = Machine(
+        profile,
+        default_catalog(),
+        real_now=SystemClock().now,
+        secret=secret,
+        mak_url=os.environ.get(MAK_URL_ENV) or DEFAULT_MAK_URL,
+    )
     yield m
-    store.save(m.profile)
+    if m.profile.to_json() != stored:
+        store.save(m.profile)
 
 
-def report(m: Machine, result: Result, as_json: bool, lines: Sequence[str],
-           preface: Sequence[str] = ()) -> None:
+def report(
+    m: Machine, result: Result, as_json: bool, lines: Sequence[str], preface: Sequence[str] = ()
+) -> None:
     """Print ``preface`` and, when the verb succeeded, its ``lines`` (or, with --json, the
     summary and the verb's data); a verb that failed raises its HRESULT (with --json:
     ``error`` with the code, HRESULT, hint and the verb's data, beside the summary)."""
@@ -56,8 +65,13 @@ def report(m: Machine, result: Result, as_json: bool, lines: Sequence[str],
         for line in preface:
             click.echo(line)
     if result.hresult:
-        raise ActivationError(result.hresult, result.detail, code=result.code or None,
-                              output=m.summary(), **(result.data or {}))
+        raise ActivationError(
+            result.hresult,
+            result.detail,
+            code=result.code or None,
+            output=m.summary(),
+            **(result.data or {}),
+        )
     if as_json:
         emit({**m.summary(), **(result.data or {})})
     else:
@@ -138,8 +152,11 @@ def atp(obj: dict[str, Any], cid: str | None, secret: str, as_json: bool) -> Non
 
 @client.command("mak-url")
 @click.argument("url", required=False)
-@click.option("--clear", is_flag=True,
-              help=f"Forget this profile's URL (back to {MAK_URL_ENV}, else the default).")
+@click.option(
+    "--clear",
+    is_flag=True,
+    help=f"Forget this profile's URL (back to {MAK_URL_ENV}, else the default).",
+)
 @json_option
 @click.pass_obj
 def mak_url(obj: dict[str, Any], url: str | None, clear: bool, as_json: bool) -> None:
@@ -158,8 +175,13 @@ def mak_url(obj: dict[str, Any], url: str | None, clear: bool, as_json: bool) ->
     with machine(obj) as m:
         if url is not None or clear:
             m.profile.mak_url = url
-    source = ("this profile" if m.profile.mak_url else
-              MAK_URL_ENV if os.environ.get(MAK_URL_ENV) else "default")
+    source = (
+        "this profile"
+        if m.profile.mak_url
+        else MAK_URL_ENV
+        if os.environ.get(MAK_URL_ENV)
+        else "default"
+    )
     if url is not None:
         line = f"MAK activation service set to {m.mak_url} successfully."
     elif clear:
@@ -180,8 +202,12 @@ def skms(obj: dict[str, Any], address: str, as_json: bool) -> None:
             m.set_kms_host(address)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="ADDRESS") from exc
-    report(m, Result(), as_json,
-           [f"Key Management Service machine name set to {m.profile.kms_host} successfully."])
+    report(
+        m,
+        Result(),
+        as_json,
+        [f"Key Management Service machine name set to {m.profile.kms_host} successfully."],
+    )
 
 
 @client.command("skms-domain")
@@ -196,9 +222,14 @@ def skms_domain(obj: dict[str, Any], domain: str, as_json: bool) -> None:
     report(m, Result(), as_json, [f"Key Management Service lookup domain set to {domain}."])
 
 
-def _simple(name: str, doc: str, lines: Callable[[Machine], list[str]],
-            change: Callable[[Machine], object] = lambda m: None, *,
-            needs_key: bool = False) -> None:
+def _simple(
+    name: str,
+    doc: str,
+    lines: Callable[[Machine], list[str]],
+    change: Callable[[Machine], object] = lambda m: None,
+    *,
+    needs_key: bool = False,
+) -> None:
     """A verb that at most changes a setting, then prints slmgr's lines for it."""
 
     @client.command(name, help=doc)
@@ -216,12 +247,18 @@ def _setting(name: str, doc: str, change: Callable[[Machine], object], line: str
     _simple(name, doc, lambda m: [line], change)
 
 
-_simple("dli", "Licence information.", lambda m: slmgr.licence_lines(m, verbose=False),
-        needs_key=True)
-_simple("dlv", "Detailed licence information.", lambda m: slmgr.licence_lines(m, verbose=True),
-        needs_key=True)
-_simple("xpr", "When the activation or the grace period expires.", slmgr.expiry_lines,
-        needs_key=True)
+_simple(
+    "dli", "Licence information.", lambda m: slmgr.licence_lines(m, verbose=False), needs_key=True
+)
+_simple(
+    "dlv",
+    "Detailed licence information.",
+    lambda m: slmgr.licence_lines(m, verbose=True),
+    needs_key=True,
+)
+_simple(
+    "xpr", "When the activation or the grace period expires.", slmgr.expiry_lines, needs_key=True
+)
 
 
 def _forget_cached_host(m: Machine) -> None:
@@ -229,17 +266,36 @@ def _forget_cached_host(m: Machine) -> None:
     m.profile.cached_host = m.profile.cached_name = None
 
 
-_setting("cpky", "Clear the product key from the registry (the licence is unchanged).",
-         lambda m: None, "Product key from registry cleared successfully.")
-_setting("ckms", "Go back to DNS auto-discovery.", lambda m: m.set_kms_host(None),
-         "Key Management Service machine name cleared successfully.")
-_setting("ckms-domain", "Forget the lookup domain.",
-         lambda m: setattr(m.profile, "kms_domain", None),
-         "Key Management Service lookup domain cleared.")
-_setting("skhc", "Enable KMS host caching (reuse the host that worked).",
-         lambda m: setattr(m.profile, "host_caching", True), "KMS host caching is enabled")
-_setting("ckhc", "Disable KMS host caching (look the host up every time).",
-         _forget_cached_host, "KMS host caching is disabled")
+_setting(
+    "cpky",
+    "Clear the product key from the registry (the licence is unchanged).",
+    lambda m: None,
+    "Product key from registry cleared successfully.",
+)
+_setting(
+    "ckms",
+    "Go back to DNS auto-discovery.",
+    lambda m: m.set_kms_host(None),
+    "Key Management Service machine name cleared successfully.",
+)
+_setting(
+    "ckms-domain",
+    "Forget the lookup domain.",
+    lambda m: setattr(m.profile, "kms_domain", None),
+    "Key Management Service lookup domain cleared.",
+)
+_setting(
+    "skhc",
+    "Enable KMS host caching (reuse the host that worked).",
+    lambda m: setattr(m.profile, "host_caching", True),
+    "KMS host caching is enabled",
+)
+_setting(
+    "ckhc",
+    "Disable KMS host caching (look the host up every time).",
+    _forget_cached_host,
+    "KMS host caching is disabled",
+)
 
 
 @client.command("rearm")
@@ -249,8 +305,15 @@ def rearm(obj: dict[str, Any], as_json: bool) -> None:
     """Reset the grace period (and the CMID); limited per product."""
     with machine(obj) as m:
         result = m.rearm()
-    report(m, result, as_json, ["Command completed successfully.",
-                                "Please restart the system for the changes to take effect."])
+    report(
+        m,
+        result,
+        as_json,
+        [
+            "Command completed successfully.",
+            "Please restart the system for the changes to take effect.",
+        ],
+    )
 
 
 @client.command("events")
@@ -278,8 +341,11 @@ class _SignedShift(click.Command):
         end = args.index("--") if "--" in args else len(args)
         shifts = [a for a in args[:end] if _NEGATIVE.match(a)]
         if shifts:
-            args = [a for a in args[:end] if not _NEGATIVE.match(a)] + ["--", *shifts,
-                                                                        *args[end + 1:]]
+            args = [a for a in args[:end] if not _NEGATIVE.match(a)] + [
+                "--",
+                *shifts,
+                *args[end + 1 :],
+            ]
         return super().parse_args(ctx, args)
 
 
@@ -300,8 +366,9 @@ def clock(obj: dict[str, Any], shift: float | None, at: str | None, as_json: boo
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--at") from exc
         if parsed.tzinfo is None:
-            raise click.BadParameter("give a time zone, e.g. 2027-01-01T00:00:00Z",
-                                     param_hint="--at")
+            raise click.BadParameter(
+                "give a time zone, e.g. 2027-01-01T00:00:00Z", param_hint="--at"
+            )
         when = parsed.timestamp()
     with machine(obj) as m:
         m.set_clock(shift=shift, at=when)
@@ -317,8 +384,10 @@ def tick(obj: dict[str, Any], secret: str, as_json: bool) -> None:
     with machine(obj, secret) as m:
         results = m.tick()
     failures = sum(1 for r in results if r.hresult)
-    line = (f"{len(results)} attempt(s), {len(results) - failures} successful; "
-            f"License Status: {m.licence.status.text}")
+    line = (
+        f"{len(results)} attempt(s), {len(results) - failures} successful; "
+        f"License Status: {m.licence.status.text}"
+    )
     if as_json:
         emit({**m.summary(), "attempts": len(results), "failed_attempts": failures})
     else:
@@ -326,9 +395,14 @@ def tick(obj: dict[str, Any], secret: str, as_json: bool) -> None:
 
 
 @client.command("hardware")
-@click.option("--set", "changes", multiple=True, metavar="SLOT=VALUE",
-              help="Replace a component: SLOT is 1-10 or its name (cpu, board, disk, nic, "
-                   "memory, display, bios, os-disk-volume, dock, machine).")
+@click.option(
+    "--set",
+    "changes",
+    multiple=True,
+    metavar="SLOT=VALUE",
+    help="Replace a component: SLOT is 1-10 or its name (cpu, board, disk, nic, "
+    "memory, display, bios, os-disk-volume, dock, machine).",
+)
 @json_option
 @click.pass_obj
 def hardware(obj: dict[str, Any], changes: tuple[str, ...], as_json: bool) -> None:
@@ -355,8 +429,10 @@ def _domain(text: str, hint: str) -> str:
     """A DNS domain as the profile keeps it: lower case, no dots around it."""
     name = text.strip().strip(".").lower()
     if not name or len(name) > 253 or not all(_LABEL.fullmatch(x) for x in name.split(".")):
-        raise click.BadParameter(f"{text!r} is not a DNS domain (labels of letters, digits "
-                                 "and '-', at most 63 each)", param_hint=hint)
+        raise click.BadParameter(
+            f"{text!r} is not a DNS domain (labels of letters, digits and '-', at most 63 each)",
+            param_hint=hint,
+        )
     return name
 
 
@@ -366,8 +442,9 @@ def _slot(text: str) -> int:
         return int(text) - 1
     if text in COMPONENT_NAMES:
         return COMPONENT_NAMES.index(text)
-    raise click.BadParameter(f"slot {text!r}: 1-10 or one of {', '.join(COMPONENT_NAMES)}",
-                             param_hint="--set")
+    raise click.BadParameter(
+        f"slot {text!r}: 1-10 or one of {', '.join(COMPONENT_NAMES)}", param_hint="--set"
+    )
 
 
 @client.command("vm")
@@ -383,29 +460,46 @@ def vm(obj: dict[str, Any], state: str | None, as_json: bool) -> None:
 
 
 @client.command("dns")
-@click.option("--server", "servers", multiple=True, metavar="ADDR[:PORT]",
-              help="DNS server(s) to ask (replaces the list; port 53 if omitted).")
-@click.option("--suffix", "suffixes", multiple=True, metavar="DOMAIN",
-              help="Primary DNS suffix, then the search list (replaces the list).")
+@click.option(
+    "--server",
+    "servers",
+    multiple=True,
+    metavar="ADDR[:PORT]",
+    help="DNS server(s) to ask (replaces the list; port 53 if omitted).",
+)
+@click.option(
+    "--suffix",
+    "suffixes",
+    multiple=True,
+    metavar="DOMAIN",
+    help="Primary DNS suffix, then the search list (replaces the list).",
+)
 @json_option
 @click.pass_obj
-def dns_settings(obj: dict[str, Any], servers: tuple[str, ...], suffixes: tuple[str, ...],
-                 as_json: bool) -> None:
+def dns_settings(
+    obj: dict[str, Any], servers: tuple[str, ...], suffixes: tuple[str, ...], as_json: bool
+) -> None:
     """Show or set where this machine looks for _vlmcs._tcp SRV records."""
     for server in servers:
         try:
             host, _ = parse_address(server, 53)
             ipaddress.ip_address(host.split("%")[0])
         except ValueError as exc:
-            raise click.BadParameter(f"{server!r}: an IP address, optionally with :PORT "
-                                     f"({exc})", param_hint="--server") from exc
+            raise click.BadParameter(
+                f"{server!r}: an IP address, optionally with :PORT ({exc})", param_hint="--server"
+            ) from exc
     names = [_domain(suffix, "--suffix") for suffix in suffixes]
     with machine(obj) as m:
         if servers:
             m.profile.dns_servers = list(servers)
         if suffixes:
             m.profile.dns_suffixes = names
-    report(m, Result(), as_json, [
-        f"DNS servers: {', '.join(m.profile.dns_servers) or '(none)'}",
-        f"DNS suffix search list: {', '.join(m.profile.dns_suffixes) or '(none)'}",
-    ])
+    report(
+        m,
+        Result(),
+        as_json,
+        [
+            f"DNS servers: {', '.join(m.profile.dns_servers) or '(none)'}",
+            f"DNS suffix search list: {', '.join(m.profile.dns_suffixes) or '(none)'}",
+        ],
+    )

@@ -7,20 +7,20 @@ object on stdout, and exits 1. A bad option value stays a click usage error (exi
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, Final, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 
-from kmsemu.addresses import AddressError, parse_address
-from kmsemu.catalog import Product, default_catalog
-from kmsemu.durations import parse_duration
-from kmsemu.errors import ConfigError, KmsemuError, LocalError, format_hresult
 from kmsemu.klp import DEFAULT_SECRET
+
+if TYPE_CHECKING:  # ``kmsemu --help`` loads none of these: each is imported where it is used
+    from pathlib import Path
+
+    from kmsemu.catalog import Product
+    from kmsemu.errors import KmsemuError
 
 F = TypeVar("F", bound=Callable[..., Any])
 #: ``ctx.meta`` key (shared by the whole context chain): whether the command got --json.
@@ -29,6 +29,8 @@ JSON_META: Final = "kmsemu.json"
 
 def kmsemu_home() -> Path:
     """The state directory: ``$KMSEMU_HOME``, else ``~/.kmsemu``."""
+    from pathlib import Path
+
     return Path(os.environ.get("KMSEMU_HOME") or Path.home() / ".kmsemu").expanduser()
 
 
@@ -40,8 +42,14 @@ def _record_json(ctx: click.Context, param: click.Parameter, value: bool) -> boo
 
 def json_option(func: F) -> F:
     """``--json`` (``as_json``); recorded in ``ctx.meta`` so that errors print as JSON too."""
-    return click.option("--json", "as_json", is_flag=True, is_eager=True,
-                        callback=_record_json, help="Print one JSON object on stdout.")(func)
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        is_eager=True,
+        callback=_record_json,
+        help="Print one JSON object on stdout.",
+    )(func)
 
 
 def secret_option(*, multiple: bool = False) -> Callable[[F], F]:
@@ -60,6 +68,8 @@ def secret_option(*, multiple: bool = False) -> Callable[[F], F]:
 
 def emit(data: dict[str, Any]) -> None:
     """Print one JSON object on stdout, indented, keys in the order given."""
+    import json
+
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
@@ -67,6 +77,8 @@ def report_error(exc: KmsemuError, *, as_json: bool) -> None:
     """Print a failed operation: with --json its JSON object on stdout (the fields the
     command knows besides ``error``); else ``Error: [0xHRESULT ]message (detail)``, the
     keys meant, the hint and the command's notes, on stderr."""
+    from kmsemu.errors import format_hresult
+
     if as_json:
         emit(exc.to_json(http=False))
         return
@@ -96,7 +108,11 @@ class KmsemuGroup(click.Group):
         """Run the command; a ``KmsemuError`` is reported and the exit status is 1."""
         try:
             return super().invoke(ctx)
-        except KmsemuError as exc:
+        except Exception as exc:
+            from kmsemu.errors import KmsemuError
+
+            if not isinstance(exc, KmsemuError):
+                raise
             report_error(exc, as_json=bool(ctx.meta.get(JSON_META)))
             ctx.exit(1)
 
@@ -114,18 +130,6 @@ def _check_text(arg: str) -> None:
         raise click.UsageError(f"an argument is not UTF-8 text: {shown!r}") from None
 
 
-def fail(message: str, *, code: str, hresult: int | None = None, as_json: bool = False,
-         extra: dict[str, Any] | None = None) -> NoReturn:
-    """Deprecated: ``raise LocalError(code, detail)`` (or a more precise KmsemuError)."""
-    del hresult, as_json  # the code names the HRESULT; KmsemuGroup knows about --json
-    raise LocalError(code, message, output=extra)
-
-
-def fail_with(exc: KmsemuError, as_json: bool = False) -> NoReturn:
-    """Deprecated: ``raise exc``."""
-    raise exc
-
-
 class ProductType(click.ParamType):  # type: ignore[type-arg]
     """A catalog product by key, name or SKU id; a mistyped one is a usage error naming
     the products it was most likely meant to be."""
@@ -136,6 +140,9 @@ class ProductType(click.ParamType):  # type: ignore[type-arg]
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> Product:
         """The product named; a usage error with close matches when there is none."""
+        from kmsemu.catalog import Product, default_catalog
+        from kmsemu.errors import ConfigError
+
         if isinstance(value, Product):
             return value
         catalog = default_catalog()
@@ -144,8 +151,9 @@ class ProductType(click.ParamType):  # type: ignore[type-arg]
         except ConfigError:
             close = catalog.close_matches(str(value))
             also = f"; did you mean {' or '.join(close)}?" if close else ""
-            self.fail(f"no product {value!r} in the catalog{also} (see 'kmsemu catalog')",
-                      param, ctx)
+            self.fail(
+                f"no product {value!r} in the catalog{also} (see 'kmsemu catalog')", param, ctx
+            )
 
 
 class AddressType(click.ParamType):  # type: ignore[type-arg]
@@ -159,6 +167,8 @@ class AddressType(click.ParamType):  # type: ignore[type-arg]
         """``(host, port)``; the port None when the text gives none."""
         if isinstance(value, tuple):
             return value
+        from kmsemu.addresses import AddressError, parse_address
+
         try:
             host, port = parse_address(str(value), -1)
         except AddressError as exc:
@@ -177,6 +187,8 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]
         """The duration in seconds; a usage error when it does not parse or is too long."""
         if isinstance(value, int | float):
             return float(value)
+        from kmsemu.durations import parse_duration
+
         try:
             seconds = parse_duration(str(value))
         except ValueError as exc:
@@ -189,9 +201,7 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]
 class SecondsType(click.FloatRange):
     """Seconds in a range; unlike ``FloatRange``, ``nan`` is refused too."""
 
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> Any:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         """The seconds, in range and not ``nan``."""
         seconds = super().convert(value, param, ctx)
         if math.isnan(seconds):
@@ -209,7 +219,6 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     None shows as ``-``."""
     text = [[str(v) if v is not None else "-" for v in row] for row in rows]
     widths = [max([len(c), *(len(row[i]) for row in text)]) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))
-               .rstrip())
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in text:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

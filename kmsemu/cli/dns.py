@@ -26,26 +26,48 @@ def dns() -> None:
 
 def zone_options(func: F) -> F:
     """``--zone``, ``--srv``, ``--a``, ``--zone-file`` and ``--ttl``, what ``build_zones`` takes."""
-    for option in reversed([
-        click.option("--zone", "zones", multiple=True, required=True,
-                     help="The zone, e.g. lab.test (serve: repeatable; --srv and --a go to "
-                          "the first)."),
-        click.option("--srv", multiple=True, metavar="TARGET[:PORT][,PRIO,WEIGHT]",
-                     help="A KMS host: _vlmcs._tcp SRV record (repeatable; default port "
-                          "1688, priority 0, weight 0). Relative targets are in the zone."),
-        click.option("--a", "addresses", multiple=True, metavar="NAME=IP",
-                     help="An A or AAAA record (repeatable)."),
-        click.option("--zone-file", type=click.Path(exists=True, dir_okay=False,
-                                                    path_type=Path),
-                     help="More records in zone-file syntax (SRV targets fully qualified)."),
-        click.option("--ttl", type=click.IntRange(0), default=3600, show_default=True),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--zone",
+                "zones",
+                multiple=True,
+                required=True,
+                help="The zone, e.g. lab.test (serve: repeatable; --srv and --a go to the first).",
+            ),
+            click.option(
+                "--srv",
+                multiple=True,
+                metavar="TARGET[:PORT][,PRIO,WEIGHT]",
+                help="A KMS host: _vlmcs._tcp SRV record (repeatable; default port "
+                "1688, priority 0, weight 0). Relative targets are in the zone.",
+            ),
+            click.option(
+                "--a",
+                "addresses",
+                multiple=True,
+                metavar="NAME=IP",
+                help="An A or AAAA record (repeatable).",
+            ),
+            click.option(
+                "--zone-file",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                help="More records in zone-file syntax (SRV targets fully qualified).",
+            ),
+            click.option("--ttl", type=click.IntRange(0), default=3600, show_default=True),
+        ]
+    ):
         func = option(func)
     return func
 
 
-def build_zones(zones: tuple[str, ...], srv: tuple[str, ...], addresses: tuple[str, ...],
-                zone_file: Path | None, ttl: int) -> list[Zone]:
+def build_zones(
+    zones: tuple[str, ...],
+    srv: tuple[str, ...],
+    addresses: tuple[str, ...],
+    zone_file: Path | None,
+    ttl: int,
+) -> list[Zone]:
     """The zones to serve: the first gets the SRV and address records; a zone file's
     records go to whichever zone contains them."""
     from kmsemu.dns.zone import SrvTarget, Zone, ZoneError, load_zone_text
@@ -57,8 +79,9 @@ def build_zones(zones: tuple[str, ...], srv: tuple[str, ...], addresses: tuple[s
             if not sep:
                 raise ZoneError(f"--a {item!r}: use NAME=IP")
             pairs.append((name.strip(), ip.strip()))
-        built = [Zone.build(zones[0], srv=[SrvTarget.parse(s) for s in srv], addresses=pairs,
-                            ttl=ttl)]
+        built = [
+            Zone.build(zones[0], srv=[SrvTarget.parse(s) for s in srv], addresses=pairs, ttl=ttl)
+        ]
         built += [Zone.build(z, ttl=ttl) for z in zones[1:]]
         if len({z.origin for z in built}) != len(built):
             raise ZoneError("a zone is named twice")
@@ -70,17 +93,33 @@ def build_zones(zones: tuple[str, ...], srv: tuple[str, ...], addresses: tuple[s
 
 
 @dns.command()
-@click.option("--listen", type=ADDRESS, default="127.0.0.1", show_default=True,
-              help="Address to listen on (UDP and TCP).")
+@click.option(
+    "--listen",
+    type=ADDRESS,
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (UDP and TCP).",
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
-@click.option("--updates", type=click.Choice(UPDATE_POLICIES), default="loopback",
-              show_default=True,
-              help="Who may publish records by RFC 2136 dynamic update (kmsemu host serve "
-                   "--dns-publish does).")
+@click.option(
+    "--updates",
+    type=click.Choice(UPDATE_POLICIES),
+    default="loopback",
+    show_default=True,
+    help="Who may publish records by RFC 2136 dynamic update (kmsemu host serve "
+    "--dns-publish does).",
+)
 @zone_options
-def serve(listen: tuple[str, int | None], port: int, updates: str, zones: tuple[str, ...],
-          srv: tuple[str, ...], addresses: tuple[str, ...], zone_file: Path | None,
-          ttl: int) -> None:
+def serve(
+    listen: tuple[str, int | None],
+    port: int,
+    updates: str,
+    zones: tuple[str, ...],
+    srv: tuple[str, ...],
+    addresses: tuple[str, ...],
+    zone_file: Path | None,
+    ttl: int,
+) -> None:
     """Authoritative DNS for a lab zone until SIGTERM or SIGINT.
 
     Prints `ready dns ADDR` on stderr once it answers.
@@ -98,24 +137,36 @@ def serve(listen: tuple[str, int | None], port: int, updates: str, zones: tuple[
         click.echo(f"ready dns {format_address(*bound)}", err=True)
 
     try:
-        asyncio.run(serve_dns(DnsServer(Authority(built), updates=updates), host, chosen,
-                              announce))
+        asyncio.run(serve_dns(DnsServer(Authority(built), updates=updates), host, chosen, announce))
     except OSError as exc:
-        raise LocalError("listen_failed",
-                         f"{format_address(host, chosen)}: {exc.strerror or exc}") from exc
+        raise LocalError(
+            "listen_failed", f"{format_address(host, chosen)}: {exc.strerror or exc}"
+        ) from exc
 
 
 @dns.command("export")
 @zone_options
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True)
-@click.option("--server", default="127.0.0.1", show_default=True,
-              help="The DNS server an nsupdate script talks to.")
-def export_command(zones: tuple[str, ...], srv: tuple[str, ...], addresses: tuple[str, ...],
-                   zone_file: Path | None, ttl: int, fmt: str, server: str) -> None:
+@click.option(
+    "--server",
+    default="127.0.0.1",
+    show_default=True,
+    help="The DNS server an nsupdate script talks to.",
+)
+def export_command(
+    zones: tuple[str, ...],
+    srv: tuple[str, ...],
+    addresses: tuple[str, ...],
+    zone_file: Path | None,
+    ttl: int,
+    fmt: str,
+    server: str,
+) -> None:
     """Print the records for an administrator's DNS: BIND lines, PowerShell, nsupdate."""
     from kmsemu.dns.export import export
 
     if len(zones) != 1:
         raise click.UsageError("export takes one --zone")
-    click.echo(export(build_zones(zones, srv, addresses, zone_file, ttl)[0], fmt, server=server),
-               nl=False)
+    click.echo(
+        export(build_zones(zones, srv, addresses, zone_file, ttl)[0], fmt, server=server), nl=False
+    )

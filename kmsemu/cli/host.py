@@ -13,8 +13,6 @@ from kmsemu.cli.common import (
     ADDRESS,
     DURATION,
     emit,
-    fail,
-    fail_with,
     json_option,
     kmsemu_home,
     secret_option,
@@ -70,9 +68,7 @@ def host() -> None:
     show_default=True,
     help="Port for --listen addresses that name none (0: any free port).",
 )
-@click.option(
-    "--state", "state_dir", type=click.Path(path_type=Path), help=_STATE_HELP
-)
+@click.option("--state", "state_dir", type=click.Path(path_type=Path), help=_STATE_HELP)
 @secret_option(multiple=True)
 @click.option(
     "--min-count",
@@ -135,19 +131,42 @@ def host() -> None:
     show_default=True,
     help="Event loop; auto uses uvloop when installed.",
 )
-@click.option("--dns-publish", "publish", multiple=True, metavar="ZONE[,PRIO,WEIGHT]",
-              help="Publish the host's _vlmcs._tcp SRV and address records in this zone "
-                   "(repeatable: the publish list).")
-@click.option("--dns-server", default="127.0.0.1:5300", show_default=True,
-              help="DNS server taking RFC 2136 updates (kmsemu dns serve, BIND...).")
-@click.option("--dns-name", default=None,
-              help="The host's name in the zone (default: this machine's short name).")
-@click.option("--dns-address", default=None,
-              help="Address to publish (default: the listen address, or 127.0.0.1).")
-@click.option("--dns-refresh", type=DURATION, default=24 * 3600.0,
-              help="Publish again this often (default 24h).")
-@click.option("--dns-tsig", default=None, metavar="NAME:BASE64",
-              help="Sign updates with this HMAC-SHA256 TSIG key.")
+@click.option(
+    "--dns-publish",
+    "publish",
+    multiple=True,
+    metavar="ZONE[,PRIO,WEIGHT]",
+    help="Publish the host's _vlmcs._tcp SRV and address records in this zone "
+    "(repeatable: the publish list).",
+)
+@click.option(
+    "--dns-server",
+    default="127.0.0.1:5300",
+    show_default=True,
+    help="DNS server taking RFC 2136 updates (kmsemu dns serve, BIND...).",
+)
+@click.option(
+    "--dns-name",
+    default=None,
+    help="The host's name in the zone (default: this machine's short name).",
+)
+@click.option(
+    "--dns-address",
+    default=None,
+    help="Address to publish (default: the listen address, or 127.0.0.1).",
+)
+@click.option(
+    "--dns-refresh",
+    type=DURATION,
+    default=24 * 3600.0,
+    help="Publish again this often (default 24h).",
+)
+@click.option(
+    "--dns-tsig",
+    default=None,
+    metavar="NAME:BASE64",
+    help="Sign updates with this HMAC-SHA256 TSIG key.",
+)
 def serve(
     listen: tuple[tuple[str, int | None], ...],
     port: int,
@@ -178,24 +197,30 @@ def serve(
     from kmsemu.run.host import HostConfig, Publishing, serve_host
     from kmsemu.run.loop import loop_factory
 
-    try:
-        catalog = load_catalog(catalog_path)
-    except ConfigError as exc:
-        fail_with(exc, False)
+    catalog = load_catalog(catalog_path)
     settings = HostSettings(activation_interval, renewal_interval, min_count)
     addresses = [(h, p if p is not None else port) for h, p in listen]
     if not addresses:
         addresses = [("0.0.0.0", port), ("::", port)]
     try:
-        publishing = Publishing.parse(publish, dns_server, dns_name, dns_address, dns_refresh,
-                                      dns_tsig)
+        publishing = Publishing.parse(
+            publish, dns_server, dns_name, dns_address, dns_refresh, dns_tsig
+        )
     except ConfigError as exc:
         raise click.UsageError(exc.message) from exc
     loop_name, new_loop = loop_factory(loop)
-    config = HostConfig(state_dir or default_state_dir(), catalog, settings, list(secrets),
-                        OffsetClock(SystemClock(), clock_offset), addresses,
-                        ServerOptions(max_connections, idle_timeout), log_format, loop_name,
-                        publishing)
+    config = HostConfig(
+        state_dir or default_state_dir(),
+        catalog,
+        settings,
+        list(secrets),
+        OffsetClock(SystemClock(), clock_offset),
+        addresses,
+        ServerOptions(max_connections, idle_timeout),
+        log_format,
+        loop_name,
+        publishing,
+    )
 
     def announce(running: RunningHost) -> None:
         click.echo(f"ready kms-host {running.listen}", err=True)
@@ -209,9 +234,7 @@ def serve(
 
 
 @host.command()
-@click.option(
-    "--state", "state_dir", type=click.Path(path_type=Path), help=_STATE_HELP
-)
+@click.option("--state", "state_dir", type=click.Path(path_type=Path), help=_STATE_HELP)
 @click.option(
     "--catalog",
     "catalog_path",
@@ -229,17 +252,11 @@ def status(state_dir: Path | None, catalog_path: Path | None, as_json: bool) -> 
     lab_db = kmsemu_home() / LAB_DB
     if state_dir is None and not database_path(state).exists() and lab_db.exists():
         state = lab_db
+    catalog = load_catalog(catalog_path)
     try:
         store = HostStore(state, create=False)
-        catalog = load_catalog(catalog_path)
-    except OSError:  # FileNotFoundError; a name too long, a directory not readable
-        fail(
-            f"no host state in {state}; start one with 'kmsemu host serve'",
-            code="no_state",
-            as_json=as_json,
-        )
-    except ConfigError as exc:
-        fail_with(exc, as_json)
+    except OSError as exc:  # FileNotFoundError; a name too long, a directory not readable
+        raise LocalError("no_state", f"none in {state}") from exc
     try:
         report = _status_report(store, catalog)
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import click
@@ -50,8 +49,7 @@ def _key_json(key: ProductKey, catalog: Catalog) -> dict[str, Any]:
 @click.option(
     "--type", "key_type", type=click.Choice(_TYPES), required=True, help="What the key is for."
 )
-@click.option("--product", type=PRODUCT, required=True,
-              help="Catalog product key, name or SKU id.")
+@click.option("--product", type=PRODUCT, required=True, help="Catalog product key, name or SKU id.")
 @click.option(
     "--serial", type=click.IntRange(0, MAX_SERIAL), help="Serial number (default: a random one)."
 )
@@ -71,6 +69,8 @@ def mint_command(
     if quantity and kind is not KeyType.SUBSCRIPTION:
         raise click.UsageError("--quantity is for subscription keys only")
     if serial is None:
+        import secrets
+
         serial = secrets.randbelow(MAX_SERIAL + 1)
     key = mint(kind, product.number, serial, quantity or 0)
     if as_json:

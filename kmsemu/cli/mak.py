@@ -25,7 +25,6 @@ from kmsemu.cli.common import (
     ADDRESS,
     DURATION,
     emit,
-    fail_with,
     json_option,
     kmsemu_home,
     secret_option,
@@ -33,7 +32,7 @@ from kmsemu.cli.common import (
 )
 from kmsemu.clock import OffsetClock, SystemClock
 from kmsemu.durations import parse_duration
-from kmsemu.errors import KmsemuError, LocalError
+from kmsemu.errors import LocalError
 from mak.client import MakClient, RemoteError
 from mak.defaults import DB_NAME, DEFAULT_PORT, DEFAULT_REDEEM_RATE, DEFAULT_URL, token_file
 from mak.service import is_fingerprint, parse_key
@@ -55,28 +54,58 @@ def mak() -> None:
 
 
 @mak.command()
-@click.option("--listen", type=ADDRESS, multiple=True,
-              help="ADDR[:PORT] to listen on (repeatable). Default: 127.0.0.1.")
+@click.option(
+    "--listen",
+    type=ADDRESS,
+    multiple=True,
+    help="ADDR[:PORT] to listen on (repeatable). Default: 127.0.0.1.",
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
-@click.option("--db", "db_url", envvar="KMSEMU_MAK_DB", show_envvar=True,
-              help="sqlite:///PATH or postgresql://... "
-                   "Default: SQLite in $KMSEMU_HOME/mak/mak.sqlite3.")
-@click.option("--admin-token", envvar="KMSEMU_ADMIN_TOKEN", show_envvar=True,
-              help="Bearer token for administration. Default: one kept in "
-                   "$KMSEMU_HOME/mak/admin-token.")
+@click.option(
+    "--db",
+    "db_url",
+    envvar="KMSEMU_MAK_DB",
+    show_envvar=True,
+    help="sqlite:///PATH or postgresql://... Default: SQLite in $KMSEMU_HOME/mak/mak.sqlite3.",
+)
+@click.option(
+    "--admin-token",
+    envvar="KMSEMU_ADMIN_TOKEN",
+    show_envvar=True,
+    help="Bearer token for administration. Default: one kept in $KMSEMU_HOME/mak/admin-token.",
+)
 @secret_option()
-@click.option("--clock-offset", type=DURATION, default=0.0,
-              help="Run the service's clock this far from real time (e.g. +30d).")
-@click.option("--catalog", "catalog_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Catalog file (default: the built-in one).")
-@click.option("--redeem-rate", type=click.IntRange(0, None), default=DEFAULT_REDEEM_RATE,
-              show_default=True,
-              help="Portal: redemption attempts per organisation per minute before 'busy' "
-                   "(0: no limit).")
+@click.option(
+    "--clock-offset",
+    type=DURATION,
+    default=0.0,
+    help="Run the service's clock this far from real time (e.g. +30d).",
+)
+@click.option(
+    "--catalog",
+    "catalog_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Catalog file (default: the built-in one).",
+)
+@click.option(
+    "--redeem-rate",
+    type=click.IntRange(0, None),
+    default=DEFAULT_REDEEM_RATE,
+    show_default=True,
+    help="Portal: redemption attempts per organisation per minute before 'busy' (0: no limit).",
+)
 @click.option("--quiet", is_flag=True, help="Log only warnings and errors.")
-def serve(listen: tuple[tuple[str, int | None], ...], port: int, db_url: str | None,
-          admin_token: str | None, secret: str, clock_offset: float,
-          catalog_path: Path | None, redeem_rate: int, quiet: bool) -> None:
+def serve(
+    listen: tuple[tuple[str, int | None], ...],
+    port: int,
+    db_url: str | None,
+    admin_token: str | None,
+    secret: str,
+    clock_offset: float,
+    catalog_path: Path | None,
+    redeem_rate: int,
+    quiet: bool,
+) -> None:
     """Run the MAK service and the licensing portal until SIGTERM or SIGINT.
 
     Prints `ready mak http://ADDR` on stderr once it accepts connections.
@@ -91,15 +120,24 @@ def serve(listen: tuple[tuple[str, int | None], ...], port: int, db_url: str | N
     home = mak_home()
     try:
         catalog = load_catalog(catalog_path)
-        opened = open_mak(MakConfig(home, secret, OffsetClock(SystemClock(), clock_offset),
-                                    catalog, db=db_url, admin_token=admin_token,
-                                    redeem_rate=redeem_rate))
-    except KmsemuError as exc:  # a bad catalog or --db; PostgreSQL unreachable
-        fail_with(exc, False)
-    except (OSError, sqlite3.Error) as exc:
+        opened = open_mak(
+            MakConfig(
+                home,
+                secret,
+                OffsetClock(SystemClock(), clock_offset),
+                catalog,
+                db=db_url,
+                admin_token=admin_token,
+                redeem_rate=redeem_rate,
+            )
+        )
+    except (OSError, sqlite3.Error) as exc:  # a KmsemuError (catalog, --db) goes up as it is
         raise LocalError("database_unavailable", f"{db_url or home / DB_NAME}: {exc}") from exc
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING if quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start-up chatter
     addresses = [(h, p if p is not None else port) for h, p in listen] or [("127.0.0.1", port)]
     try:
@@ -114,8 +152,10 @@ def serve(listen: tuple[tuple[str, int | None], ...], port: int, db_url: str | N
         with until_signal() as stopper:
             if not admin_token:
                 click.echo(f"admin token in {token_file(home)}", err=True)
-            click.echo("ready mak " + " ".join(f"http://{format_address(h, p)}"
-                                               for h, p in http.bound), err=True)
+            click.echo(
+                "ready mak " + " ".join(f"http://{format_address(h, p)}" for h, p in http.bound),
+                err=True,
+            )
             await stopper.wait()
             await http.close()
 
@@ -133,10 +173,18 @@ def serve(listen: tuple[tuple[str, int | None], ...], port: int, db_url: str | N
 
 def client_options(func: F) -> F:
     """``--url`` and ``--admin-token``, for commands that talk to a running service."""
-    func = click.option("--url", envvar="KMSEMU_MAK_URL", default=DEFAULT_URL,
-                        show_default=True, help="The MAK service.")(func)
-    return click.option("--admin-token", envvar="KMSEMU_ADMIN_TOKEN",
-                        help="Administrator token (default: $KMSEMU_HOME/mak/admin-token).")(func)
+    func = click.option(
+        "--url",
+        envvar="KMSEMU_MAK_URL",
+        default=DEFAULT_URL,
+        show_default=True,
+        help="The MAK service.",
+    )(func)
+    return click.option(
+        "--admin-token",
+        envvar="KMSEMU_ADMIN_TOKEN",
+        help="Administrator token (default: $KMSEMU_HOME/mak/admin-token).",
+    )(func)
 
 
 def admin_token_or_file(given: str | None) -> str | None:
@@ -156,8 +204,9 @@ def _client(url: str, admin_token: str | None) -> MakClient:
         raise click.UsageError(str(exc)) from exc
 
 
-def fail_remote(exc: RemoteError, *, notes: Sequence[str] = (),
-                extra: dict[str, Any] | None = None) -> NoReturn:
+def fail_remote(
+    exc: RemoteError, *, notes: Sequence[str] = (), extra: dict[str, Any] | None = None
+) -> NoReturn:
     """The service's error with what the command adds: ``notes`` after the hint, ``extra``
     beside ``error`` with --json (``KmsemuGroup`` prints it and exits 1)."""
     exc.notes.extend(notes)
@@ -185,7 +234,8 @@ def parse_when(text: str | None) -> str | None:
             moment = datetime.fromisoformat(text)
         except ValueError:
             raise click.BadParameter(
-                f"{text!r} is neither ISO 8601 nor a duration like +30d") from None
+                f"{text!r} is neither ISO 8601 nor a duration like +30d"
+            ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         return moment.isoformat()
@@ -207,8 +257,10 @@ def _show_key(record: dict[str, Any], as_json: bool, verb: str = "") -> None:
         click.echo(f"Key {record['fingerprint']} (…{record['last5']}) {verb}.")
     expires = record.get("expires") or "never"
     blocked = ", blocked" if record.get("blocked") else ""
-    click.echo(f"{record['type']}: {record['used']} of {record['limit']} used, "
-               f"{record['remaining']} remaining{blocked}; expires {expires}")
+    click.echo(
+        f"{record['type']}: {record['used']} of {record['limit']} used, "
+        f"{record['remaining']} remaining{blocked}; expires {expires}"
+    )
 
 
 # -- administration ------------------------------------------------------------------------------
@@ -216,32 +268,47 @@ def _show_key(record: dict[str, Any], as_json: bool, verb: str = "") -> None:
 
 @mak.command("add-key")
 @click.argument("key")
-@click.option("--limit", type=click.IntRange(0, 2**31 - 1),
-              help="Activations (machines) allowed; required for a MAK. Retail: 1; "
-                   "KMS host: 6.")
+@click.option(
+    "--limit",
+    type=click.IntRange(0, 2**31 - 1),
+    help="Activations (machines) allowed; required for a MAK. Retail: 1; KMS host: 6.",
+)
 @click.option("--expires", help="ISO 8601 date or time, or a duration from now (+90d).")
-@click.option("--reactivations", type=click.IntRange(0, 2**31 - 1),
-              help="Counted reactivations per machine (KMS host keys: 9).")
+@click.option(
+    "--reactivations",
+    type=click.IntRange(0, 2**31 - 1),
+    help="Counted reactivations per machine (KMS host keys: 9).",
+)
 @client_options
 @json_option
-def add_key(key: str, limit: int | None, expires: str | None, reactivations: int | None,
-            url: str, admin_token: str | None, as_json: bool) -> None:
+def add_key(
+    key: str,
+    limit: int | None,
+    expires: str | None,
+    reactivations: int | None,
+    url: str,
+    admin_token: str | None,
+    as_json: bool,
+) -> None:
     """Register a MAK, retail or KMS host key with the service."""
     client = _client(url, admin_token)
-    record = client.add_key(key, limit=limit, expires=parse_when(expires),
-                            reactivations=reactivations)
+    record = client.add_key(
+        key, limit=limit, expires=parse_when(expires), reactivations=reactivations
+    )
     _show_key(record, as_json, "added")
 
 
 @mak.command()
 @click.argument("key")
-@click.option("--by", "amount", type=click.IntRange(1, 2**31 - 1), required=True,
-              help="Activations to add.")
+@click.option(
+    "--by", "amount", type=click.IntRange(1, 2**31 - 1), required=True, help="Activations to add."
+)
 @click.option("--reason", default=None, help="Recorded with the increase.")
 @client_options
 @json_option
-def increase(key: str, amount: int, reason: str | None, url: str, admin_token: str | None,
-             as_json: bool) -> None:
+def increase(
+    key: str, amount: int, reason: str | None, url: str, admin_token: str | None, as_json: bool
+) -> None:
     """Grant an activation count increase (KEY or its fingerprint)."""
     client = _client(url, admin_token)
     record = client.increase(_fingerprint(key), amount, reason)
@@ -252,8 +319,7 @@ def _change_command(action: str, verb: str, doc: str) -> click.Command:
     @click.argument("key")
     @client_options
     @json_option
-    def command(key: str, url: str, admin_token: str | None, as_json: bool,
-                **options: Any) -> None:
+    def command(key: str, url: str, admin_token: str | None, as_json: bool, **options: Any) -> None:
         client = _client(url, admin_token)
         at = parse_when(options.get("at"))
         body = {"at": at} if at else None
@@ -262,8 +328,7 @@ def _change_command(action: str, verb: str, doc: str) -> click.Command:
 
     command.__doc__ = doc
     if action == "expire":
-        command = click.option("--at", help="When (ISO 8601 or +DURATION); default now.")(
-            command)
+        command = click.option("--at", help="When (ISO 8601 or +DURATION); default now.")(command)
     return mak.command(action)(command)
 
 
@@ -302,8 +367,10 @@ def show(key: str, url: str, admin_token: str | None, as_json: bool) -> None:
     for item in record["increases"]:
         click.echo(f"increase +{item['amount']} at {item['at']} {item['reason']}".rstrip())
     for m in record["machines"]:
-        click.echo(f"machine {m['hardware_id']} {m['machine_name'] or '-'} {m['route']} "
-                   f"first {m['first_at']} last {m['last_at']}")
+        click.echo(
+            f"machine {m['hardware_id']} {m['machine_name'] or '-'} {m['route']} "
+            f"first {m['first_at']} last {m['last_at']}"
+        )
 
 
 @mak.command()
@@ -324,8 +391,9 @@ def count(key: str, url: str, as_json: bool) -> None:
 @click.option("--machine-name", help="Recorded with the activation.")
 @click.option("--url", envvar="KMSEMU_MAK_URL", default=DEFAULT_URL, show_default=True)
 @json_option
-def phone(installation_id: tuple[str, ...], machine_name: str | None, url: str,
-          as_json: bool) -> None:
+def phone(
+    installation_id: tuple[str, ...], machine_name: str | None, url: str, as_json: bool
+) -> None:
     """Play the activation centre: an installation ID in, a confirmation ID out.
 
     The ID may be given as one argument or as its nine groups.
@@ -372,8 +440,11 @@ def proxy_activate(file: Any, out: Any, url: str, as_json: bool) -> None:
             else:
                 click.echo(f"{result['installation_id']}  {result['confirmation_id']}")
     if answer["failed"]:  # with --json: the answer and the error, one object
-        raise LocalError("proxy_refused", f"{answer['activated']} confirmed, "
-                         f"{answer['failed']} refused", output=answer)
+        raise LocalError(
+            "proxy_refused",
+            f"{answer['activated']} confirmed, {answer['failed']} refused",
+            output=answer,
+        )
     if as_json:
         emit(answer)
     else:
@@ -385,18 +456,29 @@ def proxy_activate(file: Any, out: Any, url: str, as_json: bool) -> None:
 
 @mak.command("export")
 @click.option("--out", type=click.File("w"), default="-", help="File (default: stdout).")
-@click.option("--mode", type=click.Choice(["all", "keys", "activations"]), default="all",
-              show_default=True, help="Keys and activations, keys only, or activations only.")
-@click.option("--no-machine-names", is_flag=True,
-              help="Leave machine names out (for data that leaves the lab).")
+@click.option(
+    "--mode",
+    type=click.Choice(["all", "keys", "activations"]),
+    default="all",
+    show_default=True,
+    help="Keys and activations, keys only, or activations only.",
+)
+@click.option(
+    "--no-machine-names",
+    is_flag=True,
+    help="Leave machine names out (for data that leaves the lab).",
+)
 @client_options
-def export_command(out: Any, mode: str, no_machine_names: bool, url: str,
-                   admin_token: str | None) -> None:
+def export_command(
+    out: Any, mode: str, no_machine_names: bool, url: str, admin_token: str | None
+) -> None:
     """Export keys and activations as JSON for an isolated lab."""
     client = _client(url, admin_token)
     document = client.export(
-        keys=mode in ("all", "keys"), activations=mode in ("all", "activations"),
-        machine_names=not no_machine_names)
+        keys=mode in ("all", "keys"),
+        activations=mode in ("all", "activations"),
+        machine_names=not no_machine_names,
+    )
     json.dump(document, out, indent=2)
     out.write("\n")
 
@@ -416,6 +498,8 @@ def import_command(file: Any, url: str, admin_token: str | None, as_json: bool) 
     if as_json:
         emit(report)
     else:
-        click.echo(f"keys: {report['keys_added']} added, {report['keys_kept']} kept; "
-                   f"activations: {report['activations_added']} added, "
-                   f"{report['activations_kept']} kept")
+        click.echo(
+            f"keys: {report['keys_added']} added, {report['keys_kept']} kept; "
+            f"activations: {report['activations_added']} added, "
+            f"{report['activations_kept']} kept"
+        )

@@ -21,17 +21,33 @@ def sim() -> None:
 
 @sim.command()
 @click.argument("scenario", required=False)
-@click.option("--builtin", "builtin", metavar="NAME",
-              help="A built-in scenario (see `kmsemu sim list`).")
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Directory for timeline.csv, timeline.json, report.html and the charts.")
-@click.option("--network", is_flag=True,
-              help="Real host, DNS and MAK servers on loopback, clients speaking KLP/1.")
+@click.option(
+    "--builtin", "builtin", metavar="NAME", help="A built-in scenario (see `kmsemu sim list`)."
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for timeline.csv, timeline.json, report.html and the charts.",
+)
+@click.option(
+    "--network",
+    is_flag=True,
+    help="Real host, DNS and MAK servers on loopback, clients speaking KLP/1.",
+)
 @click.option("--seed", type=int, default=None, help="Random seed (default: the scenario's).")
 @click.option("--no-report", is_flag=True, help="Write the timeline only (no charts, no HTML).")
 @json_option
-def run(scenario: str | None, builtin: str | None, out: Path, network: bool, seed: int | None,
-        no_report: bool, as_json: bool) -> None:
+def run(
+    scenario: str | None,
+    builtin: str | None,
+    out: Path,
+    network: bool,
+    seed: int | None,
+    no_report: bool,
+    as_json: bool,
+) -> None:
     """Run SCENARIO (a TOML file) or --builtin NAME and write what happened, day by day."""
     if (scenario is None) == (builtin is None):
         raise click.UsageError("name a scenario file or --builtin NAME (one of them)")
@@ -42,8 +58,9 @@ def run(scenario: str | None, builtin: str | None, out: Path, network: bool, see
     mode = "network" if network else "fast"
     started = time.perf_counter()
     show = sys.stderr.isatty() and not as_json
-    with click.progressbar(length=loaded.days, label=f"{loaded.name}: days", file=sys.stderr,
-                           hidden=not show) as bar:
+    with click.progressbar(
+        length=loaded.days, label=f"{loaded.name}: days", file=sys.stderr, hidden=not show
+    ) as bar:
         if network:
             from kmsemu.sim.network import run_network as engine
         else:
@@ -63,15 +80,27 @@ def run(scenario: str | None, builtin: str | None, out: Path, network: bool, see
         raise LocalError("write_failed", f"{exc.filename or out}: {exc.strerror or exc}") from exc
     elapsed = time.perf_counter() - started
     if as_json:
-        emit({"scenario": loaded.name, "mode": mode, "seed": loaded.seed, "days": loaded.days,
-              "clients": loaded.clients, "seconds": round(elapsed, 3),
-              "files": [str(p) for p in written], "summary": document["summary"]})
+        emit(
+            {
+                "scenario": loaded.name,
+                "mode": mode,
+                "seed": loaded.seed,
+                "days": loaded.days,
+                "clients": loaded.clients,
+                "seconds": round(elapsed, 3),
+                "files": [str(p) for p in written],
+                "summary": document["summary"],
+            }
+        )
         return
     summary = document["summary"]
-    states = ", ".join(f"{n} {s.replace('_', ' ')}"
-                       for s, n in summary["final_states"].items() if n)
-    click.echo(f"{loaded.name}: {loaded.clients} clients, {loaded.days} days, seed "
-               f"{loaded.seed}, {mode} mode, {elapsed:.2f} s")
+    states = ", ".join(
+        f"{n} {s.replace('_', ' ')}" for s, n in summary["final_states"].items() if n
+    )
+    click.echo(
+        f"{loaded.name}: {loaded.clients} clients, {loaded.days} days, seed "
+        f"{loaded.seed}, {mode} mode, {elapsed:.2f} s"
+    )
     click.echo(f"  at the end: {states}")
     for event in document["events"][:12]:
         click.echo(f"  day {event['day']}: {event['text']}")
@@ -99,8 +128,14 @@ def list_(as_json: bool) -> None:
     """The built-in teaching scenarios."""
     scenarios = [load_scenario(name) for name in builtin_names()]
     if as_json:
-        emit({"scenarios": [{"name": s.name, "title": s.title, "days": s.days,
-                             "clients": s.clients} for s in scenarios]})
+        emit(
+            {
+                "scenarios": [
+                    {"name": s.name, "title": s.title, "days": s.days, "clients": s.clients}
+                    for s in scenarios
+                ]
+            }
+        )
         return
     for s in scenarios:
         click.echo(f"{s.name:<16} {s.title} ({s.clients} clients, {s.days} days)")

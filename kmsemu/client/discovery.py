@@ -82,20 +82,25 @@ def _resolver(servers: Sequence[str], timeout: float) -> dns.resolver.Resolver:
     return resolver
 
 
-def discover(domains: Sequence[str], servers: Sequence[str], rng: random.Random,
-             *, timeout: float = 3.0) -> list[Candidate]:
+def discover(
+    domains: Sequence[str], servers: Sequence[str], rng: random.Random, *, timeout: float = 3.0
+) -> list[Candidate]:
     """The KMS hosts to try, in order, from the first domain that has any."""
     if not servers:
-        raise DiscoveryError(HResult.DNS_SERVER_FAILURE,
-                             "no DNS server configured (kmsemu client dns --server ADDR)")
+        raise DiscoveryError(
+            HResult.DNS_SERVER_FAILURE, "no DNS server configured (kmsemu client dns --server ADDR)"
+        )
     if not domains:
-        raise DiscoveryError(HResult.DNS_NAME_DOES_NOT_EXIST,
-                             "no DNS suffix to search (kmsemu client dns --suffix DOMAIN)")
+        raise DiscoveryError(
+            HResult.DNS_NAME_DOES_NOT_EXIST,
+            "no DNS suffix to search (kmsemu client dns --suffix DOMAIN)",
+        )
     try:
         resolver = _resolver(servers, timeout)
     except ValueError as exc:  # AddressError, or a name where dnspython wants an address
-        raise DiscoveryError(HResult.DNS_SERVER_FAILURE,
-                             f"DNS servers {', '.join(servers)}: {exc}") from None
+        raise DiscoveryError(
+            HResult.DNS_SERVER_FAILURE, f"DNS servers {', '.join(servers)}: {exc}"
+        ) from None
     last = DiscoveryError(HResult.DNS_NAME_DOES_NOT_EXIST, "no domain searched")
     for domain in domains:
         qname = f"{SERVICE}.{domain.strip('.')}."

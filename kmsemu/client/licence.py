@@ -374,9 +374,7 @@ def _grace_time(lic: Licence, e: Event) -> Step:
     assert isinstance(e, TimePassed)
     if lic.grace_ends is None or e.now < lic.grace_ends:
         return Step(lic)
-    return Step(
-        _evolve(lic, status=LicenseStatus.NOTIFICATION, reason=HResult.GRACE_EXPIRED)
-    )
+    return Step(_evolve(lic, status=LicenseStatus.NOTIFICATION, reason=HResult.GRACE_EXPIRED))
 
 
 Handler = Callable[[Licence, Event], Step]
@@ -429,8 +427,14 @@ TRANSITIONS: Final[dict[tuple[LicenseStatus, type], Handler]] = {
 SHOWN_AS_IS: Final = frozenset({HResult.PRODUCT_NOT_SERVED})
 
 
-def kms_answer(now: float, status: int, count: int, threshold: int,
-               activation_interval: int, renewal_interval: int) -> Activated | ActivationFailed:
+def kms_answer(
+    now: float,
+    status: int,
+    count: int,
+    threshold: int,
+    activation_interval: int,
+    renewal_interval: int,
+) -> Activated | ActivationFailed:
     """What a KMS host's answer means to the client: activated when the host said 0 and
     its count reached the product's threshold; else a failure, 0xC004F038 below the
     threshold (the host's intervals are adopted either way)."""
@@ -438,8 +442,9 @@ def kms_answer(now: float, status: int, count: int, threshold: int,
         shown = status if status in SHOWN_AS_IS else HResult.NO_KMS_HOST
         return ActivationFailed(now, shown, activation_interval, renewal_interval)
     if count < threshold:
-        return ActivationFailed(now, HResult.COUNT_INSUFFICIENT, activation_interval,
-                                renewal_interval)
+        return ActivationFailed(
+            now, HResult.COUNT_INSUFFICIENT, activation_interval, renewal_interval
+        )
     return Activated(now, activation_interval, renewal_interval)
 
 

@@ -148,8 +148,10 @@ class Machine:
         self._mak_url = mak_url
         self._secret = secret
         if not _clock_in_range(self.now):
-            raise ProfileError(f"profile {profile.name}: its clock is "
-                               f"{profile.clock_offset!r} seconds off real time")
+            raise ProfileError(
+                f"profile {profile.name}: its clock is "
+                f"{profile.clock_offset!r} seconds off real time"
+            )
 
     # -- time ------------------------------------------------------------------------
 
@@ -168,8 +170,12 @@ class Machine:
             offset += shift
         if not _clock_in_range(self._real_now() + offset):
             years = (offset - self.profile.clock_offset) / (365.25 * 86_400)
-            raise LocalError("clock_out_of_range", f"a move of {years:+,.0f} years from "
-                             f"{_iso(self.now)}" if math.isfinite(years) else "")
+            raise LocalError(
+                "clock_out_of_range",
+                f"a move of {years:+,.0f} years from {_iso(self.now)}"
+                if math.isfinite(years)
+                else "",
+            )
         self.profile.clock_offset = offset
 
     # -- the product ---------------------------------------------------------------------
@@ -213,16 +219,23 @@ class Machine:
             return Result(HResult.PRODUCT_KEY_INVALID, diagnosis.problems[0].message + hint)
         key: ProductKey = diagnosis.key
         if key.type is KeyType.SUBSCRIPTION:
-            return Result(HResult.PRODUCT_KEY_INVALID,
-                          "a subscription key is redeemed in the portal, not installed")
+            return Result(
+                HResult.PRODUCT_KEY_INVALID,
+                "a subscription key is redeemed in the portal, not installed",
+            )
         if key.product >= len(self.catalog):
             return Result(HResult.PRODUCT_KEY_INVALID, f"no product #{key.product} in the catalog")
         product = self.catalog.products[key.product]
         self.profile.product_key = key.symbols
         self.profile.product = product.key
         self._apply(TimePassed(self.now))
-        self._apply(KeyInstalled(self.now, Policy.for_family(product.family),
-                                 kms_client=key.type is KeyType.KMS_CLIENT))
+        self._apply(
+            KeyInstalled(
+                self.now,
+                Policy.for_family(product.family),
+                kms_client=key.type is KeyType.KMS_CLIENT,
+            )
+        )
         return Result()
 
     def uninstall_key(self) -> Result:
@@ -276,14 +289,21 @@ class Machine:
             return Result(HResult.PRODUCT_KEY_INVALID, "no product key is installed")
         parsed = check(key).key
         if parsed is None or parsed.type is not KeyType.KMS_CLIENT:
-            return Result(HResult.PRODUCT_KEY_INVALID,
-                          "only KMS client setup keys activate against a KMS host; MAK, "
-                          "retail and KMS host keys against the MAK service")
+            return Result(
+                HResult.PRODUCT_KEY_INVALID,
+                "only KMS client setup keys activate against a KMS host; MAK, "
+                "retail and KMS host keys against the MAK service",
+            )
         request = self._request(product)
-        sent = {"id": 12288, "time": _iso(when), "cmid": self.profile.cmid,
-                "client_time": _iso(self._real_now()), "vm": self.profile.vm,
-                "license_status": int(self.licence.status),
-                "minutes_to_expiration": self.licence.minutes_remaining(when)}
+        sent = {
+            "id": 12288,
+            "time": _iso(when),
+            "cmid": self.profile.cmid,
+            "client_time": _iso(self._real_now()),
+            "vm": self.profile.vm,
+            "license_status": int(self.licence.status),
+            "minutes_to_expiration": self.licence.minutes_remaining(when),
+        }
         detail = "no KMS host could be contacted"
         from kmsemu.client.discovery import DiscoveryError
         from kmsemu.klp.envelope import LabKey
@@ -291,8 +311,9 @@ class Machine:
         lab_key = LabKey.derive(self._secret)
         for candidate in self._candidates():
             if isinstance(candidate, DiscoveryError):
-                self.profile.add_event({**sent, "hresult": f"0x{candidate.hresult:08X}",
-                                        "server": None})
+                self.profile.add_event(
+                    {**sent, "hresult": f"0x{candidate.hresult:08X}", "server": None}
+                )
                 detail = candidate.detail
                 continue
             address, name, source = candidate
@@ -309,24 +330,52 @@ class Machine:
             return self._answered(when, product, exchange, sent, server, name, source)
         return self._failed(when, HResult.NO_KMS_HOST, detail)
 
-    def _answered(self, when: float, product: Product, exchange: Exchange,
-                  sent: dict[str, Any], server: str, name: str, source: str) -> Result:
+    def _answered(
+        self,
+        when: float,
+        product: Product,
+        exchange: Exchange,
+        sent: dict[str, Any],
+        server: str,
+        name: str,
+        source: str,
+    ) -> Result:
         response = exchange.response
         self.profile.add_event({**sent, "hresult": f"0x{response.status:08X}", "server": server})
         activated = response.status == 0 and response.current_count >= product.threshold
-        self.profile.add_event({
-            "id": 12289, "time": _iso(when), "hresult": f"0x{response.status:08X}",
-            "activated": activated, "current_count": response.current_count,
-            "activation_interval": response.activation_interval,
-            "renewal_interval": response.renewal_interval})
-        self.profile.last_kms = {"host": server, "name": name, "source": source,
-                                 "epid": response.host_epid, "ip": exchange.address[0],
-                                 "host_id": response.host_id.hex()}
-        event = kms_answer(when, response.status, response.current_count, product.threshold,
-                           response.activation_interval, response.renewal_interval)
+        self.profile.add_event(
+            {
+                "id": 12289,
+                "time": _iso(when),
+                "hresult": f"0x{response.status:08X}",
+                "activated": activated,
+                "current_count": response.current_count,
+                "activation_interval": response.activation_interval,
+                "renewal_interval": response.renewal_interval,
+            }
+        )
+        self.profile.last_kms = {
+            "host": server,
+            "name": name,
+            "source": source,
+            "epid": response.host_epid,
+            "ip": exchange.address[0],
+            "host_id": response.host_id.hex(),
+        }
+        event = kms_answer(
+            when,
+            response.status,
+            response.current_count,
+            product.threshold,
+            response.activation_interval,
+            response.renewal_interval,
+        )
         if isinstance(event, ActivationFailed):
-            detail = (f"the host answered 0x{response.status:08X}" if response.status
-                      else f"count {response.current_count} of {product.threshold}")
+            detail = (
+                f"the host answered 0x{response.status:08X}"
+                if response.status
+                else f"count {response.current_count} of {product.threshold}"
+            )
             self._apply(event)
             return Result(event.hresult, detail)
         if self.profile.host_caching and source != "registered":
@@ -342,35 +391,67 @@ class Machine:
         """One online activation against the MAK service: permanent on success."""
         url = self.mak_url
         hw_id = hardware_id(self.profile.hardware).hex()
-        event: dict[str, Any] = {"id": "mak-online", "time": _iso(when), "url": url,
-                                 "fingerprint": key.fingerprint, "hardware_id": hw_id,
-                                 "machine_name": self.profile.machine_name}
+        event: dict[str, Any] = {
+            "id": "mak-online",
+            "time": _iso(when),
+            "url": url,
+            "fingerprint": key.fingerprint,
+            "hardware_id": hw_id,
+            "machine_name": self.profile.machine_name,
+        }
         try:
             client = self._mak(url)
         except ValueError as exc:  # not an http:// URL (KMSEMU_MAK_URL is not checked early)
-            return self._mak_failed(when, event, HResult.CANNOT_CONNECT, str(exc),
-                                    code="unreachable")
+            return self._mak_failed(
+                when, event, HResult.CANNOT_CONNECT, str(exc), code="unreachable"
+            )
         from mak.client import RemoteError
 
         try:
-            answer = client.activate(str(key), hw_id, machine_name=self.profile.machine_name,
-                                     request_id=str(uuid.uuid4()))
+            answer = client.activate(
+                str(key),
+                hw_id,
+                machine_name=self.profile.machine_name,
+                request_id=str(uuid.uuid4()),
+            )
         except RemoteError as exc:
-            hresult = exc.hresult if exc.hresult is not None else (
-                HResult.CANNOT_CONNECT if exc.code in _NO_SERVICE_CODES else HResult.INVALID_DATA)
-            return self._mak_failed(when, event, hresult, _service_detail(hresult, exc.text),
-                                    code=exc.code, hint=exc.hint)
+            hresult = (
+                exc.hresult
+                if exc.hresult is not None
+                else (
+                    HResult.CANNOT_CONNECT
+                    if exc.code in _NO_SERVICE_CODES
+                    else HResult.INVALID_DATA
+                )
+            )
+            return self._mak_failed(
+                when,
+                event,
+                hresult,
+                _service_detail(hresult, exc.text),
+                code=exc.code,
+                hint=exc.hint,
+            )
         finally:
             client.close()
-        fields = {name: answer.get(name)
-                  for name in ("verdict", "counted", "used", "limit", "remaining")}
+        fields = {
+            name: answer.get(name) for name in ("verdict", "counted", "used", "limit", "remaining")
+        }
         self.profile.add_event({**event, "hresult": "0x00000000", **fields})
         self.profile.activation_hardware = list(self.profile.hardware)
         self._apply(PermanentlyActivated(when))
         return Result(data={"mak": {"url": url, **fields}})
 
-    def _mak_failed(self, when: float, event: dict[str, Any], hresult: int, detail: str, *,
-                    code: str, hint: str = "") -> Result:
+    def _mak_failed(
+        self,
+        when: float,
+        event: dict[str, Any],
+        hresult: int,
+        detail: str,
+        *,
+        code: str,
+        hint: str = "",
+    ) -> Result:
         self.profile.add_event({**event, "hresult": f"0x{hresult:08X}", "code": code})
         self._apply(ActivationFailed(when, hresult))
         return Result(hresult, detail, code=code, hint=hint)
@@ -382,9 +463,11 @@ class Machine:
         if key is None or self.product is None:
             return Result(HResult.PRODUCT_KEY_INVALID, "no product key is installed")
         if key.type not in MAK_TYPES:
-            return Result(HResult.PRODUCT_KEY_INVALID,
-                          f"a {key.type.label} key has no phone activation; install a MAK, "
-                          "retail or KMS host key")
+            return Result(
+                HResult.PRODUCT_KEY_INVALID,
+                f"a {key.type.label} key has no phone activation; install a MAK, "
+                "retail or KMS host key",
+            )
         iid = installation_id(key.type, key.fingerprint, hardware_id(self.profile.hardware))
         return Result(data={"installation_id": iid})
 
@@ -400,11 +483,18 @@ class Machine:
         if typed is None:
             typed = self.profile.confirmation_ids.get(iid)
             if typed is None:
-                return Result(CID_INVALID, "no confirmation ID given, and none is stored for "
-                              "this installation ID", code="no_confirmation_id")
+                return Result(
+                    CID_INVALID,
+                    "no confirmation ID given, and none is stored for this installation ID",
+                    code="no_confirmation_id",
+                )
         self._apply(TimePassed(self.now))
-        event: dict[str, Any] = {"id": "mak-phone", "time": _iso(self.now),
-                                 "installation_id": iid, "stored": stored}
+        event: dict[str, Any] = {
+            "id": "mak-phone",
+            "time": _iso(self.now),
+            "installation_id": iid,
+            "stored": stored,
+        }
         digits = _SEPARATORS.sub("", typed)
         if not digits.isdigit() or len(digits) != CID_GROUPS * 6:
             verdict = CidCheck(False, (), ())
@@ -413,13 +503,24 @@ class Machine:
             verdict = verify_confirmation_id(iid, digits, self._secret)
             detail = _cid_problem(verdict)
         if not verdict.valid:
-            self.profile.add_event({**event, "hresult": f"0x{CID_INVALID:08X}",
-                                    "failed_groups": list(verdict.failed_groups),
-                                    "mismatched_groups": list(verdict.mismatched_groups)})
+            self.profile.add_event(
+                {
+                    **event,
+                    "hresult": f"0x{CID_INVALID:08X}",
+                    "failed_groups": list(verdict.failed_groups),
+                    "mismatched_groups": list(verdict.mismatched_groups),
+                }
+            )
             self._apply(ActivationFailed(self.now, CID_INVALID))
-            return Result(CID_INVALID, detail, code="confirmation_id_invalid",
-                          data={"failed_groups": list(verdict.failed_groups),
-                                "mismatched_groups": list(verdict.mismatched_groups)})
+            return Result(
+                CID_INVALID,
+                detail,
+                code="confirmation_id_invalid",
+                data={
+                    "failed_groups": list(verdict.failed_groups),
+                    "mismatched_groups": list(verdict.mismatched_groups),
+                },
+            )
         cid = "-".join(digits[i : i + 6] for i in range(0, CID_GROUPS * 6, 6))
         self.profile.store_confirmation_id(iid, cid)
         self.profile.add_event({**event, "hresult": "0x00000000"})
@@ -456,8 +557,14 @@ class Machine:
             if candidate.address not in tried:
                 yield candidate.address, candidate.display, "dns"
 
-    def _failed(self, when: float, hresult: int, detail: str, act: int | None = None,
-                renew: int | None = None) -> Result:
+    def _failed(
+        self,
+        when: float,
+        hresult: int,
+        detail: str,
+        act: int | None = None,
+        renew: int | None = None,
+    ) -> Result:
         self._apply(ActivationFailed(when, hresult, act, renew))
         return Result(hresult, detail)
 
@@ -518,7 +625,8 @@ class Machine:
             "expires_at": _iso(expires) if expires is not None else None,
             "minutes_remaining": lic.minutes_remaining(self.now),
             "next_attempt": _iso(lic.next_attempt) if lic.next_attempt is not None else None,
-            "kms_host": self.profile.kms_host or self.profile.cached_name
+            "kms_host": self.profile.kms_host
+            or self.profile.cached_name
             or self.profile.cached_host,
             "dns_servers": self.profile.dns_servers,
             "dns_suffixes": self.profile.dns_suffixes,
@@ -547,16 +655,25 @@ def _cid_problem(verdict: CidCheck) -> str:
     others = tuple(n for n in verdict.mismatched_groups if n not in failed)
     parts = []
     if failed:
-        parts.append(f"{_groups(failed)} "
-                     + ("has a typing error" if len(failed) == 1 else "have typing errors"))
+        parts.append(
+            f"{_groups(failed)} "
+            + ("has a typing error" if len(failed) == 1 else "have typing errors")
+        )
     if len(others) == CID_GROUPS:
-        parts.append("no group matches this installation ID: a confirmation ID for another "
-                     "installation ID, or made with another lab secret")
+        parts.append(
+            "no group matches this installation ID: a confirmation ID for another "
+            "installation ID, or made with another lab secret"
+        )
     elif others:
         verb = "does" if len(others) == 1 else "do"
-        parts.append(f"{_groups(others)} {verb} not match this installation ID"
-                     + ("" if failed else " (read it again: a check digit misses a digit "
-                        "changed by 7 and some swaps)"))
+        parts.append(
+            f"{_groups(others)} {verb} not match this installation ID"
+            + (
+                ""
+                if failed
+                else " (read it again: a check digit misses a digit changed by 7 and some swaps)"
+            )
+        )
     return "; ".join(parts)
 
 
@@ -565,7 +682,7 @@ def _service_detail(hresult: int, message: str) -> str:
     base = describe(hresult).message
     if not message.startswith(base):
         return message
-    rest = message[len(base):].strip()
+    rest = message[len(base) :].strip()
     return rest[1:-1] if rest.startswith("(") and rest.endswith(")") else rest
 
 
@@ -575,4 +692,3 @@ def _clock_in_range(seconds: float) -> bool:
 
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
-

@@ -13,7 +13,6 @@ import math
 import os
 import random
 import re
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,18 @@ PROFILE_VERSION: Final = 1
 MAX_EVENTS: Final = 500
 #: Confirmation IDs a profile keeps (the newest), for VAMT-style local reactivation.
 MAX_CONFIRMATION_IDS: Final = 20
-COMPONENT_NAMES: Final = ("cpu", "board", "disk", "nic", "memory", "display", "bios",
-                          "os-disk-volume", "dock", "machine")
+COMPONENT_NAMES: Final = (
+    "cpu",
+    "board",
+    "disk",
+    "nic",
+    "memory",
+    "display",
+    "bios",
+    "os-disk-volume",
+    "dock",
+    "machine",
+)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -41,9 +50,15 @@ class ProfileError(LocalError):
 
 #: What each field of a saved profile must hold (the annotations, as JSON decodes them).
 _KINDS: Final[dict[str, tuple[type, ...]]] = {
-    "str": (str,), "str | None": (str, type(None)), "bool": (bool,), "float": (int, float),
-    "list[str]": (list,), "list[str] | None": (list, type(None)), "dict[str, Any]": (dict,),
-    "list[dict[str, Any]]": (list,), "dict[str, str]": (dict,),
+    "str": (str,),
+    "str | None": (str, type(None)),
+    "bool": (bool,),
+    "float": (int, float),
+    "list[str]": (list,),
+    "list[str] | None": (list, type(None)),
+    "dict[str, Any]": (dict,),
+    "list[dict[str, Any]]": (list,),
+    "dict[str, str]": (dict,),
 }
 
 
@@ -90,8 +105,12 @@ class Profile:
     @classmethod
     def new(cls, name: str, rng: random.Random) -> Profile:
         """A new machine: random hardware and CMID, its name as the machine name."""
-        return cls(name=name, machine_name=name.upper()[:15], hardware=new_hardware(rng),
-                   cmid=str(uuid.UUID(int=rng.getrandbits(128), version=4)))
+        return cls(
+            name=name,
+            machine_name=name.upper()[:15],
+            hardware=new_hardware(rng),
+            cmid=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        )
 
     def add_event(self, event: dict[str, Any]) -> None:
         """Record an event, keeping only the newest ``MAX_EVENTS``."""
@@ -122,9 +141,11 @@ class Profile:
         for f in dataclasses.fields(cls):
             kinds = _KINDS.get(str(f.type))
             value = data.get(f.name)
-            if f.name in data and kinds is not None and (
-                    not isinstance(value, kinds) or isinstance(value, bool) is not (
-                        bool in kinds)):
+            if (
+                f.name in data
+                and kinds is not None
+                and (not isinstance(value, kinds) or isinstance(value, bool) is not (bool in kinds))
+            ):
                 raise ProfileError(f"{f.name} is {value!r}")
         if not math.isfinite(data.get("clock_offset", 0.0)):
             raise ProfileError(f"clock_offset is {data['clock_offset']!r}")
@@ -178,6 +199,8 @@ class ProfileStore:
 
     def save(self, profile: Profile) -> None:
         """Write the profile atomically: the old file or the new one, never half."""
+        import tempfile  # only a save needs it
+
         path = self.path(profile.name)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)

@@ -68,8 +68,10 @@ def licence_lines(machine: Machine, *, verbose: bool) -> list[str]:
     key = machine.key
     channel, key_channel = _CHANNELS[key.type if key else KeyType.KMS_CLIENT]
     kms_client = key is None or key.type is KeyType.KMS_CLIENT
-    lines = [f"Name: {product.name}, {channel} channel",
-             f"Description: {product.description.replace('VOLUME_KMSCLIENT', channel)}"]
+    lines = [
+        f"Name: {product.name}, {channel} channel",
+        f"Description: {product.description.replace('VOLUME_KMSCLIENT', channel)}",
+    ]
     if verbose:
         hw_id = hardware_id(profile.hardware)
         iid = installation_id(key.type, key.fingerprint, hw_id) if key else ""
@@ -80,8 +82,10 @@ def licence_lines(machine: Machine, *, verbose: bool) -> list[str]:
             f"Product Key Channel: {key_channel}",
             f"Installation ID: {iid.replace('-', '')}",
         ]
-    lines += [f"Partial Product Key: {profile.product_key[-5:]}",
-              f"License Status: {lic.status.text}"]
+    lines += [
+        f"Partial Product Key: {profile.product_key[-5:]}",
+        f"License Status: {lic.status.text}",
+    ]
     minutes = lic.minutes_remaining(machine.now)
     if lic.permanent:
         pass  # slmgr shows no expiration for a MAK, retail or KMS host activation
@@ -94,12 +98,17 @@ def licence_lines(machine: Machine, *, verbose: bool) -> list[str]:
     if lic.status is _S.OUT_OF_TOLERANCE_GRACE and lic.reason:
         lines.append(f"Reason: 0x{lic.reason:08X}")
     rearm_label = "Office" if product.family == "office" else "Windows"
-    lines += [f"Remaining {rearm_label} rearm count: {lic.rearms_left or 0}",
-              f"Trusted time: {_when(machine.now)}"]
+    lines += [
+        f"Remaining {rearm_label} rearm count: {lic.rearms_left or 0}",
+        f"Trusted time: {_when(machine.now)}",
+    ]
     if not kms_client or (not verbose and lic.status is not _S.LICENSED):
         return lines
-    lines += ["", "Key Management Service client information",
-              f"    Client Machine ID (CMID): {profile.cmid}"]
+    lines += [
+        "",
+        "Key Management Service client information",
+        f"    Client Machine ID (CMID): {profile.cmid}",
+    ]
     last = profile.last_kms
     if profile.kms_host:
         lines.append(f"    Registered KMS machine name: {profile.kms_host}")
@@ -108,11 +117,15 @@ def licence_lines(machine: Machine, *, verbose: bool) -> list[str]:
     else:
         lines.append("    DNS auto-discovery: KMS name not available")
     if last:
-        lines += [f"    KMS machine IP address: {last.get('ip', 'not available')}",
-                  f"    KMS machine extended PID: {last.get('epid', '')}"]
-    lines += [f"    Activation interval: {lic.activation_interval} minutes",
-              f"    Renewal interval: {lic.renewal_interval} minutes",
-              "    KMS host caching is " + ("enabled" if profile.host_caching else "disabled")]
+        lines += [
+            f"    KMS machine IP address: {last.get('ip', 'not available')}",
+            f"    KMS machine extended PID: {last.get('epid', '')}",
+        ]
+    lines += [
+        f"    Activation interval: {lic.activation_interval} minutes",
+        f"    Renewal interval: {lic.renewal_interval} minutes",
+        "    KMS host caching is " + ("enabled" if profile.host_caching else "disabled"),
+    ]
     return lines
 
 

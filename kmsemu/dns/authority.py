@@ -70,8 +70,15 @@ class Authority:
         if request.header.opcode != OPCODE.QUERY or len(request.questions) != 1:
             # dnslib's reply() would invent a question; answer with the header alone
             rcode = RCODE.NOTIMP if request.header.opcode != OPCODE.QUERY else RCODE.FORMERR
-            bare = DNSRecord(DNSHeader(id=request.header.id, qr=1, opcode=request.header.opcode,
-                                       rd=request.header.rd, rcode=rcode))
+            bare = DNSRecord(
+                DNSHeader(
+                    id=request.header.id,
+                    qr=1,
+                    opcode=request.header.opcode,
+                    rd=request.header.rd,
+                    rcode=rcode,
+                )
+            )
             return self._pack(bare, request, udp)
         reply = request.reply(ra=0, aa=1)
         reply.header.ad = 0

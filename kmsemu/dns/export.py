@@ -21,8 +21,10 @@ def export(zone: Zone, fmt: str, *, server: str = "127.0.0.1") -> str:
         return "\n".join(_powershell(zone, rr) for rr in records) + "\n"
     if fmt == "nsupdate":
         lines = [f"server {server}", f"zone {zone.origin}"]
-        lines += [f"update add {rr.rname} {rr.ttl} {QTYPE[rr.rtype]} {rr.rdata.toZone()}"
-                  for rr in records]
+        lines += [
+            f"update add {rr.rname} {rr.ttl} {QTYPE[rr.rtype]} {rr.rdata.toZone()}"
+            for rr in records
+        ]
         return "\n".join([*lines, "send"]) + "\n"
     raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
 
@@ -39,7 +41,9 @@ def _powershell(zone: Zone, rr: RR) -> str:
     head = f'Add-DnsServerResourceRecord -ZoneName "{origin}" -Name "{_relative(zone, rr)}"'
     if rr.rtype == QTYPE.SRV:
         d = rr.rdata
-        return (f"{head} -Srv -DomainName \"{str(d.target).rstrip('.')}\" -Priority {d.priority} "
-                f"-Weight {d.weight} -Port {d.port} -TimeToLive {ttl}")
+        return (
+            f'{head} -Srv -DomainName "{str(d.target).rstrip(".")}" -Priority {d.priority} '
+            f"-Weight {d.weight} -Port {d.port} -TimeToLive {ttl}"
+        )
     flag = "-A -IPv4Address" if rr.rtype == QTYPE.A else "-AAAA -IPv6Address"
     return f'{head} {flag} "{rr.rdata}" -TimeToLive {ttl}'

@@ -51,8 +51,9 @@ class _Udp(asyncio.DatagramProtocol):
 class DnsServer:
     """One ``Authority`` served over UDP and TCP on one port."""
 
-    def __init__(self, authority: Authority, *, idle_timeout: float = IDLE_TIMEOUT,
-                 updates: str = "loopback") -> None:
+    def __init__(
+        self, authority: Authority, *, idle_timeout: float = IDLE_TIMEOUT, updates: str = "loopback"
+    ) -> None:
         if updates not in UPDATE_POLICIES:
             raise ValueError(f"updates must be one of {UPDATE_POLICIES}")
         self.authority = authority
@@ -71,7 +72,8 @@ class DnsServer:
         self._tcp = await asyncio.start_server(self._serve_tcp, host, port, reuse_address=True)
         bound = self._tcp.sockets[0].getsockname()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self.authority, self.updates, self.stats), local_addr=(host, bound[1]))
+            lambda: _Udp(self.authority, self.updates, self.stats), local_addr=(host, bound[1])
+        )
         self._udp = transport
         self.address = (bound[0], bound[1])
         return self.address
@@ -84,15 +86,15 @@ class DnsServer:
             self._tcp.close()
             await self._tcp.wait_closed()
 
-    async def _serve_tcp(self, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._clients >= MAX_TCP_CLIENTS:
             writer.close()
             return
         self._clients += 1
         peer = writer.get_extra_info("peername")
         trusted = self.updates == "any" or (
-            self.updates == "loopback" and bool(peer) and loopback(peer[0]))
+            self.updates == "loopback" and bool(peer) and loopback(peer[0])
+        )
         try:
             while True:
                 header = await asyncio.wait_for(reader.readexactly(2), self.idle_timeout)

@@ -62,15 +62,24 @@ def _apply(zone: Zone, rrset: dns.rrset.RRset) -> None:
     rtype = rrset.rdtype
     deleting = rrset.deleting  # dnspython keeps the update's class ANY/NONE here
     if deleting == dns.rdataclass.ANY:
-        zone.records = [rr for rr in zone.records if not (
-            rr.rname == name and rr.rtype != QTYPE.SOA
-            and (rtype == dns.rdatatype.ANY or rr.rtype == rtype))]
+        zone.records = [
+            rr
+            for rr in zone.records
+            if not (
+                rr.rname == name
+                and rr.rtype != QTYPE.SOA
+                and (rtype == dns.rdatatype.ANY or rr.rtype == rtype)
+            )
+        ]
         return
     text_type = dns.rdatatype.to_text(rtype)
     for rdata in rrset:
         rr = RR.fromZone(f"{name} {rrset.ttl} IN {text_type} {rdata.to_text()}")[0]
-        same = [r for r in zone.records if r.rname == name and r.rtype == rtype
-                and r.rdata.toZone() == rr.rdata.toZone()]
+        same = [
+            r
+            for r in zone.records
+            if r.rname == name and r.rtype == rtype and r.rdata.toZone() == rr.rdata.toZone()
+        ]
         if deleting == dns.rdataclass.NONE:
             zone.records = [r for r in zone.records if not any(r is s for s in same)]
         elif not same:

@@ -75,21 +75,38 @@ class Zone:
     records: list[RR] = field(default_factory=list)
 
     @classmethod
-    def build(cls, origin: str, *, srv: Iterable[SrvTarget] = (),
-              addresses: Iterable[tuple[str, str]] = (), ttl: int = DEFAULT_TTL,
-              serial: int = 1) -> Zone:
+    def build(
+        cls,
+        origin: str,
+        *,
+        srv: Iterable[SrvTarget] = (),
+        addresses: Iterable[tuple[str, str]] = (),
+        ttl: int = DEFAULT_TTL,
+        serial: int = 1,
+    ) -> Zone:
         """A zone with SOA and NS, one SRV per KMS host, and the given A/AAAA records."""
         if not 0 <= ttl <= MAX_TTL:
             raise ZoneError(f"TTL {ttl} is outside 0..{MAX_TTL}")
         zone = cls(_label(origin.rstrip(".") + "."), ttl)
         ns = zone.fqdn("ns1")
-        zone.add(RR(zone.origin, QTYPE.SOA, rdata=SOA(ns, zone.fqdn("hostmaster"),
-                                                      (serial, 3600, 600, 86400, 300)), ttl=ttl))
+        zone.add(
+            RR(
+                zone.origin,
+                QTYPE.SOA,
+                rdata=SOA(ns, zone.fqdn("hostmaster"), (serial, 3600, 600, 86400, 300)),
+                ttl=ttl,
+            )
+        )
         zone.add(RR(zone.origin, QTYPE.NS, rdata=NS(ns), ttl=ttl))
         for host in srv:
-            zone.add(RR(zone.fqdn(SERVICE), QTYPE.SRV,
-                        rdata=SRV(host.priority, host.weight, host.port, zone.fqdn(host.target)),
-                        ttl=ttl))
+            zone.add(
+                RR(
+                    zone.fqdn(SERVICE),
+                    QTYPE.SRV,
+                    rdata=SRV(host.priority, host.weight, host.port, zone.fqdn(host.target)),
+                    ttl=ttl,
+                )
+            )
         for name, ip in addresses:
             zone.add_address(name, ip)
         return zone
@@ -153,8 +170,7 @@ def load_zone_text(zones: list[Zone], text: str) -> None:
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split(";", 1)[0].split()
         if "SRV" in (f.upper() for f in fields[:4]) and not fields[-1].endswith("."):
-            raise ZoneError(f"zone file line {number}: SRV target {fields[-1]} must end "
-                            "with '.'")
+            raise ZoneError(f"zone file line {number}: SRV target {fields[-1]} must end with '.'")
     try:
         rrs = RR.fromZone(text, origin=str(zones[0].origin), ttl=zones[0].ttl)
     except (DNSError, ValueError, IndexError, KeyError) as exc:

@@ -160,7 +160,6 @@ class CountCache:
         return sum(1 for seen in self.entries.get(app, {}).values() if now - seen < LIVE_WINDOW)
 
 
-
 def client_hresult(status: int, count: int, required: int) -> int:
     """What a client ends with after an answer: the host's status, or 0xC004F038 when the
     host answered with a count below the client's threshold (the client decides that)."""

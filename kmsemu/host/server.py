@@ -54,7 +54,8 @@ class KmsServer:
         self.store = store
         self.log = log
         self.options = options or ServerOptions()
-        self._now = now
+        #: The host's clock as a FILETIME (what log lines are stamped with).
+        self.now = now
         self._servers: list[asyncio.Server] = []
         self.connections: set[_KmsProtocol] = set()
         self._pending: list[LoggedRequest] = []
@@ -98,14 +99,17 @@ class KmsServer:
         self._tasks.append(asyncio.create_task(self._sweep_loop()))
         return self.addresses
 
-    def start_publishing(self, publisher: Publisher, publications: list[Publication],
-                         interval: float) -> None:
+    def start_publishing(
+        self, publisher: Publisher, publications: list[Publication], interval: float
+    ) -> None:
         """Publish in DNS now and every ``interval`` seconds (events 12294 / 12293)."""
-        self._tasks.append(asyncio.create_task(
-            self._publish_loop(publisher, publications, interval)))
+        self._tasks.append(
+            asyncio.create_task(self._publish_loop(publisher, publications, interval))
+        )
 
-    async def _publish_loop(self, publisher: Publisher, publications: list[Publication],
-                            interval: float) -> None:
+    async def _publish_loop(
+        self, publisher: Publisher, publications: list[Publication], interval: float
+    ) -> None:
         loop = asyncio.get_running_loop()
         while True:
             failed = False
@@ -113,16 +117,27 @@ class KmsServer:
                 hresult, why = await loop.run_in_executor(None, publisher.publish, publication)
                 failed = failed or bool(hresult)
                 if hresult:
-                    self.log.event("12293", self._now(), {
-                        "message": f"Publishing the Key Management Service (KMS) to DNS in "
-                                   f"the '{publication.zone}' domain failed.",
-                        "hresult": f"0x{hresult:08X}", "reason": why})
+                    self.log.event(
+                        "12293",
+                        self.now(),
+                        {
+                            "message": f"Publishing the Key Management Service (KMS) to DNS in "
+                            f"the '{publication.zone}' domain failed.",
+                            "hresult": f"0x{hresult:08X}",
+                            "reason": why,
+                        },
+                    )
                 else:
-                    self.log.event("12294", self._now(), {
-                        "message": f"Publishing the KMS to DNS in the '{publication.zone}' "
-                                   "domain succeeded.",
-                        "srv": f"{publication.priority} {publication.weight} {publisher.port} "
-                               f"{publisher.host_name}.{publication.zone}."})
+                    self.log.event(
+                        "12294",
+                        self.now(),
+                        {
+                            "message": f"Publishing the KMS to DNS in the '{publication.zone}' "
+                            "domain succeeded.",
+                            "srv": f"{publication.priority} {publication.weight} {publisher.port} "
+                            f"{publisher.host_name}.{publication.zone}.",
+                        },
+                    )
             self.log.flush()
             # a failure is retried within a minute (the DNS server may start after the host)
             await asyncio.sleep(min(interval, RETRY_PUBLISH) if failed else interval)
@@ -175,7 +190,7 @@ class KmsServer:
             try:
                 self.flush()
             except Exception as exc:  # a full disk must not stop activations
-                self.log.event("flush-failed", self._now(), {"error": repr(exc)})
+                self.log.event("flush-failed", self.now(), {"error": repr(exc)})
 
     async def _sweep_loop(self) -> None:
         """Advance ``tick`` and close connections silent for more than the idle timeout.
@@ -221,7 +236,7 @@ class _KmsProtocol(asyncio.Protocol):
         if len(server.connections) >= server.options.max_connections:
             server.log.event(
                 "connection-refused",
-                server._now(),
+                server.now(),
                 {"peer": self.peer, "reason": "max connections"},
             )
             self._transport.abort()
@@ -259,7 +274,7 @@ class _KmsProtocol(asyncio.Protocol):
 
     def close_with(self, reason: str) -> None:
         self._server.log.event(
-            "connection-closed", self._server._now(), {"peer": self.peer, "reason": reason}
+            "connection-closed", self._server.now(), {"peer": self.peer, "reason": reason}
         )
         if self._transport is not None:
             self._transport.abort()
@@ -283,7 +298,7 @@ class _KmsProtocol(asyncio.Protocol):
                 if event.error:
                     self._server.log.event(
                         "connection-closed",
-                        self._server._now(),
+                        self._server.now(),
                         {"peer": self.peer, "reason": event.reason},
                     )
                 transport.close()
@@ -301,9 +316,7 @@ class _KmsProtocol(asyncio.Protocol):
         return conn.respond(call, outcome.stub)
 
     def _log_refusal(self, reason: str) -> None:
-        self._server.log.event(
-            "refused", self._server._now(), {"peer": self.peer, "reason": reason}
-        )
+        self._server.log.event("refused", self._server.now(), {"peer": self.peer, "reason": reason})
 
 
 # -- composition --------------------------------------------------------------------

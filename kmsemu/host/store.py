@@ -196,7 +196,9 @@ class HostStore:
         rows = self._db.execute(
             "SELECT id, time, status, workstation_name, client_machine_id, virtual_machine,"
             " license_status, sku_id, required_client_count, current_count, peer, reason"
-            " FROM requests ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            " FROM requests ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
         rows.reverse()
         return rows
 
@@ -225,7 +227,8 @@ class HostStore:
         """Requests answered with a count under the client's threshold (0xC004F038 for it)."""
         (count,) = self._db.execute(
             "SELECT count(*) FROM requests WHERE status = 0"
-            " AND current_count < required_client_count").fetchone()
+            " AND current_count < required_client_count"
+        ).fetchone()
         return int(count)
 
     def _transaction(self) -> _Transaction:

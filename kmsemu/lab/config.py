@@ -53,8 +53,9 @@ def read_config(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}",
-                          code="config_invalid") from exc
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror or exc}", code="config_invalid"
+        ) from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}", code="config_invalid") from exc
     return check_config(data, str(path))
@@ -64,8 +65,10 @@ def check_config(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The ``[lab]`` values of a parsed file, type- and range-checked; ConfigError names the key."""
     extra = sorted(set(data) - {"lab"})
     if extra:
-        raise ConfigError(f"{source}: unknown table or key {extra[0]!r}; put settings in [lab]",
-                          code="config_invalid")
+        raise ConfigError(
+            f"{source}: unknown table or key {extra[0]!r}; put settings in [lab]",
+            code="config_invalid",
+        )
     table = data.get("lab", {})
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: lab must be a table", code="config_invalid")
@@ -74,22 +77,29 @@ def check_config(data: Mapping[str, Any], source: str) -> dict[str, Any]:
         kinds = KEYS.get(key)
         if kinds is None:
             known = ", ".join(KEYS)
-            raise ConfigError(f"{source}: unknown key lab.{key} (known: {known})",
-                              code="config_invalid")
+            raise ConfigError(
+                f"{source}: unknown key lab.{key} (known: {known})", code="config_invalid"
+            )
         # bool is an int in Python; TOML keeps them apart and so do we
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             names = " or ".join("array" if k is list else k.__name__ for k in kinds)
-            raise ConfigError(f"{source}: lab.{key} must be {names}, not {value!r}",
-                              code="config_invalid")
+            raise ConfigError(
+                f"{source}: lab.{key} must be {names}, not {value!r}", code="config_invalid"
+            )
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{source}: lab.{key} must be a list of strings",
-                              code="config_invalid")
+            raise ConfigError(
+                f"{source}: lab.{key} must be a list of strings", code="config_invalid"
+            )
         low, high = RANGES.get(key, (None, None))
-        if low is not None and isinstance(value, int) and not (
-                low <= value and (high is None or value <= high)):
+        if (
+            low is not None
+            and isinstance(value, int)
+            and not (low <= value and (high is None or value <= high))
+        ):
             bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
-            raise ConfigError(f"{source}: lab.{key} must be {bounds}, not {value!r}",
-                              code="config_invalid")
+            raise ConfigError(
+                f"{source}: lab.{key} must be {bounds}, not {value!r}", code="config_invalid"
+            )
         values[key] = [value] if key == "kms_listen" and isinstance(value, str) else value
     return values
 
@@ -108,13 +118,16 @@ class Reload:
         if self.restart:
             parts.append(f"restart needed for {', '.join(self.restart)}")
         if self.overridden:
-            parts.append(f"kept from the command line or environment: "
-                         f"{', '.join(self.overridden)}")
+            parts.append(f"kept from the command line or environment: {', '.join(self.overridden)}")
         return "; ".join(parts)
 
 
-def plan_reload(old_file: Mapping[str, Any], new_file: Mapping[str, Any],
-                current: Mapping[str, Any], fixed: set[str]) -> Reload:
+def plan_reload(
+    old_file: Mapping[str, Any],
+    new_file: Mapping[str, Any],
+    current: Mapping[str, Any],
+    fixed: set[str],
+) -> Reload:
     """Compare the file as it was with the file as it is.
 
     ``current`` holds the values in effect; ``fixed`` the keys the command line or

@@ -16,8 +16,22 @@ from prometheus_client.registry import Collector
 from kmsemu.host.rules import client_hresult
 from kmsemu.host.store import LoggedRequest
 
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                   0.25, 0.5, 1.0, 2.5)
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 
 
 class LabMetrics:
@@ -27,18 +41,31 @@ class LabMetrics:
         self.registry = CollectorRegistry()
         self._products = product_names
         self.kms_requests = Counter(
-            "kmsemu_kms_requests", "KMS requests answered, by product and by the HRESULT the "
+            "kmsemu_kms_requests",
+            "KMS requests answered, by product and by the HRESULT the "
             "client ends with (0xC004F038 when the count is below its threshold)",
-            ["product", "result"], registry=self.registry)
+            ["product", "result"],
+            registry=self.registry,
+        )
         self.kms_latency = Histogram(
-            "kmsemu_kms_request_duration_seconds", "Time the host took to answer a KMS request",
-            buckets=LATENCY_BUCKETS, registry=self.registry)
+            "kmsemu_kms_request_duration_seconds",
+            "Time the host took to answer a KMS request",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.http_requests = Counter(
-            "kmsemu_http_requests", "HTTP requests (MAK service, portal, dashboard)",
-            ["route", "method", "status"], registry=self.registry)
+            "kmsemu_http_requests",
+            "HTTP requests (MAK service, portal, dashboard)",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
         self.http_latency = Histogram(
-            "kmsemu_http_request_duration_seconds", "Time to answer an HTTP request",
-            ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+            "kmsemu_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_Gauges(gauges))
 
     def observe_kms(self, logged: LoggedRequest, elapsed: float) -> None:
@@ -64,9 +91,15 @@ class LabMetrics:
 class LabGauges:
     """What a scrape reads from the running lab."""
 
-    def __init__(self, *, counts: dict[str, int], connections: int,
-                 mak_keys: Iterable[dict[str, Any]], clock_offset: float,
-                 dns_queries: dict[str, int]) -> None:
+    def __init__(
+        self,
+        *,
+        counts: dict[str, int],
+        connections: int,
+        mak_keys: Iterable[dict[str, Any]],
+        clock_offset: float,
+        dns_queries: dict[str, int],
+    ) -> None:
         self.counts = counts
         self.connections = connections
         self.mak_keys = list(mak_keys)
@@ -83,29 +116,40 @@ class _Gauges(Collector):
 
     def collect(self) -> Iterator[Metric]:
         g = self._read()
-        counts = GaugeMetricFamily("kmsemu_kms_count", "The host's current count (live CMIDs "
-                                   "of the last 30 days, at least --min-count) per application",
-                                   labels=["application"])
+        counts = GaugeMetricFamily(
+            "kmsemu_kms_count",
+            "The host's current count (live CMIDs "
+            "of the last 30 days, at least --min-count) per application",
+            labels=["application"],
+        )
         for name, value in g.counts.items():
             counts.add_metric([name], value)
         yield counts
-        yield GaugeMetricFamily("kmsemu_kms_connections", "Open KMS connections",
-                                value=g.connections)
-        remaining = GaugeMetricFamily("kmsemu_mak_remaining", "Activations a MAK has left",
-                                      labels=["key", "product"])
-        used = GaugeMetricFamily("kmsemu_mak_used", "Machines counted against a MAK",
-                                 labels=["key", "product"])
+        yield GaugeMetricFamily(
+            "kmsemu_kms_connections", "Open KMS connections", value=g.connections
+        )
+        remaining = GaugeMetricFamily(
+            "kmsemu_mak_remaining", "Activations a MAK has left", labels=["key", "product"]
+        )
+        used = GaugeMetricFamily(
+            "kmsemu_mak_used", "Machines counted against a MAK", labels=["key", "product"]
+        )
         for key in g.mak_keys:
             labels = [f"{key['fingerprint']}-{key['last5']}", str(key.get("product") or "")]
             remaining.add_metric(labels, key["remaining"])
             used.add_metric(labels, key["used"])
         yield remaining
         yield used
-        yield GaugeMetricFamily("kmsemu_lab_clock_offset_seconds",
-                                "How far the lab clock runs ahead of real time",
-                                value=g.clock_offset)
-        dns = CounterMetricFamily("kmsemu_dns_queries", "DNS messages, by transport "
-                                  "(dropped: not answered)", labels=["transport"])
+        yield GaugeMetricFamily(
+            "kmsemu_lab_clock_offset_seconds",
+            "How far the lab clock runs ahead of real time",
+            value=g.clock_offset,
+        )
+        dns = CounterMetricFamily(
+            "kmsemu_dns_queries",
+            "DNS messages, by transport (dropped: not answered)",
+            labels=["transport"],
+        )
         for transport, value in sorted(g.dns_queries.items()):
             dns.add_metric([transport], value)
         yield dns

@@ -71,8 +71,9 @@ class Client:
 class Monitor:
     """The dashboard's clients, request log and totals, bounded in size."""
 
-    def __init__(self, catalog: Catalog, *, max_clients: int = MAX_CLIENTS,
-                 max_requests: int = MAX_REQUESTS) -> None:
+    def __init__(
+        self, catalog: Catalog, *, max_clients: int = MAX_CLIENTS, max_requests: int = MAX_REQUESTS
+    ) -> None:
         self._products = {p.sku_id.bytes_le: p.key for p in catalog}
         self.clients: OrderedDict[bytes, Client] = OrderedDict()
         self.requests: deque[Request] = deque(maxlen=max_requests)
@@ -91,33 +92,93 @@ class Monitor:
         """A request the host answered (``KmsServer.observers``)."""
         record, q = logged.record, logged.record.request
         if q is None:
-            self.add(record.time, record.status, None, record.client_machine_id, False, None,
-                     None, 0, record.current_count, logged.peer, logged.reason)
+            self.add(
+                record.time,
+                record.status,
+                None,
+                record.client_machine_id,
+                False,
+                None,
+                None,
+                0,
+                record.current_count,
+                logged.peer,
+                logged.reason,
+            )
         else:
-            self.add(record.time, record.status, q.workstation_name, record.client_machine_id,
-                     bool(q.flags & 1), q.license_status, q.sku_id, q.required_client_count,
-                     record.current_count, logged.peer, logged.reason)
+            self.add(
+                record.time,
+                record.status,
+                q.workstation_name,
+                record.client_machine_id,
+                bool(q.flags & 1),
+                q.license_status,
+                q.sku_id,
+                q.required_client_count,
+                record.current_count,
+                logged.peer,
+                logged.reason,
+            )
 
-    def load(self, rows: Iterable[tuple[Any, ...]], total: int, failed: int,
-             below: int = 0) -> None:
+    def load(
+        self, rows: Iterable[tuple[Any, ...]], total: int, failed: int, below: int = 0
+    ) -> None:
         """Start from the stored log (``HostStore.recent_requests``, oldest first) and the
         stored totals, so that a restarted lab shows what happened before."""
-        for (row_id, filetime, status, name, cmid, vm, license_status, sku_id, required,
-             count, peer, reason) in rows:
+        for (
+            row_id,
+            filetime,
+            status,
+            name,
+            cmid,
+            vm,
+            license_status,
+            sku_id,
+            required,
+            count,
+            peer,
+            reason,
+        ) in rows:
             self._next_id = row_id
-            self.add(filetime, status, name, cmid, bool(vm), license_status, sku_id,
-                     required or 0, count, peer, reason, counted=False)
+            self.add(
+                filetime,
+                status,
+                name,
+                cmid,
+                bool(vm),
+                license_status,
+                sku_id,
+                required or 0,
+                count,
+                peer,
+                reason,
+                counted=False,
+            )
         self.total, self.failed, self.below = total, failed, below
 
-    def add(self, filetime: int, status: int, name: str | None, cmid: bytes, vm: bool,
-            license_status: int | None, sku_id: bytes | None, required: int, count: int,
-            peer: str, reason: str, *, counted: bool = True) -> None:
+    def add(
+        self,
+        filetime: int,
+        status: int,
+        name: str | None,
+        cmid: bytes,
+        vm: bool,
+        license_status: int | None,
+        sku_id: bytes | None,
+        required: int,
+        count: int,
+        peer: str,
+        reason: str,
+        *,
+        counted: bool = True,
+    ) -> None:
         """Record one request (``counted`` False: replayed from the log, totals untouched)."""
         when = unix_from_filetime(filetime)
         product = self._products.get(sku_id) if sku_id else None
         hresult = client_hresult(status, count, required)
-        self.requests.appendleft(Request(self._next_id, when, status, hresult, name, cmid,
-                                         product, count, peer, reason))
+        self.requests.appendleft(
+            Request(self._next_id, when, status, hresult, name, cmid, product, count, peer, reason)
+        )
         self._next_id += 1
         if counted:
             self.total += 1
@@ -127,8 +188,18 @@ class Monitor:
             self._client(cmid, name, product, peer, when, hresult, reason, license_status, vm)
         self.bump()
 
-    def _client(self, cmid: bytes, name: str, product: str | None, peer: str, when: float,
-                hresult: int, reason: str, license_status: int | None, vm: bool) -> None:
+    def _client(
+        self,
+        cmid: bytes,
+        name: str,
+        product: str | None,
+        peer: str,
+        when: float,
+        hresult: int,
+        reason: str,
+        license_status: int | None,
+        vm: bool,
+    ) -> None:
         client = self.clients.pop(cmid, None)
         if client is None:
             client = Client(cmid)
@@ -151,8 +222,11 @@ class Monitor:
         return {
             "clients": [self._client_json(c, now) for c in reversed(self.clients.values())],
             "requests": [_request_json(r) for r in self.requests],
-            "totals": {"requests": self.total, "failed": self.failed,
-                       "below_threshold": self.below},
+            "totals": {
+                "requests": self.total,
+                "failed": self.failed,
+                "below_threshold": self.below,
+            },
         }
 
     @staticmethod
@@ -178,16 +252,25 @@ def licence(client: Client, now: float) -> dict[str, Any]:
     """The host's view of a client's licence at ``now``: licensed, lapsed or not activated."""
     if client.activated_at is None:
         why = _error(client.hresult, client.reason) or "no successful request"
-        return {"state": "not_activated", "expires": None,
-                "text": f"Not activated: {why} ({format_hresult(client.hresult)})"}
+        return {
+            "state": "not_activated",
+            "expires": None,
+            "text": f"Not activated: {why} ({format_hresult(client.hresult)})",
+        }
     expires = client.activated_at + VALIDITY
     if now < expires:
         days = int((expires - now) // DAY)
-        return {"state": "licensed", "expires": iso(expires),
-                "text": f"Licensed, {days} day{'s' * (days != 1)} left"}
+        return {
+            "state": "licensed",
+            "expires": iso(expires),
+            "text": f"Licensed, {days} day{'s' * (days != 1)} left",
+        }
     days = int((now - expires) // DAY)
-    return {"state": "lapsed", "expires": iso(expires),
-            "text": f"Lapsed {days} day{'s' * (days != 1)} ago: no renewal in 180 days"}
+    return {
+        "state": "lapsed",
+        "expires": iso(expires),
+        "text": f"Lapsed {days} day{'s' * (days != 1)} ago: no renewal in 180 days",
+    }
 
 
 def iso(seconds: float) -> str:

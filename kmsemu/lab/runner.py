@@ -69,8 +69,11 @@ log = logging.getLogger("kmsemu.lab")
 def configure_logging(log_format: str, quiet: bool) -> None:
     """Send every log record to stderr, as text or JSON; ``quiet``: warnings only."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if quiet else logging.INFO)
@@ -82,8 +85,12 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as JSON: time, level, logger, message, and any traceback."""
-        entry = {"time": iso(record.created), "level": record.levelname.lower(),
-                 "logger": record.name, "message": record.getMessage()}
+        entry = {
+            "time": iso(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -92,8 +99,14 @@ class JsonFormatter(logging.Formatter):
 class Lab:
     """The running parts, and the view the web app reads (``kmsemu.lab.web.LabView``)."""
 
-    def __init__(self, settings: LabSettings, home: Path, catalog: Catalog,
-                 reloading: Reloading, loop_name: str = "asyncio") -> None:
+    def __init__(
+        self,
+        settings: LabSettings,
+        home: Path,
+        catalog: Catalog,
+        reloading: Reloading,
+        loop_name: str = "asyncio",
+    ) -> None:
         self.settings = settings
         self.home = home
         self.db = home / LAB_DB
@@ -137,11 +150,19 @@ class Lab:
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         s = self.settings
         try:
-            host = self.host = await open_host(HostConfig(
-                self.db, self.catalog,
-                HostSettings(s.activation_interval, s.renewal_interval, s.min_count),
-                [s.secret], self.clock, s.kms_listen, ServerOptions(), s.log_format,
-                self.loop_name))
+            host = self.host = await open_host(
+                HostConfig(
+                    self.db,
+                    self.catalog,
+                    HostSettings(s.activation_interval, s.renewal_interval, s.min_count),
+                    [s.secret],
+                    self.clock,
+                    s.kms_listen,
+                    ServerOptions(),
+                    s.log_format,
+                    self.loop_name,
+                )
+            )
         except OSError as exc:
             raise _listen_error("KMS", s.kms_listen, "--kms-listen", exc) from exc
 
@@ -158,8 +179,10 @@ class Lab:
         port = host.bound[0][1]
         specific = [h for h, _ in host.bound if h not in ("0.0.0.0", "::")]
         address = s.kms_address or (specific[0] if specific else "127.0.0.1")
-        self.zone = Zone.build(s.zone, srv=[SrvTarget(KMS_NAME, port)],
-                               addresses=[(KMS_NAME, address)])
+        self.zone = Zone.build(
+            s.zone, srv=[SrvTarget(KMS_NAME, port)], addresses=[(KMS_NAME, address)]
+        )
+        host.store.set_meta(dns_publish=s.zone)  # kmsemu host status: published, in this zone
         self.dns = DnsServer(Authority([self.zone]))
         try:
             self.dns_bound = await self.dns.start(*s.dns_listen)
@@ -167,9 +190,17 @@ class Lab:
             raise _listen_error("DNS", [s.dns_listen], "--dns-listen", exc) from exc
         stack.push_async_callback(self.dns.close)
 
-        opened = open_mak(MakConfig(self.home / "mak", s.secret, self.clock, self.catalog,
-                                    db=str(self.db), admin_token=s.admin_token,
-                                    redeem_rate=s.redeem_rate))
+        opened = open_mak(
+            MakConfig(
+                self.home / "mak",
+                s.secret,
+                self.clock,
+                self.catalog,
+                db=str(self.db),
+                admin_token=s.admin_token,
+                redeem_rate=s.redeem_rate,
+            )
+        )
         stack.callback(opened.close)
         self._store, self.token = opened.store, opened.token
         try:
@@ -179,8 +210,13 @@ class Lab:
         for sock in sockets:
             stack.callback(sock.close)
         http_bound = sockets[0].getsockname()[:2]
-        app = create_lab_app(self, opened.app, self.metrics, admin_token=opened.token,
-                             open_reads=loopback(http_bound[0]))
+        app = create_lab_app(
+            self,
+            opened.app,
+            self.metrics,
+            admin_token=opened.token,
+            open_reads=loopback(http_bound[0]),
+        )
         http = await start_http(app, sockets)
         stack.push_async_callback(http.close)
         self.mak_ready = True
@@ -192,8 +228,11 @@ class Lab:
         kms = ",".join(format_address(h, p) for h, p in host.bound)
         dns = format_address(*self.dns_bound)
         zone, port = self.settings.zone, host.bound[0][1]
-        token = ("from --admin-token" if self.settings.admin_token
-                 else str(token_file(self.home / "mak")))
+        token = (
+            "from --admin-token"
+            if self.settings.admin_token
+            else str(token_file(self.home / "mak"))
+        )
         lines = [
             f"KMS host   {' '.join(format_address(h, p) for h, p in host.bound)}",
             f"DNS        {dns} udp+tcp, zone {zone}: _vlmcs._tcp.{zone} SRV -> "
@@ -204,14 +243,24 @@ class Lab:
             f"admin token {token}",
         ]
         if self.settings.log_format == "json":
-            host.log.event("lab", None, {"kms": kms, "dns": dns, "zone": zone,
-                                         "http": self.http_url, "state": str(self.db)})
+            host.log.event(
+                "lab",
+                None,
+                {
+                    "kms": kms,
+                    "dns": dns,
+                    "zone": zone,
+                    "http": self.http_url,
+                    "state": str(self.db),
+                },
+            )
             host.log.flush()
         else:
             for line in lines:
                 click.echo(line, err=True)
-        click.echo(f"ready lab kms={kms} dns={dns} http={self.http_url} mak={self.http_url}",
-                   err=True)
+        click.echo(
+            f"ready lab kms={kms} dns={dns} http={self.http_url} mak={self.http_url}", err=True
+        )
 
     # -- SIGHUP ---------------------------------------------------------------------
 
@@ -221,8 +270,12 @@ class Lab:
         if path is None and (self.home / FILE_NAME).is_file():
             path = self.reloading.path = self.home / FILE_NAME  # made since the start
         if path is None:
-            self._report_reload({"error": "no configuration file (--config, KMSEMU_CONFIG or "
-                                          f"{self.home / FILE_NAME})"})
+            self._report_reload(
+                {
+                    "error": "no configuration file (--config, KMSEMU_CONFIG or "
+                    f"{self.home / FILE_NAME})"
+                }
+            )
             return
         try:
             values = read_config(path)
@@ -237,29 +290,37 @@ class Lab:
             self._report_reload({"error": f"{exc}; nothing changed"})
             return
         self.reloading.file_values = values
-        self._report_reload({"applied": ",".join(f"{k}={v}" for k, v in plan.apply.items()),
-                             "restart_needed": ",".join(plan.restart),
-                             "overridden": ",".join(plan.overridden),
-                             "summary": plan.summary()})
+        self._report_reload(
+            {
+                "applied": ",".join(f"{k}={v}" for k, v in plan.apply.items()),
+                "restart_needed": ",".join(plan.restart),
+                "overridden": ",".join(plan.overridden),
+                "summary": plan.summary(),
+            }
+        )
 
     def apply(self, plan: Reload) -> None:
         """Take a reload's new values now, in the host's rules and its stored settings."""
         settings = replace(self.settings, **plan.apply)
-        host_settings = HostSettings(settings.activation_interval, settings.renewal_interval,
-                                     settings.min_count)  # raises ValueError when out of range
+        host_settings = HostSettings(
+            settings.activation_interval, settings.renewal_interval, settings.min_count
+        )  # raises ValueError when out of range
         self.settings = settings
         if self.host is not None:
             self.host.server.host.rules.settings = host_settings
-            self.host.store.set_meta(min_count=str(settings.min_count),
-                                     activation_interval=str(settings.activation_interval),
-                                     renewal_interval=str(settings.renewal_interval))
+            self.host.store.set_meta(
+                min_count=str(settings.min_count),
+                activation_interval=str(settings.activation_interval),
+                renewal_interval=str(settings.renewal_interval),
+            )
         logging.getLogger().setLevel(logging.WARNING if settings.quiet else logging.INFO)
         self.monitor.bump()
 
     def _report_reload(self, fields: dict[str, str]) -> None:
         if self.host is not None:
-            self.host.log.event("reload", filetime_from_unix(time.time()),
-                                {k: v for k, v in fields.items() if v})
+            self.host.log.event(
+                "reload", filetime_from_unix(time.time()), {k: v for k, v in fields.items() if v}
+            )
             self.host.log.flush()
 
     # -- what the web app reads -----------------------------------------------------
@@ -278,8 +339,11 @@ class Lab:
         if self.host is not None:
             self.host.server.host.rules.travel = round(self.clock.offset * FILETIME_PER_SECOND)
             self.host.store.set_meta(clock_offset=str(self.clock.offset))
-            self.host.log.event("clock", filetime_from_unix(self.clock.now()),
-                                {"offset_seconds": round(self.clock.offset)})
+            self.host.log.event(
+                "clock",
+                filetime_from_unix(self.clock.now()),
+                {"offset_seconds": round(self.clock.offset)},
+            )
             self.host.log.flush()
         self.monitor.bump()
 
@@ -294,8 +358,8 @@ class Lab:
         """The MAK service's keys as the dashboard lists them, with product names."""
         if self._store is None:
             return []
-        return [{**key_json(r), "product": self._products.get(r.product)}
-                for r in self._store.keys()]  # noqa: SIM118 (a store, not a dict)
+        keys = self._store.keys()  # a store's rows, not a dict's keys
+        return [{**key_json(r), "product": self._products.get(r.product)} for r in keys]
 
     def state(self, read_only: bool) -> dict[str, Any]:
         """Everything the dashboard shows: host, counts, clients, requests, DNS, MAK keys."""
@@ -315,16 +379,29 @@ class Lab:
                 "activation_interval": self.settings.activation_interval,
                 "renewal_interval": self.settings.renewal_interval,
             },
-            "counts": [{"application": name, "application_id": str(app_id),
-                        "count": counts.get(app_id.bytes_le, 0),
-                        "thresholds": self._thresholds.get(app_id.bytes_le, [])}
-                       for app_id, name in apps.items()],
+            "counts": [
+                {
+                    "application": name,
+                    "application_id": str(app_id),
+                    "count": counts.get(app_id.bytes_le, 0),
+                    "thresholds": self._thresholds.get(app_id.bytes_le, []),
+                }
+                for app_id, name in apps.items()
+            ],
             **self.monitor.snapshot(now),
-            "dns": {"zone": self.settings.zone,
-                    "listen": format_address(*self.dns.address) if self.dns else None,
-                    "records": [{"name": str(rr.rname), "type": QTYPE.get(rr.rtype),
-                                 "ttl": rr.ttl, "data": str(rr.rdata)}
-                                for rr in (self.zone.records if self.zone else [])]},
+            "dns": {
+                "zone": self.settings.zone,
+                "listen": format_address(*self.dns.address) if self.dns else None,
+                "records": [
+                    {
+                        "name": str(rr.rname),
+                        "type": QTYPE.get(rr.rtype),
+                        "ttl": rr.ttl,
+                        "data": str(rr.rdata),
+                    }
+                    for rr in (self.zone.records if self.zone else [])
+                ],
+            },
             "mak": {"keys": self.mak_keys()},
         }
 
@@ -336,10 +413,12 @@ class Lab:
                 self.host.store.meta()
         except Exception:
             database = False
-        return {"kms": bool(self.host and self.host.bound) and not self.stopping,
-                "dns": self.dns is not None and not self.stopping,
-                "http": self.mak_ready and not self.stopping,
-                "database": database and self.host is not None}
+        return {
+            "kms": bool(self.host and self.host.bound) and not self.stopping,
+            "dns": self.dns is not None and not self.stopping,
+            "http": self.mak_ready and not self.stopping,
+            "database": database and self.host is not None,
+        }
 
     def gauges(self) -> LabGauges:
         """What the metrics read when scraped: counts, connections, MAK keys, clock, DNS."""
@@ -350,7 +429,8 @@ class Lab:
             connections=len(self.host.server.connections) if self.host else 0,
             mak_keys=self.mak_keys(),
             clock_offset=self.clock.offset,
-            dns_queries=dict(self.dns.stats) if self.dns else {})
+            dns_queries=dict(self.dns.stats) if self.dns else {},
+        )
 
 
 class ListenError(KmsemuError):
@@ -359,8 +439,9 @@ class ListenError(KmsemuError):
     code = "lab_failed"
 
 
-def _listen_error(part: str, addresses: list[tuple[str, int]], flag: str,
-                  exc: OSError) -> ListenError:
+def _listen_error(
+    part: str, addresses: list[tuple[str, int]], flag: str, exc: OSError
+) -> ListenError:
     wanted = " ".join(format_address(*a) for a in addresses)
     return ListenError(f"{part} cannot listen on {wanted} ({flag}): {exc.strerror or exc}")
 

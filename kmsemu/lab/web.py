@@ -38,16 +38,17 @@ from kmsemu.errors import ServiceError
 from kmsemu.lab.metrics import LabMetrics
 from mak.web.base import Api, error_response
 
-STATIC: Final = {"app.js": "text/javascript; charset=utf-8",
-                 "style.css": "text/css; charset=utf-8"}
+STATIC: Final = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 COOKIE: Final = "kmsemu_token"
 CLOCK_BODY: Final = 1024
 PUSH_INTERVAL: Final = 0.25  # at most four pushes a second per viewer
 REFRESH: Final = 10.0  # and one at least this often (the clock and licence texts move)
 MAX_TRAVEL: Final = 100 * 365 * 86_400.0
-_CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-               "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
-               "base-uri 'none'; form-action 'none'")
+_CSP: Final = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'"
+)
 
 
 class LabView(Protocol):
@@ -76,8 +77,9 @@ class LabView(Protocol):
         ...
 
 
-def create_lab_app(view: LabView, mak_app: ASGIApp, metrics: LabMetrics, *,
-                   admin_token: str, open_reads: bool) -> ASGIApp:
+def create_lab_app(
+    view: LabView, mak_app: ASGIApp, metrics: LabMetrics, *, admin_token: str, open_reads: bool
+) -> ASGIApp:
     """``open_reads``: the dashboard may be read without a token (loopback only)."""
 
     def token_ok(token: str | None) -> bool:
@@ -105,17 +107,17 @@ def create_lab_app(view: LabView, mak_app: ASGIApp, metrics: LabMetrics, *,
         holds = reader(request)
         if holds is None:
             return _unauthorized()
-        return JSONResponse(view.state(read_only=not holds),
-                            headers={"Cache-Control": "no-store"})
+        return JSONResponse(view.state(read_only=not holds), headers={"Cache-Control": "no-store"})
 
     async def events(request: Request) -> Response:
         holds = reader(request)
         if holds is None:
             return _unauthorized()
-        return StreamingResponse(_stream(view, read_only=not holds),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store",
-                                          "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            _stream(view, read_only=not holds),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     async def clock(request: Request) -> Response:
         if not token_ok(bearer(request)):
@@ -135,12 +137,12 @@ def create_lab_app(view: LabView, mak_app: ASGIApp, metrics: LabMetrics, *,
     async def readyz(request: Request) -> Response:
         parts = view.readiness()
         ready = all(parts.values())
-        return JSONResponse({"ready": ready, "components": parts},
-                            status_code=200 if ready else 503)
+        return JSONResponse(
+            {"ready": ready, "components": parts}, status_code=200 if ready else 503
+        )
 
     async def metrics_page(request: Request) -> Response:
-        return Response(metrics.render(),
-                        media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     routes: list[BaseRoute] = [
         Route("/", index),
@@ -189,15 +191,22 @@ def _file(name: str, media_type: str) -> Response:
     try:
         body = resources.files("kmsemu").joinpath("data", "dashboard", name).read_bytes()
     except FileNotFoundError:
-        return error_response(ServiceError("not_found", f"the dashboard's {name} is not "
-                                                        "installed"))
-    return Response(body, media_type=media_type,
-                    headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-cache",
-                             "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+        return error_response(ServiceError("not_found", f"the dashboard's {name} is not installed"))
+    return Response(
+        body,
+        media_type=media_type,
+        headers={
+            "Content-Security-Policy": _CSP,
+            "Cache-Control": "no-cache",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
 
 
-def _unauthorized(detail: str = "this lab listens beyond loopback: reading the dashboard "
-                  "needs it") -> Response:
+def _unauthorized(
+    detail: str = "this lab listens beyond loopback: reading the dashboard needs it",
+) -> Response:
     return error_response(ServiceError("unauthorized", detail))
 
 
@@ -227,8 +236,14 @@ class _Observed:
     """ASGI middleware: time and count every HTTP request; note changes made through the
     MAK service and portal (any request that is not a read) for the dashboard."""
 
-    def __init__(self, app: ASGIApp, metrics: LabMetrics, route: Callable[[str], str], *,
-                 on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: LabMetrics,
+        route: Callable[[str], str],
+        *,
+        on_change: Callable[[], None],
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.route = route
@@ -253,8 +268,12 @@ class _Observed:
             method = scope["method"]
             route = self.route(scope["path"])
             if route != "/lab/events":  # a stream lasts as long as its viewer
-                self.metrics.observe_http(route, method if method in _METHODS else "other",
-                                          status, time.perf_counter() - started)
+                self.metrics.observe_http(
+                    route,
+                    method if method in _METHODS else "other",
+                    status,
+                    time.perf_counter() - started,
+                )
             if method not in ("GET", "HEAD", "OPTIONS") and not route.startswith("/lab/"):
                 self.on_change()
 

@@ -9,8 +9,9 @@ from kmsemu.run.background import ServerThread
 from kmsemu.run.signals import until_signal
 
 
-async def serve_dns(server: DnsServer, host: str, port: int,
-                    announce: Callable[[tuple[str, int]], None]) -> None:
+async def serve_dns(
+    server: DnsServer, host: str, port: int, announce: Callable[[tuple[str, int]], None]
+) -> None:
     """``kmsemu dns serve``: bind, announce the address, answer until SIGTERM/SIGINT."""
     bound = await server.start(host, port)
     try:

@@ -60,7 +60,7 @@ class RunningHost:
         """Stop serving, write what is pending and log ``stopped``."""
         try:
             await self.server.close()
-            self.log.event("stopped", None, {"reason": reason})
+            self.log.event("stopped", self.server.now(), {"reason": reason})
             self.log.flush()
         finally:
             self.store.close()
@@ -78,8 +78,15 @@ class Publishing:
     tsig: tuple[str, str] | None
 
     @classmethod
-    def parse(cls, publish: tuple[str, ...], server: str, name: str | None,
-              address: str | None, refresh: float, tsig: str | None) -> Publishing | None:
+    def parse(
+        cls,
+        publish: tuple[str, ...],
+        server: str,
+        name: str | None,
+        address: str | None,
+        refresh: float,
+        tsig: str | None,
+    ) -> Publishing | None:
         """The ``--dns-*`` flags checked (ConfigError naming the flag); None: no publishing."""
         if not publish:
             return None
@@ -137,8 +144,13 @@ async def open_host(config: HostConfig) -> RunningHost:
     A host that fails to start closes its store; state it made for the attempt is the
     caller's to discard (``discarded_on_failure``)."""
     c = config
-    state, catalog, settings, clock, publishing = (c.state, c.catalog, c.settings, c.clock,
-                                                   c.publishing)
+    state, catalog, settings, clock, publishing = (
+        c.state,
+        c.catalog,
+        c.settings,
+        c.clock,
+        c.publishing,
+    )
     store = HostStore(state)
     try:
         kms = build_host(store, catalog, settings, c.secrets, clock)
@@ -165,8 +177,16 @@ async def open_host(config: HostConfig) -> RunningHost:
             dns_publish=" ".join(p.zone for p in publishing.publications) if publishing else "",
             started=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        log.event("ready", None, {"loop": c.loop_name, "state": str(state),
-                                  "key_ids": ",".join(k.key_id.hex() for k in kms.keyring.keys)})
+        # "started", not "ready": scripts wait for the process's one ``ready ...`` line
+        log.event(
+            "started",
+            server.now(),
+            {
+                "loop": c.loop_name,
+                "state": str(state),
+                "key_ids": ",".join(k.key_id.hex() for k in kms.keyring.keys),
+            },
+        )
         log.flush()
     except BaseException:
         store.close()

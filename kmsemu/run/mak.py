@@ -69,11 +69,13 @@ def open_mak(config: MakConfig) -> OpenMak:
     store = config.store if config.store is not None else open_store(config.db, config.home)
     try:
         token = config.admin_token or ensure_token(config.home)
-        service = MakService(store, now=config.clock.now, secret=config.secret,
-                             catalog=config.catalog)
+        service = MakService(
+            store, now=config.clock.now, secret=config.secret, catalog=config.catalog
+        )
         executor = executor_for(store)
-        app = create_app(service, admin_token=token, executor=executor,
-                         redeem_rate=config.redeem_rate)
+        app = create_app(
+            service, admin_token=token, executor=executor, redeem_rate=config.redeem_rate
+        )
     except BaseException:
         store.close()
         raise

@@ -58,8 +58,9 @@ def until_signal(reload: Callable[[], None] | None = None) -> Iterator[Stopper]:
             loop.remove_signal_handler(sig)
 
 
-async def serve_until_signal(announce: Callable[[], None],
-                             reload: Callable[[], None] | None = None) -> signal.Signals | None:
+async def serve_until_signal(
+    announce: Callable[[], None], reload: Callable[[], None] | None = None
+) -> signal.Signals | None:
     """Install the handlers, then ``announce()`` readiness, then wait for a stop signal."""
     with until_signal(reload) as stopper:
         announce()

@@ -106,6 +106,7 @@ def write_charts(timeline: dict[str, Any], out: Path) -> list[Path]:
 
 # -- reading states and labels ------------------------------------------------------------------
 
+
 def _state_names(timeline: dict[str, Any]) -> list[str]:
     """States that ever hold a client, in stacking order (unknown ones last)."""
     seen = union(*(obj(d.get("states")) for d in days_of(timeline)))
@@ -133,6 +134,7 @@ def _plain(value: Any) -> str:
 
 # -- charts -------------------------------------------------------------------------------------
 
+
 def _figure() -> tuple[Figure, Axes]:
     fig = Figure(figsize=_SIZE, dpi=_DPI, facecolor="white")
     FigureCanvasAgg(fig)
@@ -159,8 +161,9 @@ def _save(fig: Figure, path: Path) -> Path:
 def _frame(ax: Axes, timeline: dict[str, Any], title: str, ylabel: str) -> None:
     """Title, axes and legend, shared by every chart."""
     name = _plain(obj(timeline.get("scenario")).get("name", "")) or "scenario"
-    ax.set_title(f"{name}: {title}", loc="left", fontsize=11, color=_INK, fontweight="bold",
-                 pad=16)  # room for the event labels between the title and the plot
+    ax.set_title(
+        f"{name}: {title}", loc="left", fontsize=11, color=_INK, fontweight="bold", pad=16
+    )  # room for the event labels between the title and the plot
     ax.set_ylabel(ylabel, fontsize=9, color=_INK)
     ax.set_xlabel("day", fontsize=9, color=_INK)
     days = day_numbers(timeline)
@@ -168,13 +171,27 @@ def _frame(ax: Axes, timeline: dict[str, Any], title: str, ylabel: str) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         order = sorted(range(len(labels)), key=lambda i: labels[i] == _OUTAGE)  # outage last
-        ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper left",
-                  bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+        ax.legend(
+            [handles[i] for i in order],
+            [labels[i] for i in order],
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize=8,
+            frameon=False,
+        )
 
 
 def _empty(ax: Axes, message: str) -> None:
-    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center",
-            fontsize=11, color=_MUTED)
+    ax.text(
+        0.5,
+        0.5,
+        message,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        fontsize=11,
+        color=_MUTED,
+    )
     ax.set_ylim(0, 1)
     ax.set_yticks([])
 
@@ -195,8 +212,9 @@ def _states_chart(ax: Axes, timeline: dict[str, Any]) -> None:
         layers.append((state, xs, bottoms, tops))
     for state, xs, bottoms, tops in reversed(layers):  # top-down: the legend reads as the stack
         label, colour = state_style(state)
-        ax.fill_between(xs, bottoms, tops, step="post", color=colour, label=_plain(label),
-                        linewidth=0)
+        ax.fill_between(
+            xs, bottoms, tops, step="post", color=colour, label=_plain(label), linewidth=0
+        )
     offline = [num(d.get("offline")) for d in rows]
     if any(offline):
         xs, ys = _blocks(days, offline)
@@ -209,8 +227,9 @@ def _states_chart(ax: Axes, timeline: dict[str, Any]) -> None:
 
 def _counts_chart(ax: Axes, timeline: dict[str, Any]) -> None:
     days, rows = day_numbers(timeline), days_of(timeline)
-    hosts = union(seq(obj(timeline.get("scenario")).get("hosts")),
-                   *(obj(d.get("counts")) for d in rows))
+    hosts = union(
+        seq(obj(timeline.get("scenario")).get("hosts")), *(obj(d.get("counts")) for d in rows)
+    )
     apps = union(*(obj(c) for d in rows for c in obj(d.get("counts")).values()))
     thresholds = _thresholds(rows)
     apps = union(apps, thresholds)
@@ -221,14 +240,28 @@ def _counts_chart(ax: Axes, timeline: dict[str, Any]) -> None:
             counts = [num(obj(obj(d.get("counts")).get(host)).get(app)) for d in rows]
             if days and any(counts):
                 xs, ys = _blocks(days, counts)
-                ax.step(xs, ys, where="post", color=colours[app], linewidth=1.8,
-                        linestyle=_HOST_STYLES[h % len(_HOST_STYLES)],
-                        label=_plain(f"{host} {app}"))
+                ax.step(
+                    xs,
+                    ys,
+                    where="post",
+                    color=colours[app],
+                    linewidth=1.8,
+                    linestyle=_HOST_STYLES[h % len(_HOST_STYLES)],
+                    label=_plain(f"{host} {app}"),
+                )
                 top = max(top, *counts)
     for app, value in thresholds.items():
         ax.axhline(value, color=colours[app], linestyle=(0, (2, 2)), linewidth=1)
-        ax.text(0.995, value, _plain(f"{app} threshold {value}"), ha="right", va="bottom",
-                transform=ax.get_yaxis_transform(), fontsize=8, color=colours[app])
+        ax.text(
+            0.995,
+            value,
+            _plain(f"{app} threshold {value}"),
+            ha="right",
+            va="bottom",
+            transform=ax.get_yaxis_transform(),
+            fontsize=8,
+            color=colours[app],
+        )
         top = max(top, value)
     if not hosts or not days:
         _empty(ax, "No KMS host in this scenario" if not hosts else "No days in this timeline")
@@ -247,9 +280,11 @@ def _thresholds(rows: list[dict[str, Any]]) -> dict[str, int]:
 def _activity_chart(ax: Axes, timeline: dict[str, Any]) -> None:
     days, rows = day_numbers(timeline), days_of(timeline)
     up = [0] * len(days)
-    for key, label, colour in (("activations", "KMS activations", "#2e9d5b"),
-                               ("renewals", "KMS renewals", "#8fd1a6"),
-                               ("mak_activations", "MAK activations", "#6b3fa0")):
+    for key, label, colour in (
+        ("activations", "KMS activations", "#2e9d5b"),
+        ("renewals", "KMS renewals", "#8fd1a6"),
+        ("mak_activations", "MAK activations", "#6b3fa0"),
+    ):
         values = [num(d.get(key)) for d in rows]
         if any(values):
             up = _layer(ax, days, up, values, colour, label)
@@ -265,18 +300,27 @@ def _activity_chart(ax: Axes, timeline: dict[str, Any]) -> None:
         _empty(ax, "No activations, renewals or failures")
 
 
-def _layer(ax: Axes, days: list[int], base: list[int], values: list[int], colour: str,
-           label: str) -> list[int]:
+def _layer(
+    ax: Axes, days: list[int], base: list[int], values: list[int], colour: str, label: str
+) -> list[int]:
     """One layer of a stacked daily chart; returns the new top. Bars while they are wide
     enough to be told apart, then blocks (bars a pixel or two wide leave seams)."""
     top = [a + b for a, b in zip(base, values, strict=True)]
     if len(days) <= 120:
-        ax.bar([d + 0.5 for d in days], values, 0.8, bottom=base, color=colour, label=label,
-               linewidth=0)
+        ax.bar(
+            [d + 0.5 for d in days],
+            values,
+            0.8,
+            bottom=base,
+            color=colour,
+            label=label,
+            linewidth=0,
+        )
     else:
         xs, ys = _blocks(days, top)
-        ax.fill_between(xs, _blocks(days, base)[1], ys, step="post", color=colour, label=label,
-                        linewidth=0)
+        ax.fill_between(
+            xs, _blocks(days, base)[1], ys, step="post", color=colour, label=label, linewidth=0
+        )
     return top
 
 
@@ -290,8 +334,9 @@ def _failure_series(rows: list[dict[str, Any]]) -> list[tuple[str, list[int]]]:
     top, rest = ranked[:_TOP_FAILURES], set(ranked[_TOP_FAILURES:])
     series = [(_failure_label(code), [day.get(code, 0) for day in per_day]) for code in top]
     if rest:
-        series.append(("other failures", [sum(v for k, v in day.items() if k in rest)
-                                          for day in per_day]))
+        series.append(
+            ("other failures", [sum(v for k, v in day.items() if k in rest) for day in per_day])
+        )
     return series
 
 
@@ -311,8 +356,14 @@ def _mak_chart(ax: Axes, timeline: dict[str, Any]) -> None:
         values = [num(obj(d.get("mak_remaining")).get(key)) for d in rows]
         if days:
             xs, ys = _blocks(days, values)
-            ax.step(xs, ys, where="post", linewidth=1.8, label=_plain(key),
-                    color=_MAK_COLOURS[i % len(_MAK_COLOURS)])
+            ax.step(
+                xs,
+                ys,
+                where="post",
+                linewidth=1.8,
+                label=_plain(key),
+                color=_MAK_COLOURS[i % len(_MAK_COLOURS)],
+            )
     if days:
         ax.set_ylim(0, None)
     else:
@@ -334,8 +385,14 @@ def _draw_outages(ax: Axes, timeline: dict[str, Any]) -> None:
     spans += [(start, hi) for queue in starts.values() for start in queue]
     visible = [(max(s, lo), min(e, hi)) for s, e in spans if s < hi and e >= lo]
     for i, (start, end) in enumerate(visible):
-        ax.axvspan(start, max(end, start + 0.05), color="#b42318", alpha=0.10, linewidth=0,
-                   label=_OUTAGE if i == 0 else None)
+        ax.axvspan(
+            start,
+            max(end, start + 0.05),
+            color="#b42318",
+            alpha=0.10,
+            linewidth=0,
+            label=_OUTAGE if i == 0 else None,
+        )
 
 
 def _draw_marks(ax: Axes, timeline: dict[str, Any], chart: str) -> None:
@@ -345,8 +402,11 @@ def _draw_marks(ax: Axes, timeline: dict[str, Any], chart: str) -> None:
     days = day_numbers(timeline)
     lo, hi = (days[0], days[-1] + 1) if days else (0, 1)
     per_px = (hi - lo) / _AXES_PX
-    marks = sorted((event_x(e), str(e.get("kind"))) for e in events_of(timeline)
-                   if chart in _MARKS.get(str(e.get("kind")), ("", "", frozenset()))[2])
+    marks = sorted(
+        (event_x(e), str(e.get("kind")))
+        for e in events_of(timeline)
+        if chart in _MARKS.get(str(e.get("kind")), ("", "", frozenset()))[2]
+    )
     last: dict[str, float] = {}
     free_px, drawn = -float("inf"), 0
     for x, kind in marks:
@@ -358,8 +418,16 @@ def _draw_marks(ax: Axes, timeline: dict[str, Any], chart: str) -> None:
         width = _CHAR_PX * len(label)
         left = min(max((x - lo) / per_px - width / 2, 0), _AXES_PX - width)
         if left >= free_px:
-            ax.text(lo + (left + width / 2) * per_px, 1.01, label, ha="center", va="bottom",
-                    transform=ax.get_xaxis_transform(), fontsize=7, color=colour)
+            ax.text(
+                lo + (left + width / 2) * per_px,
+                1.01,
+                label,
+                ha="center",
+                va="bottom",
+                transform=ax.get_xaxis_transform(),
+                fontsize=7,
+                color=colour,
+            )
             free_px = left + width + 6
         drawn += 1
         if drawn == _MAX_MARKS:

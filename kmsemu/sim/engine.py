@@ -122,8 +122,9 @@ class Client:
 class Engine:
     """Runs a scenario: its clients' events on a virtual clock, through one backend."""
 
-    def __init__(self, scenario: Scenario, backend: Backend,
-                 catalog: Catalog | None = None) -> None:
+    def __init__(
+        self, scenario: Scenario, backend: Backend, catalog: Catalog | None = None
+    ) -> None:
         self.scenario = scenario
         self.backend = backend
         self.catalog = catalog or default_catalog()
@@ -143,16 +144,28 @@ class Engine:
         clients: list[Client] = []
         for group in self.scenario.groups:
             product = group.product
-            ids = (product.application_id.bytes_le, product.sku_id.bytes_le,
-                   product.kms_count_id.bytes_le)
+            ids = (
+                product.application_id.bytes_le,
+                product.sku_id.bytes_le,
+                product.kms_count_id.bytes_le,
+            )
             clone = uuid.UUID(int=self.rng.getrandbits(128)).bytes_le
             for n in range(group.count):
-                cmid = clone if n < group.cloned else uuid.UUID(
-                    int=self.rng.getrandbits(128)).bytes_le
-                clients.append(Client(
-                    index=len(clients), group=group, number=n, name=f"{group.name}-{n + 1:04d}",
-                    cmid=cmid, hardware_id=self.rng.randbytes(10),
-                    vm=self.rng.random() < group.vm_share, ids=ids))
+                cmid = (
+                    clone if n < group.cloned else uuid.UUID(int=self.rng.getrandbits(128)).bytes_le
+                )
+                clients.append(
+                    Client(
+                        index=len(clients),
+                        group=group,
+                        number=n,
+                        name=f"{group.name}-{n + 1:04d}",
+                        cmid=cmid,
+                        hardware_id=self.rng.randbytes(10),
+                        vm=self.rng.random() < group.vm_share,
+                        ids=ids,
+                    )
+                )
         return clients
 
     # -- running ----------------------------------------------------------------------
@@ -194,18 +207,28 @@ class Engine:
             c.arrived = True
             self.arrived[c.group.name] += 1
             product = c.group.product
-            self._set(c, KeyInstalled(now, self._policies.get(product.family,
-                                                              self._policies["windows"]),
-                                      kms_client=c.group.mak is None), now)
+            self._set(
+                c,
+                KeyInstalled(
+                    now,
+                    self._policies.get(product.family, self._policies["windows"]),
+                    kms_client=c.group.mak is None,
+                ),
+                now,
+            )
             if c.group.mak is not None:
                 self._mak(c, now)
         elif kind == HARDWARE:
             if c.arrived:
                 self._set(c, HardwareChanged(now), now)
                 if c.number == 0:  # one line for the group in the narrative
-                    self.timeline.add(now, "hardware_change", f"{c.group.name}: a significant "
-                                       f"hardware change on {c.group.count} clients puts them "
-                                       "in out-of-tolerance grace")
+                    self.timeline.add(
+                        now,
+                        "hardware_change",
+                        f"{c.group.name}: a significant "
+                        f"hardware change on {c.group.count} clients puts them "
+                        "in out-of-tolerance grace",
+                    )
                 if c.group.mak is not None:
                     self._mak(c, now)
         elif c.timer_at == now:  # TIMER
@@ -223,8 +246,13 @@ class Engine:
         cause: int = _NO_KMS_HOST
         if not (group.offline and group.offline_on(day)):  # most groups are never offline
             request = self._request(c, now)
-            first = group.kms_host if group.kms_host is not None else \
-                c.cached_host if group.host_caching else None
+            first = (
+                group.kms_host
+                if group.kms_host is not None
+                else c.cached_host
+                if group.host_caching
+                else None
+            )
             if first is not None:
                 if self._ask(c, first, request, now):
                     return
@@ -240,8 +268,9 @@ class Engine:
 
     def _dns_order(self, day: int, tried: str | None) -> Iterator[str]:
         """The hosts DNS publishes on ``day`` in RFC 2782 order, but the one already tried."""
-        records = sorted(self.backend.srv(day),
-                         key=lambda r: (r.priority, r.weight, r.target, r.port))
+        records = sorted(
+            self.backend.srv(day), key=lambda r: (r.priority, r.weight, r.target, r.port)
+        )
         for record in rfc2782_order(records, self.rng):
             if record.target != tried:
                 yield record.target
@@ -256,8 +285,9 @@ class Engine:
             return False
         group = c.group
         status, count, activation_interval, renewal_interval = reply
-        event = kms_answer(now, status, count, group.product.threshold, activation_interval,
-                           renewal_interval)
+        event = kms_answer(
+            now, status, count, group.product.threshold, activation_interval, renewal_interval
+        )
         if not isinstance(event, Activated):
             self._fail(c, event, status or event.hresult, now)
             return True
@@ -296,10 +326,22 @@ class Engine:
         lic = c.licence
         minutes = lic.minutes_remaining(now)
         app, sku, count_id = c.ids
-        return _tuple_new(RequestFields, (
-            int(c.vm), int(lic.status), minutes if minutes <= _U32_MAX else _U32_MAX,
-            app, sku, count_id, c.cmid, c.group.product.threshold,
-            _filetime(now + c.group.clock_skew), _NIL, c.name))
+        return _tuple_new(
+            RequestFields,
+            (
+                int(c.vm),
+                int(lic.status),
+                minutes if minutes <= _U32_MAX else _U32_MAX,
+                app,
+                sku,
+                count_id,
+                c.cmid,
+                c.group.product.threshold,
+                _filetime(now + c.group.clock_skew),
+                _NIL,
+                c.name,
+            ),
+        )
 
     # -- the licence and what it schedules ----------------------------------------------
 
@@ -319,19 +361,27 @@ class Engine:
             c.attempt_at = None
         timer = licence.valid_until if licence.status is _LICENSED else licence.grace_ends
         # an attempt due first looks at the time itself (and reschedules): no timer needed
-        if timer is not None and timer != c.timer_at and timer > now and (
-                c.attempt_at is None or timer < c.attempt_at):
+        if (
+            timer is not None
+            and timer != c.timer_at
+            and timer > now
+            and (c.attempt_at is None or timer < c.attempt_at)
+        ):
             c.timer_at = timer
             self._push(timer, TIMER, c)
 
-    def _changed(self, c: Client, before: LicenseStatus, after: LicenseStatus,
-                 event: Event) -> None:
+    def _changed(
+        self, c: Client, before: LicenseStatus, after: LicenseStatus, event: Event
+    ) -> None:
         """Count a change of state (or a key installed) for the day."""
         if c.arrived and not isinstance(event, KeyInstalled):
             self.states[before.name.lower()] -= 1
         self.states[after.name.lower()] += 1
-        if before is LicenseStatus.LICENSED and after is LicenseStatus.OUT_OF_TOLERANCE_GRACE \
-                and isinstance(event, TimePassed):
+        if (
+            before is LicenseStatus.LICENSED
+            and after is LicenseStatus.OUT_OF_TOLERANCE_GRACE
+            and isinstance(event, TimePassed)
+        ):
             self.day_stats["lapsed"] += 1
         if after is LicenseStatus.NOTIFICATION:
             self.day_stats["notification"] += 1
@@ -339,14 +389,21 @@ class Engine:
     def _close_day(self, day: int, end: float) -> None:
         offline = sum(self.arrived[g.name] for g in self.scenario.groups if g.offline_on(day))
         counts = self.backend.counts(end)
-        self.timeline.close_day(Day(
-            day=day, states={s: self.states.get(s, 0) for s in _STATES},
-            offline=offline, counts=counts,
-            activations=self.day_stats["activations"], renewals=self.day_stats["renewals"],
-            mak_activations=self.day_stats["mak_activations"],
-            failures=dict(self.failures), lapsed=self.day_stats["lapsed"],
-            notification=self.day_stats["notification"],
-            mak_remaining=self.backend.mak_remaining()))
+        self.timeline.close_day(
+            Day(
+                day=day,
+                states={s: self.states.get(s, 0) for s in _STATES},
+                offline=offline,
+                counts=counts,
+                activations=self.day_stats["activations"],
+                renewals=self.day_stats["renewals"],
+                mak_activations=self.day_stats["mak_activations"],
+                failures=dict(self.failures),
+                lapsed=self.day_stats["lapsed"],
+                notification=self.day_stats["notification"],
+                mak_remaining=self.backend.mak_remaining(),
+            )
+        )
         self.day_stats = dict.fromkeys(_DAY_STATS, 0)
         self.failures.clear()
 
@@ -370,11 +427,9 @@ class FastBackend:
         rng = random.Random(f"{scenario.seed}-hosts")
         self.hosts: dict[str, tuple[Host, HostRules]] = {}
         for host in scenario.hosts:
-            settings = HostSettings(host.activation_interval, host.renewal_interval,
-                                    host.min_count)
+            settings = HostSettings(host.activation_interval, host.renewal_interval, host.min_count)
             identity = new_identity(rng, as_datetime(scenario.start))
-            self.hosts[host.name] = (host, HostRules(catalog, settings, identity,
-                                                     CountCache()))
+            self.hosts[host.name] = (host, HostRules(catalog, settings, identity, CountCache()))
         self.keys: dict[str, KeyRecord] = {}
         self.machines: dict[str, dict[bytes, MachineRecord]] = {}
         for key in scenario.mak_keys:
@@ -389,8 +444,15 @@ class FastBackend:
             return None
         log, _ = rules.decide(request, _filetime(now + spec.clock_offset))
         settings = rules.settings
-        return _tuple_new(KmsReply, (log.status, log.current_count,
-                                     settings.activation_interval, settings.renewal_interval))
+        return _tuple_new(
+            KmsReply,
+            (
+                log.status,
+                log.current_count,
+                settings.activation_interval,
+                settings.renewal_interval,
+            ),
+        )
 
     def mak(self, key: str, hardware_id: bytes, now: float) -> str | None:
         """``mak.rules.decide`` on the key's record; a new machine uses up one activation."""
@@ -407,8 +469,11 @@ class FastBackend:
 
     def srv(self, day: int) -> list[Srv]:
         """The scenario's records whose window covers ``day``, on port 1688."""
-        return [Srv(r.priority, r.weight, 1688, r.host) for r in self.scenario.records
-                if r.window.covers(day)]
+        return [
+            Srv(r.priority, r.weight, 1688, r.host)
+            for r in self.scenario.records
+            if r.window.covers(day)
+        ]
 
     def counts(self, now: float) -> dict[str, dict[bytes, int]]:
         """Each host's count per volume application, at its own clock."""
@@ -424,11 +489,20 @@ class FastBackend:
 
 
 def _mak_record(key: MakKey, created: float) -> KeyRecord:
-    return KeyRecord(fingerprint=key.name, last5="SIM00", type=KeyType.MAK,
-                     product=key.product.number, limit=key.limit, created=created)
+    return KeyRecord(
+        fingerprint=key.name,
+        last5="SIM00",
+        type=KeyType.MAK,
+        product=key.product.number,
+        limit=key.limit,
+        created=created,
+    )
 
 
-def run_fast(scenario: Scenario, catalog: Catalog | None = None,
-             progress: Callable[[int], None] | None = None) -> Timeline:
+def run_fast(
+    scenario: Scenario,
+    catalog: Catalog | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Timeline:
     """The scenario in fast mode: no sockets."""
     return Engine(scenario, FastBackend(scenario, catalog), catalog).run(progress)

@@ -55,8 +55,9 @@ TIMEOUT = 10.0
 class NetworkBackend:
     """Real servers for a scenario; use as a context manager."""
 
-    def __init__(self, scenario: Scenario, catalog: Catalog | None = None,
-                 secret: str = DEFAULT_SECRET) -> None:
+    def __init__(
+        self, scenario: Scenario, catalog: Catalog | None = None, secret: str = DEFAULT_SECRET
+    ) -> None:
         self.scenario = scenario
         self.catalog = catalog or default_catalog()
         self.clock = FakeClock(scenario.start)
@@ -89,18 +90,31 @@ class NetworkBackend:
         self._stack.callback(self._dead.close)
         home = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="kmsemu-sim-")))
         for host in s.hosts:
-            settings = HostSettings(host.activation_interval, host.renewal_interval,
-                                    host.min_count)
-            config = HostConfig(home / host.name, self.catalog, settings, [self.secret],
-                                OffsetClock(self.clock, host.clock_offset), [("127.0.0.1", 0)],
-                                log_stream=io.StringIO())
+            settings = HostSettings(host.activation_interval, host.renewal_interval, host.min_count)
+            config = HostConfig(
+                home / host.name,
+                self.catalog,
+                settings,
+                [self.secret],
+                OffsetClock(self.clock, host.clock_offset),
+                [("127.0.0.1", 0)],
+                log_stream=io.StringIO(),
+            )
             self.hosts[host.name] = self._stack.enter_context(HostThread(config))
         self.dns = self._stack.enter_context(
-            DnsThread(DnsServer(Authority([self.zone]), updates="none")))
+            DnsThread(DnsServer(Authority([self.zone]), updates="none"))
+        )
         if s.mak_keys:
-            self.mak_service = MakThread(MakConfig(
-                home / "mak", self.secret, self.clock, self.catalog, db=":memory:",
-                admin_token="simulator"))
+            self.mak_service = MakThread(
+                MakConfig(
+                    home / "mak",
+                    self.secret,
+                    self.clock,
+                    self.catalog,
+                    db=":memory:",
+                    admin_token="simulator",
+                )
+            )
             self._stack.callback(self.mak_service.mak.close)
             self._stack.enter_context(self.mak_service)
             for n, key in enumerate(s.mak_keys):
@@ -120,8 +134,9 @@ class NetworkBackend:
         down = spec.down((now - self.scenario.start) / DAY)
         address = self._dead.getsockname()[:2] if down else running.address
         try:
-            exchange = request_activation(address, ActivationRequest.from_fields(request), self.key,
-                                          timeout=TIMEOUT)
+            exchange = request_activation(
+                address, ActivationRequest.from_fields(request), self.key, timeout=TIMEOUT
+            )
         except ActivationError:
             return None
         r = exchange.response
@@ -140,14 +155,17 @@ class NetworkBackend:
         """What the lab DNS server answers for SRV on ``day``, once that day's zone is up."""
         assert self.dns is not None
         self._publish(day)
-        query = dns.message.make_query(f"_vlmcs._tcp.{self.scenario.domain}",
-                                       dns.rdatatype.SRV)
-        answer = dns.query.udp(query, self.dns.address[0], port=self.dns.address[1],
-                               timeout=TIMEOUT)
+        query = dns.message.make_query(f"_vlmcs._tcp.{self.scenario.domain}", dns.rdatatype.SRV)
+        answer = dns.query.udp(
+            query, self.dns.address[0], port=self.dns.address[1], timeout=TIMEOUT
+        )
         by_port = {b.address[1]: name for name, b in self.hosts.items()}
-        return [Srv(rd.priority, rd.weight, rd.port, by_port[rd.port])
-                for rrset in answer.answer for rd in rrset
-                if rrset.rdtype == dns.rdatatype.SRV]
+        return [
+            Srv(rd.priority, rd.weight, rd.port, by_port[rd.port])
+            for rrset in answer.answer
+            for rd in rrset
+            if rrset.rdtype == dns.rdatatype.SRV
+        ]
 
     def _publish(self, day: int) -> None:
         """The zone as the scenario has it on ``day`` (changed at most once a day)."""
@@ -156,9 +174,14 @@ class NetworkBackend:
         self._day = day
         s = self.scenario
         records = [r for r in s.records if r.window.covers(day)]
-        zone = Zone.build(s.domain, srv=[SrvTarget(r.host, self.hosts[r.host].address[1],
-                                                   r.priority, r.weight) for r in records],
-                          addresses=[(h, "127.0.0.1") for h in self.hosts])
+        zone = Zone.build(
+            s.domain,
+            srv=[
+                SrvTarget(r.host, self.hosts[r.host].address[1], r.priority, r.weight)
+                for r in records
+            ],
+            addresses=[(h, "127.0.0.1") for h in self.hosts],
+        )
         self.zone.records[:] = zone.records  # one assignment: the server sees old or new
 
     def counts(self, now: float) -> dict[str, dict[bytes, int]]:
@@ -178,15 +201,19 @@ class NetworkBackend:
         store = self.mak_service.mak.store
         by_fingerprint = {r.fingerprint: r.remaining for r in store.keys()}  # noqa: SIM118
         service = self.mak_service.mak.service
-        return {name: by_fingerprint[service.fingerprint_of(text)]
-                for name, text in self.mak_keys.items()}
+        return {
+            name: by_fingerprint[service.fingerprint_of(text)]
+            for name, text in self.mak_keys.items()
+        }
 
 
-def run_network(scenario: Scenario, catalog: Catalog | None = None,
-                progress: Callable[[int], None] | None = None) -> Timeline:
+def run_network(
+    scenario: Scenario,
+    catalog: Catalog | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Timeline:
     """The scenario with real servers on loopback."""
     with NetworkBackend(scenario, catalog) as backend:
         timeline = Engine(scenario, backend, catalog).run(progress)
     timeline.mode = "network"
     return timeline
-

@@ -14,8 +14,19 @@ from typing import Any
 
 from kmsemu.errors import HResult
 
-__all__ = ["KNOWN_HRESULTS", "day_numbers", "days_of", "event_x", "events_of", "mak_keys",
-           "num", "obj", "parse_hresult", "seq", "union"]
+__all__ = [
+    "KNOWN_HRESULTS",
+    "day_numbers",
+    "days_of",
+    "event_x",
+    "events_of",
+    "mak_keys",
+    "num",
+    "obj",
+    "parse_hresult",
+    "seq",
+    "union",
+]
 
 #: HRESULTs this package names (the others are shown as bare codes).
 KNOWN_HRESULTS = frozenset(int(h) for h in HResult)

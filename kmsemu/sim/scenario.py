@@ -155,16 +155,23 @@ def load_scenario(source: str | Path, catalog: Catalog | None = None) -> Scenari
         exists = False
     if path.suffix != ".toml" and not exists:
         if str(source) not in builtin_names():
-            raise ConfigError(f"no scenario {source!r}: not a file, and the built-ins are "
-                              f"{', '.join(builtin_names())}", code="unknown_scenario")
-        text = resources.files("kmsemu").joinpath("data", "scenarios",
-                                                  f"{source}.toml").read_text("utf-8")
+            raise ConfigError(
+                f"no scenario {source!r}: not a file, and the built-ins are "
+                f"{', '.join(builtin_names())}",
+                code="unknown_scenario",
+            )
+        text = (
+            resources.files("kmsemu")
+            .joinpath("data", "scenarios", f"{source}.toml")
+            .read_text("utf-8")
+        )
         return parse_scenario(text, f"built-in {source}", catalog)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        why = getattr(exc, "strerror", None) or ("not UTF-8 text" if isinstance(
-            exc, UnicodeDecodeError) else str(exc))
+        why = getattr(exc, "strerror", None) or (
+            "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        )
         raise ConfigError(f"cannot read {path}: {why}", code="scenario_invalid") from exc
     return parse_scenario(text, str(path), catalog)
 
@@ -172,8 +179,9 @@ def load_scenario(source: str | Path, catalog: Catalog | None = None) -> Scenari
 def builtin_names() -> list[str]:
     """The scenarios shipped in ``kmsemu/data/scenarios``, by name."""
     folder = resources.files("kmsemu").joinpath("data", "scenarios")
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir()
-                  if p.name.endswith(".toml"))
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
 
 
 def parse_scenario(text: str, source: str, catalog: Catalog | None = None) -> Scenario:
@@ -203,8 +211,17 @@ class _Reader:
             raise self.fail(where, f"unknown key {extra[0]!r} (known: {known})")
         return data
 
-    def value(self, table: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...],
-              default: Any = None, *, low: float | None = None, high: float | None = None) -> Any:
+    def value(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        where: str,
+        kind: type | tuple[type, ...],
+        default: Any = None,
+        *,
+        low: float | None = None,
+        high: float | None = None,
+    ) -> Any:
         value: Any = table.get(key, default)
         if value is None:
             return None
@@ -213,8 +230,9 @@ class _Reader:
             names = " or ".join(k.__name__ for k in kinds)
             raise self.fail(f"{where}.{key}", f"must be {names}, not {value!r}")
         number = float(value) if isinstance(value, int | float) else None
-        if number is not None and ((low is not None and number < low)
-                                   or (high is not None and number > high)):
+        if number is not None and (
+            (low is not None and number < low) or (high is not None and number > high)
+        ):
             raise self.fail(f"{where}.{key}", f"{value} is outside {low}..{high}")
         return value
 
@@ -225,8 +243,9 @@ class _Reader:
         except ValueError as exc:
             raise self.fail(f"{where}.{key}", str(exc)) from None
 
-    def windows(self, table: Mapping[str, Any], key: str, where: str, days: int
-                ) -> tuple[Window, ...]:
+    def windows(
+        self, table: Mapping[str, Any], key: str, where: str, days: int
+    ) -> tuple[Window, ...]:
         items = table.get(key, [])
         if not isinstance(items, list):
             raise self.fail(f"{where}.{key}", "must be a list of {from_day, to_day} tables")
@@ -252,8 +271,11 @@ class _Reader:
 
     def scenario(self, data: dict[str, Any]) -> Scenario:
         self.table(data, "top level", {"scenario", "hosts", "dns", "clients", "mak"})
-        head = self.table(data.get("scenario"), "[scenario]",
-                          {"name", "title", "description", "days", "seed", "start"})
+        head = self.table(
+            data.get("scenario"),
+            "[scenario]",
+            {"name", "title", "description", "days", "seed", "start"},
+        )
         name = self.value(head, "name", "scenario", str)
         if not name:
             raise self.fail("scenario.name", "is required")
@@ -263,32 +285,43 @@ class _Reader:
             start = datetime.fromisoformat(start_text).replace(tzinfo=UTC).timestamp()
         except ValueError:
             raise self.fail("scenario.start", f"{start_text!r} is not a date") from None
-        hosts = tuple(self.host(h, f"hosts[{n}]", days)
-                      for n, h in enumerate(self.items(data, "hosts")))
+        hosts = tuple(
+            self.host(h, f"hosts[{n}]", days) for n, h in enumerate(self.items(data, "hosts"))
+        )
         if not hosts:
             raise self.fail("hosts", "name at least one KMS host ([[hosts]])")
         names = [h.name for h in hosts]
         if len(set(names)) != len(names):
             raise self.fail("hosts", "host names must differ")
         dns = self.table(data.get("dns", {}), "[dns]", {"domain", "records"})
-        records = tuple(self.record(r, f"dns.records[{n}]", days, set(names))
-                        for n, r in enumerate(dns.get("records", [])))
+        records = tuple(
+            self.record(r, f"dns.records[{n}]", days, set(names))
+            for n, r in enumerate(dns.get("records", []))
+        )
         if "records" not in dns:  # every host published, priority 0, weight 0, all along
             records = tuple(Record(h) for h in names)
         keys = tuple(self.mak(k, f"mak[{n}]") for n, k in enumerate(self.items(data, "mak")))
-        groups = tuple(self.group(g, f"clients[{n}]", days, set(names), {k.name for k in keys})
-                       for n, g in enumerate(self.items(data, "clients")))
+        groups = tuple(
+            self.group(g, f"clients[{n}]", days, set(names), {k.name for k in keys})
+            for n, g in enumerate(self.items(data, "clients"))
+        )
         if not groups:
             raise self.fail("clients", "name at least one group of clients ([[clients]])")
         if sum(g.count for g in groups) > MAX_CLIENTS:
             raise self.fail("clients", f"at most {MAX_CLIENTS:,} clients")
         return Scenario(
-            name=name, days=days, hosts=hosts, groups=groups,
+            name=name,
+            days=days,
+            hosts=hosts,
+            groups=groups,
             title=self.value(head, "title", "scenario", str, ""),
             description=self.value(head, "description", "scenario", str, ""),
             seed=self.value(head, "seed", "scenario", int, 1),
-            start=start, domain=self.value(dns, "domain", "dns", str, "lab.test"),
-            records=records, mak_keys=keys)
+            start=start,
+            domain=self.value(dns, "domain", "dns", str, "lab.test"),
+            records=records,
+            mak_keys=keys,
+        )
 
     def items(self, data: Mapping[str, Any], key: str) -> list[Any]:
         items = data.get(key, [])
@@ -297,17 +330,30 @@ class _Reader:
         return items
 
     def host(self, data: Any, where: str, days: int) -> Host:
-        t = self.table(data, where, {"name", "min_count", "activation_interval",
-                                     "renewal_interval", "clock_offset", "outages"})
+        t = self.table(
+            data,
+            where,
+            {
+                "name",
+                "min_count",
+                "activation_interval",
+                "renewal_interval",
+                "clock_offset",
+                "outages",
+            },
+        )
         return Host(
             name=self.value(t, "name", where, str) or self.missing(where, "name"),
             min_count=self.value(t, "min_count", where, int, 0, low=0, high=1000),
-            activation_interval=self.value(t, "activation_interval", where, int, 120,
-                                           low=15, high=43_200),
-            renewal_interval=self.value(t, "renewal_interval", where, int, 10_080,
-                                        low=15, high=43_200),
+            activation_interval=self.value(
+                t, "activation_interval", where, int, 120, low=15, high=43_200
+            ),
+            renewal_interval=self.value(
+                t, "renewal_interval", where, int, 10_080, low=15, high=43_200
+            ),
             clock_offset=self.duration(t, "clock_offset", where),
-            outages=self.windows(t, "outages", where, days))
+            outages=self.windows(t, "outages", where, days),
+        )
 
     def record(self, data: Any, where: str, days: int, hosts: set[str]) -> Record:
         t = self.table(data, where, {"host", "priority", "weight", "from_day", "to_day"})
@@ -316,20 +362,41 @@ class _Reader:
             raise self.fail(f"{where}.host", f"{host!r} is not one of the hosts")
         start = self.value(t, "from_day", where, int, 0, low=0, high=days)
         end = self.value(t, "to_day", where, int, MAX_DAYS, low=start + 1, high=MAX_DAYS)
-        return Record(host, self.value(t, "priority", where, int, 0, low=0, high=65535),
-                      self.value(t, "weight", where, int, 0, low=0, high=65535),
-                      Window(start, end))
+        return Record(
+            host,
+            self.value(t, "priority", where, int, 0, low=0, high=65535),
+            self.value(t, "weight", where, int, 0, low=0, high=65535),
+            Window(start, end),
+        )
 
     def mak(self, data: Any, where: str) -> MakKey:
         t = self.table(data, where, {"name", "product", "limit"})
-        return MakKey(self.value(t, "name", where, str) or self.missing(where, "name"),
-                      self.product(t.get("product"), f"{where}.product"),
-                      self.value(t, "limit", where, int, 1, low=0, high=10_000_000))
+        return MakKey(
+            self.value(t, "name", where, str) or self.missing(where, "name"),
+            self.product(t.get("product"), f"{where}.product"),
+            self.value(t, "limit", where, int, 1, low=0, high=10_000_000),
+        )
 
     def group(self, data: Any, where: str, days: int, hosts: set[str], keys: set[str]) -> Group:
-        t = self.table(data, where, {
-            "name", "count", "product", "start_day", "arrive_over_days", "vm_share", "cloned",
-            "offline", "clock_skew", "hardware_change_day", "kms_host", "mak", "host_caching"})
+        t = self.table(
+            data,
+            where,
+            {
+                "name",
+                "count",
+                "product",
+                "start_day",
+                "arrive_over_days",
+                "vm_share",
+                "cloned",
+                "offline",
+                "clock_skew",
+                "hardware_change_day",
+                "kms_host",
+                "mak",
+                "host_caching",
+            },
+        )
         count = self.value(t, "count", where, int, 1, low=1, high=MAX_CLIENTS)
         kms_host = self.value(t, "kms_host", where, str)
         if kms_host is not None and kms_host not in hosts:
@@ -343,16 +410,20 @@ class _Reader:
             count=count,
             product=self.product(t.get("product"), f"{where}.product"),
             start_day=float(self.value(t, "start_day", where, number, 0, low=0, high=days)),
-            arrive_over_days=float(self.value(t, "arrive_over_days", where, number, 0, low=0,
-                                              high=MAX_DAYS)),
+            arrive_over_days=float(
+                self.value(t, "arrive_over_days", where, number, 0, low=0, high=MAX_DAYS)
+            ),
             vm_share=float(self.value(t, "vm_share", where, number, 0, low=0, high=1)),
             cloned=self.value(t, "cloned", where, int, 0, low=0, high=count),
             offline=self.windows(t, "offline", where, days),
             clock_skew=self.duration(t, "clock_skew", where),
-            hardware_change_day=self.value(t, "hardware_change_day", where, number, None,
-                                           low=0, high=days),
-            kms_host=kms_host, mak=mak,
-            host_caching=self.value(t, "host_caching", where, bool, True))
+            hardware_change_day=self.value(
+                t, "hardware_change_day", where, number, None, low=0, high=days
+            ),
+            kms_host=kms_host,
+            mak=mak,
+            host_caching=self.value(t, "host_caching", where, bool, True),
+        )
 
     def missing(self, where: str, key: str) -> Any:
         raise self.fail(f"{where}.{key}", "is required")

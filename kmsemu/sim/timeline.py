@@ -65,8 +65,13 @@ class Timeline:
 
     def add(self, when: float, kind: str, text: str, **facts: Any) -> dict[str, Any]:
         """Add a narrative event at ``when``; the event, for callers that amend it."""
-        event = {"day": int((when - self.scenario.start) // DAY), "time": _iso(when),
-                 "kind": kind, "text": text, **facts}
+        event = {
+            "day": int((when - self.scenario.start) // DAY),
+            "time": _iso(when),
+            "kind": kind,
+            "text": text,
+            **facts,
+        }
         self.events.append(event)
         return event
 
@@ -75,12 +80,18 @@ class Timeline:
         s = self.scenario
         for group in s.groups:
             if group.cloned > 1:
-                self.add(s.start + group.start_day * DAY, "cloned",
-                         f"{group.cloned} clients of {group.name} come from one image that was "
-                         "not generalised: they share one CMID and count once")
+                self.add(
+                    s.start + group.start_day * DAY,
+                    "cloned",
+                    f"{group.cloned} clients of {group.name} come from one image that was "
+                    "not generalised: they share one CMID and count once",
+                )
             if group.clock_skew:
-                self.add(s.start + group.start_day * DAY, "clock_skew",
-                         f"{group.name}'s clocks run {group.clock_skew / 3600:+g} h off")
+                self.add(
+                    s.start + group.start_day * DAY,
+                    "clock_skew",
+                    f"{group.name}'s clocks run {group.clock_skew / 3600:+g} h off",
+                )
 
     def day_events(self, day: int) -> None:
         """Outages, offline periods and DNS changes that begin or end on ``day``."""
@@ -100,15 +111,23 @@ class Timeline:
                     self.add(at, "offline_end", f"{group.name} is back on the network")
         for r in s.records:
             if r.window.from_day == day and day > 0:
-                self.add(at, "dns_change", f"DNS publishes {r.host} (priority {r.priority}, "
-                         f"weight {r.weight})")
+                self.add(
+                    at,
+                    "dns_change",
+                    f"DNS publishes {r.host} (priority {r.priority}, weight {r.weight})",
+                )
             if r.window.to_day == day:
                 self.add(at, "dns_change", f"DNS no longer publishes {r.host}")
 
     def threshold(self, when: float, host: str, application: str, count: int) -> None:
         """A host's count reached a threshold; the day's activations are added at day end."""
-        event = self.add(when, "threshold", f"count reached {count} on {host} ({application})",
-                         host=host, application=application)
+        event = self.add(
+            when,
+            "threshold",
+            f"count reached {count} on {host} ({application})",
+            host=host,
+            application=application,
+        )
         self._pending_threshold.setdefault(event["day"], []).append(event)
 
     # -- days ---------------------------------------------------------------------------
@@ -118,14 +137,22 @@ class Timeline:
         self.days.append(day)
         at = self.scenario.start + day.day * DAY
         for event in self._pending_threshold.pop(day.day, []):
-            event["text"] += (f"; {day.activations + day.renewals} clients activated or renewed "
-                              "that day")
+            event["text"] += (
+                f"; {day.activations + day.renewals} clients activated or renewed that day"
+            )
         if day.lapsed:
-            self.add(at, "lapsed", f"{day.lapsed} clients' KMS activation lapsed: 180 days "
-                     "without a renewal (out-of-tolerance grace)")
+            self.add(
+                at,
+                "lapsed",
+                f"{day.lapsed} clients' KMS activation lapsed: 180 days "
+                "without a renewal (out-of-tolerance grace)",
+            )
         if day.notification:
-            self.add(at, "notification", f"{day.notification} clients entered Notification "
-                     "(grace period over)")
+            self.add(
+                at,
+                "notification",
+                f"{day.notification} clients entered Notification (grace period over)",
+            )
         for key, remaining in day.mak_remaining.items():
             if remaining == 0 and key not in self._exhausted:
                 self._exhausted.add(key)
@@ -154,11 +181,18 @@ class Timeline:
             if e["kind"] == "threshold":
                 first_threshold.setdefault(f"{e['host']}/{e['application']}", e["day"])
         return {
-            "scenario": {"name": s.name, "title": s.title, "description": s.description,
-                         "days": s.days, "seed": s.seed, "mode": self.mode,
-                         "start": _iso(s.start), "clients": s.clients,
-                         "hosts": [h.name for h in s.hosts],
-                         "mak_keys": [k.name for k in s.mak_keys]},
+            "scenario": {
+                "name": s.name,
+                "title": s.title,
+                "description": s.description,
+                "days": s.days,
+                "seed": s.seed,
+                "mode": self.mode,
+                "start": _iso(s.start),
+                "clients": s.clients,
+                "hosts": [h.name for h in s.hosts],
+                "mak_keys": [k.name for k in s.mak_keys],
+            },
             "days": days,
             "events": self.events,
             "summary": {
@@ -177,8 +211,10 @@ class Timeline:
             "date": _iso(self.scenario.start + d.day * DAY)[:10],
             "states": d.states,
             "offline": d.offline,
-            "counts": {host: {self.apps[a]: n for a, n in counts.items() if a in self.apps}
-                       for host, counts in d.counts.items()},
+            "counts": {
+                host: {self.apps[a]: n for a, n in counts.items() if a in self.apps}
+                for host, counts in d.counts.items()
+            },
             "thresholds": self.thresholds,
             "activations": d.activations,
             "renewals": d.renewals,
@@ -192,8 +228,7 @@ class Timeline:
     def write(self, out: Path) -> dict[str, Any]:
         """``timeline.json`` and ``timeline.csv`` in ``out``; returns the JSON document."""
         document = self.to_json()
-        (out / "timeline.json").write_text(json.dumps(document, indent=1) + "\n",
-                                           encoding="utf-8")
+        (out / "timeline.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
         write_csv(document, out / "timeline.csv")
         return document
 
@@ -205,20 +240,40 @@ def write_csv(document: dict[str, Any], path: Path) -> None:
     hosts = document["scenario"]["hosts"]
     apps = sorted({a for d in days for counts in d["counts"].values() for a in counts})
     keys = document["scenario"]["mak_keys"]
-    header = ["day", "date", *STATES, "offline", "activations", "renewals", "mak_activations",
-              "lapsed", "notification", *(f"count_{h}_{a}" for h in hosts for a in apps),
-              *(f"failures_{c}" for c in codes), *(f"mak_remaining_{k}" for k in keys)]
+    header = [
+        "day",
+        "date",
+        *STATES,
+        "offline",
+        "activations",
+        "renewals",
+        "mak_activations",
+        "lapsed",
+        "notification",
+        *(f"count_{h}_{a}" for h in hosts for a in apps),
+        *(f"failures_{c}" for c in codes),
+        *(f"mak_remaining_{k}" for k in keys),
+    ]
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for d in days:
-            writer.writerow([
-                d["day"], d["date"], *(d["states"].get(s, 0) for s in STATES), d["offline"],
-                d["activations"], d["renewals"], d["mak_activations"], d["lapsed"],
-                d["notification"],
-                *(d["counts"].get(h, {}).get(a, 0) for h in hosts for a in apps),
-                *(d["failures"].get(c, 0) for c in codes),
-                *(d["mak_remaining"].get(k, 0) for k in keys)])
+            writer.writerow(
+                [
+                    d["day"],
+                    d["date"],
+                    *(d["states"].get(s, 0) for s in STATES),
+                    d["offline"],
+                    d["activations"],
+                    d["renewals"],
+                    d["mak_activations"],
+                    d["lapsed"],
+                    d["notification"],
+                    *(d["counts"].get(h, {}).get(a, 0) for h in hosts for a in apps),
+                    *(d["failures"].get(c, 0) for c in codes),
+                    *(d["mak_remaining"].get(k, 0) for k in keys),
+                ]
+            )
 
 
 def _iso(seconds: float) -> str:

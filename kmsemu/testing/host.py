@@ -54,10 +54,18 @@ class BackgroundHost(HostThread):
         self.secrets = tuple(secrets)
         self.clock = OffsetClock(clock or SystemClock(), clock_offset)
         self._sink = _Lines()
-        super().__init__(HostConfig(
-            self.state_dir, catalog or default_catalog(), settings or HostSettings(),
-            list(self.secrets), self.clock, [("127.0.0.1", 0)], options or ServerOptions(),
-            log_stream=self._sink))
+        super().__init__(
+            HostConfig(
+                self.state_dir,
+                catalog or default_catalog(),
+                settings or HostSettings(),
+                list(self.secrets),
+                self.clock,
+                [("127.0.0.1", 0)],
+                options or ServerOptions(),
+                log_stream=self._sink,
+            )
+        )
 
     @property
     def server(self) -> KmsServer | None:

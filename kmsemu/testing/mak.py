@@ -28,20 +28,34 @@ from mak.store.base import Store
 class BackgroundMak(MakThread):
     """The service with a fresh admin token (``admin_token``) and what tests need of it."""
 
-    def __init__(self, *, db: str | Path | None = ":memory:", store: Store | None = None,
-                 secret: str = DEFAULT_SECRET, admin_token: str | None = None,
-                 clock: Clock | None = None, catalog: Catalog | None = None,
-                 redeem_rate: int = DEFAULT_REDEEM_RATE) -> None:
+    def __init__(
+        self,
+        *,
+        db: str | Path | None = ":memory:",
+        store: Store | None = None,
+        secret: str = DEFAULT_SECRET,
+        admin_token: str | None = None,
+        clock: Clock | None = None,
+        catalog: Catalog | None = None,
+        redeem_rate: int = DEFAULT_REDEEM_RATE,
+    ) -> None:
         self.secret = secret
         self.admin_token = admin_token or secrets.token_urlsafe(16)
         self.clock = clock or SystemClock()
         self.catalog = catalog or default_catalog()
         self.redeem_rate = redeem_rate
         self._serial = 0
-        super().__init__(MakConfig(
-            Path("."), secret, self.clock, self.catalog,
-            store=store if store is not None else open_store(str(db), Path(".")),
-            admin_token=self.admin_token, redeem_rate=redeem_rate))
+        super().__init__(
+            MakConfig(
+                Path("."),
+                secret,
+                self.clock,
+                self.catalog,
+                store=store if store is not None else open_store(str(db), Path(".")),
+                admin_token=self.admin_token,
+                redeem_rate=redeem_rate,
+            )
+        )
 
     @property
     def store(self) -> Store:
@@ -62,8 +76,9 @@ class BackgroundMak(MakThread):
         """An HTTP client of the service, with the admin token if ``admin``."""
         return MakClient(self.url, token=self.admin_token if admin else None)
 
-    def mint_key(self, *, limit: int | None = 3, key_type: KeyType = KeyType.MAK,
-                 product: int = 0) -> str:
+    def mint_key(
+        self, *, limit: int | None = 3, key_type: KeyType = KeyType.MAK, product: int = 0
+    ) -> str:
         """A fresh lab key of ``key_type``, registered with ``limit`` (None: the default)."""
         self._serial += 1
         key = mint(key_type, product, serial=secrets.randbits(30) << 10 | self._serial)

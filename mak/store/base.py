@@ -97,9 +97,12 @@ class ImportReport:
 
     def to_json(self) -> dict[str, int]:
         """The report as the API answers it."""
-        return {"keys_added": self.keys_added, "keys_kept": self.keys_kept,
-                "activations_added": self.activations_added,
-                "activations_kept": self.activations_kept}
+        return {
+            "keys_added": self.keys_added,
+            "keys_kept": self.keys_kept,
+            "activations_added": self.activations_added,
+            "activations_kept": self.activations_kept,
+        }
 
 
 class Store(Protocol):
@@ -136,8 +139,16 @@ class Store(Protocol):
         """Set or clear a key's expiry; the record as it is now."""
         ...
 
-    def activate(self, fingerprint: str, hardware_id: bytes, now: float, *, route: str,
-                 machine_name: str | None = None, request_id: str | None = None) -> Activation:
+    def activate(
+        self,
+        fingerprint: str,
+        hardware_id: bytes,
+        now: float,
+        *,
+        route: str,
+        machine_name: str | None = None,
+        request_id: str | None = None,
+    ) -> Activation:
         """Count (or not) one activation, atomically; ``ServiceError`` when refused."""
         ...
 
@@ -145,8 +156,9 @@ class Store(Protocol):
         """The machines counted against a key."""
         ...
 
-    def export(self, *, keys: bool = True, activations: bool = True,
-               machine_names: bool = True) -> dict[str, Any]:
+    def export(
+        self, *, keys: bool = True, activations: bool = True, machine_names: bool = True
+    ) -> dict[str, Any]:
         """Keys and activations as one document ``import_`` reads back."""
         ...
 

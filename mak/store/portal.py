@@ -149,7 +149,8 @@ _USER = "SELECT id, org_id, name, role, created FROM portal_users"
 _SUBSCRIPTION = (
     "SELECT s.id, s.org_id, s.offer, s.licences, s.billing, s.source, s.last5, s.created,"
     " (SELECT COUNT(*) FROM portal_assignments a WHERE a.subscription_id = s.id)"
-    " FROM portal_subscriptions s")
+    " FROM portal_subscriptions s"
+)
 _OFFER = "SELECT name, product, max_licences, countries, trial FROM portal_offers"
 
 
@@ -162,13 +163,13 @@ def _user(row: Sequence[Any]) -> User:
 
 
 def _subscription(row: Sequence[Any]) -> Subscription:
-    return Subscription(int(row[0]), int(row[1]), row[2], row[3], row[4], row[5], row[6],
-                        row[7], int(row[8]))
+    return Subscription(
+        int(row[0]), int(row[1]), row[2], row[3], row[4], row[5], row[6], row[7], int(row[8])
+    )
 
 
 def _offer(row: Sequence[Any]) -> Offer:
-    return Offer(row[0], row[1], row[2], frozenset(filter(None, row[3].split(","))),
-                 bool(row[4]))
+    return Offer(row[0], row[1], row[2], frozenset(filter(None, row[3].split(","))), bool(row[4]))
 
 
 def name_key(name: str) -> str:
@@ -197,9 +198,12 @@ class PortalSql:
             return self._insert_org(db, name, country, now)
 
     def _insert_org(self, db: Executor, name: str, country: str, now: float) -> Org:
-        row = self._exec(db, "INSERT INTO portal_orgs (name, name_key, country, created)"
-                             " VALUES (?, ?, ?, ?) ON CONFLICT (name_key) DO NOTHING RETURNING id",
-                         (name, name_key(name), country, now)).fetchone()
+        row = self._exec(
+            db,
+            "INSERT INTO portal_orgs (name, name_key, country, created)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (name_key) DO NOTHING RETURNING id",
+            (name, name_key(name), country, now),
+        ).fetchone()
         if row is None:
             raise ServiceError("org_exists", name)
         return Org(int(row[0]), name, country, now)
@@ -207,11 +211,14 @@ class PortalSql:
     def orgs(self) -> list[Org]:
         """Every organisation, oldest first, with its user and subscription counts."""
         with self._transaction(write=False) as db:
-            rows = self._exec(db, "SELECT o.id, o.name, o.country, o.created,"
-                                  " (SELECT COUNT(*) FROM portal_users u WHERE u.org_id = o.id),"
-                                  " (SELECT COUNT(*) FROM portal_subscriptions s"
-                                  "  WHERE s.org_id = o.id)"
-                                  " FROM portal_orgs o ORDER BY o.id").fetchall()
+            rows = self._exec(
+                db,
+                "SELECT o.id, o.name, o.country, o.created,"
+                " (SELECT COUNT(*) FROM portal_users u WHERE u.org_id = o.id),"
+                " (SELECT COUNT(*) FROM portal_subscriptions s"
+                "  WHERE s.org_id = o.id)"
+                " FROM portal_orgs o ORDER BY o.id",
+            ).fetchall()
         return [Org(int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5])) for r in rows]
 
     def org(self, name: str) -> Org | None:
@@ -235,12 +242,16 @@ class PortalSql:
             self._lock_org(db, org_id)
             return self._insert_user(db, org_id, name, role, token_hash, now)
 
-    def _insert_user(self, db: Executor, org_id: int, name: str, role: str, token_hash: str,
-                     now: float) -> User:
-        row = self._exec(db, "INSERT INTO portal_users (org_id, name, name_key, role, token_hash,"
-                             " created) VALUES (?, ?, ?, ?, ?, ?)"
-                             " ON CONFLICT (org_id, name_key) DO NOTHING RETURNING id",
-                         (org_id, name, name_key(name), role, token_hash, now)).fetchone()
+    def _insert_user(
+        self, db: Executor, org_id: int, name: str, role: str, token_hash: str, now: float
+    ) -> User:
+        row = self._exec(
+            db,
+            "INSERT INTO portal_users (org_id, name, name_key, role, token_hash,"
+            " created) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (org_id, name_key) DO NOTHING RETURNING id",
+            (org_id, name, name_key(name), role, token_hash, now),
+        ).fetchone()
         if row is None:
             raise ServiceError("user_exists", name)
         return User(int(row[0]), org_id, name, role, now)
@@ -257,9 +268,12 @@ class PortalSql:
             rows = self._exec(db, _USER + " WHERE org_id = ? ORDER BY id", (org_id,)).fetchall()
             held: dict[int, list[str]] = {}
             for user_id, offer in self._exec(
-                    db, "SELECT a.user_id, a.offer FROM portal_assignments a"
-                        " JOIN portal_users u ON u.id = a.user_id WHERE u.org_id = ?"
-                        " ORDER BY a.offer", (org_id,)).fetchall():
+                db,
+                "SELECT a.user_id, a.offer FROM portal_assignments a"
+                " JOIN portal_users u ON u.id = a.user_id WHERE u.org_id = ?"
+                " ORDER BY a.offer",
+                (org_id,),
+            ).fetchall():
                 held.setdefault(int(user_id), []).append(offer)
         return [replace(_user(r), licences=tuple(held.get(int(r[0]), ()))) for r in rows]
 
@@ -268,15 +282,25 @@ class PortalSql:
     def put_offer(self, offer: Offer, now: float) -> bool:
         """Define or redefine an offer; True when it is new."""
         with self._transaction(write=True) as db:
-            known = self._exec(db, "SELECT 1 FROM portal_offers WHERE name = ?",
-                               (offer.name,)).fetchone()
-            self._exec(db, "INSERT INTO portal_offers (name, product, max_licences, countries,"
-                           " trial, updated) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE"
-                           " SET product = excluded.product, max_licences = excluded.max_licences,"
-                           " countries = excluded.countries, trial = excluded.trial,"
-                           " updated = excluded.updated",
-                       (offer.name, offer.product, offer.max_licences,
-                        ",".join(sorted(offer.countries)), int(offer.trial), now))
+            known = self._exec(
+                db, "SELECT 1 FROM portal_offers WHERE name = ?", (offer.name,)
+            ).fetchone()
+            self._exec(
+                db,
+                "INSERT INTO portal_offers (name, product, max_licences, countries,"
+                " trial, updated) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE"
+                " SET product = excluded.product, max_licences = excluded.max_licences,"
+                " countries = excluded.countries, trial = excluded.trial,"
+                " updated = excluded.updated",
+                (
+                    offer.name,
+                    offer.product,
+                    offer.max_licences,
+                    ",".join(sorted(offer.countries)),
+                    int(offer.trial),
+                    now,
+                ),
+            )
         return known is None
 
     def offers(self) -> list[Offer]:
@@ -296,17 +320,24 @@ class PortalSql:
     def set_key_expiry(self, fingerprint: str, last5: str, expires: float) -> None:
         """Set when a subscription key expires (replacing any earlier expiry)."""
         with self._transaction(write=True) as db:
-            self._exec(db, "INSERT INTO portal_key_expiry (fingerprint, last5, expires)"
-                           " VALUES (?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE"
-                           " SET expires = excluded.expires", (fingerprint, last5, expires))
+            self._exec(
+                db,
+                "INSERT INTO portal_key_expiry (fingerprint, last5, expires)"
+                " VALUES (?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE"
+                " SET expires = excluded.expires",
+                (fingerprint, last5, expires),
+            )
 
     def set_fault(self, fault: Fault | None) -> None:
         """Put a forced redemption error in place of any other; None clears it."""
         with self._transaction(write=True) as db:
             self._exec(db, "DELETE FROM portal_faults")
             if fault is not None:
-                self._exec(db, "INSERT INTO portal_faults (id, code, remaining) VALUES (1, ?, ?)",
-                           (fault.code, fault.remaining))
+                self._exec(
+                    db,
+                    "INSERT INTO portal_faults (id, code, remaining) VALUES (1, ?, ?)",
+                    (fault.code, fault.remaining),
+                )
 
     def fault(self) -> Fault | None:
         """The forced redemption error in place, or None."""
@@ -319,8 +350,9 @@ class PortalSql:
         if self.fault() is None:  # the usual case: no write transaction for it
             return None
         with self._transaction(write=True) as db:
-            row = self._exec(db, "SELECT code, remaining FROM portal_faults WHERE id = 1"
-                                 + self._lock_key).fetchone()
+            row = self._exec(
+                db, "SELECT code, remaining FROM portal_faults WHERE id = 1" + self._lock_key
+            ).fetchone()
             if row is None:
                 return None
             code, remaining = row
@@ -333,55 +365,101 @@ class PortalSql:
     # -- subscriptions ---------------------------------------------------------------------------
 
     def _org_state(self, db: Executor, org: Org, offer: str) -> OrgState:
-        row = self._exec(db, "SELECT COUNT(*), COALESCE(SUM(licences), 0)"
-                             " FROM portal_subscriptions WHERE org_id = ? AND offer = ?",
-                         (org.id, offer)).fetchone()
+        row = self._exec(
+            db,
+            "SELECT COUNT(*), COALESCE(SUM(licences), 0)"
+            " FROM portal_subscriptions WHERE org_id = ? AND offer = ?",
+            (org.id, offer),
+        ).fetchone()
         return OrgState(org.id, org.country, licences=int(row[1]), had_offer=int(row[0]) > 0)
 
-    def _insert_subscription(self, db: Executor, org: Org, offer: Offer, licences: int,
-                             billing: str | None, source: str, key: ProductKey | None,
-                             now: float) -> Subscription:
+    def _insert_subscription(
+        self,
+        db: Executor,
+        org: Org,
+        offer: Offer,
+        licences: int,
+        billing: str | None,
+        source: str,
+        key: ProductKey | None,
+        now: float,
+    ) -> Subscription:
         last5 = key.last5 if key else None
-        row = self._exec(db, "INSERT INTO portal_subscriptions (org_id, offer, licences, billing,"
-                             " source, fingerprint, last5, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                             " RETURNING id",
-                         (org.id, offer.name, licences, billing, source,
-                          key.fingerprint if key else None, last5, now)).fetchone()
-        return Subscription(int(row[0]), org.id, offer.name, licences, billing, source, last5,
-                            now)
+        row = self._exec(
+            db,
+            "INSERT INTO portal_subscriptions (org_id, offer, licences, billing,"
+            " source, fingerprint, last5, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " RETURNING id",
+            (
+                org.id,
+                offer.name,
+                licences,
+                billing,
+                source,
+                key.fingerprint if key else None,
+                last5,
+                now,
+            ),
+        ).fetchone()
+        return Subscription(int(row[0]), org.id, offer.name, licences, billing, source, last5, now)
 
-    def redeem(self, org_id: int, caller_role: str, key: ProductKey, offer_name: str, now: float
-               ) -> Subscription:
+    def redeem(
+        self, org_id: int, caller_role: str, key: ProductKey, offer_name: str, now: float
+    ) -> Subscription:
         """Redeem a subscription key into an organisation, or refuse with nothing stored."""
         with self._transaction(write=True) as db:
             org = self._lock_org(db, org_id)
             return self._redeem(db, org, caller_role, key, offer_name, now)
 
-    def _redeem(self, db: Executor, org: Org, caller_role: str, key: ProductKey,
-                offer_name: str, now: float) -> Subscription:
-        row = self._exec(db, "SELECT org_id FROM portal_redemptions WHERE fingerprint = ?",
-                         (key.fingerprint,)).fetchone()
-        expires = self._exec(db, "SELECT expires FROM portal_key_expiry WHERE fingerprint = ?",
-                             (key.fingerprint,)).fetchone()
+    def _redeem(
+        self, db: Executor, org: Org, caller_role: str, key: ProductKey, offer_name: str, now: float
+    ) -> Subscription:
+        row = self._exec(
+            db, "SELECT org_id FROM portal_redemptions WHERE fingerprint = ?", (key.fingerprint,)
+        ).fetchone()
+        expires = self._exec(
+            db, "SELECT expires FROM portal_key_expiry WHERE fingerprint = ?", (key.fingerprint,)
+        ).fetchone()
         offer = portal_rules.check_redemption(
-            caller_role=caller_role, key=key, redeemed=Redeemed(int(row[0])) if row else None,
-            expires=expires[0] if expires else None, now=now,
-            offer=self._select_offer(db, offer_name), org=self._org_state(db, org, offer_name))
-        subscription = self._insert_subscription(db, org, offer, key.quantity, None, "key", key,
-                                                 now)
-        claimed = self._exec(db, "INSERT INTO portal_redemptions (fingerprint, org_id,"
-                                 " subscription_id, at) VALUES (?, ?, ?, ?)"
-                                 " ON CONFLICT (fingerprint) DO NOTHING RETURNING org_id",
-                             (key.fingerprint, org.id, subscription.id, now)).fetchone()
+            caller_role=caller_role,
+            key=key,
+            redeemed=Redeemed(int(row[0])) if row else None,
+            expires=expires[0] if expires else None,
+            now=now,
+            offer=self._select_offer(db, offer_name),
+            org=self._org_state(db, org, offer_name),
+        )
+        subscription = self._insert_subscription(
+            db, org, offer, key.quantity, None, "key", key, now
+        )
+        claimed = self._exec(
+            db,
+            "INSERT INTO portal_redemptions (fingerprint, org_id,"
+            " subscription_id, at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (fingerprint) DO NOTHING RETURNING org_id",
+            (key.fingerprint, org.id, subscription.id, now),
+        ).fetchone()
         if claimed is None:  # another organisation's redemption committed meanwhile
-            winner = self._exec(db, "SELECT org_id FROM portal_redemptions WHERE fingerprint = ?",
-                                (key.fingerprint,)).fetchone()
+            winner = self._exec(
+                db,
+                "SELECT org_id FROM portal_redemptions WHERE fingerprint = ?",
+                (key.fingerprint,),
+            ).fetchone()
             portal_rules.check_redeemed(Redeemed(int(winner[0])), org.id)
         return subscription
 
-    def signup(self, name: str, country: str, user: str, token_hash: str,
-               key: ProductKey | None, offer_name: str, now: float, *,
-               fail_after_account: bool = False) -> tuple[Org, User, Subscription | None]:
+    def signup(
+        self,
+        name: str,
+        country: str,
+        user: str,
+        token_hash: str,
+        key: ProductKey | None,
+        offer_name: str,
+        now: float,
+        *,
+        fail_after_account: bool = False,
+    ) -> tuple[Org, User, Subscription | None]:
         """A new organisation with its global admin, by redeeming a key: all or nothing, or
         (``fail_after_account``) the organisation and admin without the redemption."""
         with self._transaction(write=True) as db:
@@ -393,62 +471,95 @@ class PortalSql:
                 raise ValueError("a sign-up redeems a key")
             return org, admin, self._redeem(db, org, admin.role, key, offer_name, now)
 
-    def buy(self, org_id: int, offer_name: str, licences: int, billing: str, auto_assign: bool,
-            now: float) -> Purchase:
+    def buy(
+        self,
+        org_id: int,
+        offer_name: str,
+        licences: int,
+        billing: str,
+        auto_assign: bool,
+        now: float,
+    ) -> Purchase:
         """Buy a subscription under the offer's rules; ``auto_assign``: to users with no licence."""
         with self._transaction(write=True) as db:
             org = self._lock_org(db, org_id)
-            offer = portal_rules.check_offer(self._select_offer(db, offer_name),
-                                             self._org_state(db, org, offer_name), licences)
-            subscription = self._insert_subscription(db, org, offer, licences, billing,
-                                                     "purchase", None, now)
+            offer = portal_rules.check_offer(
+                self._select_offer(db, offer_name), self._org_state(db, org, offer_name), licences
+            )
+            subscription = self._insert_subscription(
+                db, org, offer, licences, billing, "purchase", None, now
+            )
             assigned: list[str] = []
             if auto_assign:
-                bare = self._exec(db, "SELECT u.id, u.name FROM portal_users u WHERE u.org_id = ?"
-                                      " AND NOT EXISTS (SELECT 1 FROM portal_assignments a"
-                                      " WHERE a.user_id = u.id) ORDER BY u.id LIMIT ?",
-                                  (org.id, licences)).fetchall()
+                bare = self._exec(
+                    db,
+                    "SELECT u.id, u.name FROM portal_users u WHERE u.org_id = ?"
+                    " AND NOT EXISTS (SELECT 1 FROM portal_assignments a"
+                    " WHERE a.user_id = u.id) ORDER BY u.id LIMIT ?",
+                    (org.id, licences),
+                ).fetchall()
                 for user_id, user_name in bare:
-                    self._exec(db, "INSERT INTO portal_assignments (user_id, offer,"
-                                   " subscription_id, at) VALUES (?, ?, ?, ?)",
-                               (user_id, offer.name, subscription.id, now))
+                    self._exec(
+                        db,
+                        "INSERT INTO portal_assignments (user_id, offer,"
+                        " subscription_id, at) VALUES (?, ?, ?, ?)",
+                        (user_id, offer.name, subscription.id, now),
+                    )
                     assigned.append(user_name)
         return Purchase(replace(subscription, used=len(assigned)), tuple(assigned))
 
     def subscriptions(self, org_id: int) -> list[Subscription]:
         """The organisation's subscriptions, oldest first, with licences used."""
         with self._transaction(write=False) as db:
-            rows = self._exec(db, _SUBSCRIPTION + " WHERE s.org_id = ? ORDER BY s.id",
-                              (org_id,)).fetchall()
+            rows = self._exec(
+                db, _SUBSCRIPTION + " WHERE s.org_id = ? ORDER BY s.id", (org_id,)
+            ).fetchall()
         return [_subscription(r) for r in rows]
 
     def _select_user(self, db: Executor, org_id: int, name: str) -> User:
-        row = self._exec(db, _USER + " WHERE org_id = ? AND name_key = ?",
-                         (org_id, name_key(name))).fetchone()
+        row = self._exec(
+            db, _USER + " WHERE org_id = ? AND name_key = ?", (org_id, name_key(name))
+        ).fetchone()
         if row is None:
             raise ServiceError("unknown_user", name)
         return _user(row)
 
-    def assign(self, org_id: int, user_name: str, offer: str, now: float
-               ) -> tuple[User, Subscription]:
+    def assign(
+        self, org_id: int, user_name: str, offer: str, now: float
+    ) -> tuple[User, Subscription]:
         """Give the user a licence from the oldest subscription of the offer with one free."""
         with self._transaction(write=True) as db:
             self._lock_org(db, org_id)
             user = self._select_user(db, org_id, user_name)
-            if self._exec(db, "SELECT 1 FROM portal_assignments WHERE user_id = ? AND offer = ?",
-                          (user.id, offer)).fetchone():
+            if self._exec(
+                db,
+                "SELECT 1 FROM portal_assignments WHERE user_id = ? AND offer = ?",
+                (user.id, offer),
+            ).fetchone():
                 raise ServiceError("already_assigned", f"{user.name} has {offer}")
-            subscriptions = [_subscription(r) for r in self._exec(
-                db, _SUBSCRIPTION + " WHERE s.org_id = ? AND s.offer = ? ORDER BY s.id",
-                (org_id, offer)).fetchall()]
+            subscriptions = [
+                _subscription(r)
+                for r in self._exec(
+                    db,
+                    _SUBSCRIPTION + " WHERE s.org_id = ? AND s.offer = ? ORDER BY s.id",
+                    (org_id, offer),
+                ).fetchall()
+            ]
             chosen = next((s for s in subscriptions if s.free > 0), None)
             if chosen is None:
                 total = sum(s.licences for s in subscriptions)
-                raise ServiceError("no_free_licences",
-                                   variant=None if subscriptions else "none_bought",
-                                   offer=offer, licences=total)
-            self._exec(db, "INSERT INTO portal_assignments (user_id, offer, subscription_id, at)"
-                           " VALUES (?, ?, ?, ?)", (user.id, offer, chosen.id, now))
+                raise ServiceError(
+                    "no_free_licences",
+                    variant=None if subscriptions else "none_bought",
+                    offer=offer,
+                    licences=total,
+                )
+            self._exec(
+                db,
+                "INSERT INTO portal_assignments (user_id, offer, subscription_id, at)"
+                " VALUES (?, ?, ?, ?)",
+                (user.id, offer, chosen.id, now),
+            )
         return user, replace(chosen, used=chosen.used + 1)
 
     def unassign(self, org_id: int, user_name: str, offer: str) -> tuple[User, Subscription]:
@@ -456,9 +567,14 @@ class PortalSql:
         with self._transaction(write=True) as db:
             self._lock_org(db, org_id)
             user = self._select_user(db, org_id, user_name)
-            row = self._exec(db, "DELETE FROM portal_assignments WHERE user_id = ? AND offer = ?"
-                                 " RETURNING subscription_id", (user.id, offer)).fetchone()
+            row = self._exec(
+                db,
+                "DELETE FROM portal_assignments WHERE user_id = ? AND offer = ?"
+                " RETURNING subscription_id",
+                (user.id, offer),
+            ).fetchone()
             if row is None:
                 raise ServiceError("not_assigned", f"{user.name} has no {offer} licence")
-            return user, _subscription(self._exec(db, _SUBSCRIPTION + " WHERE s.id = ?",
-                                                  (row[0],)).fetchone())
+            return user, _subscription(
+                self._exec(db, _SUBSCRIPTION + " WHERE s.id = ?", (row[0],)).fetchone()
+            )

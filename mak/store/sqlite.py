@@ -43,7 +43,8 @@ class SqliteStore(SqlStore):
         with self._lock:
             self._connection().executescript(
                 f"BEGIN IMMEDIATE;\n{schema}\nINSERT OR IGNORE INTO mak_meta VALUES ('schema',"
-                f" '{SCHEMA_VERSION}');\nCOMMIT;")
+                f" '{SCHEMA_VERSION}');\nCOMMIT;"
+            )
 
     def _connection(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)

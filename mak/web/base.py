@@ -39,8 +39,12 @@ BOOLEAN: Final = {"type": "boolean"}
 
 def obj(required: list[str], **properties: Any) -> dict[str, Any]:
     """A JSON schema of an object with these properties (others allowed)."""
-    return {"type": "object", "required": required, "properties": properties,
-            "additionalProperties": True}
+    return {
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": True,
+    }
 
 
 def bearer_token(request: Request) -> str | None:
@@ -57,16 +61,18 @@ def error_response(exc: ServiceError) -> JSONResponse:
     return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
 
 
-def text_field(body: dict[str, Any], name: str, *, required: bool = True,
-               limit: int = 256) -> str | None:
+def text_field(
+    body: dict[str, Any], name: str, *, required: bool = True, limit: int = 256
+) -> str | None:
     """A string field of a JSON body, at most ``limit`` characters (None when absent and
     not required)."""
     value = body.get(name)
     if value is None and not required:
         return None
     if not isinstance(value, str) or len(value) > limit:
-        raise ServiceError("invalid_field", f"'{name}' is a string of at most {limit} "
-                           "characters", field=name)
+        raise ServiceError(
+            "invalid_field", f"'{name}' is a string of at most {limit} characters", field=name
+        )
     return value
 
 
@@ -76,16 +82,21 @@ def int_field(body: dict[str, Any], name: str, *, required: bool = True) -> int 
     if value is None and not required:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
-        raise ServiceError("invalid_field", f"'{name}' is an integer from 0 to 2^31-1",
-                           field=name)
+        raise ServiceError("invalid_field", f"'{name}' is an integer from 0 to 2^31-1", field=name)
     return value
 
 
 class Api:
     """What the handlers share: the services, the token, the thread pool."""
 
-    def __init__(self, service: MakService, portal: PortalService, *, admin_token: str,
-                 executor: ThreadPoolExecutor | None = None) -> None:
+    def __init__(
+        self,
+        service: MakService,
+        portal: PortalService,
+        *,
+        admin_token: str,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
         self.service = service
         self.portal = portal
         self._token = admin_token.encode()

@@ -22,10 +22,10 @@ from kmsemu.cli import main
 from kmsemu.keys.product_key import setup_key
 from tests.conftest import start_host_process, stop_host_process
 
-NAMED = shutil.which("named") or ("/usr/sbin/named" if os.path.exists("/usr/sbin/named")
-                                  else None)
-pytestmark = pytest.mark.skipif(NAMED is None,
-                                reason="BIND 9 (named) not installed: apt-get install bind9")
+NAMED = shutil.which("named") or ("/usr/sbin/named" if os.path.exists("/usr/sbin/named") else None)
+pytestmark = pytest.mark.skipif(
+    NAMED is None, reason="BIND 9 (named) not installed: apt-get install bind9"
+)
 TSIG_SECRET = base64.b64encode(b"kmsemu lab tsig secret 32 bytes!").decode()
 
 
@@ -50,7 +50,8 @@ def bind_server(tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     (tmp_path / "lab.test.zone").write_text(
         "$TTL 300\n@ IN SOA ns1.lab.test. hostmaster.lab.test. 1 3600 600 86400 300\n"
-        "@ IN NS ns1.lab.test.\nns1 IN A 127.0.0.1\n")
+        "@ IN NS ns1.lab.test.\nns1 IN A 127.0.0.1\n"
+    )
     conf = tmp_path / "named.conf"
     conf.write_text(f"""
 key "kmsemu" {{ algorithm hmac-sha256; secret "{TSIG_SECRET}"; }};
@@ -65,15 +66,20 @@ options {{
 controls {{ }};
 zone "lab.test" {{ type primary; file "lab.test.zone"; allow-update {{ key "kmsemu"; }}; }};
 """)
-    proc = subprocess.Popen([str(NAMED), "-g", "-c", str(conf), "-n", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(NAMED), "-g", "-c", str(conf), "-n", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
         while True:  # ready when it answers for the zone
             try:
-                reply = dns.query.udp(dns.message.make_query("lab.test", "SOA"), "127.0.0.1",
-                                      port=port, timeout=0.5)
+                reply = dns.query.udp(
+                    dns.message.make_query("lab.test", "SOA"), "127.0.0.1", port=port, timeout=0.5
+                )
                 if reply.rcode() == dns.rcode.NOERROR:
                     break
             except (dns.exception.Timeout, OSError):
@@ -88,11 +94,20 @@ zone "lab.test" {{ type primary; file "lab.test.zone"; allow-update {{ key "kmse
         proc.wait(10)
 
 
-def test_host_publishes_into_bind_and_a_client_activates(tmp_path: Path,
-                                                         bind_server: str) -> None:
-    host = start_host_process(tmp_path / "host", "--min-count", "5", "--dns-publish",
-                              "lab.test,5,20", "--dns-server", bind_server, "--dns-name", "kmsa",
-                              "--dns-tsig", f"kmsemu:{TSIG_SECRET}")
+def test_host_publishes_into_bind_and_a_client_activates(tmp_path: Path, bind_server: str) -> None:
+    host = start_host_process(
+        tmp_path / "host",
+        "--min-count",
+        "5",
+        "--dns-publish",
+        "lab.test,5,20",
+        "--dns-server",
+        bind_server,
+        "--dns-name",
+        "kmsa",
+        "--dns-tsig",
+        f"kmsemu:{TSIG_SECRET}",
+    )
     try:
         deadline = time.monotonic() + 20
         while not any("12294" in line or "12293" in line for line in host.stderr_lines):
@@ -100,8 +115,9 @@ def test_host_publishes_into_bind_and_a_client_activates(tmp_path: Path,
             time.sleep(0.05)
         assert any("12294" in line for line in host.stderr_lines), host.stderr_lines
         ip, port = bind_server.split(":")
-        reply = dns.query.udp(dns.message.make_query("_vlmcs._tcp.lab.test", "SRV"), ip,
-                              port=int(port), timeout=3)
+        reply = dns.query.udp(
+            dns.message.make_query("_vlmcs._tcp.lab.test", "SRV"), ip, port=int(port), timeout=3
+        )
         srv = reply.answer[0][0]
         assert (srv.priority, srv.weight, srv.port) == (5, 20, host.port)
         assert srv.target.to_text() == "kmsa.lab.test."
@@ -117,8 +133,9 @@ def test_host_publishes_into_bind_and_a_client_activates(tmp_path: Path,
 
 
 def test_unsigned_update_is_refused_by_bind(tmp_path: Path, bind_server: str) -> None:
-    host = start_host_process(tmp_path / "host", "--dns-publish", "lab.test",
-                              "--dns-server", bind_server)
+    host = start_host_process(
+        tmp_path / "host", "--dns-publish", "lab.test", "--dns-server", bind_server
+    )
     try:
         deadline = time.monotonic() + 20
         while not any("12293" in line for line in host.stderr_lines):

@@ -79,9 +79,14 @@ class DCERPCSessionError(DCERPCException):
 def activation_request(cmid: uuid.UUID | None = None) -> ActivationRequest:
     p = default_catalog().find("windows-server-2022-standard")
     return ActivationRequest(
-        application_id=p.application_id, sku_id=p.sku_id, kms_count_id=p.kms_count_id,
-        client_machine_id=cmid or uuid.uuid4(), request_time=filetime_from_unix(time.time()),
-        required_client_count=p.threshold, workstation_name="impacket")
+        application_id=p.application_id,
+        sku_id=p.sku_id,
+        kms_count_id=p.kms_count_id,
+        client_machine_id=cmid or uuid.uuid4(),
+        request_time=filetime_from_unix(time.time()),
+        required_client_count=p.threshold,
+        workstation_name="impacket",
+    )
 
 
 def sealed(plaintext: bytes, key: LabKey = KEY) -> tuple[bytes, bytes]:
@@ -111,7 +116,7 @@ def connect(address: tuple[str, int], *, bind: bool = True) -> DCERPC_v5:
 def response_envelope(response: NDRCALL) -> bytes:
     assert response["ErrorCode"] == 0
     assert response.fields["Response"]["ReferentID"] == 0x00020000
-    data = b"".join(response["Response"])   # impacket hands the array out as 1-byte items
+    data = b"".join(response["Response"])  # impacket hands the array out as 1-byte items
     assert len(data) == response["ResponseSize"]
     return data
 
@@ -190,8 +195,10 @@ def test_impacket_ndr64_only_is_rejected(shared_host: RunningHost) -> None:
     dce = connect(shared_host.address, bind=False)
     try:
         with pytest.raises(DCERPCException, match="proposed_transfer_syntaxes_not_supported"):
-            dce.bind(uuidtup_to_bin(KLP_INTERFACE),
-                     transfer_syntax=("71710533-beba-4937-8319-b5dbef9ccc36", "1.0"))
+            dce.bind(
+                uuidtup_to_bin(KLP_INTERFACE),
+                transfer_syntax=("71710533-beba-4937-8319-b5dbef9ccc36", "1.0"),
+            )
     finally:
         dce.disconnect()
 
@@ -202,7 +209,7 @@ def test_impacket_wrong_secret_is_access_denied(shared_host: RunningHost) -> Non
     try:
         response = dce.request(call(envelope), checkError=False)
         assert response["ResponseSize"] == 0
-        assert response.fields["Response"]["ReferentID"] == 0   # a null pointer, no array
+        assert response.fields["Response"]["ReferentID"] == 0  # a null pointer, no array
         assert response["ErrorCode"] == ACCESS_DENIED
         with pytest.raises(DCERPCSessionError) as info:
             dce.request(call(envelope))
@@ -253,8 +260,11 @@ def test_hand_built_fragments_of_an_impacket_stub(shared_host: RunningHost) -> N
     nonce, envelope = sealed(activation_request().to_bytes() + bytes(5000 - 40 - 232))
     stub = call(envelope).getData()
     assert stub[:8] == struct.pack("<II", len(envelope), len(envelope))
-    context = (struct.pack("<HBx", 0, 1) + uuidtup_to_bin(KLP_INTERFACE)
-               + uuidtup_to_bin(("8a885d04-1ceb-11c9-9fe8-08002b104860", "2.0")))
+    context = (
+        struct.pack("<HBx", 0, 1)
+        + uuidtup_to_bin(KLP_INTERFACE)
+        + uuidtup_to_bin(("8a885d04-1ceb-11c9-9fe8-08002b104860", "2.0"))
+    )
     body = struct.pack("<HHIB3x", 1432, 1432, 0, 1) + context
     bind = struct.pack("<BBBB4sHHI", 5, 0, 11, 3, b"\x10\0\0\0", 16 + len(body), 0, 1) + body
     chunk = 1432 - 24
@@ -265,12 +275,9 @@ def test_hand_built_fragments_of_an_impacket_stub(shared_host: RunningHost) -> N
         for start in range(0, len(stub), chunk):
             flags = (1 if start == 0 else 0) | (2 if start + chunk >= len(stub) else 0)
             piece = stub[start : start + chunk]
-            header = struct.pack("<BBBB4sHHI", 5, 0, 0, flags, b"\x10\0\0\0",
-                                 24 + len(piece), 0, 2)
+            header = struct.pack("<BBBB4sHHI", 5, 0, 0, flags, b"\x10\0\0\0", 24 + len(piece), 0, 2)
             sock.sendall(header + struct.pack("<IHH", len(stub) - start, 0, 0) + piece)
         pdu = read_pdu(sock)
     assert pdu[2] == 2 and pdu[3] == 3
     response = RequestActivationResponse(pdu[24:])
     assert opened(response, nonce).status == 0
-
-

@@ -105,8 +105,16 @@ def derive_keys(secret: str) -> Keys:
 LAB = derive_keys("kmsemu-lab")
 
 
-def seal_request(keys: Keys, nonce: bytes, plaintext: bytes, *, minor: int = 0,
-                 major: int = 1, magic: bytes = b"KLP1", key_id: bytes | None = None) -> bytes:
+def seal_request(
+    keys: Keys,
+    nonce: bytes,
+    plaintext: bytes,
+    *,
+    minor: int = 0,
+    major: int = 1,
+    magic: bytes = b"KLP1",
+    key_id: bytes | None = None,
+) -> bytes:
     header = magic + struct.pack("<HH", major, minor) + (key_id or keys.key_id) + nonce
     return header + AESGCM(keys.request).encrypt(nonce, plaintext, header)
 
@@ -137,14 +145,25 @@ def read_utf16_field(data: bytes) -> str:
     raise AssertionError("UTF-16 field without a NUL code unit")
 
 
-def request_plaintext(*, application_id: uuid.UUID, sku_id: uuid.UUID,
-                      kms_count_id: uuid.UUID, client_machine_id: uuid.UUID,
-                      request_time: int, required_client_count: int, license_status: int = 2,
-                      grace_minutes_remaining: int = 43_200, workstation_name: str = "lab-pc",
-                      previous_client_machine_id: uuid.UUID = NIL, flags: int = 0) -> bytes:
+def request_plaintext(
+    *,
+    application_id: uuid.UUID,
+    sku_id: uuid.UUID,
+    kms_count_id: uuid.UUID,
+    client_machine_id: uuid.UUID,
+    request_time: int,
+    required_client_count: int,
+    license_status: int = 2,
+    grace_minutes_remaining: int = 43_200,
+    workstation_name: str = "lab-pc",
+    previous_client_machine_id: uuid.UUID = NIL,
+    flags: int = 0,
+) -> bytes:
     return (
         struct.pack("<III", flags, license_status, grace_minutes_remaining)
-        + application_id.bytes_le + sku_id.bytes_le + kms_count_id.bytes_le
+        + application_id.bytes_le
+        + sku_id.bytes_le
+        + kms_count_id.bytes_le
         + client_machine_id.bytes_le
         + struct.pack("<IQ", required_client_count, request_time)
         + previous_client_machine_id.bytes_le
@@ -152,15 +171,23 @@ def request_plaintext(*, application_id: uuid.UUID, sku_id: uuid.UUID,
     )
 
 
-def product_plaintext(product: str = "windows-server-2022-standard", *,
-                      cmid: uuid.UUID | None = None, request_time: int | None = None,
-                      **fields: Any) -> bytes:
+def product_plaintext(
+    product: str = "windows-server-2022-standard",
+    *,
+    cmid: uuid.UUID | None = None,
+    request_time: int | None = None,
+    **fields: Any,
+) -> bytes:
     p = default_catalog().find(product)
     return request_plaintext(
-        application_id=p.application_id, sku_id=p.sku_id, kms_count_id=p.kms_count_id,
+        application_id=p.application_id,
+        sku_id=p.sku_id,
+        kms_count_id=p.kms_count_id,
         client_machine_id=cmid or uuid.uuid4(),
         request_time=filetime_now() if request_time is None else request_time,
-        required_client_count=p.threshold, **fields)
+        required_client_count=p.threshold,
+        **fields,
+    )
 
 
 _RESPONSE_FIXED = struct.Struct("<I12s16sQQIII8s")
@@ -168,13 +195,20 @@ _RESPONSE_FIXED = struct.Struct("<I12s16sQQIII8s")
 
 def parse_response_plaintext(plaintext: bytes) -> dict[str, Any]:
     assert len(plaintext) == 196, len(plaintext)
-    (status, nonce, cmid, request_time, response_time, count, activation, renewal,
-     host_id) = _RESPONSE_FIXED.unpack_from(plaintext)
+    (status, nonce, cmid, request_time, response_time, count, activation, renewal, host_id) = (
+        _RESPONSE_FIXED.unpack_from(plaintext)
+    )
     assert _RESPONSE_FIXED.size == 68
     return {
-        "status": status, "request_nonce": nonce, "client_machine_id": uuid.UUID(bytes_le=cmid),
-        "request_time": request_time, "response_time": response_time, "current_count": count,
-        "activation_interval": activation, "renewal_interval": renewal, "host_id": host_id,
+        "status": status,
+        "request_nonce": nonce,
+        "client_machine_id": uuid.UUID(bytes_le=cmid),
+        "request_time": request_time,
+        "response_time": response_time,
+        "current_count": count,
+        "activation_interval": activation,
+        "renewal_interval": renewal,
+        "host_id": host_id,
         "host_epid": read_utf16_field(plaintext[68:196]),
     }
 
@@ -209,25 +243,49 @@ def parse_response_stub(stub: bytes) -> tuple[bytes, int]:
 _HEADER = struct.Struct("<BBBB4sHHI")
 
 
-def pdu_header(ptype: int, flags: int, frag_length: int, call_id: int, auth_length: int = 0,
-               *, vers: int = 5, minor: int = 0, drep: bytes = b"\x10\x00\x00\x00") -> bytes:
+def pdu_header(
+    ptype: int,
+    flags: int,
+    frag_length: int,
+    call_id: int,
+    auth_length: int = 0,
+    *,
+    vers: int = 5,
+    minor: int = 0,
+    drep: bytes = b"\x10\x00\x00\x00",
+) -> bytes:
     return _HEADER.pack(vers, minor, ptype, flags, drep, frag_length, auth_length, call_id)
 
 
 Context = tuple[int, bytes, list[bytes]]
 
 
-def bind_pdu(call_id: int, contexts: list[Context], *, max_xmit: int = HOST_MAX_FRAG,
-             max_recv: int = HOST_MAX_FRAG, assoc_group: int = 0, ptype: int = BIND) -> bytes:
+def bind_pdu(
+    call_id: int,
+    contexts: list[Context],
+    *,
+    max_xmit: int = HOST_MAX_FRAG,
+    max_recv: int = HOST_MAX_FRAG,
+    assoc_group: int = 0,
+    ptype: int = BIND,
+) -> bytes:
     body = struct.pack("<HHIB3x", max_xmit, max_recv, assoc_group, len(contexts))
     for context_id, abstract, transfers in contexts:
         body += struct.pack("<HBx", context_id, len(transfers)) + abstract + b"".join(transfers)
     return pdu_header(ptype, FIRST_LAST, 16 + len(body), call_id) + body
 
 
-def request_pdu(call_id: int, context_id: int, opnum: int, stub: bytes, *,
-                flags: int = FIRST_LAST, alloc_hint: int | None = None,
-                object_uuid: uuid.UUID | None = None, auth: bytes = b"") -> bytes:
+def request_pdu(
+    call_id: int,
+    context_id: int,
+    opnum: int,
+    stub: bytes,
+    *,
+    flags: int = FIRST_LAST,
+    alloc_hint: int | None = None,
+    object_uuid: uuid.UUID | None = None,
+    auth: bytes = b"",
+) -> bytes:
     obj = b""
     if object_uuid is not None:
         flags |= OBJECT_UUID
@@ -239,7 +297,8 @@ def request_pdu(call_id: int, context_id: int, opnum: int, stub: bytes, *,
 
 def check_header(pdu: bytes, ptype: int, flags: int, call_id: int) -> None:
     vers, minor, got_type, got_flags, drep, frag_length, auth_length, got_call = (
-        _HEADER.unpack_from(pdu))
+        _HEADER.unpack_from(pdu)
+    )
     assert (vers, minor) == (5, 0)
     assert got_type == ptype, f"PDU type {got_type}, expected {ptype}"
     assert got_flags == flags, f"flags 0x{got_flags:02x}, expected 0x{flags:02x}"
@@ -266,8 +325,14 @@ def parse_bind_ack(pdu: bytes, call_id: int, ptype: int = BIND_ACK) -> dict[str,
         results.append((result, reason, pdu[offset + 4 : offset + 24]))
         offset += 24
     assert offset == len(pdu), "bytes after the result list"
-    return {"max_xmit": max_xmit, "max_recv": max_recv, "assoc_group": assoc,
-            "address": address, "results_offset": offset - 24 * count - 4, "results": results}
+    return {
+        "max_xmit": max_xmit,
+        "max_recv": max_recv,
+        "assoc_group": assoc,
+        "address": address,
+        "results_offset": offset - 24 * count - 4,
+        "results": results,
+    }
 
 
 def parse_fault(pdu: bytes, call_id: int, context_id: int = 0) -> int:
@@ -327,18 +392,17 @@ class Wire:
         except ConnectionResetError:
             return True
 
-    def bind(self, call_id: int = 1, contexts: list[Context] | None = None,
-             **kwargs: Any) -> dict[str, Any]:
+    def bind(
+        self, call_id: int = 1, contexts: list[Context] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         self.send(bind_pdu(call_id, contexts or [(0, KLP_IF, [NDR20])], **kwargs))
         return parse_bind_ack(self.recv_pdu(), call_id)
 
-    def call(self, stub: bytes, call_id: int = 2, context_id: int = 0,
-             opnum: int = 0) -> bytes:
+    def call(self, stub: bytes, call_id: int = 2, context_id: int = 0, opnum: int = 0) -> bytes:
         self.send(request_pdu(call_id, context_id, opnum, stub))
         return self.recv_pdu()
 
-    def fault_of(self, stub: bytes, call_id: int = 2, context_id: int = 0,
-                 opnum: int = 0) -> int:
+    def fault_of(self, stub: bytes, call_id: int = 2, context_id: int = 0, opnum: int = 0) -> int:
         return parse_fault(self.call(stub, call_id, context_id, opnum), call_id, context_id)
 
 
@@ -349,8 +413,15 @@ class Activation:
     fields: dict[str, Any]
 
 
-def activate(wire: Wire, plaintext: bytes, *, call_id: int = 2, keys: Keys = LAB,
-             nonce: bytes | None = None, minor: int = 0) -> Activation:
+def activate(
+    wire: Wire,
+    plaintext: bytes,
+    *,
+    call_id: int = 2,
+    keys: Keys = LAB,
+    nonce: bytes | None = None,
+    minor: int = 0,
+) -> Activation:
     nonce = nonce or os.urandom(12)
     envelope = seal_request(keys, nonce, plaintext, minor=minor)
     stub = parse_response(wire.call(request_stub(envelope), call_id), call_id)
@@ -430,7 +501,8 @@ def test_independent_client_activates(host_process: RunningHost) -> None:
 
 def _fields_plaintext(fields: dict[str, Any]) -> bytes:
     return request_plaintext(
-        application_id=uuid.UUID(fields["application_id"]), sku_id=uuid.UUID(fields["sku_id"]),
+        application_id=uuid.UUID(fields["application_id"]),
+        sku_id=uuid.UUID(fields["sku_id"]),
         kms_count_id=uuid.UUID(fields["kms_count_id"]),
         client_machine_id=uuid.UUID(fields["client_machine_id"]),
         request_time=fields["request_time"],
@@ -439,7 +511,8 @@ def _fields_plaintext(fields: dict[str, Any]) -> bytes:
         grace_minutes_remaining=fields["grace_minutes_remaining"],
         workstation_name=fields["workstation_name"],
         previous_client_machine_id=uuid.UUID(fields["previous_client_machine_id"]),
-        flags=fields["flags"])
+        flags=fields["flags"],
+    )
 
 
 def test_encoder_reproduces_golden_exchanges(klp_vectors: dict[str, Any]) -> None:
@@ -457,8 +530,18 @@ def test_encoder_reproduces_golden_exchanges(klp_vectors: dict[str, Any]) -> Non
         envelope = seal_request(keys, bytes.fromhex(request["nonce"]), plaintext)
         assert envelope.hex() == request["envelope"]
         parts = request["envelope_parts"]
-        assert envelope.hex() == "".join(parts[k] for k in (
-            "magic", "version_major", "version_minor", "key_id", "nonce", "ciphertext", "tag"))
+        assert envelope.hex() == "".join(
+            parts[k]
+            for k in (
+                "magic",
+                "version_major",
+                "version_minor",
+                "key_id",
+                "nonce",
+                "ciphertext",
+                "tag",
+            )
+        )
         stub = request_stub(envelope)
         assert stub.hex() == request["stub"]
         assert request_pdu(2, 0, 0, stub).hex() == request["pdu_call_id_2_ctx_0"]
@@ -500,23 +583,25 @@ def test_encoder_reproduces_golden_pdus(klp_vectors: dict[str, Any]) -> None:
     status_only = klp_vectors["stub_status_only"]
     stub = bytes.fromhex(status_only["stub"])
     assert parse_response_stub(stub) == (b"", status_only["status"]) == (b"", ACCESS_DENIED)
-    assert uuid.UUID(klp_vectors["guid_layout"]["text"]).bytes_le.hex() == (
-        klp_vectors["guid_layout"]["bytes_le"])
+    assert (
+        uuid.UUID(klp_vectors["guid_layout"]["text"]).bytes_le.hex()
+        == (klp_vectors["guid_layout"]["bytes_le"])
+    )
     assert EPID_RE.match(klp_vectors["epid_example"]["epid"])
 
 
-def test_golden_bind_and_fault_on_the_wire(shared_host: RunningHost,
-                                           klp_vectors: dict[str, Any]) -> None:
+def test_golden_bind_and_fault_on_the_wire(
+    shared_host: RunningHost, klp_vectors: dict[str, Any]
+) -> None:
     """The vector BIND gets the vector BIND_ACK (but for assoc group and port), then the FAULT."""
     vector_ack = bytes.fromhex(klp_vectors["bind_ack"]["pdu"])
-    golden_results = vector_ack[parse_bind_ack(vector_ack, 1)["results_offset"]:]
+    golden_results = vector_ack[parse_bind_ack(vector_ack, 1)["results_offset"] :]
     with Wire(shared_host.address) as wire:
         wire.send(bytes.fromhex(klp_vectors["bind"]["pdu"]))
         pdu = wire.recv_pdu()
         ack = parse_bind_ack(pdu, 1)
         address = str(shared_host.port).encode() + b"\x00"
-        head = struct.pack("<HHIH", 4280, 4280, ack["assoc_group"],
-                           len(address)) + address
+        head = struct.pack("<HHIH", 4280, 4280, ack["assoc_group"], len(address)) + address
         head += bytes(-(16 + len(head)) % 4)
         body = head + golden_results
         assert pdu == pdu_header(BIND_ACK, FIRST_LAST, 16 + len(body), 1) + body
@@ -527,8 +612,9 @@ def test_golden_bind_and_fault_on_the_wire(shared_host: RunningHost,
         assert activate(wire, product_plaintext(), call_id=3).fields["status"] == S_OK
 
 
-def test_golden_request_replayed_to_the_host(shared_host: RunningHost,
-                                             klp_vectors: dict[str, Any]) -> None:
+def test_golden_request_replayed_to_the_host(
+    shared_host: RunningHost, klp_vectors: dict[str, Any]
+) -> None:
     """Vector 0's REQUEST, byte for byte: its kms_count_id is not in the shipped catalog."""
     exchange = klp_vectors["exchanges"][0]
     fields = exchange["request"]["fields"]
@@ -550,11 +636,20 @@ def test_golden_request_replayed_to_the_host(shared_host: RunningHost,
 # -- BIND, ALTER_CONTEXT --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("client_xmit", "client_recv"), [
-    (5840, 5840), (4280, 4280), (65535, 65535), (1000, 1000), (2000, 9000), (16, 1432),
-])
-def test_bind_ack_fragment_sizes(shared_host: RunningHost, client_xmit: int,
-                                 client_recv: int) -> None:
+@pytest.mark.parametrize(
+    ("client_xmit", "client_recv"),
+    [
+        (5840, 5840),
+        (4280, 4280),
+        (65535, 65535),
+        (1000, 1000),
+        (2000, 9000),
+        (16, 1432),
+    ],
+)
+def test_bind_ack_fragment_sizes(
+    shared_host: RunningHost, client_xmit: int, client_recv: int
+) -> None:
     with Wire(shared_host.address) as wire:
         ack = wire.bind(max_xmit=client_xmit, max_recv=client_recv)
     assert ack["max_xmit"] == max(min(client_recv, HOST_MAX_FRAG), MIN_FRAG)
@@ -568,18 +663,22 @@ def test_bind_ack_echoes_a_client_assoc_group(shared_host: RunningHost) -> None:
 
 def test_bind_results_per_context(shared_host: RunningHost) -> None:
     contexts: list[Context] = [
-        (0, OTHER_IF, [NDR20]),            # unknown interface: reason 1
-        (1, KLP_IF, [NDR64]),              # our interface, no NDR 2.0: reason 2
-        (2, KLP_IF_1_1, [NDR20]),          # version 1.1 is not 1.0: reason 1
-        (3, KLP_IF_2_0, [NDR20]),          # version 2.0: reason 1
-        (4, KLP_IF, [BTFN]),               # bind-time feature negotiation: negotiate_ack
-        (5, KLP_IF, [NDR64, NDR20]),       # NDR 2.0 in the list: accepted
+        (0, OTHER_IF, [NDR20]),  # unknown interface: reason 1
+        (1, KLP_IF, [NDR64]),  # our interface, no NDR 2.0: reason 2
+        (2, KLP_IF_1_1, [NDR20]),  # version 1.1 is not 1.0: reason 1
+        (3, KLP_IF_2_0, [NDR20]),  # version 2.0: reason 1
+        (4, KLP_IF, [BTFN]),  # bind-time feature negotiation: negotiate_ack
+        (5, KLP_IF, [NDR64, NDR20]),  # NDR 2.0 in the list: accepted
     ]
     with Wire(shared_host.address) as wire:
         ack = wire.bind(contexts=contexts)
         assert ack["results"] == [
-            (2, 1, ZERO_SYNTAX), (2, 2, ZERO_SYNTAX), (2, 1, ZERO_SYNTAX), (2, 1, ZERO_SYNTAX),
-            (3, 0, ZERO_SYNTAX), (0, 0, NDR20),
+            (2, 1, ZERO_SYNTAX),
+            (2, 2, ZERO_SYNTAX),
+            (2, 1, ZERO_SYNTAX),
+            (2, 1, ZERO_SYNTAX),
+            (3, 0, ZERO_SYNTAX),
+            (0, 0, NDR20),
         ]
         assert wire.fault_of(request_stub(bytes(40)), call_id=2, context_id=1) == NCA_S_UNK_IF
         assert wire.fault_of(request_stub(bytes(40)), call_id=3, context_id=4) == NCA_S_UNK_IF
@@ -593,8 +692,9 @@ def test_all_rejected_still_bind_ack_and_alter_context_adds(shared_host: Running
         ack = wire.bind(call_id=7, contexts=[(0, OTHER_IF, [NDR20])])
         assert ack["results"] == [(2, 1, ZERO_SYNTAX)]
         assert wire.fault_of(request_stub(bytes(40)), call_id=8) == NCA_S_UNK_IF
-        wire.send(bind_pdu(9, [(1, KLP_IF, [NDR20])], max_xmit=2000, max_recv=3000,
-                           ptype=ALTER_CONTEXT))
+        wire.send(
+            bind_pdu(9, [(1, KLP_IF, [NDR20])], max_xmit=2000, max_recv=3000, ptype=ALTER_CONTEXT)
+        )
         resp = parse_bind_ack(wire.recv_pdu(), 9, ALTER_CONTEXT_RESP)
         assert resp["address"] == b""
         assert resp["results_offset"] % 4 == 0
@@ -611,15 +711,18 @@ def test_bind_ack_flags_are_first_last_only(shared_host: RunningHost) -> None:
     pdu[3] = FIRST_LAST | 0x04 | 0x10
     with Wire(shared_host.address) as wire:
         wire.send(bytes(pdu))
-        parse_bind_ack(wire.recv_pdu(), 3)   # checks flags == FIRST|LAST
+        parse_bind_ack(wire.recv_pdu(), 3)  # checks flags == FIRST|LAST
 
 
 def test_pipelined_pdus_in_one_segment(shared_host: RunningHost) -> None:
     nonces = [os.urandom(12) for _ in range(2)]
     stubs = [request_stub(seal_request(LAB, n, product_plaintext())) for n in nonces]
     with Wire(shared_host.address) as wire:
-        wire.send(bind_pdu(1, [(0, KLP_IF, [NDR20])]) + request_pdu(1, 0, 0, stubs[0])
-                  + request_pdu(2, 0, 0, stubs[1]))
+        wire.send(
+            bind_pdu(1, [(0, KLP_IF, [NDR20])])
+            + request_pdu(1, 0, 0, stubs[0])
+            + request_pdu(2, 0, 0, stubs[1])
+        )
         parse_bind_ack(wire.recv_pdu(), 1)
         for call_id, nonce in ((1, nonces[0]), (2, nonces[1])):
             envelope, _ = parse_response_stub(parse_response(wire.recv_pdu(), call_id))
@@ -630,7 +733,8 @@ def test_pipelined_pdus_in_one_segment(shared_host: RunningHost) -> None:
 def test_pdus_dribbled_one_byte_at_a_time(shared_host: RunningHost) -> None:
     nonce = os.urandom(12)
     data = bind_pdu(1, [(0, KLP_IF, [NDR20])]) + request_pdu(
-        2, 0, 0, request_stub(seal_request(LAB, nonce, product_plaintext())))
+        2, 0, 0, request_stub(seal_request(LAB, nonce, product_plaintext()))
+    )
     with Wire(shared_host.address) as wire:
         wire.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(len(data)):
@@ -654,8 +758,7 @@ def test_second_bind_gets_bind_nak(shared_host: RunningHost) -> None:
 # -- REQUEST and FAULT ----------------------------------------------------------------------
 
 
-def test_request_before_bind_is_unk_if_and_keeps_the_connection(
-        shared_host: RunningHost) -> None:
+def test_request_before_bind_is_unk_if_and_keeps_the_connection(shared_host: RunningHost) -> None:
     with Wire(shared_host.address) as wire:
         assert wire.fault_of(request_stub(bytes(40)), call_id=1) == NCA_S_UNK_IF
         wire.bind(call_id=2)
@@ -677,13 +780,17 @@ def test_object_uuid_is_skipped(shared_host: RunningHost) -> None:
         assert parse_response_stub(parse_response(wire.recv_pdu(), 2))[1] == S_OK
 
 
-@pytest.mark.parametrize("stub", [
-    b"", b"\x00" * 7,                                           # under 8 bytes
-    struct.pack("<II", 40, 41) + bytes(41),                     # requestSize != max_count
-    struct.pack("<II", 40, 40) + bytes(44),                     # 4 trailing bytes
-    struct.pack("<II", 40, 40) + bytes(40) + b"\x00\x01",       # non-zero trailing byte
-    struct.pack("<II", 40, 40) + bytes(39),                     # array past the stub
-])
+@pytest.mark.parametrize(
+    "stub",
+    [
+        b"",
+        b"\x00" * 7,  # under 8 bytes
+        struct.pack("<II", 40, 41) + bytes(41),  # requestSize != max_count
+        struct.pack("<II", 40, 40) + bytes(44),  # 4 trailing bytes
+        struct.pack("<II", 40, 40) + bytes(40) + b"\x00\x01",  # non-zero trailing byte
+        struct.pack("<II", 40, 40) + bytes(39),  # array past the stub
+    ],
+)
 def test_bad_stub_is_fault_ndr(shared_host: RunningHost, stub: bytes) -> None:
     with Wire(shared_host.address) as wire:
         wire.bind()
@@ -692,8 +799,7 @@ def test_bad_stub_is_fault_ndr(shared_host: RunningHost, stub: bytes) -> None:
 
 
 @pytest.mark.parametrize("trailing", [1, 2, 3])
-def test_up_to_three_trailing_zero_bytes_accepted(shared_host: RunningHost,
-                                                  trailing: int) -> None:
+def test_up_to_three_trailing_zero_bytes_accepted(shared_host: RunningHost, trailing: int) -> None:
     envelope = seal_request(LAB, os.urandom(12), product_plaintext())
     with Wire(shared_host.address) as wire:
         wire.bind()
@@ -710,7 +816,7 @@ def test_opnum_out_of_range(shared_host: RunningHost) -> None:
 
 def test_fragmented_request_reassembled(shared_host: RunningHost) -> None:
     """Fragments of at most the negotiated size; p_cont_id and opnum come from the first."""
-    plaintext = product_plaintext() + os.urandom(3000)   # bytes after v1.0 are ignored
+    plaintext = product_plaintext() + os.urandom(3000)  # bytes after v1.0 are ignored
     nonce = os.urandom(12)
     stub = request_stub(seal_request(LAB, nonce, plaintext))
     with Wire(shared_host.address) as wire:
@@ -722,8 +828,9 @@ def test_fragmented_request_reassembled(shared_host: RunningHost) -> None:
         for index, piece in enumerate(pieces):
             flags = (FIRST if index == 0 else 0) | (LAST if index == len(pieces) - 1 else 0)
             opnum, context = (0, 0) if index == 0 else (9, 3)
-            pdu = request_pdu(4, context, opnum, piece, flags=flags,
-                              alloc_hint=len(stub) - index * chunk)
+            pdu = request_pdu(
+                4, context, opnum, piece, flags=flags, alloc_hint=len(stub) - index * chunk
+            )
             assert len(pdu) <= MIN_FRAG
             wire.send(pdu)
         envelope, status = parse_response_stub(parse_response(wire.recv_pdu(), 4))
@@ -760,8 +867,11 @@ def test_stub_of_exactly_64_kib_is_served(shared_host: RunningHost) -> None:
         starts = range(0, len(stub), chunk)
         for start in starts:
             flags = (FIRST if start == 0 else 0) | (LAST if start + chunk >= len(stub) else 0)
-            wire.send(request_pdu(2, 0, 0, stub[start : start + chunk], flags=flags,
-                                  alloc_hint=len(stub) - start))
+            wire.send(
+                request_pdu(
+                    2, 0, 0, stub[start : start + chunk], flags=flags, alloc_hint=len(stub) - start
+                )
+            )
         assert parse_response_stub(parse_response(wire.recv_pdu(), 2))[1] == S_OK
 
 
@@ -779,8 +889,9 @@ def test_stub_over_64_kib_is_proto_error_and_close(shared_host: RunningHost) -> 
 # -- errors that close the connection -------------------------------------------------------
 
 
-def _expect_proto_error_then_close(address: tuple[str, int], pdu: bytes, call_id: int,
-                                   context_id: int = 0) -> None:
+def _expect_proto_error_then_close(
+    address: tuple[str, int], pdu: bytes, call_id: int, context_id: int = 0
+) -> None:
     with Wire(address) as wire:
         wire.bind()
         wire.send(pdu)
@@ -799,21 +910,39 @@ def test_fragment_of_unknown_call_is_proto_error(shared_host: RunningHost) -> No
     _expect_proto_error_then_close(shared_host.address, pdu, 5)
 
 
-@pytest.mark.parametrize("ptype", [
-    RESPONSE, FAULT, BIND_ACK, BIND_NAK, ALTER_CONTEXT_RESP,
-    16, 17, 18, 19,   # AUTH3, SHUTDOWN, CO_CANCEL, ORPHANED
-])
+@pytest.mark.parametrize(
+    "ptype",
+    [
+        RESPONSE,
+        FAULT,
+        BIND_ACK,
+        BIND_NAK,
+        ALTER_CONTEXT_RESP,
+        16,
+        17,
+        18,
+        19,  # AUTH3, SHUTDOWN, CO_CANCEL, ORPHANED
+    ],
+)
 def test_pdu_type_not_served_is_proto_error(shared_host: RunningHost, ptype: int) -> None:
     body = bytes(16)  # enough for every fixed part
     pdu = pdu_header(ptype, FIRST_LAST, 16 + len(body), 6) + body
     _expect_proto_error_then_close(shared_host.address, pdu, 6)
 
 
-@pytest.mark.parametrize("header_fields", [
-    {"vers": 4}, {"vers": 6}, {"minor": 2}, {"drep": b"\x00\x00\x00\x00"},
-    {"frag_length": 15}, {"frag_length": 0}, {"frag_length": 20},   # under the REQUEST fixed part
-    {"auth_length": 57},                                            # more than frag_length - 16
-])
+@pytest.mark.parametrize(
+    "header_fields",
+    [
+        {"vers": 4},
+        {"vers": 6},
+        {"minor": 2},
+        {"drep": b"\x00\x00\x00\x00"},
+        {"frag_length": 15},
+        {"frag_length": 0},
+        {"frag_length": 20},  # under the REQUEST fixed part
+        {"auth_length": 57},  # more than frag_length - 16
+    ],
+)
 def test_invalid_header_closes(shared_host: RunningHost, header_fields: dict[str, Any]) -> None:
     stub = request_stub(bytes(40))
     fields = {"frag_length": 24 + len(stub), **header_fields}
@@ -852,10 +981,11 @@ def test_pdu_over_5840_before_bind_closes(shared_host: RunningHost) -> None:
 # -- envelope and plaintext errors (sections 3 and 4) ------------------------------------
 
 
-def test_wrong_secret_is_access_denied(shared_host: RunningHost,
-                                       klp_vectors: dict[str, Any]) -> None:
+def test_wrong_secret_is_access_denied(
+    shared_host: RunningHost, klp_vectors: dict[str, Any]
+) -> None:
     other = derive_keys("not the lab secret")
-    same_id = Keys(LAB.key_id, other.request, other.response)   # right key id, wrong key
+    same_id = Keys(LAB.key_id, other.request, other.response)  # right key id, wrong key
     with Wire(shared_host.address) as wire:
         wire.bind()
         envelope = seal_request(other, os.urandom(12), product_plaintext())
@@ -866,13 +996,16 @@ def test_wrong_secret_is_access_denied(shared_host: RunningHost,
         assert stub.hex() == klp_vectors["stub_status_only"]["stub"]
 
 
-@pytest.mark.parametrize("envelope", [
-    b"",
-    seal_request(LAB, bytes(12), b"")[:39],                    # under 40 bytes
-    seal_request(LAB, bytes(12), b"x" * 232, magic=b"KLP2"),
-    seal_request(LAB, bytes(12), b"x" * 232, major=2),
-    seal_request(LAB, bytes(12), b"x" * 232, major=0),
-])
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        b"",
+        seal_request(LAB, bytes(12), b"")[:39],  # under 40 bytes
+        seal_request(LAB, bytes(12), b"x" * 232, magic=b"KLP2"),
+        seal_request(LAB, bytes(12), b"x" * 232, major=2),
+        seal_request(LAB, bytes(12), b"x" * 232, major=0),
+    ],
+)
 def test_malformed_envelope_is_invalid_data(shared_host: RunningHost, envelope: bytes) -> None:
     with Wire(shared_host.address) as wire:
         wire.bind()
@@ -888,19 +1021,23 @@ def test_newer_minor_version_and_extra_plaintext_accepted(shared_host: RunningHo
 
 
 def _with(plaintext: bytes, offset: int, data: bytes) -> bytes:
-    return plaintext[:offset] + data + plaintext[offset + len(data):]
+    return plaintext[:offset] + data + plaintext[offset + len(data) :]
 
 
-@pytest.mark.parametrize(("name", "mutate", "echo"), [
-    ("nil CMID", lambda p: _with(p, 60, bytes(16)), "zero-cmid"),
-    ("license status 7", lambda p: _with(p, 4, struct.pack("<I", 7)), "full"),
-    ("231 bytes", lambda p: p[:231], "full"),
-    ("60 bytes", lambda p: p[:60], "none"),
-    ("name without NUL", lambda p: p[:104] + "x".encode("utf-16-le") * 64, "full"),
-    ("lone surrogate", lambda p: p[:104] + b"\x00\xd8\x00\x00" + bytes(124), "full"),
-])
-def test_invalid_plaintext_is_encrypted_invalid_data(shared_host: RunningHost, name: str,
-                                                     mutate: Any, echo: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "mutate", "echo"),
+    [
+        ("nil CMID", lambda p: _with(p, 60, bytes(16)), "zero-cmid"),
+        ("license status 7", lambda p: _with(p, 4, struct.pack("<I", 7)), "full"),
+        ("231 bytes", lambda p: p[:231], "full"),
+        ("60 bytes", lambda p: p[:60], "none"),
+        ("name without NUL", lambda p: p[:104] + "x".encode("utf-16-le") * 64, "full"),
+        ("lone surrogate", lambda p: p[:104] + b"\x00\xd8\x00\x00" + bytes(124), "full"),
+    ],
+)
+def test_invalid_plaintext_is_encrypted_invalid_data(
+    shared_host: RunningHost, name: str, mutate: Any, echo: str
+) -> None:
     cmid = uuid.uuid4()
     request_time = filetime_now()
     plaintext = mutate(product_plaintext(cmid=cmid, request_time=request_time))
@@ -924,7 +1061,7 @@ def test_invalid_plaintext_is_encrypted_invalid_data(shared_host: RunningHost, n
 
 def test_name_bytes_after_the_nul_are_ignored(shared_host: RunningHost) -> None:
     plaintext = product_plaintext(workstation_name="pc")
-    plaintext = plaintext[:112] + b"\xff" * 120    # "pc", NUL, then junk (even lone surrogates)
+    plaintext = plaintext[:112] + b"\xff" * 120  # "pc", NUL, then junk (even lone surrogates)
     assert len(plaintext) == 232
     with Wire(shared_host.address) as wire:
         wire.bind()
@@ -934,8 +1071,13 @@ def test_name_bytes_after_the_nul_are_ignored(shared_host: RunningHost) -> None:
 def test_product_not_served(shared_host: RunningHost) -> None:
     p = default_catalog().find("windows-server-2022-standard")
     plaintext = request_plaintext(
-        application_id=p.application_id, sku_id=p.sku_id, kms_count_id=uuid.uuid4(),
-        client_machine_id=uuid.uuid4(), request_time=filetime_now(), required_client_count=5)
+        application_id=p.application_id,
+        sku_id=p.sku_id,
+        kms_count_id=uuid.uuid4(),
+        client_machine_id=uuid.uuid4(),
+        request_time=filetime_now(),
+        required_client_count=5,
+    )
     with Wire(shared_host.address) as wire:
         wire.bind()
         fields = activate(wire, plaintext).fields
@@ -945,17 +1087,27 @@ def test_product_not_served(shared_host: RunningHost) -> None:
 def test_sku_id_is_not_checked(shared_host: RunningHost) -> None:
     p = default_catalog().find("windows-server-2022-standard")
     plaintext = request_plaintext(
-        application_id=p.application_id, sku_id=uuid.uuid4(), kms_count_id=p.kms_count_id,
-        client_machine_id=uuid.uuid4(), request_time=filetime_now(), required_client_count=5)
+        application_id=p.application_id,
+        sku_id=uuid.uuid4(),
+        kms_count_id=p.kms_count_id,
+        client_machine_id=uuid.uuid4(),
+        request_time=filetime_now(),
+        required_client_count=5,
+    )
     with Wire(shared_host.address) as wire:
         wire.bind()
         assert activate(wire, plaintext).fields["status"] == S_OK
 
 
-@pytest.mark.parametrize(("offset_hours", "status"), [
-    (4 + 1 / 60, TIMESTAMP_INVALID), (-4 - 1 / 60, TIMESTAMP_INVALID),
-    (4 - 1 / 60, S_OK), (-4 + 1 / 60, S_OK),
-])
+@pytest.mark.parametrize(
+    ("offset_hours", "status"),
+    [
+        (4 + 1 / 60, TIMESTAMP_INVALID),
+        (-4 - 1 / 60, TIMESTAMP_INVALID),
+        (4 - 1 / 60, S_OK),
+        (-4 + 1 / 60, S_OK),
+    ],
+)
 def test_clock_skew(shared_host: RunningHost, offset_hours: float, status: int) -> None:
     plaintext = product_plaintext(request_time=filetime_now(offset_hours * 3600))
     with Wire(shared_host.address) as wire:
@@ -970,8 +1122,13 @@ def test_host_checks_in_order(shared_host: RunningHost) -> None:
     p = default_catalog().find("windows-server-2022-standard")
     skewed = filetime_now(5 * 3600)
     unknown = request_plaintext(
-        application_id=p.application_id, sku_id=p.sku_id, kms_count_id=uuid.uuid4(),
-        client_machine_id=uuid.uuid4(), request_time=skewed, required_client_count=5)
+        application_id=p.application_id,
+        sku_id=p.sku_id,
+        kms_count_id=uuid.uuid4(),
+        client_machine_id=uuid.uuid4(),
+        request_time=skewed,
+        required_client_count=5,
+    )
     with Wire(shared_host.address) as wire:
         wire.bind()
         assert activate(wire, unknown, call_id=2).fields["status"] == PRODUCT_NOT_SERVED
@@ -999,17 +1156,16 @@ def test_envelope_checks_in_order(shared_host: RunningHost) -> None:
 def test_bind_time_feature_negotiation_any_tail(shared_host: RunningHost, tail: str) -> None:
     btfn = syntax(f"6cb71c2c-9812-4540-{tail}", 1)
     with Wire(shared_host.address) as wire:
-        ack = wire.bind(contexts=[(0, KLP_IF, [NDR20]), (1, KLP_IF, [btfn]),
-                                  (2, OTHER_IF, [btfn])])
+        ack = wire.bind(contexts=[(0, KLP_IF, [NDR20]), (1, KLP_IF, [btfn]), (2, OTHER_IF, [btfn])])
         assert ack["results"] == [(0, 0, NDR20), (3, 0, ZERO_SYNTAX), (3, 0, ZERO_SYNTAX)]
 
 
 def test_bind_ack_minor_version_is_0(shared_host: RunningHost) -> None:
     pdu = bytearray(bind_pdu(4, [(0, KLP_IF, [NDR20])]))
-    pdu[1] = 1   # rpc_vers_minor 1 from the client
+    pdu[1] = 1  # rpc_vers_minor 1 from the client
     with Wire(shared_host.address) as wire:
         wire.send(bytes(pdu))
-        parse_bind_ack(wire.recv_pdu(), 4)   # checks (5, 0)
+        parse_bind_ack(wire.recv_pdu(), 4)  # checks (5, 0)
 
 
 def test_connections_in_parallel(shared_host: RunningHost) -> None:
@@ -1031,21 +1187,26 @@ def test_host_with_several_secrets(tmp_path: Path, klp_vectors: dict[str, Any]) 
         with Wire(host.address) as wire:
             wire.bind()
             for call_id, secret in enumerate(secrets, start=2):
-                keys = derive_keys(secret)   # open_response checks the response key id
-                assert activate(wire, product_plaintext(), call_id=call_id,
-                                keys=keys).fields["status"] == S_OK
+                keys = derive_keys(secret)  # open_response checks the response key id
+                assert (
+                    activate(wire, product_plaintext(), call_id=call_id, keys=keys).fields["status"]
+                    == S_OK
+                )
             envelope = seal_request(derive_keys("third"), os.urandom(12), product_plaintext())
             assert stub_status(wire, envelope, 9) == ACCESS_DENIED
     finally:
         assert stop_host_process(host) == 0
 
 
-@pytest.mark.parametrize("fields", [
-    {"flags": 0xFFFFFFFF},                       # VM bit and bits "ignored on receipt"
-    {"workstation_name": "pc-\U0001F600-é"},     # a surrogate pair is valid UTF-16
-    {"workstation_name": "n" * 63},              # 63 code units and the NUL fill the field
-    *({"license_status": status} for status in range(7)),
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"flags": 0xFFFFFFFF},  # VM bit and bits "ignored on receipt"
+        {"workstation_name": "pc-\U0001f600-é"},  # a surrogate pair is valid UTF-16
+        {"workstation_name": "n" * 63},  # 63 code units and the NUL fill the field
+        *({"license_status": status} for status in range(7)),
+    ],
+)
 def test_valid_request_variants(shared_host: RunningHost, fields: dict[str, Any]) -> None:
     with Wire(shared_host.address) as wire:
         wire.bind()
@@ -1056,8 +1217,9 @@ def test_error_responses_carry_the_host_identity(shared_host: RunningHost) -> No
     with Wire(shared_host.address) as wire:
         wire.bind()
         ok = activate(wire, product_plaintext(), call_id=2).fields
-        skewed = activate(wire, product_plaintext(request_time=filetime_now(-5 * 3600)),
-                          call_id=3).fields
+        skewed = activate(
+            wire, product_plaintext(request_time=filetime_now(-5 * 3600)), call_id=3
+        ).fields
         invalid = activate(wire, b"\x00" * 232, call_id=4).fields
     for error in (skewed, invalid):
         assert error["status"] != S_OK and error["current_count"] == 0
@@ -1073,8 +1235,9 @@ def test_previous_cmid_is_replaced(host_process: RunningHost) -> None:
         counts = [
             activate(wire, product_plaintext(cmid=first), call_id=2),
             activate(wire, product_plaintext(cmid=second), call_id=3),
-            activate(wire, product_plaintext(cmid=third, previous_client_machine_id=first),
-                     call_id=4),
+            activate(
+                wire, product_plaintext(cmid=third, previous_client_machine_id=first), call_id=4
+            ),
             # another product of the same application id shares the count
             activate(wire, product_plaintext("windows-11-pro"), call_id=5),
         ]
@@ -1089,9 +1252,11 @@ def test_many_small_fragments_under_64_kib(shared_host: RunningHost) -> None:
     assert len(stub) == 4 * 1025
     pieces = [stub[i : i + 4] for i in range(0, len(stub), 4)]
     data = b"".join(
-        request_pdu(2, 0, 0, piece, flags=(FIRST if i == 0 else 0)
-                    | (LAST if i == len(pieces) - 1 else 0))
-        for i, piece in enumerate(pieces))
+        request_pdu(
+            2, 0, 0, piece, flags=(FIRST if i == 0 else 0) | (LAST if i == len(pieces) - 1 else 0)
+        )
+        for i, piece in enumerate(pieces)
+    )
     with Wire(shared_host.address) as wire:
         wire.bind()
         wire.send(data)

@@ -49,17 +49,37 @@ class Capture:
         assert TSHARK is not None
         self.path = path
         self.proc = subprocess.Popen(
-            [TSHARK, "-i", "lo", "-f", f"tcp port {port}", "-w", str(path),
-             "-P", "-l", "-d", f"tcp.port=={port},dcerpc", "-T", "fields",
-             "-e", "dcerpc.pkt_type"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                TSHARK,
+                "-i",
+                "lo",
+                "-f",
+                f"tcp port {port}",
+                "-w",
+                str(path),
+                "-P",
+                "-l",
+                "-d",
+                f"tcp.port=={port},dcerpc",
+                "-T",
+                "fields",
+                "-e",
+                "dcerpc.pkt_type",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.stderr: list[str] = []
         self.types: list[int] = []
         self.frames = 0
         self.started = threading.Event()
         self.changed = threading.Condition()
-        self._threads = [threading.Thread(target=self._read_stderr, daemon=True),
-                         threading.Thread(target=self._read_stdout, daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._read_stderr, daemon=True),
+            threading.Thread(target=self._read_stdout, daemon=True),
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -100,8 +120,10 @@ class Capture:
                     return
         if self.proc.poll() is not None:
             self._threads[0].join(5)
-            pytest.skip("tshark cannot capture on lo: " + " / ".join(
-                line for line in self.stderr if not line.startswith("Running as user")))
+            pytest.skip(
+                "tshark cannot capture on lo: "
+                + " / ".join(line for line in self.stderr if not line.startswith("Running as user"))
+            )
         raise AssertionError("no probe frame reached tshark:\n" + "\n".join(self.stderr))
 
     def wait_for(self, expected: list[int]) -> None:
@@ -114,7 +136,8 @@ class Capture:
                     break
                 self.changed.wait(remaining)
             assert self.types == expected, (
-                f"tshark saw PDU types {self.types}; stderr: {self.stderr}")
+                f"tshark saw PDU types {self.types}; stderr: {self.stderr}"
+            )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -131,9 +154,14 @@ class Capture:
 def _activation_request() -> ActivationRequest:
     p = default_catalog().find("windows-server-2022-standard")
     return ActivationRequest(
-        application_id=p.application_id, sku_id=p.sku_id, kms_count_id=p.kms_count_id,
-        client_machine_id=uuid.uuid4(), request_time=filetime_from_unix(time.time()),
-        required_client_count=p.threshold, workstation_name="tshark-pc")
+        application_id=p.application_id,
+        sku_id=p.sku_id,
+        kms_count_id=p.kms_count_id,
+        client_machine_id=uuid.uuid4(),
+        request_time=filetime_from_unix(time.time()),
+        required_client_count=p.threshold,
+        workstation_name="tshark-pc",
+    )
 
 
 def _provoke_fault(address: tuple[str, int], vectors: dict[str, Any]) -> None:
@@ -156,10 +184,12 @@ OTHER_IF = _syntax("12345678-1234-abcd-ef00-0123456789ab", 1)
 
 def _bind(ptype: int, call_id: int, contexts: list[tuple[int, bytes, bytes]]) -> bytes:
     body = struct.pack("<HHIB3x", 5840, 5840, 0, len(contexts))
-    body += b"".join(struct.pack("<HBx", ctx, 1) + abstract + transfer
-                     for ctx, abstract, transfer in contexts)
-    return struct.pack("<BBBB4sHHI", 5, 0, ptype, 3, b"\x10\0\0\0", 16 + len(body), 0,
-                       call_id) + body
+    body += b"".join(
+        struct.pack("<HBx", ctx, 1) + abstract + transfer for ctx, abstract, transfer in contexts
+    )
+    return (
+        struct.pack("<BBBB4sHHI", 5, 0, ptype, 3, b"\x10\0\0\0", 16 + len(body), 0, call_id) + body
+    )
 
 
 def _negotiate(address: tuple[str, int]) -> None:
@@ -192,8 +222,9 @@ def _expert_items(node: Any) -> list[tuple[int, str]]:
     for _, value in _walk(node, "_ws.expert"):
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, dict) and "_ws.expert.severity" in item:
-                items.append((int(item["_ws.expert.severity"]),
-                              str(item.get("_ws.expert.message", ""))))
+                items.append(
+                    (int(item["_ws.expert.severity"]), str(item.get("_ws.expert.message", "")))
+                )
     return items
 
 
@@ -207,11 +238,13 @@ def capture(host_process: RunningHost, tmp_path: Path) -> Iterator[Capture]:
         cap.stop()
 
 
-def test_tshark_decodes_host_traffic(host_process: RunningHost, capture: Capture,
-                                     klp_vectors: dict[str, Any]) -> None:
+def test_tshark_decodes_host_traffic(
+    host_process: RunningHost, capture: Capture, klp_vectors: dict[str, Any]
+) -> None:
     port = host_process.port
-    exchange = request_activation(host_process.address, _activation_request(),
-                                  LabKey.derive("kmsemu-lab"))
+    exchange = request_activation(
+        host_process.address, _activation_request(), LabKey.derive("kmsemu-lab")
+    )
     assert exchange.response.status == 0
     _provoke_fault(host_process.address, klp_vectors)
     _negotiate(host_process.address)
@@ -221,9 +254,21 @@ def test_tshark_decodes_host_traffic(host_process: RunningHost, capture: Capture
 
     assert TSHARK is not None
     decoded = subprocess.run(
-        [TSHARK, "-r", str(capture.path), "-d", f"tcp.port=={port},dcerpc",
-         "-T", "json", "--no-duplicate-keys"],
-        capture_output=True, text=True, timeout=60, check=True)
+        [
+            TSHARK,
+            "-r",
+            str(capture.path),
+            "-d",
+            f"tcp.port=={port},dcerpc",
+            "-T",
+            "json",
+            "--no-duplicate-keys",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     frames = json.loads(decoded.stdout)
     pdus = [(frame, pdu) for frame in frames for pdu in _layers(frame, "dcerpc")]
     assert [int(pdu["dcerpc.pkt_type"]) for _, pdu in pdus] == expected
@@ -242,8 +287,9 @@ def test_tshark_decodes_host_traffic(host_process: RunningHost, capture: Capture
     assert [v for k, v in _walk(bind_ack, "dcerpc.cn_ack_result")] == ["0"]
     request, response = pdus[2], pdus[3]
     assert response[1]["dcerpc.cn_call_id"] == request[1]["dcerpc.cn_call_id"]
-    assert response[1]["dcerpc.request_in"] == request[0]["_source"]["layers"]["frame"][
-        "frame.number"]
+    assert (
+        response[1]["dcerpc.request_in"] == request[0]["_source"]["layers"]["frame"]["frame.number"]
+    )
     assert int(response[1]["dcerpc.cn_alloc_hint"]) == int(response[1]["dcerpc.cn_frag_len"]) - 24
     fault = pdus[7][1]
     assert fault["dcerpc.cn_flags"] == "0x23"
