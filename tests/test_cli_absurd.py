@@ -286,12 +286,12 @@ def test_absurd_values_for_server_commands_are_settled_before_anything_starts(
     usage error, or a registered error) or taken, with no loop run and no port bound."""
     import asyncio
 
-    import mak.server
+    import kmsemu.run.mak
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(asyncio, "Runner", _NoLoop)
     monkeypatch.setattr(asyncio, "run", lambda coroutine, **_: coroutine.close())
-    monkeypatch.setattr(mak.server, "bind", lambda addresses: [])
+    monkeypatch.setattr(kmsemu.run.mak, "bind", lambda addresses: [])
     url, port = closed
     failures, count = _run_cases(
         cases(Sane(tmp_path, url, port), servers=True), _env(tmp_path, url)

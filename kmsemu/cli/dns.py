@@ -11,7 +11,6 @@ import click
 from kmsemu.addresses import format_address
 from kmsemu.cli.common import ADDRESS
 from kmsemu.dns import DEFAULT_PORT, EXPORT_FORMATS, UPDATE_POLICIES
-from kmsemu.errors import LocalError
 
 if TYPE_CHECKING:
     from kmsemu.dns.zone import Zone
@@ -124,11 +123,10 @@ def serve(
 
     Prints `ready dns ADDR` on stderr once it answers.
     """
-    import asyncio
-
     from kmsemu.dns.authority import Authority
     from kmsemu.dns.server import DnsServer
     from kmsemu.run.dns import serve_dns
+    from kmsemu.run.loop import run_on
 
     built = build_zones(zones, srv, addresses, zone_file, ttl)
     host, chosen = listen[0], listen[1] if listen[1] is not None else port
@@ -136,12 +134,7 @@ def serve(
     def announce(bound: tuple[str, int]) -> None:
         click.echo(f"ready dns {format_address(*bound)}", err=True)
 
-    try:
-        asyncio.run(serve_dns(DnsServer(Authority(built), updates=updates), host, chosen, announce))
-    except OSError as exc:
-        raise LocalError(
-            "listen_failed", f"{format_address(host, chosen)}: {exc.strerror or exc}"
-        ) from exc
+    run_on("auto", serve_dns(DnsServer(Authority(built), updates=updates), host, chosen, announce))
 
 
 @dns.command("export")

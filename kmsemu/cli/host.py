@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kmsemu.addresses import format_address
 from kmsemu.catalog import Catalog, load_catalog
 from kmsemu.cli.common import (
     ADDRESS,
@@ -192,10 +191,9 @@ def serve(
 
     Prints `ready kms-host ADDR...` on stderr once it accepts connections.
     """
-    import asyncio
 
     from kmsemu.run.host import HostConfig, Publishing, serve_host
-    from kmsemu.run.loop import loop_factory
+    from kmsemu.run.loop import loop_factory, run_on
 
     catalog = load_catalog(catalog_path)
     settings = HostSettings(activation_interval, renewal_interval, min_count)
@@ -207,8 +205,8 @@ def serve(
             publish, dns_server, dns_name, dns_address, dns_refresh, dns_tsig
         )
     except ConfigError as exc:
-        raise click.UsageError(exc.message) from exc
-    loop_name, new_loop = loop_factory(loop)
+        raise click.UsageError(exc.detail) from exc
+    loop_name, _ = loop_factory(loop)
     config = HostConfig(
         state_dir or default_state_dir(),
         catalog,
@@ -225,12 +223,7 @@ def serve(
     def announce(running: RunningHost) -> None:
         click.echo(f"ready kms-host {running.listen}", err=True)
 
-    try:
-        with asyncio.Runner(loop_factory=new_loop) as runner:
-            runner.run(serve_host(config, announce))
-    except OSError as exc:
-        wanted = " ".join(format_address(h, p) for h, p in addresses)
-        raise LocalError("listen_failed", f"{wanted}: {exc.strerror or exc}") from exc
+    run_on(loop, serve_host(config, announce))
 
 
 @host.command()
@@ -256,7 +249,7 @@ def status(state_dir: Path | None, catalog_path: Path | None, as_json: bool) -> 
     try:
         store = HostStore(state, create=False)
     except OSError as exc:  # FileNotFoundError; a name too long, a directory not readable
-        raise LocalError("no_state", f"none in {state}") from exc
+        raise LocalError("no_state", f"looked in {state}") from exc
     try:
         report = _status_report(store, catalog)
     finally:

@@ -17,7 +17,6 @@ from click.core import ParameterSource
 
 from kmsemu.catalog import load_catalog
 from kmsemu.cli.common import ADDRESS, kmsemu_home, secret_option
-from kmsemu.errors import LocalError
 from kmsemu.host.options import DEFAULT_PORT
 from kmsemu.host.rules import DEFAULT_ACTIVATION_INTERVAL, DEFAULT_RENEWAL_INTERVAL, INTERVAL_RANGE
 from kmsemu.lab.config import FILE_NAME, KEYS, LabSettings, Reloading, read_config
@@ -202,17 +201,9 @@ def lab(
         in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     }
     reloading = Reloading(config_path, dict(ctx.meta.get(_CONFIG_KEY, {})), fixed)
-    import asyncio
-
-    from kmsemu.dns.zone import ZoneError
     from kmsemu.lab.runner import Lab, configure_logging
-    from kmsemu.run.loop import loop_factory
+    from kmsemu.run.loop import loop_factory, run_on
 
     configure_logging(log_format, quiet)
-    loop_name, new_loop = loop_factory("auto")
-    try:
-        running = Lab(settings, kmsemu_home(), load_catalog(), reloading, loop_name)
-        with asyncio.Runner(loop_factory=new_loop) as runner:
-            runner.run(running.run())
-    except (OSError, ZoneError) as exc:
-        raise LocalError("lab_failed", str(getattr(exc, "strerror", None) or exc)) from exc
+    loop_name, _ = loop_factory("auto")
+    run_on("auto", Lab(settings, kmsemu_home(), load_catalog(), reloading, loop_name).run())

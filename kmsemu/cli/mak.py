@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -34,7 +33,7 @@ from kmsemu.clock import OffsetClock, SystemClock
 from kmsemu.durations import parse_duration
 from kmsemu.errors import LocalError
 from mak.client import MakClient, RemoteError
-from mak.defaults import DB_NAME, DEFAULT_PORT, DEFAULT_REDEEM_RATE, DEFAULT_URL, token_file
+from mak.defaults import DEFAULT_PORT, DEFAULT_REDEEM_RATE, DEFAULT_URL, token_file
 from mak.service import is_fingerprint, parse_key
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -110,29 +109,12 @@ def serve(
 
     Prints `ready mak http://ADDR` on stderr once it accepts connections.
     """
-    import asyncio
-
-    from kmsemu.run.loop import loop_factory
-    from kmsemu.run.mak import MakConfig, open_mak, start_http
-    from kmsemu.run.signals import until_signal
-    from mak.server import bind
+    from kmsemu.run.mak import MakConfig, OpenMak, serve_mak
 
     home = mak_home()
-    try:
-        catalog = load_catalog(catalog_path)
-        opened = open_mak(
-            MakConfig(
-                home,
-                secret,
-                OffsetClock(SystemClock(), clock_offset),
-                catalog,
-                db=db_url,
-                admin_token=admin_token,
-                redeem_rate=redeem_rate,
-            )
-        )
-    except (OSError, sqlite3.Error) as exc:  # a KmsemuError (catalog, --db) goes up as it is
-        raise LocalError("database_unavailable", f"{db_url or home / DB_NAME}: {exc}") from exc
+    config = MakConfig(home, secret, OffsetClock(SystemClock(), clock_offset),
+                       load_catalog(catalog_path), db=db_url, admin_token=admin_token,
+                       redeem_rate=redeem_rate)  # fmt: skip
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.WARNING if quiet else logging.INFO,
@@ -140,32 +122,14 @@ def serve(
     )
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start-up chatter
     addresses = [(h, p if p is not None else port) for h, p in listen] or [("127.0.0.1", port)]
-    try:
-        sockets = bind(addresses)
-    except OSError as exc:
-        opened.close()
-        wanted = " ".join(format_address(h, p) for h, p in addresses)
-        raise LocalError("listen_failed", f"{wanted}: {exc.strerror or exc}") from exc
 
-    async def serve_until_signal() -> None:
-        http = await start_http(opened.app, sockets)
-        with until_signal() as stopper:
-            if not admin_token:
-                click.echo(f"admin token in {token_file(home)}", err=True)
-            click.echo(
-                "ready mak " + " ".join(f"http://{format_address(h, p)}" for h, p in http.bound),
-                err=True,
-            )
-            await stopper.wait()
-            await http.close()
+    def announce(opened: OpenMak, bound: list[tuple[str, int]]) -> None:
+        if not admin_token:
+            click.echo(f"admin token in {token_file(home)}", err=True)
+        urls = " ".join(f"http://{format_address(h, p)}" for h, p in bound)
+        click.echo(f"ready mak {urls}", err=True)
 
-    try:
-        with asyncio.Runner(loop_factory=loop_factory("auto")[1]) as runner:
-            runner.run(serve_until_signal())
-    finally:
-        for sock in sockets:
-            sock.close()
-        opened.close()
+    serve_mak(config, addresses, announce)
 
 
 # -- talking to a service ------------------------------------------------------------------------

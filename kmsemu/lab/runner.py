@@ -33,7 +33,7 @@ from kmsemu.clock import OffsetClock, SystemClock
 from kmsemu.dns.authority import Authority
 from kmsemu.dns.server import DnsServer, loopback
 from kmsemu.dns.zone import SrvTarget, Zone
-from kmsemu.errors import ConfigError, KmsemuError
+from kmsemu.errors import ConfigError, KmsemuError, LocalError
 from kmsemu.host.options import ServerOptions
 from kmsemu.host.rules import HostSettings
 from kmsemu.host.server import product_names
@@ -137,7 +137,13 @@ class Lab:
         """Start every part, announce ``ready``, serve until SIGTERM/SIGINT, stop in order.
 
         The signal handlers are in place before ``ready`` is printed; a lab that could
-        not start leaves no new state behind."""
+        not start leaves no new state behind, and says why (``lab_failed``)."""
+        try:
+            await self._run()
+        except OSError as exc:  # a part that cannot bind says which already (ListenError)
+            raise LocalError("lab_failed", str(exc.strerror or exc)) from exc
+
+    async def _run(self) -> None:
         with discarded_on_failure(self.db, token_file(self.home / "mak")):
             async with contextlib.AsyncExitStack() as stack:
                 await self._start(stack)

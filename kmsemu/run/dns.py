@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from kmsemu.addresses import format_address
 from kmsemu.dns.server import DnsServer
+from kmsemu.errors import LocalError
 from kmsemu.run.background import ServerThread
 from kmsemu.run.signals import until_signal
 
@@ -12,8 +14,13 @@ from kmsemu.run.signals import until_signal
 async def serve_dns(
     server: DnsServer, host: str, port: int, announce: Callable[[tuple[str, int]], None]
 ) -> None:
-    """``kmsemu dns serve``: bind, announce the address, answer until SIGTERM/SIGINT."""
-    bound = await server.start(host, port)
+    """``kmsemu dns serve``: bind, announce the address, answer until SIGTERM/SIGINT; an
+    address that cannot be bound is ``listen_failed``."""
+    try:
+        bound = await server.start(host, port)
+    except OSError as exc:
+        wanted = format_address(host, port)
+        raise LocalError("listen_failed", f"{wanted}: {exc.strerror or exc}") from exc
     try:
         with until_signal() as stopper:
             announce(bound)

@@ -19,7 +19,7 @@ from typing import Final
 from kmsemu.addresses import format_address
 from kmsemu.catalog import Catalog
 from kmsemu.clock import OffsetClock
-from kmsemu.errors import ConfigError
+from kmsemu.errors import ConfigError, LocalError
 from kmsemu.host.events import EventLog, TextSink
 from kmsemu.host.options import ServerOptions
 from kmsemu.host.publish import Publication, Publisher, parse_server
@@ -197,9 +197,14 @@ async def open_host(config: HostConfig) -> RunningHost:
 async def serve_host(config: HostConfig, announce: Callable[[RunningHost], None]) -> None:
     """``kmsemu host serve``: open the host, announce it, serve until SIGTERM/SIGINT.
 
-    Nothing is left in the state by a host that could not start."""
+    Nothing is left in the state by a host that could not start; one that cannot bind
+    is ``listen_failed``."""
     with discarded_on_failure(database_path(config.state)):
-        running = await open_host(config)
+        try:
+            running = await open_host(config)
+        except OSError as exc:
+            wanted = " ".join(format_address(h, p) for h, p in config.addresses)
+            raise LocalError("listen_failed", f"{wanted}: {exc.strerror or exc}") from exc
     settle_memory()
     with until_signal() as stopper:
         announce(running)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, TypeVar
+
+T = TypeVar("T")
 
 CHOICES: Final = ("auto", "uvloop", "asyncio")
 
@@ -26,6 +28,12 @@ def loop_factory(choice: str = "auto") -> tuple[str, Callable[[], asyncio.Abstra
         else:
             return "uvloop", uvloop.new_event_loop
     return "asyncio", asyncio.new_event_loop
+
+
+def run_on(choice: str, coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to its end on a new loop of ``choice`` (a server's main loop)."""
+    with asyncio.Runner(loop_factory=loop_factory(choice)[1]) as runner:
+        return runner.run(coroutine)
 
 
 def new_event_loop(choice: str = "auto") -> asyncio.AbstractEventLoop:

@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kmsemu.addresses import format_address
 from kmsemu.catalog import Catalog
 from kmsemu.clock import Clock
+from kmsemu.errors import LocalError
 from kmsemu.run.background import ServerThread
+from kmsemu.run.loop import run_on
+from kmsemu.run.signals import until_signal
 from mak.api import create_app
-from mak.defaults import DEFAULT_REDEEM_RATE
+from mak.defaults import DB_NAME, DEFAULT_REDEEM_RATE
 from mak.server import MakServer, bind, ensure_token, executor_for, open_store, uvicorn_config
 from mak.service import MakService
 from mak.store.base import Store
@@ -134,3 +139,46 @@ class MakThread(ServerThread):
         finally:
             for sock in sockets:
                 sock.close()
+
+
+def serve_mak(
+    config: MakConfig,
+    addresses: list[tuple[str, int]],
+    announce: Callable[[OpenMak, list[tuple[str, int]]], None],
+    loop: str = "auto",
+) -> None:
+    """``kmsemu mak serve``: open the service, bind, announce, serve until SIGTERM/SIGINT.
+
+    A database that cannot be opened is ``database_unavailable``, an address that cannot
+    be bound ``listen_failed`` (what ``config`` names that is wrong stays the ConfigError
+    it is)."""
+    try:
+        opened = open_mak(config)
+    except (OSError, sqlite3.Error) as exc:
+        where = config.db or config.home / DB_NAME
+        raise LocalError("database_unavailable", f"{where}: {exc}") from exc
+    try:
+        try:
+            sockets = bind(addresses)
+        except OSError as exc:
+            wanted = " ".join(format_address(h, p) for h, p in addresses)
+            raise LocalError("listen_failed", f"{wanted}: {exc.strerror or exc}") from exc
+        try:
+            run_on(loop, _serve(opened, sockets, announce))
+        finally:
+            for sock in sockets:
+                sock.close()
+    finally:
+        opened.close()
+
+
+async def _serve(
+    opened: OpenMak,
+    sockets: list[socket.socket],
+    announce: Callable[[OpenMak, list[tuple[str, int]]], None],
+) -> None:
+    http = await start_http(opened.app, sockets)
+    with until_signal() as stopper:
+        announce(opened, http.bound)
+        await stopper.wait()
+        await http.close()
