@@ -4,7 +4,11 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="$ROOT/.venv"
-EXTRAS="${1:-}"
+EXTRAS="${1:-}"  # the sourcing script passes it explicitly (see scripts/run)
+case "$EXTRAS" in
+    "" | test) ;;
+    *) echo "setup: unknown extras '$EXTRAS' (scripts source this with \"\" or test)" >&2; exit 2 ;;
+esac
 
 find_python() {
     for candidate in python3.13 python3.12 python3.11 python3; do
