@@ -34,7 +34,8 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     "$VENV/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip >&2
     # compat mode puts the tree on sys.path with a plain .pth; the default mode's import
     # hook costs every kmsemu command ~20-50 ms at start (docs/benchmarks.md, CLI start-up)
-    "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
+    # (PYTHONWARNINGS: setuptools calls the mode transitional in a page-long warning)
+    PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
         -e "$ROOT${EXTRAS:+[$EXTRAS]}" --config-settings editable_mode=compat >&2 ||
         "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
             -e "$ROOT${EXTRAS:+[$EXTRAS]}" >&2
