@@ -211,3 +211,22 @@ def closed_url() -> tuple[socket.socket, str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def run_into_a_taken_port(
+    argv: Callable[[int], list[str]], home: Path
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run the kmsemu command ``argv(port)`` (``KMSEMU_HOME=home``) while something else
+    listens on ``port`` of 127.0.0.1; the finished process and the port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            kmsemu_command(*argv(port)),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "KMSEMU_HOME": str(home)},
+        )
+    return done, port

@@ -270,22 +270,14 @@ def test_serve_status_and_clean_stop_as_real_processes(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_a_port_in_use_and_leaves_no_state(tmp_path: Path) -> None:
-    import socket
+    from tests.conftest import run_into_a_taken_port
 
     home = tmp_path / "home"
     home.mkdir()
     (home / "lab.sqlite3").touch()  # a lab ran here; host status should keep finding it
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        port = s.getsockname()[1]
-        out = subprocess.run(
-            kmsemu_command("host", "serve", "--listen", f"127.0.0.1:{port}"),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**os.environ, "KMSEMU_HOME": str(home)},
-        )
+    out, port = run_into_a_taken_port(
+        lambda port: ["host", "serve", "--listen", f"127.0.0.1:{port}"], home
+    )
     assert out.returncode == 1
     assert f"Error: Cannot listen on the address. (127.0.0.1:{port}: " in out.stderr
     assert "Traceback" not in out.stderr

@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,26 +17,22 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from tests.conftest import kmsemu_command, start_until_ready
+from tests.conftest import kmsemu_command, run_into_a_taken_port, start_until_ready
 from tests.httpraw import request
 
 TOKEN = "lab-test-token"
+
+
+def lab_listen(http: str = "127.0.0.1:0") -> list[str]:
+    """The lab's listen flags: free ports on 127.0.0.1 (HTTP on ``http``)."""
+    return ["--kms-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0", "--http-listen", http]
 
 
 class Lab:
     def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.home = home
         self.process, rest, self.lines = start_until_ready(
-            kmsemu_command(
-                "lab",
-                "--kms-listen",
-                "127.0.0.1:0",
-                "--dns-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                *args,
-            ),
+            kmsemu_command("lab", *lab_listen(), *args),
             "ready lab",
             {"KMSEMU_HOME": str(home), **(env or {})},
         )
@@ -158,26 +153,9 @@ def test_sigterm_stops_everything_cleanly(lab: Lab) -> None:
 
 
 def test_a_port_in_use_fails_cleanly_with_nothing_left_running(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = subprocess.run(
-            kmsemu_command(
-                "lab",
-                "--kms-listen",
-                "127.0.0.1:0",
-                "--dns-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                f"127.0.0.1:{port}",
-                "--quiet",
-            ),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**os.environ, "KMSEMU_HOME": str(tmp_path)},
-        )
+    result, port = run_into_a_taken_port(
+        lambda port: ["lab", *lab_listen(http=f"127.0.0.1:{port}"), "--quiet"], tmp_path
+    )
     assert result.returncode == 1
     error = next(line for line in result.stderr.splitlines() if line.startswith("Error:"))
     assert "The lab could not start." in error and "in use" in error

@@ -606,19 +606,9 @@ def test_serve_as_a_process_stops_cleanly_on_sigterm_and_sigint(tmp_path: Path) 
 
 
 def test_serve_on_a_port_in_use_names_the_address_and_the_flag(tmp_path: Path) -> None:
-    import socket
+    from tests.conftest import run_into_a_taken_port
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        out = subprocess.run(
-            kmsemu_command("mak", "serve", "--port", str(port)),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**os.environ, "KMSEMU_HOME": str(tmp_path)},
-        )
+    out, port = run_into_a_taken_port(lambda port: ["mak", "serve", "--port", str(port)], tmp_path)
     assert out.returncode == 1
     error = next(line for line in out.stderr.splitlines() if line.startswith("Error:"))
     assert error.startswith(f"Error: Cannot listen on the address. (127.0.0.1:{port}: ")
