@@ -474,7 +474,7 @@ SERVICE_ERRORS: dict[str, ServiceErrorInfo] = {
         "Sorry, we can't process your request right now. Please wait a few minutes and try again.",
         "Wait as long as Retry-After says and try again; if it still fails after 15 minutes, "
         "contact support.",
-        "Wait a little and try again; if it still fails after 15 minutes, contact support.",
+        "If it still fails after 15 minutes, contact support.",  # the CLI says when to retry
     ),
     "not_available": _redemption(
         409,

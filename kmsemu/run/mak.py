@@ -2,7 +2,8 @@
 
 ``open_mak`` is the one start-up of the service (``kmsemu mak serve``, ``kmsemu lab``,
 ``kmsemu.testing.BackgroundMak``); ``start_http`` serves an app on bound sockets from
-the caller's loop and returns once it accepts connections.
+the caller's loop and returns once it accepts connections; ``serve_mak`` is the whole
+``kmsemu mak serve`` process, ``MakThread`` the service on a background thread.
 """
 
 from __future__ import annotations
