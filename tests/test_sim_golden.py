@@ -18,7 +18,7 @@ from kmsemu.sim.engine import run_fast
 from kmsemu.sim.scenario import Scenario, builtin_names, load_scenario, parse_scenario
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from benchkit.sim import scenario_text  # noqa: E402  (the bench's own scenario)
+from benchkit.sim import scenario_text  # the bench's own scenario
 
 GOLDEN = Path(__file__).parent / "golden" / "sim"
 #: The bench scenario at two sizes (scripts/bench-sim runs it at 10,000 clients).
