@@ -2,7 +2,8 @@
 
 Owns ``Authority``: the zones one server answers for, the answer to a query,
 and the dispatch of UPDATE messages to ``kmsemu.dns.update``. Zones and their
-records are ``kmsemu.dns.zone``'s.
+records are ``kmsemu.dns.zone``'s; the reply cache in front of the answer is
+``kmsemu.dns.cache``'s.
 
 Built on dnslib's codec with our own resolver, because the answers must be
 exactly those of an authoritative server (implementation-notes.md): AA set,
@@ -33,6 +34,7 @@ from dnslib import (
     DNSRecord,
 )
 
+from kmsemu.dns.cache import CACHE_ENTRIES, ReplyCache, query_key
 from kmsemu.dns.update import apply_update
 from kmsemu.dns.zone import Zone
 
@@ -44,23 +46,61 @@ _CLASS_ANY: Final = 255
 
 
 class Authority:
-    """The zones one server answers for."""
+    """The zones one server answers for, and a cache of its replies.
 
-    def __init__(self, zones: Iterable[Zone]) -> None:
-        self.zones = sorted(zones, key=lambda z: -len(z.origin.label))
+    ``cache_entries`` bounds each of the cache's two LRUs (see
+    ``kmsemu.dns.cache``); 0 turns the cache off. The cache is emptied whenever
+    a served zone's ``generation`` moves (an RFC 2136 update, ``replace_records``,
+    any change through ``Zone``'s methods) and when ``set_zones`` changes the
+    zones served.
+    """
+
+    def __init__(self, zones: Iterable[Zone], *, cache_entries: int = CACHE_ENTRIES) -> None:
+        self._zones: tuple[Zone, ...] = ()
+        #: None when the cache is off.
+        self.cache = ReplyCache(cache_entries) if cache_entries > 0 else None
+        self.set_zones(zones)
+
+    @property
+    def zones(self) -> tuple[Zone, ...]:
+        """The zones served, deepest origin first."""
+        return self._zones
+
+    def set_zones(self, zones: Iterable[Zone]) -> None:
+        """Serve these zones from now on (adding or removing one is calling this)."""
+        self._zones = tuple(sorted(zones, key=lambda z: -len(z.origin.label)))
+        if self.cache is not None:
+            self.cache.clear()
 
     def zone_for(self, name: DNSLabel) -> Zone | None:
         """The deepest served zone that contains ``name``, or None."""
-        return next((z for z in self.zones if z.contains(name)), None)
+        return next((z for z in self._zones if z.contains(name)), None)
 
     def answer(self, data: bytes, *, udp: bool, trusted: bool = False) -> bytes | None:
         """The reply to one message, or None when it does not deserve one.
 
         UPDATE messages (RFC 2136) change a zone only when ``trusted`` (the server
-        decides: by default, a peer on loopback); others get REFUSED.
+        decides: by default, a peer on loopback); others get REFUSED. A plain
+        query is answered from the cache when it can be, byte for byte what
+        ``answer_uncached`` would give.
         """
+        cache = self.cache
+        key = None if cache is None else query_key(data, udp=udp)
+        if cache is None or key is None:
+            return self.answer_uncached(data, udp=udp, trusted=trusted)
+        # read before answering: a change meanwhile moves it, so the reply is not kept
+        generation = tuple([z.generation for z in self._zones])
+        reply = cache.get(key, generation, data)
+        if reply is None:
+            reply = self.answer_uncached(data, udp=udp, trusted=trusted)
+            if reply is not None:
+                cache.put(key, generation, reply)
+        return reply
+
+    def answer_uncached(self, data: bytes, *, udp: bool, trusted: bool = False) -> bytes | None:
+        """``answer`` computed afresh, cache untouched."""
         if len(data) >= 4 and (data[2] >> 3) & 0xF == OPCODE.UPDATE:
-            return apply_update(self.zones, data, trusted=trusted)
+            return apply_update(self._zones, data, trusted=trusted)
         try:
             request = DNSRecord.parse(data)
         except (DNSError, IndexError, ValueError, UnicodeDecodeError):

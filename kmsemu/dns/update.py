@@ -9,6 +9,8 @@ ANY) and delete one record (class NONE). Prerequisites are not evaluated.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dns.exception
 import dns.flags
 import dns.message
@@ -22,7 +24,7 @@ from dnslib import QTYPE, RR, DNSLabel
 from kmsemu.dns.zone import Zone, ZoneError
 
 
-def apply_update(zones: list[Zone], data: bytes, *, trusted: bool) -> bytes | None:
+def apply_update(zones: Sequence[Zone], data: bytes, *, trusted: bool) -> bytes | None:
     """The response to an UPDATE message (the zone is changed when it is accepted)."""
     try:
         message = dns.message.from_wire(data)
@@ -48,7 +50,7 @@ def apply_update(zones: list[Zone], data: bytes, *, trusted: bool) -> bytes | No
     return wire
 
 
-def _zone(zones: list[Zone], message: dns.update.UpdateMessage) -> Zone | None:
+def _zone(zones: Sequence[Zone], message: dns.update.UpdateMessage) -> Zone | None:
     if len(message.zone) != 1:
         return None
     name = DNSLabel(message.zone[0].name.to_text())
@@ -62,25 +64,20 @@ def _apply(zone: Zone, rrset: dns.rrset.RRset) -> None:
     rtype = rrset.rdtype
     deleting = rrset.deleting  # dnspython keeps the update's class ANY/NONE here
     if deleting == dns.rdataclass.ANY:
-        zone.records = [
+        zone.remove(
             rr
             for rr in zone.records
-            if not (
-                rr.rname == name
-                and rr.rtype != QTYPE.SOA
-                and (rtype == dns.rdatatype.ANY or rr.rtype == rtype)
-            )
-        ]
+            if rr.rname == name
+            and rr.rtype != QTYPE.SOA
+            and (rtype == dns.rdatatype.ANY or rr.rtype == rtype)
+        )
         return
     text_type = dns.rdatatype.to_text(rtype)
     for rdata in rrset:
         rr = RR.fromZone(f"{name} {rrset.ttl} IN {text_type} {rdata.to_text()}")[0]
-        same = [
-            r
-            for r in zone.records
-            if r.rname == name and r.rtype == rtype and r.rdata.toZone() == rr.rdata.toZone()
-        ]
+        found, _ = zone.lookup(name, rtype)
+        same = [r for r in found if r.rdata.toZone() == rr.rdata.toZone()]
         if deleting == dns.rdataclass.NONE:
-            zone.records = [r for r in zone.records if not any(r is s for s in same)]
+            zone.remove(same)
         elif not same:
             zone.add(rr)

@@ -1,7 +1,8 @@
 """Lab zones and their records, pure: what a zone holds, not how it is asked.
 
 Owns ``Zone`` (SOA, NS, one SRV per KMS host, A/AAAA and zone-file records,
-the serial), ``SrvTarget`` (one ``TARGET[:PORT][,PRIORITY,WEIGHT]``), zone-file
+the serial, an index by owner name and type so a lookup never scans, and a
+``generation`` counting changes), ``SrvTarget`` (one ``TARGET[:PORT][,PRIORITY,WEIGHT]``), zone-file
 loading and ``ZoneError``. Answering queries is ``kmsemu.dns.authority``'s;
 changing a zone by RFC 2136 is ``kmsemu.dns.update``'s; both import this
 module, never the other way.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from dnslib import AAAA, NS, QTYPE, RR, SOA, SRV, A, DNSError, DNSLabel
@@ -66,13 +67,67 @@ class SrvTarget:
         return srv
 
 
-@dataclass
-class Zone:
-    """One zone's records, keyed by owner name and type."""
+#: A name as the index compares it: its labels, lower-cased.
+Key = tuple[bytes, ...]
 
-    origin: DNSLabel
-    ttl: int = DEFAULT_TTL
-    records: list[RR] = field(default_factory=list)
+
+def name_key(name: DNSLabel) -> Key:
+    """``name``'s labels lower-cased: how the index compares names (RFC 4343)."""
+    return tuple(part.lower() for part in name.label)
+
+
+class _Index:
+    """A zone's records in order, by (name key, type), and every name at or above one.
+
+    ``names`` holds each record's name and the names above it (its suffixes), so
+    "does anything exist at or below this name" is one set lookup, empty
+    non-terminals included.
+    """
+
+    __slots__ = ("names", "records", "rrsets")
+
+    def __init__(self, records: Iterable[RR] = ()) -> None:
+        self.records: list[RR] = []
+        self.rrsets: dict[tuple[Key, int], list[RR]] = {}
+        self.names: set[Key] = set()
+        for rr in records:
+            self.add(rr)
+
+    def add(self, rr: RR) -> None:
+        self.records.append(rr)
+        key = name_key(rr.rname)
+        self.rrsets.setdefault((key, rr.rtype), []).append(rr)
+        self.names.update(key[i:] for i in range(len(key) or 1))
+
+
+class Zone:
+    """One zone's records, indexed by owner name and type.
+
+    Records change only through the methods below (``add``, ``remove``,
+    ``replace_records``, ``bump_serial``). Each keeps the index in step and then
+    adds one to ``generation``, which ``Authority`` compares before it trusts a
+    cached reply: bumping after the change means a reply computed from the old
+    records is never stored under the new generation. ``replace_records``
+    swaps in a whole new index in one assignment, so a server on another thread
+    sees the old records or the new ones, never a mix.
+    """
+
+    def __init__(self, origin: DNSLabel, ttl: int = DEFAULT_TTL, records: Iterable[RR] = ()):
+        self.origin = origin
+        self.ttl = ttl
+        #: One more after every change to the records.
+        self.generation = 0
+        self._index = _Index()
+        for rr in records:
+            self.add(rr)
+
+    def __repr__(self) -> str:
+        return f"Zone({str(self.origin)!r}, ttl={self.ttl}, {len(self._index.records)} records)"
+
+    @property
+    def records(self) -> tuple[RR, ...]:
+        """The records in the order they were added (a copy: change them with the methods)."""
+        return tuple(self._index.records)
 
     @classmethod
     def build(
@@ -121,9 +176,28 @@ class Zone:
 
     def add(self, rr: RR) -> None:
         """Add one record; it must be at or below the origin."""
+        self._check(rr)
+        self._index.add(rr)
+        self.generation += 1
+
+    def remove(self, rrs: Iterable[RR]) -> None:
+        """Remove these records (the very objects, as ``records`` gives them)."""
+        gone = {id(rr) for rr in rrs}
+        if gone:
+            self._index = _Index(rr for rr in self._index.records if id(rr) not in gone)
+            self.generation += 1
+
+    def replace_records(self, records: Iterable[RR]) -> None:
+        """All the zone's records at once (for instance another ``Zone.build``'s)."""
+        records = list(records)
+        for rr in records:
+            self._check(rr)
+        self._index = _Index(records)
+        self.generation += 1
+
+    def _check(self, rr: RR) -> None:
         if not self.contains(rr.rname):
             raise ZoneError(f"{rr.rname} is not in zone {self.origin}")
-        self.records.append(rr)
 
     def add_address(self, name: str, ip: str) -> None:
         """An A or AAAA record (by the address's version) at ``name``."""
@@ -149,16 +223,20 @@ class Zone:
         times = list(soa.rdata.times)
         times[0] = (times[0] + 1) % 2**32
         soa.rdata.times = tuple(times)
+        self.generation += 1
 
     def soa(self) -> RR:
-        """The zone's SOA record."""
-        return next(rr for rr in self.records if rr.rtype == QTYPE.SOA)
+        """The zone's SOA record (the first, should a zone file have added another)."""
+        found = self._index.rrsets.get((name_key(self.origin), QTYPE.SOA))
+        if not found:
+            raise ZoneError(f"zone {self.origin} has no SOA record")
+        return found[0]
 
     def lookup(self, name: DNSLabel, qtype: int) -> tuple[list[RR], bool]:
         """(records of that type at ``name``, whether ``name`` exists or has names below it)."""
-        matches = [rr for rr in self.records if rr.rname == name]
-        exists = bool(matches) or any(rr.rname.matchSuffix(name) for rr in self.records)
-        return [rr for rr in matches if rr.rtype == qtype], exists
+        index = self._index  # one read: a concurrent replace_records swaps the whole index
+        key = name_key(name)
+        return list(index.rrsets.get((key, qtype), ())), key in index.names
 
 
 def load_zone_text(zones: list[Zone], text: str) -> None:

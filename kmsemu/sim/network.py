@@ -182,7 +182,7 @@ class NetworkBackend:
             ],
             addresses=[(h, "127.0.0.1") for h in self.hosts],
         )
-        self.zone.records[:] = zone.records  # one assignment: the server sees old or new
+        self.zone.replace_records(zone.records)  # one swap: the server sees old or new
 
     def counts(self, now: float) -> dict[str, dict[bytes, int]]:
         """Each running host's count per volume application, at its own clock."""

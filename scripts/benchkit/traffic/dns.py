@@ -1,5 +1,6 @@
 """DNS: queries over UDP and TCP checked against what the lab zone should answer
-(``DnsTraffic``, the soak; ``check_answers``, one query each), and dnsperf (bench-dns)."""
+(``DnsTraffic``, the soak; ``check_answers``, one query each; ``compare_answers``, two servers
+asked the same), and dnsperf (bench-dns)."""
 
 from __future__ import annotations
 
@@ -81,6 +82,68 @@ def check_answers(address: tuple[str, int], queries: list[tuple[str, str, int]])
             elif not reply.header.aa:
                 problems.append(f"{line}: AA not set")
     return problems
+
+
+def ask(address: tuple[str, int], line: str, timeout: float = 2.0) -> tuple[DNSRecord, int]:
+    """One query ("NAME TYPE", no EDNS, as dnsperf sends it) over UDP; (the parsed reply,
+    its size in bytes)."""
+    name, qtype = line.split()
+    query = DNSRecord.question(name, qtype)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(query.pack(), address)
+        data = sock.recv(4096)
+    reply = DNSRecord.parse(data)
+    if reply.header.id != query.header.id:
+        raise ValueError(f"reply id {reply.header.id}, query id {query.header.id}")
+    return reply, len(data)
+
+
+def _records(rrs: list[Any]) -> list[str]:
+    """Records as sorted "name type rdata" (names lower-cased; no TTL, no order)."""
+    return sorted(
+        f"{str(rr.rname).lower()} {QTYPE.get(rr.rtype)} {rr.rdata.toZone()}" for rr in rrs
+    )
+
+
+def _ttls(rrs: list[Any]) -> list[str]:
+    return sorted(f"{str(rr.rname).lower()} {QTYPE.get(rr.rtype)} {rr.ttl}" for rr in rrs)
+
+
+def compare_answers(
+    ours: tuple[str, int], theirs: tuple[str, int], lines: list[str], names: tuple[str, str]
+) -> tuple[list[str], list[str]]:
+    """Ask both servers each query; (differences in rcode, AA, TC or the records of the
+    answer, authority and additional sections, TTLs apart; notes: the reply sizes, and
+    the TTLs where they differ). ``names`` name the two servers in the text."""
+    problems: list[str] = []
+    notes: list[str] = []
+    for line in lines:
+        try:
+            (a, a_size), (b, b_size) = ask(ours, line), ask(theirs, line)
+        except (OSError, ValueError) as exc:
+            problems.append(f"{line}: {exc!r}")
+            continue
+        notes.append(f"{line}: reply {a_size} B from {names[0]}, {b_size} B from {names[1]}")
+        for what, x, y in [
+            ("rcode", RCODE.get(a.header.rcode), RCODE.get(b.header.rcode)),
+            ("AA", a.header.aa, b.header.aa),
+            ("TC", a.header.tc, b.header.tc),
+        ]:
+            if x != y:
+                problems.append(f"{line}: {what} {names[0]} {x} != {names[1]} {y}")
+        for what, xs, ys in [
+            ("answer", a.rr, b.rr),
+            ("authority", a.auth, b.auth),
+            ("additional", a.ar, b.ar),
+        ]:
+            if _records(xs) != _records(ys):
+                problems.append(
+                    f"{line}: {what} section {names[0]} {_records(xs)} != {names[1]} {_records(ys)}"
+                )
+            elif _ttls(xs) != _ttls(ys):
+                notes.append(f"{line}: {what} TTLs {names[0]} {_ttls(xs)}, {names[1]} {_ttls(ys)}")
+    return problems, notes
 
 
 # -- open loop over UDP and TCP (the soak) ---------------------------------------------------
