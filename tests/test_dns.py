@@ -337,3 +337,28 @@ def test_updates_are_refused_unless_trusted() -> None:
         dns.message.from_wire(authority.answer(other.to_wire(), udp=True, trusted=True)).rcode()
         == dns.rcode.NOTAUTH
     )
+
+
+def test_a_negative_answer_may_be_cached_for_the_soa_minimum() -> None:
+    """RFC 2308 section 3: the SOA of an NXDOMAIN or NODATA answer has TTL min(TTL,
+    minimum) — 300 s here, not the record's 3600 (as BIND answers)."""
+    for name in ("nothere.lab.test", "kms1.lab.test"):  # NXDOMAIN; NODATA (no TXT)
+        reply = ask(name, "TXT")
+        assert [(QTYPE[rr.rtype], rr.ttl) for rr in reply.auth] == [("SOA", 300)]
+    assert lab_zone().soa().ttl == 3600  # the SOA itself keeps its TTL
+
+
+def test_an_update_cannot_delete_or_add_the_soa() -> None:
+    import dns.update
+
+    zone = Zone.build("lab.test")
+    authority = Authority([zone])
+    soa = zone.soa().rdata.toZone()
+    delete = dns.update.UpdateMessage("lab.test")
+    delete.delete("@", "SOA", soa)
+    delete.add("@", 300, "SOA", "ns.lab.test. h.lab.test. 99 1 1 1 1")
+    answer = dns.message.from_wire(authority.answer(delete.to_wire(), udp=True, trusted=True))
+    assert answer.rcode() == dns.rcode.NOERROR
+    assert [QTYPE[rr.rtype] for rr in ask("lab.test", "SOA", authority=authority).rr] == ["SOA"]
+    assert zone.soa().rdata.times[0] == 2  # ours, bumped by the update; not the 99 sent
+    assert RCODE[ask("gone.lab.test", "A", authority=authority).header.rcode] == "NXDOMAIN"

@@ -143,7 +143,7 @@ class Authority:
                             reply.add_ar(ar)
         else:
             reply.header.rcode = RCODE.NOERROR if exists else RCODE.NXDOMAIN
-            reply.add_auth(zone.soa())
+            reply.add_auth(negative_soa(zone.soa()))
         return self._pack(reply, request, udp)
 
     @staticmethod
@@ -165,3 +165,12 @@ class Authority:
             truncated.add_ar(EDNS0(udp_len=EDNS_CAP))
         result: bytes = truncated.pack()
         return result
+
+
+def negative_soa(soa: RR) -> RR:
+    """The SOA a negative answer carries: its TTL is the smaller of the record's TTL and
+    the SOA's minimum field, how long the "no" may be cached (RFC 2308 section 3)."""
+    minimum = soa.rdata.times[4]
+    if soa.ttl <= minimum:
+        return soa
+    return RR(soa.rname, QTYPE.SOA, soa.rclass, minimum, soa.rdata)

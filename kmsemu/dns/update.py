@@ -72,6 +72,8 @@ def _apply(zone: Zone, rrset: dns.rrset.RRset) -> None:
             and (rtype == dns.rdatatype.ANY or rr.rtype == rtype)
         )
         return
+    if rtype == dns.rdatatype.SOA:
+        return  # the server keeps its own SOA and serial: adding or deleting one is ignored
     text_type = dns.rdatatype.to_text(rtype)
     for rdata in rrset:
         rr = RR.fromZone(f"{name} {rrset.ttl} IN {text_type} {rdata.to_text()}")[0]
