@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import dns.message
 import dns.query
@@ -17,6 +18,7 @@ from dnslib import CLASS, EDNS0, QTYPE, RR, DNSHeader, DNSLabel, DNSQuestion, DN
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kmsemu.dns import cache as cache_module
 from kmsemu.dns.authority import Authority
 from kmsemu.dns.cache import CACHE_BYTES, ReplyCache, query_key
 from kmsemu.dns.server import DnsServer
@@ -202,6 +204,22 @@ def test_what_the_key_keeps_and_what_it_ignores() -> None:
     assert query_key(update.to_wire(), udp=True) is None
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(queries(), min_size=1, max_size=8), st.booleans())
+def test_the_remembered_keys_are_the_computed_ones(mix: list[list[bytes]], clear: bool) -> None:
+    if clear:
+        cache_module._seen.clear()
+    for variants in mix:
+        for data in variants:
+            for udp in (True, False):
+                expected = cache_module._query_key(data, udp=udp)
+                assert query_key(data, udp=udp) == query_key(data, udp=udp) == expected
+                assert query_key(bytearray(data), udp=udp) == expected
+    assert len(cache_module._seen) <= cache_module._SEEN_ENTRIES
+    big = bytes(DNSRecord.question("a" * 60 + ".lab.test", "A").pack()) + bytes(600)
+    assert query_key(big, udp=True) is None and b"u" + big[2:] not in cache_module._seen
+
+
 def scan(zone: Zone, name: DNSLabel, qtype: int) -> tuple[list[RR], bool]:
     """What ``Zone.lookup`` did before the index: a scan of every record."""
     matches = [rr for rr in zone.records if rr.rname == name]
@@ -358,3 +376,92 @@ def test_replace_records_shows_in_the_very_next_answer(
     zone.replace_records(Zone.build("lab.test", srv=[SrvTarget("kms3", 1700)]).records)
     assert srv_ports(address) == [1700]
     assert srv_ports(address, tcp=True) == [1700]
+
+
+@pytest.fixture
+def serving() -> Iterator[Callable[[Authority, str], DnsServer]]:
+    """Start a ``DnsServer`` (the given updates policy) on a loop in a thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    servers: list[DnsServer] = []
+
+    def start(authority: Authority, updates: str) -> DnsServer:
+        server = DnsServer(authority, idle_timeout=2, updates=updates)
+        servers.append(server)
+        asyncio.run_coroutine_threadsafe(server.start("127.0.0.1", 0), loop).result(5)
+        return server
+
+    yield start
+    for server in servers:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+def exchange(address: tuple[str, int], data: bytes, timeout: float = 2.0) -> bytes | None:
+    """One datagram to ``address``, and its reply (None when none came within ``timeout``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(data, address)
+        try:
+            return sock.recv(65535)
+        except TimeoutError:
+            return None
+
+
+def test_udp_answers_are_the_authoritys_byte_for_byte(
+    serving: Callable[[Authority, str], DnsServer],
+) -> None:
+    """A mix over UDP, each asked twice (the second from the cache): the server sends what
+    ``Authority.answer`` gives, nothing for what it drops, and counts both."""
+    authority = Authority(lab_zones())
+    server = serving(authority, "loopback")
+    rng = random.Random(4)
+    mix = [
+        bytes(DNSRecord(DNSHeader(id=rng.getrandbits(16), bitmap=bitmap), q=q).pack())
+        for q in (DNSQuestion(name, qtype) for name in NAMES for qtype in QTYPES[:4])
+        for bitmap in (0x0000, 0x0100)
+    ]
+    with_edns = DNSRecord(DNSHeader(id=9), q=DNSQuestion("_vlmcs._tcp.forty.lab.test", QTYPE.SRV))
+    with_edns.add_ar(EDNS0(udp_len=1232, flags="do"))
+    notify = DNSRecord(DNSHeader(id=10, bitmap=0x2000), q=DNSQuestion("lab.test", QTYPE.SOA))
+    response = DNSRecord(DNSHeader(id=11, bitmap=0x8100), q=DNSQuestion("lab.test", QTYPE.SOA))
+    mix += [bytes(with_edns.pack()), bytes(notify.pack()), bytes(response.pack())]
+    garbage = [
+        b"\x00\x01\x02",
+        bytes(12),
+        b"\x12\x34" + bytes(rng.getrandbits(8) for _ in range(40)),
+    ]
+    answered = dropped = 0
+    for data in mix + garbage:
+        expected = UNCACHED.answer(data, udp=True)
+        for _ in range(2):
+            assert exchange(server.address, data, timeout=2.0 if expected else 0.2) == expected
+        answered += 2 * (expected is not None)
+        dropped += 2 * (expected is None)
+    assert dropped >= 4  # the response, and garbage
+    assert authority.cache is not None and authority.cache.hits >= len(mix) - 2
+    assert dict(server.stats) == {"udp": answered, "dropped": dropped}
+
+
+@pytest.mark.parametrize("updates", ["loopback", "none", "any"])
+def test_udp_updates_follow_the_policy(
+    serving: Callable[[Authority, str], DnsServer], updates: str
+) -> None:
+    zone = lab_zones()[0]
+    server = serving(Authority([zone]), updates)
+    query = bytes(DNSRecord.question("kms1.lab.test", "A").pack())
+    assert exchange(server.address, query) is not None
+    update = dns.update.UpdateMessage("lab.test")
+    update.add("new", 300, "A", "10.9.9.9")
+    reply = exchange(server.address, update.to_wire())
+    assert reply is not None
+    rcode = dns.message.from_wire(reply).rcode()
+    added, _ = zone.lookup(DNSLabel("new.lab.test"), QTYPE.A)
+    if updates == "none":
+        assert rcode == dns.rcode.REFUSED and not added
+    else:
+        assert rcode == dns.rcode.NOERROR and [str(rr.rdata) for rr in added] == ["10.9.9.9"]
+    assert dict(server.stats) == {"udp": 2}

@@ -20,6 +20,9 @@ from kmsemu.dns.authority import Authority
 
 IDLE_TIMEOUT: Final = 10.0
 MAX_TCP_CLIENTS: Final = 256
+#: The opcode in a header's third byte, and UPDATE's there (RFC 2136 section 2.2).
+_OPCODE_BITS: Final = 0x78
+_UPDATE_BITS: Final = 5 << 3
 
 
 def loopback(address: str) -> bool:
@@ -41,11 +44,18 @@ class _Udp(asyncio.DatagramProtocol):
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        trusted = self._updates == "any" or (self._updates == "loopback" and loopback(addr[0]))
+        # only an UPDATE needs the peer's trust; parsing its address costs more than the answer
+        trusted = len(data) > 2 and data[2] & _OPCODE_BITS == _UPDATE_BITS and self._trusts(addr[0])
         reply = self._authority.answer(data, udp=True, trusted=trusted)
-        self._stats["udp" if reply is not None else "dropped"] += 1
-        if reply is not None and self._transport is not None:
+        if reply is None:
+            self._stats["dropped"] += 1
+            return
+        self._stats["udp"] += 1
+        if self._transport is not None:
             self._transport.sendto(reply, addr)
+
+    def _trusts(self, host: str) -> bool:
+        return self._updates == "any" or (self._updates == "loopback" and loopback(host))
 
 
 class DnsServer:
