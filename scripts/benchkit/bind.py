@@ -9,22 +9,17 @@ reads: ``pid``, ``cpu_seconds``, ``memory_kib``, ``log_text``, ``stop``.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import shutil
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from benchkit.env import apt_install
-from benchkit.procs import process_cpu, status_kib
-from benchkit.waits import Cpus, pinned
+from benchkit.env import ensure_tool, tool_version
+from benchkit.procs import ServerProcess
+from benchkit.waits import Cpus
 
 NAMED = "/usr/sbin/named"
 
@@ -63,26 +58,14 @@ def find_named() -> str | None:
 
 def ensure_named() -> str:
     """named's path; installs Debian's bind9 with apt-get (as root) when missing, or exits."""
-    found = find_named()
-    if not found and apt_install("bind9", "BIND 9 (named)"):
-        found = find_named()
-    if not found:
-        sys.exit(
-            "bench-dns: BIND 9's named is not installed and could not be installed here "
-            "(needs apt-get and root). Install it (Debian/Ubuntu: apt-get install bind9) "
-            "and run again."
-        )
-    return found
+    return ensure_tool(
+        find_named, "bind9", "BIND 9's named", "Debian/Ubuntu: apt-get install bind9"
+    )
 
 
 def named_version(named: str) -> str:
     """``9.18.49-1~deb12u3-Debian`` from ``named -v`` ('?' when it cannot tell)."""
-    try:
-        out = subprocess.run([named, "-v"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    match = re.search(r"BIND\s+(\S+)", out.stdout + out.stderr)
-    return match.group(1) if match else "?"
+    return tool_version(named, "-v", r"BIND\s+(\S+)")
 
 
 def free_udp_tcp_port() -> int:
@@ -126,11 +109,12 @@ def answers_soa(address: tuple[str, int], zone: str, timeout: float) -> bool:
     )
 
 
-class NamedServer:
+class NamedServer(ServerProcess):
     """``named -g`` for one zone in ``directory`` (created), on 127.0.0.1:FREEPORT.
 
     ``threads``: named's worker threads (``-n``), e.g. the number of CPUs it is pinned to.
-    Ready when it answers the zone's SOA authoritatively (queried until ``timeout``).
+    Ready when it answers the zone's SOA authoritatively (queried until ``timeout``); a
+    ``ServerProcess`` otherwise (log file, CPU and memory figures, ``stop``).
     """
 
     def __init__(
@@ -154,53 +138,14 @@ class NamedServer:
         self.conf_path.write_text(
             CONF.format(directory=directory, port=self.port, zone=zone, zone_file=zone_file)
         )
-        self.argv = [named, "-g", "-4", "-n", str(max(1, threads)), "-c", str(self.conf_path)]
-        self.log_path = directory / "named.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=self._log,
-            cwd=directory,
-            preexec_fn=pinned(cpus),
+        argv = [named, "-g", "-4", "-n", str(max(1, threads)), "-c", str(self.conf_path)]
+        super().__init__(
+            argv,
+            directory,
+            lambda _: answers_soa(self.address, zone, 0.2),
+            name="named",
+            log_name="named.log",
+            cpus=cpus,
+            timeout=timeout,
+            tail=3000,
         )
-        self.pid = self.proc.pid
-        self.returncode: int | None = None
-        self.stop_seconds: float | None = None
-        deadline = time.monotonic() + timeout
-        while not answers_soa(self.address, zone, 0.2):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"named did not start:\n{self.log_text()[-3000:]}")
-            # refused at once while named has not bound its port yet: don't spin
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(0.02)
-        self.ready_seconds = round(time.monotonic() - self.started, 2)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def cpu_seconds(self) -> float:
-        return process_cpu(self.pid)
-
-    def memory_kib(self) -> dict[str, int]:
-        return status_kib(self.pid)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout`` s; the exit code (None: it was killed)."""
-        if self.proc.poll() is None:
-            start = time.monotonic()
-            self.proc.terminate()
-            try:
-                self.returncode = self.proc.wait(timeout)
-                self.stop_seconds = round(time.monotonic() - start, 2)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-                self.returncode = None
-        else:
-            self.returncode = self.proc.returncode
-        self._log.close()
-        return self.returncode

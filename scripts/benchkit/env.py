@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,3 +65,27 @@ def apt_install(package: str, what: str) -> bool:
             print(f"    {' '.join(command)}: {exc}", file=sys.stderr)
             break
     return True
+
+
+def ensure_tool(find: Callable[[], str | None], package: str, what: str, hint: str) -> str:
+    """The tool ``find`` locates; installs Debian's ``package`` with apt-get (as root) when
+    it is missing, else exits naming ``what`` and how to install it (``hint``)."""
+    found = find()
+    if not found and apt_install(package, what):
+        found = find()
+    if not found:
+        sys.exit(
+            f"bench: {what} is not installed and could not be installed here (needs apt-get "
+            f"and root). Install it ({hint}) and run again."
+        )
+    return found
+
+
+def tool_version(path: str, flag: str, pattern: str) -> str:
+    """The version ``path flag`` prints, the first group of ``pattern`` ('?' if none)."""
+    try:
+        out = subprocess.run([path, flag], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    match = re.search(pattern, out.stdout + out.stderr)
+    return match.group(1) if match else "?"

@@ -118,15 +118,16 @@ def _popen(argv: list[str], stderr: Any, env: dict[str, str] | None, **more: Any
 class ServerProcess:
     """A server started with its stderr in a file; waits (bounded) for its ready line.
 
-    ``ready`` is a regular expression searched in the log (MULTILINE); ``self.match`` is its
-    match. ``name`` and ``tail`` shape the error when the server does not start.
+    ``ready`` is a regular expression searched in the log (MULTILINE; ``self.match`` is its
+    match), or a check called with the process until it is true (a query answered).
+    ``name`` and ``tail`` shape the error when the server does not start.
     """
 
     def __init__(
         self,
         argv: list[str],
         workdir: Path,
-        ready: str,
+        ready: str | Callable[[ServerProcess], bool],
         *,
         name: str,
         log_name: str = "server.log",
@@ -145,11 +146,11 @@ class ServerProcess:
         self.returncode: int | None = None
         self.stop_seconds: float | None = None
         deadline = time.monotonic() + timeout
-        pattern = re.compile(ready, re.MULTILINE)
+        pattern = re.compile(ready, re.MULTILINE) if isinstance(ready, str) else None
         while True:
             text = self.log_text()
-            match = pattern.search(text)
-            if match:
+            match = pattern.search(text) if pattern is not None else None
+            if match or (pattern is None and callable(ready) and ready(self)):
                 self.match = match
                 break
             if self.proc.poll() is not None or time.monotonic() > deadline:

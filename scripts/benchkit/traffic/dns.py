@@ -10,13 +10,11 @@ import re
 import shutil
 import socket
 import struct
-import subprocess
-import sys
 from typing import TYPE_CHECKING, Any
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from benchkit.env import apt_install
+from benchkit.env import ensure_tool, tool_version
 from benchkit.traffic.streams import error_name, one_shot
 
 if TYPE_CHECKING:
@@ -267,25 +265,15 @@ class DnsTraffic:
 
 def ensure_dnsperf() -> str:
     """dnsperf's path; installs it with apt-get (as root) when missing, or exits."""
-    found = shutil.which("dnsperf")
-    if not found and apt_install("dnsperf", "dnsperf"):
-        found = shutil.which("dnsperf")
-    if not found:
-        sys.exit(
-            "bench-dns: dnsperf is not installed and could not be installed here "
-            "(needs apt-get and root). Install it (Debian/Ubuntu: apt-get install dnsperf; "
-            "or build https://github.com/DNS-OARC/dnsperf) and run again."
-        )
-    return found
+    return ensure_tool(
+        lambda: shutil.which("dnsperf"), "dnsperf", "dnsperf",
+        "Debian/Ubuntu: apt-get install dnsperf; or build https://github.com/DNS-OARC/dnsperf",
+    )  # fmt: skip
 
 
 def dnsperf_version(dnsperf: str) -> str:
-    try:
-        out = subprocess.run([dnsperf, "-h"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    match = re.search(r"Version\s+(\S+)", out.stdout + out.stderr)
-    return match.group(1) if match else "?"
+    """dnsperf's version from ``dnsperf -h`` ('?' when it cannot tell)."""
+    return tool_version(dnsperf, "-h", r"Version\s+(\S+)")
 
 
 def _float(pattern: str, text: str) -> float | None:
