@@ -7,8 +7,6 @@ from dnslib import QTYPE, RR
 from kmsemu.dns import EXPORT_FORMATS
 from kmsemu.dns.zone import Zone
 
-FORMATS = EXPORT_FORMATS
-
 
 def export(zone: Zone, fmt: str, *, server: str = "127.0.0.1") -> str:
     """SRV and address records (not SOA/NS, which the admin's zone has) as text."""
@@ -26,7 +24,7 @@ def export(zone: Zone, fmt: str, *, server: str = "127.0.0.1") -> str:
             for rr in records
         ]
         return "\n".join([*lines, "send"]) + "\n"
-    raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    raise ValueError(f"format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
 
 
 def _relative(zone: Zone, rr: RR) -> str:

@@ -14,7 +14,6 @@ import struct
 from collections import Counter
 from typing import Final, cast
 
-from kmsemu.dns import DEFAULT_PORT as DEFAULT_PORT  # its old home, kept
 from kmsemu.dns import UPDATE_POLICIES
 from kmsemu.dns.authority import Authority
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from kmsemu.errors import HResult
-from kmsemu.klp import DEFAULT_SECRET as DEFAULT_SECRET  # its old home, kept
+from kmsemu.klp import DEFAULT_SECRET
 
 MAGIC: Final = b"KLP1"
 VERSION_MAJOR: Final = 1

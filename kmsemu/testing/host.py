@@ -14,9 +14,6 @@ from kmsemu.host.server import KmsServer
 from kmsemu.klp import DEFAULT_SECRET
 from kmsemu.run.host import HostConfig, HostThread
 
-#: Seconds ``start()`` waits for the host (kmsemu.run.background.TIMEOUT).
-START_TIMEOUT = 20.0
-
 
 class _Lines:
     """A stream that keeps what the host logs, line by line."""

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from benchkit.traffic.streams import KeptAlive, close_writer, one_shot
 from kmsemu.catalog import Product, default_catalog
-from kmsemu.klp.envelope import DEFAULT_SECRET, LabKey, open_response, seal_request
+from kmsemu.klp import DEFAULT_SECRET
+from kmsemu.klp.envelope import LabKey, open_response, seal_request
 from kmsemu.klp.messages import ActivationRequest, ActivationResponse
 from kmsemu.rpc.ndr import decode_response_stub, encode_request_stub
 from kmsemu.rpc.pdu import (
