@@ -7,8 +7,10 @@ All pure. FILETIME is an unsigned 64-bit count of 100 ns intervals since
 
 from __future__ import annotations
 
+import codecs
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 #: 100 ns intervals between 1601-01-01 and 1970-01-01.
 EPOCH_AS_FILETIME = 116_444_736_000_000_000
@@ -48,6 +50,9 @@ def guid_text(le: bytes) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_utf_16_le_decode: Final = codecs.utf_16_le_decode
+
+
 class TextFieldError(ValueError):
     """A fixed UTF-16LE field is unterminated or not valid UTF-16."""
 
@@ -71,6 +76,6 @@ def decode_utf16_field(data: bytes) -> str:
     if end < 0:
         raise TextFieldError("no terminating NUL code unit")
     try:
-        return data[:end].decode("utf-16-le")
+        return _utf_16_le_decode(data[:end], "strict", True)[0]  # no codec lookup
     except UnicodeDecodeError as exc:
         raise TextFieldError("not valid UTF-16") from exc

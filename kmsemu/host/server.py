@@ -1,6 +1,7 @@
 """The KMS host's asyncio TCP server: the only host module that touches sockets.
 
-One ``asyncio.Protocol`` per connection feeds a pure ``ServerConnection``
+One ``asyncio.Protocol`` per connection feeds a pure ``LeanConnection`` (the
+general ``ServerConnection`` with a fast path for whole BINDs and REQUESTs)
 and hands complete calls to ``KmsHost``. Batches of count-cache changes and
 request-log rows go to the store every ``flush_interval`` seconds and at
 shutdown, so no request waits for the disk. A sweeper closes connections
@@ -30,7 +31,8 @@ from kmsemu.host.rules import HostRules, HostSettings
 from kmsemu.host.service import KmsHost
 from kmsemu.host.store import HostStore, LoggedRequest
 from kmsemu.klp.envelope import Keyring, NoncePool
-from kmsemu.rpc.connection import NEED_DATA, Call, Closed, Send, ServerConnection
+from kmsemu.rpc.connection import NEED_DATA, Call, Closed, Event, Send
+from kmsemu.rpc.lean import LeanConnection
 from kmsemu.rpc.ndr import NdrError
 from kmsemu.rpc.pdu import NcaStatus
 from kmsemu.wire import filetime_from_unix
@@ -66,6 +68,9 @@ class KmsServer:
         #: Called with every answered request and the seconds it took (the lab's dashboard
         #: and metrics); with none, requests are not timed.
         self.observers: list[Callable[[LoggedRequest, float], None]] = []
+        #: What each accepted connection speaks through (the differential test gives the
+        #: general machine alone, to compare).
+        self.connection: Callable[..., LeanConnection] = LeanConnection
 
     async def start(self, listen: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """Listen on every ``(host, port)``; port 0 binds one free port shared by all."""
@@ -225,7 +230,7 @@ class _KmsProtocol(asyncio.Protocol):
         self._port = port
         self._host = server.host
         self._transport: asyncio.Transport | None = None
-        self._conn: ServerConnection | None = None
+        self._conn: LeanConnection | None = None
         self._peer: Any = None
         self.last_tick = server.tick
 
@@ -242,7 +247,7 @@ class _KmsProtocol(asyncio.Protocol):
             self._transport.abort()
             return
         server.connections.add(self)
-        self._conn = ServerConnection(port=self._port, assoc_group_id=server.next_assoc_group())
+        self._conn = server.connection(port=self._port, assoc_group_id=server.next_assoc_group())
 
     @property
     def peer(self) -> str:
@@ -254,8 +259,14 @@ class _KmsProtocol(asyncio.Protocol):
         if conn is None:
             return
         self.last_tick = self._server.tick
-        conn.receive_data(data)
-        self._pump(conn)
+        event = conn.take(data)  # the common exchange: one whole BIND or REQUEST
+        if event is None:
+            conn.receive_data(data)
+            self._pump(conn)
+        elif type(event) is Call:
+            self._transport.write(self._answer(conn, event))  # type: ignore[union-attr]
+        else:
+            self._act(conn, event)
 
     def eof_received(self) -> bool:
         conn = self._conn
@@ -279,32 +290,36 @@ class _KmsProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _pump(self, conn: ServerConnection) -> None:
-        transport = self._transport
-        assert transport is not None
+    def _pump(self, conn: LeanConnection) -> None:
         while True:
             event = conn.next_event()
-            if event is NEED_DATA:
-                return
-            if isinstance(event, Call):
-                transport.write(self._answer(conn, event))
-            elif isinstance(event, Send):
-                transport.write(event.data)
-                if event.refusal:
-                    self._log_refusal(event.refusal)
-            elif isinstance(event, Closed):
-                if event.data:
-                    transport.write(event.data)
-                if event.error:
-                    self._server.log.event(
-                        "connection-closed",
-                        self._server.now(),
-                        {"peer": self.peer, "reason": event.reason},
-                    )
-                transport.close()
+            if event is NEED_DATA or not self._act(conn, event):
                 return
 
-    def _answer(self, conn: ServerConnection, call: Call) -> bytes:
+    def _act(self, conn: LeanConnection, event: Event) -> bool:
+        """Send what ``event`` asks for; False once the connection is closed."""
+        transport = self._transport
+        assert transport is not None
+        if isinstance(event, Call):
+            transport.write(self._answer(conn, event))
+        elif isinstance(event, Send):
+            transport.write(event.data)
+            if event.refusal:
+                self._log_refusal(event.refusal)
+        elif isinstance(event, Closed):
+            if event.data:
+                transport.write(event.data)
+            if event.error:
+                self._server.log.event(
+                    "connection-closed",
+                    self._server.now(),
+                    {"peer": self.peer, "reason": event.reason},
+                )
+            transport.close()
+            return False
+        return True
+
+    def _answer(self, conn: LeanConnection, call: Call) -> bytes:
         server = self._server
         started = time.perf_counter() if server.observers else 0.0
         try:

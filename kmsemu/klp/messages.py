@@ -167,6 +167,7 @@ class RequestFields(NamedTuple):
 
 
 _NIL_LE = bytes(16)
+_tuple_new: Final = tuple.__new__
 
 
 def parse_request(data: bytes) -> RequestFields:
@@ -182,7 +183,7 @@ def parse_request(data: bytes) -> RequestFields:
         name = decode_utf16_field(data[104:REQUEST_SIZE])
     except TextFieldError as exc:
         raise MessageError(f"workstation name: {exc}") from exc
-    return RequestFields._make((*fields, name))
+    return _tuple_new(RequestFields, (*fields, name))  # _make without its Python frame
 
 
 _VALID_STATUSES = frozenset(int(s) for s in LicenseStatus)

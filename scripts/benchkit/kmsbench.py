@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,8 +29,17 @@ from benchkit.env import kmsemu_argv
 from benchkit.machine import changed_note, machine_info, machine_line, mark_end
 from benchkit.procs import ServerProcess, Worker
 from benchkit.profile import Components, finish_py_spy, print_profile, start_py_spy
-from benchkit.report import emit, mib, perturbation_notes, repeat_table, span
-from benchkit.stats import Perturbable, interleaved, least_perturbed, median_carrying
+from benchkit.report import (
+    emit,
+    fmt,
+    mib,
+    perturbation_notes,
+    repeat_table,
+    span,
+    table,
+    update_section,
+)
+from benchkit.stats import Perturbable, interleaved, least_perturbed, median_carrying, ratio
 from benchkit.traffic.kms import SOCKET_TIMEOUT, client_main, verify_samples
 
 PRODUCT = "windows-server-2022-standard"
@@ -98,6 +108,17 @@ def kmsemu_host_spec(log_format: str = "text") -> ServerSpec:
         ]
 
     return ServerSpec("kmsemu host", argv, "ready kms-host ")
+
+
+def echo_spec() -> ServerSpec:
+    """The floor: scripts/bench-echo's bare server (same sizes, no work)."""
+    script = Path(__file__).resolve().parent.parent / "bench-echo"
+
+    def argv(loop: str, state: Path) -> list[str]:
+        return [sys.executable, str(script), "--serve", "--loop", loop]
+
+    # Nothing is decrypted: a small pool of requests, reused, is as good as distinct ones.
+    return ServerSpec("echo", argv, "ready echo-host ", verify=False, pool=2000)
 
 
 #: The report's table (see benchkit.report.table).
@@ -283,7 +304,7 @@ def report(results: list[Result], machine: dict[str, Any], argv: list[str]) -> s
     return "\n".join(out)
 
 
-def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, description: str, peer: bool) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--loop",
@@ -307,7 +328,19 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
                               "then perturbed; use separate runs for numbers)"),
         ("--native", bool, False, "py-spy --native"),
     ])  # fmt: skip
+    if peer:
+        options.add_options(parser, [
+            ("--against-echo", bool, False,
+             "run scripts/bench-echo's floor in the same rounds (host, echo, host, echo, ...) "
+             "and report host CPU per activation as a ratio of the floor's"),
+            ("--write", bool, False,
+             f"with --against-echo, put the report in docs/benchmarks.md ({SECTION!r})"),
+        ])  # fmt: skip
     args = parser.parse_args(argv)
+    if not peer:
+        args.against_echo = args.write = False
+    if args.write and not args.against_echo:
+        parser.error("--write goes with --against-echo")
     args.client_counts = [int(c) for c in options.split_list(args.clients)]
     args.mode_list = options.split_list(args.modes)
     for mode in args.mode_list:
@@ -359,29 +392,129 @@ def _median(runs: list[Result]) -> Result:
     return median_carrying(runs, key, figures, problems=False)
 
 
-def run_all(spec: ServerSpec, args: argparse.Namespace, argv_shown: list[str]) -> int:
+def run_all(specs: list[ServerSpec], args: argparse.Namespace, argv_shown: list[str]) -> int:
     machine = machine_info("uvloop", "cryptography")
-    scenarios = [(mode, clients) for mode in args.mode_list for clients in args.client_counts]
+    scenarios = [
+        (index, mode, clients)
+        for mode in args.mode_list
+        for clients in args.client_counts
+        for index in range(len(specs))
+    ]
     runs = interleaved(
         args.repeat,
         scenarios,
-        lambda s: _measure(spec, args, *s),
-        lambda s: f"{spec.name} loop={args.loop} mode={s[0]} clients={s[1]}",
+        lambda s: _measure(specs[s[0]], args, s[1], s[2]),
+        lambda s: f"{specs[s[0]].name} loop={args.loop} mode={s[1]} clients={s[2]}",
     )
     results = [_median(runs[s]) for s in scenarios]
     mark_end(machine)
-    document = {
+    document: dict[str, Any] = {
         "machine": machine,
         "command": " ".join(argv_shown),
         "results": [asdict(r) for r in results],
     }
-    emit(document, lambda: report(results, machine, argv_shown), args.json)
+    if len(specs) == 1:
+        emit(document, lambda: report(results, machine, argv_shown), args.json)
+    else:
+        floors = floor_ratios(runs, scenarios)
+        document["against_echo"] = [asdict(f) for f in floors]
+        text = report(results, machine, argv_shown) + "\n\n" + floor_table(floors, args.repeat)
+        emit(document, lambda: text, args.json)
+        if args.write:
+            update_section(SECTION, floor_section(text))
+            print(f"bench-host: wrote the section {SECTION!r} of docs/benchmarks.md",
+                  file=sys.stderr)  # fmt: skip
     bad = any(r.problems or not r.activations for r in results)
     return 1 if bad else 0
 
 
-def main(spec: ServerSpec, description: str, name: str, argv: list[str] | None = None) -> int:
-    """A KMS bench's command line: parse, run every scenario, report."""
-    args = parse_args(argv, description)
+# -- against the floor -----------------------------------------------------------------------
+
+SECTION = "KMS host against the echo floor (`scripts/bench-host --against-echo`)"
+#: Issue 15's targets: host CPU per activation at most this many times the echo floor's.
+FLOOR_TARGETS = {"new": 1.4, "persistent": 2.0}
+
+
+@dataclass
+class FloorRatio:
+    """Host against echo for one mode and client count, from the same rounds."""
+
+    mode: str
+    clients: int
+    host_us: float | None
+    echo_us: float | None
+    #: The median host run's CPU per activation over the median echo run's.
+    ratio: float | None
+    #: Round by round (run i of the host over run i of the echo).
+    round_ratios: list[float]
+    target: float | None
+
+
+def floor_ratios(
+    runs: dict[tuple[int, str, int], list[Result]], scenarios: list[tuple[int, str, int]]
+) -> list[FloorRatio]:
+    out = []
+    for mode, clients in dict.fromkeys((m, c) for _, m, c in scenarios):
+        host, echo = runs[(0, mode, clients)], runs[(1, mode, clients)]
+        pairs = zip(host, echo, strict=True)
+        rounds = [
+            round(h.host_cpu_us_per_activation / e.host_cpu_us_per_activation, 3)
+            for h, e in pairs
+            if h.host_cpu_us_per_activation and e.host_cpu_us_per_activation
+        ]
+        host_us = _median(host).host_cpu_us_per_activation
+        echo_us = _median(echo).host_cpu_us_per_activation
+        value = ratio(host_us, echo_us)
+        out.append(FloorRatio(mode, clients, host_us, echo_us,
+                              None if value is None else round(value, 3), rounds,
+                              FLOOR_TARGETS.get(mode)))  # fmt: skip
+    return out
+
+
+def floor_table(floors: list[FloorRatio], rounds: int) -> str:
+    def row(f: FloorRatio) -> list[Any]:
+        met = (
+            "—"
+            if f.ratio is None or f.target is None
+            else ("**met**" if f.ratio <= f.target else "not met")
+        )
+        return [f.mode, f.clients, fmt(f.host_us, ".1f"), fmt(f.echo_us, ".1f"),
+                fmt(f.ratio, ".2f"), span(f.round_ratios, ".2f"),
+                fmt(f.target, ".1f"), met]  # fmt: skip
+
+    columns = (
+        "| mode | clients> | host CPU µs/act> | echo CPU µs/act> | ratio> "
+        "| per-round ratios> | target> | |"
+    )
+    note = (
+        f"Host CPU per activation over the echo floor's, medians of {rounds} interleaved "
+        f"round{'s' if rounds != 1 else ''} (host, echo, host, echo, ...: a fresh server each run)."
+    )
+    return note + "\n\n" + table(columns, [row(f) for f in floors])
+
+
+def floor_section(text: str) -> str:
+    intro = (
+        "Issue 15 asks the KMS host for at most 1.4 times the CPU per activation of the bare "
+        "echo server (`scripts/bench-echo`, the floor: same message sizes, no parsing, crypto, "
+        "state or logging) with a new connection per activation, and at most 2.0 times on "
+        "persistent connections. `scripts/bench-host --against-echo` measures both servers "
+        "in the same rounds, with the same load generator and pinning. Written by "
+        "`scripts/bench-host --against-echo --write`."
+    )
+    return f"{textwrap.fill(intro, 90, break_on_hyphens=False)}\n\n{text}\n"
+
+
+def main(
+    spec: ServerSpec,
+    description: str,
+    name: str,
+    argv: list[str] | None = None,
+    peer: ServerSpec | None = None,
+) -> int:
+    """A KMS bench's command line: parse, run every scenario, report. With a ``peer``, the
+    command has ``--against-echo`` (run the peer in the same rounds, report ratios)."""
+    args = parse_args(argv, description, peer is not None)
     shown = [name, *(sys.argv[1:] if argv is None else argv)]
-    return run_all(spec, args, shown)
+    specs = [spec, peer] if args.against_echo and peer is not None else [spec]
+    return run_all(specs, args, shown)

@@ -1,0 +1,114 @@
+"""The common exchange in a handful of calls: a ``ServerConnection`` with a fast path.
+
+Nearly every chunk a KMS host receives is one whole PDU: the BIND a client
+opens with, then single-fragment REQUESTs. ``LeanConnection.take`` answers
+such a chunk without the general machine's buffering, dispatch table and
+slicing: one ``struct`` unpack of the header, the checks ``next_event``
+would make, and either a ``Call`` or a BIND_ACK cut from a cached template.
+Anything else (a chunk with half a PDU or two, a fragment, an
+ALTER_CONTEXT, an error, the end of stream) is left to the general path
+(``take`` returns None; feed the chunk to ``receive_data`` as usual).
+
+The general ``ServerConnection`` stays the reference: for any byte stream,
+split anywhere, ``take`` followed by the general path where it declines
+gives the same events, the same bytes and the same state
+(``tests/test_lean.py`` checks it with Hypothesis).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from kmsemu.rpc.connection import Call, Event, Send, ServerConnection, State
+from kmsemu.rpc.pdu import HEADER, HEADER_SIZE, PFC, PType
+
+_BIND: Final = int(PType.BIND)
+_REQUEST: Final = int(PType.REQUEST)
+#: The flags ``_on_request`` looks at, and their value for a whole, UUID-less call.
+_CALL_FLAGS: Final = int(PFC.FIRST_FRAG | PFC.LAST_FRAG | PFC.OBJECT_UUID)
+_WHOLE_CALL: Final = int(PFC.FIRST_FRAG | PFC.LAST_FRAG)
+_REQUEST_FIXED = struct.Struct("<IHH")
+_U32 = struct.Struct("<I")
+_BIND_SIZE: Final = 28
+_REQUEST_SIZE: Final = 24
+
+#: BIND_ACK templates by what decides them: (interface, address block, frame limit, BIND
+#: lengths, BIND fragment sizes, BIND contexts) -> (BIND_ACK, xmit limit, recv limit,
+#: accepted contexts). Bounded: a hostile peer only misses.
+_ACKS: dict[tuple[object, ...], tuple[bytes, int, int, frozenset[int]]] = {}
+_ACKS_MAX: Final = 256
+
+
+class LeanConnection(ServerConnection):
+    """A ``ServerConnection`` that takes whole BINDs and whole REQUESTs in a few calls."""
+
+    __slots__ = ()
+
+    def take(self, data: bytes) -> Event | None:
+        """The one event ``data`` (one whole PDU) amounts to, with the state changed as the
+        general path would change it; None when the general path has to judge it (then
+        ``receive_data(data)`` and ``next_event`` as usual; nothing has changed)."""
+        if self._buffer or self._eof or self._closed is not None or len(data) < HEADER_SIZE:
+            return None
+        vers, minor, ptype, flags, drep, frag_length, auth_length, call_id = HEADER.unpack_from(
+            data
+        )
+        if (
+            frag_length != len(data)
+            or vers != 5
+            or minor > 1
+            or drep[0] & 0xF0 != 0x10
+            or frag_length > self.recv_limit
+        ):
+            return None
+        if ptype == _REQUEST:
+            if (
+                self.state is not State.BOUND
+                or auth_length
+                or flags & _CALL_FLAGS != _WHOLE_CALL
+                or frag_length < _REQUEST_SIZE
+                or self._partial
+            ):
+                return None
+            _hint, context_id, opnum = _REQUEST_FIXED.unpack_from(data, HEADER_SIZE)
+            if (
+                context_id not in self.contexts
+                or opnum >= self._opnums
+                or frag_length - _REQUEST_SIZE > self._max_stub
+            ):
+                return None
+            return Call(call_id, context_id, opnum, data[_REQUEST_SIZE:])
+        if ptype == _BIND and self.state is State.AWAIT_BIND and frag_length >= _BIND_SIZE:
+            if auth_length > frag_length - HEADER_SIZE:
+                return None
+            return self._take_bind(data, call_id)
+        return None
+
+    def _take_bind(self, data: bytes, call_id: int) -> Event | None:
+        key = (self._interface, self._secondary, self._max_frag, data[8:12], data[16:20],
+               data[24:])  # fmt: skip
+        known = _ACKS.get(key)
+        if known is None:
+            return self._learn_bind(key, data)
+        ack, self.xmit_limit, self.recv_limit, accepted = known
+        self.state = State.BOUND
+        self.contexts.update(accepted)
+        assoc = data[20:24]
+        if assoc == b"\x00\x00\x00\x00":
+            assoc = _U32.pack(self._assoc_group_id)
+        else:
+            self._assoc_group_id = _U32.unpack(assoc)[0]
+        return Send(ack[:12] + data[12:16] + ack[16:20] + assoc + ack[24:])
+
+    def _learn_bind(self, key: tuple[object, ...], data: bytes) -> Event:
+        """The general path's answer to a BIND not seen before, remembered as a template
+        (a connection awaiting its BIND has accepted no context yet: the template's
+        contexts are exactly what the BIND accepts)."""
+        self.receive_data(data)
+        event = self.next_event()
+        if isinstance(event, Send) and self.state is State.BOUND:
+            if len(_ACKS) >= _ACKS_MAX:
+                _ACKS.clear()
+            _ACKS[key] = (event.data, self.xmit_limit, self.recv_limit, frozenset(self.contexts))
+        return event
