@@ -10,10 +10,13 @@ protocol: the bytes written, the log lines, the stored rows and the count cache.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import struct
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Any
 
 from hypothesis import example, given, settings
@@ -21,6 +24,8 @@ from hypothesis import strategies as st
 
 from kmsemu.catalog import default_catalog
 from kmsemu.host.events import EventLog
+from kmsemu.host.journal import Journal
+from kmsemu.host.journal import read as read_journal
 from kmsemu.host.rules import CountCache, HostIdentity, HostRules, HostSettings
 from kmsemu.host.server import KmsServer, _KmsProtocol, product_names
 from kmsemu.host.service import KmsHost
@@ -258,6 +263,9 @@ class Transport:
 
     abort = close
 
+    def is_closing(self) -> bool:
+        return self.closed
+
     def get_extra_info(self, name: str) -> Any:
         return ("127.0.0.1", 50000)
 
@@ -266,8 +274,11 @@ class Store:
     def __init__(self) -> None:
         self.rows: list[tuple[Any, ...]] = []
 
-    def save(self, snapshot: Any, requests: Any) -> None:
+    def save(self, snapshot: Any, requests: Any, journal_seq: int | None = None) -> None:
         self.rows += [r.row() for r in requests]
+
+    def journal_seq(self) -> int:
+        return 0
 
 
 def activation(cmid: int, when: int, name: str) -> bytes:
@@ -288,31 +299,43 @@ def activation(cmid: int, when: int, name: str) -> bytes:
 
 
 def serve(connection: type[ServerConnection], streams: list[list[bytes]]) -> dict[str, Any]:
-    """Every stream on its own connection, in turn; what the host wrote, logged and kept."""
+    """Every stream on its own connection, in turn, on a host with a journal (each chunk a
+    loop turn: answers held, then released); what the host wrote, logged, journaled, kept."""
+    return asyncio.run(_serve(connection, streams))
+
+
+async def _serve(connection: type[ServerConnection], streams: list[list[bytes]]) -> dict[str, Any]:
     stream_log = io.StringIO()
     rules = HostRules(CATALOG, HostSettings(), IDENTITY, CountCache())
     nonces = iter(range(1, 10**6))
     host = KmsHost(rules, Keyring([SECRET]), lambda: NOW, nonce=lambda n: next(nonces).to_bytes(n))
     store = Store()
     log = EventLog(stream_log, "text", product_names(CATALOG))
-    server = KmsServer(host, store, log, now=lambda: NOW)  # type: ignore[arg-type]
-    server.connection = connection  # type: ignore[assignment]
-    server._assoc = iter(range(100, 10**6))  # type: ignore[assignment]
-    written = []
-    for chunks in streams:
-        protocol = _KmsProtocol(server, PORT)
-        transport = Transport()
-        protocol.connection_made(transport)  # type: ignore[arg-type]
-        for chunk in chunks:
-            protocol.data_received(chunk)
-        protocol.eof_received()
-        protocol.connection_lost(None)
-        written.append((transport.written, transport.closed))
-    server.flush()
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = Journal(Path(tmp) / "host.sqlite3.answered")
+        server = KmsServer(host, store, log, now=lambda: NOW, journal=journal)  # type: ignore[arg-type]
+        server.connection = connection  # type: ignore[assignment]
+        server._assoc = iter(range(100, 10**6))  # type: ignore[assignment]
+        written = []
+        for chunks in streams:
+            protocol = _KmsProtocol(server, PORT)
+            transport = Transport()
+            protocol.connection_made(transport)  # type: ignore[arg-type]
+            for chunk in chunks:
+                protocol.data_received(chunk)
+                server.commit()  # the end of a loop turn
+            protocol.eof_received()
+            server.commit()
+            protocol.connection_lost(None)
+            written.append((transport.written, transport.closed))
+        journaled = list(read_journal(journal.path))
+        server.flush()
+        journal.close(remove=True)
     return {
         "written": written,
         "log": stream_log.getvalue(),
         "rows": store.rows,
+        "journal": journaled,
         "cache": rules.cache.entries,
         "capacity": rules.cache.capacity,
     }

@@ -111,6 +111,14 @@ def host() -> None:
     help="Seconds a connection may stay silent.",
 )
 @click.option(
+    "--ack",
+    type=click.Choice(["durable", "batched"]),
+    default="durable",
+    show_default=True,
+    help="durable: answer once the request is in the journal (survives a kill); "
+    "batched: answer at once, store in batches.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -177,6 +185,7 @@ def serve(
     clock_offset: float,
     max_connections: int,
     idle_timeout: float,
+    ack: str,
     log_format: str,
     catalog_path: Path | None,
     loop: str,
@@ -214,7 +223,7 @@ def serve(
         list(secrets),
         OffsetClock(SystemClock(), clock_offset),
         addresses,
-        ServerOptions(max_connections, idle_timeout),
+        ServerOptions(max_connections, idle_timeout, durable=ack == "durable"),
         log_format,
         loop_name,
         publishing,

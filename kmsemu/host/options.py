@@ -16,8 +16,10 @@ DEFAULT_IDLE_TIMEOUT: Final = 30.0
 @dataclass
 class ServerOptions:
     """Connections over ``max_connections`` are closed on arrival; one silent for
-    ``idle_timeout`` seconds is closed; state is written every ``flush_interval``."""
+    ``idle_timeout`` seconds is closed; state is written every ``flush_interval``;
+    ``durable``: an answer leaves only once its request is in the journal."""
 
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     flush_interval: float = 0.25
+    durable: bool = True

@@ -4,7 +4,10 @@ One ``asyncio.Protocol`` per connection feeds a pure ``LeanConnection`` (the
 general ``ServerConnection`` with a fast path for whole BINDs and REQUESTs)
 and hands complete calls to ``KmsHost``. Batches of count-cache changes and
 request-log rows go to the store every ``flush_interval`` seconds and at
-shutdown, so no request waits for the disk. A sweeper closes connections
+shutdown, so no request waits for a transaction; with a journal, each loop
+turn's answered requests are appended to it in one write before their
+responses leave (``kmsemu.host.journal``), so an answer survives a killed
+process. A sweeper closes connections
 idle longer than ``idle_timeout``; connections over ``max_connections`` are
 closed on arrival. Every failure is confined to its own connection.
 """
@@ -25,6 +28,8 @@ from kmsemu.addresses import format_address
 from kmsemu.catalog import Catalog
 from kmsemu.clock import Clock, as_datetime
 from kmsemu.host.events import EventLog
+from kmsemu.host.journal import Journal
+from kmsemu.host.journal import record as journal_record
 from kmsemu.host.options import ServerOptions
 from kmsemu.host.publish import Publication, Publisher
 from kmsemu.host.rules import HostRules, HostSettings
@@ -51,9 +56,12 @@ class KmsServer:
         options: ServerOptions | None = None,
         *,
         now: Callable[[], int],
+        journal: Journal | None = None,
     ) -> None:
         self.host = host
         self.store = store
+        #: Where answered requests go before their answers (None: answers go at once).
+        self.journal = journal
         self.log = log
         self.options = options or ServerOptions()
         #: The host's clock as a FILETIME (what log lines are stamped with).
@@ -61,6 +69,11 @@ class KmsServer:
         self._servers: list[asyncio.Server] = []
         self.connections: set[_KmsProtocol] = set()
         self._pending: list[LoggedRequest] = []
+        #: Journal records of answered requests whose answers wait for them (this turn's).
+        self._unjournaled: list[bytes] = []
+        #: Connections holding answers until the journal has this turn's records.
+        self._held: list[_KmsProtocol] = []
+        self._seq = store.journal_seq() if journal is not None and store is not None else 0
         self._assoc = itertools.count(random.SystemRandom().randrange(0x10000, 0x7FFF0000))
         self._tasks: list[asyncio.Task[None]] = []
         self.addresses: list[tuple[str, int]] = []
@@ -148,9 +161,11 @@ class KmsServer:
             await asyncio.sleep(min(interval, RETRY_PUBLISH) if failed else interval)
 
     async def close(self) -> None:
-        """Stop listening, drop every connection and task, then flush what is left."""
+        """Stop listening, send the answers held, drop every connection and task, then
+        flush what is left (the journal goes once the store holds everything)."""
         for server in self._servers:
             server.close()
+        self.commit()
         for conn in list(self.connections):
             conn.transport_close()
         for task in self._tasks:
@@ -158,29 +173,64 @@ class KmsServer:
         for server in self._servers:
             await server.wait_closed()
         self.flush()
+        if self.journal is not None:
+            self.journal.close(remove=True)
 
     def record(self, logged: LoggedRequest, started: float = 0.0) -> None:
-        """Log an answered request and queue it for the store; observers get its time taken."""
+        """Log an answered request and queue it for the store (and the journal, if any);
+        observers get its time taken."""
         self._pending.append(logged)
+        if self.journal is not None:
+            self._seq += 1
+            self._unjournaled.append(journal_record(self._seq, logged))
         self.log.activation(logged.record, logged.peer, logged.reason)
         if self.observers:
             elapsed = time.perf_counter() - started
             for observer in self.observers:
                 observer(logged, elapsed)
 
+    def hold(self, conn: _KmsProtocol) -> None:
+        """Keep ``conn``'s output until this turn's answered requests are in the journal."""
+        if not self._held:
+            asyncio.get_running_loop().call_soon(self.commit)
+        self._held.append(conn)
+
+    def commit(self) -> None:
+        """Append this turn's answered requests to the journal in one write, then release
+        the answers held; when the journal cannot take them, those connections are dropped
+        unanswered (the rows stay queued for the store)."""
+        held, self._held = self._held, []
+        records, self._unjournaled = self._unjournaled, []
+        if not held and not records:
+            return
+        try:
+            if records and self.journal is not None:
+                self.journal.append(b"".join(records))
+        except OSError as exc:
+            self.log.event("journal-failed", self.now(), {"error": str(exc)})
+            for conn in held:
+                conn.drop_held()
+            return
+        for conn in held:
+            conn.release_held()
+
     def flush(self) -> None:
-        """Persist what changed since the last flush, then flush the log stream."""
+        """Persist what changed since the last flush, then flush the log stream; the
+        journal is emptied once the store holds all it had."""
         if self.store is not None:
             cache = self.host.rules.cache
             snapshot = cache.take_snapshot()
             if snapshot or self._pending:
                 pending, self._pending = self._pending, []
+                seq = self._seq if self.journal is not None else None
                 try:
-                    self.store.save(snapshot, pending)
+                    self.store.save(snapshot, pending, seq)
                 except Exception:  # keep it all for the next attempt
                     cache.dirty.update(snapshot)
                     self._pending[:0] = pending
                     raise
+            if self.journal is not None and not self._unjournaled:
+                self.journal.empty()
         else:
             self._pending.clear()
         self.log.flush()
@@ -216,7 +266,9 @@ class KmsServer:
 
 class _KmsProtocol(asyncio.Protocol):
     __slots__ = (
+        "_close_after",
         "_conn",
+        "_held",
         "_host",
         "_peer",
         "_port",
@@ -233,6 +285,9 @@ class _KmsProtocol(asyncio.Protocol):
         self._conn: LeanConnection | None = None
         self._peer: Any = None
         self.last_tick = server.tick
+        #: Output waiting for the journal (None: nothing held, write at once).
+        self._held: list[bytes] | None = None
+        self._close_after = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -264,7 +319,7 @@ class _KmsProtocol(asyncio.Protocol):
             conn.receive_data(data)
             self._pump(conn)
         elif type(event) is Call:
-            self._transport.write(self._answer(conn, event))  # type: ignore[union-attr]
+            self._answered(self._answer(conn, event))
         else:
             self._act(conn, event)
 
@@ -273,6 +328,9 @@ class _KmsProtocol(asyncio.Protocol):
         if conn is not None and conn.buffering:  # let the machine judge a truncated PDU
             conn.receive_data(b"")
             self._pump(conn)
+        if self._held is not None:  # half-closed: the answers held still go out
+            self._close_after = True
+            return True
         return False  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -298,26 +356,57 @@ class _KmsProtocol(asyncio.Protocol):
 
     def _act(self, conn: LeanConnection, event: Event) -> bool:
         """Send what ``event`` asks for; False once the connection is closed."""
-        transport = self._transport
-        assert transport is not None
         if isinstance(event, Call):
-            transport.write(self._answer(conn, event))
+            self._answered(self._answer(conn, event))
         elif isinstance(event, Send):
-            transport.write(event.data)
+            self._write(event.data)
             if event.refusal:
                 self._log_refusal(event.refusal)
         elif isinstance(event, Closed):
             if event.data:
-                transport.write(event.data)
+                self._write(event.data)
             if event.error:
                 self._server.log.event(
                     "connection-closed",
                     self._server.now(),
                     {"peer": self.peer, "reason": event.reason},
                 )
-            transport.close()
+            if self._held is not None:
+                self._close_after = True
+            elif self._transport is not None:
+                self._transport.close()
             return False
         return True
+
+    def _answered(self, response: bytes) -> None:
+        """An answer to a request the server has recorded: held for the journal, if any."""
+        if self._held is None and self._server.journal is not None:
+            self._held = []
+            self._server.hold(self)
+        self._write(response)
+
+    def _write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:  # behind an answer that waits: keep the order
+            held.append(data)
+        elif self._transport is not None:
+            self._transport.write(data)
+
+    def release_held(self) -> None:
+        """The journal has this connection's answers: send them (and close, if due)."""
+        held, self._held = self._held, None
+        transport = self._transport
+        if held is None or transport is None or self._conn is None or transport.is_closing():
+            return  # the connection went meanwhile
+        transport.write(held[0] if len(held) == 1 else b"".join(held))
+        if self._close_after:
+            transport.close()
+
+    def drop_held(self) -> None:
+        """The journal refused this connection's answers: none of them may go."""
+        self._held = None
+        if self._transport is not None:
+            self._transport.abort()
 
     def _answer(self, conn: LeanConnection, call: Call) -> bytes:
         server = self._server

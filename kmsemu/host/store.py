@@ -171,9 +171,20 @@ class HostStore:
         self,
         snapshot: dict[bytes, tuple[int, list[tuple[bytes, int]]]],
         requests: Iterable[LoggedRequest],
+        journal_seq: int | None = None,
     ) -> None:
         """Write one batch in one transaction: per changed application its capacity and
-        the whole of its cache (``CountCache.take_snapshot``), then the log rows."""
+        the whole of its cache (``CountCache.take_snapshot``), then the log rows, and the
+        journal's sequence number they reach (``kmsemu.host.journal``) if given."""
+        self.save_rows(snapshot, (r.row() for r in requests), journal_seq)
+
+    def save_rows(
+        self,
+        snapshot: dict[bytes, tuple[int, list[tuple[bytes, int]]]],
+        rows: Iterable[tuple[Any, ...]],
+        journal_seq: int | None = None,
+    ) -> None:
+        """``save`` with the log rows already made (``LoggedRequest.row``)."""
         with self._transaction():
             for app, (capacity, entries) in snapshot.items():
                 self._db.execute("DELETE FROM clients WHERE application = ?", (app,))
@@ -185,7 +196,17 @@ class HostStore:
                     "INSERT OR REPLACE INTO capacity (application, capacity) VALUES (?, ?)",
                     (app, capacity),
                 )
-            self._db.executemany(_INSERT_REQUEST, (r.row() for r in requests))
+            self._db.executemany(_INSERT_REQUEST, rows)
+            if journal_seq is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('journal_seq', ?)",
+                    (str(journal_seq),),
+                )
+
+    def journal_seq(self) -> int:
+        """The journal's highest sequence number the store holds (0: none)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'journal_seq'").fetchone()
+        return int(row[0]) if row else 0
 
     # -- reading for `host status` and the lab's dashboard -----------------------------
 

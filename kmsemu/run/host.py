@@ -21,6 +21,7 @@ from kmsemu.catalog import Catalog
 from kmsemu.clock import OffsetClock
 from kmsemu.errors import ConfigError, LocalError
 from kmsemu.host.events import EventLog, TextSink
+from kmsemu.host.journal import Journal, open_journal
 from kmsemu.host.options import ServerOptions
 from kmsemu.host.publish import Publication, Publisher, parse_server
 from kmsemu.host.rules import HostSettings
@@ -152,10 +153,21 @@ async def open_host(config: HostConfig) -> RunningHost:
         c.publishing,
     )
     store = HostStore(state)
+    journal: Journal | None = None
     try:
+        journal, recovered = open_journal(store)  # what a killed host answered comes back
         kms = build_host(store, catalog, settings, c.secrets, clock)
         log = EventLog(c.log_stream, c.log_format, product_names=product_names(catalog))
-        server = KmsServer(kms, store, log, c.options, now=lambda: filetime_from_unix(clock.now()))
+        server = KmsServer(
+            kms,
+            store,
+            log,
+            c.options,
+            now=lambda: filetime_from_unix(clock.now()),
+            journal=journal if c.options.durable else None,
+        )
+        if not c.options.durable:
+            journal.close(remove=True)
         try:
             bound = await server.start(c.addresses)
             if not bound:
@@ -178,6 +190,8 @@ async def open_host(config: HostConfig) -> RunningHost:
             started=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         # "started", not "ready": scripts wait for the process's one ``ready ...`` line
+        if recovered:
+            log.event("recovered", server.now(), {"requests": recovered, "from": "journal"})
         log.event(
             "started",
             server.now(),
@@ -189,6 +203,8 @@ async def open_host(config: HostConfig) -> RunningHost:
         )
         log.flush()
     except BaseException:
+        if journal is not None:  # recovered: the store holds all it had
+            journal.close(remove=True)
         store.close()
         raise
     return RunningHost(server, store, log, bound)

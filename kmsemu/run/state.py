@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-#: SQLite's companions of a database file.
-_SIDECARS: Final = ("", "-wal", "-shm", "-journal")
+#: SQLite's companions of a database file, and the KMS host's journal of answers.
+_SIDECARS: Final = ("", "-wal", "-shm", "-journal", ".answered")
 
 
 def _missing_dirs(path: Path) -> list[Path]:

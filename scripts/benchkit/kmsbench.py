@@ -20,7 +20,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,7 @@ class ServerSpec:
     pool: int | None = None
 
 
-def kmsemu_host_spec(log_format: str = "text") -> ServerSpec:
+def kmsemu_host_spec(log_format: str = "text", ack: str = "durable") -> ServerSpec:
     base = kmsemu_argv()
 
     def argv(loop: str, state: Path) -> list[str]:
@@ -105,9 +105,12 @@ def kmsemu_host_spec(log_format: str = "text") -> ServerSpec:
             loop,
             "--log-format",
             log_format,
+            "--ack",
+            ack,
         ]
 
-    return ServerSpec("kmsemu host", argv, "ready kms-host ")
+    name = "kmsemu host" if ack == "durable" else f"kmsemu host --ack {ack}"
+    return ServerSpec(name, argv, "ready kms-host ")
 
 
 def echo_spec() -> ServerSpec:
@@ -333,12 +336,15 @@ def parse_args(argv: list[str] | None, description: str, peer: bool) -> argparse
             ("--against-echo", bool, False,
              "run scripts/bench-echo's floor in the same rounds (host, echo, host, echo, ...) "
              "and report host CPU per activation as a ratio of the floor's"),
+            ("--against-batched", bool, False,
+             "also run the host with --ack batched in the same rounds and report what durable "
+             "answers cost"),
             ("--write", bool, False,
              f"with --against-echo, put the report in docs/benchmarks.md ({SECTION!r})"),
         ])  # fmt: skip
     args = parser.parse_args(argv)
     if not peer:
-        args.against_echo = args.write = False
+        args.against_echo = args.against_batched = args.write = False
     if args.write and not args.against_echo:
         parser.error("--write goes with --against-echo")
     args.client_counts = [int(c) for c in options.split_list(args.clients)]
@@ -413,17 +419,20 @@ def run_all(specs: list[ServerSpec], args: argparse.Namespace, argv_shown: list[
         "command": " ".join(argv_shown),
         "results": [asdict(r) for r in results],
     }
-    if len(specs) == 1:
-        emit(document, lambda: report(results, machine, argv_shown), args.json)
-    else:
-        floors = floor_ratios(runs, scenarios)
+    text = report(results, machine, argv_shown)
+    names = [spec.name for spec in specs]
+    if "echo" in names:
+        floors = floor_ratios(runs, scenarios, names.index("echo"))
         document["against_echo"] = [asdict(f) for f in floors]
-        text = report(results, machine, argv_shown) + "\n\n" + floor_table(floors, args.repeat)
-        emit(document, lambda: text, args.json)
-        if args.write:
-            update_section(SECTION, floor_section(text))
-            print(f"bench-host: wrote the section {SECTION!r} of docs/benchmarks.md",
-                  file=sys.stderr)  # fmt: skip
+        text += "\n\n" + floor_table(floors, args.repeat)
+    if len(names) > 1 and names[1] != "echo":
+        costs = floor_ratios(runs, scenarios, 1)
+        document["against_batched"] = [asdict(f) for f in costs]
+        text += "\n\n" + batched_table(costs, args.repeat)
+    emit(document, lambda: text, args.json)
+    if args.write:
+        update_section(SECTION, floor_section(text))
+        print(f"bench-host: wrote the section {SECTION!r} of docs/benchmarks.md", file=sys.stderr)
     bad = any(r.problems or not r.activations for r in results)
     return 1 if bad else 0
 
@@ -448,26 +457,37 @@ class FloorRatio:
     #: Round by round (run i of the host over run i of the echo).
     round_ratios: list[float]
     target: float | None
+    #: Activations per second of the two median runs, and their ratio round by round.
+    host_per_second: float = 0.0
+    echo_per_second: float = 0.0
+    round_rate_ratios: list[float] = field(default_factory=list)
 
 
 def floor_ratios(
-    runs: dict[tuple[int, str, int], list[Result]], scenarios: list[tuple[int, str, int]]
+    runs: dict[tuple[int, str, int], list[Result]],
+    scenarios: list[tuple[int, str, int]],
+    peer: int,
 ) -> list[FloorRatio]:
+    """The host (the first server) against the ``peer``-th server, scenario by scenario."""
     out = []
     for mode, clients in dict.fromkeys((m, c) for _, m, c in scenarios):
-        host, echo = runs[(0, mode, clients)], runs[(1, mode, clients)]
+        host, echo = runs[(0, mode, clients)], runs[(peer, mode, clients)]
         pairs = zip(host, echo, strict=True)
         rounds = [
             round(h.host_cpu_us_per_activation / e.host_cpu_us_per_activation, 3)
             for h, e in pairs
             if h.host_cpu_us_per_activation and e.host_cpu_us_per_activation
         ]
-        host_us = _median(host).host_cpu_us_per_activation
-        echo_us = _median(echo).host_cpu_us_per_activation
+        rates = [round(h.per_second / e.per_second, 3)
+                 for h, e in zip(host, echo, strict=True) if e.per_second]  # fmt: skip
+        host_median, echo_median = _median(host), _median(echo)
+        host_us = host_median.host_cpu_us_per_activation
+        echo_us = echo_median.host_cpu_us_per_activation
         value = ratio(host_us, echo_us)
         out.append(FloorRatio(mode, clients, host_us, echo_us,
                               None if value is None else round(value, 3), rounds,
-                              FLOOR_TARGETS.get(mode)))  # fmt: skip
+                              FLOOR_TARGETS.get(mode), host_median.per_second,
+                              echo_median.per_second, rates))  # fmt: skip
     return out
 
 
@@ -493,6 +513,29 @@ def floor_table(floors: list[FloorRatio], rounds: int) -> str:
     return note + "\n\n" + table(columns, [row(f) for f in floors])
 
 
+def batched_table(costs: list[FloorRatio], rounds: int) -> str:
+    """Durable answers (the default) against ``--ack batched``: throughput and CPU."""
+
+    def row(f: FloorRatio) -> list[Any]:
+        rate = ratio(f.host_per_second, f.echo_per_second)
+        met = "—" if rate is None else ("**met**" if rate >= 0.9 else "not met")
+        return [f.mode, f.clients, f"{f.host_per_second:,.0f}", f"{f.echo_per_second:,.0f}",
+                fmt(rate, ".2f"), span(f.round_rate_ratios, ".2f"), fmt(f.host_us, ".1f"),
+                fmt(f.echo_us, ".1f"), fmt(f.ratio, ".2f"), met]  # fmt: skip
+
+    columns = (
+        "| mode | clients> | durable act/s> | batched act/s> | throughput ratio> "
+        "| per-round> | durable CPU µs/act> | batched CPU µs/act> | CPU ratio> "
+        "| within 10% |"
+    )
+    note = (
+        f"Durable answers (`--ack durable`, the default: the journal written before the "
+        f"answer) against `--ack batched`, medians of {rounds} interleaved "
+        f"round{'s' if rounds != 1 else ''}."
+    )
+    return note + "\n\n" + table(columns, [row(f) for f in costs])
+
+
 def floor_section(text: str) -> str:
     intro = (
         "Issue 15 asks the KMS host for at most 1.4 times the CPU per activation of the bare "
@@ -516,5 +559,9 @@ def main(
     command has ``--against-echo`` (run the peer in the same rounds, report ratios)."""
     args = parse_args(argv, description, peer is not None)
     shown = [name, *(sys.argv[1:] if argv is None else argv)]
-    specs = [spec, peer] if args.against_echo and peer is not None else [spec]
+    specs = [spec]
+    if args.against_batched:
+        specs.append(kmsemu_host_spec(ack="batched"))
+    if args.against_echo and peer is not None:
+        specs.append(peer)
     return run_all(specs, args, shown)

@@ -1,0 +1,132 @@
+"""The host's journal of answered requests: records, torn tails, recovery, a full disk."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import io
+import sqlite3
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+from kmsemu.errors import HResult
+from kmsemu.host import journal
+from kmsemu.host.events import EventLog
+from kmsemu.host.rules import LogRecord
+from kmsemu.host.server import KmsServer, _KmsProtocol
+from kmsemu.host.store import HostStore, LoggedRequest
+from tests.test_lean import (
+    CATALOG,
+    IDENTITY,
+    NOW,
+    PORT,
+    SECRET,
+    Transport,
+    activation,
+    bind_pdu,
+    request_pdu,
+)
+
+APP = bytes(range(16))
+
+
+def logged(status: int, cmid: int, when: int = NOW) -> LoggedRequest:
+    record = LogRecord(when, status, 1, None, cmid.to_bytes(16, "little"), when - 5)
+    return LoggedRequest(record, "127.0.0.1:50000", "" if status == 0 else "refused")
+
+
+def test_records_read_back_in_order_and_a_torn_tail_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "host.sqlite3.answered"
+    j = journal.Journal(path)
+    j.append(
+        journal.record(1, logged(0, 7)) + journal.record(2, logged(HResult.TIMESTAMP_INVALID, 8))
+    )
+    j.append(journal.record(3, logged(0, 9))[:-3])  # a write cut short by a full disk
+    j.close(remove=False)
+    read = list(journal.read(path))
+    assert [seq for seq, _, _ in read] == [1, 2]
+    _, row, previous = read[1]
+    assert row[1] == 0xC004F06C and type(row[1]) is int  # HResult stored as a plain int
+    assert row[4] == (8).to_bytes(16, "little") and row[14] == "refused" and previous is None
+
+
+def test_a_record_that_does_not_check_out_ends_the_journal(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    body = b"not what was written"
+    path.write_bytes(
+        journal.record(1, logged(0, 1))
+        + struct.pack("<II", len(body), zlib.crc32(body) ^ 1)
+        + body
+        + journal.record(3, logged(0, 3))
+    )
+    assert [seq for seq, _, _ in journal.read(path)] == [1]
+
+
+def test_recovery_takes_only_what_the_store_has_not_got(tmp_path: Path) -> None:
+    store = HostStore(tmp_path / "host")
+    store.save({}, [logged(0, 1)], journal_seq=1)  # seq 1 is in the store already
+    path = journal.journal_path(store.path)
+    path.write_bytes(b"".join(journal.record(s, logged(0, s)) for s in (1, 2, 3)))
+    j, taken = journal.open_journal(store)
+    assert taken == 2 and store.journal_seq() == 3 and path.stat().st_size == 0
+    j.close(remove=True)
+    assert not path.exists()
+    db = sqlite3.connect(store.path)
+    cmids = [r[0] for r in db.execute("SELECT client_machine_id FROM requests ORDER BY id")]
+    assert cmids == [(s).to_bytes(16, "little") for s in (1, 2, 3)]
+
+
+class FullDisk:
+    """A journal whose disk is full."""
+
+    def __init__(self) -> None:
+        self.path = Path("/nonexistent")
+
+    def append(self, records: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def empty(self) -> None:
+        pass
+
+    def close(self, *, remove: bool) -> None:
+        pass
+
+
+class Rows:
+    def __init__(self) -> None:
+        self.rows: list[Any] = []
+
+    def save(self, snapshot: Any, requests: Any, journal_seq: int | None = None) -> None:
+        self.rows += [r.row() for r in requests]
+
+    def journal_seq(self) -> int:
+        return 0
+
+
+def test_an_answer_the_journal_cannot_take_never_leaves() -> None:
+    asyncio.run(_full_disk())
+
+
+async def _full_disk() -> None:
+    from kmsemu.host.rules import CountCache, HostRules, HostSettings
+    from kmsemu.host.service import KmsHost
+    from kmsemu.klp.envelope import Keyring
+
+    rules = HostRules(CATALOG, HostSettings(), IDENTITY, CountCache())
+    host = KmsHost(rules, Keyring([SECRET]), lambda: NOW)
+    stream = io.StringIO()
+    rows = Rows()
+    server = KmsServer(host, rows, EventLog(stream), now=lambda: NOW, journal=FullDisk())  # type: ignore[arg-type]
+    protocol = _KmsProtocol(server, PORT)
+    transport = Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(bind_pdu())
+    protocol.data_received(request_pdu(activation(1, NOW, "PC")))
+    assert len(transport.written) == 1  # the BIND_ACK; the answer waits for the journal
+    server.commit()
+    assert len(transport.written) == 1 and transport.closed  # dropped, unanswered
+    server.flush()
+    assert "journal-failed" in stream.getvalue() and "No space left" in stream.getvalue()
+    assert len(rows.rows) == 1  # the request is still logged (the host did count it)
