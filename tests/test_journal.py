@@ -37,13 +37,15 @@ def logged(status: int, cmid: int, when: int = NOW) -> LoggedRequest:
     return LoggedRequest(record, "127.0.0.1:50000", "" if status == 0 else "refused")
 
 
+def entry(seq: int, request: LoggedRequest) -> bytes:
+    return journal.record(seq, request.row(), None)
+
+
 def test_records_read_back_in_order_and_a_torn_tail_is_dropped(tmp_path: Path) -> None:
     path = tmp_path / "host.sqlite3.answered"
     j = journal.Journal(path)
-    j.append(
-        journal.record(1, logged(0, 7)) + journal.record(2, logged(HResult.TIMESTAMP_INVALID, 8))
-    )
-    j.append(journal.record(3, logged(0, 9))[:-3])  # a write cut short by a full disk
+    j.append(entry(1, logged(0, 7)) + entry(2, logged(HResult.TIMESTAMP_INVALID, 8)))
+    j.append(entry(3, logged(0, 9))[:-3])  # a write cut short by a full disk
     j.close(remove=False)
     read = list(journal.read(path))
     assert [seq for seq, _, _ in read] == [1, 2]
@@ -56,10 +58,10 @@ def test_a_record_that_does_not_check_out_ends_the_journal(tmp_path: Path) -> No
     path = tmp_path / "j"
     body = b"not what was written"
     path.write_bytes(
-        journal.record(1, logged(0, 1))
+        entry(1, logged(0, 1))
         + struct.pack("<II", len(body), zlib.crc32(body) ^ 1)
         + body
-        + journal.record(3, logged(0, 3))
+        + entry(3, logged(0, 3))
     )
     assert [seq for seq, _, _ in journal.read(path)] == [1]
 
@@ -68,7 +70,7 @@ def test_recovery_takes_only_what_the_store_has_not_got(tmp_path: Path) -> None:
     store = HostStore(tmp_path / "host")
     store.save({}, [logged(0, 1)], journal_seq=1)  # seq 1 is in the store already
     path = journal.journal_path(store.path)
-    path.write_bytes(b"".join(journal.record(s, logged(0, s)) for s in (1, 2, 3)))
+    path.write_bytes(b"".join(entry(s, logged(0, s)) for s in (1, 2, 3)))
     j, taken = journal.open_journal(store)
     assert taken == 2 and store.journal_seq() == 3 and path.stat().st_size == 0
     j.close(remove=True)
@@ -98,8 +100,8 @@ class Rows:
     def __init__(self) -> None:
         self.rows: list[Any] = []
 
-    def save(self, snapshot: Any, requests: Any, journal_seq: int | None = None) -> None:
-        self.rows += [r.row() for r in requests]
+    def save_rows(self, snapshot: Any, rows: Any, journal_seq: int | None = None) -> None:
+        self.rows += list(rows)
 
     def journal_seq(self) -> int:
         return 0

@@ -274,8 +274,8 @@ class Store:
     def __init__(self) -> None:
         self.rows: list[tuple[Any, ...]] = []
 
-    def save(self, snapshot: Any, requests: Any, journal_seq: int | None = None) -> None:
-        self.rows += [r.row() for r in requests]
+    def save_rows(self, snapshot: Any, rows: Any, journal_seq: int | None = None) -> None:
+        self.rows += list(rows)
 
     def journal_seq(self) -> int:
         return 0

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from kmsemu.host.store import HostStore, LoggedRequest
+from kmsemu.host.store import HostStore
 
 SUFFIX: Final = ".answered"
 _FRAME = struct.Struct("<II")
@@ -42,11 +42,9 @@ def journal_path(database: Path) -> Path:
     return database.with_name(database.name + SUFFIX)
 
 
-def record(seq: int, logged: LoggedRequest) -> bytes:
-    """One journal record for an answered request."""
-    q = logged.record.request
-    previous = q.previous_client_machine_id if q is not None else None
-    row = logged.row()
+def record(seq: int, row: tuple[Any, ...], previous: bytes | None) -> bytes:
+    """One journal record: an answered request's ``requests`` row (``LoggedRequest.row``)
+    and its previous CMID (the count cache needs it to be rebuilt)."""
     if type(row[_STATUS]) is not int:  # an HResult member: marshal takes plain ints only
         row = (row[0], int(row[_STATUS]), *row[2:])
     body = marshal.dumps((seq, row, previous))

@@ -68,7 +68,8 @@ class KmsServer:
         self.now = now
         self._servers: list[asyncio.Server] = []
         self.connections: set[_KmsProtocol] = set()
-        self._pending: list[LoggedRequest] = []
+        #: ``requests`` rows of answered requests the store has not got yet.
+        self._pending: list[tuple[Any, ...]] = []
         #: Journal records of answered requests whose answers wait for them (this turn's).
         self._unjournaled: list[bytes] = []
         #: Connections holding answers until the journal has this turn's records.
@@ -179,10 +180,13 @@ class KmsServer:
     def record(self, logged: LoggedRequest, started: float = 0.0) -> None:
         """Log an answered request and queue it for the store (and the journal, if any);
         observers get its time taken."""
-        self._pending.append(logged)
+        row = logged.row()
+        self._pending.append(row)
         if self.journal is not None:
             self._seq += 1
-            self._unjournaled.append(journal_record(self._seq, logged))
+            q = logged.record.request
+            previous = q.previous_client_machine_id if q is not None else None
+            self._unjournaled.append(journal_record(self._seq, row, previous))
         self.log.activation(logged.record, logged.peer, logged.reason)
         if self.observers:
             elapsed = time.perf_counter() - started
@@ -224,7 +228,7 @@ class KmsServer:
                 pending, self._pending = self._pending, []
                 seq = self._seq if self.journal is not None else None
                 try:
-                    self.store.save(snapshot, pending, seq)
+                    self.store.save_rows(snapshot, pending, seq)
                 except Exception:  # keep it all for the next attempt
                     cache.dirty.update(snapshot)
                     self._pending[:0] = pending
