@@ -299,8 +299,8 @@ def activation(cmid: int, when: int, name: str) -> bytes:
 
 
 def serve(connection: type[ServerConnection], streams: list[list[bytes]]) -> dict[str, Any]:
-    """Every stream on its own connection, in turn, on a host with a journal (each chunk a
-    loop turn: answers held, then released); what the host wrote, logged, journaled, kept."""
+    """Every stream on its own connection, in turn, on a host with a journal (answers held
+    until the journal has them); what the host wrote, logged, journaled and kept."""
     return asyncio.run(_serve(connection, streams))
 
 
@@ -323,7 +323,7 @@ async def _serve(connection: type[ServerConnection], streams: list[list[bytes]])
             protocol.connection_made(transport)  # type: ignore[arg-type]
             for chunk in chunks:
                 protocol.data_received(chunk)
-                server.commit()  # the end of a loop turn
+                server.commit()  # nothing left: data_received commits
             protocol.eof_received()
             server.commit()
             protocol.connection_lost(None)

@@ -2,10 +2,10 @@
 
 The store takes request-log rows in batches (a transaction per fraction of a
 second), which is what keeps a busy host cheap, but a process killed between
-two batches would lose requests it had already answered. So each turn of the
-event loop, the server appends that turn's answered requests to this
-append-only file in one ``os.write`` (group commit: many rows per write),
-and only then writes their responses. Once ``write`` returns the rows are
+two batches would lose requests it had already answered. So once it has
+handled a received chunk, the server appends the requests that chunk answered
+to this append-only file in one ``os.write`` (a client's pipelined requests
+share it), and only then writes their responses. Once ``write`` returns the rows are
 the kernel's, so a SIGKILL or an out-of-memory kill loses nothing; a power
 cut may (no fsync: the same promise as the store's ``synchronous = NORMAL``).
 

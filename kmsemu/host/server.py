@@ -4,10 +4,10 @@ One ``asyncio.Protocol`` per connection feeds a pure ``LeanConnection`` (the
 general ``ServerConnection`` with a fast path for whole BINDs and REQUESTs)
 and hands complete calls to ``KmsHost``. Batches of count-cache changes and
 request-log rows go to the store every ``flush_interval`` seconds and at
-shutdown, so no request waits for a transaction; with a journal, each loop
-turn's answered requests are appended to it in one write before their
-responses leave (``kmsemu.host.journal``), so an answer survives a killed
-process. A sweeper closes connections
+shutdown, so no request waits for a transaction; with a journal, the
+requests a received chunk has answered are appended to it in one write
+before their responses leave (``kmsemu.host.journal``), so an answer
+survives a killed process. A sweeper closes connections
 idle longer than ``idle_timeout``; connections over ``max_connections`` are
 closed on arrival. Every failure is confined to its own connection.
 """
@@ -194,15 +194,14 @@ class KmsServer:
                 observer(logged, elapsed)
 
     def hold(self, conn: _KmsProtocol) -> None:
-        """Keep ``conn``'s output until this turn's answered requests are in the journal."""
-        if not self._held:
-            asyncio.get_running_loop().call_soon(self.commit)
+        """Keep ``conn``'s output until the answered requests are in the journal (``commit``
+        at the end of the chunk being handled)."""
         self._held.append(conn)
 
     def commit(self) -> None:
-        """Append this turn's answered requests to the journal in one write, then release
-        the answers held; when the journal cannot take them, those connections are dropped
-        unanswered (the rows stay queued for the store)."""
+        """Append the answered requests not yet journaled to the journal in one write, then
+        release the answers held; when the journal cannot take them, those connections are
+        dropped unanswered (the rows stay queued for the store)."""
         held, self._held = self._held, []
         records, self._unjournaled = self._unjournaled, []
         if not held and not records:
@@ -326,6 +325,8 @@ class _KmsProtocol(asyncio.Protocol):
             self._answered(self._answer(conn, event))
         else:
             self._act(conn, event)
+        if self._held is not None:  # this chunk's answers: into the journal, then out
+            self._server.commit()
 
     def eof_received(self) -> bool:
         conn = self._conn
@@ -334,6 +335,7 @@ class _KmsProtocol(asyncio.Protocol):
             self._pump(conn)
         if self._held is not None:  # half-closed: the answers held still go out
             self._close_after = True
+            self._server.commit()
             return True
         return False  # the transport closes itself
 
