@@ -88,8 +88,12 @@ class Authority:
         key = None if cache is None else query_key(data, udp=udp)
         if cache is None or key is None:
             return self.answer_uncached(data, udp=udp, trusted=trusted)
-        # read before answering: a change meanwhile moves it, so the reply is not kept
-        generation = tuple([z.generation for z in self._zones])
+        # read before answering: a change meanwhile moves it, so the reply is not kept (one
+        # zone, the lab's case, needs no tuple: set_zones empties the cache anyway)
+        zones = self._zones
+        generation = (
+            zones[0].generation if len(zones) == 1 else tuple([z.generation for z in zones])
+        )
         reply = cache.get(key, generation, data)
         if reply is None:
             reply = self.answer_uncached(data, udp=udp, trusted=trusted)

@@ -171,7 +171,9 @@ class ReplyCache:
                 return None
         entries.move_to_end(key)
         self.hits += 1
-        return bytes(query[:2]) + tail
+        if type(query) is bytes:
+            return query[:2] + tail
+        return bytes(query[:2]) + tail  # a bytearray's slice would make the reply one too
 
     def put(self, key: bytes, generation: object, reply: bytes) -> None:
         """Keep ``reply`` under ``key``, unless the zones changed since ``generation``."""
