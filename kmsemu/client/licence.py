@@ -43,6 +43,8 @@ VALIDITY_DAYS: Final = 180
 #: Read on every request in the fleet simulator: a module constant costs less than an enum
 #: member lookup.
 _LICENSED: Final = LicenseStatus.LICENSED
+_VALIDITY: Final = VALIDITY_DAYS * DAY
+_tuple_new: Final = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,16 +114,25 @@ class Licence:
 
 
 _FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Licence))
+_FIELD_COUNT: Final = len(_FIELDS)
+# object's own __new__ and __setattr__, looked up once (an attribute of a class is looked up
+# afresh on every use)
+_new_object: Final = object.__new__
+_set_attribute: Final = object.__setattr__
 
 
 def _evolve(lic: Licence, **changes: Any) -> Licence:
-    """``dataclasses.replace(lic, **changes)`` at about a third of the cost: a frozen
-    dataclass's ``__init__`` sets every field through ``object.__setattr__``. ``Licence``
-    has no ``__post_init__``, so copying the field values gives the same value."""
-    values = lic.__dict__ | changes
-    assert len(values) == len(_FIELDS), f"not Licence fields: {changes.keys() - _FIELDS}"
-    new = object.__new__(Licence)
-    object.__setattr__(new, "__dict__", values)  # past the frozen __setattr__, as __init__ goes
+    """``dataclasses.replace(lic, **changes)`` at about a third of the cost."""
+    return _licence(lic.__dict__ | changes)
+
+
+def _licence(values: dict[str, Any]) -> Licence:
+    """The licence with these field values (every field's): a frozen dataclass's
+    ``__init__`` sets every field through ``object.__setattr__``, this sets the instance's
+    ``__dict__`` once. ``Licence`` has no ``__post_init__``, so that gives the same value."""
+    assert len(values) == _FIELD_COUNT, f"not Licence fields: {values.keys() - _FIELDS}"
+    new = _new_object(Licence)
+    _set_attribute(new, "__dict__", values)  # past the frozen __setattr__, as __init__ goes
     return new
 
 
@@ -262,22 +273,24 @@ def _activated(lic: Licence, e: Event) -> Step:
         return Step(lic, HResult.PRODUCT_KEY_INVALID)  # a MAK-type key has no KMS activation
     extra = lic.policy.rearm_bonus_after_activation
     bonus = not lic.bonus_rearm_given and extra > 0
-    return Step(
-        _evolve(
-            lic,
-            status=_LICENSED,
-            grace_ends=None,
-            valid_until=e.now + VALIDITY_DAYS * DAY,
-            next_attempt=e.now + e.renewal_interval * MINUTE,
-            activation_interval=e.activation_interval,
-            renewal_interval=e.renewal_interval,
-            rearms_left=(lic.rearms_left or 0) + (extra if bonus else 0),
-            bonus_rearm_given=lic.bonus_rearm_given or bonus,
-            reason=0,
-            last_hresult=0,
-            last_activation=e.now,
-        )
-    )
+    # Every renewal of a KMS client comes here (millions in a year of a large simulated
+    # fleet): the fields set one by one on a copy of the licence's cost a quarter less than
+    # _evolve's keywords merged in, and Step(...) would run the NamedTuple's generated
+    # Python __new__.
+    now = e.now
+    values = lic.__dict__.copy()
+    values["status"] = _LICENSED
+    values["grace_ends"] = None
+    values["valid_until"] = now + _VALIDITY
+    values["next_attempt"] = now + e.renewal_interval * MINUTE
+    values["activation_interval"] = e.activation_interval
+    values["renewal_interval"] = e.renewal_interval
+    values["rearms_left"] = (lic.rearms_left or 0) + (extra if bonus else 0)
+    values["bonus_rearm_given"] = lic.bonus_rearm_given or bonus
+    values["reason"] = 0
+    values["last_hresult"] = 0
+    values["last_activation"] = now
+    return _tuple_new(Step, (_licence(values), None, False))
 
 
 def _permanent(lic: Licence, e: Event) -> Step:

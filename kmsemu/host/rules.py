@@ -140,7 +140,7 @@ class CountCache:
             capacity = self.capacity[app] = wanted
         if previous != _NIL and previous != cmid:
             entries.pop(previous, None)
-        in_order = not entries or next(reversed(entries.values())) <= now
+        in_order = not entries or entries[next(reversed(entries))] <= now  # the newest's time
         entries[cmid] = now
         entries.move_to_end(cmid)
         if not in_order:  # the host clock went back: keep the oldest-first invariant
@@ -149,8 +149,8 @@ class CountCache:
         while len(entries) > capacity:
             entries.popitem(last=False)
         while entries:  # expire from the oldest end
-            oldest, last_seen = next(iter(entries.items()))
-            if now - last_seen < LIVE_WINDOW:
+            oldest = next(iter(entries))  # no items view and (key, value) pair to build
+            if now - entries[oldest] < LIVE_WINDOW:
                 break
             del entries[oldest]
         return len(entries)

@@ -39,11 +39,11 @@ from kmsemu.host.rules import HostSettings
 from kmsemu.keys.product_key import KeyType, mint
 from kmsemu.klp import DEFAULT_SECRET
 from kmsemu.klp.envelope import LabKey
-from kmsemu.klp.messages import ActivationRequest, RequestFields
+from kmsemu.klp.messages import ActivationRequest
 from kmsemu.run.dns import DnsThread
 from kmsemu.run.host import HostConfig, HostThread
 from kmsemu.run.mak import MakConfig, MakThread
-from kmsemu.sim.engine import Engine, KmsReply
+from kmsemu.sim.engine import Client, Engine, KmsReply, request
 from kmsemu.sim.scenario import DAY, Scenario
 from kmsemu.sim.timeline import Timeline
 from kmsemu.wire import filetime_from_unix
@@ -126,7 +126,7 @@ class NetworkBackend:
 
     # -- Backend ----------------------------------------------------------------------
 
-    def kms(self, host: str, request: RequestFields, now: float) -> KmsReply | None:
+    def kms(self, host: str, client: Client, now: float) -> KmsReply | None:
         """One KLP/1 exchange with the host's server (a dead port during an outage)."""
         self.clock.current = now
         spec = self.scenario.host(host)
@@ -135,7 +135,10 @@ class NetworkBackend:
         address = self._dead.getsockname()[:2] if down else running.address
         try:
             exchange = request_activation(
-                address, ActivationRequest.from_fields(request), self.key, timeout=TIMEOUT
+                address,
+                ActivationRequest.from_fields(request(client, now)),
+                self.key,
+                timeout=TIMEOUT,
             )
         except ActivationError:
             return None
