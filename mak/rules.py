@@ -11,7 +11,9 @@ request's hardware ID and the time, and answers with a ``Decision``: count a
 new machine, reactivate a known one for free, reactivate a KMS host (which
 uses one of its 9 reactivations), or refuse with a ``SERVICE_ERRORS`` code.
 The stores call it inside the transaction that holds the key's row, so what
-it decides is what gets written.
+it decides is what gets written (PostgreSQL's store decides in the database
+and then calls it on the rows it read there, to check what was written and
+to word any refusal).
 
 Candidate lookup: two IDs that agree on 7 of 10 bytes disagree on at most
 3, so at least one of the four byte groups of ``GROUPS`` is equal in both.

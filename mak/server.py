@@ -26,7 +26,9 @@ from kmsemu.errors import ConfigError
 from mak.defaults import DB_NAME, token_file
 from mak.store.base import Store
 
-POSTGRES_THREADS: Final = 8
+#: Store calls at once on PostgreSQL (a connection each): a key's activations waiting while
+#: its previous call is out share the next one, so more threads make fewer, larger calls.
+POSTGRES_THREADS: Final = 16
 #: Seconds a request's line and headers may take, and the bytes they may fill.
 HEAD_TIMEOUT: Final = 10.0
 MAX_HEAD: Final = 64 * 1024

@@ -3,7 +3,9 @@
 Two implementations share one contract test suite: SQLite (``sqlite.py``,
 the default, embedded) and PostgreSQL (``postgres.py``, several service
 processes on one database). Both are thin: the SQL and the use of
-``mak.rules`` live once, in ``sql.py``.
+``mak.rules`` live once, in ``sql.py``, except PostgreSQL's activation,
+which is one call of a server-side function (``pg_activate.py``) whose
+answers are checked against ``mak.rules``.
 
 Every method is synchronous. ``blocking_ok`` tells the service whether a
 call may run on its event loop (SQLite: one connection, short transactions)
@@ -13,7 +15,9 @@ Atomicity: ``activate`` reads the key, its candidate machines and any
 earlier answer to the same ``request_id``, decides with ``mak.rules``, and
 writes, all in one transaction that holds the key's row; concurrent
 activations of one key are serialised by the database, in one process or
-several. Nothing here ever sees a whole key: only its fingerprint.
+several (PostgreSQL may do several of one key's activations in one such
+transaction, one after another). Nothing here ever sees a whole key: only
+its fingerprint.
 """
 
 from __future__ import annotations

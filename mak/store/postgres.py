@@ -1,23 +1,39 @@
 """The MAK store in PostgreSQL (psycopg 3), for several services sharing state.
 
 Each thread has its own connection (the service runs store calls in a small
-thread pool). ``activate`` locks the key's row with ``SELECT ... FOR UPDATE``
-so activations of one key are serialised across connections and processes,
-while different keys proceed in parallel.
+thread pool). Activations of one key are serialised by its row, locked with
+``SELECT ... FOR UPDATE`` across connections and processes, while different
+keys proceed in parallel.
+
+One round trip per activation, or fewer: ``activate`` calls the server-side
+function ``mak_activate`` (created with the schema) once, in autocommit, for
+itself and every activation of the same key that arrived while the key's
+previous call was out (``mak.store.pg_activate`` says why and how).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import psycopg
 
 from kmsemu.errors import ServiceError
-from mak.store.base import Executor
-from mak.store.sql import SCHEMA, SCHEMA_VERSION, SqlStore
+from mak import rules
+from mak.store.base import Activation, Executor
+from mak.store.pg_activate import (
+    ACTIVATE_FUNCTION,
+    CALL,
+    Combiner,
+    Failed,
+    Pending,
+    answer,
+    call_params,
+)
+from mak.store.sql import SCHEMA, SCHEMA_VERSION, SqlStore, short_name
 
 #: Any fixed number: the advisory lock that serialises schema creation.
 _SCHEMA_LOCK = 0x6B6D73656D75
@@ -36,6 +52,7 @@ class PostgresStore(SqlStore):
         self._all: list[psycopg.Connection[Any]] = []
         self._guard = threading.Lock()
         self._queries: dict[str, str] = {}
+        self._combiner: Combiner[Pending, Sequence[Any] | Failed] = Combiner()
         db = self._connection()
         with db.transaction():
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
@@ -46,6 +63,7 @@ class PostgresStore(SqlStore):
                     real="DOUBLE PRECISION",
                 )
             )
+            db.execute(ACTIVATE_FUNCTION)
             db.execute(
                 "INSERT INTO mak_meta VALUES ('schema', %s) ON CONFLICT DO NOTHING",
                 (str(SCHEMA_VERSION),),
@@ -77,6 +95,37 @@ class PostgresStore(SqlStore):
                 yield db
         except psycopg.OperationalError as exc:
             raise ServiceError("unavailable", f"PostgreSQL: {exc}") from None
+
+    def activate(
+        self,
+        fingerprint: str,
+        hardware_id: bytes,
+        now: float,
+        *,
+        route: str,
+        machine_name: str | None = None,
+        request_id: str | None = None,
+    ) -> Activation:
+        """Decide and record one activation: one call of ``mak_activate``, shared with the
+        key's other activations waiting meanwhile (``mak.store.pg_activate``)."""
+        if len(hardware_id) != rules.HARDWARE_ID_LENGTH:
+            raise ServiceError("invalid_field", "a hardware ID is 10 bytes", field="hardware_id")
+        pending = Pending(hardware_id, now, route, short_name(machine_name), request_id)
+        row = self._combiner.submit(fingerprint, pending, partial(self._call, fingerprint))
+        if isinstance(row, Failed):
+            raise ServiceError("unavailable", row.detail)
+        return answer(row, fingerprint, pending)
+
+    def _call(self, fingerprint: str, batch: list[Pending]) -> list[Sequence[Any] | Failed]:
+        """One round trip: ``mak_activate`` for activations of one key, a row for each."""
+        try:
+            db = self._connection()
+            cursor = db.execute(CALL, call_params(fingerprint, batch), prepare=False)
+            return list(cursor.fetchall())
+        except ServiceError as exc:  # no connection
+            return [Failed(exc.detail) for _ in batch]
+        except psycopg.OperationalError as exc:
+            return [Failed(f"PostgreSQL: {exc}") for _ in batch]
 
     def close(self) -> None:
         """Close the connection of every thread."""

@@ -4,7 +4,8 @@ Subclasses supply a transaction (``_transaction``), the schema's column
 types and how a key's row is locked; queries are written with ``?``
 placeholders and translated by ``_q`` where the driver wants ``%s``.
 Booleans are stored as 0/1 integers and times as POSIX seconds, the same
-on both databases.
+on both databases. ``activate`` here is SQLite's (PostgreSQL's store does it
+in one round trip: ``pg_activate``).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ CREATE TABLE IF NOT EXISTS mak_requests (
     + PORTAL_SCHEMA
 )
 
-_KEY_COLUMNS = (
+KEY_COLUMNS = (
     "fingerprint, last5, key_type, product, key_limit, increased, used, blocked,"
     " expires, reactivations, created"
 )
@@ -106,7 +107,8 @@ _EARLIER_REQUEST = (
 MAX_MACHINE_NAME = 63
 
 
-def _key(row: Sequence[Any]) -> KeyRecord:
+def key_record(row: Sequence[Any]) -> KeyRecord:
+    """A key from its row of ``mak_keys`` (the columns of ``KEY_COLUMNS``, in order)."""
     return KeyRecord(
         fingerprint=row[0],
         last5=row[1],
@@ -173,11 +175,11 @@ class SqlStore(PortalSql):
     def _select_key(self, db: Executor, fingerprint: str, lock: bool = False) -> KeyRecord | None:
         row = self._exec(
             db,
-            f"SELECT {_KEY_COLUMNS} FROM mak_keys WHERE fingerprint = ?"
+            f"SELECT {KEY_COLUMNS} FROM mak_keys WHERE fingerprint = ?"
             + (self._lock_key if lock else ""),
             (fingerprint,),
         ).fetchone()
-        return _key(row) if row else None
+        return key_record(row) if row else None
 
     def _require_key(self, db: Executor, fingerprint: str) -> KeyRecord:
         record = self._select_key(db, fingerprint)
@@ -202,7 +204,7 @@ class SqlStore(PortalSql):
     def _insert_key(self, db: Executor, record: KeyRecord, used: int) -> bool:
         row = self._exec(
             db,
-            f"INSERT INTO mak_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO mak_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (fingerprint) DO NOTHING RETURNING fingerprint",
             (
                 record.fingerprint,
@@ -231,9 +233,9 @@ class SqlStore(PortalSql):
         """Every key, oldest first."""
         with self._transaction(write=False) as db:
             rows = self._exec(
-                db, f"SELECT {_KEY_COLUMNS} FROM mak_keys ORDER BY created, fingerprint"
+                db, f"SELECT {KEY_COLUMNS} FROM mak_keys ORDER BY created, fingerprint"
             ).fetchall()
-        return [_key(row) for row in rows]
+        return [key_record(row) for row in rows]
 
     def increase(self, fingerprint: str, amount: int, now: float, reason: str) -> KeyRecord:
         """Add ``amount`` to the key's increases and record why, in one transaction."""
@@ -298,15 +300,7 @@ class SqlStore(PortalSql):
             if request_id is not None and key is not None:
                 earlier = self._exec(db, _EARLIER_REQUEST, (request_id,)).fetchone()
                 if earlier is not None:
-                    if earlier[0] != fingerprint or not same_machine(
-                        bytes(earlier[3]), hardware_id
-                    ):
-                        raise ServiceError(
-                            "invalid_field",
-                            "this request_id was used for another key or machine",
-                            field="request_id",
-                        )
-                    return Activation(key, Verdict(earlier[2]), earlier[1], replayed=True)
+                    return replayed(key, earlier, fingerprint, hardware_id)
             groups = rules.hardware_groups(hardware_id)
             params = [v for group in groups for v in (fingerprint, group)]
             rows = self._exec(db, _CANDIDATES, params).fetchall() if key else []
@@ -317,11 +311,19 @@ class SqlStore(PortalSql):
                 raise ServiceError(decision.refusal, decision.detail)
             assert key is not None
             if decision.machine is None:
-                name = machine_name[:MAX_MACHINE_NAME] if machine_name else None
                 row = self._exec(
                     db,
                     _INSERT_MACHINE,
-                    (fingerprint, hardware_id, *groups, name, route, now, now, 0),
+                    (
+                        fingerprint,
+                        hardware_id,
+                        *groups,
+                        short_name(machine_name),
+                        route,
+                        now,
+                        now,
+                        0,
+                    ),
                 ).fetchone()
                 if row is None:  # cannot happen while the key's row is held; never count it
                     raise ServiceError("unavailable", "machine recorded concurrently")
@@ -451,6 +453,25 @@ class SqlStore(PortalSql):
                     (m.fingerprint,),
                 )
         return ImportReport(added, kept, machines_added, machines_kept)
+
+
+def short_name(machine_name: str | None) -> str | None:
+    """A machine name as recorded: at most ``MAX_MACHINE_NAME`` characters, "" as None."""
+    return machine_name[:MAX_MACHINE_NAME] if machine_name else None
+
+
+def replayed(
+    key: KeyRecord, earlier: Sequence[Any], fingerprint: str, hardware_id: bytes
+) -> Activation:
+    """The answer to a repeated ``request_id`` (``earlier``: its key, machine, verdict and
+    the machine's hardware ID); ``invalid_field`` when it named another key or machine."""
+    if earlier[0] != fingerprint or not same_machine(bytes(earlier[3]), hardware_id):
+        raise ServiceError(
+            "invalid_field",
+            "this request_id was used for another key or machine",
+            field="request_id",
+        )
+    return Activation(key, Verdict(earlier[2]), earlier[1], replayed=True)
 
 
 def key_json(key: KeyRecord) -> dict[str, Any]:

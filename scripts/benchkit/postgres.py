@@ -1,4 +1,10 @@
-"""A throwaway PostgreSQL cluster: initdb into a temporary directory, removed at the end."""
+"""A throwaway PostgreSQL cluster: initdb into a temporary directory, removed at the end.
+
+The server preloads ``pg_stat_statements`` when the installation has it (Debian's
+postgresql package does), so ``statements`` can count the statements a database was
+sent: with autocommit and no pipelining, one statement is one round trip (BEGIN and
+COMMIT count as statements of their own).
+"""
 
 from __future__ import annotations
 
@@ -57,6 +63,8 @@ class PgCluster:
         self._log: Any = None
         self.postmaster = 0
         self.numbered = 0
+        #: Whether ``statements`` can count (pg_stat_statements loaded and created).
+        self.counts_statements = False
         self.as_user: list[str] = []
         if os.geteuid() == 0:
             import pwd
@@ -93,6 +101,11 @@ class PgCluster:
         if initdb.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{initdb.stdout}\n{initdb.stderr}")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        preload = (
+            ["-c", "shared_preload_libraries=pg_stat_statements"]
+            if self._has_extension("pg_stat_statements")
+            else []
+        )
         self.proc = subprocess.Popen(
             [
                 *self.as_user,
@@ -105,6 +118,7 @@ class PgCluster:
                 str(self.port),
                 "-c",
                 "listen_addresses=127.0.0.1",
+                *preload,
             ],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -125,6 +139,23 @@ class PgCluster:
                     raise RuntimeError("PostgreSQL did not start:\n" + log) from None
                 time.sleep(0.1)
         self.postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        if preload:
+            self._admin("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            self.counts_statements = True
+
+    def _has_extension(self, name: str) -> bool:
+        """Whether the installation ships extension ``name`` (pg_config --sharedir)."""
+        try:
+            share = subprocess.run(
+                [str(self.bindir / "pg_config"), "--sharedir"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return (Path(share) / "extension" / f"{name}.control").exists()
 
     def url(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -162,6 +193,17 @@ class PgCluster:
         )
         rows = self._admin(*(f"SHOW {n}" for n in names))
         return {n: str(r[0][0]) for n, r in zip(names, rows, strict=True)}
+
+    def statements(self, database: str) -> int | None:
+        """Statements database ``database`` has run since the cluster started (its top-level
+        ones, BEGIN and COMMIT included); None when pg_stat_statements is not there."""
+        if not self.counts_statements:
+            return None
+        rows = self._admin(
+            "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s"
+            f" JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = '{database}'"
+        )
+        return int(rows[0][0][0])
 
     def cpu_seconds(self) -> float:
         return tree_cpu(self.postmaster)
