@@ -3,7 +3,12 @@ scenario format, determinism and the CLI."""
 
 from __future__ import annotations
 
+import gc
+import heapq
 import json
+import math
+import random
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -13,9 +18,11 @@ from click.testing import CliRunner
 
 from kmsemu.cli import main
 from kmsemu.errors import ConfigError
-from kmsemu.sim.engine import run_fast
+from kmsemu.sim.engine import Client, Engine, FastBackend, Reply, request, run_fast
 from kmsemu.sim.network import run_network
-from kmsemu.sim.scenario import builtin_names, load_scenario, parse_scenario
+from kmsemu.sim.queue import DayQueue
+from kmsemu.sim.scenario import DAY, Scenario, builtin_names, load_scenario, parse_scenario
+from kmsemu.wire import filetime_from_unix
 
 
 @cache
@@ -278,3 +285,117 @@ def test_a_hardware_change_reactivates_against_kms_at_once() -> None:
     assert column(doc, "licensed") == [30] * 20
     assert doc["days"][10]["activations"] == 5
     assert days_with(doc, "hardware_change") == [10]
+
+
+# -- the fast mode's shortcuts keep the rules' answers -----------------------------------
+
+
+class DecideToo(FastBackend):
+    """Fast mode, and beside it ``HostRules.decide`` on a twin of the hosts, given the
+    request the client sends: both must answer alike, request for request."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        super().__init__(scenario)
+        self.twin = FastBackend(scenario)
+        self.compared = 0
+
+    def kms(self, host: str, client: Client, now: float) -> Reply | None:
+        reply = super().kms(host, client, now)
+        spec, rules = self.twin.hosts[host]
+        if spec.down((now - self.scenario.start) / DAY):
+            assert reply is None
+            return reply
+        log, _ = rules.decide(request(client, now), filetime_from_unix(now + spec.clock_offset))
+        settings = rules.settings
+        expected = (
+            log.status,
+            log.current_count,
+            settings.activation_interval,
+            settings.renewal_interval,
+        )
+        assert reply == expected, f"{client.name} at {now}"
+        self.compared += 1
+        return reply
+
+
+KMS_SCENARIOS = [n for n in builtin_names() if n != "mak-exhausted"]  # the rest ask KMS
+
+
+@pytest.mark.parametrize("name", [*KMS_SCENARIOS, "bench"])
+def test_the_fast_backend_answers_as_host_rules_decide(name: str) -> None:
+    if name == "bench":  # scripts/bench-sim's scenario, smaller
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+        from benchkit.sim import scenario_text
+
+        scenario = parse_scenario(scenario_text(500, 200), "bench")
+    else:
+        scenario = load_scenario(name)
+    backend = DecideToo(scenario)
+    document = Engine(scenario, backend).run().to_json()
+    assert backend.compared > 0
+    if name != "bench":
+        assert document == timeline(name)
+
+
+# starts where a day's edge rounds to a day too early, or too late (a midnight never does)
+@pytest.mark.parametrize("start", [1_234_567.891, -654_321.5])
+def test_the_day_queue_runs_events_in_the_order_of_one_heap(start: float) -> None:
+    """Events at random times, on day edges (and a hair either side), at one instant, after
+    the last day; running an event pushes more (for the same instant or later, as the
+    engine's do): the queue runs them on the days and in the order one heap would."""
+    days = 20
+    edges = [start + d * DAY for d in range(days + 2)]
+
+    def some_time(rng: random.Random, after: float) -> float:
+        pick = rng.random()
+        if pick < 0.25:
+            edge = rng.choice(edges)
+            near = rng.choice([edge, math.nextafter(edge, 0), math.nextafter(edge, math.inf)])
+            return max(near, after)
+        if pick < 0.35:
+            return after
+        return after + rng.random() * rng.choice([3600.0, DAY, 7 * DAY])
+
+    def follow_up(item: tuple[float, int, int, int]) -> list[tuple[float, int]]:
+        rng = random.Random(item[2])  # what an event pushes depends on the event alone
+        return [
+            (some_time(rng, item[0]), rng.randrange(4)) for _ in range(rng.choice([0, 0, 1, 2]))
+        ]
+
+    rng = random.Random(5)
+    first = [(some_time(rng, start), rng.randrange(4)) for _ in range(3000)]
+
+    queue, ran = DayQueue(start, days), []
+    for client, (when, kind) in enumerate(first, 1):
+        queue.push(when, kind, client)
+    seq = len(first)
+    for day in range(days):
+        for item in queue.run(day):
+            ran.append((day, item))
+            for when, kind in follow_up(item):
+                seq += 1
+                queue.push(when, kind, seq)
+
+    heap = [(when, kind, n, n) for n, (when, kind) in enumerate(first, 1)]
+    heapq.heapify(heap)
+    expected, seq = [], len(first)
+    for day in range(days):  # the engine's loop before the queue
+        while heap and heap[0][0] < edges[day + 1]:
+            item = heapq.heappop(heap)
+            expected.append((day, item))
+            for when, kind in follow_up(item):
+                seq += 1
+                heapq.heappush(heap, (when, kind, seq, seq))
+    assert len(ran) > len(first) and ran == expected
+
+
+def test_fast_mode_pauses_the_garbage_collector_and_gives_it_back() -> None:
+    seen = []
+    run_fast(load_scenario("cloned-image"), progress=lambda day: seen.append(gc.isenabled()))
+    assert seen and not any(seen) and gc.isenabled()
+    gc.disable()
+    try:
+        run_fast(load_scenario("cloned-image"))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
