@@ -323,9 +323,7 @@ async def _serve(connection: type[ServerConnection], streams: list[list[bytes]])
             protocol.connection_made(transport)  # type: ignore[arg-type]
             for chunk in chunks:
                 protocol.data_received(chunk)
-                server.commit()  # nothing left: data_received commits
             protocol.eof_received()
-            server.commit()
             protocol.connection_lost(None)
             written.append((transport.written, transport.closed))
         journaled = list(read_journal(journal.path))

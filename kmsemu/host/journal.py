@@ -98,13 +98,6 @@ def read(path: Path) -> Iterator[tuple[int, tuple[Any, ...], bytes | None]]:
         at += _FRAME.size + length
 
 
-def open_journal(store: HostStore) -> tuple[Journal, int]:
-    """The journal of ``store``'s host, after ``recover``; and how many requests it gave."""
-    path = journal_path(store.path)
-    taken = recover(store, path)
-    return Journal(path), taken
-
-
 def recover(store: HostStore, path: Path) -> int:
     """Take into ``store`` the journal's records it has not committed, rows and count
     cache alike, in one transaction; the number taken. The journal is then emptied."""

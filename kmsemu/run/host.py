@@ -21,7 +21,7 @@ from kmsemu.catalog import Catalog
 from kmsemu.clock import OffsetClock
 from kmsemu.errors import ConfigError, LocalError
 from kmsemu.host.events import EventLog, TextSink
-from kmsemu.host.journal import Journal, open_journal
+from kmsemu.host.journal import Journal, journal_path, recover
 from kmsemu.host.options import ServerOptions
 from kmsemu.host.publish import Publication, Publisher, parse_server
 from kmsemu.host.rules import HostSettings
@@ -155,7 +155,11 @@ async def open_host(config: HostConfig) -> RunningHost:
     store = HostStore(state)
     journal: Journal | None = None
     try:
-        journal, recovered = open_journal(store)  # what a killed host answered comes back
+        path = journal_path(store.path)
+        recovered = recover(store, path)  # what a killed host answered comes back
+        journal = Journal(path) if c.options.durable else None
+        if journal is None:
+            path.unlink(missing_ok=True)
         kms = build_host(store, catalog, settings, c.secrets, clock)
         log = EventLog(c.log_stream, c.log_format, product_names=product_names(catalog))
         server = KmsServer(
@@ -164,10 +168,8 @@ async def open_host(config: HostConfig) -> RunningHost:
             log,
             c.options,
             now=lambda: filetime_from_unix(clock.now()),
-            journal=journal if c.options.durable else None,
+            journal=journal,
         )
-        if not c.options.durable:
-            journal.close(remove=True)
         try:
             bound = await server.start(c.addresses)
             if not bound:
