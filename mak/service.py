@@ -66,6 +66,14 @@ def parse_hardware_id(text: Any) -> bytes:
     )
 
 
+def activating_key(text: Any) -> ProductKey:
+    """A well-formed key of a type that activates machines (a MAK), else the refusal."""
+    key = parse_key(text)
+    if key.type not in rules.ACTIVATING_TYPES:
+        raise ServiceError("key_wrong_type", f"a {key.type.label} key")
+    return key
+
+
 class MakService:
     """The MAK service's operations: keys registered and activated under one store and clock."""
 
@@ -151,9 +159,7 @@ class MakService:
         request_id: str | None = None,
     ) -> Activation:
         """Online activation: count (or not) a key on a hardware ID."""
-        key = parse_key(text)
-        if key.type not in rules.ACTIVATING_TYPES:
-            raise ServiceError("key_wrong_type", f"a {key.type.label} key")
+        key = activating_key(text)
         return self.store.activate(
             key.fingerprint,
             hardware_id,

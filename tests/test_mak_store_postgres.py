@@ -36,8 +36,8 @@ from kmsemu.errors import ServiceError
 from kmsemu.keys.product_key import KeyType, mint
 from mak import rules
 from mak.rules import KeyRecord
-from mak.store.base import Activation
-from mak.store.pg_activate import Combiner, Pending, answer
+from mak.store.base import Activation, Pending
+from mak.store.pg_activate import Combiner
 from mak.store.postgres import PostgresStore
 from mak.store.sqlite import SqliteStore
 
@@ -213,14 +213,7 @@ def _one_by_one(store: SqliteStore, fingerprint: str, batch: list[Pending]) -> l
 
 
 def _in_one_call(store: PostgresStore, fingerprint: str, batch: list[Pending]) -> list[Any]:
-    outcomes = []
-    for row, p in zip(store._call(fingerprint, batch), batch, strict=True):
-        assert isinstance(row, tuple)
-        try:
-            outcomes.append(_outcome(answer(row, fingerprint, p)))
-        except ServiceError as exc:
-            outcomes.append(_outcome(exc))
-    return outcomes
+    return [_outcome(result) for result in store.activate_many(fingerprint, batch)]
 
 
 @st.composite
@@ -387,3 +380,19 @@ def test_combiner_failure_reaches_every_item_of_the_call() -> None:
     assert kinds == ["RuntimeError", "RuntimeError", "ValueError"]
     assert all(isinstance(e.__cause__, ValueError) for e in errors if isinstance(e, RuntimeError))
     assert not combiner._queues
+
+
+def test_a_call_of_several_refuses_a_short_hardware_id_alone(store: TracedStore) -> None:
+    """A malformed item of a combined call is refused by itself; the others are decided."""
+    key = mint(KeyType.MAK, PRODUCT, serial=next(_serials))
+    store.add_key(KeyRecord(key.fingerprint, key.last5, KeyType.MAK, PRODUCT, 5, NOW))
+    batch = [
+        Pending(machine(0), NOW, "online", None, None),
+        Pending(b"short", NOW, "online", None, None),
+        Pending(machine(1), NOW, "online", None, None),
+    ]
+    first, short, third = store.activate_many(key.fingerprint, batch)
+    assert isinstance(short, ServiceError) and short.code == "invalid_field"
+    assert isinstance(first, Activation) and first.counted and first.key.used == 1
+    assert isinstance(third, Activation) and third.counted and third.key.used == 2
+    assert store.activate_many(key.fingerprint, [batch[1]])[0].code == "invalid_field"  # type: ignore[union-attr]

@@ -9,7 +9,9 @@ answers are checked against ``mak.rules``.
 
 Every method is synchronous. ``blocking_ok`` tells the service whether a
 call may run on its event loop (SQLite: one connection, short transactions)
-or must go to a worker thread (PostgreSQL: a network round trip).
+or must go to a worker thread (PostgreSQL: a network round trip). A store
+that can decide several activations of one key in one call is a
+``CombiningStore``.
 
 Atomicity: ``activate`` reads the key, its candidate machines and any
 earlier answer to the same ``request_id``, decides with ``mak.rules``, and
@@ -24,8 +26,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
+from kmsemu.errors import ServiceError
 from mak.rules import KeyRecord, Verdict
 
 EXPORT_FORMAT = "kmsemu-mak-export"
@@ -66,6 +69,17 @@ class Activation:
     def counted(self) -> bool:
         """Whether this answer used one of the key's machines (a new one, not a replay)."""
         return self.verdict is Verdict.NEW and not self.replayed
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """One activation to decide, as a store that combines a key's activations takes it."""
+
+    hardware_id: bytes
+    now: float
+    route: str
+    machine_name: str | None
+    request_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,4 +186,17 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Close every connection the store opened."""
+        ...
+
+
+@runtime_checkable
+class CombiningStore(Store, Protocol):
+    """A store that decides several activations of one key in one call (PostgreSQL: one
+    round trip), so that the service can gather them where they arrive (``mak.web.combine``)."""
+
+    def activate_many(
+        self, fingerprint: str, batch: Sequence[Pending]
+    ) -> list[Activation | ServiceError]:
+        """Each activation of ``batch`` decided in order, as ``activate`` would one after
+        another: its answer, or the refusal it met."""
         ...

@@ -37,7 +37,7 @@ from kmsemu.errors import ServiceError
 from kmsemu.keys.activation_ids import SAME_MACHINE_MIN_EQUAL
 from mak import rules
 from mak.rules import MachineRecord, Verdict
-from mak.store.base import Activation
+from mak.store.base import Activation, Pending
 from mak.store.sql import KEY_COLUMNS, key_record, replayed
 
 
@@ -207,17 +207,6 @@ CALL: Final = (
     "SELECT * FROM mak_activate(%s::text, %s::bytea[], %s::bytea[], %s::bytea[], %s::bytea[],"
     " %s::bytea[], %s::text[], %s::text[], %s::float8[], %s::text[])"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """One activation waiting for its key's next call."""
-
-    hardware_id: bytes
-    now: float
-    route: str
-    machine_name: str | None
-    request_id: str | None
 
 
 @dataclass(frozen=True, slots=True)

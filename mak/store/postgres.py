@@ -9,6 +9,9 @@ One round trip per activation, or fewer: ``activate`` calls the server-side
 function ``mak_activate`` (created with the schema) once, in autocommit, for
 itself and every activation of the same key that arrived while the key's
 previous call was out (``mak.store.pg_activate`` says why and how).
+``activate_many`` makes the same call for a batch gathered by its caller: the
+HTTP service gathers online activations on its event loop (``mak.web.combine``),
+so that a batch costs one trip to a worker thread, not one per activation.
 """
 
 from __future__ import annotations
@@ -23,13 +26,12 @@ import psycopg
 
 from kmsemu.errors import ServiceError
 from mak import rules
-from mak.store.base import Activation, Executor
+from mak.store.base import Activation, Executor, Pending
 from mak.store.pg_activate import (
     ACTIVATE_FUNCTION,
     CALL,
     Combiner,
     Failed,
-    Pending,
     answer,
     call_params,
 )
@@ -37,6 +39,17 @@ from mak.store.sql import SCHEMA, SCHEMA_VERSION, SqlStore, short_name
 
 #: Any fixed number: the advisory lock that serialises schema creation.
 _SCHEMA_LOCK = 0x6B6D73656D75
+
+
+def _answered(
+    row: Sequence[Any] | Failed, fingerprint: str, pending: Pending
+) -> Activation | ServiceError:
+    if isinstance(row, Failed):
+        return ServiceError("unavailable", row.detail)
+    try:
+        return answer(row, fingerprint, pending)
+    except ServiceError as exc:
+        return exc
 
 
 class PostgresStore(SqlStore):
@@ -115,6 +128,21 @@ class PostgresStore(SqlStore):
         if isinstance(row, Failed):
             raise ServiceError("unavailable", row.detail)
         return answer(row, fingerprint, pending)
+
+    def activate_many(
+        self, fingerprint: str, batch: Sequence[Pending]
+    ) -> list[Activation | ServiceError]:
+        """Activations of one key in one call of ``mak_activate``, each with its answer or
+        its refusal (``CombiningStore``: the service gathers them on its event loop)."""
+        size = rules.HARDWARE_ID_LENGTH
+        valid = [p for p in batch if len(p.hardware_id) == size]
+        rows = iter(self._call(fingerprint, valid) if valid else [])
+        return [
+            _answered(next(rows), fingerprint, p)
+            if len(p.hardware_id) == size
+            else ServiceError("invalid_field", "a hardware ID is 10 bytes", field="hardware_id")
+            for p in batch
+        ]
 
     def _call(self, fingerprint: str, batch: list[Pending]) -> list[Sequence[Any] | Failed]:
         """One round trip: ``mak_activate`` for activations of one key, a row for each."""

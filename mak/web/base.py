@@ -7,7 +7,8 @@ refusal is ``{"error": {"code", "message", "hint", "hresult"?}}`` with a code
 of ``kmsemu.errors.SERVICE_ERRORS`` and its HTTP status.
 
 Store calls run on the event loop when the store says they may (SQLite),
-else in a thread pool (PostgreSQL).
+else in a thread pool (PostgreSQL), where online activations of one key go
+in combined calls (``mak.web.combine``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from starlette.responses import JSONResponse, Response
 
 from kmsemu.errors import ServiceError
 from mak.portal import ADMIN, Caller, PortalService
-from mak.service import MakService
+from mak.service import MakService, activating_key
+from mak.store.base import Activation, CombiningStore, Pending
+from mak.store.sql import short_name
+from mak.web.combine import LoopCombiner
 
 SMALL_BODY: Final = 16 * 1024
 T = TypeVar("T")
@@ -102,6 +106,12 @@ class Api:
         self._token = admin_token.encode()
         self._inline = service.store.blocking_ok
         self._executor = executor
+        store = service.store
+        self._combiner: LoopCombiner[str, Pending, Activation | ServiceError] | None = (
+            LoopCombiner(store.activate_many, executor)
+            if isinstance(store, CombiningStore) and not self._inline
+            else None
+        )
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``: inline for SQLite, else in the thread pool."""
@@ -109,6 +119,33 @@ class Api:
             return fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    async def activate_online(
+        self,
+        text: Any,
+        hardware_id: bytes,
+        *,
+        machine_name: str | None = None,
+        request_id: str | None = None,
+    ) -> Activation:
+        """``MakService.activate_online``; on a ``CombiningStore`` gathered on the loop with
+        the key's other activations arriving while its previous call is out."""
+        if self._combiner is None:
+            return await self.call(
+                self.service.activate_online,
+                text,
+                hardware_id,
+                machine_name=machine_name,
+                request_id=request_id,
+            )
+        key = activating_key(text)
+        pending = Pending(
+            hardware_id, self.service.now(), "online", short_name(machine_name), request_id
+        )
+        answer = await self._combiner.submit(key.fingerprint, pending)
+        if isinstance(answer, ServiceError):
+            raise answer
+        return answer
 
     def authorise(self, request: Request) -> None:
         """Refuse (unauthorized, forbidden) a request without the administrator token."""

@@ -47,8 +47,7 @@ async def activate(api: Api, request: Request) -> Response:
     """Online activation of one machine."""
     body = await api.body(request, SMALL_BODY)
     hardware_id = parse_hardware_id(body.get("hardware_id"))
-    activation = await api.call(
-        api.service.activate_online,
+    activation = await api.activate_online(
         body.get("key"),
         hardware_id,
         machine_name=text_field(body, "machine_name", required=False, limit=63),
