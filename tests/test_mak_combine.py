@@ -136,3 +136,15 @@ def test_a_wrong_number_of_results_is_an_error_for_every_request(
             await lone.submit("k", 1)
 
     asyncio.run(scenario())
+
+
+def test_a_pool_that_has_shut_down_fails_the_request_and_leaves_the_key_free() -> None:
+    async def scenario() -> None:
+        pool = ThreadPoolExecutor(1)
+        pool.shutdown()
+        combiner: LoopCombiner[str, int, str] = LoopCombiner(lambda key, items: ["x"], pool)
+        with pytest.raises(RuntimeError, match="combined call failed"):
+            await combiner.submit("k", 1)
+        assert combiner._waiting == {}  # a later request starts a call of its own
+
+    asyncio.run(scenario())

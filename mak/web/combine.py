@@ -55,7 +55,13 @@ class LoopCombiner(Generic[K, T, R]):
         return await future
 
     def _start(self, loop: asyncio.AbstractEventLoop, key: K, batch: _Batch[T, R]) -> None:
-        call = loop.run_in_executor(self._executor, self._run, key, [item for item, _ in batch])
+        items = [item for item, _ in batch]
+        try:
+            call = loop.run_in_executor(self._executor, self._run, key, items)
+        except RuntimeError as exc:  # the pool has shut down: the service is stopping
+            del self._waiting[key]  # no call is out for the key now
+            _fail(batch, exc)
+            return
         call.add_done_callback(partial(self._ended, loop, key, batch))
 
     def _ended(
@@ -70,11 +76,7 @@ class LoopCombiner(Generic[K, T, R]):
             if len(results) != len(batch):
                 raise RuntimeError(f"{len(results)} results for {len(batch)} items")
         except Exception as exc:  # a bug in ``run``: every waiting request learns of it
-            for _, future in batch:
-                if not future.done():
-                    failure = RuntimeError(f"the combined call failed: {exc!r}")
-                    failure.__cause__ = exc  # the service's log shows the traceback
-                    future.set_exception(failure)
+            _fail(batch, exc)
         else:
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():  # a request cancelled meanwhile (its client left)
@@ -85,3 +87,12 @@ class LoopCombiner(Generic[K, T, R]):
             self._start(loop, key, waiting)
         else:
             del self._waiting[key]
+
+
+def _fail(batch: _Batch[T, R], exc: Exception) -> None:
+    """Every request of ``batch`` still waiting gets its own RuntimeError caused by ``exc``."""
+    for _, future in batch:
+        if not future.done():
+            failure = RuntimeError(f"the combined call failed: {exc!r}")
+            failure.__cause__ = exc  # the service's log shows the traceback
+            future.set_exception(failure)
