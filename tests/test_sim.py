@@ -292,10 +292,12 @@ def test_a_hardware_change_reactivates_against_kms_at_once() -> None:
 
 class DecideToo(FastBackend):
     """Fast mode, and beside it ``HostRules.decide`` on a twin of the hosts, given the
-    request the client sends: both must answer alike, request for request."""
+    request the client sends: both must answer alike, request for request. (The lean path
+    for renewals is off, so that every request comes here: tests/test_sim_fast.py shows a
+    run with it ends as one without.)"""
 
     def __init__(self, scenario: Scenario) -> None:
-        super().__init__(scenario)
+        super().__init__(scenario, lean=False)
         self.twin = FastBackend(scenario)
         self.compared = 0
 

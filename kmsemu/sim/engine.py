@@ -15,11 +15,17 @@ Events run in virtual-time order (``kmsemu.sim.queue``): arrivals, attempts
 engine records a ``Day`` (``kmsemu.sim.timeline``).
 
 A year of a large fleet is millions of attempts, nearly all a renewal that
-succeeds, so that path is written for speed: what a client never changes (its
-product ids, threshold, clock skew, offline days, how it finds a host) is
-worked out once per client, and an attempt goes from the queue to the host's
-rules and the licence machine with no more calls than it needs. Whatever is
-rare (arrivals, failures, DNS, timers) takes the general path.
+succeeds, so in fast mode that path is a lean one (``Engine._renew``): what a
+client never changes (its product ids, threshold, clock skew, offline days,
+how it finds a host) is worked out once per client; after a success, the
+engine knows what the next renewal on that host can change (the host's count
+and the licence's times) and what it cannot (the product served, the clocks,
+the intervals, a key moment), so a renewal counts the client in the host's
+cache (``renewal_count``), notes the time and queues the next one. The
+licence itself is brought up to date (``renewed``) only when something else
+reads it. Whatever is rare (arrivals, failures, a count below the threshold,
+outages, DNS, timers) takes the general path, and tests/test_sim_fast.py
+checks that a run with the lean path ends as one without, client for client.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from typing import Final, NamedTuple, Protocol
 from kmsemu.catalog import Catalog, default_catalog
 from kmsemu.client.discovery import Srv, rfc2782_order
 from kmsemu.client.licence import (
+    MINUTE,
     TRANSITIONS,
+    VALIDITY_DAYS,
     Activated,
     ActivationFailed,
     Event,
@@ -51,7 +59,14 @@ from kmsemu.client.licence import (
 )
 from kmsemu.clock import as_datetime
 from kmsemu.errors import SERVICE_ERRORS, HResult
-from kmsemu.host.rules import MAX_SKEW, CountCache, HostRules, HostSettings, new_identity
+from kmsemu.host.rules import (
+    LIVE_WINDOW,
+    MAX_SKEW,
+    CountCache,
+    HostRules,
+    HostSettings,
+    new_identity,
+)
 from kmsemu.keys.product_key import KeyType
 from kmsemu.klp.messages import LicenseStatus, RequestFields
 from kmsemu.sim.queue import DayQueue
@@ -78,6 +93,9 @@ _ON_ACTIVATED: Final[dict[LicenseStatus, Handler]] = {
     status: TRANSITIONS[status, Activated] for status in LicenseStatus
 }
 _FIRST_LICENCE: Final = Licence()  # immutable: every client starts from the same value
+_VALIDITY: Final = VALIDITY_DAYS * DAY  # as the licence machine adds it
+_new_object: Final = object.__new__
+_set_attribute: Final = object.__setattr__
 
 #: What a host answers: status, count and the two intervals (minutes).
 Reply = tuple[int, int, int, int]
@@ -164,6 +182,13 @@ class Client:
     timer_at: float | None = None
     arrived: bool = False
     activated_ever: bool = False
+    #: The host a renewal goes to by the lean path (``Engine._renew``), or None: set after
+    #: a success on that host, cleared (``Engine._settle``) before anything else reads or
+    #: changes the licence. While it is set, ``licence`` lags: it is the one of that
+    #: success, and ``renewed_at`` the time of the last renewal since (the renewals change
+    #: nothing but the licence's times, which follow from it).
+    lean: _FastHost | None = None
+    renewed_at: float = 0.0
 
     @property
     def vm(self) -> bool:
@@ -191,6 +216,10 @@ class Engine:
         #: Per host, the applications it has activated (the first time is a key moment).
         self._threshold_seen: dict[str, set[bytes]] = {h.name: set() for h in scenario.hosts}
         self._policies = {f: Policy.for_family(f) for f in ("windows", "office")}
+        #: The backend's lean path for renewals (``FastBackend.renewal_host``), if any.
+        self._lean = (
+            backend.renewal_host if isinstance(backend, FastBackend) and backend.lean else None
+        )
 
     def _make_clients(self) -> list[Client]:
         clients: list[Client] = []
@@ -242,19 +271,24 @@ class Engine:
             if c.group.hardware_change_day is not None:
                 queue.push(s.start + c.group.hardware_change_day * DAY, HARDWARE, c.index)
         self.timeline.start_events()
-        clients, attempt, handle = self.clients, self._attempt, self._handle  # the loop of the run
+        # the loop of the run
+        clients, renew, attempt, handle = self.clients, self._renew, self._attempt, self._handle
         for day in range(s.days):
             self.timeline.day_events(day)
             for when, kind, _, index in queue.run(day):
                 c = clients[index]
                 if kind == ATTEMPT:  # by far the most frequent: tested first
-                    if c.attempt_at == when:  # else a later schedule replaced it
+                    # (else a later schedule replaced it); a renewal the lean path cannot
+                    # make goes the general way
+                    if c.attempt_at == when and not renew(c, when):
                         attempt(c, when)
                 else:
                     handle(kind, c, when)
             self._close_day(day, queue.ends[day])
             if progress is not None:
                 progress(day + 1)
+        for c in clients:  # every licence as it stands at the end
+            self._settle(c)
         return self.timeline
 
     def _handle(self, kind: int, c: Client, now: float) -> None:
@@ -297,11 +331,11 @@ class Engine:
         """One attempt (a renewal or a retry): ask the host set by hand, else the cached
         one; ``_discover`` does the rest when that host is not there or cannot be reached."""
         c.attempt_at = None
+        self._settle(c)
         lic = c.licence  # what time alone changes first (validity or a grace ending):
         end = lic.valid_until if lic.status is _LICENSED else lic.grace_ends
         if end is not None and now >= end:
             self._set(c, TimePassed(now), now, schedule=False)
-            lic = c.licence
         if c.offline and self._day(now) in c.offline:
             self._fail(c, ActivationFailed(now, _NO_KMS_HOST), _NO_KMS_HOST, now)
             return
@@ -311,6 +345,11 @@ class Engine:
             if found is None:
                 return
             host, reply = found
+        self._answered(c, host, reply, now)
+
+    def _answered(self, c: Client, host: str, reply: Reply, now: float) -> None:
+        """What the client makes of ``host``'s answer: a renewal or an activation, else a
+        failure; after a success the lean path takes the next renewal if it can."""
         status, count, activation_interval, renewal_interval = reply
         event = kms_answer(now, status, count, c.threshold, activation_interval, renewal_interval)
         if type(event) is not Activated:
@@ -323,6 +362,7 @@ class Engine:
             self._threshold(host, c, count, now)
         if c.caches:
             c.cached_host = host
+        lic = c.licence
         before = lic.status
         if before is _LICENSED:
             self.today.renewals += 1
@@ -334,6 +374,73 @@ class Engine:
         if licence.status is not before:
             self._changed(c, before, licence.status, event)
         self._schedule(c, licence, now)
+        c.lean = self._lean_host(c, host, licence)
+        c.renewed_at = now
+
+    # -- the lean path: a renewal that changes only the licence's times -----------------
+
+    def _lean_host(self, c: Client, host: str, licence: Licence) -> _FastHost | None:
+        """The host, if the client's next renewal can take the lean path (``_renew``): the
+        backend is the fast one and offers it, the client asks this host first next time,
+        its application is no longer news there (no key moment), and a renewal would change
+        the licence's times alone (``renews_in_place``)."""
+        lean = self._lean
+        if lean is None:
+            return None
+        asked = c.kms_host if c.kms_host is not None else c.cached_host if c.asks_cached else None
+        if asked != host or c.app not in self._threshold_seen[host]:
+            return None
+        fast = lean(host, c)
+        if fast is None or not renews_in_place(
+            licence, fast.activation_interval, fast.renewal_interval
+        ):
+            return None
+        return fast
+
+    def _renew(self, c: Client, now: float) -> bool:
+        """The attempt, if it is a renewal on the host the client renewed on last time that
+        is in reach: the general path's steps (``_attempt``, ``FastBackend.kms``,
+        ``_answered``) with what cannot differ from last time left out. False, having done
+        nothing, when it is not (the general path then runs).
+
+        Most of a year's requests come here; tests/test_sim_fast.py checks that a run with
+        and without this path ends alike, client for client and host for host."""
+        fast = c.lean
+        if fast is None:
+            return False
+        if now >= c.renewed_at + _VALIDITY:  # lapsed: the licence machine's TimePassed first
+            return False
+        if c.offline and int((now - self.scenario.start) // DAY) in c.offline:
+            return False
+        if fast.down and int((now - self.scenario.start) / DAY) in fast.down:
+            return False
+        at = EPOCH_AS_FILETIME + round((now + fast.clock_offset) * FILETIME_PER_SECOND)
+        count = renewal_count(fast.cache, c.app, c.cmid, c.threshold, at)
+        if count is None:
+            return False
+        if count < fast.min_count:
+            count = fast.min_count
+        if count < c.threshold:  # the count fell: a failure, the general way
+            c.attempt_at = None
+            self._settle(c)
+            reply = (0, count, fast.activation_interval, fast.renewal_interval)
+            self._answered(c, fast.name, reply, now)
+            return True
+        self.today.renewals += 1
+        c.renewed_at = now
+        due = c.attempt_at = now + fast.renewal_seconds
+        # a licence valid 180 days asks for no timer before a renewal due within 30 days
+        self.queue.push(due, ATTEMPT, c.index)
+        return True
+
+    @staticmethod
+    def _settle(c: Client) -> None:
+        """Leave the lean path: the licence as the renewals since its success made it."""
+        fast = c.lean
+        if fast is not None:
+            c.lean = None
+            at = c.renewed_at
+            c.licence = renewed(c.licence, at, at + fast.renewal_seconds)
 
     def _day(self, now: float) -> int:
         """The scenario day ``now`` falls on."""
@@ -397,6 +504,7 @@ class Engine:
     # -- the licence and what it schedules ----------------------------------------------
 
     def _set(self, c: Client, event: Event, now: float, *, schedule: bool = True) -> None:
+        self._settle(c)  # until a success shows what the next renewal will be
         before = c.licence.status
         licence = apply(c.licence, event).licence
         c.licence = licence
@@ -465,7 +573,8 @@ class Engine:
 
 def request(c: Client, now: float) -> RequestFields:
     """What the client sends at ``now``: its licence's status and minutes left, its ids, its
-    threshold and its clock (skew included)."""
+    threshold and its clock (skew included). (For a backend without the lean path, where
+    the licence is always current.)"""
     lic = c.licence
     return RequestFields(
         flags=c.flags,
@@ -480,6 +589,63 @@ def request(c: Client, now: float) -> RequestFields:
         previous_client_machine_id=_NIL,
         workstation_name=c.name,
     )
+
+
+def renews_in_place(lic: Licence, activation_interval: int, renewal_interval: int) -> bool:
+    """Whether a renewal with these intervals changes only the licence's times (what
+    ``renewed`` sets): a KMS activation's licence, licensed with these intervals, its rearm
+    bonus given (or none due), no reason or error left from before."""
+    return (
+        lic.status is _LICENSED
+        and lic.kms_client
+        and lic.grace_ends is None
+        and lic.valid_until is not None
+        and lic.activation_interval == activation_interval
+        and lic.renewal_interval == renewal_interval
+        and lic.rearms_left is not None
+        and (lic.bonus_rearm_given or lic.policy.rearm_bonus_after_activation <= 0)
+        and lic.reason == 0
+        and lic.last_hresult == 0
+    )
+
+
+def renewed(lic: Licence, now: float, next_attempt: float) -> Licence:
+    """The licence machine's ``Activated`` at ``now`` on a licence that ``renews_in_place``
+    (``next_attempt``: ``now`` plus the renewal interval): the three times alone set on a
+    copy of its fields. ``Licence`` keeps its fields in an instance ``__dict__`` and has no
+    ``__post_init__``, so setting the copy as the new instance's gives the same value."""
+    values = lic.__dict__.copy()
+    values["valid_until"] = now + _VALIDITY
+    values["next_attempt"] = next_attempt
+    values["last_activation"] = now
+    new: Licence = _new_object(Licence)
+    _set_attribute(new, "__dict__", values)  # past the frozen __setattr__
+    return new
+
+
+def renewal_count(cache: CountCache, app: bytes, cmid: bytes, required: int, at: int) -> int | None:
+    """``cache.activate(app, cmid, NIL, required, at)`` where it has nothing to do but count
+    the client again: the application's capacity already fits ``required`` and ``at`` is
+    not before its newest entry (so no capacity to raise, no reordering). None, having
+    changed nothing, elsewhere: then ``activate`` itself runs."""
+    entries = cache.entries.get(app)
+    if not entries:
+        return None
+    capacity = cache.capacity.get(app, 0)
+    wanted = 2 if required < 1 else 2000 if required > 1000 else 2 * required
+    if wanted > capacity or entries[next(reversed(entries))] > at:
+        return None
+    cache.dirty.add(app)
+    entries[cmid] = at
+    entries.move_to_end(cmid)
+    while len(entries) > capacity:
+        entries.popitem(last=False)
+    while entries:  # expire from the oldest end
+        oldest = next(iter(entries))
+        if at - entries[oldest] < LIVE_WINDOW:
+            break
+        del entries[oldest]
+    return len(entries)
 
 
 def _guid_le(value: int) -> bytes:
@@ -502,21 +668,30 @@ def _filetime(seconds: float) -> int:
 class _FastHost:
     """A scenario host in fast mode: its rules, and what every request reads of it."""
 
+    name: str
     rules: HostRules
+    cache: CountCache  # the rules' own
     clock_offset: float
     down: frozenset[int]  # the days of its outages
     min_count: int
     #: What it answers besides status and count (the settings' intervals).
     activation_interval: int
     renewal_interval: int
+    renewal_seconds: float  # the renewal interval as a licence adds it to ``now``
 
 
 class FastBackend:
-    """The fast mode: host rules and MAK rules in memory, called directly."""
+    """The fast mode: host rules and MAK rules in memory, called directly.
 
-    def __init__(self, scenario: Scenario, catalog: Catalog | None = None) -> None:
+    ``lean`` False turns the engine's lean path for renewals off (every request then
+    goes through ``kms``): the tests compare the two."""
+
+    def __init__(
+        self, scenario: Scenario, catalog: Catalog | None = None, *, lean: bool = True
+    ) -> None:
         catalog = catalog or default_catalog()
         self.scenario = scenario
+        self.lean = lean
         rng = random.Random(f"{scenario.seed}-hosts")
         self.hosts: dict[str, tuple[Host, HostRules]] = {}
         self._fast: dict[str, _FastHost] = {}
@@ -526,12 +701,15 @@ class FastBackend:
             rules = HostRules(catalog, settings, identity, CountCache())
             self.hosts[host.name] = (host, rules)
             self._fast[host.name] = _FastHost(
+                host.name,
                 rules,
+                rules.cache,
                 host.clock_offset,
                 whole_days(host.outages),
                 settings.min_count,
                 settings.activation_interval,
                 settings.renewal_interval,
+                settings.renewal_interval * MINUTE,
             )
         self.keys: dict[str, KeyRecord] = {}
         self.machines: dict[str, dict[bytes, MachineRecord]] = {}
@@ -586,6 +764,20 @@ class FastBackend:
         if count < fast.min_count:
             count = fast.min_count
         return (0, count, fast.activation_interval, fast.renewal_interval)
+
+    def renewal_host(self, host: str, client: Client) -> _FastHost | None:
+        """The host for the engine's lean path (``Engine._renew``), when what ``kms`` checks
+        before counting cannot refuse this client there: its product is served, the two
+        clocks are one (no time travel, no clamping). Else None: ``kms`` decides."""
+        fast = self._fast[host]
+        if (
+            self._clamps
+            or fast.rules.travel
+            or client.clock_skew != fast.clock_offset
+            or (client.app, client.count_id) in self._unserved
+        ):
+            return None
+        return fast
 
     def mak(self, key: str, hardware_id: bytes, now: float) -> str | None:
         """``mak.rules.decide`` on the key's record; a new machine uses up one activation."""
