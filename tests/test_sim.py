@@ -18,7 +18,8 @@ from click.testing import CliRunner
 
 from kmsemu.cli import main
 from kmsemu.errors import ConfigError
-from kmsemu.sim.engine import Client, Engine, FastBackend, Reply, request, run_fast
+from kmsemu.sim.engine import Client, Engine, Reply, request
+from kmsemu.sim.fast import FastBackend, run_fast
 from kmsemu.sim.network import run_network
 from kmsemu.sim.queue import DayQueue
 from kmsemu.sim.scenario import DAY, Scenario, builtin_names, load_scenario, parse_scenario

@@ -27,7 +27,9 @@ from kmsemu.client.licence import (
 from kmsemu.errors import HResult
 from kmsemu.host.rules import LIVE_WINDOW, CountCache
 from kmsemu.klp.messages import LicenseStatus
-from kmsemu.sim.engine import Client, Engine, FastBackend, renewal_count, renewed, renews_in_place
+from kmsemu.sim.engine import Client, Engine
+from kmsemu.sim.fast import FastBackend
+from kmsemu.sim.lean import renewal_count, renewed, renews_in_place
 from kmsemu.sim.scenario import Scenario, builtin_names, load_scenario, parse_scenario
 from kmsemu.sim.timeline import Timeline
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kmsemu.sim.engine import run_fast
+from kmsemu.sim.fast import run_fast
 from kmsemu.sim.scenario import Scenario, builtin_names, load_scenario, parse_scenario
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))

@@ -64,7 +64,7 @@ def run(
         if network:
             from kmsemu.sim.network import run_network as engine
         else:
-            from kmsemu.sim.engine import run_fast as engine
+            from kmsemu.sim.fast import run_fast as engine
         try:
             timeline = engine(loaded, progress=lambda day: bar.update(day - bar.pos))
         except OSError as exc:

@@ -4,8 +4,8 @@ Every client runs the real licence state machine (``kmsemu.client.licence``)
 and reads a host's answer with the client's own rule (``kms_answer``); the
 host side is the real ``HostRules`` (count cache, thresholds, clock skew) and
 a MAK activation the real ``mak.rules.decide``. What carries a request is a
-``Backend``: ``FastBackend`` calls the rules directly (no sockets, the fast
-mode); ``kmsemu.sim.network`` sends real KLP/1 and HTTP to real servers on
+``Backend``: ``kmsemu.sim.fast.FastBackend`` calls the rules directly (no
+sockets, the fast mode); ``kmsemu.sim.network`` sends real KLP/1 and HTTP to real servers on
 loopback. The engine decides everything else the same way in both modes, in
 the same order, with one seeded random source, so one seed gives one outcome.
 
@@ -30,20 +30,16 @@ checks that a run with the lean path ends as one without, client for client.
 
 from __future__ import annotations
 
-import dataclasses
-import gc
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Final, NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol, runtime_checkable
 
 from kmsemu.catalog import Catalog, default_catalog
 from kmsemu.client.discovery import Srv, rfc2782_order
 from kmsemu.client.licence import (
-    MINUTE,
     TRANSITIONS,
-    VALIDITY_DAYS,
     Activated,
     ActivationFailed,
     Event,
@@ -57,24 +53,14 @@ from kmsemu.client.licence import (
     apply,
     kms_answer,
 )
-from kmsemu.clock import as_datetime
 from kmsemu.errors import SERVICE_ERRORS, HResult
-from kmsemu.host.rules import (
-    LIVE_WINDOW,
-    MAX_SKEW,
-    CountCache,
-    HostRules,
-    HostSettings,
-    new_identity,
-)
-from kmsemu.keys.product_key import KeyType
+from kmsemu.host.rules import CountCache, HostRules
 from kmsemu.klp.messages import LicenseStatus, RequestFields
+from kmsemu.sim.lean import VALIDITY_SECONDS, renewal_count, renewed, renews_in_place
 from kmsemu.sim.queue import DayQueue
-from kmsemu.sim.scenario import DAY, Group, Host, MakKey, Scenario, Window
+from kmsemu.sim.scenario import DAY, Group, Scenario, Window
 from kmsemu.sim.timeline import Day, Timeline
-from kmsemu.wire import EPOCH_AS_FILETIME, FILETIME_MAX, FILETIME_PER_SECOND, filetime_from_unix
-from mak.rules import KeyRecord, MachineRecord, decide
-from mak.rules import Verdict as MakVerdict
+from kmsemu.wire import EPOCH_AS_FILETIME, FILETIME_MAX, FILETIME_PER_SECOND
 
 _NIL: Final = bytes(16)
 ARRIVE, HARDWARE, ATTEMPT, TIMER = range(4)  # order of events at the same instant
@@ -93,9 +79,6 @@ _ON_ACTIVATED: Final[dict[LicenseStatus, Handler]] = {
     status: TRANSITIONS[status, Activated] for status in LicenseStatus
 }
 _FIRST_LICENCE: Final = Licence()  # immutable: every client starts from the same value
-_VALIDITY: Final = VALIDITY_DAYS * DAY  # as the licence machine adds it
-_new_object: Final = object.__new__
-_set_attribute: Final = object.__setattr__
 
 #: What a host answers: status, count and the two intervals (minutes).
 Reply = tuple[int, int, int, int]
@@ -132,6 +115,35 @@ class Backend(Protocol):
 
     def mak_remaining(self) -> dict[str, int]:
         """Per MAK key, the activations it has left."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FastHost:
+    """A scenario host in fast mode (``kmsemu.sim.fast.FastBackend``): its rules, and what
+    every request reads of it (a lean renewal too)."""
+
+    name: str
+    rules: HostRules
+    cache: CountCache  # the rules' own
+    clock_offset: float
+    down: frozenset[int]  # the days of its outages
+    min_count: int
+    #: What it answers besides status and count (the settings' intervals).
+    activation_interval: int
+    renewal_interval: int
+    renewal_seconds: float  # the renewal interval as a licence adds it to ``now``
+
+
+@runtime_checkable
+class LeanBackend(Backend, Protocol):
+    """A backend that can hand the engine a host for its lean renewals (``Engine._renew``)."""
+
+    #: False turns the lean path off: every request then goes through ``kms``.
+    lean: bool
+
+    def renewal_host(self, host: str, client: Client) -> FastHost | None:
+        """The host, when nothing it checks before counting can refuse ``client``; else None."""
         ...
 
 
@@ -187,7 +199,7 @@ class Client:
     #: changes the licence. While it is set, ``licence`` lags: it is the one of that
     #: success, and ``renewed_at`` the time of the last renewal since (the renewals change
     #: nothing but the licence's times, which follow from it).
-    lean: _FastHost | None = None
+    lean: FastHost | None = None
     renewed_at: float = 0.0
 
     @property
@@ -218,7 +230,7 @@ class Engine:
         self._policies = {f: Policy.for_family(f) for f in ("windows", "office")}
         #: The backend's lean path for renewals (``FastBackend.renewal_host``), if any.
         self._lean = (
-            backend.renewal_host if isinstance(backend, FastBackend) and backend.lean else None
+            backend.renewal_host if isinstance(backend, LeanBackend) and backend.lean else None
         )
 
     def _make_clients(self) -> list[Client]:
@@ -379,7 +391,7 @@ class Engine:
 
     # -- the lean path: a renewal that changes only the licence's times -----------------
 
-    def _lean_host(self, c: Client, host: str, licence: Licence) -> _FastHost | None:
+    def _lean_host(self, c: Client, host: str, licence: Licence) -> FastHost | None:
         """The host, if the client's next renewal can take the lean path (``_renew``): the
         backend is the fast one and offers it, the client asks this host first next time,
         its application is no longer news there (no key moment), and a renewal would change
@@ -408,7 +420,7 @@ class Engine:
         fast = c.lean
         if fast is None:
             return False
-        if now >= c.renewed_at + _VALIDITY:  # lapsed: the licence machine's TimePassed first
+        if now >= c.renewed_at + VALIDITY_SECONDS:  # lapsed: the licence machine's TimePassed first
             return False
         if c.offline and int((now - self.scenario.start) // DAY) in c.offline:
             return False
@@ -585,67 +597,10 @@ def request(c: Client, now: float) -> RequestFields:
         kms_count_id=c.count_id,
         client_machine_id=c.cmid,
         required_client_count=c.threshold,
-        request_time=_filetime(now + c.clock_skew),
+        request_time=filetime(now + c.clock_skew),
         previous_client_machine_id=_NIL,
         workstation_name=c.name,
     )
-
-
-def renews_in_place(lic: Licence, activation_interval: int, renewal_interval: int) -> bool:
-    """Whether a renewal with these intervals changes only the licence's times (what
-    ``renewed`` sets): a KMS activation's licence, licensed with these intervals, its rearm
-    bonus given (or none due), no reason or error left from before."""
-    return (
-        lic.status is _LICENSED
-        and lic.kms_client
-        and lic.grace_ends is None
-        and lic.valid_until is not None
-        and lic.activation_interval == activation_interval
-        and lic.renewal_interval == renewal_interval
-        and lic.rearms_left is not None
-        and (lic.bonus_rearm_given or lic.policy.rearm_bonus_after_activation <= 0)
-        and lic.reason == 0
-        and lic.last_hresult == 0
-    )
-
-
-def renewed(lic: Licence, now: float, next_attempt: float) -> Licence:
-    """The licence machine's ``Activated`` at ``now`` on a licence that ``renews_in_place``
-    (``next_attempt``: ``now`` plus the renewal interval): the three times alone set on a
-    copy of its fields. ``Licence`` keeps its fields in an instance ``__dict__`` and has no
-    ``__post_init__``, so setting the copy as the new instance's gives the same value."""
-    values = lic.__dict__.copy()
-    values["valid_until"] = now + _VALIDITY
-    values["next_attempt"] = next_attempt
-    values["last_activation"] = now
-    new: Licence = _new_object(Licence)
-    _set_attribute(new, "__dict__", values)  # past the frozen __setattr__
-    return new
-
-
-def renewal_count(cache: CountCache, app: bytes, cmid: bytes, required: int, at: int) -> int | None:
-    """``cache.activate(app, cmid, NIL, required, at)`` where it has nothing to do but count
-    the client again: the application's capacity already fits ``required`` and ``at`` is
-    not before its newest entry (so no capacity to raise, no reordering). None, having
-    changed nothing, elsewhere: then ``activate`` itself runs."""
-    entries = cache.entries.get(app)
-    if not entries:
-        return None
-    capacity = cache.capacity.get(app, 0)
-    wanted = 2 if required < 1 else 2000 if required > 1000 else 2 * required
-    if wanted > capacity or entries[next(reversed(entries))] > at:
-        return None
-    cache.dirty.add(app)
-    entries[cmid] = at
-    entries.move_to_end(cmid)
-    while len(entries) > capacity:
-        entries.popitem(last=False)
-    while entries:  # expire from the oldest end
-        oldest = next(iter(entries))
-        if at - entries[oldest] < LIVE_WINDOW:
-            break
-        del entries[oldest]
-    return len(entries)
 
 
 def _guid_le(value: int) -> bytes:
@@ -654,194 +609,8 @@ def _guid_le(value: int) -> bytes:
     return b[3::-1] + b[5:3:-1] + b[7:5:-1] + b[8:]
 
 
-def _filetime(seconds: float) -> int:
+def filetime(seconds: float) -> int:
     """``wire.filetime_from_unix`` at half the cost (twice per request): the same value,
     clamped only when out of range, which a scenario's times never are."""
     value = EPOCH_AS_FILETIME + round(seconds * FILETIME_PER_SECOND)
     return value if 0 <= value <= FILETIME_MAX else min(max(value, 0), FILETIME_MAX)
-
-
-# -- the fast mode's backend: the rules, called directly ------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _FastHost:
-    """A scenario host in fast mode: its rules, and what every request reads of it."""
-
-    name: str
-    rules: HostRules
-    cache: CountCache  # the rules' own
-    clock_offset: float
-    down: frozenset[int]  # the days of its outages
-    min_count: int
-    #: What it answers besides status and count (the settings' intervals).
-    activation_interval: int
-    renewal_interval: int
-    renewal_seconds: float  # the renewal interval as a licence adds it to ``now``
-
-
-class FastBackend:
-    """The fast mode: host rules and MAK rules in memory, called directly.
-
-    ``lean`` False turns the engine's lean path for renewals off (every request then
-    goes through ``kms``): the tests compare the two."""
-
-    def __init__(
-        self, scenario: Scenario, catalog: Catalog | None = None, *, lean: bool = True
-    ) -> None:
-        catalog = catalog or default_catalog()
-        self.scenario = scenario
-        self.lean = lean
-        rng = random.Random(f"{scenario.seed}-hosts")
-        self.hosts: dict[str, tuple[Host, HostRules]] = {}
-        self._fast: dict[str, _FastHost] = {}
-        for host in scenario.hosts:
-            settings = HostSettings(host.activation_interval, host.renewal_interval, host.min_count)
-            identity = new_identity(rng, as_datetime(scenario.start))
-            rules = HostRules(catalog, settings, identity, CountCache())
-            self.hosts[host.name] = (host, rules)
-            self._fast[host.name] = _FastHost(
-                host.name,
-                rules,
-                rules.cache,
-                host.clock_offset,
-                whole_days(host.outages),
-                settings.min_count,
-                settings.activation_interval,
-                settings.renewal_interval,
-                settings.renewal_interval * MINUTE,
-            )
-        self.keys: dict[str, KeyRecord] = {}
-        self.machines: dict[str, dict[bytes, MachineRecord]] = {}
-        for key in scenario.mak_keys:
-            self.keys[key.name] = _mak_record(key, scenario.start)
-            self.machines[key.name] = {}
-        self.apps = sorted({p.application_id.bytes_le for p in catalog.volume})
-        self._srv: dict[int, list[Srv]] = {}
-        #: The scenario's products that the hosts do not serve (by the catalog).
-        self._unserved = set()
-        for group in scenario.groups:
-            ids = group.product.application_id.bytes_le, group.product.kms_count_id.bytes_le
-            if not catalog.serves(*ids):
-                self._unserved.add(ids)
-        #: Whether some time of the scenario, on some clock, is out of FILETIME's range (a
-        #: start before 1601): then FILETIMEs are clamped as ``filetime_from_unix`` does.
-        clocks = [0.0, *(h.clock_offset for h in scenario.hosts)]
-        clocks += [g.clock_skew for g in scenario.groups]
-        first, last = scenario.start + min(clocks), scenario.start + max(clocks)
-        last += (scenario.days + 1) * DAY
-        self._clamps = filetime_from_unix(first) == 0 or filetime_from_unix(last) == FILETIME_MAX
-
-    def kms(self, host: str, client: Client, now: float) -> Reply | None:
-        """What the host's rules decide at its own (offset) clock; None during an outage.
-
-        ``HostRules.decide`` reads a request tuple and returns a log record, which here
-        would cost more than the decision itself: this is decide on the fields it reads,
-        its checks in its order (the product served, the client's clock, then counting
-        with the rules' own ``CountCache``), and tests/test_sim.py checks the two agree on
-        every request of every built-in scenario.
-        """
-        fast = self._fast[host]
-        # int(day) in the outage days is Host.down(day): times are never before the start
-        if fast.down and int((now - self.scenario.start) / DAY) in fast.down:
-            return None
-        if self._unserved and (client.app, client.count_id) in self._unserved:
-            return (HResult.PRODUCT_NOT_SERVED, 0, fast.activation_interval, fast.renewal_interval)
-        # the host's clock and the client's (request_time) as FILETIME
-        if self._clamps:
-            at, sent = _filetime(now + fast.clock_offset), _filetime(now + client.clock_skew)
-        else:  # _filetime(), inline
-            at = EPOCH_AS_FILETIME + round((now + fast.clock_offset) * FILETIME_PER_SECOND)
-            if client.clock_skew == fast.clock_offset:
-                sent = at
-            else:
-                sent = EPOCH_AS_FILETIME + round((now + client.clock_skew) * FILETIME_PER_SECOND)
-        rules = fast.rules
-        # (one clock, and no time travel: no skew to check)
-        if (sent is not at or rules.travel) and abs(sent + rules.travel - at) > MAX_SKEW:
-            return (HResult.TIMESTAMP_INVALID, 0, fast.activation_interval, fast.renewal_interval)
-        count = rules.cache.activate(client.app, client.cmid, _NIL, client.threshold, at)
-        if count < fast.min_count:
-            count = fast.min_count
-        return (0, count, fast.activation_interval, fast.renewal_interval)
-
-    def renewal_host(self, host: str, client: Client) -> _FastHost | None:
-        """The host for the engine's lean path (``Engine._renew``), when what ``kms`` checks
-        before counting cannot refuse this client there: its product is served, the two
-        clocks are one (no time travel, no clamping). Else None: ``kms`` decides."""
-        fast = self._fast[host]
-        if (
-            self._clamps
-            or fast.rules.travel
-            or client.clock_skew != fast.clock_offset
-            or (client.app, client.count_id) in self._unserved
-        ):
-            return None
-        return fast
-
-    def mak(self, key: str, hardware_id: bytes, now: float) -> str | None:
-        """``mak.rules.decide`` on the key's record; a new machine uses up one activation."""
-        record = self.keys[key]
-        machines = self.machines[key]
-        known = machines.get(hardware_id)
-        decision = decide(record, [known] if known else [], hardware_id, now)
-        if decision.refusal is not None:
-            return decision.refusal
-        if decision.verdict is MakVerdict.NEW:
-            machines[hardware_id] = MachineRecord(len(machines) + 1, hardware_id)
-            self.keys[key] = dataclasses.replace(record, used=record.used + 1)
-        return None
-
-    def srv(self, day: int) -> list[Srv]:
-        """The scenario's records whose window covers ``day``, on port 1688 (the same list
-        for every lookup that day: the engine only reads it)."""
-        records = self._srv.get(day)
-        if records is None:
-            records = self._srv[day] = [
-                Srv(r.priority, r.weight, 1688, r.host)
-                for r in self.scenario.records
-                if r.window.covers(day)
-            ]
-        return records
-
-    def counts(self, now: float) -> dict[str, dict[bytes, int]]:
-        """Each host's count per volume application, at its own clock."""
-        result: dict[str, dict[bytes, int]] = {}
-        for name, (spec, rules) in self.hosts.items():
-            at = filetime_from_unix(now + spec.clock_offset)
-            result[name] = {app: rules.count(app, at) for app in self.apps}
-        return result
-
-    def mak_remaining(self) -> dict[str, int]:
-        """The activations each MAK key has left."""
-        return {name: record.remaining for name, record in self.keys.items()}
-
-
-def _mak_record(key: MakKey, created: float) -> KeyRecord:
-    return KeyRecord(
-        fingerprint=key.name,
-        last5="SIM00",
-        type=KeyType.MAK,
-        product=key.product.number,
-        limit=key.limit,
-        created=created,
-    )
-
-
-def run_fast(
-    scenario: Scenario,
-    catalog: Catalog | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> Timeline:
-    """The scenario in fast mode: no sockets.
-
-    The cyclic garbage collector is paused meanwhile (as ``timeit`` does): a run makes no
-    reference cycles for it to find, and with 100,000 clients its passes over every live
-    licence cost a seventh of the run."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        return Engine(scenario, FastBackend(scenario, catalog), catalog).run(progress)
-    finally:
-        if collecting:
-            gc.enable()

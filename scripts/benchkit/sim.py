@@ -66,7 +66,7 @@ def peak_rss_kib() -> int:
 def run_once(clients: int, days: int, network: bool) -> dict[str, Any]:
     """One run of the bench scenario in this process: ``run_fast`` (or ``run_network``)
     alone timed, the KMS requests the engine made, and the process's peak RSS after it."""
-    from kmsemu.sim.engine import run_fast
+    from kmsemu.sim.fast import run_fast
     from kmsemu.sim.network import run_network
     from kmsemu.sim.scenario import parse_scenario
 
