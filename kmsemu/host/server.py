@@ -10,16 +10,25 @@ before their responses leave (``kmsemu.host.journal``), so an answer
 survives a killed process. A sweeper closes connections
 idle longer than ``idle_timeout``; connections over ``max_connections`` are
 closed on arrival. Every failure is confined to its own connection.
+
+Faults (``kmsemu.host.faults``) live in a file beside the database; a timer
+looks at its ``os.stat`` every ``FAULT_POLL`` seconds and reloads it when it
+changed. While none is in force, connections are plain ``_KmsProtocol``s (the
+one test is at accept); otherwise they are ``_FaultyProtocol``s, which look
+for a fault at accept, after the BIND and at each request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import math
+import os
 import random
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, Final, cast
@@ -27,7 +36,20 @@ from typing import Any, Final, cast
 from kmsemu.addresses import format_address
 from kmsemu.catalog import Catalog
 from kmsemu.clock import Clock, as_datetime
+from kmsemu.errors import KmsemuError
 from kmsemu.host.events import EventLog
+from kmsemu.host.faults import (
+    GARBAGE,
+    GARBAGE_BYTES,
+    RESET,
+    SLOW,
+    STALL,
+    Fault,
+    FaultSet,
+    FaultStore,
+    Phase,
+    forced_answer,
+)
 from kmsemu.host.journal import Journal
 from kmsemu.host.journal import record as journal_record
 from kmsemu.host.options import ServerOptions
@@ -35,14 +57,20 @@ from kmsemu.host.publish import Publication, Publisher
 from kmsemu.host.rules import HostRules, HostSettings
 from kmsemu.host.service import KmsHost
 from kmsemu.host.store import HostStore, LoggedRequest
-from kmsemu.klp.envelope import Keyring, NoncePool
+from kmsemu.klp.envelope import EnvelopeError, Keyring, NoncePool, Opened, seal_response
+from kmsemu.klp.messages import MessageError, RequestFields, parse_request
 from kmsemu.rpc.connection import NEED_DATA, Call, Closed, Event, Send
 from kmsemu.rpc.lean import LeanConnection
-from kmsemu.rpc.ndr import NdrError
-from kmsemu.rpc.pdu import NcaStatus
-from kmsemu.wire import filetime_from_unix
+from kmsemu.rpc.ndr import NdrError, decode_request_stub, encode_response_stub
+from kmsemu.rpc.pdu import NcaStatus, PType
+from kmsemu.wire import filetime_from_unix, guid_text, unix_from_filetime
 
 RETRY_PUBLISH: Final = 60.0
+#: Seconds between two looks at the faults file.
+FAULT_POLL: Final = 0.25
+_BIND_ACK: Final = int(PType.BIND_ACK)
+#: ``struct linger`` on: 0 seconds (a close then resets the connection).
+_LINGER_ZERO: Final = struct.pack("ii", 1, 0)
 
 
 class KmsServer:
@@ -57,6 +85,7 @@ class KmsServer:
         *,
         now: Callable[[], int],
         journal: Journal | None = None,
+        faults: FaultStore | None = None,
     ) -> None:
         self.host = host
         self.store = store
@@ -85,11 +114,19 @@ class KmsServer:
         #: What each accepted connection speaks through (the differential test gives the
         #: general machine alone, to compare).
         self.connection: Callable[..., LeanConnection] = LeanConnection
+        #: The faults file (None: no faults, ever).
+        self.fault_store = faults
+        #: The faults in force (None: none, and connections are plain).
+        self.faults: FaultSet | None = None
+        #: Faults fired since the start, by kind.
+        self.fault_counts: dict[str, int] = {}
 
     async def start(self, listen: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """Listen on every ``(host, port)``; port 0 binds one free port shared by all."""
         loop = asyncio.get_running_loop()
         shared_port: int | None = None
+        if self.fault_store is not None:  # a restart obeys the faults from the first accept
+            self.reload_faults()
         for host, port in listen:
             if port == 0 and shared_port is not None:
                 port = shared_port
@@ -98,7 +135,9 @@ class KmsServer:
             cell = [port]
             try:
                 server = await loop.create_server(
-                    lambda cell=cell: _KmsProtocol(self, cell[0]),  # type: ignore[misc]
+                    lambda cell=cell: (  # type: ignore[misc]
+                        _KmsProtocol if self.faults is None else _FaultyProtocol
+                    )(self, cell[0]),
                     host,
                     port,
                     backlog=1024,
@@ -116,7 +155,89 @@ class KmsServer:
                 shared_port = cell[0] = bound[1]
         self._tasks.append(asyncio.create_task(self._flush_loop()))
         self._tasks.append(asyncio.create_task(self._sweep_loop()))
+        if self.fault_store is not None:
+            self._tasks.append(asyncio.create_task(self._fault_loop()))
         return self.addresses
+
+    # -- faults -------------------------------------------------------------------------
+
+    def host_time(self) -> float:
+        """The host's clock in Unix seconds (what fault expiries are on)."""
+        return unix_from_filetime(self.now())
+
+    def reload_faults(self) -> None:
+        """Read the faults file again (now, whether or not it changed); a file that
+        cannot be read keeps the faults as they were and logs ``faults-invalid``."""
+        store = self.fault_store
+        if store is None:
+            return
+        store.changed()
+        try:
+            faults = store.load()
+        except (OSError, KmsemuError) as exc:
+            self.log.event("faults-invalid", self.now(), {"error": str(exc)})
+            return
+        self._set_faults(faults, announce=True)
+
+    def _set_faults(self, faults: FaultSet, *, announce: bool = False) -> None:
+        live = faults.live(self.host_time())
+        before = self.faults
+        self.faults = faults if live else None
+        if announce and (live or before is not None):
+            self.log.event(
+                "faults", self.now(), {"count": len(live), "kinds": ",".join(f.kind for f in live)}
+            )
+
+    async def _fault_loop(self) -> None:
+        store = self.fault_store
+        assert store is not None
+        while True:
+            await asyncio.sleep(FAULT_POLL)
+            if store.changed():
+                self.reload_faults()
+            elif self.faults is not None and not self.faults.live(self.host_time()):
+                self._set_faults(self.faults, announce=True)  # the last one expired
+
+    def fire(
+        self,
+        phase: Phase,
+        peer: str,
+        sku_id: bytes | None = None,
+        cmid: bytes | None = None,
+    ) -> Fault | None:
+        """The fault that fires for this event, spent (in the file, under its lock, when
+        it has a count), logged and counted; None when none does."""
+        faults = self.faults
+        if faults is None:
+            return None
+        fault = faults.first_match(phase, self.host_time(), sku_id, cmid)
+        if fault is None:
+            return None
+        if fault.remaining is not None:
+            store = self.fault_store
+            try:
+                if store is not None:
+                    after, fired = store.spend(fault.id)
+                    store.changed()  # our own write: nothing to reload
+                else:
+                    after, fired = faults.spend(fault.id)
+            except (OSError, KmsemuError) as exc:
+                self.log.event("faults-invalid", self.now(), {"error": str(exc)})
+                return None
+            self._set_faults(after)
+            if fired is None:  # spent by another process meanwhile
+                return None
+            fault = fired
+        self.fault_counts[fault.kind] = self.fault_counts.get(fault.kind, 0) + 1
+        fields: dict[str, Any] = {"kind": fault.kind, "fault": fault.id, "peer": peer}
+        if cmid is not None:
+            fields["cmid"] = guid_text(cmid)
+        if fault.product is not None:
+            fields["product"] = fault.product
+        if fault.remaining is not None:
+            fields["remaining"] = fault.remaining
+        self.log.event("fault", self.now(), fields)
+        return fault
 
     def start_publishing(
         self, publisher: Publisher, publications: list[Publication], interval: float
@@ -427,6 +548,91 @@ class _KmsProtocol(asyncio.Protocol):
 
     def _log_refusal(self, reason: str) -> None:
         self._server.log.event("refused", self._server.now(), {"peer": self.peer, "reason": reason})
+
+
+class _FaultyProtocol(_KmsProtocol):
+    """A connection accepted while faults are in force: it looks for one at accept, after
+    its BIND_ACK and at each request, and otherwise behaves as ``_KmsProtocol``."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self._server
+        self._peer = transport.get_extra_info("peername")
+        if server.fire(Phase.ACCEPT, self.peer) is not None:  # refuse
+            self._transport = cast(asyncio.Transport, transport)
+            self._transport.abort()
+            return
+        super().connection_made(transport)
+
+    def _act(self, conn: LeanConnection, event: Event) -> bool:
+        if (
+            type(event) is Send
+            and event.data[2] == _BIND_ACK
+            and self._server.fire(Phase.BIND, self.peer) is not None  # close-after-bind
+        ):
+            self._write(event.data)
+            self._conn = None
+            if self._transport is not None:
+                self._transport.close()
+            return False
+        return super()._act(conn, event)
+
+    def _answer(self, conn: LeanConnection, call: Call) -> bytes:
+        """The answer, or b"" when a fault sends something else (or nothing)."""
+        server = self._server
+        peeked = self._peek(call.stub)
+        if peeked is None:  # unreadable: answered as always
+            return super()._answer(conn, call)
+        opened, request = peeked
+        fault = server.fire(Phase.REQUEST, self.peer, request.sku_id, request.client_machine_id)
+        if fault is None:
+            return super()._answer(conn, call)
+        if fault.status is not None:
+            answer = forced_answer(
+                self._host.rules, request, fault.status, opened.nonce, server.now()
+            )
+            sealed = seal_response(opened.key, answer.plaintext, os.urandom(12))
+            server.record(LoggedRequest(answer.log, self.peer, f"fault {fault.id}"))
+            return conn.respond(call, encode_response_stub(sealed, 0))
+        transport = self._transport
+        if fault.kind == SLOW:
+            response = super()._answer(conn, call)
+            asyncio.get_running_loop().call_later(fault.delay, self._late, response)
+        elif fault.kind == RESET and transport is not None:
+            part = conn.respond(call, encode_response_stub(None, 0x800706BA))
+            transport.write(part[: len(part) // 2])
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # close with SO_LINGER 0: an RST, not a FIN
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+            transport.abort()
+        elif fault.kind == GARBAGE and transport is not None:
+            transport.write(GARBAGE_BYTES)
+            transport.close()
+        # STALL: nothing is sent; the connection stays until the client or the sweeper ends it
+        assert fault.kind in (SLOW, RESET, GARBAGE, STALL)
+        return b""
+
+    def _answered(self, response: bytes) -> None:
+        if response:
+            super()._answered(response)
+
+    def _late(self, response: bytes) -> None:
+        """A slow answer's time has come: out it goes, through the journal as any other."""
+        if self._conn is None:
+            return
+        super()._answered(response)
+        if self._held is not None:
+            self._server.commit()
+
+    def _peek(self, stub: bytes) -> tuple[Opened, RequestFields] | None:
+        """The opened envelope and the fields of a request, when it opens and parses."""
+        try:
+            opened = self._host.keyring.open_request(decode_request_stub(stub))
+            return opened, parse_request(opened.plaintext)
+        except (NdrError, EnvelopeError, MessageError):
+            return None
 
 
 # -- composition --------------------------------------------------------------------

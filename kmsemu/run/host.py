@@ -21,6 +21,7 @@ from kmsemu.catalog import Catalog
 from kmsemu.clock import OffsetClock
 from kmsemu.errors import ConfigError, LocalError
 from kmsemu.host.events import EventLog, TextSink
+from kmsemu.host.faults import FaultStore, faults_path
 from kmsemu.host.journal import Journal, journal_path, recover
 from kmsemu.host.options import ServerOptions
 from kmsemu.host.publish import Publication, Publisher, parse_server
@@ -169,6 +170,7 @@ async def open_host(config: HostConfig) -> RunningHost:
             c.options,
             now=lambda: filetime_from_unix(clock.now()),
             journal=journal,
+            faults=FaultStore(faults_path(store.path)),
         )
         try:
             bound = await server.start(c.addresses)

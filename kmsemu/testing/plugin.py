@@ -4,6 +4,11 @@ def test_my_provisioning_script(kms_host):
     kms_host.set_min_count(25)          # everyone activates at once
     run_my_script(kms=kms_host.host_port, secret=kms_host.secret)
 
+def test_my_script_survives_a_refusing_host(kms_host):
+    kms_host.fail("0xC004F042", times=1)     # or "reset", "stall", "slow" with delay=2.0...
+    run_my_script(kms=kms_host.host_port, secret=kms_host.secret)
+    kms_host.clear_faults()
+
 def test_my_mak_provisioning(mak_service):
     key = mak_service.mint_key(limit=3)  # a registered MAK
     run_my_script(key=key, url=mak_service.url)
@@ -26,7 +31,9 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def kms_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundHost]:
-    """A KMS host on 127.0.0.1 (free port) with a fresh state directory and the lab secret."""
+    """A KMS host on 127.0.0.1 (free port) with a fresh state directory and the lab secret;
+    ``kms_host.fail(KIND, times=..., product=..., client=..., duration=...)`` and
+    ``kms_host.clear_faults()`` make it fail on demand."""
     state: Path = tmp_path_factory.mktemp("kms-host")
     with BackgroundHost(state) as host:
         yield host
