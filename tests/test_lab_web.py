@@ -57,6 +57,7 @@ def build(*, open_reads: bool) -> tuple[Any, FakeView, LabMetrics]:
             mak_keys=[],
             clock_offset=view.offset,
             dns_queries={"udp": 2},
+            host_faults={"0xC004F042": 2, "reset": 1},
         ),
     )
     mak = Starlette(routes=[Route("/v1/keys/{fingerprint}", mak_key, methods=["GET", "POST"])])
@@ -187,6 +188,8 @@ def test_health_readiness_and_metrics_need_no_token() -> None:
     assert status == 200 and headers["content-type"].startswith("text/plain")
     assert b'kmsemu_kms_count{application="Windows"} 3.0' in text
     assert b'kmsemu_dns_queries_total{transport="udp"} 2.0' in text
+    assert b'kmsemu_host_faults_total{kind="0xC004F042"} 2.0' in text
+    assert b'kmsemu_host_faults_total{kind="reset"} 1.0' in text
 
 
 def test_other_paths_reach_the_mak_service_and_hostile_paths_share_one_label() -> None:

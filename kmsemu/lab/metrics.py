@@ -99,12 +99,14 @@ class LabGauges:
         mak_keys: Iterable[dict[str, Any]],
         clock_offset: float,
         dns_queries: dict[str, int],
+        host_faults: dict[str, int] | None = None,
     ) -> None:
         self.counts = counts
         self.connections = connections
         self.mak_keys = list(mak_keys)
         self.clock_offset = clock_offset
         self.dns_queries = dns_queries
+        self.host_faults = host_faults or {}
 
 
 class _Gauges(Collector):
@@ -153,3 +155,11 @@ class _Gauges(Collector):
         for transport, value in sorted(g.dns_queries.items()):
             dns.add_metric([transport], value)
         yield dns
+        faults = CounterMetricFamily(
+            "kmsemu_host_faults",
+            "Faults the KMS host fired on demand (kmsemu host fault), by kind",
+            labels=["kind"],
+        )
+        for kind, value in sorted(g.host_faults.items()):
+            faults.add_metric([kind], value)
+        yield faults

@@ -436,6 +436,7 @@ class Lab:
             mak_keys=self.mak_keys(),
             clock_offset=self.clock.offset,
             dns_queries=dict(self.dns.stats) if self.dns else {},
+            host_faults=dict(self.host.server.fault_counts) if self.host else {},
         )
 
 
