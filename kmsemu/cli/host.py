@@ -21,6 +21,7 @@ from kmsemu.cli.common import (
 from kmsemu.clock import OffsetClock, SystemClock
 from kmsemu.errors import ConfigError, LocalError
 from kmsemu.host.options import (
+    DEFAULT_DNS_REFRESH,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_PORT,
@@ -167,7 +168,7 @@ def host() -> None:
 @click.option(
     "--dns-refresh",
     type=DURATION,
-    default=24 * 3600.0,
+    default=DEFAULT_DNS_REFRESH,
     help="Publish again this often (default 24h).",
 )
 @click.option(

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 SERVICE = "_vlmcs._tcp"
 DEFAULT_TTL = 3600
-DEFAULT_INTERVAL = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
