@@ -56,6 +56,26 @@ _INSERT_REQUEST = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+#: The columns ``HostStore.request_log`` returns, in this order: all of a request row.
+REQUEST_LOG_COLUMNS: Final = (
+    "id",
+    "time",
+    "status",
+    "required_client_count",
+    "workstation_name",
+    "client_machine_id",
+    "request_time",
+    "virtual_machine",
+    "license_status",
+    "grace_minutes_remaining",
+    "sku_id",
+    "application_id",
+    "kms_count_id",
+    "current_count",
+    "peer",
+    "reason",
+)
+
 
 class LoggedRequest(NamedTuple):
     """A log record as the server saw it: who sent it and why it failed, if it did."""
@@ -114,7 +134,7 @@ def database_path(state: str | Path) -> Path:
 class HostStore:
     """A host's state in one SQLite database, created on first use unless ``create`` is False."""
 
-    def __init__(self, state: str | Path, *, create: bool = True) -> None:
+    def __init__(self, state: str | Path, *, create: bool = True, read_only: bool = False) -> None:
         self.path = database_path(state)
         self.state_dir = self.path.parent
         if create:
@@ -123,7 +143,9 @@ class HostStore:
             raise FileNotFoundError(f"no host state at {self.path}")
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout = 5000")
-        if create:
+        if read_only:  # a reader beside a running host (WAL): it can never write by mistake
+            self._db.execute("PRAGMA query_only = ON")
+        if create and not read_only:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.executescript(_SCHEMA)
@@ -219,6 +241,29 @@ class HostStore:
             " license_status, sku_id, required_client_count, current_count, peer, reason"
             " FROM requests ORDER BY id DESC LIMIT ?",
             (limit,),
+        ).fetchall()
+        rows.reverse()
+        return rows
+
+    def request_log(
+        self, *, since: int | None = None, client: bytes | None = None, last: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """The log rows (``REQUEST_LOG_COLUMNS``) in the order they were logged, oldest
+        first: those logged at ``since`` (FILETIME, host clock) or later, of the CMID
+        ``client`` (``bytes_le``), the newest ``last`` of them (None: all)."""
+        where: list[str] = []
+        args: list[Any] = []
+        if since is not None:
+            where.append("time >= ?")
+            args.append(since)
+        if client is not None:
+            where.append("client_machine_id = ?")
+            args.append(client)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self._db.execute(
+            f"SELECT {', '.join(REQUEST_LOG_COLUMNS)} FROM requests{clause}"
+            " ORDER BY id DESC LIMIT ?",
+            (*args, -1 if last is None else last),
         ).fetchall()
         rows.reverse()
         return rows
