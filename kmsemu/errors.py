@@ -34,6 +34,7 @@ Exception tree::
      |    +-- TextFieldError      (kmsemu.wire) -> MessageError
      |    +-- IdError             (kmsemu.keys.activation_ids) -> installation_id_invalid
      |    +-- AddressError        (kmsemu.addresses) -> a usage error
+     |    +-- SlmgrUsage          (kmsemu.cli.slmgr) -> a usage error
      +-- EnvelopeError            (kmsemu.klp.envelope) -> stub status 0x80070005 / 0x8007000D
      +-- _Unusable                (kmsemu.client.exchange) -> ActivationError 0xC004F074
      +-- KeyError
@@ -707,6 +708,11 @@ LOCAL_ERRORS: dict[str, ErrorInfo] = {
         "Product key not found.",
         "Install one with 'kmsemu client ipk KEY' ('kmsemu "
         "keys setup-keys' lists the KMS client setup keys).",
+    ),
+    "product_not_found": ErrorInfo(
+        "Product not found.",
+        "The Activation ID names no licence of this machine: 'kmsemu slmgr /dlv all' shows "
+        "them with their Activation IDs.",
     ),
     "no_confirmation_id": ErrorInfo(
         _INFO[HResult.IID_CID_INVALID].message,

@@ -55,6 +55,11 @@ COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
         "The licensing portal: organisations, subscription keys, subscriptions, licences.",
     ),
     "sim": ("kmsemu.cli.sim", "sim", "The fleet simulator: a year of a network in seconds."),
+    "slmgr": (
+        "kmsemu.cli.slmgr",
+        "slmgr",
+        "Drive a client machine with slmgr's own syntax: /ipk KEY, /ato, /dlv [all], /xpr...",
+    ),
 }
 
 

@@ -73,24 +73,25 @@ def emit(data: dict[str, Any]) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-def report_error(exc: KmsemuError, *, as_json: bool) -> None:
+def report_error(exc: KmsemuError, *, as_json: bool, err: bool = True) -> None:
     """Print a failed operation: with --json its JSON object on stdout (the fields the
     command knows besides ``error``); else ``Error: [0xHRESULT ]message (detail)``, the
-    keys meant, the hint and the command's notes, on stderr."""
+    keys meant, the hint and the command's notes, on stderr (``err`` False: on stdout,
+    as slmgr prints them)."""
     from kmsemu.errors import format_hresult
 
     if as_json:
         emit(exc.to_json(http=False))
         return
     prefix = f"Error: {format_hresult(exc.hresult)} " if exc.hresult is not None else "Error: "
-    click.echo(prefix + exc.text, err=True)
+    click.echo(prefix + exc.text, err=err)
     candidates = exc.fields.get("candidates")
     if candidates and isinstance(candidates, list):
-        click.echo("Did you mean: " + ", ".join(map(str, candidates)), err=True)
+        click.echo("Did you mean: " + ", ".join(map(str, candidates)), err=err)
     if exc.hint:
-        click.echo(exc.hint, err=True)
+        click.echo(exc.hint, err=err)
     for note in exc.notes:
-        click.echo(note, err=True)
+        click.echo(note, err=err)
 
 
 class KmsemuGroup(click.Group):
