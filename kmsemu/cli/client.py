@@ -13,6 +13,7 @@ from kmsemu.cli.common import (
     ADDRESS,
     DURATION,
     PRODUCT,
+    GuidType,
     SecondsType,
     emit,
     json_option,
@@ -62,20 +63,6 @@ def client(ctx: click.Context, profile: str) -> None:
     ctx.obj = {"profile": profile}
 
 
-class _Guid(click.ParamType):  # type: ignore[type-arg]
-    name = "GUID"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> uuid.UUID:
-        if isinstance(value, uuid.UUID):
-            return value
-        try:
-            return uuid.UUID(str(value))
-        except ValueError:
-            self.fail(f"{value!r} is not a GUID", param, ctx)
-
-
 @client.command()
 @click.option(
     "--host",
@@ -88,8 +75,8 @@ class _Guid(click.ParamType):  # type: ignore[type-arg]
 @click.option(
     "--product", type=PRODUCT, required=True, help="Catalog product key or name (kmsemu catalog)."
 )
-@click.option("--cmid", type=_Guid(), help="Client machine id (default: a random one).")
-@click.option("--previous-cmid", type=_Guid(), help="The CMID this machine had before.")
+@click.option("--cmid", type=GuidType(), help="Client machine id (default: a random one).")
+@click.option("--previous-cmid", type=GuidType(), help="The CMID this machine had before.")
 @click.option("--vm", is_flag=True, help="Say the client is a virtual machine.")
 @click.option("--name", default=None, help="Workstation name (default: this machine's name).")
 @click.option(

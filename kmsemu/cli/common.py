@@ -177,6 +177,25 @@ class AddressType(click.ParamType):  # type: ignore[type-arg]
         return host, None if port == -1 else port
 
 
+class GuidType(click.ParamType):  # type: ignore[type-arg]
+    """A GUID in any case, with or without braces; ``what`` names it in the usage error."""
+
+    def __init__(self, name: str = "GUID", what: str = "a GUID") -> None:
+        self.name = name
+        self._what = what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The ``uuid.UUID``; a usage error when the text is no GUID."""
+        import uuid
+
+        if isinstance(value, uuid.UUID):
+            return value
+        try:
+            return uuid.UUID(str(value).strip())
+        except ValueError:
+            self.fail(f"{value!r} is not {self._what}", param, ctx)
+
+
 class DurationType(click.ParamType):  # type: ignore[type-arg]
     """A duration such as ``90m``, ``+181d`` or ``-5h`` (``kmsemu.durations``), in seconds."""
 

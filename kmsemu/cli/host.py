@@ -16,6 +16,7 @@ from kmsemu.cli.common import (
     ADDRESS,
     DURATION,
     PRODUCT,
+    GuidType,
     emit,
     json_option,
     kmsemu_home,
@@ -365,25 +366,8 @@ def _status_text(report: dict[str, Any]) -> str:
 # -- kmsemu host requests ---------------------------------------------------------------
 
 
-class CmidType(click.ParamType):  # type: ignore[type-arg]
-    """A client machine ID: GUID text in any case, with or without braces."""
-
-    name = "CMID"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> uuid.UUID:
-        """The CMID; a usage error when the text is no GUID."""
-        if isinstance(value, uuid.UUID):
-            return value
-        try:
-            return uuid.UUID(str(value).strip())
-        except ValueError:
-            self.fail(
-                f"{value!r} is not a CMID (a GUID such as 174d1b52-2b07-4a4e-8c5d-2f0a3c1b9e6d)",
-                param,
-                ctx,
-            )
+#: ``--client``: a client machine ID.
+CMID = GuidType("CMID", "a CMID (a GUID such as 174d1b52-2b07-4a4e-8c5d-2f0a3c1b9e6d)")
 
 
 class SinceType(click.ParamType):  # type: ignore[type-arg]
@@ -440,7 +424,7 @@ _MAX_SINCE = 3_650 * 86_400.0  # ten years: further back than any lab host has r
     help="Only requests logged since WHEN: ISO 8601 (2026-12-01T08:00:00Z) or a duration "
     "back from now on the host's clock (2h, 7d).",
 )
-@click.option("--client", "client_id", type=CmidType(), help="Only requests from this CMID.")
+@click.option("--client", "client_id", type=CMID, help="Only requests from this CMID.")
 @click.option(
     "--last",
     type=click.IntRange(0, 2**63 - 1),  # SQLite's LIMIT is a signed 64-bit integer
