@@ -16,6 +16,7 @@ Exception tree::
      |    |                       hint, hresult?; the CLI prints it and exits 1
      |    +-- ActivationError     an HRESULT from the KMS host, or decided by the client
      |    |    +-- DiscoveryError      (kmsemu.client.discovery) DNS found no KMS host
+     |    |         +-- UnresolvedHost     the skms name has no address in DNS
      |    +-- ServiceError        an HTTP service refuses: a SERVICE_ERRORS code and status
      |    +-- RemoteError         (mak.client) such a refusal as a client receives it, or
      |    |                       the service could not be reached (LOCAL_ERRORS)
@@ -55,6 +56,7 @@ class HResult(IntEnum):
     S_OK = 0x00000000
     ACCESS_DENIED = 0x80070005
     INVALID_DATA = 0x8007000D
+    TIMEOUT = 0x800705B4
     RPC_SERVER_UNAVAILABLE = 0x800706BA
     CANNOT_CONNECT = 0x80072EFD
     DNS_SERVER_FAILURE = 0x8007232A
@@ -99,6 +101,11 @@ _INFO: dict[HResult, ErrorInfo] = {
         "The data is invalid.",
         "The request envelope or plaintext is malformed; check the client against klp-v1.md.",
     ),
+    HResult.TIMEOUT: ErrorInfo(
+        "This operation returned because the timeout period expired.",
+        "No DNS server answered in time; check 'kmsemu client dns --server' and that the "
+        "server ('kmsemu dns serve') is running.",
+    ),
     HResult.RPC_SERVER_UNAVAILABLE: ErrorInfo(
         "The RPC server is unavailable.",
         "Nothing answered at that address and port; is the host running and reachable?",
@@ -131,7 +138,11 @@ _INFO: dict[HResult, ErrorInfo] = {
         "The host has not yet counted enough machines (25 client PCs, or 5 servers/Office).",
     ),
     HResult.KMS_NOT_ENABLED: ErrorInfo(
-        "The Key Management Service (KMS) is not enabled.", "The KMS host did not respond."
+        "The Key Management Service (KMS) is not enabled.",
+        "kmsemu never decides it: a kmsemu KMS host is enabled while it serves, and a host "
+        "that does not respond shows as 0xC004F074 with the cause (behaviour.md: every host "
+        "failed). A host answers it only when forced ('kmsemu host fault set "
+        "kms_not_enabled'), and a client shows that answer as 0xC004F074.",
     ),
     HResult.PRODUCT_NOT_SERVED: ErrorInfo(
         "The Software Licensing Service determined that the specified Key Management Service "
@@ -149,7 +160,10 @@ _INFO: dict[HResult, ErrorInfo] = {
         "made with another lab secret, or for another installation ID, matches nowhere.",
     ),
     HResult.PRODUCT_KEY_BLOCKED: ErrorInfo(
-        "The Software Licensing Service reported that the product key is blocked.", ""
+        "The Software Licensing Service reported that the product key is blocked.",
+        "kmsemu never produces it: KMS client setup keys are public and never blocked, and a "
+        "key blocked in the lab's MAK service ('kmsemu mak block') fails with the activation "
+        "server's 0xC004C003 (mak_blocked), as a blocked MAK does.",
     ),
     HResult.TIMESTAMP_INVALID: ErrorInfo(
         "The activation request timestamp is invalid.",

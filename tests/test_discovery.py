@@ -137,7 +137,7 @@ def test_skms_wins_and_skms_domain_restricts(
     client(home, "ckhc")
     client(home, "skms-domain", "nothere.lab.test")
     failed = client(home, "ato")
-    assert failed.exit_code == 1 and "0xC004F074" in failed.stderr
+    assert failed.exit_code == 1 and "Error: 0x8007232B" in failed.stderr
     events = json.loads(client(home, "events", "--json").stdout)["events"]
     assert events[-1]["hresult"] == "0x8007232B"
     client(home, "ckms-domain")

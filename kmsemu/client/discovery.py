@@ -5,7 +5,13 @@
 Hosts are tried in RFC 2782 order: ascending priority, weighted random
 within a priority (``rng`` is passed in); a target of ``.`` means "no
 service here"; targets are resolved from the additional section, or by A/AAAA
-queries. DNS failures map to the HRESULTs Windows reports.
+queries. DNS failures map to the HRESULTs Windows reports (``failure``: a
+dnspython outcome in, the HRESULT out); slmgr shows that code itself when
+discovery found no host, and 0xC004F074 only when hosts were found and none
+answered.
+
+``resolve_host`` resolves an ``skms`` name through the machine's own DNS
+servers, as Windows does, rather than the operating system's resolver.
 """
 
 from __future__ import annotations
@@ -41,7 +47,29 @@ class Candidate:
 
 
 class DiscoveryError(ActivationError):
-    """DNS found no KMS host: a DNS HRESULT (0x8007232A, 0x8007232B, 0x8007251D)."""
+    """DNS found no KMS host: a DNS HRESULT (0x8007232A, 0x8007232B, 0x8007251D,
+    0x800705B4)."""
+
+
+class UnresolvedHost(DiscoveryError):
+    """The ``skms`` name has no address through the machine's DNS servers: the DNS
+    HRESULT goes in the 12288 event, the attempt fails with 0xC004F074."""
+
+
+def failure(exc: dns.exception.DNSException, qname: str) -> DiscoveryError:
+    """The HRESULT Windows reports for a failed query of ``qname`` (pure: the outcome in,
+    the error out): no such name 0x8007232B, no records of the type 0x8007251D, no
+    answer in time 0x800705B4, any other server failure (SERVFAIL, REFUSED) 0x8007232A."""
+    if isinstance(exc, dns.resolver.NXDOMAIN):
+        return DiscoveryError(HResult.DNS_NAME_DOES_NOT_EXIST, f"{qname} does not exist")
+    if isinstance(exc, dns.resolver.NoAnswer):
+        return DiscoveryError(HResult.DNS_NO_RECORDS, f"{qname} has no records of that type")
+    if isinstance(exc, dns.exception.Timeout):
+        return DiscoveryError(HResult.TIMEOUT, f"{qname}: no DNS server answered in time")
+    if isinstance(exc, dns.resolver.NoNameservers):
+        return DiscoveryError(HResult.DNS_SERVER_FAILURE, f"{qname}: {exc}")
+    # a name DNS cannot carry (label too long, empty label)
+    return DiscoveryError(HResult.DNS_NAME_DOES_NOT_EXIST, f"{qname}: {exc}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,17 +134,11 @@ def discover(
         qname = f"{SERVICE}.{domain.strip('.')}."
         try:
             answer = resolver.resolve(qname, "SRV", raise_on_no_answer=True)
-        except dns.resolver.NXDOMAIN:
-            last = DiscoveryError(HResult.DNS_NAME_DOES_NOT_EXIST, f"{qname} does not exist")
-            continue
         except dns.resolver.NoAnswer:
             last = DiscoveryError(HResult.DNS_NO_RECORDS, f"{qname} has no SRV records")
             continue
-        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
-            last = DiscoveryError(HResult.DNS_SERVER_FAILURE, f"{qname}: {exc}")
-            continue
-        except dns.exception.DNSException as exc:  # a name DNS cannot carry (label too long)
-            last = DiscoveryError(HResult.DNS_NAME_DOES_NOT_EXIST, f"{qname}: {exc}")
+        except dns.exception.DNSException as exc:
+            last = failure(exc, qname)
             continue
         records = [Srv(r.priority, r.weight, r.port, r.target.to_text()) for r in answer]
         usable = [r for r in records if r.target != "."]
@@ -150,6 +172,34 @@ def _addresses(resolver: dns.resolver.Resolver, target: str) -> list[str]:
         except dns.exception.DNSException:
             continue
     return addresses
+
+
+def resolve_host(name: str, servers: Sequence[str], *, timeout: float = 3.0) -> list[str]:
+    """The A, then AAAA, addresses of ``name`` from the machine's DNS servers; raises
+    ``UnresolvedHost`` with the DNS HRESULT when it has none (the A query's, unless
+    that one only lacked records)."""
+    qname = f"{name.rstrip('.')}."
+    try:
+        resolver = _resolver(servers, timeout)
+    except ValueError as exc:
+        raise UnresolvedHost(
+            HResult.DNS_SERVER_FAILURE, f"DNS servers {', '.join(servers)}: {exc}"
+        ) from None
+    addresses: list[str] = []
+    first: DiscoveryError | None = None
+    for kind in ("A", "AAAA"):
+        try:
+            addresses += [r.address for r in resolver.resolve(qname, kind)]
+        except dns.exception.DNSException as exc:
+            error = failure(exc, qname)
+            if first is None or first.hresult == HResult.DNS_NO_RECORDS:
+                first = error
+            if isinstance(exc, (dns.resolver.NXDOMAIN, dns.exception.Timeout)):
+                break  # the AAAA query would answer the same, or as late
+    if addresses:
+        return addresses
+    assert first is not None
+    raise UnresolvedHost(first.hresult, first.detail)
 
 
 def describe(candidate: Candidate) -> str:

@@ -20,6 +20,7 @@ licence becomes permanent; the CID is kept for a later local reactivation.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 import re
@@ -66,7 +67,6 @@ if TYPE_CHECKING:  # the network parts load when a verb reaches the network
 
 KMS_PORT = 1688
 MAX_TICK_ATTEMPTS = 20_000
-#: Host statuses a KMS client shows as they are; anything else it shows as 0xC004F074.
 #: Keys the MAK service activates (online or by phone); the rest of the emulator calls them
 #: "MAK-type" keys. KMS client setup keys activate against KMS; subscription keys are not
 #: installed on machines at all.
@@ -82,6 +82,8 @@ CLOCK_RANGE = (0.0, datetime(3000, 1, 1, tzinfo=UTC).timestamp())
 
 Exchanger = Callable[[tuple[str, int], ActivationRequest, "LabKey"], "Exchange"]
 Discoverer = Callable[[list[str], list[str], random.Random], list["Candidate"]]
+#: (name, DNS servers) -> the name's addresses; raises ``UnresolvedHost``.
+HostResolver = Callable[[str, list[str]], list[str]]
 MakConnector = Callable[[str], "MakClient"]
 
 
@@ -97,6 +99,13 @@ def _discover(domains: list[str], servers: list[str], rng: random.Random) -> lis
     from kmsemu.client.discovery import discover
 
     return discover(domains, servers, rng)
+
+
+def _resolve_host(name: str, servers: list[str]) -> list[str]:
+    """An skms name's A/AAAA through the machine's DNS servers (dnspython, as discovery)."""
+    from kmsemu.client.discovery import resolve_host
+
+    return resolve_host(name, servers)
 
 
 def _mak_client(url: str) -> MakClient:
@@ -131,6 +140,7 @@ class Machine:
         exchange: Exchanger | None = None,
         new_cmid: Callable[[], str] = lambda: str(uuid.uuid4()),
         discover: Discoverer = _discover,
+        resolve: HostResolver = _resolve_host,
         rng: random.Random | None = None,
         mak: MakConnector = _mak_client,
         mak_url: str = DEFAULT_MAK_URL,
@@ -143,6 +153,7 @@ class Machine:
         self._exchange = exchange or _exchange
         self._new_cmid = new_cmid
         self._discover = discover
+        self._resolve = resolve
         self._rng = rng or random.SystemRandom()
         self._mak = mak
         self._mak_url = mak_url
@@ -305,16 +316,26 @@ class Machine:
             "minutes_to_expiration": self.licence.minutes_remaining(when),
         }
         detail = "no KMS host could be contacted"
-        from kmsemu.client.discovery import DiscoveryError
+        # slmgr shows the DNS code when discovery found no host to try; 0xC004F074 when
+        # hosts were found (or set with skms) and none answered
+        shown: int = HResult.NO_KMS_HOST
+        from kmsemu.client.discovery import DiscoveryError, UnresolvedHost
         from kmsemu.klp.envelope import LabKey
 
         lab_key = LabKey.derive(self._secret)
         for candidate in self._candidates():
             if isinstance(candidate, DiscoveryError):
+                unresolved = isinstance(candidate, UnresolvedHost)
                 self.profile.add_event(
-                    {**sent, "hresult": f"0x{candidate.hresult:08X}", "server": None}
+                    {
+                        **sent,
+                        "hresult": f"0x{candidate.hresult:08X}",
+                        "server": self.profile.kms_host if unresolved else None,
+                    }
                 )
                 detail = candidate.detail
+                if not unresolved:
+                    shown = candidate.hresult
                 continue
             address, name, source = candidate
             server = format_address(*address)
@@ -328,7 +349,7 @@ class Machine:
                 detail = exc.detail
                 continue
             return self._answered(when, product, exchange, sent, server, name, source)
-        return self._failed(when, HResult.NO_KMS_HOST, detail)
+        return self._failed(when, shown, detail)
 
     def _answered(
         self,
@@ -531,10 +552,24 @@ class Machine:
     # -- KMS host discovery ---------------------------------------------------------------------
 
     def _candidates(self) -> Iterator[tuple[tuple[str, int], str, str] | DiscoveryError]:
-        """Hosts to try, in order: skms alone; else the cached host, then DNS discovery."""
+        """Hosts to try, in order: skms alone (a name resolved through the profile's DNS
+        servers when it has some, else by the operating system); else the cached host,
+        then DNS discovery."""
         profile = self.profile
         if profile.kms_host:
-            yield parse_address(profile.kms_host, KMS_PORT), profile.kms_host, "registered"
+            host, port = parse_address(profile.kms_host, KMS_PORT)
+            if not profile.dns_servers or _is_ip(host):
+                yield (host, port), profile.kms_host, "registered"
+                return
+            from kmsemu.client.discovery import UnresolvedHost
+
+            try:
+                addresses = self._resolve(host, profile.dns_servers)
+            except UnresolvedHost as exc:
+                yield exc
+                return
+            for ip in addresses:
+                yield (ip, port), profile.kms_host, "registered"
             return
         tried = set()
         if profile.host_caching and profile.cached_host:
@@ -684,6 +719,14 @@ def _service_detail(hresult: int, message: str) -> str:
         return message
     rest = message[len(base) :].strip()
     return rest[1:-1] if rest.startswith("(") and rest.endswith(")") else rest
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _clock_in_range(seconds: float) -> bool:
