@@ -221,6 +221,15 @@ def test_hardware_change_two_free_four_out_of_tolerance(
     assert significant  # 6 of 10 changed (a changed value keeps its byte 1 time in 256)
     assert major.exit_code == 1 and "0xC004F00F" in major.stderr
     assert state("pc")["license_status"]["value"] == 3
+    # slmgr's order (behaviour.md): License Status, Time remaining, rearm count; no Reason line
+    shown = [line.split(":")[0] for line in client("pc", "dli").stdout.splitlines()]
+    status_at = shown.index("License Status")
+    assert shown[status_at : status_at + 3] == [
+        "License Status",
+        "Time remaining",
+        "Remaining Windows rearm count",
+    ]
+    assert "Reason" not in shown
     assert client("pc", "ato").exit_code == 0  # reactivating clears it
     assert client("pc", "hardware", "--set", "11=x").exit_code == 2
 

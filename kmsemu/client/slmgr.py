@@ -95,8 +95,6 @@ def licence_lines(machine: Machine, *, verbose: bool) -> list[str]:
         lines.append(f"Notification Reason: 0x{lic.reason:08X}.")
     else:
         lines.append(f"Time remaining: {_remaining(minutes)}")
-    if lic.status is _S.OUT_OF_TOLERANCE_GRACE and lic.reason:
-        lines.append(f"Reason: 0x{lic.reason:08X}")
     rearm_label = "Office" if product.family == "office" else "Windows"
     lines += [
         f"Remaining {rearm_label} rearm count: {lic.rearms_left or 0}",
