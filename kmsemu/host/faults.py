@@ -232,6 +232,13 @@ class FaultSet:
         kept = tuple(f for f in self.faults if kind is not None and f.kind != kind)
         return FaultSet(kept, self.next_id), len(self.faults) - len(kept)
 
+    def remove(self, fault_id: int) -> tuple[FaultSet, Fault | None]:
+        """Without the fault ``fault_id``, and that fault (None: there is none)."""
+        gone = next((f for f in self.faults if f.id == fault_id), None)
+        if gone is None:
+            return self, None
+        return FaultSet(tuple(f for f in self.faults if f is not gone), self.next_id), gone
+
     def spend(self, fault_id: int) -> tuple[FaultSet, Fault | None]:
         """One firing of the fault ``fault_id`` taken off its count (a spent fault goes);
         the fault as fired, or None when it is no longer there (spent elsewhere)."""
@@ -375,6 +382,14 @@ class FaultStore:
             if removed:
                 self._write(faults)
         return removed
+
+    def remove(self, fault_id: int) -> Fault | None:
+        """Remove the fault ``fault_id``; the fault removed (None: there was none)."""
+        with self._locked():
+            faults, gone = self.load().remove(fault_id)
+            if gone is not None:
+                self._write(faults)
+        return gone
 
     def spend(self, fault_id: int) -> tuple[FaultSet, Fault | None]:
         """Spend one firing of ``fault_id`` in the file (see ``FaultSet.spend``)."""

@@ -34,6 +34,7 @@ from kmsemu.dns.authority import Authority
 from kmsemu.dns.server import DnsServer, loopback
 from kmsemu.dns.zone import SrvTarget, Zone
 from kmsemu.errors import ConfigError, KmsemuError, LocalError
+from kmsemu.host.faults import FaultStore, faults_path
 from kmsemu.host.options import ServerOptions
 from kmsemu.host.rules import HostSettings
 from kmsemu.host.server import product_names
@@ -48,7 +49,7 @@ from kmsemu.lab.config import (
 )
 from kmsemu.lab.metrics import LabGauges, LabMetrics
 from kmsemu.lab.monitor import Monitor, iso
-from kmsemu.lab.web import create_lab_app
+from kmsemu.lab.web import HostFaults, create_lab_app
 from kmsemu.run.host import HostConfig, RunningHost, open_host
 from kmsemu.run.mak import MakConfig, open_mak, start_http
 from kmsemu.run.signals import until_signal
@@ -222,6 +223,13 @@ class Lab:
             self.metrics,
             admin_token=opened.token,
             open_reads=loopback(http_bound[0]),
+            faults=HostFaults(
+                FaultStore(faults_path(self.db)),  # the file kmsemu host fault writes
+                self.catalog,
+                host.server.host_time,
+                host.server.reload_faults,  # on this loop: the host obeys at once
+                lambda: dict(host.server.fault_counts),
+            ),
         )
         http = await start_http(app, sockets)
         stack.push_async_callback(http.close)
@@ -409,7 +417,17 @@ class Lab:
                 ],
             },
             "mak": {"keys": self.mak_keys()},
+            "host_faults": self.host_faults(),
         }
+
+    def host_faults(self) -> dict[str, Any]:
+        """The faults the host holds in force and those fired by kind, as the dashboard
+        lists them (the host's own copy of the faults file: no I/O)."""
+        if self.host is None:
+            return {"faults": [], "fired": {}}
+        server = self.host.server
+        live = server.faults.live(server.host_time()) if server.faults is not None else ()
+        return {"faults": [f.to_json() for f in live], "fired": dict(server.fault_counts)}
 
     def readiness(self) -> dict[str, bool]:
         """Whether each part is serving: kms, dns, http and the database."""

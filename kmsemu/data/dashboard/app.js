@@ -1,7 +1,7 @@
 // kmsemu lab dashboard: everything on the page is rendered from one state
 // object, which arrives from GET /lab/api/state, from the Server-Sent Events
 // stream /lab/events (at connect and on every change), and in the answer to
-// a clock change. Rendering rebuilds each table's innerHTML from one string,
+// a clock change (a host fault change answers the faults, shown at once). Rendering rebuilds each table's innerHTML from one string,
 // so every text from the state goes through esc(): workstation names come
 // from the network and are attacker-controlled.
 "use strict";
@@ -9,6 +9,7 @@
 (() => {
   const API_STATE = "/lab/api/state";
   const API_CLOCK = "/lab/api/clock";
+  const API_FAULTS = "/api/host/faults";
   const EVENTS = "/lab/events";
   const TOKEN_KEY = "kmsemu_token";
   const OK_HRESULT = "0x00000000";
@@ -27,6 +28,7 @@
   let retryTimer = null;
   let retryDelay = RETRY_MIN_MS;
   let busy = false;          // a clock change is in flight
+  let faultBusy = false;     // a host fault change is in flight
 
   // ---------------------------------------------------------------- helpers
 
@@ -228,6 +230,7 @@
     renderRequests(state.requests || []);
     renderDns(state.dns || {});
     renderMak((state.mak && state.mak.keys) || []);
+    renderFaults(state.host_faults || {});
     setText("#state-version", `state version ${state.version ?? "?"}`);
   }
 
@@ -242,6 +245,7 @@
     const readOnly = state.read_only !== false;
     $("#read-only-hint").hidden = !readOnly;
     setClockEnabled(!readOnly && !busy);
+    setFaultsEnabled(!readOnly && !faultBusy);
   }
 
   // the lab clock keeps running between states: now + time since it arrived
@@ -264,6 +268,47 @@
       "#advance-form button").forEach((el) => {
       el.disabled = !enabled;
     });
+  }
+
+  function setFaultsEnabled(enabled) {
+    document.querySelectorAll("#fault-form select, #fault-form input, #fault-form button, " +
+      "#faults button").forEach((el) => {
+      el.disabled = !enabled;
+    });
+    if (enabled) syncFaultKind();
+  }
+
+  // the HRESULT field is for a status, the delay field for slow only
+  function syncFaultKind() {
+    const kind = $("#fault-kind").value;
+    $("#fault-hresult").disabled = kind !== "" || $("#fault-kind").disabled;
+    $("#fault-delay").hidden = kind !== "slow";
+    $("#fault-delay").disabled = kind !== "slow" || $("#fault-kind").disabled;
+  }
+
+  // a fault as `kmsemu host fault show` words it
+  function faultText(f) {
+    const parts = [`Fault ${f.id}: ${f.kind}`];
+    if (f.kind === "slow") parts.push(`delay ${f.delay}s`);
+    if (f.product) parts.push(`product ${f.product}`);
+    if (f.client) parts.push(`client ${f.client}`);
+    parts.push(f.remaining === null || f.remaining === undefined
+      ? "until cleared" : `${f.remaining} time(s) left`);
+    if (f.expires) parts.push(`expires ${formatTime(new Date(f.expires * 1000).toISOString())} UTC`);
+    return parts.join(", ");
+  }
+
+  function renderFaults(doc) {
+    const faults = doc.faults || [];
+    const fired = Object.entries(doc.fired || {}).map(([kind, n]) => `${kind} ×${n}`);
+    setText("#faults-fired", fired.length ? `fired: ${fired.join(", ")}` : "");
+    const locked = !current || current.read_only !== false || faultBusy;
+    $("#faults").innerHTML = faults.length
+      ? faults.map((f) =>
+        `<li class="fault" data-id="${esc(f.id)}"><span class="fault-what">${esc(faultText(f))}</span>` +
+        `<button type="button" class="secondary" data-clear="${esc(f.id)}"${locked ? " disabled" : ""}>` +
+        `Clear</button></li>`).join("")
+      : '<li class="empty">No fault set: the host answers normally.</li>';
   }
 
   function renderHost(state) {
@@ -481,6 +526,54 @@
     }
   }
 
+  // POST or DELETE /api/host/faults[/id]; the answer holds the faults now in force
+  async function changeFaults(method, path, body) {
+    if (faultBusy) return;
+    faultBusy = true;
+    setFaultsEnabled(false);
+    try {
+      const response = await fetch(path, {
+        method,
+        headers: { "Content-Type": "application/json", Accept: "application/json", ...authHeaders() },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        cache: "no-store",
+      });
+      if (!response.ok) {
+        const why = await errorMessage(response);
+        showMessage(response.status === 401 || response.status === 403
+          ? `The lab refused the fault change: ${why} Check the admin token.`
+          : `The host's faults did not change: ${why}`);
+        return;
+      }
+      const doc = await response.json();
+      clearMessage();
+      if (current) current.host_faults = { faults: doc.faults, fired: doc.fired };
+      renderFaults(doc);
+    } catch (err) {
+      showMessage(`Could not reach the lab: ${err.message}`);
+    } finally {
+      faultBusy = false;
+      if (current) {
+        setFaultsEnabled(current.read_only === false);
+        renderFaults(current.host_faults || {});
+      }
+    }
+  }
+
+  function setFault() {
+    const kind = $("#fault-kind").value || $("#fault-hresult").value.trim();
+    if (!kind) {
+      showMessage("Choose a network fault, or type an HRESULT such as 0xC004F042.");
+      return;
+    }
+    const body = { kind };
+    const times = $("#fault-times").value.trim();
+    if (times) body.times = Number(times);
+    const delay = $("#fault-delay").value.trim();
+    if (kind === "slow" && delay) body.delay = delay;
+    changeFaults("POST", API_FAULTS, body);
+  }
+
   function saveToken(value) {
     try {
       if (value) sessionStorage.setItem(TOKEN_KEY, value);
@@ -517,6 +610,16 @@
       event.preventDefault();
       const value = $("#advance-by").value.trim();
       if (value) changeClock({ advance: value });
+    });
+    $("#fault-kind").addEventListener("change", syncFaultKind);
+    $("#fault-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      setFault();
+    });
+    $("#fault-clear").addEventListener("click", () => changeFaults("DELETE", API_FAULTS));
+    $("#faults").addEventListener("click", (event) => {
+      const button = event.target.closest("[data-clear]");
+      if (button) changeFaults("DELETE", `${API_FAULTS}/${encodeURIComponent(button.dataset.clear)}`);
     });
     $("#client-filter").addEventListener("input", () => {
       if (current) renderClients(current.clients || []);
