@@ -26,6 +26,7 @@ from kmsemu.clock import OffsetClock, SystemClock
 from kmsemu.errors import ConfigError, LocalError, format_hresult
 from kmsemu.host.options import (
     DEFAULT_DNS_REFRESH,
+    DEFAULT_DNS_SERVER,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_PORT,
@@ -160,9 +161,15 @@ def host() -> None:
 )
 @click.option(
     "--dns-server",
-    default="127.0.0.1:5300",
-    show_default=True,
-    help="DNS server taking RFC 2136 updates (kmsemu dns serve, BIND...).",
+    default=None,
+    help="DNS server taking RFC 2136 updates (kmsemu dns serve, BIND...; default "
+    f"{DEFAULT_DNS_SERVER}); given alone, the host publishes into this machine's DNS domain.",
+)
+@click.option(
+    "--no-dns-publish",
+    "no_publish",
+    is_flag=True,
+    help="Publish nothing in DNS (slmgr /cdns).",
 )
 @click.option(
     "--dns-name",
@@ -202,7 +209,8 @@ def serve(
     catalog_path: Path | None,
     loop: str,
     publish: tuple[str, ...],
-    dns_server: str,
+    dns_server: str | None,
+    no_publish: bool,
     dns_name: str | None,
     dns_address: str | None,
     dns_refresh: float,
@@ -213,7 +221,9 @@ def serve(
     Prints `ready kms-host ADDR...` on stderr once it accepts connections.
     """
 
-    from kmsemu.run.host import HostConfig, Publishing, serve_host
+    import socket
+
+    from kmsemu.run.host import HostConfig, Publishing, publish_zones, serve_host
     from kmsemu.run.loop import loop_factory, run_on
 
     catalog = load_catalog(catalog_path)
@@ -222,8 +232,9 @@ def serve(
     if not addresses:
         addresses = [("0.0.0.0", port), ("::", port)]
     try:
+        zones = publish_zones(publish, server=dns_server, off=no_publish, fqdn=socket.getfqdn())
         publishing = Publishing.parse(
-            publish, dns_server, dns_name, dns_address, dns_refresh, dns_tsig
+            zones, dns_server or DEFAULT_DNS_SERVER, dns_name, dns_address, dns_refresh, dns_tsig
         )
     except ConfigError as exc:
         raise click.UsageError(exc.detail) from exc

@@ -56,7 +56,7 @@ OPTIONS: Final[dict[str, Option]] = {
 }
 #: slmgr options a KMS host takes, not a client: what to use instead.
 HOST_OPTIONS: Final[dict[str, str]] = {
-    "cdns": "kmsemu host serve without --dns-publish",
+    "cdns": "kmsemu host serve --no-dns-publish",
     "sai": "kmsemu host serve --activation-interval MINUTES",
     "sri": "kmsemu host serve --renewal-interval MINUTES",
     "sprt": "kmsemu host serve --port PORT",

@@ -11,6 +11,8 @@ from typing import Final
 DEFAULT_PORT: Final = 1688
 DEFAULT_MAX_CONNECTIONS: Final = 4096
 DEFAULT_IDLE_TIMEOUT: Final = 30.0
+#: Where the host sends its RFC 2136 updates when --dns-server does not say (kmsemu dns serve).
+DEFAULT_DNS_SERVER: Final = "127.0.0.1:5300"
 #: Seconds between two publications of the host's DNS records (Windows: every 24 hours).
 DEFAULT_DNS_REFRESH: Final = 24 * 3600.0
 

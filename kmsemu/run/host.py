@@ -68,6 +68,28 @@ class RunningHost:
             self.store.close()
 
 
+def publish_zones(
+    publish: tuple[str, ...], *, server: str | None, off: bool, fqdn: str
+) -> tuple[str, ...]:
+    """The zones the host publishes into (behaviour.md: published by default): the
+    ``--dns-publish`` list; with none, once a DNS server is given (``--dns-server``), this
+    machine's DNS domain, as Windows publishes into its primary DNS suffix; none with
+    ``--no-dns-publish`` (slmgr /cdns). ConfigError naming the flags otherwise."""
+    if off:
+        if publish:
+            raise ConfigError("--no-dns-publish and --dns-publish contradict each other")
+        return ()
+    if publish or server is None:
+        return publish
+    domain = fqdn.partition(".")[2].strip(".").lower()
+    if not domain:
+        raise ConfigError(
+            f"--dns-server publishes into this machine's DNS domain, and {fqdn!r} has none: "
+            "give --dns-publish ZONE (or --no-dns-publish)"
+        )
+    return (domain,)
+
+
 @dataclass(frozen=True)
 class Publishing:
     """``--dns-*``: what to publish, where, and how often."""
