@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from kmsemu.catalog import default_catalog
 from kmsemu.cli import main
 from kmsemu.host.faults import FaultStore
+from kmsemu.lab.fault_api import HostFaults
 from kmsemu.lab.metrics import LabGauges, LabMetrics
-from kmsemu.lab.web import HostFaults, create_lab_app
+from kmsemu.lab.web import create_lab_app
 from tests.httpraw import request
 from tests.test_lab import Lab
 from tests.test_lab_web import FakeView, bearer, call

@@ -47,9 +47,10 @@ from kmsemu.lab.config import (
     plan_reload,
     read_config,
 )
+from kmsemu.lab.fault_api import HostFaults
 from kmsemu.lab.metrics import LabGauges, LabMetrics
 from kmsemu.lab.monitor import Monitor, iso
-from kmsemu.lab.web import HostFaults, create_lab_app
+from kmsemu.lab.web import create_lab_app
 from kmsemu.run.host import HostConfig, RunningHost, open_host
 from kmsemu.run.mak import MakConfig, open_mak, start_http
 from kmsemu.run.signals import until_signal

@@ -25,10 +25,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import math
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final, Protocol
 
@@ -38,19 +36,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kmsemu.catalog import Catalog
 from kmsemu.durations import parse_duration
-from kmsemu.errors import ConfigError, ServiceError
-from kmsemu.host.faults import Fault, FaultStore, new_fault, parse_kind
+from kmsemu.errors import ServiceError
+from kmsemu.lab.fault_api import FAULT_BODY, HostFaults, fault_request
 from kmsemu.lab.metrics import LabMetrics
 from mak.web.base import Api, error_response
 
 STATIC: Final = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 COOKIE: Final = "kmsemu_token"
 CLOCK_BODY: Final = 1024
-FAULT_BODY: Final = 2048
-#: What ``POST /api/host/faults`` takes (``duration_seconds`` or ``for``, not both).
-FAULT_FIELDS: Final = ("kind", "times", "product", "client", "duration_seconds", "for", "delay")
 PUSH_INTERVAL: Final = 0.25  # at most four pushes a second per viewer
 REFRESH: Final = 10.0  # and one at least this often (the clock and licence texts move)
 MAX_TRAVEL: Final = 100 * 365 * 86_400.0
@@ -85,33 +79,6 @@ class LabView(Protocol):
     def readiness(self) -> dict[str, bool]:
         """Per part (kms, dns, http, database), whether it is serving (``/readyz``)."""
         ...
-
-
-@dataclass(frozen=True)
-class HostFaults:
-    """The lab host's faults as the API changes them: the file the CLI writes too, the
-    host's clock (Unix seconds: what expiries are on), the catalog that names products,
-    ``reload`` (the host reads the file again at once) and the counts fired by kind."""
-
-    store: FaultStore
-    catalog: Catalog
-    now: Callable[[], float]
-    reload: Callable[[], None]
-    fired: Callable[[], dict[str, int]]
-
-    def document(self, **extra: Any) -> dict[str, Any]:
-        """``{"faults": [in force, oldest first], "fired": {kind: n}, "file"}`` and ``extra``
-        (what ``kmsemu host fault show --json`` says, and the counts)."""
-        try:
-            live = self.store.load().live(self.now())
-        except (ConfigError, OSError) as exc:
-            raise ServiceError("internal", f"the faults file: {exc}") from exc
-        return {
-            **extra,
-            "faults": [f.to_json() for f in live],
-            "fired": self.fired(),
-            "file": str(self.store.path),
-        }
 
 
 def create_lab_app(
@@ -196,7 +163,7 @@ def create_lab_app(
         if refused is not None:
             return refused
         try:
-            made = _fault_request(await Api.body(request, FAULT_BODY), faults)
+            made = fault_request(await Api.body(request, FAULT_BODY), faults)
             stored = await asyncio.to_thread(faults.store.add, made)
             faults.reload()
             return JSONResponse(faults.document(fault=stored.to_json()), status_code=201)
@@ -288,91 +255,6 @@ def _travel(body: dict[str, Any]) -> float | None:
     if abs(seconds) > MAX_TRAVEL:
         raise ValueError("the lab clock moves at most 100 years at a time")
     return seconds
-
-
-def _invalid(field: str, detail: str) -> ServiceError:
-    return ServiceError("invalid_field", detail, field=field)
-
-
-def _optional(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
-    value = body.get(name)
-    if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
-        raise _invalid(name, f"{name} is {what}")
-    return value
-
-
-def _seconds(body: dict[str, Any], name: str) -> float | None:
-    """A number of seconds, or a duration text (``"10m"``, ``"2s"``)."""
-    value = _optional(body, name, (int, float, str), 'a number of seconds or a duration ("10m")')
-    if value is None:
-        return None
-    try:
-        seconds = float(value) if not isinstance(value, str) else _duration_text(value)
-    except ValueError as exc:
-        raise _invalid(name, f"{name}: {exc}") from None
-    if not math.isfinite(seconds):
-        raise _invalid(name, f"{name} is a finite number of seconds")
-    return seconds
-
-
-def _duration_text(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return parse_duration(text)
-
-
-def _fault_request(body: dict[str, Any], faults: HostFaults) -> Fault:
-    """The fault a ``POST /api/host/faults`` body asks for, checked as ``kmsemu host fault
-    set`` checks it; ``invalid_field`` naming the field that is wrong."""
-    for name in body:
-        if name not in FAULT_FIELDS:
-            raise _invalid(name, f"no field {name!r}; the fields are {', '.join(FAULT_FIELDS)}")
-    kind = body.get("kind")
-    if not isinstance(kind, str):
-        raise _invalid("kind", "kind is a string: 0xC004F042, product_not_served, reset...")
-    try:
-        parse_kind(kind)
-    except ConfigError as exc:
-        raise _invalid("kind", exc.detail) from None
-    times = _optional(body, "times", (int,), "an integer (1 to 1000000)")
-    product_text = _optional(body, "product", (str,), "a product key, name or SKU id")
-    client = _optional(body, "client", (str,), "a CMID (a GUID)")
-    if "duration_seconds" in body and "for" in body:
-        raise _invalid("for", "give duration_seconds or for, not both")
-    duration_field = "for" if "for" in body else "duration_seconds"
-    duration = _seconds(body, duration_field)
-    delay = _seconds(body, "delay")
-    product = None
-    if product_text is not None:
-        try:
-            found = faults.catalog.find(product_text)
-        except ConfigError as exc:
-            raise _invalid("product", exc.detail) from None
-        product = (found.key, str(found.sku_id))
-    try:
-        return new_fault(
-            kind,
-            now=faults.now(),
-            times=times,
-            product=product,
-            client=client,
-            duration=duration,
-            delay=delay,
-        )
-    except ConfigError as exc:
-        detail = exc.detail
-        if detail.startswith("--times"):
-            field = "times"
-        elif detail.startswith("--for"):
-            field = duration_field
-        elif detail.startswith("--client"):
-            field = "client"
-        elif "delay" in detail:
-            field = "delay"
-        else:  # a product or a client for a kind that acts before any request
-            field = "product" if product is not None else "client"
-        raise _invalid(field, detail) from None
 
 
 def _file(name: str, media_type: str) -> Response:
