@@ -60,6 +60,9 @@ def slmgr(*args: str) -> Result:
         (["/atp", "123456-123456"], Call("atp", ("123456-123456",), None)),
         (["/upk"], Call("upk", (), None)),
         (["/cpky"], Call("cpky", (), None)),
+        (["/sai", "60"], Call("set", ("60",), None, "--activation-interval")),
+        (["/SRI", "1440"], Call("set", ("1440",), None, "--renewal-interval")),
+        (["-sprt", "1689"], Call("set", ("1689",), None, "--port")),
     ],
 )
 def test_slmgr_options_become_client_verbs(args: list[str], call: Call) -> None:
@@ -72,7 +75,7 @@ def test_slmgr_options_become_client_verbs(args: list[str], call: Call) -> None:
         ([], "no option given: slmgr takes one, e.g. /dlv or /ato"),
         (["dlv"], "unknown option 'dlv'; kmsemu slmgr takes /ipk, /ato, /dli, /dlv, /xpr, "
          "/skms, /ckms, /skms-domain, /ckms-domain, /skhc, /ckhc, /rearm, /dti, /atp, /upk, "
-         "/cpky"),
+         "/cpky, /sai, /sri, /sprt"),
         (["/ipk"], "/ipk needs a product key"),
         (["/atp"], "/atp needs a confirmation ID"),
         (["/ipk", "A", "B"], "/ipk takes 1 argument"),
@@ -80,8 +83,10 @@ def test_slmgr_options_become_client_verbs(args: list[str], call: Call) -> None:
         (["/dlv", "a", "b"], "/dlv takes 1 argument"),
         (["/ato", "all"], "'all' is not an Activation ID (a GUID)"),
         (["/dlv", "1234"], "'1234' is not an Activation ID (a GUID)"),
-        (["/sai", "60"], "/sai sets a KMS host, not this client: use kmsemu host serve "
-         "--activation-interval MINUTES"),
+        (["/cdns"], "/cdns sets a KMS host, not this client: use kmsemu host serve "
+         "--no-dns-publish"),
+        (["/sai"], "/sai needs an interval in minutes"),
+        (["/sprt", "1688", "x"], "/sprt takes 1 argument"),
     ],
 )  # fmt: skip
 def test_calls_slmgr_would_refuse(args: list[str], message: str) -> None:

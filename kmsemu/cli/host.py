@@ -3,6 +3,7 @@ log (``requests``), make it fail (``fault set | show | clear``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from kmsemu.cli.common import (
 )
 from kmsemu.cli.host_base import STATE_HELP, default_state_dir, host, open_store
 from kmsemu.clock import OffsetClock, SystemClock
-from kmsemu.errors import ConfigError
+from kmsemu.errors import ConfigError, LocalError
 from kmsemu.host.options import (
     DEFAULT_DNS_REFRESH,
     DEFAULT_DNS_SERVER,
@@ -34,7 +35,7 @@ from kmsemu.host.rules import (
     INTERVAL_RANGE,
     HostSettings,
 )
-from kmsemu.host.store import HostStore
+from kmsemu.host.store import HostStore, database_path
 from kmsemu.klp.messages import LicenseStatus
 from kmsemu.wire import (
     filetime_from_unix,
@@ -209,6 +210,9 @@ def serve(
     from kmsemu.run.loop import loop_factory, run_on
 
     catalog = load_catalog(catalog_path)
+    activation_interval, renewal_interval, port = _with_overrides(
+        state_dir or default_state_dir(), activation_interval, renewal_interval, port
+    )
     settings = HostSettings(activation_interval, renewal_interval, min_count)
     addresses = [(h, p if p is not None else port) for h, p in listen]
     if not addresses:
@@ -238,6 +242,68 @@ def serve(
         click.echo(f"ready kms-host {running.listen}", err=True)
 
     run_on(loop, serve_host(config, announce))
+
+
+def _with_overrides(
+    state: Path, activation_interval: int, renewal_interval: int, port: int
+) -> tuple[int, int, int]:
+    """The intervals and port a host starts with: a flag given says; else what ``host set``
+    (slmgr /sai, /sri, /sprt) kept in the state's settings file; else the default."""
+    from click.core import ParameterSource
+
+    from kmsemu.host.overrides import OverridesStore, overrides_path
+
+    kept = OverridesStore(overrides_path(database_path(state))).load()  # ConfigError: exit 1
+    ctx = click.get_current_context()
+
+    def chosen(name: str, given: int, stored: int | None) -> int:
+        default = ctx.get_parameter_source(name) is ParameterSource.DEFAULT
+        return stored if default and stored is not None else given
+
+    return (
+        chosen("activation_interval", activation_interval, kept.activation_interval),
+        chosen("renewal_interval", renewal_interval, kept.renewal_interval),
+        chosen("port", port, kept.port),
+    )
+
+
+@host.command("set")
+@click.option("--state", "state_dir", type=click.Path(path_type=Path), help=STATE_HELP)
+@click.option("--activation-interval", type=_INTERVAL, help="Minutes (slmgr /sai).")
+@click.option("--renewal-interval", type=_INTERVAL, help="Minutes (slmgr /sri).")
+@click.option("--port", type=click.IntRange(1, 65535), help="TCP port (slmgr /sprt).")
+@json_option
+def set_settings(
+    state_dir: Path | None,
+    activation_interval: int | None,
+    renewal_interval: int | None,
+    port: int | None,
+    as_json: bool,
+) -> None:
+    """Change a host's settings as slmgr /sai, /sri and /sprt do: a running host puts the
+    intervals in its next responses; the port is the one of its next start."""
+    from kmsemu.host.overrides import Overrides, OverridesStore, overrides_path
+
+    if activation_interval is None and renewal_interval is None and port is None:
+        raise click.UsageError("give --activation-interval, --renewal-interval or --port")
+    store = open_store(state_dir)
+    path = overrides_path(store.path)
+    store.close()
+    overrides = OverridesStore(path)
+    try:
+        merged = overrides.load().merged(Overrides(activation_interval, renewal_interval, port))
+        overrides.save(merged)
+    except OSError as exc:
+        raise LocalError("write_failed", f"{path}: {exc.strerror or exc}") from exc
+    if as_json:
+        emit({**dataclasses.asdict(merged), "file": str(path)})
+        return
+    if activation_interval is not None:
+        click.echo("Volume activation interval set successfully.")
+    if renewal_interval is not None:
+        click.echo("Volume renewal interval set successfully.")
+    if port is not None:
+        click.echo("KMS port set successfully.")
 
 
 @host.command()

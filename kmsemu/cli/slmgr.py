@@ -34,6 +34,8 @@ class Option:
     #: Whether an Activation ID may follow; ``all`` too when ``every``.
     activation_id: bool = True
     every: bool = False
+    #: The flag of ``kmsemu host set`` it is, for an option that sets the KMS host.
+    host_flag: str | None = None
 
 
 OPTIONS: Final[dict[str, Option]] = {
@@ -53,13 +55,14 @@ OPTIONS: Final[dict[str, Option]] = {
     "atp": Option("atp", ("a confirmation ID",)),
     "upk": Option("upk"),
     "cpky": Option("cpky", activation_id=False),
+    # the KMS host's own settings (``kmsemu host set``, on the host's state)
+    "sai": Option("set", ("an interval in minutes",), False, host_flag="--activation-interval"),
+    "sri": Option("set", ("an interval in minutes",), False, host_flag="--renewal-interval"),
+    "sprt": Option("set", ("a port",), False, host_flag="--port"),
 }
-#: slmgr options a KMS host takes, not a client: what to use instead.
+#: slmgr options that only a host's start can do: what to use instead.
 HOST_OPTIONS: Final[dict[str, str]] = {
     "cdns": "kmsemu host serve --no-dns-publish",
-    "sai": "kmsemu host serve --activation-interval MINUTES",
-    "sri": "kmsemu host serve --renewal-interval MINUTES",
-    "sprt": "kmsemu host serve --port PORT",
 }
 
 
@@ -75,6 +78,8 @@ class Call:
     verb: str
     arguments: tuple[str, ...]
     activation_id: str | None
+    #: ``kmsemu host set``'s flag when the call sets the KMS host (then ``verb`` is "set").
+    host_flag: str | None = None
 
 
 def translate(args: Sequence[str]) -> Call:
@@ -95,7 +100,7 @@ def translate(args: Sequence[str]) -> Call:
         raise SlmgrUsage(f"{first} needs {option.needs[len(rest)]}")
     arguments, rest = tuple(rest[: len(option.needs)]), rest[len(option.needs) :]
     if not rest:
-        return Call(option.verb, arguments, None)
+        return Call(option.verb, arguments, None, option.host_flag)
     if len(rest) > 1 or not option.activation_id:
         allowed = len(option.needs) + option.activation_id
         raise SlmgrUsage(f"{first} takes {allowed or 'no'} argument{'' if allowed == 1 else 's'}")
@@ -147,13 +152,26 @@ def slmgr(profile: str, as_json: bool, args: tuple[str, ...]) -> None:
         call = translate(args)
     except SlmgrUsage as exc:
         raise click.UsageError(str(exc)) from None
-    verb = [call.verb, *call.arguments, *(["--json"] if as_json else [])]
+    json_flag = ["--json"] if as_json else []
     try:
+        if call.host_flag is not None:  # /sai, /sri, /sprt: the KMS host of this machine
+            from kmsemu.cli.host import host
+
+            status = host.main(
+                ["set", call.host_flag, *call.arguments, *json_flag],
+                prog_name="slmgr",
+                standalone_mode=False,
+            )
+            if isinstance(status, int) and status:
+                raise SystemExit(status)
+            return
         named = call.activation_id not in (None, ALL)
         if named and _installed_activation_id(profile) != call.activation_id:
             raise LocalError("product_not_found", f"no licence {call.activation_id}")
         status = client.main(
-            ["--profile", profile, *verb], prog_name="slmgr", standalone_mode=False
+            ["--profile", profile, call.verb, *call.arguments, *json_flag],
+            prog_name="slmgr",
+            standalone_mode=False,
         )
     except KmsemuError as exc:
         report_error(exc, as_json=as_json, err=False)

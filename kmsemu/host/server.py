@@ -53,6 +53,7 @@ from kmsemu.host.faults import (
 from kmsemu.host.journal import Journal
 from kmsemu.host.journal import record as journal_record
 from kmsemu.host.options import ServerOptions
+from kmsemu.host.overrides import OverridesStore
 from kmsemu.host.publish import Publication, Publisher
 from kmsemu.host.rules import HostRules, HostSettings
 from kmsemu.host.service import KmsHost
@@ -86,6 +87,7 @@ class KmsServer:
         now: Callable[[], int],
         journal: Journal | None = None,
         faults: FaultStore | None = None,
+        overrides: OverridesStore | None = None,
     ) -> None:
         self.host = host
         self.store = store
@@ -116,6 +118,8 @@ class KmsServer:
         self.connection: Callable[..., LeanConnection] = LeanConnection
         #: The faults file (None: no faults, ever).
         self.fault_store = faults
+        #: Settings changed while it runs (slmgr /sai, /sri; None: never).
+        self.overrides = overrides
         #: The faults in force (None: none, and connections are plain).
         self.faults: FaultSet | None = None
         #: Faults fired since the start, by kind.
@@ -157,6 +161,9 @@ class KmsServer:
         self._tasks.append(asyncio.create_task(self._sweep_loop()))
         if self.fault_store is not None:
             self._tasks.append(asyncio.create_task(self._fault_loop()))
+        if self.overrides is not None:
+            self.overrides.changed()  # the start took the file as it is now
+            self._tasks.append(asyncio.create_task(self._settings_loop()))
         return self.addresses
 
     # -- faults -------------------------------------------------------------------------
@@ -197,6 +204,40 @@ class KmsServer:
                 self.reload_faults()
             elif self.faults is not None and not self.faults.live(self.host_time()):
                 self._set_faults(self.faults, announce=True)  # the last one expired
+
+    async def _settings_loop(self) -> None:
+        store = self.overrides
+        assert store is not None
+        while True:
+            await asyncio.sleep(FAULT_POLL)
+            if store.changed():
+                self.reload_settings()
+
+    def reload_settings(self) -> None:
+        """Take the intervals of the settings file into the next responses (slmgr /sai and
+        /sri on a running host); a file that cannot be read changes nothing and is logged."""
+        if self.overrides is None:
+            return
+        try:
+            overrides = self.overrides.load()
+        except (OSError, KmsemuError) as exc:
+            self.log.event("settings-invalid", self.now(), {"error": str(exc)})
+            return
+        rules = self.host.rules
+        rules.settings = overrides.applied(rules.settings)
+        if self.store is not None:  # kmsemu host status shows them
+            self.store.set_meta(
+                activation_interval=str(rules.settings.activation_interval),
+                renewal_interval=str(rules.settings.renewal_interval),
+            )
+        self.log.event(
+            "settings",
+            self.now(),
+            {
+                "activation_interval": rules.settings.activation_interval,
+                "renewal_interval": rules.settings.renewal_interval,
+            },
+        )
 
     def fire(
         self,

@@ -24,6 +24,7 @@ from kmsemu.host.events import EventLog, TextSink
 from kmsemu.host.faults import FaultStore, faults_path
 from kmsemu.host.journal import Journal, journal_path, recover
 from kmsemu.host.options import ServerOptions
+from kmsemu.host.overrides import OverridesStore, overrides_path
 from kmsemu.host.publish import Publication, Publisher, parse_server
 from kmsemu.host.rules import HostSettings
 from kmsemu.host.server import KmsServer, build_host, product_names
@@ -193,6 +194,7 @@ async def open_host(config: HostConfig) -> RunningHost:
             now=lambda: filetime_from_unix(clock.now()),
             journal=journal,
             faults=FaultStore(faults_path(store.path)),
+            overrides=OverridesStore(overrides_path(store.path)),
         )
         try:
             bound = await server.start(c.addresses)
