@@ -251,9 +251,12 @@ def _with_overrides(
     (slmgr /sai, /sri, /sprt) kept in the state's settings file; else the default."""
     from click.core import ParameterSource
 
-    from kmsemu.host.overrides import OverridesStore, overrides_path
+    from kmsemu.host.overrides import Overrides, OverridesStore, overrides_path
 
-    kept = OverridesStore(overrides_path(database_path(state))).load()  # ConfigError: exit 1
+    try:
+        kept = OverridesStore(overrides_path(database_path(state))).load()  # ConfigError: exit 1
+    except OSError:  # a state path that cannot be used: the start itself says so
+        kept = Overrides()
     ctx = click.get_current_context()
 
     def chosen(name: str, given: int, stored: int | None) -> int:
