@@ -39,6 +39,7 @@ from typing import Any, Final
 
 from kmsemu.errors import ConfigError, HResult, format_hresult
 from kmsemu.host.rules import Answer, HostRules, LogRecord
+from kmsemu.host.watch import FileWatch
 from kmsemu.klp.messages import NAME_FIELD_SIZE, RequestFields, pack_response
 from kmsemu.wire import encode_utf16_field
 
@@ -328,7 +329,7 @@ class FaultStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock_path = path.with_name(path.name + ".lock")
-        self._seen: tuple[int, int, int] | None = None
+        self._watch = FileWatch(path)
 
     def load(self) -> FaultSet:
         """What the file holds (empty when there is none)."""
@@ -341,15 +342,7 @@ class FaultStore:
     def changed(self) -> bool:
         """Whether the file changed since the last call (one ``os.stat``); the first call
         says True."""
-        try:
-            st = os.stat(self.path)
-            signature = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            signature = (0, 0, 0)
-        if signature == self._seen:
-            return False
-        self._seen = signature
-        return True
+        return self._watch.changed()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

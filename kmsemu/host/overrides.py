@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from kmsemu.errors import ConfigError
 from kmsemu.host.rules import INTERVAL_RANGE, HostSettings
+from kmsemu.host.watch import FileWatch
 
 #: What the file may hold, and each value's range.
 RANGES: Final[dict[str, tuple[int, int]]] = {
@@ -85,7 +86,7 @@ class OverridesStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._seen: tuple[int, int, int] | None = None
+        self._watch = FileWatch(path)
 
     def load(self) -> Overrides:
         """What the file holds (nothing set when there is none)."""
@@ -102,13 +103,6 @@ class OverridesStore:
         os.replace(temp, self.path)
 
     def changed(self) -> bool:
-        """Whether the file changed since the last call (the first call says True)."""
-        try:
-            st = os.stat(self.path)
-            signature = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            signature = (0, 0, 0)
-        if signature == self._seen:
-            return False
-        self._seen = signature
-        return True
+        """Whether the file changed since the last call (one ``os.stat``); the first call
+        says True."""
+        return self._watch.changed()
