@@ -5,7 +5,6 @@ for every built-in scenario and for random ones. And a run keeps no object per r
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import sys
 import tracemalloc
@@ -25,11 +24,10 @@ from kmsemu.client.licence import (
     apply,
 )
 from kmsemu.errors import HResult
-from kmsemu.host.rules import LIVE_WINDOW, CountCache
 from kmsemu.klp.messages import LicenseStatus
 from kmsemu.sim.engine import Client, Engine
 from kmsemu.sim.fast import FastBackend
-from kmsemu.sim.lean import renewal_count, renewed, renews_in_place
+from kmsemu.sim.lean import renewed, renews_in_place
 from kmsemu.sim.scenario import Scenario, builtin_names, load_scenario, parse_scenario
 from kmsemu.sim.timeline import Timeline
 
@@ -111,49 +109,6 @@ def test_after_a_kms_activation_every_renewal_is_in_place(
         now += n * renewal_interval * MINUTE
         lic = apply(lic, Activated(now, activation_interval, renewal_interval)).licence
         assert renews_in_place(lic, activation_interval, renewal_interval)
-
-
-# -- the count ----------------------------------------------------------------------------
-
-APPS = [b"A" * 16, b"B" * 16]
-CMIDS = [bytes([n]) * 16 for n in range(1, 40)]
-STEP = LIVE_WINDOW // 8  # a few steps expire an entry
-
-
-@st.composite
-def requests(draw: st.DrawFn) -> tuple[bytes, bytes, int, int]:
-    """(application, CMID, required count, a time step: mostly on, now and then back)."""
-    step = draw(st.sampled_from([0, 1, STEP, 3 * STEP, 9 * STEP, -STEP]))
-    return (
-        draw(st.sampled_from(APPS)),
-        draw(st.sampled_from(CMIDS)),
-        draw(st.sampled_from([0, 1, 3, 5, 25, 2000])),
-        step,
-    )
-
-
-@settings(max_examples=300)
-@given(st.lists(requests(), max_size=60), st.lists(requests(), min_size=1, max_size=30))
-def test_a_renewal_count_is_count_cache_activate(
-    history: list[tuple[bytes, bytes, int, int]], tried: list[tuple[bytes, bytes, int, int]]
-) -> None:
-    """After any history, each request counted either way leaves the same cache and
-    count, or the lean count declines and changes nothing."""
-    cache, now = CountCache(), 10**17
-    for app, cmid, required, step in history:
-        now += step
-        cache.activate(app, cmid, NIL, required, now)
-    for app, cmid, required, step in tried:
-        now += step
-        lean, real = copy.deepcopy(cache), copy.deepcopy(cache)
-        count = renewal_count(lean, app, cmid, required, now)
-        expected = real.activate(app, cmid, NIL, required, now)
-        if count is None:
-            assert lean == cache
-        else:
-            assert (count, lean) == (expected, real)
-            assert list(lean.entries[app].items()) == list(real.entries[app].items())
-        cache = real
 
 
 # -- whole runs -----------------------------------------------------------------------------

@@ -182,25 +182,30 @@ def new_fault(
     clock (Unix seconds)."""
     kind, status = parse_kind(kind_text)
     if times is not None and not 1 <= times <= MAX_TIMES:
-        raise ConfigError(f"--times {times}: give 1 to {MAX_TIMES} (none: until cleared)")
+        raise ConfigError(
+            f"--times {times}: give 1 to {MAX_TIMES} (none: until cleared)", field="times"
+        )
     if duration is not None and not (math.isfinite(duration) and 0 < duration <= MAX_DURATION):
-        raise ConfigError(f"--for {duration:g} s: give more than 0 and at most 366d")
+        raise ConfigError(f"--for {duration:g} s: give more than 0 and at most 366d", field="for")
     if kind == SLOW:
         if delay is None:
-            raise ConfigError("slow needs a delay: 'slow 2s' or --delay 2s")
+            raise ConfigError("slow needs a delay: 'slow 2s' or --delay 2s", field="delay")
         if not (math.isfinite(delay) and 0 < delay <= MAX_DELAY):
-            raise ConfigError(f"delay {delay:g} s: give more than 0 and at most 1h")
+            raise ConfigError(f"delay {delay:g} s: give more than 0 and at most 1h", field="delay")
     elif delay is not None:
-        raise ConfigError(f"a delay is for slow only, not {kind}")
+        raise ConfigError(f"a delay is for slow only, not {kind}", field="delay")
     if (product is not None or client is not None) and kind in _PHASES:
         raise ConfigError(
-            f"{kind} acts before any request is read: --product and --client cannot apply"
+            f"{kind} acts before any request is read: --product and --client cannot apply",
+            field="product" if product is not None else "client",
         )
     if client is not None:
         try:
             client = str(uuid.UUID(client))
         except ValueError:
-            raise ConfigError(f"--client {client!r} is not a CMID (a GUID)") from None
+            raise ConfigError(
+                f"--client {client!r} is not a CMID (a GUID)", field="client"
+            ) from None
     return Fault(
         id=0,
         kind=kind,

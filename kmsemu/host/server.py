@@ -159,11 +159,10 @@ class KmsServer:
                 shared_port = cell[0] = bound[1]
         self._tasks.append(asyncio.create_task(self._flush_loop()))
         self._tasks.append(asyncio.create_task(self._sweep_loop()))
-        if self.fault_store is not None:
-            self._tasks.append(asyncio.create_task(self._fault_loop()))
         if self.overrides is not None:
             self.overrides.changed()  # the start took the file as it is now
-            self._tasks.append(asyncio.create_task(self._settings_loop()))
+        if self.fault_store is not None or self.overrides is not None:
+            self._tasks.append(asyncio.create_task(self._watch_loop()))
         return self.addresses
 
     # -- faults -------------------------------------------------------------------------
@@ -195,22 +194,18 @@ class KmsServer:
                 "faults", self.now(), {"count": len(live), "kinds": ",".join(f.kind for f in live)}
             )
 
-    async def _fault_loop(self) -> None:
-        store = self.fault_store
-        assert store is not None
+    async def _watch_loop(self) -> None:
+        """Every ``FAULT_POLL`` seconds, one look at each file other processes write: the
+        faults (and the expiry of the last one in force), the settings."""
+        faults, settings = self.fault_store, self.overrides
         while True:
             await asyncio.sleep(FAULT_POLL)
-            if store.changed():
-                self.reload_faults()
-            elif self.faults is not None and not self.faults.live(self.host_time()):
-                self._set_faults(self.faults, announce=True)  # the last one expired
-
-    async def _settings_loop(self) -> None:
-        store = self.overrides
-        assert store is not None
-        while True:
-            await asyncio.sleep(FAULT_POLL)
-            if store.changed():
+            if faults is not None:
+                if faults.changed():
+                    self.reload_faults()
+                elif self.faults is not None and not self.faults.live(self.host_time()):
+                    self._set_faults(self.faults, announce=True)  # the last one expired
+            if settings is not None and settings.changed():
                 self.reload_settings()
 
     def reload_settings(self) -> None:

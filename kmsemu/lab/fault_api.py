@@ -115,16 +115,6 @@ def fault_request(body: dict[str, Any], faults: HostFaults) -> Fault:
             duration=duration,
             delay=delay,
         )
-    except ConfigError as exc:
-        detail = exc.detail
-        if detail.startswith("--times"):
-            field = "times"
-        elif detail.startswith("--for"):
-            field = duration_field
-        elif detail.startswith("--client"):
-            field = "client"
-        elif "delay" in detail:
-            field = "delay"
-        else:  # a product or a client for a kind that acts before any request
-            field = "product" if product is not None else "client"
-        raise _invalid(field, detail) from None
+    except ConfigError as exc:  # new_fault names the flag: "for" is this body's duration field
+        field = exc.fields.get("field", "kind")
+        raise _invalid(duration_field if field == "for" else field, exc.detail) from None

@@ -21,7 +21,7 @@ how it finds a host) is worked out once per client; after a success, the
 engine knows what the next renewal on that host can change (the host's count
 and the licence's times) and what it cannot (the product served, the clocks,
 the intervals, a key moment), so a renewal counts the client in the host's
-cache (``renewal_count``), notes the time and queues the next one. The
+cache (the host rules' own ``CountCache.activate``), notes the time and queues the next one. The
 licence itself is brought up to date (``renewed``) only when something else
 reads it. Whatever is rare (arrivals, failures, a count below the threshold,
 outages, DNS, timers) takes the general path, and tests/test_sim_fast.py
@@ -56,7 +56,7 @@ from kmsemu.client.licence import (
 from kmsemu.errors import SERVICE_ERRORS, HResult
 from kmsemu.host.rules import CountCache, HostRules
 from kmsemu.klp.messages import LicenseStatus, RequestFields
-from kmsemu.sim.lean import VALIDITY_SECONDS, renewal_count, renewed, renews_in_place
+from kmsemu.sim.lean import VALIDITY_SECONDS, renewed, renews_in_place
 from kmsemu.sim.queue import DayQueue
 from kmsemu.sim.scenario import DAY, Group, Scenario, Window
 from kmsemu.sim.timeline import Day, Timeline
@@ -427,9 +427,7 @@ class Engine:
         if fast.down and int((now - self.scenario.start) / DAY) in fast.down:
             return False
         at = EPOCH_AS_FILETIME + round((now + fast.clock_offset) * FILETIME_PER_SECOND)
-        count = renewal_count(fast.cache, c.app, c.cmid, c.threshold, at)
-        if count is None:
-            return False
+        count = fast.cache.activate(c.app, c.cmid, _NIL, c.threshold, at)
         if count < fast.min_count:
             count = fast.min_count
         if count < c.threshold:  # the count fell: a failure, the general way

@@ -1,10 +1,10 @@
 """The fast mode's lean renewal, in pure functions (``Engine._renew`` uses them).
 
-A renewal that succeeds changes nothing of a licence but its three times, and
-of the host nothing but the client's place in its count cache. These functions
-do exactly that much, for the cases they can prove are such a renewal, and
-tests/test_sim_fast.py checks them against the licence machine and
-``CountCache.activate``: whenever they act, they give what those would.
+A renewal that succeeds changes nothing of a licence but its three times (the
+host's side is its own ``CountCache.activate``). These functions do exactly that
+much, for the licences they can prove renew so, and tests/test_sim_fast.py
+checks them against the licence machine: whenever they act, they give what it
+would.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Final
 
 from kmsemu.client.licence import VALIDITY_DAYS, Licence
-from kmsemu.host.rules import LIVE_WINDOW, CountCache
 from kmsemu.klp.messages import LicenseStatus
 from kmsemu.sim.scenario import DAY
 
@@ -53,28 +52,3 @@ def renewed(lic: Licence, now: float, next_attempt: float) -> Licence:
     new: Licence = _new_object(Licence)
     _set_attribute(new, "__dict__", values)  # past the frozen __setattr__
     return new
-
-
-def renewal_count(cache: CountCache, app: bytes, cmid: bytes, required: int, at: int) -> int | None:
-    """``cache.activate(app, cmid, NIL, required, at)`` where it has nothing to do but count
-    the client again: the application's capacity already fits ``required`` and ``at`` is
-    not before its newest entry (so no capacity to raise, no reordering). None, having
-    changed nothing, elsewhere: then ``activate`` itself runs."""
-    entries = cache.entries.get(app)
-    if not entries:
-        return None
-    capacity = cache.capacity.get(app, 0)
-    wanted = 2 if required < 1 else 2000 if required > 1000 else 2 * required
-    if wanted > capacity or entries[next(reversed(entries))] > at:
-        return None
-    cache.dirty.add(app)
-    entries[cmid] = at
-    entries.move_to_end(cmid)
-    while len(entries) > capacity:
-        entries.popitem(last=False)
-    while entries:  # expire from the oldest end
-        oldest = next(iter(entries))
-        if at - entries[oldest] < LIVE_WINDOW:
-            break
-        del entries[oldest]
-    return len(entries)

@@ -65,7 +65,7 @@ class PostgresStore(SqlStore):
         self._all: list[psycopg.Connection[Any]] = []
         self._guard = threading.Lock()
         self._queries: dict[str, str] = {}
-        self._combiner: Combiner[Pending, Sequence[Any] | Failed] = Combiner()
+        self._combiner: Combiner[Pending, Activation | ServiceError] = Combiner()
         db = self._connection()
         with db.transaction():
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
@@ -124,10 +124,12 @@ class PostgresStore(SqlStore):
         if len(hardware_id) != rules.HARDWARE_ID_LENGTH:
             raise ServiceError("invalid_field", "a hardware ID is 10 bytes", field="hardware_id")
         pending = Pending(hardware_id, now, route, short_name(machine_name), request_id)
-        row = self._combiner.submit(fingerprint, pending, partial(self._call, fingerprint))
-        if isinstance(row, Failed):
-            raise ServiceError("unavailable", row.detail)
-        return answer(row, fingerprint, pending)
+        result = self._combiner.submit(
+            fingerprint, pending, partial(self.activate_many, fingerprint)
+        )
+        if isinstance(result, ServiceError):
+            raise result
+        return result
 
     def activate_many(
         self, fingerprint: str, batch: Sequence[Pending]
