@@ -122,7 +122,7 @@ def machine(
 ) -> Machine:
     net = net or Net()
     return Machine(
-        profile or Profile("pc", "PC-1", new_hardware(random.Random(1)), CMID),
+        profile or Profile("pc", "PC-1", new_hardware(random.Random(1)), cmids={"windows": CMID}),
         default_catalog(),
         real_now=clock or Clock(),
         secret="kmsemu-lab",
@@ -378,7 +378,7 @@ def test_dli_shows_the_licence_state_as_slmgr_words_it(
     assert _cli(tmp_path, "ipk", SERVER_KEY).exit_code == 0
     path = tmp_path / "clients" / "pc.json"
     saved = json.loads(path.read_text(encoding="utf-8"))
-    saved["licence"]["status"] = value
+    saved["installs"][0]["licence"]["status"] = value
     path.write_text(json.dumps(saved), encoding="utf-8")
     dli = _cli(tmp_path, "dli")
     assert dli.exit_code == 0, dli.output
@@ -488,7 +488,7 @@ def test_client_events_12288_and_12289_fields() -> None:
     m.set_kms_host("10.0.0.9:1700")
     clock.now = T0 + 60
     assert m.activate().hresult == 0
-    assert m.profile.events == [
+    assert m.install.events == [
         {
             "id": 12288,
             "time": "2026-11-22T12:01:00+00:00",
@@ -512,7 +512,7 @@ def test_client_events_12288_and_12289_fields() -> None:
     ]
     net.down = {("10.0.0.9", 1700)}
     assert m.activate().hresult == 0xC004F074
-    assert m.profile.events[-1] == {
+    assert m.install.events[-1] == {
         "id": 12288,
         "time": "2026-11-22T12:01:00+00:00",
         "cmid": CMID,

@@ -74,7 +74,13 @@ def test_an_already_broken_profile_is_a_clear_error(home: Path) -> None:
         {**saved, "clock_offset": 1e300},
         {**saved, "clock_offset": "soon"},
         {**saved, "hardware": 7},
-        {**saved, "licence": {"status": 99}},
+        {**saved, "installs": [{**saved["installs"][0], "licence": {"status": 99}}]},
+        {**saved, "installs": [{**saved["installs"][0], "application": "excel"}]},
+        {**saved, "installs": "windows"},
+        {**saved, "installs": [7]},
+        {**saved, "cmids": {"windows": "not a GUID"}},
+        {**saved, "cmids": {"windows": 7}},
+        {**saved, "version": 3},
     ):
         profile(home).write_text(json.dumps(broken))
         for verb in ("dli", "tick", "clock"):

@@ -83,7 +83,9 @@ def prepare(profile: str, svc: BackgroundMak, key: str) -> None:
 def significant(home: Path, profile: str) -> bool:
     """Whether the machine's hardware differs significantly from its last activation."""
     data = saved(home, profile)
-    return not same_machine(hardware_id(data["activation_hardware"]), hardware_id(data["hardware"]))
+    return not same_machine(
+        hardware_id(data["installs"][0]["activation_hardware"]), hardware_id(data["hardware"])
+    )
 
 
 def remaining(svc: BackgroundMak, key: str) -> int:
@@ -305,7 +307,7 @@ def test_old_profiles_still_load(home: Path, svc: BackgroundMak) -> None:
     data = json.loads(path.read_text())
     for name in ("mak_url", "confirmation_ids"):
         del data[name]
-    del data["licence"]["kms_client"]
+    del data["installs"][0]["licence"]["kms_client"]
     path.write_text(json.dumps(data))
     state = ok("old", "dli")
     assert state["license_status"]["value"] == 2 and state["next_attempt"] is not None
@@ -348,13 +350,14 @@ def test_phone_activation(home: Path, svc: BackgroundMak) -> None:
     assert "The machine is permanently activated." in client("pc", "xpr").stdout
     profile = saved(home, "pc")
     assert profile["confirmation_ids"] == {iid: cid}
-    assert profile["activation_hardware"] == profile["hardware"]
+    assert profile["installs"][0]["activation_hardware"] == profile["hardware"]
     assert ok("pc", "events")["events"][-1] == {
         "id": "mak-phone",
         "time": ok("pc", "events")["events"][-1]["time"],
         "installation_id": iid,
         "stored": False,
         "hresult": "0x00000000",
+        "product": "windows-11-pro",
     }
 
     # separators are free: spaces, none, or dashes

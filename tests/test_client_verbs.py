@@ -216,7 +216,7 @@ def test_hardware_change_two_free_four_out_of_tolerance(
     )
     saved = json.loads((home / "clients" / "pc.json").read_text())
     significant = not same_machine(
-        hardware_id(saved["activation_hardware"]), hardware_id(saved["hardware"])
+        hardware_id(saved["installs"][0]["activation_hardware"]), hardware_id(saved["hardware"])
     )
     assert significant  # 6 of 10 changed (a changed value keeps its byte 1 time in 256)
     assert major.exit_code == 1 and "0xC004F00F" in major.stderr

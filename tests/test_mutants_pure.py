@@ -435,7 +435,7 @@ CLIENT_CMID = "11111111-2222-4333-8444-555555555555"
 
 def _machine(key: str | None) -> Machine:
     m = Machine(
-        Profile("pc", "PC-1", new_hardware(random.Random(1)), CLIENT_CMID),
+        Profile("pc", "PC-1", new_hardware(random.Random(1)), cmids={"windows": CLIENT_CMID}),
         default_catalog(),
         real_now=lambda: CLIENT_T0,
         secret="kmsemu-lab",
@@ -448,7 +448,7 @@ def _machine(key: str | None) -> Machine:
 
 
 def _set(m: Machine, **fields: Any) -> None:
-    m.profile.licence = dataclasses.replace(m.profile.licence, **fields)
+    m.install.licence = dataclasses.replace(m.install.licence, **fields)
 
 
 SERVER_HEAD = [
@@ -505,8 +505,8 @@ def test_slmgr_dli_of_a_licensed_kms_client_found_in_dns() -> None:
         valid_until=CLIENT_T0 + 180 * 86400 - 30,
         rearms_left=0,
     )
-    m.profile.last_kms = {"source": "dns", "name": "kms1.lab.test.", "ip": "10.0.0.1"}
-    m.profile.last_kms["epid"] = "06401-00206-042-123456-03-1033-9600.0000-3262026"
+    m.install.last_kms = {"source": "dns", "name": "kms1.lab.test.", "ip": "10.0.0.1"}
+    m.install.last_kms["epid"] = "06401-00206-042-123456-03-1033-9600.0000-3262026"
     kms_part = [
         "",
         "Key Management Service client information",
@@ -531,7 +531,7 @@ def test_slmgr_dli_of_a_licensed_kms_client_found_in_dns() -> None:
         "Windows Server 2022 Standard:",
         "    Volume activation will expire 05/21/2027 11:59:30 AM",
     ]
-    m.profile.last_kms = {"source": "dns", "name": "kms1.lab.test."}
+    m.install.last_kms = {"source": "dns", "name": "kms1.lab.test."}
     assert slmgr.licence_lines(m, verbose=True)[-5:-3] == [
         "    KMS machine IP address: not available",
         "    KMS machine extended PID: ",
@@ -588,7 +588,7 @@ def test_slmgr_shows_times_in_utc_whatever_the_local_zone() -> None:
 
 def test_slmgr_dlv_of_a_profile_whose_key_no_longer_checks() -> None:
     m = _machine(str(setup_key(6)))
-    m.profile.product_key = "B" * 25  # a damaged profile: the key text fails its check
+    m.install.product_key = "B" * 25  # a damaged profile: the key text fails its check
     lines = slmgr.licence_lines(m, verbose=True)
     assert lines[0] == "Name: Windows Server 2022 Standard, VOLUME_KMSCLIENT channel"
     assert lines[5:8] == [
@@ -596,7 +596,7 @@ def test_slmgr_dlv_of_a_profile_whose_key_no_longer_checks() -> None:
         "Installation ID: ",
         "Partial Product Key: BBBBB",
     ]
-    m.profile.product_key = None  # the product recorded without its key
+    m.install.product_key = None  # the product recorded without its key
     assert slmgr.licence_lines(m, verbose=True) == ["Error: product key not found."]
 
 

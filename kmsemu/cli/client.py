@@ -53,14 +53,24 @@ def _profile_name(ctx: click.Context, param: click.Parameter, value: str) -> str
     callback=_profile_name,
     help="Which client machine (profiles live under $KMSEMU_HOME/clients).",
 )
+@click.option(
+    "--product",
+    "product",
+    default=None,
+    metavar="ACTID|NAME",
+    help="Which installed product the verb acts on: its Activation ID, catalog key or "
+    "name (default: the Windows licence, else the first product with a key).",
+)
 @click.pass_context
-def client(ctx: click.Context, profile: str) -> None:
+def client(ctx: click.Context, profile: str, product: str | None) -> None:
     """A KMS client: a machine shaped like slmgr (ipk, ato, dlv...), or one activation.
 
-    Each profile is a client machine with its own key, licence, CMID, KMS
-    host settings, events and clock.
+    Each profile is a client machine, a PC with Windows and any Office products
+    installed: each product has its own key, licence, rearms and events;
+    Windows and Office each have their own CMID. The machine has its KMS host
+    settings, DNS settings and clock.
     """
-    ctx.obj = {"profile": profile}
+    ctx.obj = {"profile": profile, "product": product}
 
 
 @client.command()

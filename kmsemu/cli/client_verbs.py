@@ -35,11 +35,15 @@ def profile_store() -> ProfileStore:
 
 
 @contextmanager
-def machine(obj: dict[str, Any], secret: str = DEFAULT_SECRET) -> Iterator[Machine]:
-    """The profile's machine, saved afterwards when the verb changed it: after a verb that
-    failed with an HRESULT too (its events and licence changed), but not after one that
-    raised (a profile that cannot be read, a clock that cannot move there), nor after one
-    that only read it (``dli``): nothing changed, nothing is written."""
+def machine(
+    obj: dict[str, Any], secret: str = DEFAULT_SECRET, *, select: bool = True
+) -> Iterator[Machine]:
+    """The profile's machine, with the product ``--product`` names selected (unless
+    ``select`` is False: ``ipk`` selects what it installs), saved afterwards when the verb
+    changed it: after a verb that failed with an HRESULT too (its events and licence
+    changed), but not after one that raised (a profile that cannot be read, a product it
+    does not have, a clock that cannot move there), nor after one that only read it
+    (``dli``): nothing changed, nothing is written."""
     store = profile_store()
     profile = store.load(obj["profile"], random.SystemRandom())  # ProfileError: exit 1
     stored = profile.to_json() if store.path(profile.name).exists() else None
@@ -50,6 +54,8 @@ def machine(obj: dict[str, Any], secret: str = DEFAULT_SECRET) -> Iterator[Machi
         secret=secret,
         mak_url=os.environ.get(MAK_URL_ENV) or DEFAULT_MAK_URL,
     )
+    if select:
+        m.select(obj.get("product"))  # LocalError product_not_found: exit 1
     yield m
     if m.profile.to_json() != stored:
         store.save(m.profile)
@@ -81,7 +87,7 @@ def report(
 
 def _has_key(m: Machine) -> None:
     """slmgr's "Error: product key not found." for dli, dlv and xpr without a key."""
-    if m.product is None or m.profile.product_key is None:
+    if m.product is None:
         raise LocalError("product_key_not_found", output=m.summary())
 
 
@@ -95,9 +101,10 @@ def ipk(obj: dict[str, Any], key: str, as_json: bool) -> None:
     Each starts the initial grace; a setup key then activates against KMS (by
     itself, with tick), the others only when asked (ato online, or dti/atp).
     """
-    with machine(obj) as m:
+    with machine(obj, select=False) as m:
         result = m.install_key(key)
-    shown = format_key(m.profile.product_key or "")
+    installed = m.install.product_key if m.install is not None else None
+    shown = format_key(installed or "")
     report(m, result, as_json, [] if result.hresult else [slmgr.installed(shown)])
 
 
@@ -196,17 +203,18 @@ def mak_url(obj: dict[str, Any], url: str | None, clear: bool, as_json: bool) ->
 @json_option
 @click.pass_obj
 def skms(obj: dict[str, Any], address: str, as_json: bool) -> None:
-    """Use this KMS host only: HOST[:PORT], IPv6 as [ADDR]:PORT."""
+    """Use this KMS host only: HOST[:PORT], IPv6 as [ADDR]:PORT (with --product: for that
+    product only, as slmgr /skms HOST ActID)."""
     with machine(obj) as m:
         try:
-            m.set_kms_host(address)
+            stored = m.set_kms_host(address, product=m.chosen)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="ADDRESS") from exc
     report(
         m,
         Result(),
         as_json,
-        [f"Key Management Service machine name set to {m.profile.kms_host} successfully."],
+        [f"Key Management Service machine name set to {stored} successfully."],
     )
 
 
@@ -247,15 +255,32 @@ def _setting(name: str, doc: str, change: Callable[[Machine], object], line: str
     _simple(name, doc, lambda m: [line], change)
 
 
-_simple(
-    "dli", "Licence information.", lambda m: slmgr.licence_lines(m, verbose=False), needs_key=True
-)
-_simple(
-    "dlv",
-    "Detailed licence information.",
-    lambda m: slmgr.licence_lines(m, verbose=True),
-    needs_key=True,
-)
+def _licence_verb(name: str, doc: str, *, verbose: bool) -> None:
+    """dli and dlv: one licence (--product's, else the default), or ``all`` of them."""
+
+    @client.command(name, help=doc)
+    @click.argument("which", required=False, metavar="[all|ACTID]")
+    @json_option
+    @click.pass_obj
+    def command(obj: dict[str, Any], which: str | None, as_json: bool) -> None:
+        every = which is not None and which.lower() == "all"
+        named = {**obj, "product": which} if which is not None and not every else obj
+        with machine(named) as m:
+            pass
+        _has_key(m)
+        if not every:
+            report(m, Result(), as_json, slmgr.licence_lines(m, verbose=verbose))
+            return
+        lines: list[str] = []
+        for install in m.installs():
+            m.select_install(install)
+            lines += [*([""] if lines else []), *slmgr.licence_lines(m, verbose=verbose)]
+        m.select_install(None)
+        report(m, Result(), as_json, lines)
+
+
+_licence_verb("dli", "Licence information ('all': every installed product).", verbose=False)
+_licence_verb("dlv", "Detailed licence information ('all': every product).", verbose=True)
 _simple(
     "xpr", "When the activation or the grace period expires.", slmgr.expiry_lines, needs_key=True
 )
@@ -275,7 +300,7 @@ _setting(
 _setting(
     "ckms",
     "Go back to DNS auto-discovery.",
-    lambda m: m.set_kms_host(None),
+    lambda m: m.set_kms_host(None, product=m.chosen),
     "Key Management Service machine name cleared successfully.",
 )
 _setting(
@@ -322,10 +347,16 @@ def rearm(obj: dict[str, Any], as_json: bool) -> None:
 @click.pass_obj
 def events(obj: dict[str, Any], last: int, as_json: bool) -> None:
     """The client's event log: 12288 request sent and 12289 response processed (KMS),
-    mak-online (an online MAK activation) and mak-phone (a confirmation ID deposited)."""
+    mak-online (an online MAK activation) and mak-phone (a confirmation ID deposited),
+    each naming its product; every product's, oldest first, or --product's only."""
     with machine(obj) as m:
         pass
-    shown = m.profile.events[-last:]
+    chosen = [m.chosen] if m.chosen is not None else m.profile.installs
+    merged = sorted(
+        ({**event, "product": install.product} for install in chosen for event in install.events),
+        key=lambda event: str(event.get("time", "")),
+    )
+    shown = merged[-last:]
     if as_json:
         emit({"events": shown})
         return

@@ -113,18 +113,6 @@ def translate(args: Sequence[str]) -> Call:
     return Call(option.verb, arguments, activation_id)
 
 
-def _installed_activation_id(profile: str) -> str | None:
-    """The Activation ID of the licence the profile holds (its product's SKU id), if any."""
-    import random
-
-    from kmsemu.catalog import default_catalog
-    from kmsemu.cli.client_verbs import profile_store
-
-    saved = profile_store().load(profile, random.SystemRandom())
-    product = default_catalog().find(saved.product) if saved.product else None
-    return str(product.sku_id) if product is not None else None
-
-
 @click.command(
     "slmgr",
     context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]},
@@ -146,7 +134,7 @@ def slmgr(profile: str, as_json: bool, args: tuple[str, ...]) -> None:
     """
     import kmsemu.cli.client_verbs  # noqa: F401  (the verbs join the client group)
     from kmsemu.cli.client import client
-    from kmsemu.errors import KmsemuError, LocalError
+    from kmsemu.errors import KmsemuError
 
     try:
         call = translate(args)
@@ -165,11 +153,14 @@ def slmgr(profile: str, as_json: bool, args: tuple[str, ...]) -> None:
             if isinstance(status, int) and status:
                 raise SystemExit(status)
             return
-        named = call.activation_id not in (None, ALL)
-        if named and _installed_activation_id(profile) != call.activation_id:
-            raise LocalError("product_not_found", f"no licence {call.activation_id}")
+        if call.activation_id == ALL:  # /dlv all, /dli all
+            chosen, arguments = [], [*call.arguments, ALL]
+        elif call.activation_id is not None:
+            chosen, arguments = ["--product", call.activation_id], list(call.arguments)
+        else:  # slmgr's default: the Windows licence
+            chosen, arguments = [], list(call.arguments)
         status = client.main(
-            ["--profile", profile, call.verb, *call.arguments, *json_flag],
+            ["--profile", profile, *chosen, call.verb, *arguments, *json_flag],
             prog_name="slmgr",
             standalone_mode=False,
         )

@@ -45,8 +45,8 @@ from kmsemu.client.licence import (
     apply,
     kms_answer,
 )
-from kmsemu.client.profile import Profile, ProfileError
-from kmsemu.errors import ActivationError, HResult, LocalError, describe
+from kmsemu.client.profile import WINDOWS, Install, Profile, ProfileError, application_of
+from kmsemu.errors import ActivationError, ConfigError, HResult, LocalError, describe
 from kmsemu.keys.activation_ids import (
     CidCheck,
     hardware_id,
@@ -158,6 +158,7 @@ class Machine:
         self._mak = mak
         self._mak_url = mak_url
         self._secret = secret
+        self._chosen: Install | None = None
         if not _clock_in_range(self.now):
             raise ProfileError(
                 f"profile {profile.name}: its clock is "
@@ -189,41 +190,133 @@ class Machine:
             )
         self.profile.clock_offset = offset
 
-    # -- the product ---------------------------------------------------------------------
+    # -- the products ------------------------------------------------------------------
+
+    def select(self, spec: str | None) -> Install | None:
+        """Make the verbs act on the installed product ``spec`` names: its Activation ID,
+        catalog key or name, case-insensitively (None: the default, as slmgr's: the Windows
+        licence when Windows has a key, else the first product that has one).
+        ``product_not_found`` when no installed product is that one."""
+        self._chosen = None if spec is None else self.find(spec)
+        return self.install
+
+    def select_install(self, install: Install | None) -> None:
+        """Make the verbs act on ``install`` (one of the profile's; None: the default)."""
+        self._chosen = install
+
+    @property
+    def chosen(self) -> Install | None:
+        """The install selected by name (None: the verbs act on the default one)."""
+        return self._chosen
+
+    def find(self, spec: str) -> Install:
+        """The installed product ``spec`` names (see ``select``)."""
+        wanted = spec.strip().casefold()
+        for install in self.profile.installs:
+            product = self._product_of(install)
+            if (
+                product is not None
+                and install.product_key is not None
+                and wanted
+                in (
+                    product.key,
+                    product.name.casefold(),
+                    str(product.sku_id),
+                )
+            ):
+                return install
+        raise LocalError("product_not_found", f"no licence {spec}")
+
+    @property
+    def install(self) -> Install | None:
+        """The install the verbs act on: the selected one, else the default."""
+        if self._chosen is not None:
+            return self._chosen
+        keyed = [i for i in self.profile.installs if i.product_key is not None]
+        windows = [i for i in keyed if i.application == WINDOWS]
+        if windows or keyed:
+            return (windows or keyed)[0]
+        return next((i for i in self.profile.installs if i.application == WINDOWS), None)
+
+    def installs(self, application: str | None = None) -> list[Install]:
+        """The installs that hold a key (of ``application`` only, when given), Windows
+        first, then in the order they were installed (``dlv all``)."""
+        keyed = [
+            i
+            for i in self.profile.installs
+            if i.product_key is not None and application in (None, i.application)
+        ]
+        return sorted(keyed, key=lambda i: i.application != WINDOWS)
+
+    def _product_of(self, install: Install | None) -> Product | None:
+        if install is None or install.product is None:
+            return None
+        try:
+            return self.catalog.find(install.product)
+        except ConfigError:  # a product the catalog no longer has
+            return None
 
     @property
     def product(self) -> Product | None:
-        """The catalog entry of the installed key (None: no key installed)."""
-        return self.catalog.find(self.profile.product) if self.profile.product else None
+        """The catalog entry of the selected install's key (None: no key installed)."""
+        install = self.install
+        return self._product_of(install) if install and install.product_key else None
 
     @property
     def licence(self) -> Licence:
-        """The licence as last stored in the profile (``current`` brings it up to date)."""
-        return self.profile.licence
+        """The selected licence as last stored (``current`` brings it up to date)."""
+        install = self.install
+        return install.licence if install is not None else Licence()
 
     @property
     def key(self) -> ProductKey | None:
-        """The installed key's fields (None: no key, or one that no longer checks)."""
-        text = self.profile.product_key
+        """The selected install's key fields (None: no key, or one that no longer checks)."""
+        install = self.install
+        text = install.product_key if install is not None else None
         return check(text).key if text else None
+
+    @property
+    def cmid(self) -> str:
+        """The CMID the selected install's requests carry (its application's)."""
+        install = self.install
+        return self.cmid_of(install.application if install is not None else WINDOWS)
+
+    def cmid_of(self, application: str) -> str:
+        """An application's CMID, made when the machine first needs one (Office's when its
+        first key is installed)."""
+        cmids = self.profile.cmids
+        if application not in cmids:
+            cmids[application] = self._new_cmid()
+        return cmids[application]
 
     @property
     def mak_url(self) -> str:
         """The MAK service this machine activates with: the profile's, else the default."""
         return self.profile.mak_url or self._mak_url
 
-    def _apply(self, event: Event) -> tuple[int | None, bool]:
-        step = apply(self.profile.licence, event)
-        self.profile.licence = step.licence
-        if step.new_cmid:
-            self.profile.previous_cmid = self.profile.cmid
-            self.profile.cmid = self._new_cmid()
+    def _apply(self, install: Install, event: Event) -> tuple[int | None, bool]:
+        step = apply(install.licence, event)
+        install.licence = step.licence
+        if step.new_cmid:  # a rearm: a new CMID for the whole application, as Windows does
+            self.profile.previous_cmids[install.application] = self.cmid_of(install.application)
+            self.profile.cmids[install.application] = self._new_cmid()
         return step.error, step.new_cmid
+
+    def _selected_or_windows(self) -> Install:
+        """The selected install; with none at all, the Windows licence (made now: a machine
+        without a key still has its grace and its rearms)."""
+        install = self.install
+        if install is None:
+            install = Install(WINDOWS)
+            self.profile.installs.append(install)
+        return install
 
     # -- verbs ----------------------------------------------------------------------------
 
     def install_key(self, text: str) -> Result:
-        """slmgr /ipk: a key that checks and names a catalog product (no subscription key)."""
+        """slmgr /ipk: a key that checks and names a catalog product (no subscription key).
+        A Windows key replaces the Windows edition; an Office key installs (or replaces the
+        key of) its own product beside everything else. The install is then selected."""
         diagnosis = check(text)
         if diagnosis.key is None:
             hint = f"; did you mean {diagnosis.candidates[0]}?" if diagnosis.candidates else ""
@@ -237,65 +330,92 @@ class Machine:
         if key.product >= len(self.catalog):
             return Result(HResult.PRODUCT_KEY_INVALID, f"no product #{key.product} in the catalog")
         product = self.catalog.products[key.product]
-        self.profile.product_key = key.symbols
-        self.profile.product = product.key
-        self._apply(TimePassed(self.now))
+        application = application_of(product.family)
+        install = next(
+            (
+                i
+                for i in self.profile.installs
+                if i.application == application
+                and (application == WINDOWS or i.product == product.key)
+            ),
+            None,
+        )
+        if install is None:
+            install = Install(application)
+            self.profile.installs.append(install)
+        self.cmid_of(application)
+        install.product_key = key.symbols
+        install.product = product.key
+        self._chosen = install
+        self._apply(install, TimePassed(self.now))
         self._apply(
+            install,
             KeyInstalled(
                 self.now,
                 Policy.for_family(product.family),
                 kms_client=key.type is KeyType.KMS_CLIENT,
-            )
+            ),
         )
         return Result()
 
     def uninstall_key(self) -> Result:
-        """slmgr /upk: remove the product key; the install is unlicensed again."""
-        if not self.profile.product_key:
+        """slmgr /upk: remove the selected product's key; it is unlicensed again."""
+        install = self.install
+        if install is None or not install.product_key:
             return Result(HResult.PRODUCT_KEY_INVALID, "no product key is installed")
-        self.profile.product_key = None
-        self.profile.product = None
-        self._apply(KeyUninstalled(self.now))
+        install.product_key = None
+        self._apply(install, KeyUninstalled(self.now))
         return Result()
 
     def rearm(self) -> Result:
         """slmgr /rearm: a fresh grace period and a new CMID while rearms are left."""
-        self._apply(TimePassed(self.now))
-        error, _ = self._apply(Rearmed(self.now))
+        install = self._selected_or_windows()
+        self._apply(install, TimePassed(self.now))
+        error, _ = self._apply(install, Rearmed(self.now))
         return Result(error or 0)
 
     def current(self) -> Licence:
-        """The licence as the profile's clock shows it now (a view: nothing is stored, so
-        a later ``tick`` can still replay the renewals that fell due in between)."""
-        return apply(self.profile.licence, TimePassed(self.now)).licence
+        """The selected licence as the profile's clock shows it now (a view: nothing is
+        stored, so a later ``tick`` can still replay the renewals that fell due)."""
+        return apply(self.licence, TimePassed(self.now)).licence
 
     def activate(self) -> Result:
         """One activation attempt now (slmgr /ato): against KMS for a KMS client setup key,
         online against the MAK service for a MAK, retail or KMS host key."""
-        self._apply(TimePassed(self.now))
+        install = self.install
+        if install is None or not install.product_key:
+            return Result(HResult.PRODUCT_KEY_INVALID, "no product key is installed")
+        self._apply(install, TimePassed(self.now))
         key = self.key
         if key is not None and key.type in MAK_TYPES and self.product is not None:
-            return self._activate_online(self.now, key)
-        return self._attempt(self.now)
+            return self._activate_online(install, self.now, key)
+        return self._attempt(install, self.now)
 
     def tick(self) -> list[Result]:
-        """Run every renewal and retry that fell due up to the profile's clock."""
+        """Run every renewal and retry that fell due up to the profile's clock, of every
+        installed product, in the order they fell due."""
         results: list[Result] = []
         target = self.now
         for _ in range(MAX_TICK_ATTEMPTS):
-            due = self.licence.next_attempt
-            if due is None or due > target or not self.licence.key_installed:
-                break  # MAK-type keys schedule nothing: next_attempt is None
-            self._apply(TimePassed(due))
-            results.append(self._attempt(due))
-        self._apply(TimePassed(target))
+            due = [
+                (i.licence.next_attempt, n, i)
+                for n, i in enumerate(self.profile.installs)
+                if i.licence.key_installed and i.licence.next_attempt is not None
+            ]  # MAK-type keys schedule nothing: next_attempt is None
+            when, _, install = min(due, default=(None, 0, None), key=lambda d: (d[0], d[1]))
+            if install is None or when is None or when > target:
+                break
+            self._apply(install, TimePassed(when))
+            results.append(self._attempt(install, when))
+        for install in self.profile.installs:
+            self._apply(install, TimePassed(target))
         return results
 
     # -- one attempt ------------------------------------------------------------------------
 
-    def _attempt(self, when: float) -> Result:
-        product = self.product
-        key = self.profile.product_key
+    def _attempt(self, install: Install, when: float) -> Result:
+        product = self._product_of(install)
+        key = install.product_key
         if product is None or key is None:
             return Result(HResult.PRODUCT_KEY_INVALID, "no product key is installed")
         parsed = check(key).key
@@ -305,15 +425,15 @@ class Machine:
                 "only KMS client setup keys activate against a KMS host; MAK, "
                 "retail and KMS host keys against the MAK service",
             )
-        request = self._request(product)
+        request = self._request(install, product)
         sent = {
             "id": 12288,
             "time": _iso(when),
-            "cmid": self.profile.cmid,
+            "cmid": self.cmid_of(install.application),
             "client_time": _iso(self._real_now()),
             "vm": self.profile.vm,
-            "license_status": int(self.licence.status),
-            "minutes_to_expiration": self.licence.minutes_remaining(when),
+            "license_status": int(install.licence.status),
+            "minutes_to_expiration": install.licence.minutes_remaining(when),
         }
         detail = "no KMS host could be contacted"
         # slmgr shows the DNS code when discovery found no host to try; 0xC004F074 when
@@ -323,14 +443,15 @@ class Machine:
         from kmsemu.klp.envelope import LabKey
 
         lab_key = LabKey.derive(self._secret)
-        for candidate in self._candidates():
+        registered = install.kms_host or self.profile.kms_host
+        for candidate in self._candidates(registered):
             if isinstance(candidate, DiscoveryError):
                 unresolved = isinstance(candidate, UnresolvedHost)
-                self.profile.add_event(
+                install.add_event(
                     {
                         **sent,
                         "hresult": f"0x{candidate.hresult:08X}",
-                        "server": self.profile.kms_host if unresolved else None,
+                        "server": registered if unresolved else None,
                     }
                 )
                 detail = candidate.detail
@@ -343,16 +464,17 @@ class Machine:
                 exchange = self._exchange(address, request, lab_key)
             except ActivationError as exc:
                 cause = exc.cause if exc.cause is not None else exc.hresult
-                self.profile.add_event({**sent, "hresult": f"0x{cause:08X}", "server": server})
+                install.add_event({**sent, "hresult": f"0x{cause:08X}", "server": server})
                 if self.profile.cached_host == server:
                     self.profile.cached_host = None
                 detail = exc.detail
                 continue
-            return self._answered(when, product, exchange, sent, server, name, source)
-        return self._failed(when, shown, detail)
+            return self._answered(install, when, product, exchange, sent, server, name, source)
+        return self._failed(install, when, shown, detail)
 
     def _answered(
         self,
+        install: Install,
         when: float,
         product: Product,
         exchange: Exchange,
@@ -362,9 +484,9 @@ class Machine:
         source: str,
     ) -> Result:
         response = exchange.response
-        self.profile.add_event({**sent, "hresult": f"0x{response.status:08X}", "server": server})
+        install.add_event({**sent, "hresult": f"0x{response.status:08X}", "server": server})
         activated = response.status == 0 and response.current_count >= product.threshold
-        self.profile.add_event(
+        install.add_event(
             {
                 "id": 12289,
                 "time": _iso(when),
@@ -375,7 +497,7 @@ class Machine:
                 "renewal_interval": response.renewal_interval,
             }
         )
-        self.profile.last_kms = {
+        install.last_kms = {
             "host": server,
             "name": name,
             "source": source,
@@ -397,18 +519,18 @@ class Machine:
                 if response.status
                 else f"count {response.current_count} of {product.threshold}"
             )
-            self._apply(event)
+            self._apply(install, event)
             return Result(event.hresult, detail)
         if self.profile.host_caching and source != "registered":
             self.profile.cached_host = server
             self.profile.cached_name = name
-        self.profile.activation_hardware = list(self.profile.hardware)
-        self._apply(event)
+        install.activation_hardware = list(self.profile.hardware)
+        self._apply(install, event)
         return Result()
 
     # -- MAK: online and by phone -----------------------------------------------------------------
 
-    def _activate_online(self, when: float, key: ProductKey) -> Result:
+    def _activate_online(self, install: Install, when: float, key: ProductKey) -> Result:
         """One online activation against the MAK service: permanent on success."""
         url = self.mak_url
         hw_id = hardware_id(self.profile.hardware).hex()
@@ -424,7 +546,7 @@ class Machine:
             client = self._mak(url)
         except ValueError as exc:  # not an http:// URL (KMSEMU_MAK_URL is not checked early)
             return self._mak_failed(
-                when, event, HResult.CANNOT_CONNECT, str(exc), code="unreachable"
+                install, when, event, HResult.CANNOT_CONNECT, str(exc), code="unreachable"
             )
         from mak.client import RemoteError
 
@@ -446,6 +568,7 @@ class Machine:
                 )
             )
             return self._mak_failed(
+                install,
                 when,
                 event,
                 hresult,
@@ -458,13 +581,14 @@ class Machine:
         fields = {
             name: answer.get(name) for name in ("verdict", "counted", "used", "limit", "remaining")
         }
-        self.profile.add_event({**event, "hresult": "0x00000000", **fields})
-        self.profile.activation_hardware = list(self.profile.hardware)
-        self._apply(PermanentlyActivated(when))
+        install.add_event({**event, "hresult": "0x00000000", **fields})
+        install.activation_hardware = list(self.profile.hardware)
+        self._apply(install, PermanentlyActivated(when))
         return Result(data={"mak": {"url": url, **fields}})
 
     def _mak_failed(
         self,
+        install: Install,
         when: float,
         event: dict[str, Any],
         hresult: int,
@@ -473,8 +597,8 @@ class Machine:
         code: str,
         hint: str = "",
     ) -> Result:
-        self.profile.add_event({**event, "hresult": f"0x{hresult:08X}", "code": code})
-        self._apply(ActivationFailed(when, hresult))
+        install.add_event({**event, "hresult": f"0x{hresult:08X}", "code": code})
+        self._apply(install, ActivationFailed(when, hresult))
         return Result(hresult, detail, code=code, hint=hint)
 
     def installation_id(self) -> Result:
@@ -497,7 +621,8 @@ class Machine:
         secret; valid: permanently licensed, and the CID is kept. ``None`` reapplies the
         CID kept for the current IID (VAMT's local reactivation: no count, no network)."""
         found = self.installation_id()
-        if found.hresult or found.data is None:
+        install = self.install
+        if found.hresult or found.data is None or install is None:
             return found
         iid = found.data["installation_id"]
         stored = typed is None
@@ -509,7 +634,7 @@ class Machine:
                     "no confirmation ID given, and none is stored for this installation ID",
                     code="no_confirmation_id",
                 )
-        self._apply(TimePassed(self.now))
+        self._apply(install, TimePassed(self.now))
         event: dict[str, Any] = {
             "id": "mak-phone",
             "time": _iso(self.now),
@@ -524,7 +649,7 @@ class Machine:
             verdict = verify_confirmation_id(iid, digits, self._secret)
             detail = _cid_problem(verdict)
         if not verdict.valid:
-            self.profile.add_event(
+            install.add_event(
                 {
                     **event,
                     "hresult": f"0x{CID_INVALID:08X}",
@@ -532,7 +657,7 @@ class Machine:
                     "mismatched_groups": list(verdict.mismatched_groups),
                 }
             )
-            self._apply(ActivationFailed(self.now, CID_INVALID))
+            self._apply(install, ActivationFailed(self.now, CID_INVALID))
             return Result(
                 CID_INVALID,
                 detail,
@@ -544,22 +669,24 @@ class Machine:
             )
         cid = "-".join(digits[i : i + 6] for i in range(0, CID_GROUPS * 6, 6))
         self.profile.store_confirmation_id(iid, cid)
-        self.profile.add_event({**event, "hresult": "0x00000000"})
-        self.profile.activation_hardware = list(self.profile.hardware)
-        self._apply(PermanentlyActivated(self.now))
+        install.add_event({**event, "hresult": "0x00000000"})
+        install.activation_hardware = list(self.profile.hardware)
+        self._apply(install, PermanentlyActivated(self.now))
         return Result(data={"installation_id": iid, "confirmation_id": cid})
 
     # -- KMS host discovery ---------------------------------------------------------------------
 
-    def _candidates(self) -> Iterator[tuple[tuple[str, int], str, str] | DiscoveryError]:
-        """Hosts to try, in order: skms alone (a name resolved through the profile's DNS
-        servers when it has some, else by the operating system); else the cached host,
-        then DNS discovery."""
+    def _candidates(
+        self, registered: str | None
+    ) -> Iterator[tuple[tuple[str, int], str, str] | DiscoveryError]:
+        """Hosts to try, in order: the registered host alone (the product's own, else the
+        machine's skms; a name resolved through the profile's DNS servers when it has
+        some, else by the operating system); else the cached host, then DNS discovery."""
         profile = self.profile
-        if profile.kms_host:
-            host, port = parse_address(profile.kms_host, KMS_PORT)
+        if registered:
+            host, port = parse_address(registered, KMS_PORT)
             if not profile.dns_servers or _is_ip(host):
-                yield (host, port), profile.kms_host, "registered"
+                yield (host, port), registered, "registered"
                 return
             from kmsemu.client.discovery import UnresolvedHost
 
@@ -569,7 +696,7 @@ class Machine:
                 yield exc
                 return
             for ip in addresses:
-                yield (ip, port), profile.kms_host, "registered"
+                yield (ip, port), registered, "registered"
             return
         tried = set()
         if profile.host_caching and profile.cached_host:
@@ -592,87 +719,106 @@ class Machine:
             if candidate.address not in tried:
                 yield candidate.address, candidate.display, "dns"
 
-    def _failed(
-        self,
-        when: float,
-        hresult: int,
-        detail: str,
-        act: int | None = None,
-        renew: int | None = None,
-    ) -> Result:
-        self._apply(ActivationFailed(when, hresult, act, renew))
+    def _failed(self, install: Install, when: float, hresult: int, detail: str) -> Result:
+        self._apply(install, ActivationFailed(when, hresult))
         return Result(hresult, detail)
 
-    def _request(self, product: Product) -> ActivationRequest:
-        previous = self.profile.previous_cmid
+    def _request(self, install: Install, product: Product) -> ActivationRequest:
+        previous = self.profile.previous_cmids.get(install.application)
         return ActivationRequest(
             application_id=product.application_id,
             sku_id=product.sku_id,
             kms_count_id=product.kms_count_id,
-            client_machine_id=uuid.UUID(self.profile.cmid),
+            client_machine_id=uuid.UUID(self.cmid_of(install.application)),
             request_time=filetime_from_unix(self._real_now()),
             required_client_count=product.threshold,
-            license_status=int(self.licence.status),
-            grace_minutes_remaining=min(self.licence.minutes_remaining(self.now), 2**32 - 1),
+            license_status=int(install.licence.status),
+            grace_minutes_remaining=min(install.licence.minutes_remaining(self.now), 2**32 - 1),
             workstation_name=self.profile.machine_name[:63],
             previous_client_machine_id=uuid.UUID(previous) if previous else uuid.UUID(int=0),
             flags=FLAG_VIRTUAL_MACHINE if self.profile.vm else 0,
         )
 
     def change_hardware(self, changes: dict[int, str]) -> Result:
-        """Replace components (0-based slots); a significant change since the last
-        activation puts a licensed machine out of tolerance (0xC004F00F)."""
+        """Replace components (0-based slots); a significant change since a product's last
+        activation puts that licensed product out of tolerance (0xC004F00F, reported when
+        the selected one, or any, went out of tolerance)."""
         for slot, value in changes.items():
             if not 0 <= slot < len(self.profile.hardware):
                 raise ValueError(f"slot {slot + 1} is not 1-{len(self.profile.hardware)}")
             self.profile.hardware[slot] = value
-        before = self.profile.activation_hardware
-        if before is None or same_machine(hardware_id(before), hardware_id(self.profile.hardware)):
-            return Result()
-        self._apply(TimePassed(self.now))
-        self._apply(HardwareChanged(self.now))
-        if self.licence.status is LicenseStatus.OUT_OF_TOLERANCE_GRACE:
+        now_id = hardware_id(self.profile.hardware)
+        moved = False
+        for install in self.profile.installs:
+            before = install.activation_hardware
+            if before is None or same_machine(hardware_id(before), now_id):
+                continue
+            self._apply(install, TimePassed(self.now))
+            self._apply(install, HardwareChanged(self.now))
+            moved |= install.licence.status is LicenseStatus.OUT_OF_TOLERANCE_GRACE
+        if moved:
             return Result(HResult.HARDWARE_OUT_OF_TOLERANCE, "significant hardware change")
         return Result()
 
     # -- settings verbs -----------------------------------------------------------------------
 
-    def set_kms_host(self, text: str | None) -> None:
-        """slmgr /skms (None: /ckms): the host to use instead of DNS, as ``HOST:PORT``."""
+    def set_kms_host(self, text: str | None, *, product: Install | None = None) -> str | None:
+        """slmgr /skms (None: /ckms): the host to use instead of DNS, as ``HOST:PORT``;
+        the machine's, or with ``product`` that product's own (slmgr /skms HOST ActID,
+        ospp /sethst). Returns the address as stored."""
         if text is not None:
             host, port = parse_address(text, KMS_PORT)
             text = format_address(host, port)
-        self.profile.kms_host = text
+        if product is not None:
+            product.kms_host = text
+        else:
+            self.profile.kms_host = text
+        return text
+
+    def registered_host(self, install: Install | None) -> str | None:
+        """The KMS host a product uses instead of DNS: its own, else the machine's."""
+        own = install.kms_host if install is not None else None
+        return own or self.profile.kms_host
 
     def summary(self) -> dict[str, Any]:
-        """The profile as ``--json`` prints it (cli.md's client fields)."""
-        lic = self.current()
-        expires = lic.valid_until if lic.valid_until is not None else lic.grace_ends
-        key = self.key
+        """The profile as ``--json`` prints it (cli.md's client fields): the selected
+        product's licence, and every installed product's under ``products``."""
         return {
             "profile": self.profile.name,
+            **self._product_summary(self.install),
+            "dns_servers": self.profile.dns_servers,
+            "dns_suffixes": self.profile.dns_suffixes,
+            "clock": _iso(self.now),
+            "vm": self.profile.vm,
+            "mak_url": self.mak_url,
+            "products": [self._product_summary(i) for i in self.installs()],
+        }
+
+    def _product_summary(self, install: Install | None) -> dict[str, Any]:
+        lic = apply(install.licence if install else Licence(), TimePassed(self.now)).licence
+        expires = lic.valid_until if lic.valid_until is not None else lic.grace_ends
+        text = install.product_key if install is not None else None
+        key = check(text).key if text else None
+        product = self._product_of(install) if text else None
+        return {
             "license_status": {"value": int(lic.status), "name": lic.status.text},
             "permanent": lic.permanent,
             "key_type": key.type.label if key is not None else None,
-            "cmid": self.profile.cmid,
-            "product": self.profile.product,
-            "partial_product_key": (self.profile.product_key or "")[-5:] or None,
+            "cmid": self.profile.cmids.get(install.application if install else WINDOWS),
+            "product": product.key if product is not None else None,
+            "activation_id": str(product.sku_id) if product is not None else None,
+            "partial_product_key": text[-5:] if text else None,
             "expires_at": _iso(expires) if expires is not None else None,
             "minutes_remaining": lic.minutes_remaining(self.now),
             "next_attempt": _iso(lic.next_attempt) if lic.next_attempt is not None else None,
-            "kms_host": self.profile.kms_host
+            "kms_host": self.registered_host(install)
             or self.profile.cached_name
             or self.profile.cached_host,
-            "dns_servers": self.profile.dns_servers,
-            "dns_suffixes": self.profile.dns_suffixes,
             "activation_interval": lic.activation_interval,
             "renewal_interval": lic.renewal_interval,
             "rearms_left": lic.rearms_left,
             "last_hresult": f"0x{lic.last_hresult:08X}",
             "reason": f"0x{lic.reason:08X}" if lic.reason else None,
-            "clock": _iso(self.now),
-            "vm": self.profile.vm,
-            "mak_url": self.mak_url,
         }
 
 

@@ -7,6 +7,7 @@ the old profile or the new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -22,10 +23,14 @@ from kmsemu.client.licence import Licence, Policy
 from kmsemu.errors import LocalError
 from kmsemu.klp.messages import LicenseStatus
 
-PROFILE_VERSION: Final = 1
+PROFILE_VERSION: Final = 2
 MAX_EVENTS: Final = 500
 #: Confirmation IDs a profile keeps (the newest), for VAMT-style local reactivation.
 MAX_CONFIRMATION_IDS: Final = 20
+#: The licensing applications a machine keeps a CMID for: Windows (every Windows edition,
+#: client or server: one OS licence) and Office (every Office product on the machine).
+WINDOWS: Final = "windows"
+OFFICE: Final = "office"
 COMPONENT_NAMES: Final = (
     "cpu",
     "board",
@@ -59,6 +64,7 @@ _KINDS: Final[dict[str, tuple[type, ...]]] = {
     "dict[str, Any]": (dict,),
     "list[dict[str, Any]]": (list,),
     "dict[str, str]": (dict,),
+    "list[Install]": (list,),
 }
 
 
@@ -72,19 +78,67 @@ def new_hardware(rng: random.Random) -> list[str]:
     return [f"{name}:{rng.getrandbits(48):012x}" for name in COMPONENT_NAMES]
 
 
+def application_of(family: str) -> str:
+    """The licensing application of a catalog family: ``office``, else ``windows``."""
+    return OFFICE if family == "office" else WINDOWS
+
+
+@dataclass
+class Install:
+    """One installed product, as a PC's licensing service keeps it: key, licence, history.
+
+    A machine has one Windows install (a new Windows key replaces the edition, keeping its
+    licence's rearm count) and one install per Office product. An install outlives its key:
+    after ``upk`` it keeps its licence (Unlicensed, its rearms) and its events.
+    """
+
+    application: str  # WINDOWS or OFFICE: whose CMID the requests carry
+    product: str | None = None  # catalog key of the key installed last
+    product_key: str | None = None  # the 25 normalised symbols; None: no key
+    licence: Licence = field(default_factory=Licence)
+    activation_hardware: list[str] | None = None
+    last_kms: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    #: This product's own KMS host (slmgr /skms HOST ActID, ospp /sethst), before the
+    #: machine's.
+    kms_host: str | None = None
+
+    def add_event(self, event: dict[str, Any]) -> None:
+        """Record an event, keeping only the newest ``MAX_EVENTS``."""
+        self.events.append(event)
+        del self.events[:-MAX_EVENTS]
+
+    def to_json(self) -> dict[str, Any]:
+        """The install as the profile's ``installs`` list holds it."""
+        data = dataclasses.asdict(self)
+        data["licence"] = _licence_json(self.licence)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Install:
+        """A saved install (``ProfileError`` when a field holds the wrong kind)."""
+        data = dict(data)
+        data["licence"] = _licence_from_json(data["licence"])
+        _check_fields(cls, data)
+        if data.get("application") not in (WINDOWS, OFFICE):
+            raise ProfileError(f"application is {data.get('application')!r}")
+        return cls(**data)
+
+
 @dataclass
 class Profile:
-    """One client machine as saved: identity, hardware, key, licence and settings."""
+    """One client machine as saved: identity, hardware, installed products and settings."""
 
     name: str
     machine_name: str
     hardware: list[str]
-    cmid: str
     vm: bool = False
-    previous_cmid: str | None = None
-    product_key: str | None = None  # the 25 normalised symbols
-    product: str | None = None  # catalog key
-    licence: Licence = field(default_factory=Licence)
+    #: What is installed, in the order it was first installed.
+    installs: list[Install] = field(default_factory=list)
+    #: The CMID of each licensing application (WINDOWS, OFFICE), and the one before a rearm
+    #: or a clone's first request replaced it.
+    cmids: dict[str, str] = field(default_factory=dict)
+    previous_cmids: dict[str, str] = field(default_factory=dict)
     kms_host: str | None = None  # set by skms: host[:port]
     kms_domain: str | None = None  # set by skms-domain
     host_caching: bool = True
@@ -93,9 +147,6 @@ class Profile:
     dns_servers: list[str] = field(default_factory=list)
     dns_suffixes: list[str] = field(default_factory=list)
     clock_offset: float = 0.0
-    activation_hardware: list[str] | None = None
-    last_kms: dict[str, Any] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
     #: The MAK service (set by mak-url); None: KMSEMU_MAK_URL, else http://127.0.0.1:8688.
     mak_url: str | None = None
     #: Confirmation IDs deposited with atp, by installation ID, oldest first (VAMT's local
@@ -104,18 +155,18 @@ class Profile:
 
     @classmethod
     def new(cls, name: str, rng: random.Random) -> Profile:
-        """A new machine: random hardware and CMID, its name as the machine name."""
+        """A new machine: random hardware and Windows CMID, its name as the machine name."""
         return cls(
             name=name,
             machine_name=name.upper()[:15],
             hardware=new_hardware(rng),
-            cmid=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            cmids={WINDOWS: str(uuid.UUID(int=rng.getrandbits(128), version=4))},
         )
 
-    def add_event(self, event: dict[str, Any]) -> None:
-        """Record an event, keeping only the newest ``MAX_EVENTS``."""
-        self.events.append(event)
-        del self.events[:-MAX_EVENTS]
+    @property
+    def cmid(self) -> str | None:
+        """The Windows CMID (what ``--json`` has always called ``cmid``)."""
+        return self.cmids.get(WINDOWS)
 
     def store_confirmation_id(self, iid: str, cid: str) -> None:
         """Keep a deposited CID for its IID, dropping the oldest past the limit."""
@@ -127,29 +178,78 @@ class Profile:
     def to_json(self) -> dict[str, Any]:
         """The profile as its JSON file holds it, with the format version."""
         data = dataclasses.asdict(self)
-        data["licence"] = _licence_json(self.licence)
+        data["installs"] = [install.to_json() for install in self.installs]
         data["version"] = PROFILE_VERSION
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Profile:
-        """A saved profile; fields added since it was written take their defaults."""
+        """A saved profile (one written before products, version 1, migrated); fields
+        added since it was written take their defaults."""
         data = dict(data)
-        if data.pop("version", None) != PROFILE_VERSION:
+        version = data.pop("version", None)
+        if version == 1:
+            data = _from_version_1(data)
+        elif version != PROFILE_VERSION:
             raise ProfileError("profile written by another kmsemu version")
-        data["licence"] = _licence_from_json(data["licence"])
-        for f in dataclasses.fields(cls):
-            kinds = _KINDS.get(str(f.type))
-            value = data.get(f.name)
-            if (
-                f.name in data
-                and kinds is not None
-                and (not isinstance(value, kinds) or isinstance(value, bool) is not (bool in kinds))
-            ):
-                raise ProfileError(f"{f.name} is {value!r}")
+        installs = data.get("installs", [])
+        _check_fields(cls, data)
+        if not all(isinstance(item, dict) for item in installs):
+            raise ProfileError(f"installs is {installs!r}")
+        data["installs"] = [Install.from_json(item) for item in installs]
+        for name in ("cmids", "previous_cmids"):
+            for application, cmid in data.get(name, {}).items():
+                if application not in (WINDOWS, OFFICE) or not _is_guid(cmid):
+                    raise ProfileError(f"{name}[{application!r}] is {cmid!r}")
         if not math.isfinite(data.get("clock_offset", 0.0)):
             raise ProfileError(f"clock_offset is {data['clock_offset']!r}")
         return cls(**data)
+
+
+#: A version-1 profile's fields that became its one install's (or its application's CMID).
+_V1_INSTALL_FIELDS: Final = ("product", "product_key", "licence", "activation_hardware",
+                             "last_kms", "events")  # fmt: skip
+
+
+def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 profile (one product, one CMID) as version 2: its product becomes the
+    one install, in the application its catalog family names, and keeps the CMID; a
+    profile that never had a key keeps its licence (its rearms) as the Windows install."""
+    from kmsemu.catalog import default_catalog  # only an old profile needs it
+    from kmsemu.errors import ConfigError
+
+    moved = {name: data.pop(name) for name in _V1_INSTALL_FIELDS if name in data}
+    cmid, previous = data.pop("cmid"), data.pop("previous_cmid", None)
+    application = WINDOWS
+    if isinstance(moved.get("product"), str):
+        # a product the catalog no longer has stays the Windows licence
+        with contextlib.suppress(ConfigError):
+            application = application_of(default_catalog().find(moved["product"]).family)
+    data["cmids"] = {application: cmid}
+    data["previous_cmids"] = {application: previous} if previous else {}
+    data["installs"] = [{"application": application, **moved}]
+    return data
+
+
+def _is_guid(value: object) -> bool:
+    try:
+        uuid.UUID(value) if isinstance(value, str) else None
+    except ValueError:
+        return False
+    return isinstance(value, str)
+
+
+def _check_fields(cls: type, data: dict[str, Any]) -> None:
+    """Each field ``data`` holds has the kind its annotation says (``ProfileError``)."""
+    for f in dataclasses.fields(cls):
+        kinds = _KINDS.get(str(f.type))
+        value = data.get(f.name)
+        if (
+            f.name in data
+            and kinds is not None
+            and (not isinstance(value, kinds) or isinstance(value, bool) is not (bool in kinds))
+        ):
+            raise ProfileError(f"{f.name} is {value!r}")
 
 
 def _licence_json(licence: Licence) -> dict[str, Any]:

@@ -62,8 +62,9 @@ def licence_lines(machine: Machine, *, verbose: bool) -> list[str]:
     """slmgr /dli (``verbose=False``) or /dlv."""
     product = machine.product
     profile = machine.profile
+    install = machine.install
     lic = machine.current()
-    if product is None or profile.product_key is None:
+    if product is None or install is None or install.product_key is None:
         return ["Error: product key not found."]
     key = machine.key
     channel, key_channel = _CHANNELS[key.type if key else KeyType.KMS_CLIENT]
@@ -83,7 +84,7 @@ def licence_lines(machine: Machine, *, verbose: bool) -> list[str]:
             f"Installation ID: {iid.replace('-', '')}",
         ]
     lines += [
-        f"Partial Product Key: {profile.product_key[-5:]}",
+        f"Partial Product Key: {install.product_key[-5:]}",
         f"License Status: {lic.status.text}",
     ]
     minutes = lic.minutes_remaining(machine.now)
@@ -105,11 +106,12 @@ def licence_lines(machine: Machine, *, verbose: bool) -> list[str]:
     lines += [
         "",
         "Key Management Service client information",
-        f"    Client Machine ID (CMID): {profile.cmid}",
+        f"    Client Machine ID (CMID): {machine.cmid}",
     ]
-    last = profile.last_kms
-    if profile.kms_host:
-        lines.append(f"    Registered KMS machine name: {profile.kms_host}")
+    last = install.last_kms
+    registered = machine.registered_host(install)
+    if registered:
+        lines.append(f"    Registered KMS machine name: {registered}")
     elif last.get("source") == "dns":
         lines.append(f"    KMS machine name from DNS: {last['name']}")
     else:
@@ -149,5 +151,5 @@ def expiry_lines(machine: Machine) -> list[str]:
 
 def _client_epid(machine: Machine) -> str:
     """A stable client ePID in the KLP/1 form, derived from the CMID."""
-    digits = f"{int(machine.profile.cmid.replace('-', ''), 16):040d}"
+    digits = f"{int(machine.cmid.replace('-', ''), 16):040d}"
     return f"03612-{digits[:5]}-{digits[5:8]}-{digits[8:14]}-03-1033-9600.0000-0012026"
