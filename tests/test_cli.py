@@ -266,7 +266,40 @@ def test_serve_status_and_clean_stop_as_real_processes(tmp_path: Path) -> None:
         timeout=30,
     ).stdout
     assert f"Listening on Port: {host.port}" in text
-    assert "Total requests received: 3" in text and "Failed requests received: 1" in text
+    # the cumulative requests per licence block, as slmgr /dlv on a KMS host: the two
+    # Windows requests; the one with the wrong secret named no licence
+    lines = text.splitlines()
+    windows = lines[lines.index("Licence: Windows") : lines.index("Licence: Office")]
+    office = lines[lines.index("Licence: Office") :]
+    assert windows[-11:] == [
+        "Key Management Service cumulative requests received from clients",
+        "    Total requests received: 2",
+        "    Failed requests received: 0",
+        "    Requests with License Status Unlicensed: 0",
+        "    Requests with License Status Licensed: 0",
+        "    Requests with License Status Initial grace period: 2",
+        "    Requests with License Status License expired or Hardware out of tolerance: 0",
+        "    Requests with License Status Non-genuine grace period: 0",
+        "    Requests with License Status Notification: 0",
+        "    Requests with License Status Extended grace period: 0",
+        "",
+    ]
+    assert "    Total requests received: 0" in office
+    assert lines[-1] == "Requests naming no licence (unreadable): 1"
+    assert report["requests_by_licence"]["Windows"]["total"] == 2
+    assert report["requests_by_licence"]["Office"] == {
+        "total": 0,
+        "failed": 0,
+        "by_status": {
+            "unlicensed": 0,
+            "licensed": 0,
+            "initial_grace": 0,
+            "out_of_tolerance_grace": 0,
+            "non_genuine_grace": 0,
+            "notification": 0,
+            "extended_grace": 0,
+        },
+    }
 
 
 def test_serve_refuses_a_port_in_use_and_leaves_no_state(tmp_path: Path) -> None:

@@ -343,8 +343,11 @@ def _status_report(store: HostStore, catalog: Catalog) -> dict[str, Any]:
     live = store.live_counts(now)
     min_count = int(meta.get("min_count", "0") or 0)
     counts = {}
+    by_licence = {}
+    per_application = store.request_totals_by_application()
     for app_id, name in catalog.kms_applications.items():
         counts[name] = max(live.get(app_id.bytes_le, 0), min_count)
+        by_licence[name] = _requests(*per_application.get(app_id.bytes_le, (0, 0, {})))
     total, failed, by_status = store.request_totals()
     return {
         "counts": counts,
@@ -356,12 +359,17 @@ def _status_report(store: HostStore, catalog: Catalog) -> dict[str, Any]:
         "renewal_interval": int(meta.get("renewal_interval", DEFAULT_RENEWAL_INTERVAL)),
         "min_count": min_count,
         "dns_publish": meta.get("dns_publish", "").split(),
-        "requests": {
-            "total": total,
-            "failed": failed,
-            "by_status": {s.name.lower(): by_status.get(int(s), 0) for s in LicenseStatus},
-        },
+        "requests": _requests(total, failed, by_status),
+        "requests_by_licence": by_licence,
         "state": str(store.path),
+    }
+
+
+def _requests(total: int, failed: int, by_status: dict[int, int]) -> dict[str, Any]:
+    return {
+        "total": total,
+        "failed": failed,
+        "by_status": {s.name.lower(): by_status.get(int(s), 0) for s in LicenseStatus},
     }
 
 
@@ -398,18 +406,28 @@ def _status_text(report: dict[str, Any]) -> str:
             f"    Activation interval: {report['activation_interval']} minutes",
             f"    Renewal interval: {report['renewal_interval']} minutes",
             "",
+            *_cumulative_lines(report["requests_by_licence"][name]),
+            "",
         ]
-    lines += [
+    named = sum(r["total"] for r in report["requests_by_licence"].values())
+    unnamed = report["requests"]["total"] - named
+    if unnamed:  # unreadable requests (wrong secret, garbage): no licence to count them in
+        lines.append(f"Requests naming no licence (unreadable): {unnamed}")
+    return "\n".join(lines).rstrip("\n")
+
+
+def _cumulative_lines(requests: dict[str, Any]) -> list[str]:
+    """slmgr's cumulative-requests part of one KMS host licence's block."""
+    by_status = requests["by_status"]
+    return [
         "Key Management Service cumulative requests received from clients",
-        f"    Total requests received: {report['requests']['total']}",
-        f"    Failed requests received: {report['requests']['failed']}",
+        f"    Total requests received: {requests['total']}",
+        f"    Failed requests received: {requests['failed']}",
+        *(
+            f"    Requests with License Status {text}: {by_status[value.name.lower()]}"
+            for value, text in _STATUS_LINES.items()
+        ),
     ]
-    by_status = report["requests"]["by_status"]
-    for status_value, text in _STATUS_LINES.items():
-        lines.append(
-            f"    Requests with License Status {text}: {by_status[status_value.name.lower()]}"
-        )
-    return "\n".join(lines)
 
 
 __all__ = ["host", "host_fault", "host_requests"]

@@ -289,6 +289,22 @@ class HostStore:
         )
         return total, failed, by_status
 
+    def request_totals_by_application(self) -> dict[bytes | None, tuple[int, int, dict[int, int]]]:
+        """``request_totals`` per application id (``bytes_le``; None: requests whose
+        plaintext never parsed, so they name no application)."""
+        totals: dict[bytes | None, tuple[int, int, dict[int, int]]] = {}
+        for application, total, failed in self._db.execute(
+            "SELECT application_id, count(*), coalesce(sum(status != 0), 0) FROM requests"
+            " GROUP BY application_id"
+        ):
+            totals[application] = (total, failed, {})
+        for application, status, count in self._db.execute(
+            "SELECT application_id, license_status, count(*) FROM requests"
+            " GROUP BY application_id, license_status"
+        ):
+            totals[application][2][status] = count
+        return totals
+
     def below_threshold(self) -> int:
         """Requests answered with a count under the client's threshold (0xC004F038 for it)."""
         (count,) = self._db.execute(
