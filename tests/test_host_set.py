@@ -150,3 +150,45 @@ def test_overrides_apply_the_intervals_only() -> None:
     assert Overrides(60).applied(started) == HostSettings(60, 10080, 25)
     assert Overrides(None, 1440, 1689).applied(started) == HostSettings(120, 1440, 25)
     assert Overrides(60, None, 1689).merged(Overrides(None, 30, None)) == Overrides(60, 30, 1689)
+
+
+def lab(home: Path, *kms_listen: str) -> tuple[subprocess.Popen[str], int]:
+    """``kmsemu lab`` on free ports but for KMS (``kms_listen``); the process, its KMS port."""
+    proc, rest, _ = start_until_ready(
+        kmsemu_command(
+            "lab", "--quiet", *kms_listen, "--dns-listen", "127.0.0.1:0",
+            "--http-listen", "127.0.0.1:0", "--min-count", "25",
+        ),
+        "ready lab",
+        {"KMSEMU_HOME": str(home)},
+    )  # fmt: skip
+    fields = dict(item.split("=", 1) for item in rest.split())
+    return proc, int(fields["kms"].rsplit(":", 1)[1])
+
+
+def test_the_lab_starts_with_what_slmgr_set_for_its_host(tmp_path: Path) -> None:
+    """slmgr /sprt and /sai on a machine where only the lab ran change the lab's host
+    (``lab.settings.json``): its next start listens on the port set and answers with the
+    interval set, unless the command line says otherwise."""
+    home = tmp_path / "home"
+    proc, port = lab(home, "--kms-listen", "127.0.0.1:0")
+    assert stop(proc) == 0
+    new_port = free_port()
+    sprt = run("slmgr", "/sprt", str(new_port), home=home)
+    assert (sprt.returncode, sprt.stdout) == (0, "KMS port set successfully.\n")
+    assert run("slmgr", "/sai", "60", home=home).returncode == 0
+    assert json.loads((home / "lab.settings.json").read_text()) == {
+        "activation_interval": 60,
+        "port": new_port,
+    }
+    proc, port = lab(home, "--kms-listen", "127.0.0.1")  # no port given: the one set
+    try:
+        assert port == new_port
+        assert intervals(port, home) == (60, 10080)
+    finally:
+        assert stop(proc) == 0
+    proc, port = lab(home, "--kms-listen", "127.0.0.1:0", "--activation-interval", "45")
+    try:
+        assert port != new_port and intervals(port, home) == (45, 10080)
+    finally:
+        assert stop(proc) == 0

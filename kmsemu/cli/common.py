@@ -242,3 +242,27 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in text:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def kept_host_settings(database: Path, **given: int) -> dict[str, int]:
+    """The settings a KMS host starts with (``activation_interval``, ``renewal_interval``,
+    ``port``): a value the command line, the environment or a configuration file gave
+    says; else what ``kmsemu host set`` (slmgr /sai, /sri, /sprt) kept in the settings
+    file beside ``database``; else the default given. A settings file that is not one is
+    a ``ConfigError`` (exit 1); one that cannot be read is left to the start to report."""
+    from click.core import ParameterSource
+
+    from kmsemu.host.overrides import Overrides, OverridesStore, overrides_path
+
+    try:
+        kept = OverridesStore(overrides_path(database)).load()
+    except OSError:  # a state path that cannot be used: the start itself says so
+        kept = Overrides()
+    ctx = click.get_current_context()
+    chosen = {}
+    for name, value in given.items():
+        stored = getattr(kept, name)
+        source = ctx.get_parameter_source(name)  # None: not an option of this command
+        given_here = source not in (None, ParameterSource.DEFAULT)
+        chosen[name] = value if stored is None or given_here else stored
+    return chosen

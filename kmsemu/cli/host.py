@@ -16,6 +16,7 @@ from kmsemu.cli.common import (
     DURATION,
     emit,
     json_option,
+    kept_host_settings,
     secret_option,
 )
 from kmsemu.cli.host_base import STATE_HELP, default_state_dir, host, open_store
@@ -247,27 +248,14 @@ def serve(
 def _with_overrides(
     state: Path, activation_interval: int, renewal_interval: int, port: int
 ) -> tuple[int, int, int]:
-    """The intervals and port a host starts with: a flag given says; else what ``host set``
-    (slmgr /sai, /sri, /sprt) kept in the state's settings file; else the default."""
-    from click.core import ParameterSource
-
-    from kmsemu.host.overrides import Overrides, OverridesStore, overrides_path
-
-    try:
-        kept = OverridesStore(overrides_path(database_path(state))).load()  # ConfigError: exit 1
-    except OSError:  # a state path that cannot be used: the start itself says so
-        kept = Overrides()
-    ctx = click.get_current_context()
-
-    def chosen(name: str, given: int, stored: int | None) -> int:
-        default = ctx.get_parameter_source(name) is ParameterSource.DEFAULT
-        return stored if default and stored is not None else given
-
-    return (
-        chosen("activation_interval", activation_interval, kept.activation_interval),
-        chosen("renewal_interval", renewal_interval, kept.renewal_interval),
-        chosen("port", port, kept.port),
+    """The intervals and port a host starts with (``kept_host_settings``)."""
+    kept = kept_host_settings(
+        database_path(state),
+        activation_interval=activation_interval,
+        renewal_interval=renewal_interval,
+        port=port,
     )
+    return kept["activation_interval"], kept["renewal_interval"], kept["port"]
 
 
 @host.command("set")

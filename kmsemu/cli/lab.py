@@ -16,7 +16,7 @@ import click
 from click.core import ParameterSource
 
 from kmsemu.catalog import load_catalog
-from kmsemu.cli.common import ADDRESS, kmsemu_home, secret_option
+from kmsemu.cli.common import ADDRESS, kept_host_settings, kmsemu_home, secret_option
 from kmsemu.host.options import DEFAULT_PORT
 from kmsemu.host.rules import DEFAULT_ACTIVATION_INTERVAL, DEFAULT_RENEWAL_INTERVAL, INTERVAL_RANGE
 from kmsemu.lab.config import FILE_NAME, KEYS, LabSettings, Reloading, read_config
@@ -178,9 +178,19 @@ def lab(
     State: one SQLite file, $KMSEMU_HOME/lab.sqlite3. SIGHUP reloads the configuration
     file; SIGTERM and SIGINT stop.
     """
+    from kmsemu.host.store import LAB_DB
+
+    kept = kept_host_settings(  # what slmgr /sai, /sri, /sprt set for the lab's host
+        kmsemu_home() / LAB_DB,
+        activation_interval=activation_interval,
+        renewal_interval=renewal_interval,
+        port=DEFAULT_PORT,
+    )
+    activation_interval, renewal_interval = kept["activation_interval"], kept["renewal_interval"]
+    kms_port = kept["port"]  # of every KMS listen address that names none
     settings = LabSettings(
-        kms_listen=[(h, p if p is not None else DEFAULT_PORT) for h, p in kms_listen]
-        or [("0.0.0.0", DEFAULT_PORT), ("::", DEFAULT_PORT)],
+        kms_listen=[(h, p if p is not None else kms_port) for h, p in kms_listen]
+        or [("0.0.0.0", kms_port), ("::", kms_port)],
         dns_listen=(dns_listen[0], dns_listen[1] if dns_listen[1] is not None else DNS_PORT),
         http_listen=(http_listen[0], http_listen[1] if http_listen[1] is not None else HTTP_PORT),
         zone=zone,
