@@ -525,6 +525,32 @@ def test_client_events_12288_and_12289_fields() -> None:
     }
 
 
+def test_a_client_time_no_calendar_holds_is_logged_as_null() -> None:
+    """A broken or hostile client's FILETIME (the largest 64-bit value) cannot become a
+    date: the JSON log line says null rather than failing."""
+    catalog = default_catalog()
+    product = catalog.find("windows-server-2022-standard")
+    rules = HostRules(catalog, HostSettings(), HostIdentity(b"hostid01", EPID))
+    request = ActivationRequest(
+        application_id=product.application_id,
+        sku_id=product.sku_id,
+        kms_count_id=product.kms_count_id,
+        client_machine_id=uuid.UUID(CMID),
+        request_time=2**64 - 1,
+        required_client_count=5,
+        license_status=2,
+        grace_minutes_remaining=0,
+        workstation_name="PC-1",
+    )
+    answer = rules.answer(request.to_bytes(), bytes(12), 134_398_224_000_000_000)
+    stream = io.StringIO()
+    log = EventLog(stream, "json", product_names=product_names(catalog))
+    log.activation(answer.log, "127.0.0.1:50000", answer.reason)
+    log.flush()
+    line = json.loads(stream.getvalue())
+    assert line["client_time"] is None and line["status"] == "0xC004F06C"
+
+
 def test_host_event_12290_fields() -> None:
     """behaviour.md, Event records: "Host 12290 "An activation request has been processed.":
     HRESULT, minimum count needed, client name, CMID, client timestamp, VM flag, licence
@@ -554,9 +580,10 @@ def test_host_event_12290_fields() -> None:
     log.flush()
     assert stream.getvalue() == (
         "2026-11-22T12:00:00.000Z activation status=0x00000000"
-        " product=windows-server-2022-standard count=1 client=PC-1"
-        " cmid=11111111-2222-4333-8444-555555555555 vm=1 license_status=2 required=5"
-        " peer=127.0.0.1:50000\n"
+        " product=windows-server-2022-standard"
+        " activation_id=be497d04-241c-55ed-80a5-ec5561d80d71 count=1 client=PC-1"
+        " cmid=11111111-2222-4333-8444-555555555555 vm=1 license_status=2 minutes=43111"
+        " required=5 peer=127.0.0.1:50000\n"
     )
     stream = io.StringIO()
     log = EventLog(stream, "json", product_names=product_names(catalog))
@@ -566,12 +593,15 @@ def test_host_event_12290_fields() -> None:
         "time": "2026-11-22T12:00:00.000Z",
         "event": "activation",
         "status": "0x00000000",
+        "activation_id": "be497d04-241c-55ed-80a5-ec5561d80d71",
         "product": "windows-server-2022-standard",
         "count": 1,
         "client": "PC-1",
         "cmid": "11111111-2222-4333-8444-555555555555",
         "vm": 1,
         "license_status": 2,
+        "minutes_to_expiration": 43111,
+        "client_time": "2026-11-22T11:59:00.000+00:00",
         "required": 5,
         "peer": "127.0.0.1:50000",
     }

@@ -13,7 +13,13 @@ import time
 from typing import Any, Protocol
 
 from kmsemu.host.rules import LogRecord
-from kmsemu.wire import FILETIME_PER_SECOND, filetime_from_unix, guid_text, unix_from_filetime
+from kmsemu.wire import (
+    FILETIME_PER_SECOND,
+    datetime_from_filetime,
+    filetime_from_unix,
+    guid_text,
+    unix_from_filetime,
+)
 
 
 class TextSink(Protocol):
@@ -42,6 +48,9 @@ class EventLog:
         self._stream = stream if stream is not None else sys.stderr
         self._json = fmt == "json"
         self._products = product_names or {}
+        #: The Activation ID's text of each catalog SKU, made once (an unknown SKU is
+        #: formatted on each line: a hostile client cannot grow this).
+        self._activation_ids = {sku: guid_text(sku) for sku in self._products}
         self._lines: list[str] = []
         self._second = -1
         self._second_text = ""
@@ -53,13 +62,15 @@ class EventLog:
             name = q.workstation_name
             if not name or _NEEDS_QUOTES.search(name):
                 name = json.dumps(name)
-            product = self._products.get(q.sku_id) or guid_text(q.sku_id)
+            activation_id = self._activation_ids.get(q.sku_id) or guid_text(q.sku_id)
+            product = self._products.get(q.sku_id) or activation_id
             line = (
                 f"{self._stamp(record.time)} activation status=0x{record.status:08X} "
-                f"product={product} count={record.current_count} client={name} "
+                f"product={product} activation_id={activation_id} "
+                f"count={record.current_count} client={name} "
                 f"cmid={guid_text(record.client_machine_id)} vm={q.flags & 1} "
-                f"license_status={q.license_status} required={q.required_client_count} "
-                f"peer={peer}"
+                f"license_status={q.license_status} minutes={q.grace_minutes_remaining} "
+                f"required={q.required_client_count} peer={peer}"
             )
             if reason:
                 line += f" reason={json.dumps(reason)}"
@@ -67,12 +78,15 @@ class EventLog:
             return
         fields: dict[str, Any] = {"status": f"0x{record.status:08X}"}
         if q is not None:
-            fields["product"] = self._products.get(q.sku_id) or guid_text(q.sku_id)
+            fields["activation_id"] = guid_text(q.sku_id)
+            fields["product"] = self._products.get(q.sku_id) or fields["activation_id"]
             fields["count"] = record.current_count
             fields["client"] = q.workstation_name
             fields["cmid"] = guid_text(record.client_machine_id)
             fields["vm"] = q.flags & 1
             fields["license_status"] = q.license_status
+            fields["minutes_to_expiration"] = q.grace_minutes_remaining
+            fields["client_time"] = _filetime_iso(q.request_time)
             fields["required"] = q.required_client_count
         fields["peer"] = peer
         if reason:
@@ -111,6 +125,15 @@ class EventLog:
 
 
 _NEEDS_QUOTES = re.compile(r'[\s"=]')
+
+
+def _filetime_iso(filetime: int) -> str | None:
+    """A client's FILETIME as ISO 8601 UTC; None for one no calendar holds (a hostile or
+    broken client can send any 64-bit value)."""
+    try:
+        return datetime_from_filetime(filetime).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError):
+        return None
 
 
 def _text_value(value: Any) -> str:
