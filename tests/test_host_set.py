@@ -123,7 +123,10 @@ def test_host_set_refusals(tmp_path: Path) -> None:
     assert missing.stderr.startswith("Error: No KMS host state was found.")
     nothing = run("host", "set", home=home)
     assert nothing.returncode == 2
-    assert "give --activation-interval, --renewal-interval or --port" in nothing.stderr
+    assert (
+        "give --activation-interval, --renewal-interval, --port or --[no-]dns-publish"
+        in nothing.stderr
+    )
     low = run("host", "set", "--activation-interval", "14", home=home)
     assert low.returncode == 2 and "14 is not in the range 15<=x<=43200" in low.stderr
     low = run("slmgr", "/sri", "43201", home=home)
@@ -137,6 +140,7 @@ def test_host_set_refusals(tmp_path: Path) -> None:
         (b'{"colour": 1}', "the host settings file holds ['colour']"),
         (b'{"port": 0}', "port 0: an integer from 1 to 65535"),
         (b'{"activation_interval": true}', "activation_interval True: an integer from 15"),
+        (b'{"dns_publish": 1}', "dns_publish 1: true or false"),
     ],
 )
 def test_a_damaged_settings_file_is_named(data: bytes, message: str) -> None:
@@ -150,10 +154,15 @@ def test_overrides_apply_the_intervals_only() -> None:
     assert Overrides(60).applied(started) == HostSettings(60, 10080, 25)
     assert Overrides(None, 1440, 1689).applied(started) == HostSettings(120, 1440, 25)
     assert Overrides(60, None, 1689).merged(Overrides(None, 30, None)) == Overrides(60, 30, 1689)
+    cdns = Overrides(60, None, 1689, False)
+    assert cdns.merged(Overrides(None, 30)) == Overrides(60, 30, 1689, False)  # /cdns kept
+    assert cdns.merged(Overrides(dns_publish=True)) == Overrides(60, None, 1689, True)
+    assert Overrides.from_bytes(b'{"dns_publish": false}') == Overrides(dns_publish=False)
 
 
-def lab(home: Path, *kms_listen: str) -> tuple[subprocess.Popen[str], int]:
-    """``kmsemu lab`` on free ports but for KMS (``kms_listen``); the process, its KMS port."""
+def lab(home: Path, *kms_listen: str) -> tuple[subprocess.Popen[str], int, int]:
+    """``kmsemu lab`` on free ports but for KMS (``kms_listen``); the process, its KMS port
+    and its DNS port."""
     proc, rest, _ = start_until_ready(
         kmsemu_command(
             "lab", "--quiet", *kms_listen, "--dns-listen", "127.0.0.1:0",
@@ -163,7 +172,8 @@ def lab(home: Path, *kms_listen: str) -> tuple[subprocess.Popen[str], int]:
         {"KMSEMU_HOME": str(home)},
     )  # fmt: skip
     fields = dict(item.split("=", 1) for item in rest.split())
-    return proc, int(fields["kms"].rsplit(":", 1)[1])
+    kms, dns = (int(fields[k].rsplit(":", 1)[1]) for k in ("kms", "dns"))
+    return proc, kms, dns
 
 
 def test_the_lab_starts_with_what_slmgr_set_for_its_host(tmp_path: Path) -> None:
@@ -171,7 +181,7 @@ def test_the_lab_starts_with_what_slmgr_set_for_its_host(tmp_path: Path) -> None
     (``lab.settings.json``): its next start listens on the port set and answers with the
     interval set, unless the command line says otherwise."""
     home = tmp_path / "home"
-    proc, port = lab(home, "--kms-listen", "127.0.0.1:0")
+    proc, port, _ = lab(home, "--kms-listen", "127.0.0.1:0")
     assert stop(proc) == 0
     new_port = free_port()
     sprt = run("slmgr", "/sprt", str(new_port), home=home)
@@ -181,14 +191,108 @@ def test_the_lab_starts_with_what_slmgr_set_for_its_host(tmp_path: Path) -> None
         "activation_interval": 60,
         "port": new_port,
     }
-    proc, port = lab(home, "--kms-listen", "127.0.0.1")  # no port given: the one set
+    proc, port, _ = lab(home, "--kms-listen", "127.0.0.1")  # no port given: the one set
     try:
         assert port == new_port
         assert intervals(port, home) == (60, 10080)
     finally:
         assert stop(proc) == 0
-    proc, port = lab(home, "--kms-listen", "127.0.0.1:0", "--activation-interval", "45")
+    proc, port, _ = lab(home, "--kms-listen", "127.0.0.1:0", "--activation-interval", "45")
     try:
         assert port != new_port and intervals(port, home) == (45, 10080)
+    finally:
+        assert stop(proc) == 0
+
+
+def status_says(home: Path, text: str) -> None:
+    """Wait (bounded) until ``host status`` has the line ``text``."""
+    deadline = time.monotonic() + 10
+    while True:
+        shown = run("host", "status", home=home).stdout.splitlines()
+        if text in shown:
+            return
+        assert time.monotonic() < deadline, "\n".join(shown)
+        time.sleep(0.05)
+
+
+def test_cdns_and_sdns_stop_and_resume_publishing_on_a_running_host(tmp_path: Path) -> None:
+    """slmgr /cdns on a publishing host: the host stops publishing at once and `host status`
+    says so; /sdns publishes again at once (the refresh is 24 h: only the wake-up can do
+    it); a later start keeps /cdns and publishes nothing, though a DNS server is given."""
+    home = tmp_path / "home"
+    dns, rest, _ = start_until_ready(
+        kmsemu_command("dns", "serve", "--zone", "lab.test", "--listen", "127.0.0.1:0"),
+        "ready dns",
+        {"KMSEMU_HOME": str(home)},
+    )
+    try:
+        server = rest.split()[0]
+        proc, _, lines = serve(
+            home, "--listen", "127.0.0.1:0", "--dns-publish", "lab.test", "--dns-server", server
+        )
+        try:
+            wait_for_line(lines, " 12294 ", 0)
+            status_says(home, "    DNS publishing enabled")
+            mark = len(lines)
+            cdns = run("slmgr", "/cdns", home=home)
+            assert (cdns.returncode, cdns.stdout) == (0, "DNS publishing disabled successfully.\n")
+            wait_for_line(lines, " dns_publish=off", mark)
+            status_says(home, "    DNS publishing disabled")
+            mark = len(lines)
+            sdns = run("slmgr", "-SDNS", home=home)
+            assert (sdns.returncode, sdns.stdout) == (0, "DNS publishing enabled successfully.\n")
+            wait_for_line(lines, " 12294 ", mark)
+            status_says(home, "    DNS publishing enabled")
+            assert run("slmgr", "/cdns", home=home).returncode == 0
+        finally:
+            assert stop(proc) == 0
+        proc, _, lines = serve(home, "--listen", "127.0.0.1:0", "--dns-server", server)
+        try:
+            status_says(home, "    DNS publishing disabled")
+            assert not any(" 12294 " in line or " 12293 " in line for line in lines)
+        finally:
+            assert stop(proc) == 0
+    finally:
+        dns.terminate()
+        assert dns.wait(10) == 0
+
+
+def srv_targets(dns_port: int) -> list[str]:
+    """The lab zone's ``_vlmcs._tcp`` SRV records, as the lab's DNS answers now."""
+    import dns.message
+    import dns.query
+
+    query = dns.message.make_query("_vlmcs._tcp.lab.test", "SRV")
+    reply = dns.query.udp(query, "127.0.0.1", port=dns_port, timeout=5)
+    return [rd.to_text() for rrset in reply.answer for rd in rrset]
+
+
+def wait_for_srv(dns_port: int, wanted: bool) -> list[str]:
+    deadline = time.monotonic() + 10
+    while bool(found := srv_targets(dns_port)) != wanted:
+        assert time.monotonic() < deadline, found
+        time.sleep(0.05)
+    return found
+
+
+def test_cdns_takes_the_lab_s_srv_record_out_of_its_dns_and_sdns_back(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    proc, kms_port, dns_port = lab(home, "--kms-listen", "127.0.0.1:0")
+    try:
+        assert srv_targets(dns_port) == [f"0 0 {kms_port} kms.lab.test."]
+        assert run("slmgr", "/cdns", home=home).returncode == 0
+        wait_for_srv(dns_port, False)
+        status_says(home, "    DNS publishing disabled")
+        assert run("slmgr", "/sdns", home=home).returncode == 0
+        assert wait_for_srv(dns_port, True) == [f"0 0 {kms_port} kms.lab.test."]
+        status_says(home, "    DNS publishing enabled")
+        assert run("slmgr", "/cdns", home=home).returncode == 0
+        wait_for_srv(dns_port, False)
+    finally:
+        assert stop(proc) == 0
+    proc, _, dns_port = lab(home, "--kms-listen", "127.0.0.1:0")  # a restart keeps /cdns
+    try:
+        assert srv_targets(dns_port) == []
+        status_says(home, "    DNS publishing disabled")
     finally:
         assert stop(proc) == 0

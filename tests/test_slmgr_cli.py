@@ -63,6 +63,8 @@ def slmgr(*args: str) -> Result:
         (["/sai", "60"], Call("set", ("60",), None, "--activation-interval")),
         (["/SRI", "1440"], Call("set", ("1440",), None, "--renewal-interval")),
         (["-sprt", "1689"], Call("set", ("1689",), None, "--port")),
+        (["/CDNS"], Call("set", (), None, "--no-dns-publish")),
+        (["-sdns"], Call("set", (), None, "--dns-publish")),
     ],
 )
 def test_slmgr_options_become_client_verbs(args: list[str], call: Call) -> None:
@@ -75,7 +77,7 @@ def test_slmgr_options_become_client_verbs(args: list[str], call: Call) -> None:
         ([], "no option given: slmgr takes one, e.g. /dlv or /ato"),
         (["dlv"], "unknown option 'dlv'; kmsemu slmgr takes /ipk, /ato, /dli, /dlv, /xpr, "
          "/skms, /ckms, /skms-domain, /ckms-domain, /skhc, /ckhc, /rearm, /dti, /atp, /upk, "
-         "/cpky, /sai, /sri, /sprt"),
+         "/cpky, /sai, /sri, /sprt, /cdns, /sdns"),
         (["/ipk"], "/ipk needs a product key"),
         (["/atp"], "/atp needs a confirmation ID"),
         (["/ipk", "A", "B"], "/ipk takes 1 argument"),
@@ -83,8 +85,7 @@ def test_slmgr_options_become_client_verbs(args: list[str], call: Call) -> None:
         (["/dlv", "a", "b"], "/dlv takes 1 argument"),
         (["/ato", "all"], "'all' is not an Activation ID (a GUID)"),
         (["/dlv", "1234"], "'1234' is not an Activation ID (a GUID)"),
-        (["/cdns"], "/cdns sets a KMS host, not this client: use kmsemu host serve "
-         "--no-dns-publish"),
+        (["/cdns", "x"], "/cdns takes no arguments"),
         (["/sai"], "/sai needs an interval in minutes"),
         (["/sprt", "1688", "x"], "/sprt takes 1 argument"),
     ],

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # ``kmsemu --help`` loads none of these: each is imported whe
 
     from kmsemu.catalog import Product
     from kmsemu.errors import KmsemuError
+    from kmsemu.host.overrides import Overrides
 
 F = TypeVar("F", bound=Callable[..., Any])
 #: ``ctx.meta`` key (shared by the whole context chain): whether the command got --json.
@@ -244,6 +245,17 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
+def kept_overrides(database: Path) -> Overrides:
+    """What ``kmsemu host set`` kept beside ``database`` (``ConfigError`` for a file that is
+    not a settings file; nothing set when it cannot be read: the start says why)."""
+    from kmsemu.host.overrides import Overrides, OverridesStore, overrides_path
+
+    try:
+        return OverridesStore(overrides_path(database)).load()
+    except OSError:
+        return Overrides()
+
+
 def kept_host_settings(database: Path, **given: int) -> dict[str, int]:
     """The settings a KMS host starts with (``activation_interval``, ``renewal_interval``,
     ``port``): a value the command line, the environment or a configuration file gave
@@ -252,12 +264,7 @@ def kept_host_settings(database: Path, **given: int) -> dict[str, int]:
     a ``ConfigError`` (exit 1); one that cannot be read is left to the start to report."""
     from click.core import ParameterSource
 
-    from kmsemu.host.overrides import Overrides, OverridesStore, overrides_path
-
-    try:
-        kept = OverridesStore(overrides_path(database)).load()
-    except OSError:  # a state path that cannot be used: the start itself says so
-        kept = Overrides()
+    kept = kept_overrides(database)
     ctx = click.get_current_context()
     chosen = {}
     for name, value in given.items():

@@ -17,6 +17,7 @@ from kmsemu.cli.common import (
     emit,
     json_option,
     kept_host_settings,
+    kept_overrides,
     secret_option,
 )
 from kmsemu.cli.host_base import STATE_HELP, default_state_dir, host, open_store
@@ -219,7 +220,9 @@ def serve(
     if not addresses:
         addresses = [("0.0.0.0", port), ("::", port)]
     try:
-        zones = publish_zones(publish, server=dns_server, off=no_publish, fqdn=socket.getfqdn())
+        cdns = kept_overrides(database_path(state_dir or default_state_dir())).dns_publish is False
+        off = no_publish or (cdns and not publish)  # slmgr /cdns kept, unless zones are named
+        zones = publish_zones(publish, server=dns_server, off=off, fqdn=socket.getfqdn())
         publishing = Publishing.parse(
             zones, dns_server or DEFAULT_DNS_SERVER, dns_name, dns_address, dns_refresh, dns_tsig
         )
@@ -263,26 +266,38 @@ def _with_overrides(
 @click.option("--activation-interval", type=_INTERVAL, help="Minutes (slmgr /sai).")
 @click.option("--renewal-interval", type=_INTERVAL, help="Minutes (slmgr /sri).")
 @click.option("--port", type=click.IntRange(1, 65535), help="TCP port (slmgr /sprt).")
+@click.option(
+    "--dns-publish/--no-dns-publish",
+    "dns_publish",
+    default=None,
+    help="Publish the host in DNS, or stop (slmgr /sdns, /cdns).",
+)
 @json_option
 def set_settings(
     state_dir: Path | None,
     activation_interval: int | None,
     renewal_interval: int | None,
     port: int | None,
+    dns_publish: bool | None,
     as_json: bool,
 ) -> None:
-    """Change a host's settings as slmgr /sai, /sri and /sprt do: a running host puts the
-    intervals in its next responses; the port is the one of its next start."""
+    """Change a host's settings as slmgr /sai, /sri, /sprt, /cdns and /sdns do: a running
+    host puts the intervals in its next responses and stops or resumes publishing at once;
+    the port is the one of its next start."""
     from kmsemu.host.overrides import Overrides, OverridesStore, overrides_path
 
-    if activation_interval is None and renewal_interval is None and port is None:
-        raise click.UsageError("give --activation-interval, --renewal-interval or --port")
+    if (activation_interval, renewal_interval, port, dns_publish) == (None,) * 4:
+        raise click.UsageError(
+            "give --activation-interval, --renewal-interval, --port or --[no-]dns-publish"
+        )
     store = open_store(state_dir)
     path = overrides_path(store.path)
     store.close()
     overrides = OverridesStore(path)
     try:
-        merged = overrides.load().merged(Overrides(activation_interval, renewal_interval, port))
+        merged = overrides.load().merged(
+            Overrides(activation_interval, renewal_interval, port, dns_publish)
+        )
         overrides.save(merged)
     except OSError as exc:
         raise LocalError("write_failed", f"{path}: {exc.strerror or exc}") from exc
@@ -295,6 +310,8 @@ def set_settings(
         click.echo("Volume renewal interval set successfully.")
     if port is not None:
         click.echo("KMS port set successfully.")
+    if dns_publish is not None:
+        click.echo(f"DNS publishing {'enabled' if dns_publish else 'disabled'} successfully.")
 
 
 @host.command()

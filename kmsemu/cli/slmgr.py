@@ -59,10 +59,8 @@ OPTIONS: Final[dict[str, Option]] = {
     "sai": Option("set", ("an interval in minutes",), False, host_flag="--activation-interval"),
     "sri": Option("set", ("an interval in minutes",), False, host_flag="--renewal-interval"),
     "sprt": Option("set", ("a port",), False, host_flag="--port"),
-}
-#: slmgr options that only a host's start can do: what to use instead.
-HOST_OPTIONS: Final[dict[str, str]] = {
-    "cdns": "kmsemu host serve --no-dns-publish",
+    "cdns": Option("set", (), False, host_flag="--no-dns-publish"),
+    "sdns": Option("set", (), False, host_flag="--dns-publish"),
 }
 
 
@@ -89,8 +87,6 @@ def translate(args: Sequence[str]) -> Call:
         raise SlmgrUsage("no option given: slmgr takes one, e.g. /dlv or /ato")
     first = args[0]
     name = first[1:].lower() if first[:1] in ("/", "-") else None
-    if name in HOST_OPTIONS:
-        raise SlmgrUsage(f"{first} sets a KMS host, not this client: use {HOST_OPTIONS[name]}")
     option = OPTIONS.get(name or "")
     if option is None:
         known = ", ".join(f"/{n}" for n in OPTIONS)
@@ -142,7 +138,7 @@ def slmgr(profile: str, as_json: bool, args: tuple[str, ...]) -> None:
         raise click.UsageError(str(exc)) from None
     json_flag = ["--json"] if as_json else []
     try:
-        if call.host_flag is not None:  # /sai, /sri, /sprt: the KMS host of this machine
+        if call.host_flag is not None:  # /sai, /sri, /sprt, /cdns, /sdns: this machine's host
             from kmsemu.cli.host import host
 
             status = host.main(

@@ -1,6 +1,7 @@
-"""Host settings changed after it started, as slmgr /sai, /sri and /sprt change a Windows
-KMS host: kept in a small file beside the database, so that a running host takes them
-(the intervals in its next response) and its next start keeps them (the port).
+"""Host settings changed after it started, as slmgr /sai, /sri, /sprt, /cdns and /sdns
+change a Windows KMS host: kept in a small file beside the database, so that a running
+host takes them (the intervals in its next response, DNS publishing at its next turn) and
+its next start keeps them (the port too).
 
 ``Overrides`` is pure: values in, settings out. ``OverridesStore`` reads and replaces the
 file (atomically) and tells a running host when it changed (one ``os.stat``).
@@ -34,8 +35,12 @@ class Overrides:
     activation_interval: int | None = None
     renewal_interval: int | None = None
     port: int | None = None
+    #: slmgr /cdns (False) and /sdns (True): whether the host publishes itself in DNS.
+    dns_publish: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.dns_publish is not None and not isinstance(self.dns_publish, bool):
+            raise ConfigError(f"dns_publish {self.dns_publish!r}: true or false")
         for name, (low, high) in RANGES.items():
             value = getattr(self, name)
             if value is not None and (
@@ -57,6 +62,7 @@ class Overrides:
             later.activation_interval or self.activation_interval,
             later.renewal_interval or self.renewal_interval,
             later.port or self.port,
+            self.dns_publish if later.dns_publish is None else later.dns_publish,
         )
 
     def to_bytes(self) -> bytes:
@@ -71,8 +77,9 @@ class Overrides:
             values: Any = json.loads(data)
         except ValueError as exc:
             raise ConfigError(f"the host settings file is not JSON: {exc}") from None
-        if not isinstance(values, dict) or set(values) - set(RANGES):
-            raise ConfigError(f"the host settings file holds {sorted(values)}, not {list(RANGES)}")
+        known = [*RANGES, "dns_publish"]
+        if not isinstance(values, dict) or set(values) - set(known):
+            raise ConfigError(f"the host settings file holds {sorted(values)}, not {known}")
         return cls(**values)
 
 

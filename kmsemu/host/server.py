@@ -53,7 +53,7 @@ from kmsemu.host.faults import (
 from kmsemu.host.journal import Journal
 from kmsemu.host.journal import record as journal_record
 from kmsemu.host.options import ServerOptions
-from kmsemu.host.overrides import OverridesStore
+from kmsemu.host.overrides import Overrides, OverridesStore
 from kmsemu.host.publish import Publication, Publisher
 from kmsemu.host.rules import HostRules, HostSettings
 from kmsemu.host.service import KmsHost
@@ -118,8 +118,15 @@ class KmsServer:
         self.connection: Callable[..., LeanConnection] = LeanConnection
         #: The faults file (None: no faults, ever).
         self.fault_store = faults
-        #: Settings changed while it runs (slmgr /sai, /sri; None: never).
+        #: Settings changed while it runs (slmgr /sai, /sri, /cdns, /sdns; None: never).
         self.overrides = overrides
+        #: Whether the publishing loop publishes (slmgr /cdns stops it, /sdns resumes it);
+        #: the event wakes the loop when it changes.
+        self.dns_publish = True
+        self._publish_turn = asyncio.Event()
+        #: Called with the settings file's content whenever a running host takes it (the
+        #: lab publishes into its own zone through this).
+        self.settings_observers: list[Callable[[Overrides], None]] = []
         #: The faults in force (None: none, and connections are plain).
         self.faults: FaultSet | None = None
         #: Faults fired since the start, by kind.
@@ -220,6 +227,11 @@ class KmsServer:
             return
         rules = self.host.rules
         rules.settings = overrides.applied(rules.settings)
+        if self.dns_publish != (overrides.dns_publish is not False):
+            self.dns_publish = not self.dns_publish
+            self._publish_turn.set()
+        for observer in self.settings_observers:
+            observer(overrides)
         if self.store is not None:  # kmsemu host status shows them
             self.store.set_meta(
                 activation_interval=str(rules.settings.activation_interval),
@@ -231,6 +243,7 @@ class KmsServer:
             {
                 "activation_interval": rules.settings.activation_interval,
                 "renewal_interval": rules.settings.renewal_interval,
+                "dns_publish": "on" if self.dns_publish else "off",
             },
         )
 
@@ -288,8 +301,11 @@ class KmsServer:
     ) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if self.store is not None:  # kmsemu host status: publishing, or not (/cdns)
+                zones = " ".join(p.zone for p in publications) if self.dns_publish else ""
+                self.store.set_meta(dns_publish=zones)
             failed = False
-            for publication in publications:
+            for publication in publications if self.dns_publish else ():
                 hresult, why = await loop.run_in_executor(None, publisher.publish, publication)
                 failed = failed or bool(hresult)
                 if hresult:
@@ -315,8 +331,13 @@ class KmsServer:
                         },
                     )
             self.log.flush()
-            # a failure is retried within a minute (the DNS server may start after the host)
-            await asyncio.sleep(min(interval, RETRY_PUBLISH) if failed else interval)
+            # a failure is retried within a minute (the DNS server may start after the host);
+            # /cdns or /sdns wakes the loop at once
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._publish_turn.wait(), min(interval, RETRY_PUBLISH) if failed else interval
+                )
+            self._publish_turn.clear()
 
     async def close(self) -> None:
         """Stop listening, send the answers held, drop every connection and task, then

@@ -36,6 +36,7 @@ from kmsemu.dns.zone import SrvTarget, Zone
 from kmsemu.errors import ConfigError, KmsemuError, LocalError
 from kmsemu.host.faults import FaultStore, faults_path
 from kmsemu.host.options import ServerOptions
+from kmsemu.host.overrides import Overrides, OverridesStore
 from kmsemu.host.rules import HostSettings
 from kmsemu.host.server import product_names
 from kmsemu.host.store import LAB_DB, HostStore
@@ -190,7 +191,9 @@ class Lab:
         self.zone = Zone.build(
             s.zone, srv=[SrvTarget(KMS_NAME, port)], addresses=[(KMS_NAME, address)]
         )
-        host.store.set_meta(dns_publish=s.zone)  # kmsemu host status: published, in this zone
+        self._srv = [rr for rr in self.zone.records if rr.rtype == QTYPE.SRV]
+        host.server.settings_observers.append(self._publish_or_not)
+        self._publish_or_not(self._kept_settings(host.server.overrides))
         self.dns = DnsServer(Authority([self.zone]))
         try:
             self.dns_bound = await self.dns.start(*s.dns_listen)
@@ -236,6 +239,30 @@ class Lab:
         stack.push_async_callback(http.close)
         self.mak_ready = True
         self.http_url = f"http://{format_address(*http_bound)}"
+
+    def _kept_settings(self, store: OverridesStore | None) -> Overrides:
+        """What ``kmsemu host set`` kept for the lab's host (nothing when it cannot be
+        read: the host logs ``settings-invalid`` when it meets that file)."""
+        try:
+            return store.load() if store is not None else Overrides()
+        except (OSError, KmsemuError):
+            return Overrides()
+
+    def _publish_or_not(self, overrides: Overrides) -> None:
+        """slmgr /cdns and /sdns on the lab's host: the SRV record leaves the lab's zone, or
+        comes back (the next answer shows it), and ``host status`` says which."""
+        zone, host = self.zone, self.host
+        assert zone is not None and host is not None  # observed once both are up
+        publish = overrides.dns_publish is not False
+        shown = [rr for rr in zone.records if rr.rtype == QTYPE.SRV]
+        if publish and not shown:
+            for rr in self._srv:
+                zone.add(rr)
+            zone.bump_serial()
+        elif not publish and shown:
+            zone.remove(shown)
+            zone.bump_serial()
+        host.store.set_meta(dns_publish=self.settings.zone if publish else "")
 
     def _announce(self) -> None:
         host = self.host
