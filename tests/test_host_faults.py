@@ -347,3 +347,23 @@ def test_fault_set_spends_and_round_trips() -> None:
     assert fired_again is not None and fired_again.remaining == 0
     assert twice.faults == ()
     assert twice.spend(1) == (twice, None)
+
+
+def test_the_request_right_after_fault_set_or_clear_meets_it(tmp_path: Path) -> None:
+    """A CI script runs `kmsemu host fault set X` and at once its client: `fault set` (and
+    `fault clear`) return only once the running host obeys the file as written, so the
+    very next request meets the change, every time (no waiting on the host's log here)."""
+    home, state = tmp_path / "home", tmp_path / "host"
+    host = start_host_process(state, "--min-count", "25")
+    try:
+        for _ in range(4):
+            set_ = run("host", "fault", "set", "0xC004F042", "--state", str(state), home=home)
+            assert set_.returncode == 0 and set_.stderr == "", set_.stderr
+            assert "Error: 0xC004F042 " in process_activate(host.address, home).stderr
+            cleared = run("host", "fault", "clear", "--all", "--state", str(state), home=home)
+            assert cleared.returncode == 0 and cleared.stderr == "", cleared.stderr
+            assert process_activate(host.address, home).returncode == 0
+    finally:
+        assert stop_host_process(host) == 0
+    # no host runs now (its clean stop said so): nothing to wait for, no warning
+    assert run("host", "fault", "set", "stall", "--state", str(state), home=home).stderr == ""

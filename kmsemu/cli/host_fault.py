@@ -80,6 +80,58 @@ def _fault_store(state: Path) -> Any:
     return FaultStore(faults_path(database_path(state)))
 
 
+#: How long ``fault set`` and ``fault clear`` wait for a running host to take the change.
+TAKE_WAIT = 3.0
+
+
+def _wait_until_taken(state: Path, path: Path) -> None:
+    """Return once the host running on ``state`` obeys the faults file as written now (its
+    ``faults_seen`` reaches the file's modification time), so that a script's next request
+    meets the change; at once when no host runs there. A host that does not take it within
+    ``TAKE_WAIT`` seconds is named on stderr (it obeys at its next look)."""
+    import sqlite3
+    import time
+
+    from kmsemu.host.watch import modified_ns
+
+    written = modified_ns(path)
+    deadline = time.monotonic() + TAKE_WAIT
+    pid = None
+    while True:
+        try:
+            store = HostStore(state, create=False, read_only=True)
+            try:
+                meta = store.meta()
+            finally:
+                store.close()
+        except (OSError, sqlite3.Error):  # no host state yet: no host to wait for
+            return
+        pid = int(meta.get("pid", "0") or 0)
+        if not pid or not _alive(pid) or int(meta.get("faults_seen", "0") or 0) >= written:
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    click.echo(
+        f"Warning: the host running on this state (pid {pid}) has not read the faults file "
+        f"within {TAKE_WAIT:g} s; it obeys at its next look.",
+        err=True,
+    )
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs (one this user may signal, or any other)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _host_now(state: Path) -> float:
     """The host's clock (Unix seconds): this machine's, moved by the ``--clock-offset`` the
     host last ran with."""
@@ -155,7 +207,7 @@ def fault_set(
 
     KIND is an activation HRESULT the host answers with (0xC004F042, or its name:
     product_not_served) or a network fault: refuse, close-after-bind, stall, reset,
-    garbage, slow DELAY. A running host obeys within half a second.
+    garbage, slow DELAY. A running host obeys before this command returns.
     """
     from kmsemu.host.faults import new_fault
 
@@ -183,6 +235,7 @@ def fault_set(
         stored = store.add(made)
     except OSError as exc:
         raise LocalError("write_failed", f"{store.path}: {exc.strerror or exc}") from exc
+    _wait_until_taken(state, store.path)
     if as_json:
         emit({"fault": stored.to_json(), "file": str(store.path)})
     else:
@@ -219,6 +272,7 @@ def fault_clear(kind: str | None, clear_all: bool, state_dir: Path | None, as_js
         removed = store.clear(None if clear_all else kind)
     except OSError as exc:
         raise LocalError("write_failed", f"{store.path}: {exc.strerror or exc}") from exc
+    _wait_until_taken(state, store.path)
     _, faults = _faults_shown(state)
     if as_json:
         emit({"cleared": removed, "faults": faults, "file": str(store.path)})

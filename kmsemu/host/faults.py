@@ -349,6 +349,10 @@ class FaultStore:
         says True."""
         return self._watch.changed()
 
+    def seen_ns(self) -> int:
+        """The file's modification time when ``changed`` last looked (ns; 0: none)."""
+        return self._watch.seen_ns
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         import fcntl

@@ -191,6 +191,13 @@ class KmsServer:
             self.log.event("faults-invalid", self.now(), {"error": str(exc)})
             return
         self._set_faults(faults, announce=True)
+        self._faults_taken()
+
+    def _faults_taken(self) -> None:
+        """Tell ``kmsemu host fault set`` which version of the file this host obeys (it
+        waits for it, so that the next request after it returns meets the fault)."""
+        if self.store is not None and self.fault_store is not None:
+            self.store.set_meta(faults_seen=str(self.fault_store.seen_ns()))
 
     def _set_faults(self, faults: FaultSet, *, announce: bool = False) -> None:
         live = faults.live(self.host_time())
@@ -268,6 +275,7 @@ class KmsServer:
                 if store is not None:
                     after, fired = store.spend(fault.id)
                     store.changed()  # our own write: nothing to reload
+                    self._faults_taken()  # (it holds every change written before it)
                 else:
                     after, fired = faults.spend(fault.id)
             except (OSError, KmsemuError) as exc:

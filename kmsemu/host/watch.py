@@ -26,3 +26,16 @@ class FileWatch:
             return False
         self._seen = signature
         return True
+
+    @property
+    def seen_ns(self) -> int:
+        """The modification time (ns) of the file as the last call saw it (0: none)."""
+        return self._seen[1] if self._seen is not None else 0
+
+
+def modified_ns(path: Path) -> int:
+    """The file's modification time in nanoseconds (0 when it is not there)."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return 0

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import ipaddress
 import os
 import socket
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,6 +65,10 @@ class RunningHost:
         """Stop serving, write what is pending and log ``stopped``."""
         try:
             await self.server.close()
+            # no host to wait for (kmsemu host fault set); a store that cannot take it now
+            # (a full disk) only makes a later fault set wait for a host that is gone
+            with contextlib.suppress(sqlite3.Error, OSError):
+                self.store.set_meta(pid="")
             self.log.event("stopped", self.server.now(), {"reason": reason})
             self.log.flush()
         finally:
