@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
@@ -362,3 +363,36 @@ def test_an_update_cannot_delete_or_add_the_soa() -> None:
     assert [QTYPE[rr.rtype] for rr in ask("lab.test", "SOA", authority=authority).rr] == ["SOA"]
     assert zone.soa().rdata.times[0] == 2  # ours, bumped by the update; not the 99 sent
     assert RCODE[ask("gone.lab.test", "A", authority=authority).header.rcode] == "NXDOMAIN"
+
+
+class _Broken(Authority):
+    """An authority with a bug that every query meets (what a parser bug would look like)."""
+
+    def answer(self, data: bytes, *, udp: bool, trusted: bool = False) -> bytes | None:
+        raise KeyError("a bug")
+
+
+def test_a_bug_for_one_message_is_counted_and_logged_once_and_others_still_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.new_event_loop()
+    server = DnsServer(_Broken([lab_zone()]), idle_timeout=0.5)
+    host, port = loop.run_until_complete(server.start("127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        query = dns.message.make_query("_vlmcs._tcp.lab.test", "SRV")
+        for send in (dns.query.udp, dns.query.tcp, dns.query.udp):
+            with pytest.raises((dns.exception.Timeout, EOFError, ConnectionError)):
+                send(query, host, port=port, timeout=0.5)
+        server.authority = Authority([lab_zone()])  # the bug fixed: served again
+        reply = dns.query.udp(query, host, port=port, timeout=5)
+        assert sorted(r.port for r in reply.answer[0]) == [1688, 1689]
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    assert server.stats["errors"] == 3
+    logged = [r for r in caplog.records if r.getMessage().startswith("dns_internal_error")]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert "(KeyError; logged once per kind" in logged[0].getMessage()

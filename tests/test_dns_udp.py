@@ -335,10 +335,10 @@ def test_an_answer_that_raises_costs_one_reply_only(
     server.authority.answer = broken  # type: ignore[method-assign]
     with caplog.at_level(logging.ERROR, logger="kmsemu.dns.server"):
         assert exchange(server.address, b"\x00\x01boom", timeout=0.3) is None
-    assert any("no answer to a 6-byte datagram" in r.getMessage() for r in caplog.records)
+    assert any("no answer to a 6-byte UDP message" in r.getMessage() for r in caplog.records)
     srv = query("_vlmcs._tcp.lab.test", "SRV", 5)
     assert exchange(server.address, srv) == UNCACHED.answer(srv, udp=True)
-    assert dict(server.stats) == {"udp": 1, "dropped": 1}
+    assert dict(server.stats) == {"udp": 1, "dropped": 1, "errors": 1}
 
 
 @pytest.mark.skipif(udp._MMSG is None, reason="recvmmsg/sendmmsg: Linux only")

@@ -42,6 +42,9 @@ class FakeView:
     def readiness(self) -> dict[str, bool]:
         return {"kms": True, "dns": not self.stopping}
 
+    def problems(self) -> dict[str, str]:
+        return {"kms": "", "dns": "stopping" if self.stopping else ""}
+
 
 async def mak_key(request: Any) -> JSONResponse:
     return JSONResponse({"mak": request.path_params["fingerprint"]})
@@ -183,7 +186,12 @@ def test_health_readiness_and_metrics_need_no_token() -> None:
         "components": {"kms": True, "dns": True},
     }
     view.stopping = True
-    assert call(app, "GET", "/readyz")[0] == 503
+    status, _, body = call(app, "GET", "/readyz")
+    assert status == 503 and json.loads(body) == {
+        "ready": False,
+        "components": {"kms": True, "dns": False},
+        "problems": {"dns": "stopping"},
+    }
     status, headers, text = call(app, "GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     assert b'kmsemu_kms_count{application="Windows"} 3.0' in text

@@ -112,6 +112,8 @@ class DnsServer:
         self._clients = 0
         #: Queries answered over ``udp`` and ``tcp``, and messages ``dropped`` unanswered.
         self.stats: Counter[str] = Counter()
+        #: The kinds of internal error already logged with their traceback.
+        self._logged: set[str] = set()
         self.address: tuple[str, int] = ("127.0.0.1", 0)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -175,10 +177,28 @@ class DnsServer:
         """A datagram's reply; ``peer()`` names its sender."""
         # only an UPDATE needs the peer's trust; finding the peer costs more than the answer
         trusted = len(data) > 2 and data[2] & _OPCODE_BITS == _UPDATE_BITS and self._trusts(peer())
+        return self._answer(data, udp=True, trusted=trusted)
+
+    def _answer(self, data: bytes, *, udp: bool, trusted: bool) -> bytes | None:
+        """The authority's reply; a bug for one message (an exception no parser should
+        let out) must not stop the server for everyone: the message gets no answer, the
+        error is counted (``errors``) and its traceback logged once per kind, with the
+        stable code ``dns_internal_error``, so that a flood of such messages cannot flood
+        the log."""
         try:
-            return self.authority.answer(data, udp=True, trusted=trusted)
-        except Exception:  # a bug for one datagram must not stop UDP for everyone
-            _log.exception("DNS: no answer to a %d-byte datagram", len(data))
+            return self.authority.answer(data, udp=udp, trusted=trusted)
+        except Exception as exc:
+            self.stats["errors"] += 1
+            kind = type(exc).__qualname__
+            if kind not in self._logged:
+                self._logged.add(kind)
+                _log.exception(
+                    "dns_internal_error: no answer to a %d-byte %s message (%s; logged once "
+                    "per kind, counted in errors)",
+                    len(data),
+                    "UDP" if udp else "TCP",
+                    kind,
+                )
             return None
 
     def _trusts(self, host: str) -> bool:
@@ -198,7 +218,7 @@ class DnsServer:
                 header = await asyncio.wait_for(reader.readexactly(2), self.idle_timeout)
                 (length,) = struct.unpack("!H", header)
                 data = await asyncio.wait_for(reader.readexactly(length), self.idle_timeout)
-                reply = self.authority.answer(data, udp=False, trusted=trusted)
+                reply = self._answer(data, udp=False, trusted=trusted)
                 if reply is None:
                     self.stats["dropped"] += 1
                     break

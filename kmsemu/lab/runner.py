@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sqlite3
 import sys
 import time
 from dataclasses import replace
@@ -459,17 +460,23 @@ class Lab:
 
     def readiness(self) -> dict[str, bool]:
         """Whether each part is serving: kms, dns, http and the database."""
-        database = True
-        try:
-            if self.host is not None:
+        return {part: not why for part, why in self.problems().items()}
+
+    def problems(self) -> dict[str, str]:
+        """Per part, what keeps it from serving ("" when it serves): stopping, not started,
+        or the database's own error (a full disk, a file locked by another process)."""
+        stopping = "stopping" if self.stopping else ""
+        database = "not open" if self.host is None else ""
+        if self.host is not None:
+            try:
                 self.host.store.meta()
-        except Exception:
-            database = False
+            except (sqlite3.Error, OSError) as exc:
+                database = f"{type(exc).__name__}: {exc}"
         return {
-            "kms": bool(self.host and self.host.bound) and not self.stopping,
-            "dns": self.dns is not None and not self.stopping,
-            "http": self.mak_ready and not self.stopping,
-            "database": database and self.host is not None,
+            "kms": stopping or ("" if self.host and self.host.bound else "not listening"),
+            "dns": stopping or ("" if self.dns is not None else "not started"),
+            "http": stopping or ("" if self.mak_ready else "not started"),
+            "database": database,
         }
 
     def gauges(self) -> LabGauges:

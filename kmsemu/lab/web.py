@@ -80,6 +80,10 @@ class LabView(Protocol):
         """Per part (kms, dns, http, database), whether it is serving (``/readyz``)."""
         ...
 
+    def problems(self) -> dict[str, str]:
+        """Per part, what keeps it from serving ("" when it serves; ``/readyz`` names it)."""
+        ...
+
 
 def create_lab_app(
     view: LabView,
@@ -198,10 +202,13 @@ def create_lab_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        parts = view.readiness()
-        ready = all(parts.values())
+        problems = view.problems()
+        parts = {part: not why for part, why in problems.items()}
+        if all(parts.values()):
+            return JSONResponse({"ready": True, "components": parts})
+        failing = {part: why for part, why in problems.items() if why}
         return JSONResponse(
-            {"ready": ready, "components": parts}, status_code=200 if ready else 503
+            {"ready": False, "components": parts, "problems": failing}, status_code=503
         )
 
     async def metrics_page(request: Request) -> Response:
