@@ -450,7 +450,10 @@ SERVICE_ERRORS: dict[str, ServiceErrorInfo] = {
         cli_hint="Split the file: proxy-activate takes 1,000 installation IDs per call.",
     ),
     "unavailable": ServiceErrorInfo(
-        503, "The service is busy; try again.", "The database did not answer in time."
+        503,
+        "The service is busy; try again.",
+        "The database cannot serve now (busy past its timeout, a full disk, an I/O error): "
+        "the detail says which; it serves again once that passes.",
     ),
     "internal": ServiceErrorInfo(
         500,

@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any, Final
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -189,8 +190,24 @@ def create_app(
         log.exception("internal error on %s %s", request.method, request.url.path)
         return error_response(ServiceError("internal"))
 
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        problem = await run_in_threadpool(store.problem)
+        if not problem:
+            return JSONResponse({"ready": True, "components": {"database": True}})
+        return JSONResponse(
+            {"ready": False, "components": {"database": False}, "problems": {"database": problem}},
+            status_code=503,
+        )
+
     app = Starlette(
-        routes=[_route(api, e) for e in ENDPOINTS],
+        routes=[
+            *(_route(api, e) for e in ENDPOINTS),
+            Route("/healthz", healthz),  # liveness and readiness, outside the API's schema
+            Route("/readyz", readyz),
+        ],
         exception_handlers={HTTPException: http_error, Exception: internal},
     )
     app.router.redirect_slashes = False  # /v1/activate/ is a 404, not a redirect

@@ -472,6 +472,9 @@ class Lab:
                 self.host.store.meta()
             except (sqlite3.Error, OSError) as exc:
                 database = f"{type(exc).__name__}: {exc}"
+        store = self._store  # the MAK service's, in the same file
+        if not database and store is not None:
+            database = store.problem()
         return {
             "kms": stopping or ("" if self.host and self.host.bound else "not listening"),
             "dns": stopping or ("" if self.dns is not None else "not started"),

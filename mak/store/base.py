@@ -188,6 +188,12 @@ class Store(Protocol):
         """Close every connection the store opened."""
         ...
 
+    def problem(self) -> str:
+        """What keeps the database from serving ("" when it serves): the failure of the
+        last write until a write succeeds again (a full disk lets reads through), else a
+        read that fails now (``/readyz``)."""
+        ...
+
 
 @runtime_checkable
 class CombiningStore(Store, Protocol):

@@ -154,6 +154,19 @@ class SqlStore(PortalSql):
     """The ``Store`` in SQL: the queries, once; subclasses supply connections and transactions."""
 
     blocking_ok = True
+    #: Why the last write failed, until one succeeds ("" : it did not); set by subclasses.
+    _failure = ""
+
+    def problem(self) -> str:
+        """What keeps the database from serving ("" when it serves; see ``Store``)."""
+        if self._failure:
+            return self._failure
+        try:
+            with self._transaction(write=False) as db:
+                db.execute("SELECT 1").fetchone()
+        except ServiceError as exc:
+            return exc.detail or exc.code
+        return ""
 
     # -- what subclasses supply ------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 from kmsemu.errors import ServiceError
 from mak.store.base import Executor
@@ -67,18 +68,25 @@ class SqliteStore(SqlStore):
         with self._lock if self._memory else contextlib.nullcontext():
             try:
                 db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            except sqlite3.OperationalError as exc:
-                raise ServiceError("unavailable", str(exc)) from None
+            except sqlite3.OperationalError as exc:  # locked past the busy timeout
+                if write:
+                    self._failure = str(exc)
+                raise _unavailable(exc) from None
             try:
                 yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            try:
                 db.execute("COMMIT")
             except sqlite3.OperationalError as exc:
-                db.execute("ROLLBACK")
-                raise ServiceError("unavailable", str(exc)) from None
+                _rollback(db)
+                if not _out_of_service(exc):
+                    raise  # a bug (no such table...): the service log shows it
+                if write:
+                    self._failure = str(exc)  # /readyz says so until a write succeeds
+                raise _unavailable(exc) from None
+            except BaseException:
+                _rollback(db)
+                raise
+            if write:
+                self._failure = ""
 
     def close(self) -> None:
         """Close the connection of every thread."""
@@ -86,3 +94,30 @@ class SqliteStore(SqlStore):
             db.close()
         self._all.clear()
         self._local = threading.local()
+
+
+#: SQLite's primary result codes that say the database cannot serve now, not that the SQL
+#: is wrong: a full disk, an I/O error, a lock held past the busy timeout, a file that
+#: cannot be opened or written.
+_OUT_OF_SERVICE: Final = frozenset(
+    {"SQLITE_FULL", "SQLITE_IOERR", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN",
+     "SQLITE_READONLY", "SQLITE_PROTOCOL"}
+)  # fmt: skip
+
+
+def _out_of_service(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` is the database being unable to serve (503), not a bug (500)."""
+    extended = getattr(exc, "sqlite_errorname", "") or ""  # SQLITE_IOERR_WRITE...
+    return "_".join(extended.split("_")[:2]) in _OUT_OF_SERVICE
+
+
+def _unavailable(exc: sqlite3.Error) -> ServiceError:
+    """The ``unavailable`` error (503) naming what the database said."""
+    return ServiceError("unavailable", str(exc))
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back what is open (SQLite has already rolled back after a full disk or an I/O
+    error: then there is nothing to roll back, and saying so would hide the real error)."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")

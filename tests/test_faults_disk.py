@@ -1,0 +1,137 @@
+"""Faults survived, nothing lost (issue 17.3): the disk fills under a real MAK service
+process. The database lives on a 1 MiB tmpfs; a file then takes the rest of the space.
+
+What must hold, written out here: a clear error (503 ``unavailable`` naming the full disk,
+never a 500), ``/readyz`` 503 naming the database while ``/healthz`` stays 200, service
+again without a restart once space returns, and a database that checks whole with every
+answered activation counted once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import kmsemu_command, start_until_ready
+from tests.httpraw import request
+
+TOKEN = "disk-test-token"
+KEY_LIMIT = 1000
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted at ``tmp_path/disk`` (root only: mount(2) needs it)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Take every free block of ``disk`` with one file; the file."""
+    filler = disk / "filler"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def machine() -> str:
+    """A new machine's hardware ID (random: IDs that share 7 of 10 bytes are one machine)."""
+    return os.urandom(10).hex()
+
+
+def mint_mak() -> str:
+    import json
+
+    minted = subprocess.run(
+        kmsemu_command("keys", "mint", "--type", "mak", "--product", "windows-11-pro", "--json"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    key: str = json.loads(minted.stdout)["key"]
+    return key
+
+
+def test_a_full_disk_under_the_mak_service(small_disk: Path, tmp_path: Path) -> None:
+    db = small_disk / "mak.sqlite3"
+    proc, rest, lines = start_until_ready(
+        kmsemu_command(
+            "mak", "serve", "--listen", "127.0.0.1", "--port", "0", "--db", f"sqlite:///{db}",
+            "--admin-token", TOKEN, "--quiet",
+        ),
+        "ready mak",
+        {"KMSEMU_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    host, _, port = rest.split()[0].removeprefix("http://").rpartition(":")
+    address = (host, int(port))
+    key = mint_mak()
+    counted: list[str] = []
+    try:
+        added = request(address, "POST", "/v1/keys", {"key": key, "limit": KEY_LIMIT}, token=TOKEN)
+        assert added.status in (200, 201), added
+
+        def activate(hardware_id: str) -> int:
+            reply = request(
+                address,
+                "POST",
+                "/v1/activate",
+                {"key": key, "hardware_id": hardware_id, "machine_name": "M" * 60},
+            )
+            if reply.status == 200:
+                counted.append(hardware_id)
+            else:
+                assert reply.status == 503, reply  # never a 500
+                assert reply.body["error"]["code"] == "unavailable"
+                assert "database or disk is full" in reply.body["error"]["message"]
+            return reply.status
+
+        for _ in range(3):
+            assert activate(machine()) == 200
+        filler = fill(small_disk)
+        refused = [activate(machine()) for _ in range(40)]
+        assert 503 in refused  # the disk is full: some, at least, are refused
+        ready = request(address, "GET", "/readyz")
+        assert ready.status == 503 and ready.body["ready"] is False
+        assert "database or disk is full" in ready.body["problems"]["database"]
+        assert request(address, "GET", "/healthz").status == 200  # alive, not ready
+        filler.unlink()  # space returns: service again, without a restart
+        assert activate(machine()) == 200
+        assert request(address, "GET", "/readyz").body == {
+            "ready": True,
+            "components": {"database": True},
+        }
+        assert not any("Traceback" in line for line in lines)
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+    with sqlite3.connect(db) as check:
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        (used,) = check.execute("SELECT used FROM mak_keys").fetchone()
+        machines = check.execute("SELECT count(*) FROM mak_machines").fetchone()[0]
+    assert used == machines == len(counted)  # every answered activation counted, once
