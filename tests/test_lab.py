@@ -178,6 +178,8 @@ def test_health_readiness_and_metrics(lab: Lab) -> None:
     assert 'kmsemu_kms_requests_total{product="windows-11-pro",result="0xC004F038"} 1.0' in text
     assert 'kmsemu_kms_requests_total{product="windows-11-pro",result="0x00000000"} 1.0' in text
     assert "kmsemu_kms_request_duration_seconds_count 2.0" in text
+    assert "kmsemu_host_store_failures_total 0.0" in text  # the store took every flush
+    assert "kmsemu_host_pending_rows " in text
     assert 'kmsemu_kms_count{application="Windows"} 2.0' in text
     assert 'kmsemu_http_requests_total{method="GET",route="/readyz",status="200"} 1.0' in text
     assert "kmsemu_lab_clock_offset_seconds 0.0" in text

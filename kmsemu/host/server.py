@@ -28,8 +28,10 @@ import math
 import os
 import random
 import socket
+import sqlite3
 import struct
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, Final, cast
 
@@ -69,6 +71,12 @@ from kmsemu.wire import filetime_from_unix, guid_text, unix_from_filetime
 RETRY_PUBLISH: Final = 60.0
 #: Seconds between two looks at the faults file.
 FAULT_POLL: Final = 0.25
+#: Request-log rows kept in memory while the store refuses them (a full disk, a locked
+#: file); past it the host takes no new requests until the store takes them again (with
+#: durable answers every one answered is in the journal too, so a restart loses none).
+MAX_PENDING_ROWS: Final = 50_000
+#: While the store keeps failing, one ``flush-failed`` line per this many seconds.
+FLUSH_FAILED_EVERY: Final = 60.0
 _BIND_ACK: Final = int(PType.BIND_ACK)
 #: ``struct linger`` on: 0 seconds (a close then resets the connection).
 _LINGER_ZERO: Final = struct.pack("ii", 1, 0)
@@ -101,6 +109,16 @@ class KmsServer:
         self.connections: set[_KmsProtocol] = set()
         #: ``requests`` rows of answered requests the store has not got yet.
         self._pending: list[tuple[Any, ...]] = []
+        #: Why the store refused the last flush ("" : it took it), since when (monotonic),
+        #: and flushes refused since the start (``/readyz``, ``/metrics``).
+        self.store_failure = ""
+        self._failing_since = 0.0
+        self._failure_logged = 0.0
+        self.store_failures = 0
+        #: True while the rows kept for a failing store reach ``MAX_PENDING_ROWS``: new
+        #: connections and requests are refused, nothing more is answered.
+        self.backlogged = False
+        self._bug_logged = False
         #: Journal records of answered requests whose answers wait for them (this turn's).
         self._unjournaled: list[bytes] = []
         #: Connections holding answers until the journal has this turn's records.
@@ -433,8 +451,56 @@ class KmsServer:
             await asyncio.sleep(self.options.flush_interval)
             try:
                 self.flush()
-            except Exception as exc:  # a full disk must not stop activations
-                self.log.event("flush-failed", self.now(), {"error": repr(exc)})
+            except (sqlite3.Error, OSError) as exc:  # a full disk must not stop activations
+                self._flush_failed(exc)
+            except Exception as exc:  # a bug: its traceback once, then as a failing store
+                if not self._bug_logged:
+                    self._bug_logged = True
+                    self.log.event(
+                        "flush_internal_error", self.now(), {"traceback": traceback.format_exc()}
+                    )
+                self._flush_failed(exc)
+            else:
+                self._flush_succeeded()
+
+    @property
+    def pending_rows(self) -> int:
+        """Request-log rows waiting for the store."""
+        return len(self._pending)
+
+    def _flush_failed(self, exc: BaseException) -> None:
+        """The store refused the rows (they stay queued): log it once, then once a minute
+        while it lasts, with how many rows wait; refuse new work past the bound."""
+        now = time.monotonic()
+        self.store_failures += 1
+        if not self.store_failure:
+            self._failing_since = now
+        first = not self.store_failure
+        self.store_failure = f"{type(exc).__name__}: {exc}"
+        self.backlogged = len(self._pending) >= MAX_PENDING_ROWS
+        if first or now - self._failure_logged >= FLUSH_FAILED_EVERY:
+            self._failure_logged = now
+            self.log.event(
+                "flush-failed",
+                self.now(),
+                {
+                    "error": self.store_failure,
+                    "pending": len(self._pending),
+                    "failures": self.store_failures,
+                    "refusing": self.backlogged,
+                },
+            )
+            self.log.flush()
+
+    def _flush_succeeded(self) -> None:
+        if self.store_failure:
+            self.log.event(
+                "flush-recovered",
+                self.now(),
+                {"after_seconds": round(time.monotonic() - self._failing_since, 3)},
+            )
+        self.store_failure = ""
+        self.backlogged = False
 
     async def _sweep_loop(self) -> None:
         """Advance ``tick`` and close connections silent for more than the idle timeout.
@@ -487,6 +553,12 @@ class _KmsProtocol(asyncio.Protocol):
                 "connection-refused",
                 server.now(),
                 {"peer": self.peer, "reason": "max connections"},
+            )
+            self._transport.abort()
+            return
+        if server.backlogged:  # the store refuses rows: take no more work (see MAX_PENDING_ROWS)
+            server.log.event(
+                "connection-refused", server.now(), {"peer": self.peer, "reason": "store backlog"}
             )
             self._transport.abort()
             return
@@ -602,6 +674,9 @@ class _KmsProtocol(asyncio.Protocol):
 
     def _answer(self, conn: LeanConnection, call: Call) -> bytes:
         server = self._server
+        if server.backlogged:  # an open connection asks again: no answer, not counted
+            self.close_with("store backlog")
+            return b""
         started = time.perf_counter() if server.observers else 0.0
         try:
             outcome = self._host.handle(call.stub)

@@ -100,6 +100,8 @@ class LabGauges:
         clock_offset: float,
         dns_queries: dict[str, int],
         host_faults: dict[str, int] | None = None,
+        host_store_failures: int = 0,
+        host_pending_rows: int = 0,
     ) -> None:
         self.counts = counts
         self.connections = connections
@@ -107,6 +109,8 @@ class LabGauges:
         self.clock_offset = clock_offset
         self.dns_queries = dns_queries
         self.host_faults = host_faults or {}
+        self.host_store_failures = host_store_failures
+        self.host_pending_rows = host_pending_rows
 
 
 class _Gauges(Collector):
@@ -163,3 +167,14 @@ class _Gauges(Collector):
         for kind, value in sorted(g.host_faults.items()):
             faults.add_metric([kind], value)
         yield faults
+        yield CounterMetricFamily(
+            "kmsemu_host_store_failures",
+            "Flushes of the KMS host's request log that the database refused (a full disk...)",
+            value=g.host_store_failures,
+        )
+        yield GaugeMetricFamily(
+            "kmsemu_host_pending_rows",
+            "Request-log rows the KMS host holds for the database (bounded; past the bound "
+            "it takes no new requests)",
+            value=g.host_pending_rows,
+        )

@@ -472,6 +472,7 @@ class Lab:
                 self.host.store.meta()
             except (sqlite3.Error, OSError) as exc:
                 database = f"{type(exc).__name__}: {exc}"
+            database = database or self.host.server.store_failure  # its rows refused
         store = self._store  # the MAK service's, in the same file
         if not database and store is not None:
             database = store.problem()
@@ -493,6 +494,8 @@ class Lab:
             clock_offset=self.clock.offset,
             dns_queries=dict(self.dns.stats) if self.dns else {},
             host_faults=dict(self.host.server.fault_counts) if self.host else {},
+            host_store_failures=self.host.server.store_failures if self.host else 0,
+            host_pending_rows=self.host.server.pending_rows if self.host else 0,
         )
 
 
