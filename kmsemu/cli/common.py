@@ -245,26 +245,28 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
-def kept_overrides(database: Path) -> Overrides:
-    """What ``kmsemu host set`` kept beside ``database`` (``ConfigError`` for a file that is
-    not a settings file; nothing set when it cannot be read: the start says why)."""
+def kept_overrides(state: Path) -> Overrides:
+    """What ``kmsemu host set`` kept for the host state ``state`` (a directory or its SQLite
+    file): ``ConfigError`` for a file that is not a settings file; nothing set when it
+    cannot be read, or the path not even looked at (a name too long): the start says why."""
     from kmsemu.host.overrides import Overrides, OverridesStore, overrides_path
+    from kmsemu.host.store import database_path
 
     try:
-        return OverridesStore(overrides_path(database)).load()
+        return OverridesStore(overrides_path(database_path(state))).load()
     except OSError:
         return Overrides()
 
 
-def kept_host_settings(database: Path, **given: int) -> dict[str, int]:
+def kept_host_settings(state: Path, **given: int) -> dict[str, int]:
     """The settings a KMS host starts with (``activation_interval``, ``renewal_interval``,
     ``port``): a value the command line, the environment or a configuration file gave
     says; else what ``kmsemu host set`` (slmgr /sai, /sri, /sprt) kept in the settings
-    file beside ``database``; else the default given. A settings file that is not one is
+    file of the host state ``state``; else the default given. A settings file that is not one is
     a ``ConfigError`` (exit 1); one that cannot be read is left to the start to report."""
     from click.core import ParameterSource
 
-    kept = kept_overrides(database)
+    kept = kept_overrides(state)
     ctx = click.get_current_context()
     chosen = {}
     for name, value in given.items():

@@ -37,7 +37,7 @@ from kmsemu.host.rules import (
     INTERVAL_RANGE,
     HostSettings,
 )
-from kmsemu.host.store import HostStore, database_path
+from kmsemu.host.store import HostStore
 from kmsemu.klp.messages import LicenseStatus
 from kmsemu.wire import (
     filetime_from_unix,
@@ -220,7 +220,7 @@ def serve(
     if not addresses:
         addresses = [("0.0.0.0", port), ("::", port)]
     try:
-        cdns = kept_overrides(database_path(state_dir or default_state_dir())).dns_publish is False
+        cdns = kept_overrides(state_dir or default_state_dir()).dns_publish is False
         off = no_publish or (cdns and not publish)  # slmgr /cdns kept, unless zones are named
         zones = publish_zones(publish, server=dns_server, off=off, fqdn=socket.getfqdn())
         publishing = Publishing.parse(
@@ -253,7 +253,7 @@ def _with_overrides(
 ) -> tuple[int, int, int]:
     """The intervals and port a host starts with (``kept_host_settings``)."""
     kept = kept_host_settings(
-        database_path(state),
+        state,
         activation_interval=activation_interval,
         renewal_interval=renewal_interval,
         port=port,
