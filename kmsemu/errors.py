@@ -36,6 +36,7 @@ Exception tree::
      |    +-- IdError             (kmsemu.keys.activation_ids) -> installation_id_invalid
      |    +-- AddressError        (kmsemu.addresses) -> a usage error
      |    +-- SlmgrUsage          (kmsemu.cli.slmgr) -> a usage error
+     |    +-- OsppUsage           (kmsemu.cli.ospp) -> a usage error
      +-- EnvelopeError            (kmsemu.klp.envelope) -> stub status 0x80070005 / 0x8007000D
      +-- _Unusable                (kmsemu.client.exchange) -> ActivationError 0xC004F074
      +-- KeyError

@@ -49,6 +49,11 @@ COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
         "mak",
         "The MAK service: activation counts, online, phone and proxy activation.",
     ),
+    "ospp": (
+        "kmsemu.cli.ospp",
+        "ospp",
+        "Drive a client machine's Office with ospp's own syntax: /dstatus, /act, /inpkey:KEY...",
+    ),
     "portal": (
         "kmsemu.cli.portal",
         "portal",
