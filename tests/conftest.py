@@ -78,6 +78,16 @@ def start_inprocess_host(
 
 
 @pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ``KMSEMU_HOME`` for CLI calls in this process (no secret or profile from the
+    environment). A test module may define its own ``home``; it then wins."""
+    monkeypatch.setenv("KMSEMU_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KMSEMU_SECRET", raising=False)
+    monkeypatch.delenv("KMSEMU_PROFILE", raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture
 def inprocess_host(tmp_path: Path) -> Iterator[RunningHost]:
     host, stop = start_inprocess_host(tmp_path / "host")
     try:

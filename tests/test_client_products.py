@@ -35,14 +35,6 @@ WINDOWS_APP = "55c92734-d682-4d71-983e-d6ec3f16059f"
 OFFICE_APP = "0ff1ce15-a989-479d-af46-f275c6370663"
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("KMSEMU_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("KMSEMU_SECRET", raising=False)
-    monkeypatch.delenv("KMSEMU_PROFILE", raising=False)
-    return tmp_path / "home"
-
-
 def client(*args: str) -> Result:
     return CliRunner().invoke(main, ["client", "--profile", "pc", *args])
 

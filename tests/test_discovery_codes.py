@@ -49,14 +49,6 @@ class Dns:
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("KMSEMU_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("KMSEMU_SECRET", raising=False)
-    monkeypatch.delenv("KMSEMU_PROFILE", raising=False)
-    return tmp_path / "home"
-
-
-@pytest.fixture
 def host(tmp_path: Path) -> Iterator[BackgroundHost]:
     with BackgroundHost(tmp_path / "host") as running:
         running.set_min_count(5)

@@ -45,14 +45,6 @@ SEPARATOR = "---------------------------------------"
 EXITING = "---Exiting-----------------------------"
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("KMSEMU_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("KMSEMU_SECRET", raising=False)
-    monkeypatch.delenv("KMSEMU_PROFILE", raising=False)
-    return tmp_path / "home"
-
-
 def run(*args: str) -> Result:
     return CliRunner().invoke(main, ["ospp", "--profile", "pc", *args])
 

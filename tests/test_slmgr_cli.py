@@ -23,14 +23,6 @@ ENTERPRISE_ACTIVATION_ID = "e00a2fc7-b003-57c0-a5b6-3331a3b90984"
 OTHER_ID = "00000000-0000-0000-0000-000000000001"
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("KMSEMU_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("KMSEMU_SECRET", raising=False)
-    monkeypatch.delenv("KMSEMU_PROFILE", raising=False)
-    return tmp_path / "home"
-
-
 def slmgr(*args: str) -> Result:
     return CliRunner().invoke(main, ["slmgr", "--profile", "pc", *args])
 

@@ -53,6 +53,29 @@ def json_option(func: F) -> F:
     )(func)
 
 
+def console_script(name: str) -> Callable[[Callable[..., Any]], click.Command]:
+    """The command of a console script that takes a Windows script's own syntax (``slmgr``,
+    ``ospp``): ``--profile`` (``KMSEMU_PROFILE``) and ``--json``, then every other argument
+    unparsed, ``/x`` and ``-x`` alike, for the script to judge."""
+
+    def command(func: Callable[..., Any]) -> click.Command:
+        func = click.argument("args", nargs=-1, type=click.UNPROCESSED)(func)
+        func = json_option(func)
+        func = click.option(
+            "--profile",
+            default="default",
+            show_default=True,
+            envvar="KMSEMU_PROFILE",
+            help="Which client machine (profiles live under $KMSEMU_HOME/clients).",
+        )(func)
+        return click.command(
+            name,
+            context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]},
+        )(func)
+
+    return command
+
+
 def secret_option(*, multiple: bool = False) -> Callable[[F], F]:
     """``--secret`` (``KMSEMU_SECRET``); ``multiple``: repeatable, for a host that takes each."""
     help_text = "Lab secret (repeatable: the host accepts each). " if multiple else "Lab secret. "

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import click
 
 from kmsemu.addresses import AddressError, format_address, parse_address
-from kmsemu.cli.common import emit, report_error, secret_option
+from kmsemu.cli.common import console_script, emit, report_error, secret_option
 
 if TYPE_CHECKING:
     from kmsemu.client.machine import Machine
@@ -123,20 +123,8 @@ class Outcome:
 Handler = Callable[["Machine", str | None], Outcome]
 
 
-@click.command(
-    "ospp",
-    context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]},
-)
-@click.option(
-    "--profile",
-    default="default",
-    show_default=True,
-    envvar="KMSEMU_PROFILE",
-    help="Which client machine (profiles live under $KMSEMU_HOME/clients).",
-)
+@console_script("ospp")
 @secret_option()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def ospp(profile: str, secret: str, as_json: bool, args: tuple[str, ...]) -> None:
     """Drive a client machine's Office with ospp's own syntax: /dstatus, /act, /inpkey:KEY...
 

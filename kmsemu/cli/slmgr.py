@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import click
 
-from kmsemu.cli.common import report_error
+from kmsemu.cli.common import console_script, report_error
 
 #: An Activation ID argument meaning every licence (``/dlv all``, ``/dli all``).
 ALL: Final = "all"
@@ -109,19 +109,7 @@ def translate(args: Sequence[str]) -> Call:
     return Call(option.verb, arguments, activation_id)
 
 
-@click.command(
-    "slmgr",
-    context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]},
-)
-@click.option(
-    "--profile",
-    default="default",
-    show_default=True,
-    envvar="KMSEMU_PROFILE",
-    help="Which client machine (profiles live under $KMSEMU_HOME/clients).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@console_script("slmgr")
 def slmgr(profile: str, as_json: bool, args: tuple[str, ...]) -> None:
     """Drive a client machine with slmgr's own syntax: /ipk KEY, /ato, /dlv [all], /xpr...
 
