@@ -135,3 +135,69 @@ def test_a_full_disk_under_the_mak_service(small_disk: Path, tmp_path: Path) -> 
         (used,) = check.execute("SELECT used FROM mak_keys").fetchone()
         machines = check.execute("SELECT count(*) FROM mak_machines").fetchone()[0]
     assert used == machines == len(counted)  # every answered activation counted, once
+
+
+def test_the_sqlite_file_locked_by_another_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the database's write lock. While it holds it the service stays
+    responsive (the loop does not wait for the lock: /healthz answers while an activation
+    waits in a worker thread) and the activation completes once the lock goes; held past the
+    busy timeout (10 s) the activation is 503 ``unavailable`` naming the lock, /readyz says
+    so, and service resumes once the lock goes, every answer counted once."""
+    import threading
+
+    import tests.httpraw
+
+    monkeypatch.setattr(tests.httpraw, "TIMEOUT", 30.0)  # longer than the busy timeout
+    db = tmp_path / "mak.sqlite3"
+    proc, rest, lines = start_until_ready(
+        kmsemu_command(
+            "mak", "serve", "--listen", "127.0.0.1", "--port", "0", "--db", f"sqlite:///{db}",
+            "--admin-token", TOKEN, "--quiet",
+        ),
+        "ready mak",
+        {"KMSEMU_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    host, _, port = rest.split()[0].removeprefix("http://").rpartition(":")
+    address = (host, int(port))
+    key = mint_mak()
+    statuses: list[int] = []
+
+    def activate() -> None:
+        reply = request(address, "POST", "/v1/activate", {"key": key, "hardware_id": machine()})
+        statuses.append(reply.status)
+        if reply.status != 200:
+            assert reply.status == 503 and reply.body["error"]["code"] == "unavailable", reply
+            assert "database is locked" in reply.body["error"]["message"]
+
+    try:
+        added = request(address, "POST", "/v1/keys", {"key": key, "limit": KEY_LIMIT}, token=TOKEN)
+        assert added.status in (200, 201), added
+        locker = sqlite3.connect(db, isolation_level=None)  # the other process's connection
+        locker.execute("BEGIN IMMEDIATE")  # holds the write lock
+        waiting = threading.Thread(target=activate)
+        waiting.start()
+        assert request(address, "GET", "/healthz").status == 200  # the loop is not stuck
+        assert waiting.is_alive() and statuses == []  # the activation waits for the lock
+        locker.execute("COMMIT")
+        waiting.join(15)
+        assert statuses == [200]
+        locker.execute("BEGIN IMMEDIATE")  # and now past the busy timeout
+        activate()
+        assert statuses == [200, 503]
+        ready = request(address, "GET", "/readyz")
+        assert ready.status == 503 and "database is locked" in ready.body["problems"]["database"]
+        locker.execute("COMMIT")
+        locker.close()
+        activate()
+        assert statuses == [200, 503, 200]
+        assert request(address, "GET", "/readyz").status == 200
+        assert not any("Traceback" in line for line in lines)
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+    with sqlite3.connect(db) as check:
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        (used,) = check.execute("SELECT used FROM mak_keys").fetchone()
+    assert used == statuses.count(200)

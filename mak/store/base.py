@@ -123,6 +123,11 @@ class ImportReport:
         }
 
 
+class WouldWait(Exception):
+    """A write found the database locked inside a store's ``without_waiting`` block (SQLite,
+    called on the event loop); nothing was written: run the call where waiting is fine."""
+
+
 class Store(Protocol):
     """Keys, machines and increases, changed only inside transactions."""
 

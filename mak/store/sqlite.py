@@ -9,6 +9,12 @@ then answers ``unavailable``.
 
 Each thread gets its own connection to a file; ``:memory:`` (tests) is one
 connection behind a lock.
+
+The service calls the store on its event loop (SQLite answers in microseconds), inside
+``without_waiting``: there a write that finds the file locked by another connection (a
+second service, a backup, an administrator's sqlite3) does not wait for it, which would
+stall every request, but raises ``WouldWait`` having done nothing, and the service runs the
+call again in a worker thread, where it waits up to ``busy_timeout``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 from typing import Final
 
 from kmsemu.errors import ServiceError
-from mak.store.base import Executor
+from mak.store.base import Executor, WouldWait
 from mak.store.sql import SCHEMA, SCHEMA_VERSION, SqlStore
 
 BUSY_TIMEOUT_MS = 10_000
@@ -63,12 +69,38 @@ class SqliteStore(SqlStore):
         return db
 
     @contextlib.contextmanager
+    def without_waiting(self) -> Iterator[None]:
+        """Calls on this thread inside the block do not wait for another connection's lock:
+        a write that would wait raises ``WouldWait`` instead, as long as no write of the
+        block has committed (after one it waits as usual, so that a call run again cannot
+        do anything twice)."""
+        local = self._local
+        local.nowait, local.wrote = True, False
+        try:
+            yield
+        finally:
+            local.nowait = False
+
+    def _wait_for_locks(self, db: sqlite3.Connection, wait: bool) -> None:
+        """Set the connection's busy timeout (0: do not wait) when it is not that already."""
+        timeout = BUSY_TIMEOUT_MS if wait else 0
+        if getattr(self._local, "timeout", BUSY_TIMEOUT_MS) != timeout:
+            db.execute(f"PRAGMA busy_timeout={timeout}")
+            self._local.timeout = timeout
+
+    @contextlib.contextmanager
     def _transaction(self, write: bool) -> Iterator[Executor]:
         db = self._connection()
+        local = self._local
+        nowait = getattr(local, "nowait", False) and not local.wrote and not self._memory
         with self._lock if self._memory else contextlib.nullcontext():
             try:
+                if write and not self._memory:
+                    self._wait_for_locks(db, not nowait)
                 db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            except sqlite3.OperationalError as exc:  # locked past the busy timeout
+            except sqlite3.OperationalError as exc:  # locked (past the busy timeout)
+                if nowait and exc.sqlite_errorname.startswith("SQLITE_BUSY"):
+                    raise WouldWait from None
                 if write:
                     self._failure = str(exc)
                 raise _unavailable(exc) from None
@@ -87,6 +119,7 @@ class SqliteStore(SqlStore):
                 raise
             if write:
                 self._failure = ""
+                local.wrote = True
 
     def close(self) -> None:
         """Close the connection of every thread."""

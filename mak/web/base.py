@@ -14,6 +14,7 @@ in combined calls (``mak.web.combine``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from kmsemu.errors import ServiceError
 from mak.portal import ADMIN, Caller, PortalService
 from mak.service import MakService, activating_key
-from mak.store.base import Activation, CombiningStore, Pending
+from mak.store.base import Activation, CombiningStore, Pending, WouldWait
 from mak.store.sql import short_name
 from mak.web.combine import LoopCombiner
 
@@ -105,6 +106,9 @@ class Api:
         self.portal = portal
         self._token = admin_token.encode()
         self._inline = service.store.blocking_ok
+        self._without_waiting: Callable[[], contextlib.AbstractContextManager[None]] = getattr(
+            service.store, "without_waiting", contextlib.nullcontext
+        )
         self._executor = executor
         store = service.store
         self._combiner: LoopCombiner[str, Pending, Activation | ServiceError] | None = (
@@ -114,10 +118,16 @@ class Api:
         )
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)``: inline for SQLite, else in the thread pool."""
-        if self._inline:
-            return fn(*args, **kwargs)
+        """``fn(*args, **kwargs)``: inline for SQLite, else in the thread pool; inline
+        without waiting for another process's lock on the file (``WouldWait``: nothing was
+        written, so the call runs again in a thread, which waits, and the loop serves on)."""
         loop = asyncio.get_running_loop()
+        if self._inline:
+            try:
+                with self._without_waiting():
+                    return fn(*args, **kwargs)
+            except WouldWait:
+                pass
         return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
 
     async def activate_online(
