@@ -148,8 +148,9 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> bool:
 
 
 @contextlib.contextmanager
-def throwaway_server(binaries: Path) -> Iterator[str]:
-    """initdb, start, yield the URL of database ``postgres``; stop and remove on exit."""
+def throwaway_server(binaries: Path) -> Iterator[PgServer]:
+    """initdb, start, yield the server (``url``: database ``postgres``); stop and remove on
+    exit."""
     run_as = _run_as()
     base = Path(tempfile.mkdtemp(prefix="kmsemu-pg-", dir=_scratch_parent()))
     try:
@@ -181,51 +182,71 @@ def throwaway_server(binaries: Path) -> Iterator[str]:
             raise RuntimeError(
                 f"initdb failed ({initdb.returncode}):\n{initdb.stdout}{initdb.stderr}"
             )
+        server = PgServer(binaries, base, run_as)
         for _attempt in range(START_ATTEMPTS):  # the free port may be taken meanwhile
-            port = _free_port()
-            with open(log, "ab") as out:
-                process = subprocess.Popen(
-                    [
-                        str(binaries / "postgres"),
-                        "-D",
-                        str(data),
-                        "-k",
-                        str(sockets),
-                        "-p",
-                        str(port),
-                        "-c",
-                        "listen_addresses=127.0.0.1",
-                        "-c",
-                        "fsync=off",
-                        "-c",
-                        "synchronous_commit=off",
-                        "-c",
-                        "full_page_writes=off",
-                        "-c",
-                        "max_connections=300",
-                    ],
-                    cwd=base,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    **run_as.popen_args(),
-                )
-            url = f"postgresql://{USER}@127.0.0.1:{port}/postgres"
-            try:
-                if _wait_ready(process, url, log):
-                    break
-            except BaseException:
-                _stop(process)
-                raise
+            if server.start(_free_port()):
+                break
         else:
             raise RuntimeError(f"PostgreSQL did not start:\n{_log_tail(log)}")
         try:
-            yield url
+            yield server
         finally:
-            _stop(process)
+            server.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass
+class PgServer:
+    """A throwaway server's process: ``url`` while it runs; ``restart`` stops it (fast
+    shutdown: sessions are cut) and starts it again on the same port and data."""
+
+    binaries: Path
+    base: Path
+    run_as: _RunAs
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{USER}@127.0.0.1:{self.port}/postgres"
+
+    def start(self, port: int) -> bool:
+        """Start on ``port``; False when it exited at once (the port taken)."""
+        self.port = port
+        log = self.base / "postgres.log"
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    str(self.binaries / "postgres"), "-D", str(self.base / "data"),
+                    "-k", str(self.base / "sock"), "-p", str(port),
+                    "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                    "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                    "-c", "max_connections=300",
+                ],
+                cwd=self.base,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **self.run_as.popen_args(),
+            )  # fmt: skip
+        try:
+            return _wait_ready(self.process, self.url, log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+
+    def restart(self) -> None:
+        self.stop()
+        if not self.start(self.port):
+            raise RuntimeError(
+                f"PostgreSQL did not restart:\n{_log_tail(self.base / 'postgres.log')}"
+            )
 
 
 @pytest.fixture(scope="session")
@@ -241,8 +262,18 @@ def postgres_url() -> Iterator[str]:
             "PostgreSQL server binaries not found (apt-get install postgresql): "
             f"no {BINARIES}/postgres and initdb; or set {URL_VARIABLE}"
         )
-    with throwaway_server(binaries) as url:
-        yield url
+    with throwaway_server(binaries) as server:
+        yield server.url
+
+
+@pytest.fixture
+def restartable_postgres() -> Iterator[PgServer]:
+    """A throwaway server of this test's own, so that it can be restarted under load."""
+    binaries = find_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    with throwaway_server(binaries) as server:
+        yield server
 
 
 def with_database(url: str, name: str) -> str:
