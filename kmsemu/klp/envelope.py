@@ -5,23 +5,31 @@ nonce[12] | AES-256-GCM ciphertext | tag[16]`` with bytes 0-23 as the
 additional authenticated data. Request and response directions use
 different HKDF-derived keys, so a response can never be replayed as a
 request. Nonces come from the caller (``nonce`` argument), never from here.
+
+AES-GCM comes from ``cryptography`` (the default install) or, when the optional
+compiled core is built and in use (``kmsemu.klp._fastcore``), from the same system
+libcrypto Python's ssl module loads; then ``cryptography`` is never imported. Either
+cipher gives the same bytes (``tests/test_core.py``). HKDF is the standard library's
+HMAC-SHA256 (RFC 5869), so no path needs ``cryptography`` for it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 from kmsemu.errors import HResult
 from kmsemu.klp import DEFAULT_SECRET
+from kmsemu.klp._fastcore import CORE
+
+if TYPE_CHECKING or CORE is None:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAGIC: Final = b"KLP1"
 VERSION_MAJOR: Final = 1
@@ -34,8 +42,30 @@ MIN_SIZE: Final = HEADER_SIZE + TAG_SIZE
 _HEADER = struct.Struct("<4sHH4s12s")
 
 
+class Aead(Protocol):
+    """What the envelope needs of a cipher: ``cryptography``'s AESGCM or the core's AesGcm."""
+
+    def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes:
+        """Ciphertext and its 16-byte tag."""
+        ...
+
+    def decrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes:
+        """The plaintext; the cipher's InvalidTag when the tag does not verify."""
+        ...
+
+
+if CORE is None:
+    _aead: Callable[[bytes], Aead] = AESGCM
+    _InvalidTag: type[Exception] = InvalidTag
+else:  # the compiled core: the system libcrypto, and no `cryptography` in this process
+    _aead = CORE.AesGcm
+    _InvalidTag = CORE.InvalidTag
+
+
 def _hkdf(secret: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"KLP1", info=info).derive(secret)
+    """HKDF-SHA256 (RFC 5869) with salt ``KLP1``, 32 bytes: extract, then one expand block."""
+    prk = hmac.digest(b"KLP1", secret, "sha256")
+    return hmac.digest(prk, info + b"\x01", "sha256")
 
 
 def key_id_for(secret: str) -> bytes:
@@ -51,8 +81,8 @@ class LabKey:
     key_id: bytes
     request_key: bytes = field(repr=False)
     response_key: bytes = field(repr=False)
-    request_aead: AESGCM = field(repr=False, compare=False)
-    response_aead: AESGCM = field(repr=False, compare=False)
+    request_aead: Aead = field(repr=False, compare=False)
+    response_aead: Aead = field(repr=False, compare=False)
 
     @classmethod
     def derive(cls, secret: str) -> LabKey:
@@ -65,8 +95,8 @@ class LabKey:
             key_id=key_id_for(secret),
             request_key=request_key,
             response_key=response_key,
-            request_aead=AESGCM(request_key),
-            response_aead=AESGCM(response_key),
+            request_aead=_aead(request_key),
+            response_aead=_aead(response_key),
         )
 
 
@@ -112,7 +142,7 @@ class Opened(NamedTuple):
     version_minor: int
 
 
-def _seal(aead: AESGCM, key_id: bytes, nonce: bytes, plaintext: bytes, minor: int) -> bytes:
+def _seal(aead: Aead, key_id: bytes, nonce: bytes, plaintext: bytes, minor: int) -> bytes:
     if len(nonce) != NONCE_SIZE:
         raise ValueError("nonce must be 12 bytes")
     header = _HEADER.pack(MAGIC, VERSION_MAJOR, minor, key_id, nonce)
@@ -142,10 +172,10 @@ def _check_header(envelope: bytes) -> tuple[int, bytes, bytes]:
     return minor, key_id, nonce
 
 
-def _open_with(aead: AESGCM, envelope: bytes, nonce: bytes) -> bytes | None:
+def _open_with(aead: Aead, envelope: bytes, nonce: bytes) -> bytes | None:
     try:
         return aead.decrypt(nonce, envelope[HEADER_SIZE:], envelope[:HEADER_SIZE])
-    except InvalidTag:
+    except _InvalidTag:
         return None
 
 

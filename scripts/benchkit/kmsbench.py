@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import shutil
 import sys
@@ -87,9 +88,23 @@ class ServerSpec:
     verify: bool = True
     #: Requests pre-built per client when --pool is not given (None: enough to never reuse one).
     pool: int | None = None
+    #: Environment variables set for the server on top of this process's own.
+    env: dict[str, str] = field(default_factory=dict)
+    #: The build it measures ("pure", "core"; "" for a server with no such choice).
+    build: str = ""
 
 
-def kmsemu_host_spec(log_format: str = "text", ack: str = "durable") -> ServerSpec:
+#: ``--core`` values: the builds of the host measured, each as ``KMSEMU_CORE`` selects it.
+CORE_BUILDS = {"auto": ("auto",), "pure": ("off",), "core": ("on",), "both": ("off", "on")}
+BUILD_NAMES = {"auto": "", "off": "pure", "on": "core"}
+
+
+def kmsemu_host_spec(
+    log_format: str = "text", ack: str = "durable", core: str = "auto"
+) -> ServerSpec:
+    """``kmsemu host serve`` with ``--ack ack``; ``core`` is its ``KMSEMU_CORE`` (auto: as
+    this process's environment has it; off: the pure-Python build; on: the compiled core,
+    and the host does not start without it)."""
     base = kmsemu_argv()
 
     def argv(loop: str, state: Path) -> list[str]:
@@ -110,7 +125,11 @@ def kmsemu_host_spec(log_format: str = "text", ack: str = "durable") -> ServerSp
         ]
 
     name = "kmsemu host" if ack == "durable" else f"kmsemu host --ack {ack}"
-    return ServerSpec(name, argv, "ready kms-host ")
+    build = BUILD_NAMES[core]
+    if build:
+        name += f" ({build})"
+    env = {} if core == "auto" else {"KMSEMU_CORE": core}
+    return ServerSpec(name, argv, "ready kms-host ", env=env, build=build)
 
 
 def echo_spec() -> ServerSpec:
@@ -174,6 +193,7 @@ def run_scenario(
         re.escape(spec.ready_prefix) + r"(\S+):(\d+)",
         name=spec.name,
         cpus=server_cpus,
+        env={**os.environ, **spec.env} if spec.env else None,
     )
     address = (server.match.group(1), int(server.match.group(2)))
     loop_seen = re.search(r"\bloop=(\w+)", server.log_text())
@@ -332,6 +352,14 @@ def parse_args(argv: list[str] | None, description: str, peer: bool) -> argparse
         ("--native", bool, False, "py-spy --native"),
     ])  # fmt: skip
     if peer:
+        parser.add_argument(
+            "--core",
+            choices=sorted(CORE_BUILDS),
+            default="auto",
+            help="which build of the host: auto (KMSEMU_CORE as set here), pure (KMSEMU_CORE=off), "
+            "core (the compiled core, KMSEMU_CORE=on; scripts/build-core), both (pure and core "
+            "in the same rounds, each against the floor)",
+        )
         options.add_options(parser, [
             ("--against-echo", bool, False,
              "run scripts/bench-echo's floor in the same rounds (host, echo, host, echo, ...) "
@@ -345,6 +373,7 @@ def parse_args(argv: list[str] | None, description: str, peer: bool) -> argparse
     args = parser.parse_args(argv)
     if not peer:
         args.against_echo = args.against_batched = args.write = False
+        args.core = "auto"
     if args.write and not args.against_echo:
         parser.error("--write goes with --against-echo")
     args.client_counts = [int(c) for c in options.split_list(args.clients)]
@@ -392,7 +421,7 @@ def _median(runs: list[Result]) -> Result:
     def figures(r: Result) -> dict[str, Any]:
         return {"per_second": r.per_second, "host_cpu_us": r.host_cpu_us_per_activation,
                 "client_cpu_us": r.client_cpu_us_per_activation,
-                "steal_percent": r.steal_percent}  # fmt: skip
+                "steal_percent": r.steal_percent, "rss_idle_kib": r.rss_idle_kib}  # fmt: skip
 
     key = lambda r: r.host_cpu_us_per_activation or float("inf")  # noqa: E731
     return median_carrying(runs, key, figures, problems=False)
@@ -421,14 +450,23 @@ def run_all(specs: list[ServerSpec], args: argparse.Namespace, argv_shown: list[
     }
     text = report(results, machine, argv_shown)
     names = [spec.name for spec in specs]
+    hosts = [i for i, spec in enumerate(specs) if spec.name != "echo" and "--ack" not in spec.name]
     if "echo" in names:
-        floors = floor_ratios(runs, scenarios, names.index("echo"))
+        floors = []
+        for h in hosts:
+            for f in floor_ratios(runs, scenarios, names.index("echo"), h):
+                f.build = specs[h].build
+                floors.append(f)
         document["against_echo"] = [asdict(f) for f in floors]
         text += "\n\n" + floor_table(floors, args.repeat)
-    if len(names) > 1 and names[1] != "echo":
-        costs = floor_ratios(runs, scenarios, 1)
+    batched = [i for i, spec in enumerate(specs) if "--ack batched" in spec.name]
+    if batched:
+        costs = floor_ratios(runs, scenarios, batched[0], hosts[0])
         document["against_batched"] = [asdict(f) for f in costs]
         text += "\n\n" + batched_table(costs, args.repeat)
+    if len(hosts) > 1 or any(specs[h].build for h in hosts):
+        text += "\n\n" + memory_table([r for r in results if r.server in
+                                        {specs[h].name for h in hosts}])  # fmt: skip
     emit(document, lambda: text, args.json)
     if args.write:
         update_section(SECTION, floor_section(text))
@@ -461,17 +499,20 @@ class FloorRatio:
     host_per_second: float = 0.0
     echo_per_second: float = 0.0
     round_rate_ratios: list[float] = field(default_factory=list)
+    #: The host's build ("pure", "core"; "" when not chosen).
+    build: str = ""
 
 
 def floor_ratios(
     runs: dict[tuple[int, str, int], list[Result]],
     scenarios: list[tuple[int, str, int]],
     peer: int,
+    subject: int = 0,
 ) -> list[FloorRatio]:
-    """The host (the first server) against the ``peer``-th server, scenario by scenario."""
+    """The ``subject``-th server (a host) against the ``peer``-th, scenario by scenario."""
     out = []
     for mode, clients in dict.fromkeys((m, c) for _, m, c in scenarios):
-        host, echo = runs[(0, mode, clients)], runs[(peer, mode, clients)]
+        host, echo = runs[(subject, mode, clients)], runs[(peer, mode, clients)]
         pairs = zip(host, echo, strict=True)
         rounds = [
             round(h.host_cpu_us_per_activation / e.host_cpu_us_per_activation, 3)
@@ -498,12 +539,12 @@ def floor_table(floors: list[FloorRatio], rounds: int) -> str:
             if f.ratio is None or f.target is None
             else ("**met**" if f.ratio <= f.target else "not met")
         )
-        return [f.mode, f.clients, fmt(f.host_us, ".1f"), fmt(f.echo_us, ".1f"),
+        return [f.build or "—", f.mode, f.clients, fmt(f.host_us, ".1f"), fmt(f.echo_us, ".1f"),
                 fmt(f.ratio, ".2f"), span(f.round_ratios, ".2f"),
                 fmt(f.target, ".1f"), met]  # fmt: skip
 
     columns = (
-        "| mode | clients> | host CPU µs/act> | echo CPU µs/act> | ratio> "
+        "| build | mode | clients> | host CPU µs/act> | echo CPU µs/act> | ratio> "
         "| per-round ratios> | target> | |"
     )
     note = (
@@ -536,6 +577,24 @@ def batched_table(costs: list[FloorRatio], rounds: int) -> str:
     return note + "\n\n" + table(columns, [row(f) for f in costs])
 
 
+#: Issue 15's target for the host's idle RSS (MiB).
+IDLE_TARGET_MIB = 30.0
+
+
+def memory_table(results: list[Result]) -> str:
+    """Idle RSS of each build of the host (the median run's, and the range over all runs)."""
+    rows = []
+    for r in results:
+        idle = [x["rss_idle_kib"] for x in r.runs] if r.runs else [r.rss_idle_kib]
+        worst = max(idle) / 1024
+        met = "**met**" if worst <= IDLE_TARGET_MIB else "not met"
+        rows.append([r.server, r.mode, mib(r.rss_idle_kib), span([i / 1024 for i in idle], ".1f"),
+                     fmt(IDLE_TARGET_MIB, ".0f"), met])  # fmt: skip
+    columns = "| server | mode | RSS idle MiB> | runs> | target> | |"
+    note = "Idle RSS of each build (before the load; the target holds if every run is under it)."
+    return note + "\n\n" + table(columns, rows)
+
+
 def floor_section(text: str) -> str:
     intro = (
         "Issue 15 asks the KMS host for at most 1.4 times the CPU per activation of the bare "
@@ -559,9 +618,12 @@ def main(
     command has ``--against-echo`` (run the peer in the same rounds, report ratios)."""
     args = parse_args(argv, description, peer is not None)
     shown = [name, *(sys.argv[1:] if argv is None else argv)]
-    specs = [spec]
+    if args.core != "auto" and peer is not None:  # bench-host: the builds asked for
+        specs = [kmsemu_host_spec(core=c) for c in CORE_BUILDS[args.core]]
+    else:
+        specs = [spec]
     if args.against_batched:
-        specs.append(kmsemu_host_spec(ack="batched"))
+        specs.append(kmsemu_host_spec(ack="batched", core=CORE_BUILDS[args.core][0]))
     if args.against_echo and peer is not None:
         specs.append(peer)
     return run_all(specs, args, shown)

@@ -1,0 +1,626 @@
+/* kmsemu._core: the optional compiled core of the KMS host's hot path (KLP/1).
+ *
+ * Built only on request (scripts/build-core); the pure-Python package is the default
+ * and the reference. Two things live here:
+ *
+ * - AesGcm: AES-256-GCM through the system libcrypto (OpenSSL EVP), the library
+ *   Python's own ssl and hashlib modules already load. Same calls as the
+ *   `cryptography` AESGCM the pure path uses (encrypt / decrypt raising InvalidTag),
+ *   so kmsemu.klp.envelope can hold either; with it the host never imports
+ *   `cryptography`, which carries a second OpenSSL (about 7 MiB of idle RSS).
+ *
+ * - HostCore: one REQUEST stub opened in one call (NDR stub, envelope header, key
+ *   lookup, AES-GCM open, plaintext checks, RequestFields built), and one RESPONSE
+ *   stub made in one call (plaintext packed, sealed, NDR framed). The rules (catalog,
+ *   clock skew, count cache) stay in Python between the two. Whatever is not the
+ *   common case (a stub, envelope or plaintext that does not check) makes `open`
+ *   return None, and the caller answers through the pure-Python path, which words the
+ *   refusal: so the core never has to agree with it on error texts, only on bytes.
+ *
+ * Nothing here draws randomness or reads a clock: nonces and times come in as
+ * arguments, as everywhere in kmsemu's pure code (klp-v1.md sections 2 to 4).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <openssl/evp.h>
+#include <string.h>
+
+#define KEY_SIZE 32
+#define NONCE_SIZE 12
+#define TAG_SIZE 16
+#define HEADER_SIZE 24
+#define MIN_ENVELOPE (HEADER_SIZE + TAG_SIZE)
+#define REQUEST_SIZE 232
+#define RESPONSE_SIZE 196
+#define NAME_OFFSET 104
+#define NAME_SIZE 128
+#define RESPONSE_ENVELOPE (HEADER_SIZE + RESPONSE_SIZE + TAG_SIZE)
+#define REFERENT_ID 0x00020000u
+#define MAX_KEYS 64
+
+static PyObject *InvalidTag;
+
+/* -- little-endian helpers ----------------------------------------------------------- */
+
+static inline uint32_t get_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t get_u64(const unsigned char *p)
+{
+    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
+}
+
+static inline void put_u32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+static inline void put_u64(unsigned char *p, uint64_t v)
+{
+    put_u32(p, (uint32_t)v);
+    put_u32(p + 4, (uint32_t)(v >> 32));
+}
+
+/* -- AES-256-GCM on prepared contexts -------------------------------------------------- */
+
+/* One direction's cipher: a context per operation, keyed once (the key schedule is
+ * computed at creation, each call only sets the nonce). */
+typedef struct {
+    EVP_CIPHER_CTX *enc;
+    EVP_CIPHER_CTX *dec;
+} Gcm;
+
+static int gcm_init(Gcm *gcm, const unsigned char *key)
+{
+    gcm->enc = EVP_CIPHER_CTX_new();
+    gcm->dec = EVP_CIPHER_CTX_new();
+    if (gcm->enc == NULL || gcm->dec == NULL ||
+        EVP_EncryptInit_ex(gcm->enc, EVP_aes_256_gcm(), NULL, key, NULL) != 1 ||
+        EVP_DecryptInit_ex(gcm->dec, EVP_aes_256_gcm(), NULL, key, NULL) != 1) {
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto could not set up AES-256-GCM");
+        return -1;
+    }
+    return 0;
+}
+
+static void gcm_free(Gcm *gcm)
+{
+    EVP_CIPHER_CTX_free(gcm->enc);
+    EVP_CIPHER_CTX_free(gcm->dec);
+    gcm->enc = gcm->dec = NULL;
+}
+
+/* ciphertext and tag into out (len + 16 bytes); 0 on success */
+static int gcm_seal(Gcm *gcm, const unsigned char *nonce, const unsigned char *aad,
+                    int aad_len, const unsigned char *in, int len, unsigned char *out)
+{
+    int n = 0, m = 0;
+    EVP_CIPHER_CTX *ctx = gcm->enc;
+    if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1 ||
+        (aad_len && EVP_EncryptUpdate(ctx, NULL, &n, aad, aad_len) != 1) ||
+        EVP_EncryptUpdate(ctx, out, &n, in, len) != 1 ||
+        EVP_EncryptFinal_ex(ctx, out + n, &m) != 1 ||
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_SIZE, out + len) != 1)
+        return -1;
+    return 0;
+}
+
+/* plaintext of len - 16 bytes into out; 0 when the tag verifies */
+static int gcm_open(Gcm *gcm, const unsigned char *nonce, const unsigned char *aad,
+                    int aad_len, const unsigned char *in, int len, unsigned char *out)
+{
+    int n = 0, m = 0;
+    int body = len - TAG_SIZE;
+    EVP_CIPHER_CTX *ctx = gcm->dec;
+    if (body < 0)
+        return -1;
+    if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1 ||
+        (aad_len && EVP_DecryptUpdate(ctx, NULL, &n, aad, aad_len) != 1) ||
+        EVP_DecryptUpdate(ctx, out, &n, in, body) != 1 ||
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_SIZE, (void *)(in + body)) != 1 ||
+        EVP_DecryptFinal_ex(ctx, out + n, &m) != 1)
+        return -1;
+    return 0;
+}
+
+/* -- AesGcm: the cipher object kmsemu.klp.envelope holds ----------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Gcm gcm;
+} AesGcmObject;
+
+static int AesGcm_init(AesGcmObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *names[] = {"key", NULL};
+    Py_buffer key;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*:AesGcm", names, &key))
+        return -1;
+    if (key.len != KEY_SIZE) {
+        PyBuffer_Release(&key);
+        PyErr_SetString(PyExc_ValueError, "AesGcm takes a 32-byte key (AES-256)");
+        return -1;
+    }
+    gcm_free(&self->gcm);
+    int rc = gcm_init(&self->gcm, key.buf);
+    PyBuffer_Release(&key);
+    return rc;
+}
+
+static void AesGcm_dealloc(AesGcmObject *self)
+{
+    gcm_free(&self->gcm);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* nonce, data and aad as cryptography's AESGCM takes them (aad may be None) */
+static int aead_args(int ready, PyObject *const *args, Py_ssize_t nargs, const char *name,
+                     Py_buffer *nonce, Py_buffer *data, Py_buffer *aad)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "%s takes nonce, data, associated_data", name);
+        return -1;
+    }
+    if (!ready) {
+        PyErr_SetString(PyExc_ValueError, "AesGcm was not given a key");
+        return -1;
+    }
+    aad->buf = NULL;
+    aad->obj = NULL;
+    aad->len = 0;
+    if (PyObject_GetBuffer(args[0], nonce, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (PyObject_GetBuffer(args[1], data, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(nonce);
+        return -1;
+    }
+    if (args[2] != Py_None && PyObject_GetBuffer(args[2], aad, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(nonce);
+        PyBuffer_Release(data);
+        return -1;
+    }
+    if (nonce->len != NONCE_SIZE || data->len > INT_MAX - TAG_SIZE || aad->len > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "nonce must be 12 bytes (and data under 2 GiB)");
+        PyBuffer_Release(nonce);
+        PyBuffer_Release(data);
+        if (aad->obj != NULL)
+            PyBuffer_Release(aad);
+        return -1;
+    }
+    return 0;
+}
+
+static void aead_release(Py_buffer *nonce, Py_buffer *data, Py_buffer *aad)
+{
+    PyBuffer_Release(nonce);
+    PyBuffer_Release(data);
+    if (aad->obj != NULL)
+        PyBuffer_Release(aad);
+}
+
+static PyObject *AesGcm_encrypt(AesGcmObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer nonce, data, aad;
+    if (aead_args(self->gcm.enc != NULL, args, nargs, "encrypt", &nonce, &data, &aad) < 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, data.len + TAG_SIZE);
+    if (out != NULL &&
+        gcm_seal(&self->gcm, nonce.buf, aad.buf, (int)aad.len, data.buf, (int)data.len,
+                 (unsigned char *)PyBytes_AS_STRING(out)) != 0) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto failed to seal");
+    }
+    aead_release(&nonce, &data, &aad);
+    return out;
+}
+
+static PyObject *AesGcm_decrypt(AesGcmObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer nonce, data, aad;
+    if (aead_args(self->gcm.dec != NULL, args, nargs, "decrypt", &nonce, &data, &aad) < 0)
+        return NULL;
+    PyObject *out = NULL;
+    if (data.len < TAG_SIZE) {
+        PyErr_SetNone(InvalidTag);
+    } else {
+        out = PyBytes_FromStringAndSize(NULL, data.len - TAG_SIZE);
+        if (out != NULL &&
+            gcm_open(&self->gcm, nonce.buf, aad.buf, (int)aad.len, data.buf, (int)data.len,
+                     (unsigned char *)PyBytes_AS_STRING(out)) != 0) {
+            Py_CLEAR(out);
+            PyErr_SetNone(InvalidTag);
+        }
+    }
+    aead_release(&nonce, &data, &aad);
+    return out;
+}
+
+static PyMethodDef AesGcm_methods[] = {
+    {"encrypt", (PyCFunction)(void (*)(void))AesGcm_encrypt, METH_FASTCALL,
+     "encrypt(nonce, data, associated_data) -> ciphertext + 16-byte tag"},
+    {"decrypt", (PyCFunction)(void (*)(void))AesGcm_decrypt, METH_FASTCALL,
+     "decrypt(nonce, data, associated_data) -> plaintext; InvalidTag when it does not verify"},
+    {NULL},
+};
+
+static PyTypeObject AesGcmType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kmsemu._core.AesGcm",
+    .tp_basicsize = sizeof(AesGcmObject),
+    .tp_dealloc = (destructor)AesGcm_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "AES-256-GCM with one key, through the system libcrypto.",
+    .tp_methods = AesGcm_methods,
+    .tp_init = (initproc)AesGcm_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* -- HostCore: one request in, one response stub out ---------------------------------- */
+
+typedef struct {
+    unsigned char key_id[4];
+    Gcm request;
+    Gcm response;
+} CoreKey;
+
+typedef struct {
+    PyObject_HEAD
+    CoreKey *keys;
+    Py_ssize_t count;
+    unsigned char host_id[8];
+    unsigned char epid[NAME_SIZE];
+    PyTypeObject *fields_type; /* kmsemu.klp.messages.RequestFields */
+} HostCoreObject;
+
+static void HostCore_clear_keys(HostCoreObject *self)
+{
+    for (Py_ssize_t i = 0; i < self->count; i++) {
+        gcm_free(&self->keys[i].request);
+        gcm_free(&self->keys[i].response);
+    }
+    PyMem_Free(self->keys);
+    self->keys = NULL;
+    self->count = 0;
+}
+
+static int fixed_bytes(PyObject *obj, Py_ssize_t size, unsigned char *out, const char *what)
+{
+    if (!PyBytes_Check(obj) || PyBytes_GET_SIZE(obj) != size) {
+        PyErr_Format(PyExc_ValueError, "%s must be %zd bytes", what, size);
+        return -1;
+    }
+    memcpy(out, PyBytes_AS_STRING(obj), size);
+    return 0;
+}
+
+/* HostCore(keys, host_id, epid_field, fields_type); keys: (key_id, request key, response
+ * key) triples in the keyring's order (the order secrets sharing a key id are tried in) */
+static int HostCore_init(HostCoreObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *names[] = {"keys", "host_id", "epid_field", "fields_type", NULL};
+    PyObject *keys, *host_id, *epid, *fields_type;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OSSO!:HostCore", names, &keys, &host_id,
+                                     &epid, &PyType_Type, &fields_type))
+        return -1;
+    if (!PyType_IsSubtype((PyTypeObject *)fields_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "fields_type must be a tuple type");
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(keys, "keys must be a sequence");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int rc = -1;
+    HostCore_clear_keys(self);
+    if (n < 1 || n > MAX_KEYS) {
+        PyErr_SetString(PyExc_ValueError, "HostCore takes 1 to 64 keys");
+        goto done;
+    }
+    if (fixed_bytes(host_id, 8, self->host_id, "host_id") < 0 ||
+        fixed_bytes(epid, NAME_SIZE, self->epid, "epid_field") < 0)
+        goto done;
+    self->keys = PyMem_Calloc(n, sizeof(CoreKey));
+    if (self->keys == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        unsigned char request[KEY_SIZE], response[KEY_SIZE];
+        CoreKey *key = &self->keys[i];
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
+            PyErr_SetString(PyExc_TypeError, "a key is (key_id, request_key, response_key)");
+            goto done;
+        }
+        if (fixed_bytes(PyTuple_GET_ITEM(item, 0), 4, key->key_id, "key_id") < 0 ||
+            fixed_bytes(PyTuple_GET_ITEM(item, 1), KEY_SIZE, request, "request_key") < 0 ||
+            fixed_bytes(PyTuple_GET_ITEM(item, 2), KEY_SIZE, response, "response_key") < 0)
+            goto done;
+        self->count = i + 1; /* freed by clear_keys from here on */
+        if (gcm_init(&key->request, request) < 0 || gcm_init(&key->response, response) < 0)
+            goto done;
+    }
+    Py_INCREF(fields_type);
+    Py_XSETREF(self->fields_type, (PyTypeObject *)fields_type);
+    rc = 0;
+done:
+    if (rc < 0)
+        HostCore_clear_keys(self);
+    Py_DECREF(seq);
+    return rc;
+}
+
+static void HostCore_dealloc(HostCoreObject *self)
+{
+    HostCore_clear_keys(self);
+    Py_XDECREF(self->fields_type);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The envelope inside a REQUEST stub (klp-v1.md section 2), or NULL when it does not parse */
+static const unsigned char *stub_envelope(const unsigned char *stub, Py_ssize_t len,
+                                          Py_ssize_t *size)
+{
+    if (len < 8)
+        return NULL;
+    uint32_t n = get_u32(stub), max_count = get_u32(stub + 4);
+    if (n != max_count || (Py_ssize_t)n > len - 8)
+        return NULL;
+    Py_ssize_t trailing = len - 8 - (Py_ssize_t)n;
+    if (trailing > 3)
+        return NULL;
+    for (Py_ssize_t i = 0; i < trailing; i++)
+        if (stub[8 + n + i])
+            return NULL;
+    *size = n;
+    return stub + 8;
+}
+
+/* The workstation name (section 4.1): UTF-16LE up to the first NUL code unit, strict, as
+ * kmsemu.wire.decode_utf16_field; NULL (no exception set) when it does not check. */
+static PyObject *workstation_name(const unsigned char *field)
+{
+    Py_ssize_t end = 0;
+    while (end < NAME_SIZE && (field[end] || field[end + 1]))
+        end += 2;
+    if (end >= NAME_SIZE)
+        return NULL;
+    int byteorder = -1; /* little-endian, no BOM taken */
+    PyObject *name = PyUnicode_DecodeUTF16((const char *)field, end, "strict", &byteorder);
+    if (name == NULL)
+        PyErr_Clear();
+    return name;
+}
+
+/* RequestFields from a checked plaintext (section 4.1), built as tuple.__new__ would */
+static PyObject *request_fields(PyTypeObject *type, const unsigned char *p, PyObject *name)
+{
+    PyObject *items[11] = {
+        PyLong_FromUnsignedLong(get_u32(p)),
+        PyLong_FromUnsignedLong(get_u32(p + 4)),
+        PyLong_FromUnsignedLong(get_u32(p + 8)),
+        PyBytes_FromStringAndSize((const char *)p + 12, 16),
+        PyBytes_FromStringAndSize((const char *)p + 28, 16),
+        PyBytes_FromStringAndSize((const char *)p + 44, 16),
+        PyBytes_FromStringAndSize((const char *)p + 60, 16),
+        PyLong_FromUnsignedLong(get_u32(p + 76)),
+        PyLong_FromUnsignedLongLong(get_u64(p + 80)),
+        PyBytes_FromStringAndSize((const char *)p + 88, 16),
+        name,
+    };
+    PyObject *fields = NULL;
+    for (int i = 0; i < 10; i++)
+        if (items[i] == NULL)
+            goto fail;
+    fields = type->tp_alloc(type, 11);
+    if (fields == NULL)
+        goto fail;
+    for (int i = 0; i < 11; i++)
+        PyTuple_SET_ITEM(fields, i, items[i]);
+    return fields;
+fail:
+    for (int i = 0; i < 11; i++)
+        Py_XDECREF(items[i]);
+    return NULL;
+}
+
+/* open(stub) -> (RequestFields, request nonce, key index), or None for anything the
+ * pure path must judge (it gives the same answer and words the reason) */
+static PyObject *HostCore_open(HostCoreObject *self, PyObject *stub_obj)
+{
+    unsigned char plaintext[REQUEST_SIZE + 4096];
+    Py_ssize_t size;
+    if (!PyBytes_Check(stub_obj))
+        Py_RETURN_NONE;
+    const unsigned char *env = stub_envelope((const unsigned char *)PyBytes_AS_STRING(stub_obj),
+                                             PyBytes_GET_SIZE(stub_obj), &size);
+    if (env == NULL || size < MIN_ENVELOPE + REQUEST_SIZE ||
+        size - MIN_ENVELOPE > (Py_ssize_t)sizeof(plaintext) || memcmp(env, "KLP1", 4) != 0 ||
+        env[4] != 1 || env[5] != 0)
+        Py_RETURN_NONE;
+    Py_ssize_t index = 0;
+    for (; index < self->count; index++) {
+        CoreKey *key = &self->keys[index];
+        if (memcmp(key->key_id, env + 8, 4) == 0 &&
+            gcm_open(&key->request, env + 12, env, HEADER_SIZE, env + HEADER_SIZE,
+                     (int)(size - HEADER_SIZE), plaintext) == 0)
+            break;
+    }
+    if (index == self->count || get_u32(plaintext + 4) > 6)
+        Py_RETURN_NONE;
+    static const unsigned char nil[16];
+    if (memcmp(plaintext + 60, nil, 16) == 0)
+        Py_RETURN_NONE;
+    PyObject *name = workstation_name(plaintext + NAME_OFFSET);
+    if (name == NULL)
+        Py_RETURN_NONE;
+    PyObject *fields = request_fields(self->fields_type, plaintext, name);
+    if (fields == NULL)
+        return NULL;
+    PyObject *nonce = PyBytes_FromStringAndSize((const char *)env + 12, NONCE_SIZE);
+    PyObject *at = PyLong_FromSsize_t(index);
+    if (nonce == NULL || at == NULL) {
+        Py_DECREF(fields);
+        Py_XDECREF(nonce);
+        Py_XDECREF(at);
+        return NULL;
+    }
+    PyObject *out = PyTuple_New(3);
+    if (out == NULL) {
+        Py_DECREF(fields);
+        Py_DECREF(nonce);
+        Py_DECREF(at);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, fields);
+    PyTuple_SET_ITEM(out, 1, nonce);
+    PyTuple_SET_ITEM(out, 2, at);
+    return out;
+}
+
+static int arg_u32(PyObject *obj, uint32_t *out, const char *what)
+{
+    unsigned long v = PyLong_AsUnsignedLong(obj);
+    if (v == (unsigned long)-1 && PyErr_Occurred())
+        return -1;
+    if (v > 0xFFFFFFFFul) {
+        PyErr_Format(PyExc_OverflowError, "%s is outside u32", what);
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int arg_u64(PyObject *obj, uint64_t *out, const char *what)
+{
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_OverflowError, "%s is outside u64", what);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* seal(index, status, request_nonce, cmid, request_time, response_time, count,
+ *      activation_interval, renewal_interval, nonce) -> RESPONSE stub bytes:
+ * kmsemu.klp.messages.pack_response, envelope.seal_response and
+ * rpc.ndr.encode_response_stub(sealed, 0) in one */
+static PyObject *HostCore_seal(HostCoreObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t index;
+    uint32_t status, count, act, renew;
+    uint64_t request_time, response_time;
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "seal takes 10 arguments");
+        return NULL;
+    }
+    index = PyLong_AsSsize_t(args[0]);
+    if (index == -1 && PyErr_Occurred())
+        return NULL;
+    if (index < 0 || index >= self->count) {
+        PyErr_SetString(PyExc_IndexError, "no such key");
+        return NULL;
+    }
+    if (arg_u32(args[1], &status, "status") < 0 ||
+        arg_u64(args[4], &request_time, "request_time") < 0 ||
+        arg_u64(args[5], &response_time, "response_time") < 0 ||
+        arg_u32(args[6], &count, "current_count") < 0 ||
+        arg_u32(args[7], &act, "activation_interval") < 0 ||
+        arg_u32(args[8], &renew, "renewal_interval") < 0)
+        return NULL;
+    PyObject *request_nonce = args[2], *cmid = args[3], *nonce = args[9];
+    if (!PyBytes_Check(request_nonce) || PyBytes_GET_SIZE(request_nonce) != NONCE_SIZE ||
+        !PyBytes_Check(nonce) || PyBytes_GET_SIZE(nonce) != NONCE_SIZE ||
+        !PyBytes_Check(cmid) || PyBytes_GET_SIZE(cmid) != 16) {
+        PyErr_SetString(PyExc_ValueError, "nonces must be 12 bytes and the CMID 16");
+        return NULL;
+    }
+    unsigned char plain[RESPONSE_SIZE];
+    put_u32(plain, status);
+    memcpy(plain + 4, PyBytes_AS_STRING(request_nonce), NONCE_SIZE);
+    memcpy(plain + 16, PyBytes_AS_STRING(cmid), 16);
+    put_u64(plain + 32, request_time);
+    put_u64(plain + 40, response_time);
+    put_u32(plain + 48, count);
+    put_u32(plain + 52, act);
+    put_u32(plain + 56, renew);
+    memcpy(plain + 60, self->host_id, 8);
+    memcpy(plain + 68, self->epid, NAME_SIZE);
+
+    /* stub: size, referent, max_count, envelope (236 bytes: no padding), status 0 */
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 12 + RESPONSE_ENVELOPE + 4);
+    if (out == NULL)
+        return NULL;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+    unsigned char *env = p + 12;
+    put_u32(p, RESPONSE_ENVELOPE);
+    put_u32(p + 4, REFERENT_ID);
+    put_u32(p + 8, RESPONSE_ENVELOPE);
+    memcpy(env, "KLP1\x01\x00\x00\x00", 8);
+    memcpy(env + 8, self->keys[index].key_id, 4);
+    memcpy(env + 12, PyBytes_AS_STRING(nonce), NONCE_SIZE);
+    if (gcm_seal(&self->keys[index].response, env + 12, env, HEADER_SIZE, plain, RESPONSE_SIZE,
+                 env + HEADER_SIZE) != 0) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto failed to seal");
+        return NULL;
+    }
+    put_u32(env + RESPONSE_ENVELOPE, 0);
+    return out;
+}
+
+static PyMethodDef HostCore_methods[] = {
+    {"open", (PyCFunction)HostCore_open, METH_O,
+     "open(stub) -> (RequestFields, request nonce, key index) or None (ask the pure path)"},
+    {"seal", (PyCFunction)(void (*)(void))HostCore_seal, METH_FASTCALL,
+     "seal(index, status, request_nonce, cmid, request_time, response_time, count, "
+     "activation_interval, renewal_interval, nonce) -> RESPONSE stub"},
+    {NULL},
+};
+
+static PyTypeObject HostCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kmsemu._core.HostCore",
+    .tp_basicsize = sizeof(HostCoreObject),
+    .tp_dealloc = (destructor)HostCore_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A host's keys and identity: REQUEST stubs opened, RESPONSE stubs sealed.",
+    .tp_methods = HostCore_methods,
+    .tp_init = (initproc)HostCore_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* -- the module ---------------------------------------------------------------------- */
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "kmsemu._core",
+    .m_doc = "The optional compiled core of the KMS host (scripts/build-core).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    if (PyType_Ready(&AesGcmType) < 0 || PyType_Ready(&HostCoreType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&core_module);
+    if (m == NULL)
+        return NULL;
+    InvalidTag = PyErr_NewExceptionWithDoc(
+        "kmsemu._core.InvalidTag", "The tag does not verify under this key.", NULL, NULL);
+    if (InvalidTag == NULL || PyModule_AddObjectRef(m, "InvalidTag", InvalidTag) < 0 ||
+        PyModule_AddObjectRef(m, "AesGcm", (PyObject *)&AesGcmType) < 0 ||
+        PyModule_AddObjectRef(m, "HostCore", (PyObject *)&HostCoreType) < 0 ||
+        PyModule_AddStringConstant(m, "OPENSSL_VERSION", OpenSSL_version(OPENSSL_VERSION)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

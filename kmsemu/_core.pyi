@@ -1,0 +1,35 @@
+"""Types of the optional compiled core (kmsemu/_core.c, built by scripts/build-core)."""
+
+from typing import Final
+
+OPENSSL_VERSION: Final[str]
+
+class InvalidTag(Exception): ...
+
+class AesGcm:
+    def __init__(self, key: bytes) -> None: ...
+    def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes: ...
+    def decrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes: ...
+
+class HostCore:
+    def __init__(
+        self,
+        keys: list[tuple[bytes, bytes, bytes]],
+        host_id: bytes,
+        epid_field: bytes,
+        fields_type: type[tuple[object, ...]],
+    ) -> None: ...
+    def open(self, stub: bytes) -> tuple[tuple[object, ...], bytes, int] | None: ...
+    def seal(
+        self,
+        index: int,
+        status: int,
+        request_nonce: bytes,
+        cmid: bytes,
+        request_time: int,
+        response_time: int,
+        count: int,
+        activation_interval: int,
+        renewal_interval: int,
+        nonce: bytes,
+    ) -> bytes: ...
