@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kmsemu.catalog import default_catalog
+from kmsemu.errors import ConfigError
 from kmsemu.host.rules import CountCache, HostIdentity, HostRules, HostSettings
 from kmsemu.host.service import KmsHost
 from kmsemu.klp import _fastcore
@@ -246,10 +247,10 @@ def test_the_hosts_protocol_is_alike_with_and_without_the_core(data: st.DataObje
 
 def test_the_choice_is_checked() -> None:
     assert _fastcore.load("off") is None
-    with pytest.raises(ValueError, match="KMSEMU_CORE"):
+    with pytest.raises(ConfigError, match="KMSEMU_CORE"):
         _fastcore.load("fast")
     if _core is None:
-        with pytest.raises(ImportError, match="build-core"):
+        with pytest.raises(ConfigError, match="build-core"):
             _fastcore.load("on")
     else:
         assert _fastcore.load("on") is _core and _fastcore.load("auto") is _core
@@ -289,6 +290,7 @@ def test_a_host_without_the_core_uses_cryptography() -> None:
 SERVED = """
 import sys, uuid
 from kmsemu.catalog import default_catalog
+from kmsemu.errors import ConfigError
 from kmsemu.client.exchange import request_activation
 from kmsemu.clock import SystemClock
 from kmsemu.klp.envelope import LabKey
@@ -315,3 +317,15 @@ def test_a_served_host_activates_either_way(choice: str, tmp_path: Path) -> None
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0", "1", str(choice == "off")]
+
+
+def test_a_core_choice_that_is_not_one_is_a_clear_error() -> None:
+    """``KMSEMU_CORE=fast kmsemu host serve``: one ``Error:`` line, exit 1, no traceback."""
+    env = {**os.environ, "KMSEMU_CORE": "fast"}
+    done = subprocess.run(
+        [sys.executable, "-m", "kmsemu", "host", "serve", "--listen", "127.0.0.1:0"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "KMSEMU_CORE='fast': use one of auto, on, off" in done.stderr

@@ -5,8 +5,9 @@ request. ``KMSEMU_CORE`` chooses, once, when this module is first imported:
 
 - ``auto`` (or unset): the core when it imports, else the pure path;
 - ``off``: the pure path, even with the core built (to compare the two);
-- ``on``: the core, or ImportError (a benchmark that asked for it must not measure
-  the pure path by mistake).
+- ``on``: the core, or ``ConfigError`` (a benchmark that asked for it must not measure
+  the pure path by mistake); another value is a ``ConfigError`` too (the command that
+  loads the host reports it as ``Error: ...``, exit 1).
 
 With the core, AES-GCM goes through the system libcrypto and ``cryptography`` is not
 imported at all (its own OpenSSL is most of the host's idle memory above the
@@ -19,6 +20,8 @@ import os
 from types import ModuleType
 from typing import Final
 
+from kmsemu.errors import ConfigError
+
 ENV: Final = "KMSEMU_CORE"
 CHOICES: Final = ("auto", "on", "off")
 
@@ -27,7 +30,7 @@ def load(choice: str | None = None) -> ModuleType | None:
     """The core module as ``choice`` (default: ``$KMSEMU_CORE``) asks, or None."""
     choice = (os.environ.get(ENV, "auto") if choice is None else choice).strip().lower() or "auto"
     if choice not in CHOICES:
-        raise ValueError(f"{ENV}={choice!r}: use one of {', '.join(CHOICES)}")
+        raise ConfigError(f"{ENV}={choice!r}: use one of {', '.join(CHOICES)}")
     if choice == "off":
         return None
     try:
@@ -35,7 +38,7 @@ def load(choice: str | None = None) -> ModuleType | None:
     except ImportError:
         if choice == "on":
             missing = f"{ENV}=on but kmsemu._core is not built (scripts/build-core)"
-            raise ImportError(missing) from None
+            raise ConfigError(missing) from None
         return None
     return _core
 

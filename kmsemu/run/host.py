@@ -31,6 +31,7 @@ from kmsemu.host.publish import Publication, Publisher, parse_server
 from kmsemu.host.rules import HostSettings
 from kmsemu.host.server import KmsServer, build_host, product_names
 from kmsemu.host.store import HostStore, database_path
+from kmsemu.klp._fastcore import CORE
 from kmsemu.run.background import ServerThread
 from kmsemu.run.signals import until_signal
 from kmsemu.run.state import discarded_on_failure
@@ -231,6 +232,7 @@ async def open_host(config: HostConfig) -> RunningHost:
             server.now(),
             {
                 "loop": c.loop_name,
+                "core": "on" if CORE is not None else "off",  # scripts/build-core, KMSEMU_CORE
                 "state": str(state),
                 "key_ids": ",".join(k.key_id.hex() for k in kms.keyring.keys),
             },
