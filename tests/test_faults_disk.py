@@ -1,5 +1,5 @@
 """Faults survived, nothing lost (issue 17.3): the disk fills under a real MAK service
-process. The database lives on a 1 MiB tmpfs; a file then takes the rest of the space.
+process. The state lives on a 4 MiB tmpfs; a file then takes the rest of the space.
 
 What must hold, written out here: a clear error (503 ``unavailable`` naming the full disk,
 never a 500), ``/readyz`` 503 naming the database while ``/healthz`` stays 200, service
@@ -13,6 +13,7 @@ import errno
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,13 +28,13 @@ KEY_LIMIT = 1000
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs mounted at ``tmp_path/disk`` (root only: mount(2) needs it)."""
+    """A 4 MiB tmpfs mounted at ``tmp_path/disk`` (root only: mount(2) needs it)."""
     disk = tmp_path / "disk"
     disk.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
         capture_output=True,
         text=True,
         check=False,
@@ -49,11 +50,10 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def fill(disk: Path) -> Path:
     """Take every free block of ``disk`` with one file; the file."""
     filler = disk / "filler"
-    with filler.open("wb") as out:
+    with filler.open("wb", buffering=0) as out:
         try:
             while True:
                 out.write(b"\0" * 65536)
-                out.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
     return filler
@@ -201,3 +201,59 @@ def test_the_sqlite_file_locked_by_another_process(
         assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         (used,) = check.execute("SELECT used FROM mak_keys").fetchone()
     assert used == statuses.count(200)
+
+
+def test_a_full_disk_under_the_lab_s_kms_host(small_disk: Path) -> None:
+    """The lab's state on the small disk, then the disk full: an activation the host cannot
+    make durable is not answered (the client sees 0xC004F074, nothing is told that could
+    be lost), /readyz names the database, and once space returns the host answers again;
+    every answer a client got is in the request log, and the database checks whole."""
+    import uuid
+
+    from kmsemu.client.exchange import request_activation
+    from kmsemu.errors import ActivationError
+    from tests.test_end_to_end import KEY, make_request
+    from tests.test_lab import Lab
+
+    lab = Lab(small_disk, "--quiet")
+    answered: list[str] = []
+
+    def activate() -> bool:
+        cmid = uuid.uuid4()
+        try:
+            request_activation(("127.0.0.1", lab.kms[1]), make_request(cmid=cmid), KEY, timeout=5)
+        except ActivationError as exc:
+            assert exc.hresult == 0xC004F074, exc
+            return False
+        answered.append(str(cmid))
+        return True
+
+    try:
+        assert activate()
+        filler = fill(small_disk)
+        results = [activate() for _ in range(30)]
+        assert False in results  # refused while the disk is full
+        deadline = time.monotonic() + 10
+        while (ready := request(lab.http, "GET", "/readyz")).status != 503:
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.05)
+        assert ready.body["problems"]["database"]
+        filler.unlink()
+        deadline = time.monotonic() + 10
+        while not activate():  # the journal and the store take writes again
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        while request(lab.http, "GET", "/readyz").status != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert not any("Traceback" in line for line in lab.lines)
+    finally:
+        code = lab.stop()
+        assert code == 0, "\n".join(lab.lines[-20:])
+    with sqlite3.connect(small_disk / "lab.sqlite3") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        logged = {
+            str(uuid.UUID(bytes_le=row[0]))
+            for row in db.execute("SELECT client_machine_id FROM requests")
+        }
+    assert set(answered) <= logged

@@ -367,7 +367,8 @@ class KmsServer:
 
     async def close(self) -> None:
         """Stop listening, send the answers held, drop every connection and task, then
-        flush what is left (the journal goes once the store holds everything)."""
+        flush what is left (the journal goes once the store holds everything; a store that
+        refuses it now is logged, and the journal stays for the next start to recover)."""
         for server in self._servers:
             server.close()
         self.commit()
@@ -377,7 +378,13 @@ class KmsServer:
             task.cancel()
         for server in self._servers:
             await server.wait_closed()
-        self.flush()
+        try:
+            self.flush()
+        except (sqlite3.Error, OSError) as exc:  # a full disk at the stop: said, and kept
+            self._flush_failed(exc)  # (durable: the journal keeps every answered request
+            if self.journal is not None:  # for the next start to recover)
+                self.journal.close(remove=False)
+            return
         if self.journal is not None:
             self.journal.close(remove=True)
 
