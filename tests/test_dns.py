@@ -396,3 +396,40 @@ def test_a_bug_for_one_message_is_counted_and_logged_once_and_others_still_serve
     logged = [r for r in caplog.records if r.getMessage().startswith("dns_internal_error")]
     assert len(logged) == 1 and logged[0].exc_info is not None
     assert "(KeyError; logged once per kind" in logged[0].getMessage()
+
+
+def test_idle_tcp_peers_at_the_limit_make_room_for_a_real_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The TCP connection limit full of idle peers (one half a length prefix in): a real
+    client is still answered, and the peer idle the longest is the one closed."""
+    import kmsemu.dns.server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_TCP_CLIENTS", 8)
+    loop = asyncio.new_event_loop()
+    server = DnsServer(Authority([lab_zone()]), idle_timeout=30)
+    host, port = loop.run_until_complete(server.start("127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    idle = []
+    try:
+        for _ in range(8):
+            sock = socket.create_connection((host, port), timeout=5)
+            sock.sendall(b"\x00")  # half a length prefix, then nothing
+            idle.append(sock)
+        query = dns.message.make_query("_vlmcs._tcp.lab.test", "SRV")
+        for _ in range(3):
+            reply = dns.query.tcp(query, host, port=port, timeout=5)
+            assert sorted(r.port for r in reply.answer[0]) == [1688, 1689]
+        try:  # the first idle peer made room: closed (reset, or an end of stream)
+            closed = idle[0].recv(10)
+        except ConnectionResetError:
+            closed = b""
+        assert closed == b""
+        assert server.stats["evicted"] == 1  # then the real client's own slot is free again
+    finally:
+        for sock in idle:
+            sock.close()
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)

@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Final, cast
@@ -30,6 +31,8 @@ from kmsemu.dns.authority import Authority
 from kmsemu.dns.udp import Pump, new_pump
 
 IDLE_TIMEOUT: Final = 10.0
+#: TCP connections at once; a new one past it closes the one idle the longest (so that
+#: idle or one-byte-a-second peers cannot keep a real client out).
 MAX_TCP_CLIENTS: Final = 256
 #: Datagrams answered per wake-up at most, before the loop's other callbacks get a turn.
 UDP_PER_WAKEUP: Final = 256
@@ -109,7 +112,9 @@ class DnsServer:
         self._pump: Pump | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tcp: asyncio.Server | None = None
-        self._clients = 0
+        #: Open TCP connections and when each last completed a message (monotonic): at
+        #: ``MAX_TCP_CLIENTS`` the one idle the longest makes room for a new one.
+        self._tcp_clients: dict[asyncio.StreamWriter, float] = {}
         #: Queries answered over ``udp`` and ``tcp``, and messages ``dropped`` unanswered.
         self.stats: Counter[str] = Counter()
         #: The kinds of internal error already logged with their traceback.
@@ -205,10 +210,13 @@ class DnsServer:
         return self.updates == "any" or (self.updates == "loopback" and loopback(host))
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._clients >= MAX_TCP_CLIENTS:
-            writer.close()
-            return
-        self._clients += 1
+        clients = self._tcp_clients
+        if len(clients) >= MAX_TCP_CLIENTS:  # full (idle or slow peers): evict, not refuse
+            oldest = min(clients, key=clients.__getitem__)
+            del clients[oldest]
+            oldest.transport.abort()
+            self.stats["evicted"] += 1
+        clients[writer] = time.monotonic()
         peer = writer.get_extra_info("peername")
         trusted = self.updates == "any" or (
             self.updates == "loopback" and bool(peer) and loopback(peer[0])
@@ -223,10 +231,11 @@ class DnsServer:
                     self.stats["dropped"] += 1
                     break
                 self.stats["tcp"] += 1
+                clients[writer] = time.monotonic()
                 writer.write(struct.pack("!H", len(reply)) + reply)
                 await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
-            self._clients -= 1
+            clients.pop(writer, None)
             writer.close()
