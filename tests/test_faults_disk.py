@@ -257,3 +257,45 @@ def test_a_full_disk_under_the_lab_s_kms_host(small_disk: Path) -> None:
             for row in db.execute("SELECT client_machine_id FROM requests")
         }
     assert set(answered) <= logged
+
+
+def test_the_lab_s_file_locked_by_another_process(tmp_path: Path) -> None:
+    """Another process holds the write lock of the lab's database. The KMS host goes on
+    answering at once (each answer in the journal; the store's flush does not wait for the
+    lock, it fails and waits for the next), /readyz names the lock meanwhile, and when the
+    lock goes the rows reach the log: every answer, once."""
+    import uuid
+
+    from kmsemu.client.exchange import request_activation
+    from tests.test_end_to_end import KEY, make_request
+    from tests.test_lab import Lab
+
+    home = tmp_path / "home"
+    lab = Lab(home, "--quiet")
+    answered = []
+    try:
+        locker = sqlite3.connect(home / "lab.sqlite3", isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")  # another process's write lock, held
+        for _ in range(5):  # answered while it is held: none waits for it
+            cmid = uuid.uuid4()
+            request_activation(("127.0.0.1", lab.kms[1]), make_request(cmid=cmid), KEY, timeout=3)
+            answered.append(str(cmid))
+        deadline = time.monotonic() + 10
+        while (ready := request(lab.http, "GET", "/readyz")).status != 503:
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.05)
+        assert "database is locked" in ready.body["problems"]["database"]
+        locker.execute("COMMIT")
+        locker.close()
+        while request(lab.http, "GET", "/readyz").status != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        code = lab.stop()
+        assert code == 0, "\n".join(lab.lines[-20:])
+    with sqlite3.connect(home / "lab.sqlite3") as db:
+        logged = [
+            str(uuid.UUID(bytes_le=row[0]))
+            for row in db.execute("SELECT client_machine_id FROM requests")
+        ]
+    assert sorted(logged) == sorted(answered)

@@ -438,7 +438,8 @@ class KmsServer:
                 pending, self._pending = self._pending, []
                 seq = self._seq if self.journal is not None else None
                 try:
-                    self.store.save_rows(snapshot, pending, seq)
+                    with self.store.not_waiting():  # a lock held elsewhere: the next flush
+                        self.store.save_rows(snapshot, pending, seq)
                 except Exception:  # keep it all for the next attempt
                     cache.dirty.update(snapshot)
                     self._pending[:0] = pending

@@ -9,9 +9,10 @@ status`` read while the host writes.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -21,6 +22,8 @@ from kmsemu.host.rules import LIVE_WINDOW, CountCache, HostIdentity, LogRecord, 
 DB_NAME: Final = "host.sqlite3"
 #: ``kmsemu lab``'s one database under ``$KMSEMU_HOME``: the host's tables beside the MAK's.
 LAB_DB: Final = "lab.sqlite3"
+#: How long a write waits for another connection's lock on the file (milliseconds).
+BUSY_TIMEOUT_MS: Final = 5000
 SCHEMA_VERSION: Final = 1
 
 _SCHEMA = """
@@ -142,7 +145,7 @@ class HostStore:
         elif not self.path.exists():
             raise FileNotFoundError(f"no host state at {self.path}")
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout = 5000")
+        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if read_only:  # a reader beside a running host (WAL): it can never write by mistake
             self._db.execute("PRAGMA query_only = ON")
         if create and not read_only:
@@ -199,6 +202,19 @@ class HostStore:
         the whole of its cache (``CountCache.take_snapshot``), then the log rows, and the
         journal's sequence number they reach (``kmsemu.host.journal``) if given."""
         self.save_rows(snapshot, (r.row() for r in requests), journal_seq)
+
+    @contextlib.contextmanager
+    def not_waiting(self) -> Iterator[None]:
+        """Writes inside the block do not wait for another connection's lock on the file:
+        they fail at once (``sqlite3.OperationalError``, database is locked). A running
+        host flushes so, on its event loop: a lock held elsewhere (an administrator's
+        sqlite3, a backup) must not stall every activation; the rows wait for the next
+        flush."""
+        self._db.execute("PRAGMA busy_timeout = 0")
+        try:
+            yield
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def save_rows(
         self,
