@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import io
 import sqlite3
@@ -106,6 +107,9 @@ class Rows:
 
     def journal_seq(self) -> int:
         return 0
+
+    def not_waiting(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 def test_an_answer_the_journal_cannot_take_never_leaves() -> None:

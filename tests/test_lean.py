@@ -11,6 +11,7 @@ protocol: the bytes written, the log lines, the stored rows and the count cache.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import struct
@@ -279,6 +280,9 @@ class Store:
 
     def journal_seq(self) -> int:
         return 0
+
+    def not_waiting(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 def activation(cmid: int, when: int, name: str) -> bytes:
