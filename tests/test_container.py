@@ -1,10 +1,13 @@
 """Deployment: the Dockerfile, the systemd unit (docs/kmsemu-lab.service, also inline in
 docs/deploy.md), and what makes them work: the lab writes nothing outside KMSEMU_HOME.
 
-The static checks always run. The image is built and run only where ``docker info``
-succeeds; without a Docker engine, a real ``kmsemu lab`` process stands in for the
+The static checks always run. The image is built and run by Docker where ``docker info``
+succeeds; without a Docker engine, by buildah (chroot isolation) on a Debian base made with
+debootstrap, run read-only in namespaces of its own (scripts/container/; it skips without
+buildah, debootstrap or root). Besides, a real ``kmsemu lab`` process stands in for the
 read-only container (what it creates or changes, and where, is compared before and after,
-since root, as tests run here, ignores file permissions).
+since root, as tests run here, ignores file permissions). compose.yaml is parsed and its
+commands checked by kmsemu's own command-line parser.
 """
 
 from __future__ import annotations
@@ -651,14 +654,28 @@ def wait_for(what: str, probe: object, timeout: float) -> None:
         time.sleep(1)
 
 
-@pytest.mark.slow
-def test_image_builds_and_runs_read_only() -> None:
+def docker_engine() -> str | None:
+    """None where ``docker info`` answers, else why not."""
     if shutil.which("docker") is None:
-        pytest.skip("no docker command")
-    info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+        return "no docker command"
+    try:
+        info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "docker info timed out"
     if info.returncode != 0:
-        reason = (info.stderr.strip().splitlines() or ["?"])[-1]
-        pytest.skip(f"no Docker engine: docker info failed ({reason})")
+        return f"docker info failed ({(info.stderr.strip().splitlines() or ['?'])[-1]})"
+    return None
+
+
+@pytest.mark.slow
+def test_image_builds_and_runs_read_only(tmp_path: Path) -> None:
+    """Built from the Dockerfile and run as a read-only container: by Docker where an engine
+    answers, else by buildah (chroot isolation) on a Debian base made with debootstrap, run
+    in namespaces of its own (scripts/container/run-read-only)."""
+    no_engine = docker_engine()
+    if no_engine is not None:
+        build_and_run_with_buildah(tmp_path, no_engine)
+        return
     name = f"kmsemu-test-{uuid.uuid4().hex[:12]}"
     image, volume, container = f"{name}:latest", name, name
     try:
@@ -717,3 +734,402 @@ def test_image_builds_and_runs_read_only() -> None:
         docker("rm", "-f", container, check=False)
         docker("volume", "rm", "-f", volume, check=False)
         docker("rmi", "-f", image, check=False)
+
+
+# -- the image without a Docker engine: buildah, a debootstrap base, namespaces -----------------
+
+CONTAINER_SCRIPTS = ROOT / "scripts" / "container"
+#: a fixed name, so that buildah's layer cache (--layers) serves the next run
+BUILDAH_IMAGE = "localhost/kmsemu-test:latest"
+#: the bounds of each part: the base (debootstrap, first run only), the build, the run
+BASE_TIMEOUT, BUILD_TIMEOUT, RUN_TIMEOUT = 900.0, 900.0, 30.0
+
+
+def tail(text: str, lines: int = 25) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def buildah(*args: str, timeout: float = 120) -> str:
+    result = subprocess.run(["buildah", *args], capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"buildah {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+        )
+    return result.stdout
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def overlay_upperdir(mountpoint: Path) -> Path | None:
+    """The writable layer of the overlay mounted at mountpoint (the container's changes)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] != str(mountpoint):
+            continue
+        after = fields[fields.index("-") + 1 :]  # fstype, source, super options
+        for option in after[2].split(","):
+            if option.startswith("upperdir="):
+                return Path(option.removeprefix("upperdir="))
+    return None
+
+
+def build_and_run_with_buildah(tmp_path: Path, no_engine: str) -> None:
+    tools = ("buildah", "debootstrap", "unshare", "setpriv", "nsenter", "chroot")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(
+            f"{no_engine}, and the buildah fallback lacks {', '.join(missing)}"
+            " (apt-get install buildah debootstrap)"
+        )
+    if os.geteuid() != 0:
+        pytest.skip(f"{no_engine}, and the buildah fallback needs root (debootstrap, mounts)")
+    try:
+        base = subprocess.run(
+            [str(CONTAINER_SCRIPTS / "debian-base")],
+            capture_output=True,
+            text=True,
+            timeout=BASE_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"{no_engine}, and debootstrap took over {BASE_TIMEOUT:.0f}s")
+    if base.returncode != 0:
+        pytest.skip(f"{no_engine}, and the Debian base could not be made:\n{tail(base.stderr)}")
+    base_image = base.stdout.split()[-1]
+    # the host's trust store for pip's downloads (the base's own, or a TLS-inspecting proxy's)
+    certs = (
+        ["--volume", "/etc/ssl/certs:/etc/ssl/certs:ro"] if Path("/etc/ssl/certs").is_dir() else []
+    )
+    build = subprocess.run(
+        [
+            "nice",
+            "buildah",
+            "bud",
+            "--isolation",
+            "chroot",
+            "--layers",
+            "--format",
+            "docker",  # keeps HEALTHCHECK, which the OCI format has no field for
+            "--pull=false",
+            *certs,
+            "--build-arg",
+            f"PYTHON_IMAGE={base_image}",
+            "-t",
+            BUILDAH_IMAGE,
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+    )
+    assert build.returncode == 0, tail(build.stdout + build.stderr, 60)
+    config = json.loads(buildah("inspect", "--type", "image", BUILDAH_IMAGE))["Docker"]["config"]
+    container = buildah("from", "--pull-never", BUILDAH_IMAGE).strip()
+    try:
+        rootfs = Path(buildah("mount", container).strip())
+        run_unpacked_image(rootfs, config, tmp_path)
+    finally:
+        subprocess.run(["buildah", "umount", container], capture_output=True, timeout=60)
+        subprocess.run(["buildah", "rm", container], capture_output=True, timeout=60)
+
+
+def run_unpacked_image(rootfs: Path, config: dict[str, object], tmp_path: Path) -> None:
+    """What the Docker branch checks, on the image's root file system: its user, environment,
+    working directory, entrypoint and command, read-only, with /tmp a tmpfs and the state
+    directory a volume; the lab's addresses moved to free loopback ports (the network
+    namespace is the host's)."""
+    user, workdir = str(config["User"]), str(config["WorkingDir"])
+    assert user == "10001:10001", user
+    uid, gid = (int(n) for n in user.split(":"))
+    env = dict(str(item).split("=", 1) for item in config["Env"])  # type: ignore[attr-defined]
+    assert env["KMSEMU_LAB_HTTP_LISTEN"] == "0.0.0.0:8688", env
+    env.update(
+        KMSEMU_LAB_HTTP_LISTEN="127.0.0.1:0",
+        KMSEMU_LAB_DNS_LISTEN="127.0.0.1:0",
+        KMSEMU_LAB_KMS_LISTEN="127.0.0.1:0",
+    )
+    home = env["KMSEMU_HOME"]
+    assert home in config["Volumes"], config["Volumes"]  # type: ignore[operator]
+    # a new named volume: a copy of the image's directory, owner and mode included
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    in_image = (rootfs / home.lstrip("/")).stat()
+    assert (in_image.st_uid, in_image.st_gid, in_image.st_mode & 0o7777) == (uid, gid, 0o700)
+    os.chown(volume, uid, gid)
+    volume.chmod(0o700)
+    upperdir = overlay_upperdir(rootfs)
+    layer_before = snapshot(upperdir) if upperdir else None
+    entrypoint = [str(w) for w in config["Entrypoint"]]  # type: ignore[attr-defined]
+    cmd = [str(w) for w in config["Cmd"]]  # type: ignore[attr-defined]
+    assert cmd == ["lab"], cmd
+    command = [
+        str(CONTAINER_SCRIPTS / "run-read-only"),
+        "-u",
+        user,
+        "-w",
+        workdir,
+        "-s",
+        f"{volume}:{home}",
+        *(f"-e{key}={value}" for key, value in env.items()),
+        str(rootfs),
+        *entrypoint,
+        *cmd,
+        "--min-count",  # `docker run IMAGE lab --min-count 25`: the first client activates
+        "25",
+    ]
+    proc, rest, lines = start_until_ready(
+        command, "ready lab", base_env={"PATH": os.environ["PATH"]}
+    )
+    fields = dict(item.split("=", 1) for item in rest.split() if "=" in item)
+    pid = 0
+    try:
+        # the script became unshare; its one child is the image's entrypoint, PID 1 inside
+        (pid,) = (
+            int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        )
+        status = proc_status(pid)
+        assert status["Uid"].split() == [str(uid)] * 4, status["Uid"]
+        assert status["Gid"].split() == [str(gid)] * 4, status["Gid"]
+        assert status["Groups"].split() == [str(gid)], status["Groups"]
+        assert status["NoNewPrivs"] == "1" and int(status["CapEff"], 16) == 0, status
+        assert status["NSpid"].split()[-1] == "1", status["NSpid"]
+        assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [
+            entrypoint[0].encode(),
+            b"lab",
+        ]
+        # /healthz, /readyz and the image's own HEALTHCHECK, run inside (`docker exec`)
+        url = fields["http"]
+        status_code, body = http_get(url, "/healthz")
+        assert (status_code, json.loads(body)) == (200, {"status": "ok"})
+        assert http_get(url, "/readyz")[0] == 200
+        test = [str(w) for w in config["Healthcheck"]["Test"]]  # type: ignore[index]
+        assert test[0] == "CMD", test
+        check = [*test[1:-1], test[-1].replace("127.0.0.1:8688", url.removeprefix("http://"))]
+
+        def inside(*args: str, as_user: bool = True) -> subprocess.CompletedProcess[str]:
+            who = ["-S", str(uid), "-G", str(gid)] if as_user else []
+            return subprocess.run(
+                ["nsenter", "-t", str(pid), "-m", "-p", "-r", "-w", *who, "/usr/bin/env", "-i"]
+                + [f"{k}={v}" for k, v in env.items()]
+                + list(args),
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+
+        result = inside(*check)
+        assert result.returncode == 0, result.stderr
+        # a client activates against it
+        activation = subprocess.run(
+            kmsemu_command(
+                "client",
+                "activate",
+                "--host",
+                fields["kms"],
+                "--product",
+                "windows-11-pro",
+                "--json",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert activation.returncode == 0, activation.stdout + activation.stderr
+        assert json.loads(activation.stdout)["activated"] is True
+        # the root is read-only, even for root; /tmp is not
+        for as_user in (True, False):
+            result = inside("/bin/sh", "-c", ": > /kmsemu-write-test", as_user=as_user)
+            assert result.returncode != 0 and "Read-only file system" in result.stderr, result
+            result = inside("/bin/sh", "-c", ": > /opt/kmsemu/bin/x", as_user=as_user)
+            assert result.returncode != 0 and "Read-only file system" in result.stderr, result
+        assert inside("/bin/sh", "-c", ": > /tmp/x").returncode == 0
+        # SIGTERM to PID 1 (what `docker stop` sends): every part stops, exit 0
+        os.kill(pid, signal.SIGTERM)
+        code = proc.wait(RUN_TIMEOUT)
+        assert code == 0, "\n".join(lines)
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+            proc.kill()  # --kill-child: the namespace goes with it
+            proc.wait(RUN_TIMEOUT)
+    assert any('"event": "stopped"' in line for line in lines), "\n".join(lines)
+    # nothing changed in the container's own layer (`docker diff` is empty)...
+    if upperdir is not None:
+        assert snapshot(upperdir) == layer_before
+    # ...and the state is on the volume, the volume's owner's
+    files = {str(p.relative_to(volume)) for p in volume.rglob("*") if not p.is_dir()}
+    assert {"lab.sqlite3", "mak/admin-token"} <= files, files
+    for path in [volume, *volume.rglob("*")]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
+
+
+# -- compose.yaml: the lab in parts ----------------------------------------------------------------
+
+COMPOSE = ROOT / "compose.yaml"
+KMSEMU_SERVICES = {"mak", "dns", "kms1", "kms2"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, object]:
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed: compose.yaml unchecked")
+    data = yaml.safe_load(COMPOSE.read_text())  # merge keys (<<: *kmsemu) are resolved here
+    assert isinstance(data, dict), data
+    return data
+
+
+def parse_kmsemu_command(words: list[str]) -> dict[str, object]:
+    """The options of a kmsemu command line as click parses them (types, choices, required
+    options, unknown options and subcommands all checked), without running it."""
+    import click
+
+    from kmsemu.cli import main
+
+    command: click.Command = main
+    context = click.Context(main, info_name="kmsemu")
+    rest = list(words)
+    while isinstance(command, click.Group):
+        assert rest and not rest[0].startswith("-"), f"no subcommand in {words}"
+        name = rest.pop(0)
+        sub = command.get_command(context, name)
+        assert sub is not None, f"kmsemu has no command {name!r} ({words})"
+        command, context = sub, click.Context(sub, info_name=name, parent=context)
+    try:
+        parsed = command.make_context(context.info_name, rest, parent=context.parent)
+    except click.ClickException as exc:
+        raise AssertionError(f"kmsemu {' '.join(words)}: {exc.format_message()}") from exc
+    return dict(parsed.params)
+
+
+def published(service: dict[str, object]) -> set[tuple[int, int, str]]:
+    """(host port, container port, protocol) of each short-syntax port."""
+    found = set()
+    for item in service.get("ports", []):  # type: ignore[attr-defined]
+        spec, _, proto = str(item).partition("/")
+        host, _, container = spec.rpartition(":")
+        found.add((int(host), int(container), proto or "tcp"))
+    return found
+
+
+def test_compose_has_the_lab_services_on_the_image_of_the_dockerfile(
+    compose: dict[str, object],
+) -> None:
+    services: dict[str, dict[str, object]] = compose["services"]  # type: ignore[assignment]
+    assert set(services) == {"postgres"} | KMSEMU_SERVICES
+    assert re.fullmatch(r"postgres:16(\.\d+)*(-\w+)?", str(services["postgres"]["image"]))
+    images = {str(services[name]["image"]) for name in KMSEMU_SERVICES}
+    assert len(images) == 1, images
+    for name in KMSEMU_SERVICES:
+        service = services[name]
+        build = service["build"]
+        context = build if isinstance(build, str) else build["context"]  # type: ignore[index]
+        dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile")  # type: ignore[union-attr]
+        assert (ROOT / str(context) / str(dockerfile or "Dockerfile")).resolve() == DOCKERFILE
+        # as the image is meant to run: read-only root, /tmp a tmpfs, no capability
+        assert service["read_only"] is True, name
+        assert "/tmp" in service["tmpfs"], name  # type: ignore[operator]
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name  # type: ignore[operator]
+        assert "entrypoint" not in service, "the image's entrypoint is kmsemu"
+        assert isinstance(service["command"], list), f"{name}: exec form, no shell"
+    # state on named volumes, at KMSEMU_HOME
+    for name in ("mak", "kms1", "kms2"):
+        (mount,) = services[name]["volumes"]  # type: ignore[misc]
+        volume, _, target = str(mount).partition(":")
+        assert target == "/var/lib/kmsemu" and volume in compose["volumes"], mount  # type: ignore[operator]
+
+
+def test_compose_commands_are_valid_and_agree_with_each_other(compose: dict[str, object]) -> None:
+    services: dict[str, dict[str, object]] = compose["services"]  # type: ignore[assignment]
+    params = {
+        name: parse_kmsemu_command([str(w) for w in services[name]["command"]])  # type: ignore[attr-defined]
+        for name in KMSEMU_SERVICES
+    }
+    commands = {name: list(map(str, services[name]["command"]))[:2] for name in KMSEMU_SERVICES}  # type: ignore[call-overload]
+    assert commands == {
+        "mak": ["mak", "serve"],
+        "dns": ["dns", "serve"],
+        "kms1": ["host", "serve"],
+        "kms2": ["host", "serve"],
+    }
+
+    def address(name: str) -> str:
+        return str(services[name]["networks"]["lab"]["ipv4_address"])  # type: ignore[index]
+
+    # every listener beyond the container's loopback, and published on the host
+    assert params["mak"]["listen"] == (("0.0.0.0", None),)
+    assert (8688, params["mak"]["port"], "tcp") in published(services["mak"])
+    assert params["dns"]["listen"] == ("0.0.0.0", None)
+    dns_port = params["dns"]["port"]
+    assert {(5300, dns_port, "udp"), (5300, dns_port, "tcp")} <= published(services["dns"])
+    # the hosts may publish: updates from any address, into the zone they publish in
+    assert params["dns"]["updates"] == "any"
+    zone = params["dns"]["zones"][0]  # type: ignore[index]
+    host_ports = set()
+    for name in ("kms1", "kms2"):
+        host = params[name]
+        assert host["listen"] == (("0.0.0.0", None),) and host["port"] == 1688, host
+        (publish,) = host["publish"]  # type: ignore[misc]
+        assert str(publish).split(",")[0] == zone, publish
+        assert host["dns_server"] == f"{address('dns')}:{dns_port}", host["dns_server"]
+        assert host["dns_address"] == address(name), "a host publishes its own address"
+        assert host["dns_name"] == name
+        ((host_port, container_port, proto),) = published(services[name])
+        assert (container_port, proto) == (1688, "tcp")
+        host_ports.add(host_port)
+    assert len(host_ports) == 2, "two hosts, two published ports"
+    # the MAK service's database is the postgres service, with its credentials
+    db = params["mak"]["db_url"]
+    pg_env: dict[str, str] = services["postgres"]["environment"]  # type: ignore[assignment]
+    assert db == (
+        f"postgresql://{pg_env['POSTGRES_USER']}:{pg_env['POSTGRES_PASSWORD']}"
+        f"@postgres:5432/{pg_env['POSTGRES_DB']}"
+    ), db
+    # one lab secret everywhere
+    secrets = {str(services[n]["environment"]["KMSEMU_SECRET"]) for n in KMSEMU_SERVICES}  # type: ignore[index]
+    assert len(secrets) == 1, secrets
+
+
+def test_compose_starts_each_service_after_what_it_needs(compose: dict[str, object]) -> None:
+    services: dict[str, dict[str, object]] = compose["services"]  # type: ignore[assignment]
+
+    def needs(name: str) -> dict[str, str]:
+        depends = services[name].get("depends_on", {})
+        if isinstance(depends, list):
+            return {d: "service_started" for d in depends}
+        return {k: v["condition"] for k, v in depends.items()}  # type: ignore[attr-defined]
+
+    assert needs("mak") == {"postgres": "service_healthy"}
+    assert "healthcheck" in services["postgres"]
+    assert needs("kms1") == needs("kms2") == {"dns": "service_started"}
+    assert needs("dns") == {} and needs("postgres") == {}
+    # fixed addresses in one subnet, each its own
+    (subnet,) = compose["networks"]["lab"]["ipam"]["config"]  # type: ignore[index]
+    import ipaddress
+
+    network = ipaddress.ip_network(subnet["subnet"])
+    addresses = [
+        ipaddress.ip_address(s["networks"]["lab"]["ipv4_address"])  # type: ignore[index]
+        for s in services.values()
+    ]
+    assert all(a in network for a in addresses) and len(set(addresses)) == len(addresses)
+
+
+def test_docker_compose_config_accepts_the_file_where_it_is_installed() -> None:
+    if shutil.which("docker") is None:
+        pytest.skip("no docker command")
+    version = subprocess.run(
+        ["docker", "compose", "version"], capture_output=True, text=True, timeout=60
+    )
+    if version.returncode != 0:
+        pytest.skip("no docker compose plugin (the YAML is checked above with PyYAML)")
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
