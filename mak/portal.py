@@ -34,6 +34,8 @@ from mak.store.portal import Fault, Org, PortalSql, Purchase, Subscription, User
 REDEEM_WINDOW: Final = 60.0
 #: Retry-After of a forced ``busy`` (maintenance).
 MAINTENANCE_RETRY_AFTER: Final = 60
+#: A forced redemption error fires at most this many times (the store keeps a 64-bit count).
+MAX_FAULT_TIMES: Final = 2**31 - 1
 TOKEN_PREFIX: Final = "kpt_"
 
 
@@ -219,8 +221,10 @@ class PortalService:
             raise ServiceError(
                 "invalid_field", f"'code' is one of {', '.join(REDEMPTION_ERRORS)}", field="code"
             )
-        if times is not None and times < 1:
-            raise ServiceError("invalid_field", "'times' is 1 or more", field="times")
+        if times is not None and not 1 <= times <= MAX_FAULT_TIMES:
+            raise ServiceError(
+                "invalid_field", f"'times' is 1 to {MAX_FAULT_TIMES:,}", field="times"
+            )
         fault = Fault(str(code), times)
         self.store.set_fault(fault)
         return fault

@@ -233,6 +233,9 @@ def create_lab_app(
         ]
     own = [r.path for r in routes if isinstance(r, Route)]
     app = Starlette(routes=[*routes, Mount("", app=mak_app)])
+    # what no route matches (the Mount's pattern stops at a newline: /v1/orgs/a%0Ab/users)
+    # is the MAK app's to answer, in its JSON, not the bare router's text/plain 404
+    app.router.default = mak_app
     app.router.redirect_slashes = False
     return _Observed(app, metrics, _route_names(own, mak_app), on_change=view.bump)
 

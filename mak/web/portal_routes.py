@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from kmsemu.errors import REDEMPTION_ERRORS, ServiceError
-from mak.portal import Caller
+from mak.portal import MAX_FAULT_TIMES, Caller
 from mak.portal_rules import BILLING, ROLES, Offer
 from mak.store.portal import Fault, Org, Subscription, User
 from mak.store.sql import iso, parse_iso
@@ -532,7 +532,7 @@ PORTAL_ENDPOINTS: Final = (
         request=obj(
             ["code"],
             code={"enum": list(REDEMPTION_ERRORS)},
-            times={"type": "integer", "minimum": 1},
+            times={"type": "integer", "minimum": 1, "maximum": MAX_FAULT_TIMES},
         ),
         response=FAULT,
     ),

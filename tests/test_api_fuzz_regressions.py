@@ -1,0 +1,145 @@
+"""Failures the API fuzzing of issue 17 found (tests/test_api_fuzz.py), one minimal test
+each, kept once fixed: a path with a newline through the lab app (now the MAK app's JSON
+404), a portal fault ``times`` beyond 64 bits (now 422 ``invalid_field``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmsemu.catalog import default_catalog
+from kmsemu.clock import FakeClock
+from kmsemu.lab.metrics import LabGauges, LabMetrics
+from kmsemu.lab.web import create_lab_app
+from kmsemu.run.mak import MakConfig, OpenMak, open_mak
+
+TOKEN = "regression-token"
+
+
+class _View:
+    stopping = False
+
+    def version(self) -> int:
+        return 0
+
+    def bump(self) -> None:
+        pass
+
+    def state(self, read_only: bool) -> dict[str, Any]:
+        return {"read_only": read_only}
+
+    def travel(self, seconds: float | None) -> None:
+        pass
+
+    def readiness(self) -> dict[str, bool]:
+        return {"kms": True}
+
+    def problems(self) -> dict[str, str]:
+        return {"kms": ""}
+
+
+@pytest.fixture
+def mak(tmp_path: Path) -> Iterator[OpenMak]:
+    opened = open_mak(
+        MakConfig(
+            tmp_path,
+            "regression-secret",
+            FakeClock(),
+            default_catalog(),
+            db=str(tmp_path / "lab.sqlite3"),
+            admin_token=TOKEN,
+        )
+    )
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def _lab(mak: OpenMak) -> Any:
+    gauges = LabGauges(
+        counts={}, connections=0, mak_keys=[], clock_offset=0.0, dns_queries={}, host_faults={}
+    )
+    metrics = LabMetrics({}, lambda: gauges)
+    return create_lab_app(_View(), mak.app, metrics, admin_token=TOKEN, open_reads=True)
+
+
+def _call(app: Any, method: str, raw_path: bytes, body: bytes = b"") -> tuple[int, str, bytes]:
+    """One request through an ASGI app: status, content type, body."""
+    from urllib.parse import unquote_to_bytes
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "method": method,
+        "path": unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape"),
+        "raw_path": raw_path,
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8688),
+        "client": ("127.0.0.1", 5555),
+        "headers": [
+            (b"authorization", f"Bearer {TOKEN}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
+    sent: list[dict[str, Any]] = []
+    asked = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    headers = dict(sent[0]["headers"])
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return sent[0]["status"], headers.get(b"content-type", b"").decode(), body
+
+
+#: Found by test_lab_app[PUT /v1/portal/offers/{offer}] (and the users and licences
+#: routes, and the stateful run): a path parameter holding a newline (``%0A``), not at
+#: the end of the path, sent to the lab app. Starlette's ``Mount("")`` matches with
+#: ``^/(?P<path>.*)$``, whose ``.`` takes no newline (one at the very end passes, ``$``
+#: matching before it), so no route matches and the lab's router answers its default
+#: 404, text/plain "Not Found", which the schema does not document.
+NEWLINE_PATH = b"/v1/portal/orgs/a%0Ab/users"
+
+
+def test_the_mak_app_alone_answers_a_path_with_a_newline_in_json(mak: OpenMak) -> None:
+    status, content_type, body = _call(mak.app, "GET", NEWLINE_PATH)
+    assert content_type == "application/json", (status, body)
+    assert json.loads(body)["error"]["code"] == "unknown_org"
+
+
+def test_lab_app_answers_a_path_with_a_newline_in_json(mak: OpenMak) -> None:
+    """The lab must answer as the MAK app does (docs/errors.md: every refusal is
+    ``{"error": ...}`` in JSON, a documented status): not Starlette's text/plain."""
+    status, content_type, body = _call(_lab(mak), "GET", NEWLINE_PATH)
+    assert content_type == "application/json", (status, body)
+    assert status == 404 and "code" in json.loads(body)["error"]
+
+
+def test_a_fault_times_beyond_64_bits_is_an_invalid_field(mak: OpenMak) -> None:
+    """Found by test_mak_service[PUT /v1/portal/fault][admin] in the long run: the
+    schema says ``times`` is an integer, so 2**64 is valid input, and the answer was a
+    500. The other integer fields refuse it (``int_field``: 0 to 2^31-1; the portal's
+    ``max_licences`` and ``licences``: 1 to 1000000)."""
+    body = json.dumps({"code": "busy", "times": 2**64}).encode()
+    status, _, answer = _call(mak.app, "PUT", b"/v1/portal/fault", body)
+    assert status == 422, (status, answer)
+    assert json.loads(answer)["error"]["code"] == "invalid_field"
