@@ -156,6 +156,15 @@ def start_host_process(
     return RunningHost((host_text, int(port)), state_dir, process=proc, stderr_lines=lines)
 
 
+def mint_mak_key(product: str = "windows-11-pro") -> str:
+    """A lab MAK of a catalog product (the same one for every call: each test has a store
+    of its own)."""
+    from kmsemu.catalog import default_catalog
+    from kmsemu.keys.product_key import KeyType, mint
+
+    return str(mint(KeyType.MAK, default_catalog().find(product).number, 1))
+
+
 @dataclass
 class RunningMak:
     """``kmsemu mak serve`` as a real process."""
@@ -163,6 +172,12 @@ class RunningMak:
     url: str
     process: subprocess.Popen[str]
     stderr_lines: list[str]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` of ``url``."""
+        host, _, port = self.url.removeprefix("http://").rpartition(":")
+        return host, int(port)
 
     def stop(self, timeout: float = 10.0) -> int:
         if self.process.poll() is None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import kmsemu_command, start_until_ready
+from tests.conftest import mint_mak_key, start_mak_process
 from tests.httpraw import request
 
 TOKEN = "disk-test-token"
@@ -64,33 +64,11 @@ def machine() -> str:
     return os.urandom(10).hex()
 
 
-def mint_mak() -> str:
-    import json
-
-    minted = subprocess.run(
-        kmsemu_command("keys", "mint", "--type", "mak", "--product", "windows-11-pro", "--json"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    key: str = json.loads(minted.stdout)["key"]
-    return key
-
-
 def test_a_full_disk_under_the_mak_service(small_disk: Path, tmp_path: Path) -> None:
     db = small_disk / "mak.sqlite3"
-    proc, rest, lines = start_until_ready(
-        kmsemu_command(
-            "mak", "serve", "--listen", "127.0.0.1", "--port", "0", "--db", f"sqlite:///{db}",
-            "--admin-token", TOKEN, "--quiet",
-        ),
-        "ready mak",
-        {"KMSEMU_HOME": str(tmp_path / "home")},
-    )  # fmt: skip
-    host, _, port = rest.split()[0].removeprefix("http://").rpartition(":")
-    address = (host, int(port))
-    key = mint_mak()
+    mak = start_mak_process(tmp_path / "home", "--db", f"sqlite:///{db}", "--admin-token", TOKEN)
+    proc, lines, address = mak.process, mak.stderr_lines, mak.address
+    key = mint_mak_key()
     counted: list[str] = []
     try:
         added = request(address, "POST", "/v1/keys", {"key": key, "limit": KEY_LIMIT}, token=TOKEN)
@@ -151,17 +129,9 @@ def test_the_sqlite_file_locked_by_another_process(
 
     monkeypatch.setattr(tests.httpraw, "TIMEOUT", 30.0)  # longer than the busy timeout
     db = tmp_path / "mak.sqlite3"
-    proc, rest, lines = start_until_ready(
-        kmsemu_command(
-            "mak", "serve", "--listen", "127.0.0.1", "--port", "0", "--db", f"sqlite:///{db}",
-            "--admin-token", TOKEN, "--quiet",
-        ),
-        "ready mak",
-        {"KMSEMU_HOME": str(tmp_path / "home")},
-    )  # fmt: skip
-    host, _, port = rest.split()[0].removeprefix("http://").rpartition(":")
-    address = (host, int(port))
-    key = mint_mak()
+    mak = start_mak_process(tmp_path / "home", "--db", f"sqlite:///{db}", "--admin-token", TOKEN)
+    proc, lines, address = mak.process, mak.stderr_lines, mak.address
+    key = mint_mak_key()
     statuses: list[int] = []
 
     def activate() -> None:

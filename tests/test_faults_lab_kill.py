@@ -28,7 +28,7 @@ from typing import Any
 
 from kmsemu.client.exchange import request_activation
 from kmsemu.errors import ActivationError
-from tests.conftest import kmsemu_command
+from tests.conftest import kmsemu_command, mint_mak_key
 from tests.httpraw import request
 from tests.test_end_to_end import KEY, make_request
 from tests.test_lab import TOKEN, Lab
@@ -41,14 +41,7 @@ KMS_MACHINES = 30
 def test_sigkill_of_the_lab_under_mixed_load(tmp_path: Path) -> None:
     home = tmp_path / "home"
     lab = Lab(home, "--admin-token", TOKEN, "--quiet")
-    minted = subprocess.run(
-        kmsemu_command("keys", "mint", "--type", "mak", "--product", "windows-11-pro", "--json"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    key = json.loads(minted.stdout)["key"]
+    key = mint_mak_key()
     added = request(lab.http, "POST", "/v1/keys", {"key": key, "limit": 10_000}, token=TOKEN)
     assert added.status in (200, 201), added
     kms_answered: set[str] = set()

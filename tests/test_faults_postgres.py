@@ -11,16 +11,14 @@ counted: none counted twice, none lost.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import kmsemu_command, start_until_ready
+from tests.conftest import mint_mak_key, start_mak_process
 from tests.conftest_postgres import PgServer
 from tests.httpraw import request
 
@@ -30,24 +28,11 @@ AFTER_RESTART = 20  # activations that must succeed after the restart
 
 
 def test_postgres_restarted_under_mak_load(restartable_postgres: PgServer, tmp_path: Path) -> None:
-    proc, rest, lines = start_until_ready(
-        kmsemu_command(
-            "mak", "serve", "--listen", "127.0.0.1", "--port", "0",
-            "--db", restartable_postgres.url, "--admin-token", TOKEN, "--quiet",
-        ),
-        "ready mak",
-        {"KMSEMU_HOME": str(tmp_path / "home")},
-    )  # fmt: skip
-    host, _, port = rest.split()[0].removeprefix("http://").rpartition(":")
-    address = (host, int(port))
-    minted = subprocess.run(
-        kmsemu_command("keys", "mint", "--type", "mak", "--product", "windows-11-pro", "--json"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
+    mak = start_mak_process(
+        tmp_path / "home", "--db", restartable_postgres.url, "--admin-token", TOKEN
     )
-    key = json.loads(minted.stdout)["key"]
+    proc, lines, address = mak.process, mak.stderr_lines, mak.address
+    key = mint_mak_key()
     answered: list[dict[str, Any]] = []
     statuses: list[int] = []
     stop = threading.Event()
