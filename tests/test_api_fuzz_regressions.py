@@ -17,30 +17,9 @@ from kmsemu.clock import FakeClock
 from kmsemu.lab.metrics import LabGauges, LabMetrics
 from kmsemu.lab.web import create_lab_app
 from kmsemu.run.mak import MakConfig, OpenMak, open_mak
+from tests.test_lab_web import FakeView
 
 TOKEN = "regression-token"
-
-
-class _View:
-    stopping = False
-
-    def version(self) -> int:
-        return 0
-
-    def bump(self) -> None:
-        pass
-
-    def state(self, read_only: bool) -> dict[str, Any]:
-        return {"read_only": read_only}
-
-    def travel(self, seconds: float | None) -> None:
-        pass
-
-    def readiness(self) -> dict[str, bool]:
-        return {"kms": True}
-
-    def problems(self) -> dict[str, str]:
-        return {"kms": ""}
 
 
 @pytest.fixture
@@ -66,7 +45,7 @@ def _lab(mak: OpenMak) -> Any:
         counts={}, connections=0, mak_keys=[], clock_offset=0.0, dns_queries={}, host_faults={}
     )
     metrics = LabMetrics({}, lambda: gauges)
-    return create_lab_app(_View(), mak.app, metrics, admin_token=TOKEN, open_reads=True)
+    return create_lab_app(FakeView(), mak.app, metrics, admin_token=TOKEN, open_reads=True)
 
 
 def _call(app: Any, method: str, raw_path: bytes, body: bytes = b"") -> tuple[int, str, bytes]:

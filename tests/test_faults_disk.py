@@ -59,6 +59,15 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+def stored_counts(db: Path) -> tuple[int, int]:
+    """The one key's ``used`` and its machines, from a database that checks whole."""
+    with sqlite3.connect(db) as check:
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        (used,) = check.execute("SELECT used FROM mak_keys").fetchone()
+        (machines,) = check.execute("SELECT count(*) FROM mak_machines").fetchone()
+    return used, machines
+
+
 def machine() -> str:
     """A new machine's hardware ID (random: IDs that share 7 of 10 bytes are one machine)."""
     return os.urandom(10).hex()
@@ -67,7 +76,7 @@ def machine() -> str:
 def test_a_full_disk_under_the_mak_service(small_disk: Path, tmp_path: Path) -> None:
     db = small_disk / "mak.sqlite3"
     mak = start_mak_process(tmp_path / "home", "--db", f"sqlite:///{db}", "--admin-token", TOKEN)
-    proc, lines, address = mak.process, mak.stderr_lines, mak.address
+    lines, address = mak.stderr_lines, mak.address
     key = mint_mak_key()
     counted: list[str] = []
     try:
@@ -106,12 +115,8 @@ def test_a_full_disk_under_the_mak_service(small_disk: Path, tmp_path: Path) -> 
         }
         assert not any("Traceback" in line for line in lines)
     finally:
-        proc.terminate()
-        assert proc.wait(10) == 0
-    with sqlite3.connect(db) as check:
-        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        (used,) = check.execute("SELECT used FROM mak_keys").fetchone()
-        machines = check.execute("SELECT count(*) FROM mak_machines").fetchone()[0]
+        assert mak.stop() == 0
+    used, machines = stored_counts(db)
     assert used == machines == len(counted)  # every answered activation counted, once
 
 
@@ -130,7 +135,7 @@ def test_the_sqlite_file_locked_by_another_process(
     monkeypatch.setattr(tests.httpraw, "TIMEOUT", 30.0)  # longer than the busy timeout
     db = tmp_path / "mak.sqlite3"
     mak = start_mak_process(tmp_path / "home", "--db", f"sqlite:///{db}", "--admin-token", TOKEN)
-    proc, lines, address = mak.process, mak.stderr_lines, mak.address
+    lines, address = mak.stderr_lines, mak.address
     key = mint_mak_key()
     statuses: list[int] = []
 
@@ -165,12 +170,9 @@ def test_the_sqlite_file_locked_by_another_process(
         assert request(address, "GET", "/readyz").status == 200
         assert not any("Traceback" in line for line in lines)
     finally:
-        proc.terminate()
-        assert proc.wait(10) == 0
-    with sqlite3.connect(db) as check:
-        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        (used,) = check.execute("SELECT used FROM mak_keys").fetchone()
-    assert used == statuses.count(200)
+        assert mak.stop() == 0
+    used, machines = stored_counts(db)
+    assert used == machines == statuses.count(200)
 
 
 def test_a_full_disk_under_the_lab_s_kms_host(small_disk: Path) -> None:

@@ -412,19 +412,12 @@ def _rearm(m: Machine, value: str | None) -> Outcome:
     installs = wording.office_installs(m)
     if not installs:
         return _refused(_no_office_key())
-    before = m.cmid_of(OFFICE)
     lines: list[str] = []
     failure: KmsemuError | None = None
-    for install in installs:
-        m.select_install(install)
-        result = m.rearm()
+    for _, result in m.rearm_application(OFFICE):
         if result.hresult:
             lines += wording.error_lines(result.hresult, result.detail)
             failure = failure or _activation_error(result.hresult, result.detail, result.code)
-    if m.profile.cmids[OFFICE] != before:
-        # each install's rearm made a CMID; Office's rearm is one: the CMID before it is the
-        # previous one, the last one made is the new one
-        m.profile.previous_cmids[OFFICE] = before
     return Outcome(lines or ["<Office rearm successful>"], failure)
 
 

@@ -294,13 +294,19 @@ class Machine:
         """The MAK service this machine activates with: the profile's, else the default."""
         return self.profile.mak_url or self._mak_url
 
-    def _apply(self, install: Install, event: Event) -> tuple[int | None, bool]:
+    def _apply(
+        self, install: Install, event: Event, *, renew_cmid: bool = True
+    ) -> tuple[int | None, bool]:
         step = apply(install.licence, event)
         install.licence = step.licence
-        if step.new_cmid:  # a rearm: a new CMID for the whole application, as Windows does
-            self.profile.previous_cmids[install.application] = self.cmid_of(install.application)
-            self.profile.cmids[install.application] = self._new_cmid()
+        if step.new_cmid and renew_cmid:  # a rearm: the whole application's, as Windows does
+            self._renew_cmid(install.application)
         return step.error, step.new_cmid
+
+    def _renew_cmid(self, application: str) -> None:
+        """A new CMID for ``application``; the one it replaces is kept as the previous."""
+        self.profile.previous_cmids[application] = self.cmid_of(application)
+        self.profile.cmids[application] = self._new_cmid()
 
     def _selected_or_windows(self) -> Install:
         """The selected install; with none at all, the Windows licence (made now: a machine
@@ -373,6 +379,20 @@ class Machine:
         self._apply(install, TimePassed(self.now))
         error, _ = self._apply(install, Rearmed(self.now))
         return Result(error or 0)
+
+    def rearm_application(self, application: str) -> list[tuple[Install, Result]]:
+        """ospp /rearm: every install of ``application`` that holds a key rearmed at once,
+        with one new CMID for them all; each install's result, in ``installs`` order."""
+        results: list[tuple[Install, Result]] = []
+        renewed = False
+        for install in self.installs(application):
+            self._apply(install, TimePassed(self.now))
+            error, new_cmid = self._apply(install, Rearmed(self.now), renew_cmid=False)
+            renewed = renewed or new_cmid
+            results.append((install, Result(error or 0)))
+        if renewed:
+            self._renew_cmid(application)
+        return results
 
     def current(self) -> Licence:
         """The selected licence as the profile's clock shows it now (a view: nothing is

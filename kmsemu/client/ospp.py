@@ -22,7 +22,7 @@ from kmsemu.catalog import Product
 from kmsemu.client.licence import Licence
 from kmsemu.client.machine import MAK_TYPES, Machine
 from kmsemu.client.profile import OFFICE, Install
-from kmsemu.client.slmgr import _CHANNELS
+from kmsemu.client.slmgr import CHANNELS
 from kmsemu.errors import ConfigError, KmsemuError, describe, format_hresult
 from kmsemu.keys.product_key import KeyType, check
 from kmsemu.klp.messages import LicenseStatus
@@ -80,7 +80,7 @@ def licence_name(product: Product, key_type: KeyType | None) -> str:
 def licence_description(product: Product, key_type: KeyType | None) -> str:
     """The catalog's description with the key type's channel (``Office 24, VOLUME_MAK
     channel`` for a MAK)."""
-    channel, _ = _CHANNELS[key_type or KeyType.KMS_CLIENT]
+    channel, _ = CHANNELS[key_type or KeyType.KMS_CLIENT]
     return product.description.replace("VOLUME_KMSCLIENT", channel)
 
 

@@ -232,11 +232,13 @@ def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_guid(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
     try:
-        uuid.UUID(value) if isinstance(value, str) else None
+        uuid.UUID(value)
     except ValueError:
         return False
-    return isinstance(value, str)
+    return True
 
 
 def _check_fields(cls: type, data: dict[str, Any]) -> None:

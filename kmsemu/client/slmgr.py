@@ -12,7 +12,7 @@ from kmsemu.klp.messages import LicenseStatus
 
 _S = LicenseStatus
 #: Per key type: the channel slmgr names in Name/Description, and its "Product Key Channel".
-_CHANNELS = {
+CHANNELS = {
     KeyType.KMS_CLIENT: ("VOLUME_KMSCLIENT", "Volume:GVLK"),
     KeyType.MAK: ("VOLUME_MAK", "Volume:MAK"),
     KeyType.RETAIL: ("RETAIL", "Retail"),
@@ -67,7 +67,7 @@ def licence_lines(machine: Machine, *, verbose: bool) -> list[str]:
     if product is None or install is None or install.product_key is None:
         return ["Error: product key not found."]
     key = machine.key
-    channel, key_channel = _CHANNELS[key.type if key else KeyType.KMS_CLIENT]
+    channel, key_channel = CHANNELS[key.type if key else KeyType.KMS_CLIENT]
     kms_client = key is None or key.type is KeyType.KMS_CLIENT
     lines = [
         f"Name: {product.name}, {channel} channel",
