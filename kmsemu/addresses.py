@@ -35,7 +35,7 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
         _check_name(host, text)
     if not port_text:
         return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise AddressError(f"{text!r}: port must be 0-65535")
     return host, int(port_text)
 

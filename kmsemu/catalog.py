@@ -224,8 +224,10 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
 def _parse_text(text: str, source: str) -> Catalog:
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer past 4,300 digits
         raise ConfigError(f"catalog {source}: {exc}", code="bad_catalog") from exc
+    except RecursionError:  # tomllib nests by recursion
+        raise ConfigError(f"catalog {source}: nested too deeply", code="bad_catalog") from None
     return parse_catalog(data, source)
 
 

@@ -40,6 +40,7 @@ Exception tree::
      +-- EnvelopeError            (kmsemu.klp.envelope) -> stub status 0x80070005 / 0x8007000D
      +-- _Unusable                (kmsemu.client.exchange) -> ActivationError 0xC004F074
      +-- WouldWait                (mak.store.base) -> the call runs again in a worker thread
+     +-- _Malformed               (kmsemu.dns.update) -> the UPDATE's FORMERR
      +-- KeyError
           +-- TransitionError     (kmsemu.client.licence) an event the licence table lacks
 """

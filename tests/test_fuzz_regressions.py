@@ -1,18 +1,23 @@
 """Bugs found by fuzzing (issue 17, ``scripts/fuzz``), one minimal test each.
 
-Each test states the documented contract the fuzzer found broken; those not fixed yet
-are ``xfail(strict=True)``, so fixing one makes its test pass and the xfail mark must
-then go. The inputs are the fuzzer's, minimised by hand.
+Each test states the documented contract the fuzzer found broken (all fixed; while a bug
+waits for its fix its test is ``xfail(strict=True)``). The inputs are the fuzzer's,
+minimised by hand; the siblings at the end were found by reading the code each fix
+touched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from pathlib import Path
 
 import pytest
+from dnslib import QTYPE, DNSLabel
 
+from kmsemu.addresses import AddressError, parse_address
+from kmsemu.catalog import load_catalog
 from kmsemu.client.profile import Profile, ProfileError, ProfileStore
 from kmsemu.dns.authority import Authority
 from kmsemu.dns.zone import SrvTarget, Zone
@@ -27,6 +32,7 @@ from kmsemu.keys.activation_ids import (
 from kmsemu.lab.config import read_config
 from kmsemu.sim.scenario import parse_scenario
 
+FORMERR, REFUSED, NOTAUTH = 1, 5, 9  # RFC 1035 / RFC 2136 rcodes
 #: keys-v1.json's installation id
 IID = "0003776-3099666-4774426-8790306-4660232-5841735-9887224-5633616-5380484"
 ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
@@ -50,21 +56,20 @@ _ADD_SRV = bytes.fromhex(  # _vlmcs._tcp.lab.test 600 IN SRV 0 0 1688 kms3.lab.t
 )
 
 
-@pytest.mark.xfail(
-    strict=True, reason="found by fuzzing: an update record of class 146 raises ValueError"
-)
 def test_an_update_record_of_another_class_is_refused_not_raised() -> None:
     """kms3.lab.test 600 CLASS146 A 192.0.2.33: dnspython gives its rdata in the generic
     form (``\\# 4 c0000221``) and dnslib's ``RR.fromZone`` raises ValueError
     (invalid literal for int() with base 10: '\\\\#') out of ``Authority.answer``."""
     other_class = bytes.fromhex("046b6d7333c00c00010092000002580004c0000221")
-    reply = lab_authority().answer(_UPDATE_HEAD + _ADD_SRV + other_class, udp=True, trusted=True)
-    assert reply is not None and reply[3] & 0xF != 0  # an error rcode (FORMERR), no exception
+    authority = lab_authority()
+    zone = authority.zones[0]
+    before = sorted(str(rr) for rr in zone.records)
+    reply = authority.answer(_UPDATE_HEAD + _ADD_SRV + other_class, udp=True, trusted=True)
+    assert reply is not None and reply[:2] == b"\x4b\x92" and reply[3] & 0xF == FORMERR
+    # all or nothing (RFC 2136 3.4.1.2): the SRV record before the bad one is not added
+    assert sorted(str(rr) for rr in zone.records) == before
 
 
-@pytest.mark.xfail(
-    strict=True, reason="found by fuzzing: a non-ASCII owner name raises UnicodeError (idna)"
-)
 def test_an_update_for_a_non_ascii_name_is_refused_not_raised() -> None:
     r"""_vlm\128s._tcp.lab.test SRV: ``DNSLabel(rrset.name.to_text())`` raises UnicodeError
     ("encoding with 'idna' codec failed") out of ``Authority.answer``."""
@@ -72,12 +77,9 @@ def test_an_update_for_a_non_ascii_name_is_refused_not_raised() -> None:
     add_srv[5] = 0x80  # _vlmcs -> _vlm\x80s
     add_a = bytes.fromhex("046b6d7333c00c00010001000002580004c0000221")
     reply = lab_authority().answer(_UPDATE_HEAD + bytes(add_srv) + add_a, udp=True, trusted=True)
-    assert reply is not None
+    assert reply is not None and reply[3] & 0xF == FORMERR
 
 
-@pytest.mark.xfail(
-    strict=True, reason="found by fuzzing: a CLASS65280 TYPE0 record raises binascii.Error"
-)
 def test_an_update_record_of_type_0_is_refused_not_raised() -> None:
     """kms2.lab.test CLASS65280 TYPE0 with empty rdata (``\\# 0``): dnslib raises
     binascii.Error ("Odd-length string") out of ``Authority.answer``."""
@@ -85,14 +87,16 @@ def test_an_update_record_of_type_0_is_refused_not_raised() -> None:
         "065f766c6d6373045f746370c00c002100fe000000000014000000640698036b6d73036c6162047465737400"
     )
     type0 = bytes.fromhex("046b6d7332c00c0000ff00ff0000000000")
-    reply = lab_authority().answer(_UPDATE_HEAD + delete_srv + type0, udp=True, trusted=True)
-    assert reply is not None
+    authority = lab_authority()
+    reply = authority.answer(_UPDATE_HEAD + delete_srv + type0, udp=True, trusted=True)
+    assert reply is not None and reply[3] & 0xF == FORMERR
+    srv, _ = authority.zones[0].lookup(DNSLabel("_vlmcs._tcp.lab.test"), QTYPE.SRV)
+    assert [str(rr.rdata) for rr in srv] == ["0 100 1688 kms.lab.test."]  # not deleted
 
 
 # -- Installation and confirmation ids: digits that are not ASCII --------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="found by fuzzing: '²' in an IID raises ValueError")
 def test_a_superscript_digit_in_an_iid_is_an_id_error() -> None:
     """``str.isdigit`` takes '²', ``int('²')`` does not: ValueError("invalid literal for
     int() with base 10: '²'") from ``_ungroup`` instead of IdError."""
@@ -102,7 +106,6 @@ def test_a_superscript_digit_in_an_iid_is_an_id_error() -> None:
             parse(typed)
 
 
-@pytest.mark.xfail(strict=True, reason="found by fuzzing: '²' in a CID raises ValueError")
 def test_a_superscript_digit_in_a_cid_is_judged_not_raised() -> None:
     """``verify_confirmation_id`` judges any typed CID (a ``CidCheck``); with '²' as the
     last digit it raises ValueError from ``int(g[5])``."""
@@ -111,9 +114,6 @@ def test_a_superscript_digit_in_a_cid_is_judged_not_raised() -> None:
     assert not check.valid
 
 
-@pytest.mark.xfail(
-    strict=True, reason="found by fuzzing: an IID in Arabic-Indic digits raises UnicodeEncodeError"
-)
 def test_an_iid_in_other_digits_is_refused_or_gets_a_cid() -> None:
     """'٠١٢...' pass ``isdigit`` and ``int``: ``parse_installation_id`` accepts the IID,
     then ``confirmation_id`` raises UnicodeEncodeError (``.encode("ascii")`` of the digits)."""
@@ -130,7 +130,6 @@ def test_an_iid_in_other_digits_is_refused_or_gets_a_cid() -> None:
 DEEP_TOML = "a = " + "[" * 2000 + "]" * 2000 + "\n"
 
 
-@pytest.mark.xfail(strict=True, reason="found by fuzzing: deep TOML nesting: RecursionError")
 def test_a_deeply_nested_lab_toml_is_a_config_error(tmp_path: Path) -> None:
     """tomllib (Python 3.11) recurses once per nested array: RecursionError out of
     ``read_config``, which documents ConfigError for a file that does not parse."""
@@ -140,7 +139,6 @@ def test_a_deeply_nested_lab_toml_is_a_config_error(tmp_path: Path) -> None:
         read_config(path)
 
 
-@pytest.mark.xfail(strict=True, reason="found by fuzzing: deep TOML nesting: RecursionError")
 def test_a_deeply_nested_scenario_is_a_config_error() -> None:
     """The same through ``parse_scenario`` (and ``load_scenario``)."""
     with pytest.raises(ConfigError):
@@ -155,7 +153,6 @@ def _store_with(tmp_path: Path, text: str) -> ProfileStore:
     return ProfileStore(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="found by fuzzing: deep JSON nesting: RecursionError")
 def test_a_deeply_nested_profile_is_a_profile_error(tmp_path: Path) -> None:
     """``json.loads`` raises RecursionError for 100 000 nested arrays; ``load`` lets it
     out instead of "profile ... is damaged"."""
@@ -164,7 +161,6 @@ def test_a_deeply_nested_profile_is_a_profile_error(tmp_path: Path) -> None:
         store.load("pc")
 
 
-@pytest.mark.xfail(strict=True, reason="found by fuzzing: a huge clock_offset: OverflowError")
 def test_a_huge_integer_clock_offset_is_a_profile_error(tmp_path: Path) -> None:
     """``clock_offset`` 10**400 (JSON allows it; the float kind takes an int): the
     ``math.isfinite`` check raises OverflowError (int too large to convert to float)."""
@@ -178,7 +174,6 @@ def test_a_huge_integer_clock_offset_is_a_profile_error(tmp_path: Path) -> None:
 # -- HTTP: the same digits through the MAK service --------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="found by fuzzing: '²' in an IID is a 500 internal error")
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -199,7 +194,6 @@ def test_a_superscript_digit_in_an_iid_is_a_4xx_over_http(
     assert status < 500
 
 
-@pytest.mark.xfail(strict=True, reason="found by fuzzing: a 400-digit integer: OverflowError")
 def test_a_huge_integer_in_a_scenario_is_a_config_error() -> None:
     """TOML integers have no size limit in tomllib; ``_Reader.value`` range-checks through
     ``float(value)``: OverflowError (int too large to convert to float), not ConfigError."""
@@ -208,7 +202,15 @@ def test_a_huge_integer_in_a_scenario_is_a_config_error() -> None:
         parse_scenario(text, "huge.toml")
 
 
-@pytest.mark.xfail(strict=True, reason="found by fuzzing: a 64-byte label raises DNSLabelError")
+def test_a_query_for_a_name_past_255_bytes_is_formerr() -> None:
+    """Found by the suite's short fuzz run once the 64-byte label was fixed: five labels of
+    60 bytes (306 bytes of name) parse, and packing the echoed question raised
+    ``DNSLabelError: Domain label too long``."""
+    name = b"".join(b"\x3c" + b"a" * 60 for _ in range(5)) + b"\x03lab\x04test\x00"
+    query = bytes.fromhex("704001000001000000000000") + name + b"\x00\x01\x00\x01"
+    assert lab_authority().answer(query, udp=True) == bytes.fromhex("704081010000000000000000")
+
+
 @pytest.mark.parametrize("udp", [True, False])
 def test_a_query_with_a_64_byte_label_gets_an_answer_not_an_exception(udp: bool) -> None:
     """Any peer, no trust needed: a plain QUERY whose name has a 64-byte label. dnslib's
@@ -219,10 +221,10 @@ def test_a_query_with_a_64_byte_label_gets_an_answer_not_an_exception(udp: bool)
         bytes.fromhex("704001000001000000000000") + b"\x40" + b"9" * 64 + b"\x00\x00\x01\x00\x01"
     )
     reply = lab_authority().answer(query, udp=udp)
-    assert reply is None or reply[:2] == query[:2]
+    # FORMERR, header alone (the question cannot be echoed): id 0x7040, QR, rcode 1
+    assert reply == bytes.fromhex("704081010000000000000000")
 
 
-@pytest.mark.xfail(strict=True, reason="found by fuzzing: a non-ASCII zone name: UnicodeError")
 @pytest.mark.parametrize("trusted", [False, True])
 def test_an_update_for_a_non_ascii_zone_is_refused_not_raised(trusted: bool) -> None:
     """Any peer, trusted or not: an UPDATE whose zone section names ``\\128.test``.
@@ -233,4 +235,71 @@ def test_an_update_for_a_non_ascii_zone_is_refused_not_raised(trusted: bool) -> 
         bytes.fromhex("cbc328000001000000000000") + b"\x01\x80\x04test\x00" + b"\x00\x06\x00\x01"
     )
     reply = lab_authority().answer(update, udp=True, trusted=trusted)
-    assert reply is not None and reply[3] & 0xF != 0  # REFUSED or NOTAUTH
+    assert reply is not None and reply[3] & 0xF == (NOTAUTH if trusted else REFUSED)
+
+
+# -- siblings, found by reading the code the fixes touched ------------------------------------
+
+
+def test_a_superscript_digit_in_a_port_is_an_address_error() -> None:
+    """``parse_address`` checked the port with ``isdigit``: "kms:1²" raised ValueError."""
+    with pytest.raises(AddressError):
+        parse_address("kms.lab.test:1²", 1688)
+
+
+def test_a_superscript_content_length_is_refused_not_a_500() -> None:
+    """Starlette decodes headers as Latin-1, so a Content-Length of '²' (0xB2) reached
+    ``int`` through ``isdigit``: a 500 instead of 413 body_too_large."""
+    pytest.importorskip("atheris", reason="the app is built by fuzz.targets")
+    from fuzz.targets import _http_setup
+
+    app = _http_setup()["app"]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/phone", "raw_path": b"/v1/phone", "query_string": b"",
+        "root_path": "", "headers": [(b"content-length", b"\xb2"),
+                                     (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413
+
+
+@pytest.mark.parametrize(
+    "text",
+    [f"a = {'9' * 5000}\n", "a = " + "{ b = " * 2000 + "1" + " }" * 2000 + "\n"],
+    ids=["5000-digit integer", "2000 nested tables"],
+)
+def test_every_toml_reader_turns_any_failure_into_a_config_error(tmp_path: Path, text: str) -> None:
+    """tomllib raises ValueError (not TOMLDecodeError) for an integer past Python's 4,300
+    digits and RecursionError for deep nesting: the lab, scenario and catalog readers all
+    answer ConfigError with their own code."""
+    path = tmp_path / "lab.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as lab:
+        read_config(path)
+    with pytest.raises(ConfigError) as scenario:
+        parse_scenario(text, "x.toml")
+    with pytest.raises(ConfigError) as catalog:
+        load_catalog(path)
+    assert (lab.value.code, scenario.value.code, catalog.value.code) == (
+        "config_invalid", "scenario_invalid", "bad_catalog"
+    )  # fmt: skip
+
+
+def test_a_nan_in_a_scenario_is_a_config_error() -> None:
+    """TOML has ``nan``; it passed every range check (each comparison is false)."""
+    text = (
+        '[scenario]\nname = "x"\ndays = 40\n[[hosts]]\nname = "kms1"\n'
+        '[[clients]]\nname = "pc"\ncount = 5\nproduct = "windows-11-pro"\nvm_share = nan\n'
+    )
+    with pytest.raises(ConfigError, match="finite"):
+        parse_scenario(text, "nan.toml")

@@ -469,7 +469,7 @@ def _domain(text: str, hint: str) -> str:
 
 def _slot(text: str) -> int:
     text = text.strip().lower()
-    if text.isdigit() and 1 <= int(text) <= len(COMPONENT_NAMES):
+    if text.isascii() and text.isdigit() and 1 <= int(text) <= len(COMPONENT_NAMES):
         return int(text) - 1
     if text in COMPONENT_NAMES:
         return COMPONENT_NAMES.index(text)

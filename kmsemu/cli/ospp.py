@@ -105,7 +105,7 @@ def _checked(name: str, value: str) -> str:
             parse_address(value, KMS_PORT)
         except AddressError as exc:
             raise OsppUsage(f"/sethst:{value}: {exc}") from None
-    if name == "setprt" and not (value.isdigit() and 1 <= int(value) <= 65535):
+    if name == "setprt" and not (value.isascii() and value.isdigit() and 1 <= int(value) <= 65535):
         raise OsppUsage(f"/setprt:{value}: the port is a number from 1 to 65535")
     return value
 

@@ -662,7 +662,7 @@ class Machine:
             "stored": stored,
         }
         digits = _SEPARATORS.sub("", typed)
-        if not digits.isdigit() or len(digits) != CID_GROUPS * 6:
+        if not (digits.isascii() and digits.isdigit()) or len(digits) != CID_GROUPS * 6:
             verdict = CidCheck(False, (), ())
             detail = "a confirmation ID is 48 digits: eight groups of six"
         else:

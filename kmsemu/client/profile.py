@@ -201,9 +201,17 @@ class Profile:
             for application, cmid in data.get(name, {}).items():
                 if application not in (WINDOWS, OFFICE) or not _is_guid(cmid):
                     raise ProfileError(f"{name}[{application!r}] is {cmid!r}")
-        if not math.isfinite(data.get("clock_offset", 0.0)):
-            raise ProfileError(f"clock_offset is {data['clock_offset']!r}")
+        if not _finite(data.get("clock_offset", 0.0)):
+            raise ProfileError(f"clock_offset is {data['clock_offset']!r:.40}")
         return cls(**data)
+
+
+def _finite(number: float) -> bool:
+    """A finite float, or an int one fits in (JSON's integers have no size limit)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 #: A version-1 profile's fields that became its one install's (or its application's CMID).
@@ -296,6 +304,8 @@ class ProfileStore:
             raise ProfileError(f"profile {path} is damaged: {exc.detail}") from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ProfileError(f"profile {path} is damaged: {exc}") from exc
+        except RecursionError:  # json nests by recursion: 100,000 arrays deep is not a profile
+            raise ProfileError(f"profile {path} is damaged: nested too deeply") from None
         profile.name = name  # a copied file is a cloned machine under another name
         return profile
 

@@ -40,6 +40,11 @@ from kmsemu.dns.zone import Zone
 
 UDP_LIMIT: Final = 512
 EDNS_CAP: Final = 1232
+#: The longest label and name (wire bytes) there are (RFC 1035 section 2.3.4): dnslib
+#: reads longer ones, but a query naming one is FORMERR, since its question cannot be
+#: echoed.
+MAX_LABEL: Final = 63
+MAX_NAME: Final = 255
 #: HINFO "RFC8482" "": the whole answer to ANY (RFC 8482 section 4.2).
 _HINFO_RFC8482: Final = RD(b"\x07RFC8482\x00")
 _CLASS_ANY: Final = 255
@@ -111,7 +116,11 @@ class Authority:
             return None  # unparseable: silence (no reflection of garbage)
         if request.header.qr:
             return None  # a response, not a query
-        if request.header.opcode != OPCODE.QUERY or len(request.questions) != 1:
+        if (
+            request.header.opcode != OPCODE.QUERY
+            or len(request.questions) != 1
+            or not _encodable(request.q.qname)
+        ):
             # dnslib's reply() would invent a question; answer with the header alone
             rcode = RCODE.NOTIMP if request.header.opcode != OPCODE.QUERY else RCODE.FORMERR
             bare = DNSRecord(
@@ -169,6 +178,13 @@ class Authority:
             truncated.add_ar(EDNS0(udp_len=EDNS_CAP))
         result: bytes = truncated.pack()
         return result
+
+
+def _encodable(name: DNSLabel) -> bool:
+    labels = name.label
+    return all(len(label) <= MAX_LABEL for label in labels) and (
+        sum(map(len, labels)) + len(labels) + 1 <= MAX_NAME
+    )
 
 
 def negative_soa(soa: RR) -> RR:

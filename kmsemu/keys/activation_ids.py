@@ -55,6 +55,11 @@ def same_machine(a: bytes, b: bytes) -> bool:
 # -- digit groups with mod-7 check digits -------------------------------------------------
 
 
+def _ascii_digits(text: str) -> bool:
+    """Only 0-9: ``str.isdigit`` also takes '²' and '٣', which ``int`` refuses or reads."""
+    return text.isascii() and text.isdigit()
+
+
 def _check_digit(digits: str) -> int:
     return sum(int(d) * (2 if i % 2 else 1) for i, d in enumerate(digits)) % 7
 
@@ -71,7 +76,7 @@ def _ungroup(text: str, groups: int, group: int, what: str) -> tuple[str, int]:
     """Check digits verified, the data digits joined, and the digits with checks."""
     digits = _SEPARATORS.sub("", text)
     size = group + 1
-    if not digits.isdigit() or len(digits) != groups * size:
+    if not _ascii_digits(digits) or len(digits) != groups * size:
         raise IdError(f"{what} has {groups * size} digits in {groups} groups of {size}")
     parts = [digits[i : i + size] for i in range(0, len(digits), size)]
     failed = tuple(n for n, p in enumerate(parts, 1) if _check_digit(p[:group]) != int(p[group]))
@@ -153,7 +158,7 @@ def verify_confirmation_id(iid: str, cid: str, secret: str) -> CidCheck:
     """Compare a typed CID with the one recomputed from the client's own IID."""
     expected = confirmation_id(iid, secret).split("-")
     digits = _SEPARATORS.sub("", cid)
-    if not digits.isdigit() or len(digits) != 48:
+    if not _ascii_digits(digits) or len(digits) != 48:
         return CidCheck(False, tuple(range(1, 9)), tuple(range(1, 9)))
     typed = [digits[i : i + 6] for i in range(0, 48, 6)]
     failed = tuple(n for n, g in enumerate(typed, 1) if _check_digit(g[:5]) != int(g[5]))

@@ -56,8 +56,10 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"cannot read {path}: {exc.strerror or exc}", code="config_invalid"
         ) from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # TOMLDecodeError, UnicodeDecodeError, an integer past 4,300 digits
         raise ConfigError(f"{path}: {exc}", code="config_invalid") from exc
+    except RecursionError:  # tomllib nests by recursion
+        raise ConfigError(f"{path}: nested too deeply", code="config_invalid") from None
     return check_config(data, str(path))
 
 

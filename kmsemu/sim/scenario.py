@@ -25,6 +25,7 @@ covers ``from_day`` up to, not including, ``to_day``.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -188,8 +189,10 @@ def parse_scenario(text: str, source: str, catalog: Catalog | None = None) -> Sc
     """A scenario from TOML text, checked as a whole; ConfigError names ``source``."""
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer past 4,300 digits
         raise ConfigError(f"{source}: {exc}", code="scenario_invalid") from exc
+    except RecursionError:  # tomllib nests by recursion
+        raise ConfigError(f"{source}: nested too deeply", code="scenario_invalid") from None
     reader = _Reader(source, catalog or default_catalog())
     return reader.scenario(data)
 
@@ -229,7 +232,9 @@ class _Reader:
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             names = " or ".join(k.__name__ for k in kinds)
             raise self.fail(f"{where}.{key}", f"must be {names}, not {value!r}")
-        number = float(value) if isinstance(value, int | float) else None
+        number = value if isinstance(value, int | float) else None  # int: exact, any size
+        if isinstance(number, float) and not math.isfinite(number):
+            raise self.fail(f"{where}.{key}", f"must be a finite number, not {value!r}")
         if number is not None and (
             (low is not None and number < low) or (high is not None and number > high)
         ):

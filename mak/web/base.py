@@ -176,7 +176,9 @@ class Api:
     async def body(request: Request, limit: int = SMALL_BODY) -> dict[str, Any]:
         """The request's body: one JSON object (UTF-8) of at most ``limit`` bytes."""
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        if declared is not None and (
+            not (declared.isascii() and declared.isdigit()) or int(declared) > limit
+        ):
             raise ServiceError("body_too_large", f"at most {limit} bytes")
         chunks, size = [], 0
         try:
