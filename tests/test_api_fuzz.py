@@ -19,10 +19,11 @@ rows. Then, for every operation of the schema, with the admin token and without 
   ``POST /v1/portal/orgs`` -> ``/v1/portal/orgs/{org}/...``), and the machine runs on
   those, with the token and without (where the same table rule holds per step).
 
-The lab's own routes (``/lab/api/clock``, ``/api/host/faults``...) are not in its
-``/openapi.json`` (it describes the MAK service and portal only, docs/lab.md), so
-``LAB_OWN_DOC`` describes them here from docs/lab.md and they are fuzzed the same way; the
-lab's state is then the SQLite file, the host's faults file and the lab clock.
+The lab's ``/openapi.json`` is the MAK service's document with the lab's own routes added
+(``/lab/api/clock``, ``/api/host/faults``..., tagged ``lab``): those are fuzzed apart
+(``LAB_OWN_SCHEMA``, every example; the endless ``/lab/events`` stream left out), the MAK
+part through the lab (``LAB_SCHEMA``) with a third; the lab's state is then the SQLite
+file, the host's faults file and the lab clock.
 
 Bounded: ``KMSEMU_API_FUZZ_EXAMPLES`` examples per operation and token mode (default
 10; a third of them for the lab's passthrough) and scenarios per stateful run; from 100
@@ -52,6 +53,7 @@ schemathesis = pytest.importorskip(
 )
 
 from hypothesis import HealthCheck, settings  # noqa: E402
+from openapi_spec_validator import validate  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.python import asgi  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
@@ -288,7 +290,9 @@ def _loaded(build: Callable[[OpenMak, Path], Any]) -> Any:
 
 
 MAK_SCHEMA = _loaded(lambda opened, _: opened.app)
-LAB_SCHEMA = _loaded(lambda opened, where: _lab_app(opened, where / "lab.sqlite3")[0])
+LAB_SERVED = _loaded(lambda opened, where: _lab_app(opened, where / "lab.sqlite3")[0])
+#: The MAK service's and portal's operations, through the lab's router and middleware.
+LAB_SCHEMA = LAB_SERVED.exclude(tag="lab")
 #: The bounded run skips schemathesis' coverage phase (its deterministic edge cases, a
 #: few dozen per operation); the long run (``LONG``) has it. The lab's /openapi.json is
 #: the MAK app's, through the lab's router and middleware: in the bounded run it gets a
@@ -299,100 +303,8 @@ if not LONG:
     LAB_SCHEMA.config.phases.coverage.enabled = False
 LAB_FUZZ: Final = settings(FUZZ, max_examples=EXAMPLES if LONG else max(3, EXAMPLES // 3))
 
-#: The lab's own routes, which its /openapi.json leaves out, as docs/lab.md describes them.
-_ERR = {"$ref": "#/components/schemas/Error"}
-_ERRORS = {
-    str(s): {"description": "error", "content": {"application/json": {"schema": _ERR}}}
-    for s in (400, 401, 403, 404, 405, 413, 422)
-}
-_FAULTS_DOC = {
-    "type": "object",
-    "required": ["faults", "fired", "file"],
-    "properties": {
-        "faults": {"type": "array", "items": {"type": "object"}},
-        "fired": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "file": {"type": "string"},
-    },
-}
-
-
-def _op(status: int, schema: dict[str, Any], body: dict[str, Any] | None = None) -> dict[str, Any]:
-    op: dict[str, Any] = {
-        "responses": {
-            str(status): {
-                "description": "success",
-                "content": {"application/json": {"schema": schema}},
-            },
-            **_ERRORS,
-        },
-        "security": [{"admin": []}],
-    }
-    if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    return op
-
-
-LAB_OWN_DOC: Final = {
-    "openapi": "3.1.0",
-    "info": {"title": "kmsemu lab (docs/lab.md), described by the test", "version": "1"},
-    "paths": {
-        "/lab/api/state": {"get": _op(200, {"type": "object"})},
-        "/lab/api/clock": {
-            "post": _op(
-                200,
-                {"type": "object"},
-                {
-                    "type": "object",
-                    "properties": {"advance": {"type": "string"}, "reset": {"type": "boolean"}},
-                },
-            )
-        },
-        "/api/host/faults": {
-            "get": _op(200, _FAULTS_DOC),
-            "post": _op(
-                201,
-                _FAULTS_DOC,
-                {
-                    "type": "object",
-                    "required": ["kind"],
-                    "properties": {
-                        "kind": {
-                            "anyOf": [
-                                {"enum": ["0xC004F042", "refuse", "stall", "reset", "garbage"]},
-                                {"type": "string"},
-                            ]
-                        },
-                        "times": {"type": "integer"},
-                        "product": {"type": "string"},
-                        "client": {"type": "string"},
-                        "for": {"type": "string"},
-                        "duration_seconds": {"type": "number"},
-                        "delay": {"anyOf": [{"type": "string"}, {"type": "number"}]},
-                    },
-                },
-            ),
-            "delete": _op(200, _FAULTS_DOC),
-        },
-        "/api/host/faults/{fault_id}": {
-            "delete": {
-                **_op(200, _FAULTS_DOC),
-                "parameters": [
-                    {
-                        "name": "fault_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "integer", "minimum": 0},
-                    }
-                ],
-            }
-        },
-    },
-    "components": {
-        "schemas": {"Error": MAK_SCHEMA.raw_schema["components"]["schemas"]["Error"]},
-        "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
-    },
-}
-LAB_OWN_SCHEMA = schemathesis.openapi.from_dict(LAB_OWN_DOC)
+#: The lab's own routes (tag ``lab``), every example; its event stream never ends.
+LAB_OWN_SCHEMA = LAB_SERVED.include(tag="lab").exclude(path="/lab/events")
 if not LONG:
     LAB_OWN_SCHEMA.config.phases.coverage.enabled = False
 
@@ -541,6 +453,32 @@ def test_schemas_have_no_links_schemathesis_infers_them() -> None:
                 assert "links" not in answer
     transitions = [n for n in dir(MAK_SCHEMA.as_state_machine()) if "__" in n and n[0] != "_"]
     assert any(n.startswith("POST_v1_keys___201") for n in transitions), transitions
+
+
+def test_the_lab_document_has_the_lab_routes_and_the_mak_services() -> None:
+    """The lab's /openapi.json: its own routes (docs/lab.md) with their methods, who may
+    call them, and every MAK operation as ``kmsemu mak serve`` serves it."""
+    served = LAB_SERVED.raw_schema
+    validate(served)  # a valid OpenAPI 3.1 document
+    own = {
+        path: {method: op.get("security") for method, op in ops.items()}
+        for path, ops in served["paths"].items()
+        if all("lab" in op.get("tags", ()) for op in ops.values())
+    }
+    read, change = [{"admin": []}, {}], [{"admin": []}]
+    assert own == {
+        "/lab/api/state": {"get": read},
+        "/lab/events": {"get": read},
+        "/lab/api/clock": {"post": change},
+        "/healthz": {"get": None},
+        "/readyz": {"get": None},
+        "/metrics": {"get": None},
+        "/api/host/faults": {"get": read, "post": change, "delete": change},
+        "/api/host/faults/{fault_id}": {"delete": change},
+    }
+    mak = openapi_document()["paths"]
+    assert {p: served["paths"][p] for p in mak} == mak
+    assert served["paths"]["/readyz"]["get"]["responses"].keys() >= {"200", "503"}
 
 
 @AUTH

@@ -12,6 +12,7 @@ Routes of its own::
     DELETE /api/host/faults[/{id}]  clear every fault, or one
     GET  /healthz /readyz   liveness and readiness
     GET  /metrics           Prometheus text format
+    GET  /openapi.json      the MAK service's document with these routes added
 
 Everything else goes to the MAK service's app. Reading the dashboard needs no
 token only while every HTTP address is loopback; otherwise the admin token
@@ -40,6 +41,7 @@ from kmsemu.durations import parse_duration
 from kmsemu.errors import ServiceError
 from kmsemu.lab.fault_api import FAULT_BODY, HostFaults, fault_request
 from kmsemu.lab.metrics import LabMetrics
+from kmsemu.lab.openapi import lab_openapi_document
 from mak.web.base import Api, error_response
 
 STATIC: Final = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
@@ -211,6 +213,11 @@ def create_lab_app(
             {"ready": False, "components": parts, "problems": failing}, status_code=503
         )
 
+    document = lab_openapi_document(faults=faults is not None)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
     async def metrics_page(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -223,6 +230,7 @@ def create_lab_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_page),
+        Route("/openapi.json", openapi),
     ]
     if faults is not None:
         routes += [

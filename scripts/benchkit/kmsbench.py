@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchkit import options, waits
-from benchkit.env import kmsemu_argv
+from benchkit.env import kmsemu_argv, tool
 from benchkit.machine import changed_note, machine_info, machine_line, mark_end
 from benchkit.procs import ServerProcess, Worker
 from benchkit.profile import Components, finish_py_spy, print_profile, start_py_spy
@@ -617,6 +617,9 @@ def main(
     """A KMS bench's command line: parse, run every scenario, report. With a ``peer``, the
     command has ``--against-echo`` (run the peer in the same rounds, report ratios)."""
     args = parse_args(argv, description, peer is not None)
+    if args.py_spy is not None and not Path(tool("py-spy")).exists():
+        print(f"{name}: --py-spy needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
+        return 2
     shown = [name, *(sys.argv[1:] if argv is None else argv)]
     if args.core != "auto" and peer is not None:  # bench-host: the builds asked for
         specs = [kmsemu_host_spec(core=c) for c in CORE_BUILDS[args.core]]
