@@ -17,8 +17,9 @@ from mak.api import openapi_document
 
 _JSON: Final = "application/json"
 _ERROR_REF: Final = {"$ref": "#/components/schemas/Error"}
-_READ: Final = [{"admin": []}, {}]  # the token, or none on a loopback-only lab
-_CHANGE: Final = [{"admin": []}]
+Security = list[dict[str, list[str]]]
+_READ: Final[Security] = [{"admin": []}, {}]  # the token, or none on a loopback-only lab
+_CHANGE: Final[Security] = [{"admin": []}]
 
 _FAULTS: Final = {
     "type": "object",
@@ -82,7 +83,7 @@ def _operation(
     schema: dict[str, Any],
     *,
     media: str = _JSON,
-    security: list[dict[str, list[str]]] | None = _READ,
+    security: Security | None = _READ,
     body: dict[str, Any] | None = None,
     also: dict[int, tuple[str, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
@@ -90,8 +91,8 @@ def _operation(
         str(status): {"description": "success", "content": _content(media, schema)}
     }
     if security is not None or body is not None:  # the errors a lab route can answer with
-        for code in sorted({str(info.status) for info in SERVICE_ERRORS.values()}):
-            responses[code] = {"description": "error", "content": _content(_JSON, _ERROR_REF)}
+        for error in sorted({str(info.status) for info in SERVICE_ERRORS.values()}):
+            responses[error] = {"description": "error", "content": _content(_JSON, _ERROR_REF)}
     for code, (description, other) in (also or {}).items():
         responses[str(code)] = {"description": description, "content": _content(_JSON, other)}
     operation: dict[str, Any] = {
