@@ -17,7 +17,6 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -835,39 +834,31 @@ def test_a_thousand_idle_connections_do_not_block_activation(host: RunningHost) 
             sock.close()
 
 
-@dataclass
-class _Refused:
-    port: int
-    data: bytes
-
-
-def test_connections_over_max_connections_are_closed_on_arrival(tmp_path: Path) -> None:
+def test_at_max_connections_a_new_connection_closes_the_oldest(tmp_path: Path) -> None:
+    """Idle peers holding every slot do not keep a real client out (issue 17): each new
+    connection closes the oldest open one, logged, and is served itself."""
     limited = start_host_process(tmp_path / "limited", "--max-connections", "3")
     try:
-        kept = [Peer(limited.address) for _ in range(3)]
-        for peer in kept:
+        idle = [Peer(limited.address) for _ in range(3)]
+        for peer in idle:  # accepted in this order: each has its BIND_ACK before the next
             peer.bind()
-        refused = []
-        for _ in range(2):
-            with Peer(limited.address) as extra:
-                refused.append(_Refused(extra.port, extra.wait_closed()))
-        assert [r.data for r in refused] == [b"", b""]
-        for peer in kept:
-            assert peer.activate().status == 0
-        for r in refused:
+        clients = [Peer(limited.address) for _ in range(2)]
+        for client in clients:
+            client.bind()
+            assert client.activate().status == 0
+        # the two oldest made way, in order; the third idle peer is still served
+        assert [idle[0].wait_closed(), idle[1].wait_closed()] == [b"", b""]
+        assert idle[2].activate().status == 0
+        for peer in idle[:2]:
             lines = wait_for(
-                lambda r=r: log_lines(limited, "connection-refused", r.port),
-                what="the connection-refused log line",
+                lambda p=peer: log_lines(limited, "connection-closed", p.port),
+                what="the connection-closed log line",
             )
-            assert len(lines) == 1, lines
-        # the activations above are logged after the refusals: once they show, the log is settled
-        wait_for(lambda: len(log_lines(limited, "activation")) >= 3, what="activation lines")
-        assert len(log_lines(limited, "connection-refused")) == 2
-        kept.pop().sock.close()
-        wait_for(lambda: _served(limited.address), what="a slot after a connection closed")
-        for peer in kept:
-            assert peer.activate().status == 0
+            assert len(lines) == 1 and 'reason="max connections: the oldest' in lines[0], lines
+        assert log_lines(limited, "connection-refused") == []
+        for peer in [*idle, *clients]:
             peer.sock.close()
+        wait_for(lambda: _served(limited.address), what="a slot after the connections closed")
     finally:
         assert stop_host_process(limited) == 0
 

@@ -99,7 +99,7 @@ _INTERVAL = click.IntRange(*INTERVAL_RANGE)
     type=click.IntRange(1),
     default=DEFAULT_MAX_CONNECTIONS,
     show_default=True,
-    help="Connections over this are closed on arrival.",
+    help="With this many open, a new connection closes the oldest.",
 )
 @click.option(
     "--idle-timeout",

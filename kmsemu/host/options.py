@@ -19,7 +19,7 @@ DEFAULT_DNS_REFRESH: Final = 24 * 3600.0
 
 @dataclass
 class ServerOptions:
-    """Connections over ``max_connections`` are closed on arrival; one silent for
+    """At ``max_connections`` open, a new one closes the oldest; one silent for
     ``idle_timeout`` seconds is closed; state is written every ``flush_interval``;
     ``durable``: an answer leaves only once its request is in the journal."""
 

@@ -8,8 +8,10 @@ shutdown, so no request waits for a transaction; with a journal, the
 requests a received chunk has answered are appended to it in one write
 before their responses leave (``kmsemu.host.journal``), so an answer
 survives a killed process. A sweeper closes connections
-idle longer than ``idle_timeout``; connections over ``max_connections`` are
-closed on arrival. Every failure is confined to its own connection.
+idle longer than ``idle_timeout``; a connection arriving when ``max_connections``
+are open closes the oldest one (a KMS client holds its connection for one
+exchange, so the oldest is the idle or slow peer that would keep real clients
+out). Every failure is confined to its own connection.
 
 Faults (``kmsemu.host.faults``) live in a file beside the database; a timer
 looks at its ``os.stat`` every ``FAULT_POLL`` seconds and reloads it when it
@@ -106,7 +108,8 @@ class KmsServer:
         #: The host's clock as a FILETIME (what log lines are stamped with).
         self.now = now
         self._servers: list[asyncio.Server] = []
-        self.connections: set[_KmsProtocol] = set()
+        #: Open connections, oldest first (a dict: insertion order, O(1) eviction).
+        self.connections: dict[_KmsProtocol, None] = {}
         #: ``requests`` rows of answered requests the store has not got yet.
         self._pending: list[tuple[Any, ...]] = []
         #: Why the store refused the last flush ("" : it took it), since when (monotonic),
@@ -556,21 +559,18 @@ class _KmsProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         server = self._server
         self._peer = transport.get_extra_info("peername")
-        if len(server.connections) >= server.options.max_connections:
-            server.log.event(
-                "connection-refused",
-                server.now(),
-                {"peer": self.peer, "reason": "max connections"},
-            )
-            self._transport.abort()
-            return
         if server.backlogged:  # the store refuses rows: take no more work (see MAX_PENDING_ROWS)
             server.log.event(
                 "connection-refused", server.now(), {"peer": self.peer, "reason": "store backlog"}
             )
             self._transport.abort()
             return
-        server.connections.add(self)
+        connections = server.connections
+        if len(connections) >= server.options.max_connections:  # full: evict, not refuse
+            oldest = next(iter(connections))
+            del connections[oldest]
+            oldest.close_with("max connections: the oldest connection makes way")
+        connections[self] = None
         self._conn = server.connection(port=self._port, assoc_group_id=server.next_assoc_group())
 
     @property
@@ -606,7 +606,7 @@ class _KmsProtocol(asyncio.Protocol):
         return False  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connections.discard(self)
+        self._server.connections.pop(self, None)
         self._conn = None
 
     def transport_close(self) -> None:
