@@ -12,6 +12,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kmsemu.errors import HResult
 from kmsemu.host import journal
 from kmsemu.host.events import EventLog
@@ -53,6 +55,52 @@ def test_records_read_back_in_order_and_a_torn_tail_is_dropped(tmp_path: Path) -
     _, row, previous = read[1]
     assert row[1] == 0xC004F06C and type(row[1]) is int  # HResult stored as a plain int
     assert row[4] == (8).to_bytes(16, "little") and row[14] == "refused" and previous is None
+
+
+def test_the_map_grows_and_the_file_keeps_just_the_records(tmp_path: Path) -> None:
+    """Records past the first allocation (64 KiB) are all read back; the zeros past the
+    last record are no record; closed, the file is cut to its records; emptied, it reads
+    as nothing and takes new records from the start."""
+    path = tmp_path / "j"
+    j = journal.Journal(path)
+    records = [entry(seq, logged(0, seq)) for seq in range(1, 1001)]
+    for record in records:
+        j.append(record)
+    assert path.stat().st_size >= 128 << 10  # grew past 64 KiB (about 200 bytes a record)
+    assert [seq for seq, _, _ in journal.read(path)] == list(range(1, 1001))
+    j.empty()
+    assert list(journal.read(path)) == []
+    j.append(entry(1001, logged(0, 1001)))
+    j.close(remove=False)
+    assert path.stat().st_size == len(entry(1001, logged(0, 1001)))
+    assert [seq for seq, _, _ in journal.read(path)] == [1001]
+    again = journal.Journal(path)  # opened on records: appends after them
+    again.append(entry(1002, logged(0, 1002)))
+    again.close(remove=False)
+    assert [seq for seq, _, _ in journal.read(path)] == [1001, 1002]
+
+
+def test_a_full_disk_is_an_oserror_and_nothing_half_written(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The blocks are allocated before the map covers them: a disk without room is
+    ``OSError`` from ``append`` (never a SIGBUS), and no byte of the record is in."""
+    path = tmp_path / "j"
+    j = journal.Journal(path)
+    j.append(entry(1, logged(0, 1)))
+
+    def no_room(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(journal.os, "posix_fallocate", no_room)
+    with pytest.raises(OSError, match="No space"):  # past the first allocation
+        j.append(b"".join(entry(s, logged(0, s)) for s in range(2, 1000)))
+    assert [seq for seq, _, _ in journal.read(path)] == [1]
+    j.empty()  # freed, and the disk takes the blocks back meanwhile: unmapped
+    with pytest.raises(OSError, match="No space"):
+        j.append(entry(2, logged(0, 2)))
+    j.close(remove=False)
+    assert list(journal.read(path)) == []
 
 
 def test_a_record_that_does_not_check_out_ends_the_journal(tmp_path: Path) -> None:

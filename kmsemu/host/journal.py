@@ -4,24 +4,27 @@ The store takes request-log rows in batches (a transaction per fraction of a
 second), which is what keeps a busy host cheap, but a process killed between
 two batches would lose requests it had already answered. So once it has
 handled a received chunk, the server appends the requests that chunk answered
-to this append-only file in one ``os.write`` (a client's pipelined requests
-share it), and only then writes their responses. Once ``write`` returns the rows are
-the kernel's, so a SIGKILL or an out-of-memory kill loses nothing; a power
-cut may (no fsync: the same promise as the store's ``synchronous = NORMAL``).
+to this append-only file at once (a client's pipelined requests share it), and
+only then writes their responses. The file is a shared memory map, so once the
+copy is made the rows are the kernel's (its page cache), as after a ``write``:
+a SIGKILL or an out-of-memory kill loses nothing; a power cut may (no fsync:
+the same promise as the store's ``synchronous = NORMAL``).
 
 Every record carries a sequence number; the store remembers the highest it
 has committed, and the journal is emptied whenever everything in it is in
 the store. At start-up ``recover`` takes into the store, in order, whatever
 the journal holds beyond that number: the rows, and their effect on the
-count cache. A record cut short (a full disk, a power cut mid-write) was
-never answered and is dropped.
+count cache. A record cut short (a power cut mid-write) was never answered
+and is dropped, and so are the zeros past the last record.
 
 Record: ``length u32 | crc32 u32 | marshal((seq, row, previous_cmid))``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import marshal
+import mmap
 import os
 import struct
 import zlib
@@ -32,6 +35,9 @@ from typing import Any, Final
 from kmsemu.host.store import HostStore
 
 SUFFIX: Final = ".answered"
+#: The journal's first allocation; it doubles when full (a flush empties it 4 times a
+#: second: a busy host's settles at a few hundred KiB).
+_GROWTH: Final = 64 << 10
 _FRAME = struct.Struct("<II")
 #: Columns of a ``requests`` row (``LoggedRequest.row``) the count cache is rebuilt from.
 _TIME, _STATUS, _REQUIRED, _CMID, _APP = 0, 1, 2, 4, 10
@@ -52,33 +58,95 @@ def record(seq: int, row: tuple[Any, ...], previous: bytes | None) -> bytes:
 
 
 class Journal:
-    """The append-only file; ``append`` raises ``OSError`` when the disk refuses."""
+    """The append-only file; ``append`` raises ``OSError`` when the disk refuses.
+
+    Records go into a shared memory map of the file rather than through ``write``: the
+    mapped pages are the kernel's page cache, so what ``append`` has copied in survives
+    a SIGKILL as a written block would, without a system call per received chunk. The
+    file's blocks are allocated (``posix_fallocate``) before the map is extended over
+    them, so a full disk is an ``OSError`` from ``append``, never a SIGBUS; past the
+    records the file is zeros, where ``read`` stops.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._empty = os.fstat(self._fd).st_size == 0
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._map: mmap.mmap | None = None
+        self._size = 0  # bytes mapped (allocated)
+        self._at = 0  # bytes of records
+        existing = os.fstat(self._fd).st_size
+        if existing:  # records a recovery left (it empties the file): append after them
+            self._at = _records_end(path.read_bytes())
+            self._extend(max(existing, self._at))
 
     def append(self, records: bytes) -> None:
-        """Write ``records`` (whole records, joined) in one call."""
-        written = os.write(self._fd, records)
-        self._empty = False
-        if written != len(records):  # a short write: the disk filled up mid-record
-            raise OSError(f"journal: {written} of {len(records)} bytes written")
+        """Copy ``records`` (whole records, joined) in after the last."""
+        at, end = self._at, self._at + len(records)
+        if end > self._size:
+            self._extend(end)
+        assert self._map is not None
+        self._map[at:end] = records
+        self._at = end
+
+    def _extend(self, needed: int) -> None:
+        size = max(_GROWTH, self._size * 2)
+        while size < needed:
+            size *= 2
+        os.posix_fallocate(self._fd, 0, size)  # OSError (ENOSPC) here, not SIGBUS later
+        if self._map is not None:
+            self._map.close()
+        self._map = mmap.mmap(self._fd, size)
+        self._size = size
 
     def empty(self) -> None:
-        """Drop every record (the store holds them all now)."""
-        if not self._empty:
+        """Drop every record (the store holds them all now): the file's blocks are freed
+        (their dirty pages with them, never written out) and allocated again, as zeros."""
+        if self._at:
             os.ftruncate(self._fd, 0)
-            self._empty = True
+            self._at = 0
+            try:
+                os.posix_fallocate(self._fd, 0, self._size)
+            except OSError:  # the disk filled meanwhile: map again at the next append
+                self._unmap()
+
+    def _unmap(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        self._size = 0
 
     def close(self, *, remove: bool) -> None:
-        """Close the file (again: nothing); ``remove`` it too when the store holds everything."""
+        """Close the file (again: nothing), cut to its records; ``remove`` it too when the
+        store holds everything."""
         if self._fd >= 0:
+            self._unmap()
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._at)
             os.close(self._fd)
             self._fd = -1
         if remove:
             self.path.unlink(missing_ok=True)
+
+
+def _records_end(data: bytes) -> int:
+    """Where the whole records at the start of ``data`` end."""
+    at = 0
+    for _, end in _frames(data):
+        at = end
+    return at
+
+
+def _frames(data: bytes) -> Iterator[tuple[bytes, int]]:
+    """Each whole record's body and where it ends; stops at a torn record or the zeros
+    past the last."""
+    at = 0
+    while at + _FRAME.size <= len(data):
+        length, crc = _FRAME.unpack_from(data, at)
+        body = data[at + _FRAME.size : at + _FRAME.size + length]
+        if not length or len(body) != length or zlib.crc32(body) != crc:
+            return
+        at += _FRAME.size + length
+        yield body, at
 
 
 def read(path: Path) -> Iterator[tuple[int, tuple[Any, ...], bytes | None]]:
@@ -87,15 +155,9 @@ def read(path: Path) -> Iterator[tuple[int, tuple[Any, ...], bytes | None]]:
         data = path.read_bytes()
     except FileNotFoundError:
         return
-    at = 0
-    while at + _FRAME.size <= len(data):
-        length, crc = _FRAME.unpack_from(data, at)
-        body = data[at + _FRAME.size : at + _FRAME.size + length]
-        if len(body) != length or zlib.crc32(body) != crc:
-            return
+    for body, _ in _frames(data):
         seq, row, previous = marshal.loads(body)
         yield seq, tuple(row), previous
-        at += _FRAME.size + length
 
 
 def recover(store: HostStore, path: Path) -> int:

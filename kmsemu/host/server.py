@@ -537,6 +537,7 @@ class _KmsProtocol(asyncio.Protocol):
         "_held",
         "_host",
         "_peer",
+        "_peer_text",
         "_port",
         "_server",
         "_transport",
@@ -550,6 +551,7 @@ class _KmsProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._conn: LeanConnection | None = None
         self._peer: Any = None
+        self._peer_text: str | None = None
         self.last_tick = server.tick
         #: Output waiting for the journal (None: nothing held, write at once).
         self._held: list[bytes] | None = None
@@ -575,8 +577,12 @@ class _KmsProtocol(asyncio.Protocol):
 
     @property
     def peer(self) -> str:
-        peer = self._peer
-        return format_address(peer[0], peer[1]) if peer else "?"
+        """``ADDR:PORT`` of the client (made once: every log line and row names it)."""
+        text = self._peer_text
+        if text is None:
+            peer = self._peer
+            text = self._peer_text = format_address(peer[0], peer[1]) if peer else "?"
+        return text
 
     def data_received(self, data: bytes) -> None:
         conn = self._conn
