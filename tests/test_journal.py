@@ -57,10 +57,16 @@ def test_records_read_back_in_order_and_a_torn_tail_is_dropped(tmp_path: Path) -
     assert row[4] == (8).to_bytes(16, "little") and row[14] == "refused" and previous is None
 
 
-def test_the_map_grows_and_the_file_keeps_just_the_records(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fallocate", [True, False], ids=["posix_fallocate", "zeros written"])
+def test_the_map_grows_and_the_file_keeps_just_the_records(
+    tmp_path: Path, monkeypatch: Any, fallocate: bool
+) -> None:
     """Records past the first allocation (64 KiB) are all read back; the zeros past the
     last record are no record; closed, the file is cut to its records; emptied, it reads
-    as nothing and takes new records from the start."""
+    as nothing and takes new records from the start. The same where the system has no
+    ``posix_fallocate`` (macOS: the blocks are zeros written)."""
+    if not fallocate:
+        monkeypatch.delattr(journal.os, "posix_fallocate", raising=False)
     path = tmp_path / "j"
     j = journal.Journal(path)
     records = [entry(seq, logged(0, seq)) for seq in range(1, 1001)]

@@ -23,6 +23,7 @@ Record: ``length u32 | crc32 u32 | marshal((seq, row, previous_cmid))``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import marshal
 import mmap
 import os
@@ -77,7 +78,8 @@ class Journal:
         existing = os.fstat(self._fd).st_size
         if existing:  # records a recovery left (it empties the file): append after them
             self._at = _records_end(path.read_bytes())
-            self._extend(max(existing, self._at))
+            self._map = mmap.mmap(self._fd, existing)
+            self._size = existing
 
     def append(self, records: bytes) -> None:
         """Copy ``records`` (whole records, joined) in after the last."""
@@ -92,7 +94,7 @@ class Journal:
         size = max(_GROWTH, self._size * 2)
         while size < needed:
             size *= 2
-        os.posix_fallocate(self._fd, 0, size)  # OSError (ENOSPC) here, not SIGBUS later
+        _allocate(self._fd, self._size, size)  # OSError (ENOSPC) here, not SIGBUS later
         if self._map is not None:
             self._map.close()
         self._map = mmap.mmap(self._fd, size)
@@ -105,7 +107,7 @@ class Journal:
             os.ftruncate(self._fd, 0)
             self._at = 0
             try:
-                os.posix_fallocate(self._fd, 0, self._size)
+                _allocate(self._fd, 0, self._size)
             except OSError:  # the disk filled meanwhile: map again at the next append
                 self._unmap()
 
@@ -126,6 +128,17 @@ class Journal:
             self._fd = -1
         if remove:
             self.path.unlink(missing_ok=True)
+
+
+def _allocate(fd: int, start: int, end: int) -> None:
+    """Give the file blocks from ``start`` to ``end`` (zeros), or ``OSError``."""
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, start, end - start)
+        return
+    zeros = bytes(min(end - start, _GROWTH))  # macOS has no posix_fallocate: write zeros
+    for at in range(start, end, len(zeros)):
+        if os.pwrite(fd, zeros[: end - at], at) != min(len(zeros), end - at):
+            raise OSError(errno.ENOSPC, "journal: short write")
 
 
 def _records_end(data: bytes) -> int:
