@@ -54,6 +54,20 @@ ENDPOINTS: Final = (
 )
 
 
+_FROM_KEY: Final = {"fingerprint": "$response.body#/fingerprint"}
+_FROM_ORG: Final = {"org": "$response.body#/org"}
+_FROM_USER: Final = {"org": "$response.body#/org", "user": "$response.body#/user"}
+#: OpenAPI links: from the answer of an operation that makes something (by operationId)
+#: to the operations that take what it names, and the parameters they take from it.
+LINKS: Final[dict[str, dict[str, dict[str, str]]]] = {
+    "add_key": {op: _FROM_KEY for op in ("key", "increase", "block", "unblock", "expire")},
+    "add_org": {op: _FROM_ORG for op in ("users", "add_user", "redeem", "subscriptions", "buy")},
+    "signup": {op: _FROM_ORG for op in ("users", "add_user", "redeem", "subscriptions", "buy")},
+    "add_user": {"assign": _FROM_USER},
+    "assign": {"unassign": {**_FROM_USER, "offer": "$response.body#/offer"}},
+}
+
+
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of ``ENDPOINTS``."""
     paths: dict[str, Any] = {}
@@ -78,6 +92,12 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
         }
+        links = LINKS.get(operation["operationId"])
+        if links:
+            operation["responses"][str(endpoint.status)]["links"] = {
+                target: {"operationId": target, "parameters": parameters}
+                for target, parameters in links.items()
+            }
         for status, description in endpoint.also.items():
             schema = endpoint.response if status < 400 else {"$ref": "#/components/schemas/Error"}
             operation["responses"][str(status)] = {

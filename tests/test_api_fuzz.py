@@ -14,10 +14,10 @@ rows. Then, for every operation of the schema, with the admin token and without 
   their own tables;
 - each operation with path parameters is also sent with the seeded names in its path
   (``/v1/keys/<the seeded key>/block``), where a missing check would show;
-- stateful: ``as_state_machine()``. The schema has no OpenAPI links; schemathesis
-  infers them (dependency analysis: ``POST /v1/keys`` -> ``/v1/keys/{fingerprint}``,
-  ``POST /v1/portal/orgs`` -> ``/v1/portal/orgs/{org}/...``), and the machine runs on
-  those, with the token and without (where the same table rule holds per step).
+- stateful: ``as_state_machine()``, on the document's OpenAPI links (``mak.api.LINKS``:
+  ``POST /v1/keys`` -> ``/v1/keys/{fingerprint}...``, ``POST /v1/portal/orgs`` ->
+  ``/v1/portal/orgs/{org}/...``, a new user -> its licences) and those schemathesis
+  infers, with the token and without (where the same table rule holds per step).
 
 The lab's ``/openapi.json`` is the MAK service's document with the lab's own routes added
 (``/lab/api/clock``, ``/api/host/faults``..., tagged ``lab``): those are fuzzed apart
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import tempfile
 from collections import Counter
@@ -443,14 +444,32 @@ def _run_machine(
     )
 
 
-def test_schemas_have_no_links_schemathesis_infers_them() -> None:
-    """What the stateful runs below rely on: no OpenAPI links in the document the service
-    serves, so the machine's transitions are schemathesis' inferred ones (issue 17:
-    links are proposed in docs/quality.md)."""
-    for ops in openapi_document()["paths"].values():
-        for op in ops.values():
-            for answer in op["responses"].values():
-                assert "links" not in answer
+def test_the_links_name_real_operations_and_their_parameters() -> None:
+    """The document's OpenAPI links, which the stateful runs follow: each from a 201 to
+    an operation that exists, filling exactly that operation's path parameters, from
+    fields the 201's schema requires."""
+    operations = {
+        op["operationId"]: (path, op)
+        for path, ops in openapi_document()["paths"].items()
+        for op in ops.values()
+    }
+    found = {}
+    for source, (_, op) in operations.items():
+        answer = op["responses"].get("201", {})
+        for link in answer.get("links", {}).values():
+            target_path, _ = operations[link["operationId"]]
+            assert set(link["parameters"]) == set(re.findall(r"{(\w+)}", target_path))
+            required = answer["content"]["application/json"]["schema"]["required"]
+            for expression in link["parameters"].values():
+                assert expression.removeprefix("$response.body#/") in required
+            found.setdefault(source, set()).add(link["operationId"])
+    assert found == {
+        "add_key": {"key", "increase", "block", "unblock", "expire"},
+        "add_org": {"users", "add_user", "redeem", "subscriptions", "buy"},
+        "signup": {"users", "add_user", "redeem", "subscriptions", "buy"},
+        "add_user": {"assign"},
+        "assign": {"unassign"},
+    }
     transitions = [n for n in dir(MAK_SCHEMA.as_state_machine()) if "__" in n and n[0] != "_"]
     assert any(n.startswith("POST_v1_keys___201") for n in transitions), transitions
 
