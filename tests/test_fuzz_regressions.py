@@ -303,3 +303,15 @@ def test_a_nan_in_a_scenario_is_a_config_error() -> None:
     )
     with pytest.raises(ConfigError, match="finite"):
         parse_scenario(text, "nan.toml")
+
+
+def test_dns_records_that_are_no_list_are_a_config_error() -> None:
+    """Found by the long run (scenario target, 2026-12-02): ``[dns] records = 7`` raised
+    TypeError ('int' object is not iterable) out of ``parse_scenario``."""
+    text = (
+        '[scenario]\nname = "x"\ndays = 40\n[[hosts]]\nname = "kms1"\n'
+        '[dns]\ndomain = "lab.test"\nrecords = 7\n'
+        '[[clients]]\nname = "pc"\ncount = 5\nproduct = "windows-11-pro"\n'
+    )
+    with pytest.raises(ConfigError, match=r"dns\.records: use \[\[dns\.records\]\] tables"):
+        parse_scenario(text, "records.toml")

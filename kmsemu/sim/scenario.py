@@ -301,7 +301,7 @@ class _Reader:
         dns = self.table(data.get("dns", {}), "[dns]", {"domain", "records"})
         records = tuple(
             self.record(r, f"dns.records[{n}]", days, set(names))
-            for n, r in enumerate(dns.get("records", []))
+            for n, r in enumerate(self.items(dns, "records", "dns.records"))
         )
         if "records" not in dns:  # every host published, priority 0, weight 0, all along
             records = tuple(Record(h) for h in names)
@@ -328,10 +328,11 @@ class _Reader:
             mak_keys=keys,
         )
 
-    def items(self, data: Mapping[str, Any], key: str) -> list[Any]:
+    def items(self, data: Mapping[str, Any], key: str, where: str = "") -> list[Any]:
         items = data.get(key, [])
         if not isinstance(items, list):
-            raise self.fail(key, f"use [[{key}]] tables")
+            where = where or key
+            raise self.fail(where, f"use [[{where}]] tables")
         return items
 
     def host(self, data: Any, where: str, days: int) -> Host:
