@@ -1,7 +1,7 @@
 /* kmsemu._core: the optional compiled core of the KMS host's hot path (KLP/1).
  *
  * Built only on request (scripts/build-core); the pure-Python package is the default
- * and the reference. Two things live here:
+ * and the reference. Three things live here:
  *
  * - AesGcm: AES-256-GCM through the system libcrypto (OpenSSL EVP), the library
  *   Python's own ssl and hashlib modules already load. Same calls as the
@@ -17,6 +17,9 @@
  *   return None, and the caller answers through the pure-Python path, which words the
  *   refusal: so the core never has to agree with it on error texts, only on bytes.
  *
+ * - activation_line: the event log's line for an answered request, in the plain case
+ *   (kmsemu.host.events.EventLog.activation keeps the reference f-string).
+ *
  * Nothing here draws randomness or reads a clock: nonces and times come in as
  * arguments, as everywhere in kmsemu's pure code (klp-v1.md sections 2 to 4).
  */
@@ -25,6 +28,7 @@
 #include <Python.h>
 #include <openssl/evp.h>
 #include <string.h>
+#include <time.h>
 
 #define KEY_SIZE 32
 #define NONCE_SIZE 12
@@ -597,6 +601,111 @@ static PyTypeObject HostCoreType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* -- the event log's activation line ------------------------------------------------ */
+
+#define EPOCH_SECONDS 11644473600LL /* 1601-01-01 to 1970-01-01 */
+#define LINE_MAX_BYTES 1024
+
+static int line_int(PyObject *obj, long long *out)
+{
+    int overflow = 0;
+    *out = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow || (*out == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return -1;
+    }
+    return 0;
+}
+
+static const char *line_text(PyObject *obj, Py_ssize_t *size)
+{
+    const char *text = PyUnicode_Check(obj) ? PyUnicode_AsUTF8AndSize(obj, size) : NULL;
+    if (text == NULL)
+        PyErr_Clear();
+    return text;
+}
+
+static void guid_hex(const unsigned char *le, char *out)
+{
+    /* str(uuid.UUID(bytes_le=le)): the first three fields little-endian, then as stored */
+    static const char digits[] = "0123456789abcdef";
+    static const unsigned char order[16] = {3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15};
+    char *o = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *o++ = '-';
+        *o++ = digits[le[order[i]] >> 4];
+        *o++ = digits[le[order[i]] & 15];
+    }
+    *o = '\0';
+}
+
+/* activation_line(time, status, product, activation_id, count, name, cmid, flags,
+ *                 license_status, minutes, required, peer) -> str or None:
+ * kmsemu.host.events.EventLog.activation's text line for a request without a reason,
+ * or None where that line is not the plain case (a name to quote or not ASCII, a time
+ * outside 1970-5254, a number past 64 bits, text that is not UTF-8-clean): the caller
+ * then formats it in Python, the reference. */
+static PyObject *activation_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "activation_line takes 12 arguments");
+        return NULL;
+    }
+    long long filetime, status, count, flags, license_status, minutes, required;
+    if (line_int(args[0], &filetime) < 0 || line_int(args[1], &status) < 0 ||
+        line_int(args[4], &count) < 0 || line_int(args[7], &flags) < 0 ||
+        line_int(args[8], &license_status) < 0 || line_int(args[9], &minutes) < 0 ||
+        line_int(args[10], &required) < 0)
+        Py_RETURN_NONE;
+    /* from 1970 to 2^60 (year 5254): there Python's float seconds are exact too */
+    if (status < 0 || status > 0xFFFFFFFFLL || filetime <= 0 || filetime >= (1LL << 60))
+        Py_RETURN_NONE;
+    long long unix_seconds = filetime / 10000000LL - EPOCH_SECONDS;
+    if (unix_seconds < 0)
+        Py_RETURN_NONE;
+    Py_ssize_t product_n, id_n, name_n, peer_n;
+    const char *product = line_text(args[2], &product_n);
+    const char *activation_id = line_text(args[3], &id_n);
+    const char *name = line_text(args[5], &name_n);
+    const char *peer = line_text(args[11], &peer_n);
+    PyObject *cmid = args[6];
+    if (product == NULL || activation_id == NULL || name == NULL || peer == NULL ||
+        !PyBytes_Check(cmid) || PyBytes_GET_SIZE(cmid) != 16 || name_n == 0 ||
+        product_n + id_n + name_n + peer_n > LINE_MAX_BYTES - 400)
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < name_n; i++) { /* as EventLog: no quotes needed, ASCII */
+        unsigned char ch = (unsigned char)name[i];
+        if (ch < 0x21 || ch > 0x7E || ch == '"' || ch == '=')
+            Py_RETURN_NONE;
+    }
+    time_t when = (time_t)unix_seconds;
+    struct tm utc;
+    if (gmtime_r(&when, &utc) == NULL)
+        Py_RETURN_NONE;
+    char guid[37];
+    guid_hex((const unsigned char *)PyBytes_AS_STRING(cmid), guid);
+    char line[LINE_MAX_BYTES];
+    int n = snprintf(line, sizeof line,
+                     "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ activation status=0x%08llX "
+                     "product=%s activation_id=%s count=%lld client=%s cmid=%s vm=%lld "
+                     "license_status=%lld minutes=%lld required=%lld peer=%s\n",
+                     utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min,
+                     utc.tm_sec, (int)(filetime % 10000000LL / 10000), status, product,
+                     activation_id, count, name, guid, flags & 1, license_status, minutes,
+                     required, peer);
+    if (n < 0 || n >= (int)sizeof line)
+        Py_RETURN_NONE;
+    return PyUnicode_DecodeUTF8(line, n, "strict");
+}
+
+static PyMethodDef core_functions[] = {
+    {"activation_line", (PyCFunction)(void (*)(void))activation_line, METH_FASTCALL,
+     "activation_line(time, status, product, activation_id, count, name, cmid, flags, "
+     "license_status, minutes, required, peer) -> the event log's line, or None"},
+    {NULL},
+};
+
 /* -- the module ---------------------------------------------------------------------- */
 
 static struct PyModuleDef core_module = {
@@ -604,6 +713,7 @@ static struct PyModuleDef core_module = {
     .m_name = "kmsemu._core",
     .m_doc = "The optional compiled core of the KMS host (scripts/build-core).",
     .m_size = -1,
+    .m_methods = core_functions,
 };
 
 PyMODINIT_FUNC PyInit__core(void)

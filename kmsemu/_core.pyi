@@ -6,6 +6,21 @@ OPENSSL_VERSION: Final[str]
 
 class InvalidTag(Exception): ...
 
+def activation_line(
+    time: int,
+    status: int,
+    product: str,
+    activation_id: str,
+    count: int,
+    name: str,
+    cmid: bytes,
+    flags: int,
+    license_status: int,
+    minutes: int,
+    required: int,
+    peer: str,
+) -> str | None: ...
+
 class AesGcm:
     def __init__(self, key: bytes) -> None: ...
     def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes: ...

@@ -12,6 +12,7 @@ core; and what the core is for: a host using it never imports ``cryptography``.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import struct
 import subprocess
@@ -29,10 +30,12 @@ from hypothesis import strategies as st
 
 from kmsemu.catalog import default_catalog
 from kmsemu.errors import ConfigError
-from kmsemu.host.rules import CountCache, HostIdentity, HostRules, HostSettings
+from kmsemu.host.events import EventLog
+from kmsemu.host.rules import CountCache, HostIdentity, HostRules, HostSettings, LogRecord
 from kmsemu.host.service import KmsHost
 from kmsemu.klp import _fastcore
 from kmsemu.klp.envelope import Keyring, LabKey
+from kmsemu.klp.messages import RequestFields
 from kmsemu.rpc.ndr import NdrError, encode_request_stub
 from tests import test_lean
 
@@ -237,9 +240,76 @@ def test_the_hosts_protocol_is_alike_with_and_without_the_core(data: st.DataObje
     seen = {}
     for name, core in (("pure", None), ("core", _core)):
         made = lambda *a, core=core, **k: KmsHost(*a, core=core, **k)  # noqa: E731
-        with mock.patch.object(test_lean, "KmsHost", made):
+        log = lambda *a, core=core, **k: EventLog(*a, core=core, **k)  # noqa: E731
+        with (
+            mock.patch.object(test_lean, "KmsHost", made),
+            mock.patch.object(test_lean, "EventLog", log),
+        ):
             seen[name] = test_lean.serve(test_lean.LeanConnection, chunked)
     assert seen["core"] == seen["pure"]
+
+
+# -- the event log's activation line ---------------------------------------------------------
+
+_U32 = st.integers(0, 2**32 - 1)
+_NAMES = st.one_of(
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20),
+    st.text(max_size=8),  # anything: spaces, quotes, '=', accents, lone surrogates
+    st.sampled_from(["PC-1", "", " ", 'a"b', "a=b", "naïve", "\x1f", "x" * 63]),
+)
+
+
+@needs_core
+@settings(max_examples=1000, deadline=None, derandomize=True)
+@given(
+    st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([NOW, 1, 116_444_736_000_000_000,
+              2_650_467_743_999_999_999, 2**60 - 1, 2**60, 2**60 - 10**7 + 1])),
+    st.one_of(_U32, st.sampled_from([0, 0xC004F042, 0xC004F06C])),
+    st.sampled_from([*(p.sku_id.bytes_le for p in PRODUCTS), bytes(16), b"\x01" * 16]),
+    st.one_of(st.integers(0, 5000), st.integers(-(2**70), 2**70)),
+    _NAMES, st.binary(min_size=16, max_size=16), _U32, _U32, _U32, _U32,
+    st.sampled_from(["127.0.0.1:50000", "[::1]:1688", "?", "é:1"]),
+    st.sampled_from(["", "", "product not in the catalog"]),
+)  # fmt: skip
+def test_the_activation_line_is_alike_with_and_without_the_core(
+    when: int, status: int, sku: bytes, count: int, name: str, cmid: bytes, flags: int,
+    licence: int, minutes: int, required: int, peer: str, reason: str,
+) -> None:  # fmt: skip
+    """The C line (``activation_line``) and the f-string give the same text for any
+    record, or the C one declines (None) and the f-string writes it."""
+    from kmsemu.host.server import product_names
+
+    request = RequestFields(flags, licence, minutes, PRODUCTS[0].application_id.bytes_le, sku,
+                            bytes(16), cmid, required, when, bytes(16), name)  # fmt: skip
+    record = LogRecord(when, status, count, request, cmid, when)
+    lines = {}
+    for build, core in (("pure", None), ("core", _core)):
+        out = io.StringIO()
+        log = EventLog(out, "text", product_names(CATALOG), core=core)
+        log.activation(record, peer, reason)
+        log.flush()
+        lines[build] = out.getvalue()
+    assert lines["core"] == lines["pure"]
+
+
+@needs_core
+def test_the_plain_activation_line_is_the_cores() -> None:
+    """What the C line is for: a catalog product, a plain name, no reason. The text is
+    written out here, not read back from the code."""
+    product = PRODUCTS[0]
+    cmid = uuid.UUID("12345678-9abc-def0-1234-56789abcdef0")
+    request = RequestFields(1, 2, 43200, product.application_id.bytes_le, product.sku_id.bytes_le,
+                            product.kms_count_id.bytes_le, cmid.bytes_le, 5, NOW, bytes(16),
+                            "PC-1")  # fmt: skip
+    line = _core.activation_line(NOW, 0, product.name, str(product.sku_id), 7, "PC-1",
+                                 cmid.bytes_le, 1, 2, 43200, 5, "127.0.0.1:50000")  # fmt: skip
+    assert line == (
+        f"2022-06-18T04:26:40.000Z activation status=0x00000000 product={product.name} "
+        f"activation_id={product.sku_id} count=7 client=PC-1 "
+        "cmid=12345678-9abc-def0-1234-56789abcdef0 vm=1 license_status=2 minutes=43200 "
+        "required=5 peer=127.0.0.1:50000\n"
+    )
+    assert request.workstation_name == "PC-1"
 
 
 # -- choosing the core, and what it is for ----------------------------------------------------

@@ -1,7 +1,10 @@
 """The host's event log: one line per event on a stream, as text or JSON.
 
 Lines are buffered and written when the server flushes (every fraction of a
-second and at shutdown), so a busy host makes one write call per batch.
+second and at shutdown), so a busy host makes one write call per batch. With the
+optional compiled core (``kmsemu.klp._fastcore``), the plain activation line (a
+catalog product, a name needing no quotes, no reason) is formatted in C; the f-string
+here stays the reference, and ``tests/test_core.py`` holds the two to the same text.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ import json
 import re
 import sys
 import time
+from types import ModuleType
 from typing import Any, Protocol
 
 from kmsemu.host.rules import LogRecord
+from kmsemu.klp._fastcore import CORE
 from kmsemu.wire import (
     FILETIME_PER_SECOND,
     datetime_from_filetime,
@@ -42,6 +47,7 @@ class EventLog:
         stream: TextSink | None = None,
         fmt: str = "text",
         product_names: dict[bytes, str] | None = None,
+        core: ModuleType | None = CORE,
     ) -> None:
         if fmt not in ("text", "json"):
             raise ValueError("log format must be text or json")
@@ -52,12 +58,35 @@ class EventLog:
         #: formatted on each line: a hostile client cannot grow this).
         self._activation_ids = {sku: guid_text(sku) for sku in self._products}
         self._lines: list[str] = []
+        #: The compiled core's formatter of the plain activation line (None: Python's).
+        self._core_line = None if core is None or self._json else core.activation_line
         self._second = -1
         self._second_text = ""
 
     def activation(self, record: LogRecord, peer: str, reason: str) -> None:
         """One line with the fields of event 12290 and what the host answered."""
         q = record.request
+        core_line = self._core_line
+        if core_line is not None and q is not None and not reason:  # the busy path, in C
+            activation_id = self._activation_ids.get(q.sku_id)
+            if activation_id is not None:
+                line = core_line(
+                    record.time,
+                    record.status,
+                    self._products[q.sku_id] or activation_id,
+                    activation_id,
+                    record.current_count,
+                    q.workstation_name,
+                    record.client_machine_id,
+                    q.flags,
+                    q.license_status,
+                    q.grace_minutes_remaining,
+                    q.required_client_count,
+                    peer,
+                )
+                if line is not None:
+                    self._lines.append(line)
+                    return
         if q is not None and not self._json:  # the busy path, as one f-string
             name = q.workstation_name
             if not name or _NEEDS_QUOTES.search(name):
