@@ -15,7 +15,8 @@ has committed, and the journal is emptied whenever everything in it is in
 the store. At start-up ``recover`` takes into the store, in order, whatever
 the journal holds beyond that number: the rows, and their effect on the
 count cache. A record cut short (a power cut mid-write) was never answered
-and is dropped, and so are the zeros past the last record.
+and is dropped; an end mark (a frame of length 0) follows the last record, and past
+it are zeros or older records the store already holds.
 
 Record: ``length u32 | crc32 u32 | marshal((seq, row, previous_cmid))``.
 """
@@ -39,6 +40,8 @@ SUFFIX: Final = ".answered"
 #: The journal's first allocation; it doubles when full (a flush empties it 4 times a
 #: second: a busy host's settles at a few hundred KiB).
 _GROWTH: Final = 64 << 10
+#: The end mark after the last record: a frame of length 0.
+_END: Final = bytes(8)
 _FRAME = struct.Struct("<II")
 #: Columns of a ``requests`` row (``LoggedRequest.row``) the count cache is rebuilt from.
 _TIME, _STATUS, _REQUIRED, _CMID, _APP = 0, 1, 2, 4, 10
@@ -65,8 +68,9 @@ class Journal:
     mapped pages are the kernel's page cache, so what ``append`` has copied in survives
     a SIGKILL as a written block would, without a system call per received chunk. The
     file's blocks are allocated (``posix_fallocate``) before the map is extended over
-    them, so a full disk is an ``OSError`` from ``append``, never a SIGBUS; past the
-    records the file is zeros, where ``read`` stops.
+    them, so a full disk is an ``OSError`` from ``append``, never a SIGBUS. Emptied,
+    it takes the next records from the start again, in the same pages: in steady state
+    a journal costs no system call, no page fault and no new block.
     """
 
     def __init__(self, path: Path) -> None:
@@ -84,10 +88,11 @@ class Journal:
     def append(self, records: bytes) -> None:
         """Copy ``records`` (whole records, joined) in after the last."""
         at, end = self._at, self._at + len(records)
-        if end > self._size:
-            self._extend(end)
+        if end + _FRAME.size > self._size:
+            self._extend(end + _FRAME.size)
         assert self._map is not None
         self._map[at:end] = records
+        self._map[end : end + _FRAME.size] = _END  # where ``read`` stops: older records follow
         self._at = end
 
     def _extend(self, needed: int) -> None:
@@ -101,15 +106,12 @@ class Journal:
         self._size = size
 
     def empty(self) -> None:
-        """Drop every record (the store holds them all now): the file's blocks are freed
-        (their dirty pages with them, never written out) and allocated again, as zeros."""
-        if self._at:
-            os.ftruncate(self._fd, 0)
+        """Drop every record (the store holds them all now): the next goes at the start,
+        over the old ones (the same pages, mapped and allocated: no system call, no new
+        block, and the kernel writes back at most the file's size per interval)."""
+        if self._at and self._map is not None:
+            self._map[0 : _FRAME.size] = _END
             self._at = 0
-            try:
-                _allocate(self._fd, 0, self._size)
-            except OSError:  # the disk filled meanwhile: map again at the next append
-                self._unmap()
 
     def _unmap(self) -> None:
         if self._map is not None:
