@@ -73,6 +73,7 @@ from kmsemu.lab.metrics import LabGauges, LabMetrics  # noqa: E402
 from kmsemu.lab.web import create_lab_app  # noqa: E402
 from kmsemu.run.mak import MakConfig, OpenMak, open_mak  # noqa: E402
 from mak.api import openapi_document  # noqa: E402
+from tests.test_lab_web import FakeView  # noqa: E402
 
 EXAMPLES: Final = int(os.environ.get("KMSEMU_API_FUZZ_EXAMPLES", "10"))
 TOKEN: Final = "fuzz-admin-token"
@@ -148,34 +149,6 @@ def _seed(app: Any) -> dict[str, str]:
     return {"fingerprint": fingerprint, "org": ORG, "user": USER, "offer": OFFER}
 
 
-class FakeLab:
-    """The ``LabView`` of a lab without a host: the lab clock's offset is its state."""
-
-    stopping = False
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-        self.changes = 0
-
-    def version(self) -> int:
-        return self.changes
-
-    def bump(self) -> None:
-        self.changes += 1
-
-    def state(self, read_only: bool) -> dict[str, Any]:
-        return {"version": self.changes, "read_only": read_only, "clock_offset": self.offset}
-
-    def travel(self, seconds: float | None) -> None:
-        self.offset = 0.0 if seconds is None else self.offset + seconds
-
-    def readiness(self) -> dict[str, bool]:
-        return {"kms": True, "database": True}
-
-    def problems(self) -> dict[str, str]:
-        return {"kms": "", "database": ""}
-
-
 @dataclass
 class Env:
     """One app on its own database, seeded, and how to read everything it stores."""
@@ -234,8 +207,8 @@ def mak_env(tmp_path: Path) -> Iterator[Env]:
         opened.close()
 
 
-def _lab_app(opened: OpenMak, db: Path) -> tuple[Any, FakeLab, FaultStore]:
-    view = FakeLab()
+def _lab_app(opened: OpenMak, db: Path) -> tuple[Any, FakeView, FaultStore]:
+    view = FakeView()
     metrics = LabMetrics(
         {},
         lambda: LabGauges(

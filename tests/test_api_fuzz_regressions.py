@@ -4,7 +4,6 @@ each, kept once fixed: a path with a newline through the lab app (now the MAK ap
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from kmsemu.clock import FakeClock
 from kmsemu.lab.metrics import LabGauges, LabMetrics
 from kmsemu.lab.web import create_lab_app
 from kmsemu.run.mak import MakConfig, OpenMak, open_mak
-from tests.test_lab_web import FakeView
+from tests.test_lab_web import FakeView, call
 
 TOKEN = "regression-token"
 
@@ -48,46 +47,11 @@ def _lab(mak: OpenMak) -> Any:
     return create_lab_app(FakeView(), mak.app, metrics, admin_token=TOKEN, open_reads=True)
 
 
-def _call(app: Any, method: str, raw_path: bytes, body: bytes = b"") -> tuple[int, str, bytes]:
-    """One request through an ASGI app: status, content type, body."""
-    from urllib.parse import unquote_to_bytes
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "method": method,
-        "path": unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape"),
-        "raw_path": raw_path,
-        "query_string": b"",
-        "root_path": "",
-        "scheme": "http",
-        "http_version": "1.1",
-        "server": ("127.0.0.1", 8688),
-        "client": ("127.0.0.1", 5555),
-        "headers": [
-            (b"authorization", f"Bearer {TOKEN}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-    }
-    sent: list[dict[str, Any]] = []
-    asked = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal asked
-        if not asked:
-            asked = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    headers = dict(sent[0]["headers"])
-    body = b"".join(m.get("body", b"") for m in sent[1:])
-    return sent[0]["status"], headers.get(b"content-type", b"").decode(), body
+def _call(app: Any, method: str, path: str, body: bytes = b"") -> tuple[int, str, bytes]:
+    """One request with the admin token: status, content type, body."""
+    auth = {"authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
+    status, headers, answer = call(app, method, path, body, auth)
+    return status, headers.get("content-type", ""), answer
 
 
 #: Found by test_lab_app[PUT /v1/portal/offers/{offer}] (and the users and licences
@@ -96,7 +60,7 @@ def _call(app: Any, method: str, raw_path: bytes, body: bytes = b"") -> tuple[in
 #: ``^/(?P<path>.*)$``, whose ``.`` takes no newline (one at the very end passes, ``$``
 #: matching before it), so no route matches and the lab's router answers its default
 #: 404, text/plain "Not Found", which the schema does not document.
-NEWLINE_PATH = b"/v1/portal/orgs/a%0Ab/users"
+NEWLINE_PATH = "/v1/portal/orgs/a%0Ab/users"
 
 
 def test_the_mak_app_alone_answers_a_path_with_a_newline_in_json(mak: OpenMak) -> None:
@@ -119,6 +83,6 @@ def test_a_fault_times_beyond_64_bits_is_an_invalid_field(mak: OpenMak) -> None:
     500. The other integer fields refuse it (``int_field``: 0 to 2^31-1; the portal's
     ``max_licences`` and ``licences``: 1 to 1000000)."""
     body = json.dumps({"code": "busy", "times": 2**64}).encode()
-    status, _, answer = _call(mak.app, "PUT", b"/v1/portal/fault", body)
+    status, _, answer = _call(mak.app, "PUT", "/v1/portal/fault", body)
     assert status == 422, (status, answer)
     assert json.loads(answer)["error"]["code"] == "invalid_field"

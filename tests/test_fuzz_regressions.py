@@ -8,7 +8,6 @@ touched.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from pathlib import Path
@@ -252,25 +251,10 @@ def test_a_superscript_content_length_is_refused_not_a_500() -> None:
     ``int`` through ``isdigit``: a 500 instead of 413 body_too_large."""
     pytest.importorskip("atheris", reason="the app is built by fuzz.targets")
     from fuzz.targets import _http_setup
+    from tests.test_lab_web import call
 
-    app = _http_setup()["app"]
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/v1/phone", "raw_path": b"/v1/phone", "query_string": b"",
-        "root_path": "", "headers": [(b"content-length", b"\xb2"),
-                                     (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-    }  # fmt: skip
-    sent: list[dict[str, object]] = []
-
-    async def receive() -> dict[str, object]:
-        return {"type": "http.request", "body": b"{}", "more_body": False}
-
-    async def send(message: dict[str, object]) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    assert sent[0]["status"] == 413
+    headers = {"content-length": "²", "content-type": "application/json"}  # byte 0xB2
+    assert call(_http_setup()["app"], "POST", "/v1/phone", b"{}", headers)[0] == 413
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import pytest
 from starlette.applications import Starlette
@@ -74,11 +75,13 @@ def build(*, open_reads: bool) -> tuple[Any, FakeView, LabMetrics]:
 def call(
     app: Any, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
-    """One request through the ASGI app; the response's status, headers and body."""
+    """One request through the ASGI app; the response's status, headers and body. ``path``
+    as sent (``%0A`` escapes stay in ``raw_path``, decoded in ``path``, as uvicorn does);
+    header values Latin-1, as HTTP's."""
     scope = {
         "type": "http",
         "method": method,
-        "path": path,
+        "path": unquote_to_bytes(path).decode("utf-8", "surrogateescape"),
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
@@ -86,7 +89,7 @@ def call(
         "http_version": "1.1",
         "server": ("127.0.0.1", 8688),
         "client": ("127.0.0.1", 5555),
-        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in (headers or {}).items()],
     }
     sent: list[dict[str, Any]] = []
     requested = False

@@ -113,17 +113,13 @@ class Journal:
             self._map[0 : _FRAME.size] = _END
             self._at = 0
 
-    def _unmap(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
-        self._size = 0
-
     def close(self, *, remove: bool) -> None:
         """Close the file (again: nothing), cut to its records; ``remove`` it too when the
         store holds everything."""
         if self._fd >= 0:
-            self._unmap()
+            if self._map is not None:
+                self._map.close()
+                self._map, self._size = None, 0
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._at)
             os.close(self._fd)
