@@ -2,10 +2,9 @@
 
 The store takes request-log rows in batches (a transaction per fraction of a
 second), which is what keeps a busy host cheap, but a process killed between
-two batches would lose requests it had already answered. So once it has
-handled a received chunk, the server appends the requests that chunk answered
-to this append-only file at once (a client's pipelined requests share it), and
-only then writes their responses. The file is a shared memory map, so once the
+two batches would lose requests it had already answered. So the server
+appends each request it answers to this append-only file as it records it,
+and only then writes the response. The file is a shared memory map, so once the
 copy is made the rows are the kernel's (its page cache), as after a ``write``:
 a SIGKILL or an out-of-memory kill loses nothing; a power cut may (no fsync:
 the same promise as the store's ``synchronous = NORMAL``).

@@ -4,10 +4,9 @@ One ``asyncio.Protocol`` per connection feeds a pure ``LeanConnection`` (the
 general ``ServerConnection`` with a fast path for whole BINDs and REQUESTs)
 and hands complete calls to ``KmsHost``. Batches of count-cache changes and
 request-log rows go to the store every ``flush_interval`` seconds and at
-shutdown, so no request waits for a transaction; with a journal, the
-requests a received chunk has answered are appended to it in one write
-before their responses leave (``kmsemu.host.journal``), so an answer
-survives a killed process. A sweeper closes connections
+shutdown, so no request waits for a transaction; with a journal, each
+answered request is copied into it before its response leaves
+(``kmsemu.host.journal``), so an answer survives a killed process. A sweeper closes connections
 idle longer than ``idle_timeout``; a connection arriving when ``max_connections``
 are open closes the oldest one (a KMS client holds its connection for one
 exchange, so the oldest is the idle or slow peer that would keep real clients
@@ -122,10 +121,6 @@ class KmsServer:
         #: connections and requests are refused, nothing more is answered.
         self.backlogged = False
         self._bug_logged = False
-        #: Journal records of answered requests whose answers wait for them (this turn's).
-        self._unjournaled: list[bytes] = []
-        #: Connections holding answers until the journal has this turn's records.
-        self._held: list[_KmsProtocol] = []
         self._seq = store.journal_seq() if journal is not None and store is not None else 0
         self._assoc = itertools.count(random.SystemRandom().randrange(0x10000, 0x7FFF0000))
         self._tasks: list[asyncio.Task[None]] = []
@@ -369,12 +364,11 @@ class KmsServer:
             self._publish_turn.clear()
 
     async def close(self) -> None:
-        """Stop listening, send the answers held, drop every connection and task, then
+        """Stop listening, drop every connection and task, then
         flush what is left (the journal goes once the store holds everything; a store that
         refuses it now is logged, and the journal stays for the next start to recover)."""
         for server in self._servers:
             server.close()
-        self.commit()
         for conn in list(self.connections):
             conn.transport_close()
         for task in self._tasks:
@@ -391,45 +385,28 @@ class KmsServer:
         if self.journal is not None:
             self.journal.close(remove=True)
 
-    def record(self, logged: LoggedRequest, started: float = 0.0) -> None:
-        """Log an answered request and queue it for the store (and the journal, if any);
-        observers get its time taken."""
+    def record(self, logged: LoggedRequest, started: float = 0.0) -> bool:
+        """Log an answered request, queue it for the store and, with a journal, copy it
+        into the journal; False when the journal refused it (its answer may not go: the
+        row stays queued, the host did count it). Observers get its time taken."""
         row = logged.row()
         self._pending.append(row)
+        journaled = True
         if self.journal is not None:
             self._seq += 1
             q = logged.record.request
             previous = q.previous_client_machine_id if q is not None else None
-            self._unjournaled.append(journal_record(self._seq, row, previous))
+            try:
+                self.journal.append(journal_record(self._seq, row, previous))
+            except OSError as exc:
+                self.log.event("journal-failed", self.now(), {"error": str(exc)})
+                journaled = False
         self.log.activation(logged.record, logged.peer, logged.reason)
         if self.observers:
             elapsed = time.perf_counter() - started
             for observer in self.observers:
                 observer(logged, elapsed)
-
-    def hold(self, conn: _KmsProtocol) -> None:
-        """Keep ``conn``'s output until the answered requests are in the journal (``commit``
-        at the end of the chunk being handled)."""
-        self._held.append(conn)
-
-    def commit(self) -> None:
-        """Append the answered requests not yet journaled to the journal in one write, then
-        release the answers held; when the journal cannot take them, those connections are
-        dropped unanswered (the rows stay queued for the store)."""
-        held, self._held = self._held, []
-        records, self._unjournaled = self._unjournaled, []
-        if not held and not records:
-            return
-        try:
-            if records and self.journal is not None:
-                self.journal.append(b"".join(records))
-        except OSError as exc:
-            self.log.event("journal-failed", self.now(), {"error": str(exc)})
-            for conn in held:
-                conn.drop_held()
-            return
-        for conn in held:
-            conn.release_held()
+        return journaled
 
     def flush(self) -> None:
         """Persist what changed since the last flush, then flush the log stream; the
@@ -447,7 +424,7 @@ class KmsServer:
                     cache.dirty.update(snapshot)
                     self._pending[:0] = pending
                     raise
-            if self.journal is not None and not self._unjournaled:
+            if self.journal is not None:
                 self.journal.empty()
         else:
             self._pending.clear()
@@ -532,9 +509,7 @@ class KmsServer:
 
 class _KmsProtocol(asyncio.Protocol):
     __slots__ = (
-        "_close_after",
         "_conn",
-        "_held",
         "_host",
         "_peer",
         "_peer_text",
@@ -553,9 +528,6 @@ class _KmsProtocol(asyncio.Protocol):
         self._peer: Any = None
         self._peer_text: str | None = None
         self.last_tick = server.tick
-        #: Output waiting for the journal (None: nothing held, write at once).
-        self._held: list[bytes] | None = None
-        self._close_after = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -594,21 +566,15 @@ class _KmsProtocol(asyncio.Protocol):
             conn.receive_data(data)
             self._pump(conn)
         elif type(event) is Call:
-            self._answered(self._answer(conn, event))
+            self._write(self._answer(conn, event))
         else:
             self._act(conn, event)
-        if self._held is not None:  # this chunk's answers: into the journal, then out
-            self._server.commit()
 
     def eof_received(self) -> bool:
         conn = self._conn
         if conn is not None and conn.buffering:  # let the machine judge a truncated PDU
             conn.receive_data(b"")
             self._pump(conn)
-        if self._held is not None:  # half-closed: the answers held still go out
-            self._close_after = True
-            self._server.commit()
-            return True
         return False  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -635,7 +601,7 @@ class _KmsProtocol(asyncio.Protocol):
     def _act(self, conn: LeanConnection, event: Event) -> bool:
         """Send what ``event`` asks for; False once the connection is closed."""
         if isinstance(event, Call):
-            self._answered(self._answer(conn, event))
+            self._write(self._answer(conn, event))
         elif isinstance(event, Send):
             self._write(event.data)
             if event.refusal:
@@ -649,40 +615,18 @@ class _KmsProtocol(asyncio.Protocol):
                     self._server.now(),
                     {"peer": self.peer, "reason": event.reason},
                 )
-            if self._held is not None:
-                self._close_after = True
-            elif self._transport is not None:
+            if self._transport is not None:
                 self._transport.close()
             return False
         return True
 
-    def _answered(self, response: bytes) -> None:
-        """An answer to a request the server has recorded: held for the journal, if any."""
-        if self._held is None and self._server.journal is not None:
-            self._held = []
-            self._server.hold(self)
-        self._write(response)
-
     def _write(self, data: bytes) -> None:
-        held = self._held
-        if held is not None:  # behind an answer that waits: keep the order
-            held.append(data)
-        elif self._transport is not None:
+        if data and self._transport is not None:
             self._transport.write(data)
 
-    def release_held(self) -> None:
-        """The journal has this connection's answers: send them (and close, if due)."""
-        held, self._held = self._held, None
-        transport = self._transport
-        if held is None or transport is None or self._conn is None or transport.is_closing():
-            return  # the connection went meanwhile
-        transport.write(held[0] if len(held) == 1 else b"".join(held))
-        if self._close_after:
-            transport.close()
-
-    def drop_held(self) -> None:
-        """The journal refused this connection's answers: none of them may go."""
-        self._held = None
+    def drop_unjournaled(self) -> None:
+        """The journal refused an answer: it may not go, and the connection ends."""
+        self._conn = None
         if self._transport is not None:
             self._transport.abort()
 
@@ -697,7 +641,9 @@ class _KmsProtocol(asyncio.Protocol):
         except NdrError as exc:
             self._log_refusal(f"nca_s_fault_ndr: {exc}")
             return conn.fault(call, NcaStatus.NCA_S_FAULT_NDR)
-        server.record(LoggedRequest(outcome.log, self.peer, outcome.reason), started)
+        if not server.record(LoggedRequest(outcome.log, self.peer, outcome.reason), started):
+            self.drop_unjournaled()
+            return b""
         return conn.respond(call, outcome.stub)
 
     def _log_refusal(self, reason: str) -> None:
@@ -747,7 +693,9 @@ class _FaultyProtocol(_KmsProtocol):
                 self._host.rules, request, fault.status, opened.nonce, server.now()
             )
             sealed = seal_response(opened.key, answer.plaintext, os.urandom(12))
-            server.record(LoggedRequest(answer.log, self.peer, f"fault {fault.id}"))
+            if not server.record(LoggedRequest(answer.log, self.peer, f"fault {fault.id}")):
+                self.drop_unjournaled()
+                return b""
             return conn.respond(call, encode_response_stub(sealed, 0))
         transport = self._transport
         if fault.kind == SLOW:
@@ -768,17 +716,10 @@ class _FaultyProtocol(_KmsProtocol):
         assert fault.kind in (SLOW, RESET, GARBAGE, STALL)
         return b""
 
-    def _answered(self, response: bytes) -> None:
-        if response:
-            super()._answered(response)
-
     def _late(self, response: bytes) -> None:
-        """A slow answer's time has come: out it goes, through the journal as any other."""
-        if self._conn is None:
-            return
-        super()._answered(response)
-        if self._held is not None:
-            self._server.commit()
+        """A slow answer's time has come (it is in the journal already): out it goes."""
+        if self._conn is not None:
+            self._write(response)
 
     def _peek(self, stub: bytes) -> tuple[Opened, RequestFields] | None:
         """The opened envelope and the fields of a request, when it opens and parses."""
