@@ -303,8 +303,8 @@ def activation(cmid: int, when: int, name: str) -> bytes:
 
 
 def serve(connection: type[ServerConnection], streams: list[list[bytes]]) -> dict[str, Any]:
-    """Every stream on its own connection, in turn, on a host with a journal (answers held
-    until the journal has them); what the host wrote, logged, journaled and kept."""
+    """Every stream on its own connection, in turn, on a host with a journal (each answer
+    written once the journal has its request); what the host wrote, logged, journaled and kept."""
     return asyncio.run(_serve(connection, streams))
 
 

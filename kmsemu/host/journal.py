@@ -65,7 +65,7 @@ class Journal:
 
     Records go into a shared memory map of the file rather than through ``write``: the
     mapped pages are the kernel's page cache, so what ``append`` has copied in survives
-    a SIGKILL as a written block would, without a system call per received chunk. The
+    a SIGKILL as a written block would, without a system call per record. The
     file's blocks are allocated (``posix_fallocate``) before the map is extended over
     them, so a full disk is an ``OSError`` from ``append``, never a SIGBUS. Emptied,
     it takes the next records from the start again, in the same pages: in steady state

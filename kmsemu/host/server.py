@@ -6,8 +6,8 @@ and hands complete calls to ``KmsHost``. Batches of count-cache changes and
 request-log rows go to the store every ``flush_interval`` seconds and at
 shutdown, so no request waits for a transaction; with a journal, each
 answered request is copied into it before its response leaves
-(``kmsemu.host.journal``), so an answer survives a killed process. A sweeper closes connections
-idle longer than ``idle_timeout``; a connection arriving when ``max_connections``
+(``kmsemu.host.journal``), so an answer survives a killed process. A sweeper
+closes connections idle longer than ``idle_timeout``; a connection arriving when ``max_connections``
 are open closes the oldest one (a KMS client holds its connection for one
 exchange, so the oldest is the idle or slow peer that would keep real clients
 out). Every failure is confined to its own connection.
@@ -364,9 +364,9 @@ class KmsServer:
             self._publish_turn.clear()
 
     async def close(self) -> None:
-        """Stop listening, drop every connection and task, then
-        flush what is left (the journal goes once the store holds everything; a store that
-        refuses it now is logged, and the journal stays for the next start to recover)."""
+        """Stop listening, drop every connection and task, then flush what is left (the
+        journal goes once the store holds everything; a store that refuses it now is
+        logged, and the journal stays for the next start to recover)."""
         for server in self._servers:
             server.close()
         for conn in list(self.connections):
@@ -624,11 +624,15 @@ class _KmsProtocol(asyncio.Protocol):
         if data and self._transport is not None:
             self._transport.write(data)
 
-    def drop_unjournaled(self) -> None:
-        """The journal refused an answer: it may not go, and the connection ends."""
+    def _recorded(self, logged: LoggedRequest, started: float = 0.0) -> bool:
+        """Record an answered request; False when the journal refused it: its answer may
+        not go, and the connection ends."""
+        if self._server.record(logged, started):
+            return True
         self._conn = None
         if self._transport is not None:
             self._transport.abort()
+        return False
 
     def _answer(self, conn: LeanConnection, call: Call) -> bytes:
         server = self._server
@@ -641,8 +645,7 @@ class _KmsProtocol(asyncio.Protocol):
         except NdrError as exc:
             self._log_refusal(f"nca_s_fault_ndr: {exc}")
             return conn.fault(call, NcaStatus.NCA_S_FAULT_NDR)
-        if not server.record(LoggedRequest(outcome.log, self.peer, outcome.reason), started):
-            self.drop_unjournaled()
+        if not self._recorded(LoggedRequest(outcome.log, self.peer, outcome.reason), started):
             return b""
         return conn.respond(call, outcome.stub)
 
@@ -693,8 +696,7 @@ class _FaultyProtocol(_KmsProtocol):
                 self._host.rules, request, fault.status, opened.nonce, server.now()
             )
             sealed = seal_response(opened.key, answer.plaintext, os.urandom(12))
-            if not server.record(LoggedRequest(answer.log, self.peer, f"fault {fault.id}")):
-                self.drop_unjournaled()
+            if not self._recorded(LoggedRequest(answer.log, self.peer, f"fault {fault.id}")):
                 return b""
             return conn.respond(call, encode_response_stub(sealed, 0))
         transport = self._transport
