@@ -61,9 +61,9 @@ def test_records_read_back_in_order_and_a_torn_tail_is_dropped(tmp_path: Path) -
 def test_the_map_grows_and_the_file_keeps_just_the_records(
     tmp_path: Path, monkeypatch: Any, fallocate: bool
 ) -> None:
-    """Records past the first allocation (64 KiB) are all read back; what follows the
-    last record's end mark is no record; closed, the file is cut to its records; emptied, it reads
-    as nothing and takes new records from the start. The same where the system has no
+    """Records past the first allocation (64 KiB) are all read back; closed, the file is
+    cut to its records; emptied, it reads as nothing, holds zeros where its records were,
+    and takes new records from the start. The same where the system has no
     ``posix_fallocate`` (macOS: the blocks are zeros written)."""
     if not fallocate:
         monkeypatch.delattr(journal.os, "posix_fallocate", raising=False)
@@ -76,7 +76,8 @@ def test_the_map_grows_and_the_file_keeps_just_the_records(
     assert [seq for seq, _, _ in journal.read(path)] == list(range(1, 1001))
     j.empty()
     assert list(journal.read(path)) == []
-    j.append(entry(1001, logged(0, 1001)))  # over record 1: the end mark hides 2 to 1000
+    assert path.read_bytes() == bytes(path.stat().st_size)  # records 1 to 1000 zeroed
+    j.append(entry(1001, logged(0, 1001)))  # over record 1: zeros follow it
     assert [seq for seq, _, _ in journal.read(path)] == [1001]
     j.close(remove=False)
     assert path.stat().st_size == len(entry(1001, logged(0, 1001)))
@@ -85,6 +86,47 @@ def test_the_map_grows_and_the_file_keeps_just_the_records(
     again.append(entry(1002, logged(0, 1002)))
     again.close(remove=False)
     assert [seq for seq, _, _ in journal.read(path)] == [1001, 1002]
+
+
+def test_add_frames_in_place_the_bytes_of_record(tmp_path: Path) -> None:
+    """The host's ``add`` writes exactly what ``append(record(...))`` does: HResult
+    statuses as plain ints, the previous CMID, every record followed by zeros only."""
+    by_add, by_append = journal.Journal(tmp_path / "a"), journal.Journal(tmp_path / "b")
+    requests = [
+        (1, logged(0, 7), bytes(range(16))),
+        (2, logged(HResult.TIMESTAMP_INVALID, 8), None),
+    ]
+    for seq, request, previous in requests:
+        by_add.add(seq, request.row(), previous)
+        by_append.append(journal.record(seq, request.row(), previous))
+    data = (tmp_path / "a").read_bytes()
+    assert data == (tmp_path / "b").read_bytes()
+    ends = len(journal.record(1, requests[0][1].row(), bytes(range(16)))) + len(
+        journal.record(2, requests[1][1].row(), None)
+    )
+    assert data[ends:] == bytes(len(data) - ends)
+    read = list(journal.read(tmp_path / "a"))
+    assert [(seq, row[1], previous) for seq, row, previous in read] == [
+        (1, 0, bytes(range(16))),
+        (2, 0xC004F06C, None),
+    ]
+
+
+def test_opened_over_a_torn_record_the_tail_is_zeroed(tmp_path: Path) -> None:
+    """A record cut short by a killed process is dropped; the next process zeroes its
+    bytes, so a shorter record appended over it is followed by zeros, not by its tail."""
+    path = tmp_path / "j"
+    j = journal.Journal(path)
+    long_one = journal.record(2, logged(0, 8).row(), bytes(16))
+    j.append(entry(1, logged(0, 7)) + long_one[:-3])  # killed mid-copy
+    j.close(remove=False)
+    again = journal.Journal(path)
+    again.add(3, logged(0, 9).row(), None)  # shorter than the torn record
+    data = path.read_bytes()
+    ends = len(entry(1, logged(0, 7))) + len(entry(3, logged(0, 9)))
+    assert data[ends:] == bytes(len(data) - ends)
+    assert [seq for seq, _, _ in journal.read(path)] == [1, 3]
+    again.close(remove=False)
 
 
 def test_a_full_disk_is_an_oserror_and_nothing_half_written(
@@ -103,6 +145,10 @@ def test_a_full_disk_is_an_oserror_and_nothing_half_written(
     with pytest.raises(OSError, match="No space"):  # past the first allocation
         j.append(b"".join(entry(s, logged(0, s)) for s in range(2, 1000)))
     assert [seq for seq, _, _ in journal.read(path)] == [1]
+    with pytest.raises(OSError, match="No space"):  # the host's path: one record at a time
+        for seq in range(2, 1000):
+            j.add(seq, logged(0, seq).row(), None)
+    assert [seq for seq, _, _ in journal.read(path)] == list(range(1, seq))
     j.empty()  # its blocks stay the journal's: the room it has is still there
     j.append(entry(2, logged(0, 2)))
     j.close(remove=False)
@@ -142,7 +188,7 @@ class FullDisk:
     def __init__(self) -> None:
         self.path = Path("/nonexistent")
 
-    def append(self, records: bytes) -> None:
+    def add(self, seq: int, row: Any, previous: bytes | None) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     def empty(self) -> None:

@@ -14,8 +14,8 @@ has committed, and the journal is emptied whenever everything in it is in
 the store. At start-up ``recover`` takes into the store, in order, whatever
 the journal holds beyond that number: the rows, and their effect on the
 count cache. A record cut short (a power cut mid-write) was never answered
-and is dropped; an end mark (a frame of length 0) follows the last record, and past
-it are zeros or older records the store already holds.
+and is dropped. Past the last record the file holds zeros (emptying the journal zeroes
+what it held), which read as a frame of length 0: the end.
 
 Record: ``length u32 | crc32 u32 | marshal((seq, row, previous_cmid))``.
 """
@@ -39,8 +39,6 @@ SUFFIX: Final = ".answered"
 #: The journal's first allocation; it doubles when full (a flush empties it 4 times a
 #: second: a busy host's settles at a few hundred KiB).
 _GROWTH: Final = 64 << 10
-#: The end mark after the last record: a frame of length 0.
-_END: Final = bytes(8)
 _FRAME = struct.Struct("<II")
 #: Columns of a ``requests`` row (``LoggedRequest.row``) the count cache is rebuilt from.
 _TIME, _STATUS, _REQUIRED, _CMID, _APP = 0, 1, 2, 4, 10
@@ -56,7 +54,8 @@ def record(seq: int, row: tuple[Any, ...], previous: bytes | None) -> bytes:
     and its previous CMID (the count cache needs it to be rebuilt)."""
     if type(row[_STATUS]) is not int:  # an HResult member: marshal takes plain ints only
         row = (row[0], int(row[_STATUS]), *row[2:])
-    body = marshal.dumps((seq, row, previous))
+    # Version 2: no table of shared references (a row has none worth one), a third faster.
+    body = marshal.dumps((seq, row, previous), 2)
     return _FRAME.pack(len(body), zlib.crc32(body)) + body
 
 
@@ -69,7 +68,9 @@ class Journal:
     file's blocks are allocated (``posix_fallocate``) before the map is extended over
     them, so a full disk is an ``OSError`` from ``append``, never a SIGBUS. Emptied,
     it takes the next records from the start again, in the same pages: in steady state
-    a journal costs no system call, no page fault and no new block.
+    a journal costs no system call, no page fault and no new block. Every byte past the
+    last record is zero (allocated blocks are, and emptying zeroes the records), so
+    ``read`` stops there with no end mark to write after each record.
     """
 
     def __init__(self, path: Path) -> None:
@@ -83,15 +84,31 @@ class Journal:
             self._at = _records_end(path.read_bytes())
             self._map = mmap.mmap(self._fd, existing)
             self._size = existing
+            self._map[self._at :] = bytes(existing - self._at)  # a torn record's bytes
 
     def append(self, records: bytes) -> None:
         """Copy ``records`` (whole records, joined) in after the last."""
         at, end = self._at, self._at + len(records)
-        if end + _FRAME.size > self._size:
+        if end + _FRAME.size > self._size:  # room for the zeros that end it, too
             self._extend(end + _FRAME.size)
         assert self._map is not None
         self._map[at:end] = records
-        self._map[end : end + _FRAME.size] = _END  # where ``read`` stops: older records follow
+        self._at = end
+
+    def add(self, seq: int, row: tuple[Any, ...], previous: bytes | None) -> None:
+        """Append ``record(seq, row, previous)``, framed in place in the map: the host's
+        path, with one copy of the body and no joined bytes."""
+        if type(row[_STATUS]) is not int:
+            row = (row[0], int(row[_STATUS]), *row[2:])
+        body = marshal.dumps((seq, row, previous), 2)
+        at = self._at
+        end = at + _FRAME.size + len(body)
+        if end + _FRAME.size > self._size:
+            self._extend(end + _FRAME.size)
+        m = self._map
+        assert m is not None
+        _FRAME.pack_into(m, at, len(body), zlib.crc32(body))
+        m[at + _FRAME.size : end] = body
         self._at = end
 
     def _extend(self, needed: int) -> None:
@@ -105,11 +122,11 @@ class Journal:
         self._size = size
 
     def empty(self) -> None:
-        """Drop every record (the store holds them all now): the next goes at the start,
-        over the old ones (the same pages, mapped and allocated: no system call, no new
+        """Drop every record (the store holds them all now), zeroing them: the next goes
+        at the start, in the same pages (mapped and allocated: no system call, no new
         block, and the kernel writes back at most the file's size per interval)."""
         if self._at and self._map is not None:
-            self._map[0 : _FRAME.size] = _END
+            self._map[0 : self._at] = bytes(self._at)
             self._at = 0
 
     def close(self, *, remove: bool) -> None:

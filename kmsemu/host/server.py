@@ -54,7 +54,6 @@ from kmsemu.host.faults import (
     forced_answer,
 )
 from kmsemu.host.journal import Journal
-from kmsemu.host.journal import record as journal_record
 from kmsemu.host.options import ServerOptions
 from kmsemu.host.overrides import Overrides, OverridesStore
 from kmsemu.host.publish import Publication, Publisher
@@ -397,7 +396,7 @@ class KmsServer:
             q = logged.record.request
             previous = q.previous_client_machine_id if q is not None else None
             try:
-                self.journal.append(journal_record(self._seq, row, previous))
+                self.journal.add(self._seq, row, previous)
             except OSError as exc:
                 self.log.event("journal-failed", self.now(), {"error": str(exc)})
                 journaled = False
