@@ -20,12 +20,16 @@
  * - activation_line: the event log's line for an answered request, in the plain case
  *   (kmsemu.host.events.EventLog.activation keeps the reference f-string).
  *
+ * - journal_add: an answered request's journal record framed into the journal's map
+ *   (kmsemu.host.journal.record keeps the reference: the same marshal, the same CRC-32).
+ *
  * Nothing here draws randomness or reads a clock: nonces and times come in as
  * arguments, as everywhere in kmsemu's pure code (klp-v1.md sections 2 to 4).
  */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <marshal.h>
 #include <openssl/evp.h>
 #include <string.h>
 #include <time.h>
@@ -699,10 +703,69 @@ static PyObject *activation_line(PyObject *module, PyObject *const *args, Py_ssi
     return PyUnicode_DecodeUTF8(line, n, "strict");
 }
 
+/* -- the journal --------------------------------------------------------------------- */
+
+static PyObject *zlib_crc32; /* zlib.crc32: the CRC-32 the pure path uses, and fast */
+
+/* journal_add(map, at, seq, row, previous) -> int:
+ * kmsemu.host.journal.record(seq, row, previous) written into the writable buffer `map`
+ * at offset `at` (length, CRC-32, marshal version 2 of the triple), with room for the
+ * zeros that end it; the offset after it, or 0 when `map` has no room (nothing written:
+ * the caller grows the map the pure way). */
+static PyObject *journal_add(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "journal_add takes 5 arguments");
+        return NULL;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
+    if (at == -1 && PyErr_Occurred())
+        return NULL;
+    if (at < 0) {
+        PyErr_SetString(PyExc_ValueError, "journal_add: a negative offset");
+        return NULL;
+    }
+    PyObject *entry = PyTuple_Pack(3, args[2], args[3], args[4]);
+    if (entry == NULL)
+        return NULL;
+    PyObject *body = PyMarshal_WriteObjectToString(entry, 2);
+    Py_DECREF(entry);
+    if (body == NULL)
+        return NULL;
+    Py_ssize_t n = PyBytes_GET_SIZE(body);
+    PyObject *crc_obj = PyObject_CallOneArg(zlib_crc32, body);
+    if (crc_obj == NULL) {
+        Py_DECREF(body);
+        return NULL;
+    }
+    uint32_t crc = (uint32_t)PyLong_AsUnsignedLongMask(crc_obj);
+    Py_DECREF(crc_obj);
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(body);
+        return NULL;
+    }
+    Py_ssize_t end = 0;
+    if (n <= (Py_ssize_t)UINT32_MAX && at <= view.len && view.len - at >= n + 16) {
+        unsigned char *frame = (unsigned char *)view.buf + at;
+        const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(body);
+        put_u32(frame, (uint32_t)n);
+        put_u32(frame + 4, crc);
+        memcpy(frame + 8, data, (size_t)n);
+        end = at + 8 + n;
+    }
+    PyBuffer_Release(&view);
+    Py_DECREF(body);
+    return PyLong_FromSsize_t(end);
+}
+
 static PyMethodDef core_functions[] = {
     {"activation_line", (PyCFunction)(void (*)(void))activation_line, METH_FASTCALL,
      "activation_line(time, status, product, activation_id, count, name, cmid, flags, "
      "license_status, minutes, required, peer) -> the event log's line, or None"},
+    {"journal_add", (PyCFunction)(void (*)(void))journal_add, METH_FASTCALL,
+     "journal_add(map, at, seq, row, previous) -> the offset after the record, or 0 "
+     "when the map has no room for it"},
     {NULL},
 };
 
@@ -719,6 +782,13 @@ static struct PyModuleDef core_module = {
 PyMODINIT_FUNC PyInit__core(void)
 {
     if (PyType_Ready(&AesGcmType) < 0 || PyType_Ready(&HostCoreType) < 0)
+        return NULL;
+    PyObject *zlib = PyImport_ImportModule("zlib");
+    if (zlib == NULL)
+        return NULL;
+    zlib_crc32 = PyObject_GetAttrString(zlib, "crc32");
+    Py_DECREF(zlib);
+    if (zlib_crc32 == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&core_module);
     if (m == NULL)

@@ -1,5 +1,6 @@
 """Types of the optional compiled core (kmsemu/_core.c, built by scripts/build-core)."""
 
+from mmap import mmap
 from typing import Final
 
 OPENSSL_VERSION: Final[str]
@@ -20,6 +21,9 @@ def activation_line(
     required: int,
     peer: str,
 ) -> str | None: ...
+def journal_add(
+    map: mmap | bytearray, at: int, seq: int, row: tuple[object, ...], previous: bytes | None
+) -> int: ...
 
 class AesGcm:
     def __init__(self, key: bytes) -> None: ...

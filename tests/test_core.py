@@ -312,6 +312,60 @@ def test_the_plain_activation_line_is_the_cores() -> None:
     assert request.workstation_name == "PC-1"
 
 
+# -- the journal's record -------------------------------------------------------------------
+
+_FIELD = st.one_of(
+    st.none(), st.integers(-(2**70), 2**70), st.sampled_from([0, NOW, 0xC004F06C, 2**31]),
+    st.binary(max_size=20), st.text(max_size=12),
+)  # fmt: skip
+
+
+@needs_core
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(st.integers(1, 2**63), st.lists(_FIELD, min_size=14, max_size=14), _U32,
+       st.one_of(st.none(), st.binary(min_size=16, max_size=16)),
+       st.integers(0, 300), st.integers(0, 40))  # fmt: skip
+def test_the_journal_record_is_alike_with_and_without_the_core(
+    seq: int, fields: list[Any], status: int, previous: bytes | None, at: int, slack: int
+) -> None:
+    """``journal_add`` writes ``journal.record``'s bytes at the offset it is given and
+    nothing else, when the buffer has room for them and the 8 zero bytes that end them;
+    with less it writes nothing and answers 0. (A row's status is a plain int by then.)"""
+    from kmsemu.host import journal
+
+    row = (fields[0], status, *fields[1:])
+    expected = journal.record(seq, row, previous)
+    room = bytearray(b"\xa5" * (at + len(expected) + 8 + slack))
+    assert _core.journal_add(room, at, seq, row, previous) == at + len(expected)
+    assert room == b"\xa5" * at + expected + b"\xa5" * (8 + slack)
+    short = bytearray(b"\xa5" * (at + len(expected) + 7))
+    assert _core.journal_add(short, at, seq, row, previous) == 0
+    assert short == b"\xa5" * len(short)
+
+
+@needs_core
+def test_the_journal_file_is_alike_with_and_without_the_core(tmp_path: Path) -> None:
+    """The host's ``Journal.add`` with the core gives the file the pure path gives, the map
+    grown (the core declines: the pure path grows it) and emptied along the way."""
+    from kmsemu.host import journal
+
+    def fill(path: Path) -> bytes:
+        j = journal.Journal(path)
+        for seq in range(1, 700):  # past the first 64 KiB
+            if seq == 400:
+                j.empty()
+            j.add(seq, (NOW + seq, 0, 5, f"PC-{seq}", bytes(16), NOW, 0, 2, 43200,
+                        bytes(16), bytes(16), bytes(16), seq, "127.0.0.1:1", ""), None)  # fmt: skip
+        j.close(remove=False)
+        return path.read_bytes()
+
+    with_core = fill(tmp_path / "core")
+    with mock.patch.object(journal, "_core_add", None):
+        pure = fill(tmp_path / "pure")
+    assert with_core == pure
+    assert [seq for seq, _, _ in journal.read(tmp_path / "core")] == list(range(400, 700))
+
+
 # -- choosing the core, and what it is for ----------------------------------------------------
 
 

@@ -34,12 +34,15 @@ from pathlib import Path
 from typing import Any, Final
 
 from kmsemu.host.store import HostStore
+from kmsemu.klp._fastcore import CORE
 
 SUFFIX: Final = ".answered"
 #: The journal's first allocation; it doubles when full (a flush empties it 4 times a
 #: second: a busy host's settles at a few hundred KiB).
 _GROWTH: Final = 64 << 10
 _FRAME = struct.Struct("<II")
+#: The compiled core's ``record`` framed into the map (the same bytes), when it is in use.
+_core_add = CORE.journal_add if CORE is not None else None
 #: Columns of a ``requests`` row (``LoggedRequest.row``) the count cache is rebuilt from.
 _TIME, _STATUS, _REQUIRED, _CMID, _APP = 0, 1, 2, 4, 10
 
@@ -97,9 +100,15 @@ class Journal:
 
     def add(self, seq: int, row: tuple[Any, ...], previous: bytes | None) -> None:
         """Append ``record(seq, row, previous)``, framed in place in the map: the host's
-        path, with one copy of the body and no joined bytes."""
+        path, with one copy of the body and no joined bytes (one call with the core,
+        unless the map must grow first)."""
         if type(row[_STATUS]) is not int:
             row = (row[0], int(row[_STATUS]), *row[2:])
+        if _core_add is not None and self._map is not None:
+            end = _core_add(self._map, self._at, seq, row, previous)
+            if end:
+                self._at = end
+                return
         body = marshal.dumps((seq, row, previous), 2)
         at = self._at
         end = at + _FRAME.size + len(body)

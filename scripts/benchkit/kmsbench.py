@@ -461,7 +461,12 @@ def run_all(specs: list[ServerSpec], args: argparse.Namespace, argv_shown: list[
         text += "\n\n" + floor_table(floors, args.repeat)
     batched = [i for i, spec in enumerate(specs) if "--ack batched" in spec.name]
     if batched:
-        costs = floor_ratios(runs, scenarios, batched[0], hosts[0])
+        costs = []
+        for b in batched:  # the durable host of the same build
+            h = next(h for h in hosts if specs[h].build == specs[b].build)
+            for f in floor_ratios(runs, scenarios, b, h):
+                f.build = specs[h].build
+                costs.append(f)
         document["against_batched"] = [asdict(f) for f in costs]
         text += "\n\n" + batched_table(costs, args.repeat)
     if len(hosts) > 1 or any(specs[h].build for h in hosts):
@@ -560,12 +565,13 @@ def batched_table(costs: list[FloorRatio], rounds: int) -> str:
     def row(f: FloorRatio) -> list[Any]:
         rate = ratio(f.host_per_second, f.echo_per_second)
         met = "—" if rate is None else ("**met**" if rate >= 0.9 else "not met")
-        return [f.mode, f.clients, f"{f.host_per_second:,.0f}", f"{f.echo_per_second:,.0f}",
+        return [f.build or "—", f.mode, f.clients, f"{f.host_per_second:,.0f}",
+                f"{f.echo_per_second:,.0f}",
                 fmt(rate, ".2f"), span(f.round_rate_ratios, ".2f"), fmt(f.host_us, ".1f"),
                 fmt(f.echo_us, ".1f"), fmt(f.ratio, ".2f"), met]  # fmt: skip
 
     columns = (
-        "| mode | clients> | durable act/s> | batched act/s> | throughput ratio> "
+        "| build | mode | clients> | durable act/s> | batched act/s> | throughput ratio> "
         "| per-round> | durable CPU µs/act> | batched CPU µs/act> | CPU ratio> "
         "| within 10% |"
     )
@@ -622,11 +628,12 @@ def main(
         return 2
     shown = [name, *(sys.argv[1:] if argv is None else argv)]
     if args.core != "auto" and peer is not None:  # bench-host: the builds asked for
-        specs = [kmsemu_host_spec(core=c) for c in CORE_BUILDS[args.core]]
+        builds = CORE_BUILDS[args.core]
+        specs = [kmsemu_host_spec(core=c) for c in builds]
     else:
-        specs = [spec]
-    if args.against_batched:
-        specs.append(kmsemu_host_spec(ack="batched", core=CORE_BUILDS[args.core][0]))
+        builds, specs = CORE_BUILDS["auto"], [spec]
+    if args.against_batched:  # each build against its own batched host
+        specs += [kmsemu_host_spec(ack="batched", core=c) for c in builds]
     if args.against_echo and peer is not None:
         specs.append(peer)
     return run_all(specs, args, shown)
