@@ -707,11 +707,93 @@ static PyObject *activation_line(PyObject *module, PyObject *const *args, Py_ssi
 
 static PyObject *zlib_crc32; /* zlib.crc32: the CRC-32 the pure path uses, and fast */
 
+/* The marshal (version 2) of what a journal record holds, written straight into the map:
+ * None, int within 64 bits, bytes, ASCII str and tuples of them, as marshal.dumps(v, 2)
+ * writes them (TYPE_INT within 32 bits, else TYPE_LONG in 15-bit digits; no references
+ * in version 2). 0 when written; 1 when `v` is something else (the caller lets marshal do
+ * it); 2 when the room [p, end) is too small. */
+typedef struct {
+    unsigned char *p, *end;
+} Room;
+
+static int w_bytes(Room *r, unsigned char type, const void *data, Py_ssize_t n)
+{
+    if (n > (Py_ssize_t)INT32_MAX)
+        return 1;
+    if (r->end - r->p < 5 + n)
+        return 2;
+    *r->p = type;
+    put_u32(r->p + 1, (uint32_t)n);
+    memcpy(r->p + 5, data, (size_t)n);
+    r->p += 5 + n;
+    return 0;
+}
+
+static int w_value(Room *r, PyObject *v, int depth)
+{
+    if (v == Py_None) {
+        if (r->end - r->p < 1)
+            return 2;
+        *r->p++ = 'N';
+        return 0;
+    }
+    if (PyLong_CheckExact(v)) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow || (x == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 1;
+        }
+        if (x >= INT32_MIN && x <= INT32_MAX) {
+            if (r->end - r->p < 5)
+                return 2;
+            *r->p = 'i';
+            put_u32(r->p + 1, (uint32_t)(int32_t)x);
+            r->p += 5;
+            return 0;
+        }
+        uint64_t m = x < 0 ? 0 - (uint64_t)x : (uint64_t)x;
+        unsigned char digits[10];
+        int n = 0;
+        for (; m; m >>= 15, n++) {
+            digits[2 * n] = (unsigned char)(m & 0xFF);
+            digits[2 * n + 1] = (unsigned char)((m >> 8) & 0x7F);
+        }
+        if (r->end - r->p < 5 + 2 * n)
+            return 2;
+        *r->p = 'l';
+        put_u32(r->p + 1, (uint32_t)(x < 0 ? -n : n));
+        memcpy(r->p + 5, digits, (size_t)(2 * n));
+        r->p += 5 + 2 * n;
+        return 0;
+    }
+    if (PyBytes_CheckExact(v))
+        return w_bytes(r, 's', PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v));
+    if (PyUnicode_CheckExact(v) && PyUnicode_IS_COMPACT_ASCII(v))
+        return w_bytes(r, 'u', PyUnicode_DATA(v), PyUnicode_GET_LENGTH(v));
+    if (PyTuple_CheckExact(v) && depth < 2) {
+        Py_ssize_t n = PyTuple_GET_SIZE(v);
+        if (r->end - r->p < 5)
+            return 2;
+        *r->p = '(';
+        put_u32(r->p + 1, (uint32_t)n);
+        r->p += 5;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int w = w_value(r, PyTuple_GET_ITEM(v, i), depth + 1);
+            if (w)
+                return w;
+        }
+        return 0;
+    }
+    return 1;
+}
+
 /* journal_add(map, at, seq, row, previous) -> int:
  * kmsemu.host.journal.record(seq, row, previous) written into the writable buffer `map`
  * at offset `at` (length, CRC-32, marshal version 2 of the triple), with room for the
- * zeros that end it; the offset after it, or 0 when `map` has no room (nothing written:
- * the caller grows the map the pure way). */
+ * zeros that end it; the offset after it, or 0 when `map` has no room (then what it had
+ * begun to write past `at` is zeroed again, as a journal's map is past its last record,
+ * and the caller grows the map the pure way). */
 static PyObject *journal_add(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 5) {
@@ -725,38 +807,62 @@ static PyObject *journal_add(PyObject *module, PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_ValueError, "journal_add: a negative offset");
         return NULL;
     }
-    PyObject *entry = PyTuple_Pack(3, args[2], args[3], args[4]);
-    if (entry == NULL)
-        return NULL;
-    PyObject *body = PyMarshal_WriteObjectToString(entry, 2);
-    Py_DECREF(entry);
-    if (body == NULL)
-        return NULL;
-    Py_ssize_t n = PyBytes_GET_SIZE(body);
-    PyObject *crc_obj = PyObject_CallOneArg(zlib_crc32, body);
-    if (crc_obj == NULL) {
-        Py_DECREF(body);
-        return NULL;
-    }
-    uint32_t crc = (uint32_t)PyLong_AsUnsignedLongMask(crc_obj);
-    Py_DECREF(crc_obj);
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0) {
-        Py_DECREF(body);
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0)
         return NULL;
-    }
     Py_ssize_t end = 0;
-    if (n <= (Py_ssize_t)UINT32_MAX && at <= view.len && view.len - at >= n + 16) {
-        unsigned char *frame = (unsigned char *)view.buf + at;
-        const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(body);
-        put_u32(frame, (uint32_t)n);
-        put_u32(frame + 4, crc);
-        memcpy(frame + 8, data, (size_t)n);
-        end = at + 8 + n;
+    if (at > view.len - 16)
+        goto done;
+    unsigned char *frame = (unsigned char *)view.buf + at;
+    Room room = {frame + 8, (unsigned char *)view.buf + view.len - 8};
+    unsigned char head[5] = {'(', 3, 0, 0, 0};
+    int w = room.end - room.p < 5 ? 2 : 0;
+    if (w == 0) {
+        memcpy(room.p, head, 5);
+        room.p += 5;
+        for (int i = 2; i < 5 && w == 0; i++)
+            w = w_value(&room, args[i], 1);
     }
+    if (w == 2) { /* no room: the bytes past the last record are zeros again */
+        memset(frame + 8, 0, (size_t)(room.p - (frame + 8)));
+        goto done;
+    }
+    PyObject *body = NULL; /* something the direct writer does not take: marshal's own */
+    if (w == 1) {
+        PyObject *entry = PyTuple_Pack(3, args[2], args[3], args[4]);
+        if (entry == NULL)
+            goto failed;
+        body = PyMarshal_WriteObjectToString(entry, 2);
+        Py_DECREF(entry);
+        if (body == NULL)
+            goto failed;
+        if (PyBytes_GET_SIZE(body) > room.end - (frame + 8)) {
+            Py_DECREF(body);
+            memset(frame + 8, 0, (size_t)(room.p - (frame + 8))); /* as above */
+            goto done;
+        }
+        memcpy(frame + 8, PyBytes_AS_STRING(body), (size_t)PyBytes_GET_SIZE(body));
+        room.p = frame + 8 + PyBytes_GET_SIZE(body);
+        Py_DECREF(body);
+    }
+    Py_ssize_t n = room.p - (frame + 8);
+    PyObject *written = PyMemoryView_FromMemory((char *)frame + 8, n, PyBUF_READ);
+    if (written == NULL)
+        goto failed;
+    PyObject *crc = PyObject_CallOneArg(zlib_crc32, written);
+    Py_DECREF(written);
+    if (crc == NULL)
+        goto failed;
+    put_u32(frame, (uint32_t)n);
+    put_u32(frame + 4, (uint32_t)PyLong_AsUnsignedLongMask(crc));
+    Py_DECREF(crc);
+    end = at + 8 + n;
+done:
     PyBuffer_Release(&view);
-    Py_DECREF(body);
     return PyLong_FromSsize_t(end);
+failed:
+    PyBuffer_Release(&view);
+    return NULL;
 }
 
 static PyMethodDef core_functions[] = {
