@@ -108,7 +108,7 @@ class Journal:
             if end:
                 self._at = end
                 return
-        body = marshal.dumps((seq, row, previous), 2)
+        body = marshal.dumps((seq, row, previous), 2)  # ``record``, inline: every request's path
         at = self._at
         end = at + _FRAME.size + len(body)
         if end + _FRAME.size > self._size:

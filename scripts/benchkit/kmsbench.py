@@ -365,8 +365,8 @@ def parse_args(argv: list[str] | None, description: str, peer: bool) -> argparse
              "run scripts/bench-echo's floor in the same rounds (host, echo, host, echo, ...) "
              "and report host CPU per activation as a ratio of the floor's"),
             ("--against-batched", bool, False,
-             "also run the host with --ack batched in the same rounds and report what durable "
-             "answers cost"),
+             "also run the host (each build asked for) with --ack batched in the same rounds "
+             "and report what durable answers cost"),
             ("--write", bool, False,
              f"with --against-echo, put the report in docs/benchmarks.md ({SECTION!r})"),
         ])  # fmt: skip
@@ -451,22 +451,24 @@ def run_all(specs: list[ServerSpec], args: argparse.Namespace, argv_shown: list[
     text = report(results, machine, argv_shown)
     names = [spec.name for spec in specs]
     hosts = [i for i, spec in enumerate(specs) if spec.name != "echo" and "--ack" not in spec.name]
-    if "echo" in names:
-        floors = []
-        for h in hosts:
-            for f in floor_ratios(runs, scenarios, names.index("echo"), h):
+
+    def paired(pairs: list[tuple[int, int]]) -> list[FloorRatio]:
+        """Each (floor, host) pair's ratios, named by the host's build."""
+        out = []
+        for floor, h in pairs:
+            for f in floor_ratios(runs, scenarios, floor, h):
                 f.build = specs[h].build
-                floors.append(f)
+                out.append(f)
+        return out
+
+    if "echo" in names:
+        floors = paired([(names.index("echo"), h) for h in hosts])
         document["against_echo"] = [asdict(f) for f in floors]
         text += "\n\n" + floor_table(floors, args.repeat)
     batched = [i for i, spec in enumerate(specs) if "--ack batched" in spec.name]
-    if batched:
-        costs = []
-        for b in batched:  # the durable host of the same build
-            h = next(h for h in hosts if specs[h].build == specs[b].build)
-            for f in floor_ratios(runs, scenarios, b, h):
-                f.build = specs[h].build
-                costs.append(f)
+    if batched:  # each batched host against the durable host of its build
+        costs = paired([(b, next(h for h in hosts if specs[h].build == specs[b].build))
+                        for b in batched])  # fmt: skip
         document["against_batched"] = [asdict(f) for f in costs]
         text += "\n\n" + batched_table(costs, args.repeat)
     if len(hosts) > 1 or any(specs[h].build for h in hosts):
