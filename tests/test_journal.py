@@ -235,3 +235,29 @@ async def _full_disk() -> None:
     server.flush()
     assert "journal-failed" in stream.getvalue() and "No space left" in stream.getvalue()
     assert len(rows.rows) == 1  # the request is still logged (the host did count it)
+
+
+def test_a_connection_dropped_for_the_journal_takes_no_more_of_its_chunk() -> None:
+    """Two requests in one chunk, the journal refusing the first: the connection goes
+    then, and the second is neither answered nor counted."""
+    asyncio.run(_full_disk_pipelined())
+
+
+async def _full_disk_pipelined() -> None:
+    from kmsemu.host.rules import CountCache, HostRules, HostSettings
+    from kmsemu.host.service import KmsHost
+    from kmsemu.klp.envelope import Keyring
+
+    rules = HostRules(CATALOG, HostSettings(), IDENTITY, CountCache())
+    host = KmsHost(rules, Keyring([SECRET]), lambda: NOW)
+    rows = Rows()
+    server = KmsServer(host, rows, EventLog(io.StringIO()), now=lambda: NOW, journal=FullDisk())  # type: ignore[arg-type]
+    protocol = _KmsProtocol(server, PORT)
+    transport = Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(bind_pdu())
+    two = request_pdu(activation(1, NOW, "PC1")) + request_pdu(activation(2, NOW, "PC2"))
+    protocol.data_received(two)
+    assert len(transport.written) == 1 and transport.closed  # the BIND_ACK; then dropped
+    server.flush()
+    assert len(rows.rows) == 1  # the first request only

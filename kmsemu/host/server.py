@@ -601,7 +601,8 @@ class _KmsProtocol(asyncio.Protocol):
         """Send what ``event`` asks for; False once the connection is closed."""
         if isinstance(event, Call):
             self._write(self._answer(conn, event))
-        elif isinstance(event, Send):
+            return self._conn is not None  # not dropped for a journal that refused it
+        if isinstance(event, Send):
             self._write(event.data)
             if event.refusal:
                 self._log_refusal(event.refusal)
