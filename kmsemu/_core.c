@@ -729,6 +729,16 @@ static int w_bytes(Room *r, unsigned char type, const void *data, Py_ssize_t n)
     return 0;
 }
 
+static int w_tuple_head(Room *r, Py_ssize_t n)
+{
+    if (r->end - r->p < 5)
+        return 2;
+    *r->p = '(';
+    put_u32(r->p + 1, (uint32_t)n);
+    r->p += 5;
+    return 0;
+}
+
 static int w_value(Room *r, PyObject *v, int depth)
 {
     if (v == Py_None) {
@@ -772,20 +782,52 @@ static int w_value(Room *r, PyObject *v, int depth)
     if (PyUnicode_CheckExact(v) && PyUnicode_IS_COMPACT_ASCII(v))
         return w_bytes(r, 'u', PyUnicode_DATA(v), PyUnicode_GET_LENGTH(v));
     if (PyTuple_CheckExact(v) && depth < 2) {
-        Py_ssize_t n = PyTuple_GET_SIZE(v);
-        if (r->end - r->p < 5)
-            return 2;
-        *r->p = '(';
-        put_u32(r->p + 1, (uint32_t)n);
-        r->p += 5;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            int w = w_value(r, PyTuple_GET_ITEM(v, i), depth + 1);
-            if (w)
-                return w;
-        }
-        return 0;
+        int w = w_tuple_head(r, PyTuple_GET_SIZE(v));
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(v) && w == 0; i++)
+            w = w_value(r, PyTuple_GET_ITEM(v, i), depth + 1);
+        return w;
     }
     return 1;
+}
+
+/* The triple as marshal.dumps writes it, from `start` (over what the direct writer began):
+ * 0, 2 (no room) or -1 (an error set). */
+static int w_marshal(Room *r, unsigned char *start, PyObject *const *triple)
+{
+    PyObject *entry = PyTuple_Pack(3, triple[0], triple[1], triple[2]);
+    if (entry == NULL)
+        return -1;
+    PyObject *body = PyMarshal_WriteObjectToString(entry, 2);
+    Py_DECREF(entry);
+    if (body == NULL)
+        return -1;
+    Py_ssize_t n = PyBytes_GET_SIZE(body);
+    int w = 2;
+    if (n <= r->end - start) {
+        memcpy(start, PyBytes_AS_STRING(body), (size_t)n);
+        if (start + n > r->p)
+            r->p = start + n;
+        w = 0;
+    }
+    Py_DECREF(body);
+    return w;
+}
+
+/* The frame's length and CRC-32 (zlib's, as the pure path) for the body up to `end`:
+ * 0, or -1 (an error set). */
+static int w_frame(unsigned char *frame, unsigned char *end)
+{
+    PyObject *body = PyMemoryView_FromMemory((char *)frame + 8, end - (frame + 8), PyBUF_READ);
+    if (body == NULL)
+        return -1;
+    PyObject *crc = PyObject_CallOneArg(zlib_crc32, body);
+    Py_DECREF(body);
+    if (crc == NULL)
+        return -1;
+    put_u32(frame, (uint32_t)(end - (frame + 8)));
+    put_u32(frame + 4, (uint32_t)PyLong_AsUnsignedLongMask(crc));
+    Py_DECREF(crc);
+    return 0;
 }
 
 /* journal_add(map, at, seq, row, previous) -> int:
@@ -810,59 +852,26 @@ static PyObject *journal_add(PyObject *module, PyObject *const *args, Py_ssize_t
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0)
         return NULL;
-    Py_ssize_t end = 0;
-    if (at > view.len - 16)
-        goto done;
+    if (at > view.len - 16) {
+        PyBuffer_Release(&view);
+        return PyLong_FromSsize_t(0);
+    }
     unsigned char *frame = (unsigned char *)view.buf + at;
     Room room = {frame + 8, (unsigned char *)view.buf + view.len - 8};
-    unsigned char head[5] = {'(', 3, 0, 0, 0};
-    int w = room.end - room.p < 5 ? 2 : 0;
-    if (w == 0) {
-        memcpy(room.p, head, 5);
-        room.p += 5;
-        for (int i = 2; i < 5 && w == 0; i++)
-            w = w_value(&room, args[i], 1);
-    }
-    if (w == 2) { /* no room: the bytes past the last record are zeros again */
+    int w = w_tuple_head(&room, 3); /* (seq, row, previous) */
+    for (int i = 2; i < 5 && w == 0; i++)
+        w = w_value(&room, args[i], 1);
+    if (w == 1) /* something the direct writer does not take: marshal's own bytes */
+        w = w_marshal(&room, frame + 8, args + 2);
+    if (w == 0)
+        w = w_frame(frame, room.p);
+    Py_ssize_t end = at + 8 + (room.p - (frame + 8));
+    if (w != 0) { /* no room, or an error: the bytes past the last record are zeros again */
         memset(frame + 8, 0, (size_t)(room.p - (frame + 8)));
-        goto done;
+        end = 0;
     }
-    PyObject *body = NULL; /* something the direct writer does not take: marshal's own */
-    if (w == 1) {
-        PyObject *entry = PyTuple_Pack(3, args[2], args[3], args[4]);
-        if (entry == NULL)
-            goto failed;
-        body = PyMarshal_WriteObjectToString(entry, 2);
-        Py_DECREF(entry);
-        if (body == NULL)
-            goto failed;
-        if (PyBytes_GET_SIZE(body) > room.end - (frame + 8)) {
-            Py_DECREF(body);
-            memset(frame + 8, 0, (size_t)(room.p - (frame + 8))); /* as above */
-            goto done;
-        }
-        memcpy(frame + 8, PyBytes_AS_STRING(body), (size_t)PyBytes_GET_SIZE(body));
-        room.p = frame + 8 + PyBytes_GET_SIZE(body);
-        Py_DECREF(body);
-    }
-    Py_ssize_t n = room.p - (frame + 8);
-    PyObject *written = PyMemoryView_FromMemory((char *)frame + 8, n, PyBUF_READ);
-    if (written == NULL)
-        goto failed;
-    PyObject *crc = PyObject_CallOneArg(zlib_crc32, written);
-    Py_DECREF(written);
-    if (crc == NULL)
-        goto failed;
-    put_u32(frame, (uint32_t)n);
-    put_u32(frame + 4, (uint32_t)PyLong_AsUnsignedLongMask(crc));
-    Py_DECREF(crc);
-    end = at + 8 + n;
-done:
     PyBuffer_Release(&view);
-    return PyLong_FromSsize_t(end);
-failed:
-    PyBuffer_Release(&view);
-    return NULL;
+    return w < 0 ? NULL : PyLong_FromSsize_t(end);
 }
 
 static PyMethodDef core_functions[] = {
