@@ -644,6 +644,37 @@ static void guid_hex(const unsigned char *le, char *out)
     *o = '\0';
 }
 
+/* The line's pieces, written without printf (parsing its format was most of the line's
+ * cost): `n` digits of 0 <= v, zero-padded; a signed 64-bit decimal; `n` bytes of text. */
+static char *put_digits(char *o, int v, int n)
+{
+    for (int i = n - 1; i >= 0; i--, v /= 10)
+        o[i] = (char)('0' + v % 10);
+    return o + n;
+}
+
+static char *put_decimal(char *o, long long v)
+{
+    char digits[20];
+    unsigned long long m = v < 0 ? 0 - (unsigned long long)v : (unsigned long long)v;
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + m % 10);
+        m /= 10;
+    } while (m);
+    if (v < 0)
+        *o++ = '-';
+    while (n)
+        *o++ = digits[--n];
+    return o;
+}
+
+static char *put_text(char *o, const char *text, Py_ssize_t n)
+{
+    memcpy(o, text, (size_t)n);
+    return o + n;
+}
+
 /* activation_line(time, status, product, activation_id, count, name, cmid, flags,
  *                 license_status, minutes, required, peer) -> str or None:
  * kmsemu.host.events.EventLog.activation's text line for a request without a reason,
@@ -687,20 +718,48 @@ static PyObject *activation_line(PyObject *module, PyObject *const *args, Py_ssi
     struct tm utc;
     if (gmtime_r(&when, &utc) == NULL)
         Py_RETURN_NONE;
-    char guid[37];
-    guid_hex((const unsigned char *)PyBytes_AS_STRING(cmid), guid);
-    char line[LINE_MAX_BYTES];
-    int n = snprintf(line, sizeof line,
-                     "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ activation status=0x%08llX "
-                     "product=%s activation_id=%s count=%lld client=%s cmid=%s vm=%lld "
-                     "license_status=%lld minutes=%lld required=%lld peer=%s\n",
-                     utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min,
-                     utc.tm_sec, (int)(filetime % 10000000LL / 10000), status, product,
-                     activation_id, count, name, guid, flags & 1, license_status, minutes,
-                     required, peer);
-    if (n < 0 || n >= (int)sizeof line)
-        Py_RETURN_NONE;
-    return PyUnicode_DecodeUTF8(line, n, "strict");
+    char line[LINE_MAX_BYTES]; /* room: 400 bytes past the texts (checked above) */
+    char *o = line;
+    o = put_digits(o, utc.tm_year + 1900, 4);
+    *o++ = '-';
+    o = put_digits(o, utc.tm_mon + 1, 2);
+    *o++ = '-';
+    o = put_digits(o, utc.tm_mday, 2);
+    *o++ = 'T';
+    o = put_digits(o, utc.tm_hour, 2);
+    *o++ = ':';
+    o = put_digits(o, utc.tm_min, 2);
+    *o++ = ':';
+    o = put_digits(o, utc.tm_sec, 2);
+    *o++ = '.';
+    o = put_digits(o, (int)(filetime % 10000000LL / 10000), 3);
+    o = put_text(o, "Z activation status=0x", 22);
+    static const char hex[] = "0123456789ABCDEF";
+    for (int shift = 28; shift >= 0; shift -= 4)
+        *o++ = hex[(status >> shift) & 15];
+    o = put_text(o, " product=", 9);
+    o = put_text(o, product, product_n);
+    o = put_text(o, " activation_id=", 15);
+    o = put_text(o, activation_id, id_n);
+    o = put_text(o, " count=", 7);
+    o = put_decimal(o, count);
+    o = put_text(o, " client=", 8);
+    o = put_text(o, name, name_n);
+    o = put_text(o, " cmid=", 6);
+    guid_hex((const unsigned char *)PyBytes_AS_STRING(cmid), o);
+    o += 36;
+    o = put_text(o, " vm=", 4);
+    *o++ = (char)('0' + (flags & 1));
+    o = put_text(o, " license_status=", 16);
+    o = put_decimal(o, license_status);
+    o = put_text(o, " minutes=", 9);
+    o = put_decimal(o, minutes);
+    o = put_text(o, " required=", 10);
+    o = put_decimal(o, required);
+    o = put_text(o, " peer=", 6);
+    o = put_text(o, peer, peer_n);
+    *o++ = '\n';
+    return PyUnicode_DecodeUTF8(line, o - line, "strict");
 }
 
 /* -- the journal --------------------------------------------------------------------- */
@@ -708,10 +767,11 @@ static PyObject *activation_line(PyObject *module, PyObject *const *args, Py_ssi
 static PyObject *zlib_crc32; /* zlib.crc32: the CRC-32 the pure path uses, and fast */
 
 /* The marshal (version 2) of what a journal record holds, written straight into the map:
- * None, int within 64 bits, bytes, ASCII str and tuples of them, as marshal.dumps(v, 2)
- * writes them (TYPE_INT within 32 bits, else TYPE_LONG in 15-bit digits; no references
- * in version 2). 0 when written; 1 when `v` is something else (the caller lets marshal do
- * it); 2 when the room [p, end) is too small. */
+ * None, int within 64 bits, bytes, bytearray, ASCII str and tuples of them, as
+ * marshal.dumps(v, 2) writes them (TYPE_INT within 32 bits, else TYPE_LONG in 15-bit
+ * digits; a bytearray as bytes; no references in version 2). 0 when written; 1 when `v`
+ * is something else (the caller lets marshal do it); 2 when the room [p, end) is too
+ * small. */
 typedef struct {
     unsigned char *p, *end;
 } Room;
@@ -779,6 +839,8 @@ static int w_value(Room *r, PyObject *v, int depth)
     }
     if (PyBytes_CheckExact(v))
         return w_bytes(r, 's', PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v));
+    if (PyByteArray_CheckExact(v)) /* marshal writes any other bytes-like as bytes */
+        return w_bytes(r, 's', PyByteArray_AS_STRING(v), PyByteArray_GET_SIZE(v));
     if (PyUnicode_CheckExact(v) && PyUnicode_IS_COMPACT_ASCII(v))
         return w_bytes(r, 'u', PyUnicode_DATA(v), PyUnicode_GET_LENGTH(v));
     if (PyTuple_CheckExact(v) && depth < 2) {

@@ -316,6 +316,7 @@ def test_the_plain_activation_line_is_the_cores() -> None:
 
 _FIELD = st.one_of(  # what a row holds, and what the core leaves to marshal (big, bool, é)
     st.none(), st.integers(-(2**70), 2**70), st.binary(max_size=20), st.text(max_size=12),
+    st.binary(max_size=20).map(bytearray),  # a row's GUIDs (LoggedRequest.row)
     st.sampled_from([0, NOW, 0xC004F06C, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1, 2**45,
                      -(2**15), 2**63 - 1, -(2**63), 2**64, True, 1.5, "PC-1", "é"]),
 )  # fmt: skip

@@ -68,20 +68,23 @@ class EventLog:
         q = record.request
         core_line = self._core_line
         if core_line is not None and q is not None and not reason:  # the busy path, in C
-            activation_id = self._activation_ids.get(q.sku_id)
+            # unpacked, not read field by field: each NamedTuple field by name is a lookup
+            time, status, count, _, cmid, _ = record
+            flags, licence, minutes, _, sku, _, _, required, _, _, name = q
+            activation_id = self._activation_ids.get(sku)
             if activation_id is not None:
                 line = core_line(
-                    record.time,
-                    record.status,
-                    self._products[q.sku_id] or activation_id,
+                    time,
+                    status,
+                    self._products[sku] or activation_id,
                     activation_id,
-                    record.current_count,
-                    q.workstation_name,
-                    record.client_machine_id,
-                    q.flags,
-                    q.license_status,
-                    q.grace_minutes_remaining,
-                    q.required_client_count,
+                    count,
+                    name,
+                    cmid,
+                    flags,
+                    licence,
+                    minutes,
+                    required,
                     peer,
                 )
                 if line is not None:

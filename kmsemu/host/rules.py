@@ -239,20 +239,15 @@ class HostRules:
         why when it refuses; counts the client when it does not (the fleet simulator calls
         this directly, without the bytes around it)."""
         status, reason, count = 0, "", 0
-        app, cmid, request_time = (
-            request.application_id,
-            request.client_machine_id,
-            request.request_time,
-        )
-        if not self.catalog.serves(app, request.kms_count_id):
+        # unpacked, not read field by field: each NamedTuple field by name is a lookup
+        _, _, _, app, _, kms_count_id, cmid, required, request_time, previous, _ = request
+        if not self.catalog.serves(app, kms_count_id):
             status, reason = HResult.PRODUCT_NOT_SERVED, "product not in the catalog"
         elif abs(request_time + self.travel - now) > MAX_SKEW:
             skew = (request_time + self.travel - now) / FILETIME_PER_SECOND / 3600
             status, reason = HResult.TIMESTAMP_INVALID, f"client clock {skew:+.1f} h off"
         else:
-            count = self.cache.activate(
-                app, cmid, request.previous_client_machine_id, request.required_client_count, now
-            )
+            count = self.cache.activate(app, cmid, previous, required, now)
             min_count = self.settings.min_count
             if count < min_count:  # max() without the call: this is the host's hot path
                 count = min_count

@@ -80,6 +80,8 @@ FLUSH_FAILED_EVERY: Final = 60.0
 _BIND_ACK: Final = int(PType.BIND_ACK)
 #: ``struct linger`` on: 0 seconds (a close then resets the connection).
 _LINGER_ZERO: Final = struct.pack("ii", 1, 0)
+#: tuple.__new__: a NamedTuple's own constructor runs its generated Python ``__new__``.
+_tuple_new: Final = tuple.__new__
 
 
 class KmsServer:
@@ -391,16 +393,17 @@ class KmsServer:
         row = logged.row()
         self._pending.append(row)
         journaled = True
+        record, peer, reason = logged
         if self.journal is not None:
             self._seq += 1
-            q = logged.record.request
+            q = record.request
             previous = q.previous_client_machine_id if q is not None else None
             try:
                 self.journal.add(self._seq, row, previous)
             except OSError as exc:
                 self.log.event("journal-failed", self.now(), {"error": str(exc)})
                 journaled = False
-        self.log.activation(logged.record, logged.peer, logged.reason)
+        self.log.activation(record, peer, reason)
         if self.observers:
             elapsed = time.perf_counter() - started
             for observer in self.observers:
@@ -645,7 +648,8 @@ class _KmsProtocol(asyncio.Protocol):
         except NdrError as exc:
             self._log_refusal(f"nca_s_fault_ndr: {exc}")
             return conn.fault(call, NcaStatus.NCA_S_FAULT_NDR)
-        if not self._recorded(LoggedRequest(outcome.log, self.peer, outcome.reason), started):
+        logged = _tuple_new(LoggedRequest, (outcome.log, self.peer, outcome.reason))
+        if not self._recorded(logged, started):
             return b""
         return conn.respond(call, outcome.stub)
 

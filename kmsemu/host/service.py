@@ -89,15 +89,16 @@ class KmsHost:
         steps as ``rules.answer`` and ``seal_response`` on a plaintext that parses)."""
         rules = self.rules
         log, reason = rules.decide(request, self._now())
+        time, status, count, _, cmid, request_time = log  # (fields by name: a lookup each)
         settings = rules.settings
         stub = core.seal(
             key_index,
-            log.status,
+            status,
             request_nonce,
-            log.client_machine_id,
-            log.request_time,
-            log.time,
-            log.current_count,
+            cmid,
+            request_time,
+            time,
+            count,
             settings.activation_interval,
             settings.renewal_interval,
             self._nonce(12),

@@ -31,6 +31,7 @@ _WHOLE_CALL: Final = int(PFC.FIRST_FRAG | PFC.LAST_FRAG)
 _REQUEST_FIXED = struct.Struct("<IHH")
 _U32 = struct.Struct("<I")
 _BIND_SIZE: Final = 28
+_tuple_new: Final = tuple.__new__
 _REQUEST_SIZE: Final = 24
 
 #: BIND_ACK templates by what decides them: (interface, address block, frame limit, BIND
@@ -78,7 +79,8 @@ class LeanConnection(ServerConnection):
                 or frag_length - _REQUEST_SIZE > self._max_stub
             ):
                 return None
-            return Call(call_id, context_id, opnum, data[_REQUEST_SIZE:])
+            # tuple.__new__: Call(...) would run the NamedTuple's generated Python __new__
+            return _tuple_new(Call, (call_id, context_id, opnum, data[_REQUEST_SIZE:]))
         if ptype == _BIND and self.state is State.AWAIT_BIND and frag_length >= _BIND_SIZE:
             if auth_length > frag_length - HEADER_SIZE:
                 return None
@@ -99,7 +101,7 @@ class LeanConnection(ServerConnection):
             assoc = _U32.pack(self._assoc_group_id)
         else:
             self._assoc_group_id = _U32.unpack(assoc)[0]
-        return Send(ack[:12] + data[12:16] + ack[16:20] + assoc + ack[24:])
+        return _tuple_new(Send, (ack[:12] + data[12:16] + ack[16:20] + assoc + ack[24:], ""))
 
     def _learn_bind(self, key: tuple[object, ...], data: bytes) -> Event:
         """The general path's answer to a BIND not seen before, remembered as a template

@@ -73,6 +73,9 @@ FIXED_SIZE: Final[dict[int, int]] = {
 HEADER: Final = struct.Struct("<BBBB4sHHI")
 _REQUEST_FIXED = struct.Struct("<IHH")
 _RESPONSE_FIXED = struct.Struct("<IHBB")
+#: A whole RESPONSE's header and fixed fields in one (``encode_response``'s usual case).
+_WHOLE_RESPONSE = struct.Struct("<BBBB4sHHIIHBB")
+_RESPONSE: Final = int(PType.RESPONSE)
 _FAULT_BODY = struct.Struct("<IHBBII")
 _BIND_FIXED = struct.Struct("<HHIB3x")
 _CTX_ITEM = struct.Struct("<HBx")
@@ -514,13 +517,12 @@ def fragment_stub(stub: bytes, max_frag: int, header_size: int) -> list[tuple[in
 
 def encode_response(call_id: int, context_id: int, stub: bytes, max_frag: int) -> bytes:
     """A whole RESPONSE, fragmented to the peer's limit, as one byte string."""
-    if len(stub) <= max_frag - RESPONSE_HEADER_SIZE:  # the usual case, without the dataclasses
-        length = RESPONSE_HEADER_SIZE + len(stub)
-        return (
-            HEADER.pack(5, 0, PType.RESPONSE, FIRST_LAST, DREP_LE, length, 0, call_id)
-            + _RESPONSE_FIXED.pack(len(stub), context_id, 0, 0)
-            + stub
-        )
+    size = len(stub)
+    if size <= max_frag - RESPONSE_HEADER_SIZE:  # the usual case, without the dataclasses
+        return _WHOLE_RESPONSE.pack(
+            5, 0, _RESPONSE, FIRST_LAST, DREP_LE, RESPONSE_HEADER_SIZE + size, 0, call_id, size,
+            context_id, 0, 0,
+        ) + stub  # fmt: skip
     return b"".join(
         Response(call_id, context_id, chunk, flags, hint).to_bytes()
         for flags, chunk, hint in fragment_stub(stub, max_frag, RESPONSE_HEADER_SIZE)
