@@ -32,12 +32,17 @@ _REQUEST_FIXED = struct.Struct("<IHH")
 _U32 = struct.Struct("<I")
 _BIND_SIZE: Final = 28
 _tuple_new: Final = tuple.__new__
+#: The states, looked up once (``State.BOUND`` goes through the enum's metaclass each time).
+_AWAIT_BIND: Final = State.AWAIT_BIND
+_BOUND: Final = State.BOUND
 _REQUEST_SIZE: Final = 24
 
-#: BIND_ACK templates by what decides them: (interface, address block, frame limit, BIND
-#: lengths, BIND fragment sizes, BIND contexts) -> (BIND_ACK, xmit limit, recv limit,
-#: accepted contexts). Bounded: a hostile peer only misses.
-_ACKS: dict[tuple[object, ...], tuple[bytes, int, int, frozenset[int]]] = {}
+#: BIND_ACK templates by what decides them: (the interface's ``id``, address block, frame
+#: limit, BIND lengths, BIND fragment sizes, BIND contexts) -> (BIND_ACK, xmit limit, recv
+#: limit, accepted contexts, the interface). By ``id``: hashing a ``SyntaxId`` runs Python
+#: code on every BIND; the entry holds its interface, so no other object can take that
+#: ``id`` while the entry lasts. Bounded: a hostile peer only misses.
+_ACKS: dict[tuple[object, ...], tuple[bytes, int, int, frozenset[int], object]] = {}
 _ACKS_MAX: Final = 256
 
 
@@ -65,7 +70,7 @@ class LeanConnection(ServerConnection):
             return None
         if ptype == _REQUEST:
             if (
-                self.state is not State.BOUND
+                self.state is not _BOUND
                 or auth_length
                 or flags & _CALL_FLAGS != _WHOLE_CALL
                 or frag_length < _REQUEST_SIZE
@@ -81,20 +86,20 @@ class LeanConnection(ServerConnection):
                 return None
             # tuple.__new__: Call(...) would run the NamedTuple's generated Python __new__
             return _tuple_new(Call, (call_id, context_id, opnum, data[_REQUEST_SIZE:]))
-        if ptype == _BIND and self.state is State.AWAIT_BIND and frag_length >= _BIND_SIZE:
+        if ptype == _BIND and self.state is _AWAIT_BIND and frag_length >= _BIND_SIZE:
             if auth_length > frag_length - HEADER_SIZE:
                 return None
             return self._take_bind(data, call_id)
         return None
 
     def _take_bind(self, data: bytes, call_id: int) -> Event | None:
-        key = (self._interface, self._secondary, self._max_frag, data[8:12], data[16:20],
+        key = (id(self._interface), self._secondary, self._max_frag, data[8:12], data[16:20],
                data[24:])  # fmt: skip
         known = _ACKS.get(key)
         if known is None:
             return self._learn_bind(key, data)
-        ack, self.xmit_limit, self.recv_limit, accepted = known
-        self.state = State.BOUND
+        ack, self.xmit_limit, self.recv_limit, accepted, _ = known
+        self.state = _BOUND
         self.contexts.update(accepted)
         assoc = data[20:24]
         if assoc == b"\x00\x00\x00\x00":
@@ -109,8 +114,9 @@ class LeanConnection(ServerConnection):
         contexts are exactly what the BIND accepts)."""
         self.receive_data(data)
         event = self.next_event()
-        if isinstance(event, Send) and self.state is State.BOUND:
+        if isinstance(event, Send) and self.state is _BOUND:
             if len(_ACKS) >= _ACKS_MAX:
                 _ACKS.clear()
-            _ACKS[key] = (event.data, self.xmit_limit, self.recv_limit, frozenset(self.contexts))
+            _ACKS[key] = (event.data, self.xmit_limit, self.recv_limit, frozenset(self.contexts),
+                          self._interface)  # fmt: skip
         return event
