@@ -29,7 +29,6 @@ _REQUEST: Final = int(PType.REQUEST)
 _CALL_FLAGS: Final = int(PFC.FIRST_FRAG | PFC.LAST_FRAG | PFC.OBJECT_UUID)
 _WHOLE_CALL: Final = int(PFC.FIRST_FRAG | PFC.LAST_FRAG)
 _REQUEST_FIXED = struct.Struct("<IHH")
-_U32 = struct.Struct("<I")
 _BIND_SIZE: Final = 28
 _tuple_new: Final = tuple.__new__
 #: The states, looked up once (``State.BOUND`` goes through the enum's metaclass each time).
@@ -38,11 +37,16 @@ _BOUND: Final = State.BOUND
 _REQUEST_SIZE: Final = 24
 
 #: BIND_ACK templates by what decides them: (the interface's ``id``, address block, frame
-#: limit, BIND lengths, BIND fragment sizes, BIND contexts) -> (BIND_ACK, xmit limit, recv
+#: limit, BIND lengths, BIND fragment sizes, BIND contexts) -> (the BIND_ACK around its
+#: call id, its fragment sizes, the BIND_ACK past its association group, xmit limit, recv
 #: limit, accepted contexts, the interface). By ``id``: hashing a ``SyntaxId`` runs Python
 #: code on every BIND; the entry holds its interface, so no other object can take that
 #: ``id`` while the entry lasts. Bounded: a hostile peer only misses.
-_ACKS: dict[tuple[object, ...], tuple[bytes, int, int, frozenset[int], object]] = {}
+_ACKS: dict[tuple[object, ...], tuple[bytes, bytes, bytes, int, int, frozenset[int], object]] = {}
+#: A BIND's lengths, fragment sizes and association group (the call id between is skipped).
+_BIND_FIELDS = struct.Struct("<8xI4xII")
+#: A BIND_ACK's call id, fragment sizes and association group.
+_ACK_IDS = struct.Struct("<I4sI")
 _ACKS_MAX: Final = 256
 
 
@@ -93,20 +97,18 @@ class LeanConnection(ServerConnection):
         return None
 
     def _take_bind(self, data: bytes, call_id: int) -> Event | None:
-        key = (id(self._interface), self._secondary, self._max_frag, data[8:12], data[16:20],
-               data[24:])  # fmt: skip
+        lengths, sizes, assoc = _BIND_FIELDS.unpack_from(data)
+        key = (id(self._interface), self._secondary, self._max_frag, lengths, sizes, data[24:])
         known = _ACKS.get(key)
         if known is None:
             return self._learn_bind(key, data)
-        ack, self.xmit_limit, self.recv_limit, accepted, _ = known
+        head, sizes_out, tail, self.xmit_limit, self.recv_limit, accepted, _ = known
         self.state = _BOUND
         self.contexts.update(accepted)
-        assoc = data[20:24]
-        if assoc == b"\x00\x00\x00\x00":
-            assoc = _U32.pack(self._assoc_group_id)
-        else:
-            self._assoc_group_id = _U32.unpack(assoc)[0]
-        return _tuple_new(Send, (ack[:12] + data[12:16] + ack[16:20] + assoc + ack[24:], ""))
+        if assoc:
+            self._assoc_group_id = assoc
+        ids = _ACK_IDS.pack(call_id, sizes_out, self._assoc_group_id)  # this BIND's, in place
+        return _tuple_new(Send, (head + ids + tail, ""))
 
     def _learn_bind(self, key: tuple[object, ...], data: bytes) -> Event:
         """The general path's answer to a BIND not seen before, remembered as a template
@@ -117,6 +119,7 @@ class LeanConnection(ServerConnection):
         if isinstance(event, Send) and self.state is _BOUND:
             if len(_ACKS) >= _ACKS_MAX:
                 _ACKS.clear()
-            _ACKS[key] = (event.data, self.xmit_limit, self.recv_limit, frozenset(self.contexts),
-                          self._interface)  # fmt: skip
+            ack = event.data
+            _ACKS[key] = (ack[:12], ack[16:20], ack[24:], self.xmit_limit, self.recv_limit,
+                          frozenset(self.contexts), self._interface)  # fmt: skip
         return event
