@@ -66,43 +66,28 @@ class EventLog:
     def activation(self, record: LogRecord, peer: str, reason: str) -> None:
         """One line with the fields of event 12290 and what the host answered."""
         q = record.request
-        core_line = self._core_line
-        if core_line is not None and q is not None and not reason:  # the busy path, in C
+        if q is not None and not self._json:  # the busy path
             # unpacked, not read field by field: each NamedTuple field by name is a lookup
-            time, status, count, _, cmid, _ = record
+            when, status, count, _, cmid, _ = record
             flags, licence, minutes, _, sku, _, _, required, _, _, name = q
             activation_id = self._activation_ids.get(sku)
-            if activation_id is not None:
-                line = core_line(
-                    time,
-                    status,
-                    self._products[sku] or activation_id,
-                    activation_id,
-                    count,
-                    name,
-                    cmid,
-                    flags,
-                    licence,
-                    minutes,
-                    required,
-                    peer,
-                )
+            core_line = self._core_line
+            if core_line is not None and activation_id is not None and not reason:  # in C
+                line = core_line(when, status, self._products[sku] or activation_id,
+                                 activation_id, count, name, cmid, flags, licence, minutes,
+                                 required, peer)  # fmt: skip
                 if line is not None:
                     self._lines.append(line)
                     return
-        if q is not None and not self._json:  # the busy path, as one f-string
-            name = q.workstation_name
-            if not name or _NEEDS_QUOTES.search(name):
+            if not name or _NEEDS_QUOTES.search(name):  # as one f-string
                 name = json.dumps(name)
-            activation_id = self._activation_ids.get(q.sku_id) or guid_text(q.sku_id)
-            product = self._products.get(q.sku_id) or activation_id
+            activation_id = activation_id or guid_text(sku)
+            product = self._products.get(sku) or activation_id
             line = (
-                f"{self._stamp(record.time)} activation status=0x{record.status:08X} "
+                f"{self._stamp(when)} activation status=0x{status:08X} "
                 f"product={product} activation_id={activation_id} "
-                f"count={record.current_count} client={name} "
-                f"cmid={guid_text(record.client_machine_id)} vm={q.flags & 1} "
-                f"license_status={q.license_status} minutes={q.grace_minutes_remaining} "
-                f"required={q.required_client_count} peer={peer}"
+                f"count={count} client={name} cmid={guid_text(cmid)} vm={flags & 1} "
+                f"license_status={licence} minutes={minutes} required={required} peer={peer}"
             )
             if reason:
                 line += f" reason={json.dumps(reason)}"
