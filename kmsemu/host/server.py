@@ -38,7 +38,7 @@ from typing import Any, Final, cast
 
 from kmsemu.addresses import format_address
 from kmsemu.catalog import Catalog
-from kmsemu.clock import Clock, as_datetime
+from kmsemu.clock import Clock, as_datetime, filetime_reader
 from kmsemu.errors import KmsemuError
 from kmsemu.host.events import EventLog
 from kmsemu.host.faults import (
@@ -66,7 +66,7 @@ from kmsemu.rpc.connection import NEED_DATA, Call, Closed, Event, Send
 from kmsemu.rpc.lean import LeanConnection
 from kmsemu.rpc.ndr import NdrError, decode_request_stub, encode_response_stub
 from kmsemu.rpc.pdu import NcaStatus, PType
-from kmsemu.wire import filetime_from_unix, guid_text, unix_from_filetime
+from kmsemu.wire import guid_text, unix_from_filetime
 
 RETRY_PUBLISH: Final = 60.0
 #: Seconds between two looks at the faults file.
@@ -745,9 +745,7 @@ def build_host(
     """A host over ``store``'s identity and count cache, answering on ``clock``."""
     identity = store.identity(random.SystemRandom(), as_datetime(clock.now()))
     rules = HostRules(catalog, settings, identity, store.load_cache())
-    return KmsHost(
-        rules, Keyring(secrets), lambda: filetime_from_unix(clock.now()), nonce=NoncePool()
-    )
+    return KmsHost(rules, Keyring(secrets), filetime_reader(clock), nonce=NoncePool())
 
 
 def product_names(catalog: Catalog) -> dict[bytes, str]:

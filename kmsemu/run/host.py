@@ -20,7 +20,7 @@ from typing import Final
 
 from kmsemu.addresses import format_address
 from kmsemu.catalog import Catalog
-from kmsemu.clock import OffsetClock
+from kmsemu.clock import OffsetClock, filetime_reader
 from kmsemu.errors import ConfigError, LocalError
 from kmsemu.host.events import EventLog, TextSink
 from kmsemu.host.faults import FaultStore, faults_path
@@ -35,7 +35,6 @@ from kmsemu.klp._fastcore import CORE
 from kmsemu.run.background import ServerThread
 from kmsemu.run.signals import until_signal
 from kmsemu.run.state import discarded_on_failure
-from kmsemu.wire import filetime_from_unix
 
 #: The shortest ``--dns-refresh``.
 MIN_REFRESH: Final = 60.0
@@ -198,7 +197,7 @@ async def open_host(config: HostConfig) -> RunningHost:
             store,
             log,
             c.options,
-            now=lambda: filetime_from_unix(clock.now()),
+            now=filetime_reader(clock),
             journal=journal,
             faults=FaultStore(faults_path(store.path)),
             overrides=OverridesStore(overrides_path(store.path)),
