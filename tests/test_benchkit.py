@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from benchkit import machine, report, stats
+from benchkit import instructions, machine, report, stats
 
 # -- statistics -------------------------------------------------------------------------
 
@@ -168,3 +168,94 @@ def test_update_section_replaces_or_appends(tmp_path: Path) -> None:
     assert doc.read_text().endswith("## B\n\nb\n\n## C (`tool`)\n\nc\n")
     report.update_section("C (`tool`)", "c2", doc)
     assert doc.read_text().endswith("## B\n\nb\n\n## C (`tool`)\n\nc2\n")
+
+
+# -- instructions per request (bench-instructions) --------------------------------------
+
+CALLGRIND_STDERR = """\
+==123== Callgrind, a call-graph generating cache profiler
+==123== Command: python scripts/benchkit/instructions.py
+==123==
+==123== Events    : Ir
+==123== Collected : 2365919662
+==123==
+==123== I   refs:      2,365,919,662
+"""
+FAILED_STDERR = """\
+==124== Command: python scripts/benchkit/instructions.py
+Traceback (most recent call last):
+  File "scripts/benchkit/instructions.py", line 1, in <module>
+ModuleNotFoundError: No module named 'tests.test_lean'
+==124== Events    : Ir
+"""
+
+
+def test_callgrind_total_or_what_went_wrong() -> None:
+    assert instructions.collected(CALLGRIND_STDERR) == 2365919662
+    assert instructions.outcome(0, CALLGRIND_STDERR) == 2365919662
+    assert instructions.collected(FAILED_STDERR) is None
+    assert instructions.outcome(0, FAILED_STDERR) == (
+        "no 'Collected' line: Traceback (most recent call last): / "
+        '  File "scripts/benchkit/instructions.py", line 1, in <module> / '
+        "ModuleNotFoundError: No module named 'tests.test_lean'"
+    )
+    assert instructions.outcome(1, CALLGRIND_STDERR) == (
+        "exit 1: ==123== Events    : Ir / ==123== Collected : 2365919662 / "
+        "==123== I   refs:      2,365,919,662"
+    )
+    assert instructions.outcome(-9, "") == "exit -9: (no output)"
+
+
+def test_instructions_per_request_over_a_shared_baseline() -> None:
+    Job = instructions.Job
+    assert instructions.jobs({"current": ["core"]}, ["durable"], ["persistent", "new"], 10) == [
+        Job("current", "core", "durable", "persistent", 0),
+        Job("current", "core", "durable", "persistent", 10),
+        Job("current", "core", "durable", "new", 10),
+    ]
+    assert instructions.per_request(1_000, 5_000, 4) == 1_000.0
+    outcomes: dict[instructions.Job, instructions.Outcome] = {
+        Job("current", "core", "durable", "persistent", 0): 1_000_000,
+        Job("current", "core", "durable", "persistent", 10): 1_950_000,
+        Job("current", "core", "durable", "new", 10): 2_200_000,
+        Job("current", "pure", "durable", "persistent", 0): "exit 1: boom",
+        Job("current", "pure", "durable", "persistent", 10): 3_000_000,
+    }
+    figure = instructions.figure
+    assert figure(outcomes, Job("current", "core", "durable", "new", 10)) == 120_000
+    assert figure(outcomes, Job("current", "pure", "durable", "persistent", 10)) is None
+    assert figure(outcomes, Job("abc1234", "core", "durable", "new", 10)) is None
+    rows = instructions.rows(outcomes, [("core", "persistent", "durable")], 10)
+    assert rows == [instructions.Row("core", "persistent", "durable", 95_000.0, None)]
+    assert instructions.failures(outcomes) == ["current pure durable persistent N=0: exit 1: boom"]
+
+
+def test_instructions_table_and_derived_lines() -> None:
+    Row = instructions.Row
+    rows = [
+        Row("core", "persistent", "durable", 94_812.4, 117_500.0),
+        Row("core", "persistent", "batched", 90_000.0, 112_000.0),
+        Row("core", "new", "durable", 120_000.0, None),
+        Row("core", "new", "batched", None, 140_000.0),
+    ]
+    assert instructions.markdown_table(rows[:2]) == (
+        "| build | mode | ack | instructions/request |\n"
+        "|---|---|---|---:|\n"
+        "| core | persistent | durable | 94,812 |\n"
+        "| core | persistent | batched | 90,000 |"
+    )
+    assert instructions.markdown_table(rows, "abc1234") == (
+        "| build | mode | ack | instructions/request | abc1234 instructions/request | ratio |\n"
+        "|---|---|---|---:|---:|---:|\n"
+        "| core | persistent | durable | 94,812 | 117,500 | 0.807 |\n"
+        "| core | persistent | batched | 90,000 | 112,000 | 0.804 |\n"
+        "| core | new | durable | 120,000 | — | — |\n"
+        "| core | new | batched | — | 140,000 | — |"
+    )
+    assert instructions.derived_lines(rows, "abc1234") == [
+        "core persistent: durable/batched 1.053 (the journal: 4,812 instructions/request); "
+        "abc1234 1.049",
+        "core new: durable/batched — (the journal: — instructions/request); abc1234 —",
+        "core durable: a new connection costs 25,188 instructions (new − persistent); abc1234 —",
+        "core batched: a new connection costs — instructions (new − persistent); abc1234 28,000",
+    ]

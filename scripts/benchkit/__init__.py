@@ -13,7 +13,9 @@
 - ``lab``: a whole ``kmsemu lab`` under test (soak);
 - ``postgres``: a throwaway PostgreSQL cluster (bench-mak);
 - ``bind``: a throwaway BIND 9 ``named`` serving one zone (bench-dns --against-bind);
-- ``traffic``: the load generators: KMS, MAK, DNS, malformed, the soak's mix.
+- ``traffic``: the load generators: KMS, MAK, DNS, malformed, the soak's mix;
+- ``instructions``: the host's request path in instructions, under callgrind
+  (bench-instructions).
 
 Only ``env`` is safe to import before the venv is in place; scripts import it first:
 
