@@ -74,16 +74,12 @@ def filetime_reader(clock: Clock) -> Callable[[], int]:
         shifted = clock  # its offset read at each call: the lab's time travel moves it
 
         def shifted_filetime() -> int:
-            value = _EPOCH + _time_ns() // 100 + round(shifted.offset * FILETIME_PER_SECOND)
-            return value if 0 <= value <= FILETIME_MAX else min(max(value, 0), FILETIME_MAX)
+            offset = round(shifted.offset * FILETIME_PER_SECOND)
+            return min(max(_system_filetime() + offset, 0), FILETIME_MAX)
 
         return shifted_filetime
     return lambda: filetime_from_unix(clock.now())
 
 
-_EPOCH = EPOCH_AS_FILETIME
-_time_ns = time.time_ns
-
-
 def _system_filetime() -> int:
-    return _EPOCH + _time_ns() // 100
+    return EPOCH_AS_FILETIME + time.time_ns() // 100

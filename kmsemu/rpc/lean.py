@@ -30,11 +30,11 @@ _CALL_FLAGS: Final = int(PFC.FIRST_FRAG | PFC.LAST_FRAG | PFC.OBJECT_UUID)
 _WHOLE_CALL: Final = int(PFC.FIRST_FRAG | PFC.LAST_FRAG)
 _REQUEST_FIXED = struct.Struct("<IHH")
 _BIND_SIZE: Final = 28
-_tuple_new: Final = tuple.__new__
+_REQUEST_SIZE: Final = 24
 #: The states, looked up once (``State.BOUND`` goes through the enum's metaclass each time).
 _AWAIT_BIND: Final = State.AWAIT_BIND
 _BOUND: Final = State.BOUND
-_REQUEST_SIZE: Final = 24
+_tuple_new: Final = tuple.__new__
 
 #: BIND_ACK templates by what decides them: (the interface's ``id``, address block, frame
 #: limit, BIND lengths, BIND fragment sizes, BIND contexts) -> (the BIND_ACK around its

@@ -74,7 +74,7 @@ HEADER: Final = struct.Struct("<BBBB4sHHI")
 _REQUEST_FIXED = struct.Struct("<IHH")
 _RESPONSE_FIXED = struct.Struct("<IHBB")
 #: A whole RESPONSE's header and fixed fields in one (``encode_response``'s usual case).
-_WHOLE_RESPONSE = struct.Struct("<BBBB4sHHIIHBB")
+_WHOLE_RESPONSE = struct.Struct(HEADER.format + _RESPONSE_FIXED.format.lstrip("<"))
 _RESPONSE: Final = int(PType.RESPONSE)
 _FAULT_BODY = struct.Struct("<IHBBII")
 _BIND_FIXED = struct.Struct("<HHIB3x")
