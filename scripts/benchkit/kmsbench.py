@@ -569,7 +569,7 @@ def batched_table(costs: list[FloorRatio], rounds: int) -> str:
         met = "—" if rate is None else ("**met**" if rate >= 0.9 else "not met")
         return [f.build or "—", f.mode, f.clients, f"{f.host_per_second:,.0f}",
                 f"{f.echo_per_second:,.0f}",
-                fmt(rate, ".2f"), span(f.round_rate_ratios, ".2f"), fmt(f.host_us, ".1f"),
+                fmt(rate, ".3f"), span(f.round_rate_ratios, ".2f"), fmt(f.host_us, ".1f"),
                 fmt(f.echo_us, ".1f"), fmt(f.ratio, ".2f"), met]  # fmt: skip
 
     columns = (
