@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from benchkit import instructions, machine, report, stats
+from benchkit import instructions, machine, options, report, stats
 
 # -- statistics -------------------------------------------------------------------------
 
@@ -168,6 +168,23 @@ def test_update_section_replaces_or_appends(tmp_path: Path) -> None:
     assert doc.read_text().endswith("## B\n\nb\n\n## C (`tool`)\n\nc\n")
     report.update_section("C (`tool`)", "c2", doc)
     assert doc.read_text().endswith("## B\n\nb\n\n## C (`tool`)\n\nc2\n")
+
+
+# -- options ------------------------------------------------------------------------------
+
+
+def test_choices_from_a_comma_list() -> None:
+    allowed = ("new", "persistent")
+    assert options.choices("--modes", " persistent, new,,persistent ", allowed) == [
+        "persistent",
+        "new",
+    ]
+    with pytest.raises(ValueError) as wrong:
+        options.choices("--modes", "new,bogus,x", allowed)
+    assert str(wrong.value) == "--modes: bogus, x (choose from new, persistent)"
+    with pytest.raises(ValueError) as empty:
+        options.choices("--modes", " , ", allowed)
+    assert str(empty.value) == "--modes: none given (choose from new, persistent)"
 
 
 # -- instructions per request (bench-instructions) --------------------------------------

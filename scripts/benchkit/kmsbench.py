@@ -377,10 +377,10 @@ def parse_args(argv: list[str] | None, description: str, peer: bool) -> argparse
     if args.write and not args.against_echo:
         parser.error("--write goes with --against-echo")
     args.client_counts = [int(c) for c in options.split_list(args.clients)]
-    args.mode_list = options.split_list(args.modes)
-    for mode in args.mode_list:
-        if mode not in MODES:
-            parser.error(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+    try:
+        args.mode_list = options.choices("--modes", args.modes, MODES)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not 1 <= args.repeat <= 20 or not 0 <= args.retries <= 10:
         parser.error("--repeat must be 1..20 and --retries 0..10")
     if args.duration <= 0 or args.duration > 600 or args.warmup < 0:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +64,15 @@ def quiet_wait_option(default: float, before: str) -> Row:
 def split_list(text: str) -> list[str]:
     """``a, b,,c`` as ``["a", "b", "c"]``."""
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def choices(flag: str, text: str, allowed: Sequence[str]) -> list[str]:
+    """The comma-separated values of ``flag`` (each once, in order), every one of
+    ``allowed``; ValueError saying which are not, or that there are none."""
+    values = list(dict.fromkeys(split_list(text)))
+    wrong = [v for v in values if v not in allowed]
+    if wrong or not values:
+        raise ValueError(
+            f"{flag}: {', '.join(wrong) or 'none given'} (choose from {', '.join(allowed)})"
+        )
+    return values
